@@ -1,0 +1,89 @@
+//! `cargo xtask` — OmenDB's automation.
+//!
+//! Each subcommand is a recipe a developer or CI runs by name, so that the README's commands, CI
+//! and a newcomer's machine all do the same thing. It only orchestrates `cargo` and the tools the
+//! tests need; it holds no product code.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "OmenDB automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// What CI runs: format check, clippy with warnings denied on all targets, the whole test suite.
+    Ci,
+    /// The whole test suite (every crate, every test target, doc tests).
+    Test,
+    /// Release-mode benchmarks through `omendb-bench`; arguments are passed through.
+    ///
+    /// `cargo xtask bench index --keys 100000000 --dist all` runs the 100M-key index benchmark.
+    Bench {
+        /// Arguments for `omendb-bench` (e.g. `index --keys 10000000 --dist all --json`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Ci => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            test()
+        }
+        Task::Test => test(),
+        Task::Bench { args } => {
+            let mut full = vec!["run", "--release", "--package", "omendb-bench", "--"];
+            full.extend(args.iter().map(String::as_str));
+            cargo(&full)
+        }
+    }
+}
+
+/// Runs every test target of the workspace, doc tests included.
+fn test() -> Result<()> {
+    cargo(&["test", "--workspace", "--all-targets"])?;
+    cargo(&["test", "--workspace", "--doc"])
+}
+
+/// Runs `cargo` with `args` from the workspace root and fails when it fails.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = workspace_root()?;
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("could not start {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<std::path::PathBuf> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
+}
