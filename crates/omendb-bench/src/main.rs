@@ -1,1 +1,30 @@
-fn main() {}
+//! `omendb-bench` — OmenDB's benchmarks.
+//!
+//! Every subcommand measures on this machine, in this run, checks every answer before it prints a
+//! figure, and prints a human table or, with `--json`, one JSON object per row on stdout (the
+//! output contract of `shared/design/PERFORMANCE.md`). It is a measuring tool: nothing in the
+//! product depends on it.
+
+mod index;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "omendb-bench", about = "OmenDB benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Point lookups in the learned-index family against binary search and BTreeMap.
+    Index(index::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Bench::Index(args) => index::run(&args),
+    }
+}
