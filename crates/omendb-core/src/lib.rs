@@ -1,1 +1,17 @@
-//! placeholder
+//! `omendb-core` — the OmenDB engine.
+//!
+//! A database for ordered, integer-keyed data whose primary index is a learned index: a small
+//! model that predicts where a key sits in a sorted array, with an error bound computed over every
+//! key, followed by a bounded last-mile search that always finds the true position. This crate
+//! composes `omendb-wal` and `omendb-storage`; it must never reach into their internals, and it
+//! must never return an answer it has not checked against its own bounds.
+//!
+//! Today it holds the learned-index family ([`index`]) and, behind the `keygen` feature, the
+//! seeded key distributions shared by tests and benchmarks ([`keygen`]).
+
+pub mod error;
+pub mod index;
+#[cfg(feature = "keygen")]
+pub mod keygen;
+
+pub use error::ErrorKind;
