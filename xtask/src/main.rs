@@ -22,6 +22,8 @@ enum Task {
     Ci,
     /// The whole test suite (every crate, every test target, doc tests).
     Test,
+    /// The loom model checks (`--cfg loom`, release mode, own target dir `target/loom`).
+    Loom,
     /// Release-mode benchmarks through `omendb-bench`; arguments are passed through.
     ///
     /// `cargo xtask bench index --keys 100000000 --dist all` runs the 100M-key index benchmark.
@@ -49,6 +51,7 @@ fn main() -> Result<()> {
             test()
         }
         Task::Test => test(),
+        Task::Loom => loom(),
         Task::Bench { args } => {
             let mut full = vec!["run", "--release", "--package", "omendb-bench", "--"];
             full.extend(args.iter().map(String::as_str));
@@ -60,7 +63,28 @@ fn main() -> Result<()> {
 /// Runs every test target of the workspace, doc tests included.
 fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--all-targets"])?;
-    cargo(&["test", "--workspace", "--doc"])
+    cargo(&["test", "--workspace", "--doc"])?;
+    loom()
+}
+
+/// Runs the loom model checks of the crates that have them. `--cfg loom` changes every crate's
+/// build, so it gets its own target directory and does not invalidate the normal one.
+fn loom() -> Result<()> {
+    let target = workspace_root()?.join("target").join("loom");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let args = ["test", "--release", "--package", "omendb-wal", "--lib"];
+    eprintln!("xtask: RUSTFLAGS=\"--cfg loom\" cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(workspace_root()?)
+        .status()
+        .with_context(|| format!("could not start {cargo}"))?;
+    if !status.success() {
+        bail!("loom model checks failed with {status}");
+    }
+    Ok(())
 }
 
 /// Runs `cargo` with `args` from the workspace root and fails when it fails.

@@ -1,0 +1,130 @@
+//! Opening a local log: every segment is read and verified ([`crate::recovery::examine`]), damage
+//! is handled by the recovery mode, and the last segment is made ready for appends. See
+//! `docs/failure-modes.md` ("Write-ahead log").
+
+use std::path::Path;
+
+use super::segment::{self, CORRUPT_EXT, Segment};
+use crate::error::{Error, Result};
+use crate::format;
+use crate::io::{self, FileIo, IoFile};
+use crate::recovery::{Verdict, examine};
+use crate::{Lsn, RecoveryReport, WalOptions};
+
+/// A recovered log, ready for the writer.
+pub(crate) struct Recovered {
+    /// What recovery found.
+    pub(crate) report: RecoveryReport,
+    /// The segments kept, in LSN order; the last one is `active`.
+    pub(crate) segments: Vec<Segment>,
+    /// The last segment, open for appends.
+    pub(crate) active: Box<dyn IoFile>,
+    /// Its length.
+    pub(crate) active_len: u64,
+    /// The last LSN in the log (0 if none).
+    pub(crate) last_lsn: Lsn,
+}
+
+/// Recovers the log in `dir` (created if missing).
+pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Result<Recovered> {
+    io.create_dir_all(dir)
+        .map_err(|e| Error::io("create_dir", dir, e))?;
+    let found = segment::list(io, dir)?;
+    let mut report = RecoveryReport {
+        mode: options.recovery_mode,
+        ..RecoveryReport::default()
+    };
+    let mut kept: Vec<Segment> = Vec::new();
+    let mut expected: Option<Lsn> = None;
+    // Index of the first segment point-in-time recovery drops.
+    let mut drop_from = None;
+    for (i, seg) in found.iter().enumerate() {
+        let mut file = io
+            .open(&seg.path)
+            .map_err(|e| Error::io("open", &seg.path, e))?;
+        let len = file.len().map_err(|e| Error::io("stat", &seg.path, e))?;
+        let buf = io::read_all(file.as_ref(), len).map_err(|e| Error::io("read", &seg.path, e))?;
+        let verdict = examine(
+            &buf,
+            seg.base,
+            &seg.path.display().to_string(),
+            i + 1 == found.len(),
+            options.max_record_bytes,
+            &mut expected,
+            &mut report,
+        )?;
+        match verdict {
+            Verdict::Keep { cut, stop } => {
+                if let Some(cut) = cut {
+                    file.truncate(cut as u64)
+                        .map_err(|e| Error::io("truncate", &seg.path, e))?;
+                    file.sync_data()
+                        .map_err(|e| Error::io("sync", &seg.path, e))?;
+                }
+                kept.push(seg.clone());
+                if stop {
+                    drop_from = Some(i + 1);
+                    break;
+                }
+            }
+            Verdict::Drop { stop: true } => {
+                drop_from = Some(i);
+                break;
+            }
+            Verdict::Drop { stop: false } => {
+                // Kept for inspection under another name, out of the way of new segments.
+                let mut aside = seg.path.clone().into_os_string();
+                aside.push(CORRUPT_EXT);
+                io.rename(&seg.path, Path::new(&aside))
+                    .map_err(|e| Error::io("rename", &seg.path, e))?;
+                io.sync_dir(dir)
+                    .map_err(|e| Error::io("sync_dir", dir, e))?;
+            }
+        }
+    }
+    if let Some(first) = drop_from {
+        // Newest first, so a crash in the middle still leaves a prefix of the log.
+        for seg in found[first..].iter().rev() {
+            let len = io
+                .open(&seg.path)
+                .and_then(|f| f.len())
+                .map_err(|e| Error::io("open", &seg.path, e))?;
+            io.delete(&seg.path)
+                .map_err(|e| Error::io("delete", &seg.path, e))?;
+            report.bytes_truncated += len;
+        }
+        io.sync_dir(dir)
+            .map_err(|e| Error::io("sync_dir", dir, e))?;
+    }
+    let last_lsn = expected.map_or(0, |next| next - 1);
+    let (active, active_len) = match kept.last() {
+        Some(seg) => {
+            let mut file = io
+                .open(&seg.path)
+                .map_err(|e| Error::io("open", &seg.path, e))?;
+            // Records recovered from the page cache of a crashed process are made durable before
+            // anything is built on them.
+            file.sync_data()
+                .map_err(|e| Error::io("sync", &seg.path, e))?;
+            let len = file.len().map_err(|e| Error::io("stat", &seg.path, e))?;
+            (file, len)
+        }
+        None => {
+            let (seg, file) = segment::create(io, dir, last_lsn + 1, preallocation(options))?;
+            kept.push(seg);
+            (file, format::HEADER_LEN as u64)
+        }
+    };
+    Ok(Recovered {
+        report,
+        segments: kept,
+        active,
+        active_len,
+        last_lsn,
+    })
+}
+
+/// How much to preallocate for a new segment.
+pub(crate) fn preallocation(options: &WalOptions) -> Option<u64> {
+    options.preallocate.then_some(options.segment_bytes)
+}

@@ -1,0 +1,422 @@
+//! The write-ahead log in an object store: every group-commit batch becomes one immutable object
+//! named by its first LSN and written create-if-absent, so a second writer is fenced out; readers
+//! list the objects and replay them in LSN order. Object naming is in `docs/file-formats.md`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+use crate::format::{self, HEADER_LEN};
+use crate::group_commit::{Next, Queue};
+use crate::recovery::{Verdict, examine};
+use crate::replay::{Window, replay};
+use crate::wal::some_lsn;
+use crate::{
+    AppendOptions, Durability, Lsn, Record, RecoveryMode, RecoveryReport, Wal, WalOptions, WalStats,
+};
+
+/// Extension of a log object.
+const EXT: &str = ".wal";
+/// Suffix given to an object set aside by [`RecoveryMode::SkipCorrupt`].
+const CORRUPT_EXT: &str = ".corrupt";
+
+/// A write-ahead log in an [`ObjectStore`] under a prefix.
+///
+/// Every batch is one object `<prefix>/<first LSN, 20 digits>.wal` written with
+/// [`PutMode::Create`]: a batch is durable once its upload returns, so every append is effectively
+/// [`Durability::Durable`] once the batch is uploaded and the [`crate::SyncPolicy`] does not
+/// apply. If the object already exists another writer owns the log: this one is fenced and
+/// poisoned ([`Error::Fenced`]).
+///
+/// Uploads run on a writer thread that drives the store's futures on the tokio runtime current
+/// at [`ObjectWal::open`] (a multi-thread runtime is needed for network stores), or on a local
+/// executor when there is none.
+#[derive(Debug)]
+pub struct ObjectWal {
+    queue: Arc<Queue>,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    options: WalOptions,
+    report: RecoveryReport,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Drives futures from the writer thread.
+#[derive(Clone, Debug)]
+enum Runner {
+    Tokio(tokio::runtime::Handle),
+    Local,
+}
+
+impl Runner {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match self {
+            Runner::Tokio(handle) => handle.block_on(future),
+            Runner::Local => futures::executor::block_on(future),
+        }
+    }
+}
+
+/// The object holding the batch whose first LSN is `base`.
+fn object_path(prefix: &Path, base: Lsn) -> Path {
+    prefix.clone().join(format!("{base:020}{EXT}"))
+}
+
+fn store_error(op: &'static str, path: &Path) -> impl FnOnce(object_store::Error) -> Error {
+    let path = path.to_string();
+    move |source| Error::ObjectStore { op, path, source }
+}
+
+/// The log objects directly under `prefix`, in LSN order.
+async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<(Lsn, Path)>> {
+    let metas: Vec<_> = store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(store_error("list", prefix))?;
+    let mut objects: Vec<(Lsn, Path)> = metas
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.filename()?;
+            let digits = name.strip_suffix(EXT)?;
+            if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let base = digits.parse().ok()?;
+            (meta.location == object_path(prefix, base)).then_some((base, meta.location))
+        })
+        .collect();
+    objects.sort_by_key(|(base, _)| *base);
+    Ok(objects)
+}
+
+async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
+    let result = store.get(path).await.map_err(store_error("get", path))?;
+    result.bytes().await.map_err(store_error("get", path))
+}
+
+async fn put_new(store: &dyn ObjectStore, path: &Path, payload: PutPayload) -> Result<()> {
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    store
+        .put_opts(path, payload, options)
+        .await
+        .map(|_| ())
+        .map_err(store_error("put", path))
+}
+
+async fn delete(store: &dyn ObjectStore, path: &Path) -> Result<()> {
+    store
+        .delete(path)
+        .await
+        .map_err(store_error("delete", path))
+}
+
+/// Recovers the log under `prefix` and returns the report and the last LSN.
+async fn recover(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    options: &WalOptions,
+) -> Result<(RecoveryReport, Lsn)> {
+    let objects = list(store, prefix).await?;
+    let mut report = RecoveryReport {
+        mode: options.recovery_mode,
+        ..RecoveryReport::default()
+    };
+    let mut expected = None;
+    let mut drop_from = None;
+    for (i, (base, path)) in objects.iter().enumerate() {
+        let buf = get(store, path).await?;
+        let verdict = examine(
+            &buf,
+            *base,
+            path.as_ref(),
+            i + 1 == objects.len(),
+            options.max_record_bytes,
+            &mut expected,
+            &mut report,
+        )?;
+        match verdict {
+            Verdict::Keep { cut, stop } => {
+                if let Some(cut) = cut {
+                    // Objects are immutable, so the intact prefix replaces the object: deleted
+                    // first because `Create` needs the name free. A crash in between loses the
+                    // prefix too; the next recovery then sees the log end one object earlier.
+                    delete(store, path).await?;
+                    if cut > HEADER_LEN {
+                        put_new(store, path, buf.slice(..cut).into()).await?;
+                    }
+                }
+                if stop {
+                    drop_from = Some(i + 1);
+                    break;
+                }
+            }
+            Verdict::Drop { stop: true } => {
+                drop_from = Some(i);
+                break;
+            }
+            Verdict::Drop { stop: false } => {
+                let aside = Path::from(format!("{path}{CORRUPT_EXT}"));
+                store
+                    .copy(path, &aside)
+                    .await
+                    .map_err(store_error("copy", path))?;
+                delete(store, path).await?;
+            }
+        }
+    }
+    if let Some(first) = drop_from {
+        for (_, path) in objects[first..].iter().rev() {
+            let meta = store.head(path).await.map_err(store_error("head", path))?;
+            delete(store, path).await?;
+            report.bytes_truncated += meta.size;
+        }
+    }
+    Ok((report, expected.map_or(0, |next| next - 1)))
+}
+
+impl ObjectWal {
+    /// Opens (recovering) the log under `prefix` in `store` and starts its writer.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        prefix: impl Into<Path>,
+        options: WalOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let prefix = prefix.into();
+        let (report, last_lsn) = recover(store.as_ref(), &prefix, &options).await?;
+        let queue = Arc::new(Queue::new(
+            last_lsn,
+            options.max_record_bytes,
+            options.max_buffered_bytes,
+        ));
+        let runner = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Runner::Tokio(handle),
+            Err(_) => Runner::Local,
+        };
+        let handle = {
+            let queue = queue.clone();
+            let store = store.clone();
+            let prefix = prefix.clone();
+            std::thread::Builder::new()
+                .name("omendb-wal-uploader".to_owned())
+                .spawn(move || run_writer(&queue, store.as_ref(), &prefix, &runner))
+                .map_err(|e| Error::io("spawn writer", "", e))?
+        };
+        Ok(ObjectWal {
+            queue,
+            store,
+            prefix,
+            options,
+            report,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The records from `from` to `upto`, listing the objects now.
+    fn records(&self, from: Lsn, upto: Lsn) -> BoxStream<'_, Result<Record>> {
+        let window = Window {
+            from: from.max(1),
+            upto,
+            max_record_bytes: self.options.max_record_bytes,
+            skip_corrupt: self.options.recovery_mode == RecoveryMode::SkipCorrupt,
+        };
+        let start = async move {
+            let objects = if window.from > window.upto {
+                Vec::new()
+            } else {
+                list(self.store.as_ref(), &self.prefix).await?
+            };
+            // Objects entirely below `from` are not read.
+            let first = objects
+                .windows(2)
+                .take_while(|pair| pair[1].0 <= window.from)
+                .count();
+            Ok::<_, Error>(objects.into_iter().skip(first).collect::<VecDeque<_>>())
+        };
+        stream::once(start)
+            .map_ok(move |objects| {
+                stream::try_unfold(
+                    (objects, VecDeque::new(), false),
+                    move |(mut objects, mut ready, mut done)| async move {
+                        loop {
+                            if let Some(record) = ready.pop_front() {
+                                return Ok(Some((record, (objects, ready, done))));
+                            }
+                            if done {
+                                return Ok(None);
+                            }
+                            let Some((base, path)) = objects.pop_front() else {
+                                return Ok(None);
+                            };
+                            let buf = get(self.store.as_ref(), &path).await?;
+                            done = replay(&buf, base, path.as_ref(), window, &mut ready)?;
+                        }
+                    },
+                )
+            })
+            .try_flatten()
+            .boxed()
+    }
+}
+
+/// The writer thread: uploads each batch as one object.
+fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Runner) {
+    loop {
+        match queue.next_batch(None) {
+            Next::Batch(batch) => {
+                if batch.bytes.is_empty() {
+                    // Everything uploaded is already durable.
+                    queue.complete(batch.last, Some(batch.last), batch.bytes);
+                    continue;
+                }
+                let path = object_path(prefix, batch.first);
+                let payload: PutPayload = [
+                    Bytes::copy_from_slice(&format::encode_header(batch.first)),
+                    Bytes::from(batch.bytes),
+                ]
+                .into_iter()
+                .collect();
+                match runner.block_on(put_new(store, &path, payload)) {
+                    // The buffer now belongs to the payload; the queue allocates a new one.
+                    Ok(()) => queue.complete(batch.last, Some(batch.last), Vec::new()),
+                    Err(Error::ObjectStore {
+                        source: object_store::Error::AlreadyExists { .. },
+                        ..
+                    }) => {
+                        queue.poison(Error::Fenced {
+                            lsn: batch.first,
+                            object: path.to_string(),
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        // The upload may or may not have landed; either way it is not known
+                        // durable, so nothing in it is acknowledged.
+                        queue.poison(e);
+                        break;
+                    }
+                }
+            }
+            Next::Idle => {}
+            Next::Closed => break,
+        }
+    }
+    queue.finish();
+}
+
+impl ObjectWal {
+    /// Stops accepting appends, uploads everything queued, and stops the writer. Fails if the
+    /// log was poisoned or fenced.
+    pub fn close(&self) -> Result<()> {
+        self.queue.close();
+        let handle = match self.writer.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            handle.join().map_err(|_| Error::Poisoned {
+                cause: Arc::new(Error::Closed),
+            })?;
+        }
+        match self.queue.check_open() {
+            Err(e @ Error::Poisoned { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes every object whose records are all below `lsn` (never the newest).
+    pub async fn truncate_before(&self, lsn: Lsn) -> Result<()> {
+        let objects = list(self.store.as_ref(), &self.prefix).await?;
+        let dead = objects
+            .windows(2)
+            .take_while(|pair| pair[1].0 <= lsn)
+            .count();
+        for (_, path) in &objects[..dead] {
+            delete(self.store.as_ref(), path).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl Wal for ObjectWal {
+    fn append<'a>(
+        &'a self,
+        payload: &'a [u8],
+        options: AppendOptions,
+    ) -> BoxFuture<'a, Result<Lsn>> {
+        Box::pin(async move {
+            let durable = options.durability == Durability::Durable;
+            let lsn = self.queue.enqueue(payload, durable)?;
+            if durable {
+                self.queue.wait_durable_async(lsn).await?;
+            }
+            Ok(lsn)
+        })
+    }
+
+    fn append_blocking(&self, payload: &[u8], options: AppendOptions) -> Result<Lsn> {
+        let durable = options.durability == Durability::Durable;
+        let lsn = self.queue.enqueue(payload, durable)?;
+        if durable {
+            self.queue.wait_durable(lsn)?;
+        }
+        Ok(lsn)
+    }
+
+    fn wait_durable(&self, lsn: Lsn) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.queue.wait_durable_async(lsn))
+    }
+
+    fn wait_durable_blocking(&self, lsn: Lsn) -> Result<()> {
+        self.queue.wait_durable(lsn)
+    }
+
+    fn read_from(&self, from: Lsn) -> BoxStream<'_, Result<Record>> {
+        let upto = self.queue.last_assigned();
+        stream::once(async move { self.queue.wait_written_async(upto).await })
+            .map_ok(move |()| self.records(from, upto))
+            .try_flatten()
+            .boxed()
+    }
+
+    fn truncate_before(&self, lsn: Lsn) -> BoxFuture<'_, Result<()>> {
+        Box::pin(ObjectWal::truncate_before(self, lsn))
+    }
+
+    fn last_durable_lsn(&self) -> Option<Lsn> {
+        some_lsn(self.queue.durable())
+    }
+
+    fn last_lsn(&self) -> Option<Lsn> {
+        some_lsn(self.queue.last_assigned())
+    }
+
+    fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    fn stats(&self) -> WalStats {
+        self.queue.stats()
+    }
+
+    fn close(&self) -> Result<()> {
+        ObjectWal::close(self)
+    }
+}

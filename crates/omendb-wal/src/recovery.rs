@@ -1,0 +1,246 @@
+//! Recovery modes and what recovery reports; the procedures live with each log
+//! (`file::recovery`, `object`). See `docs/failure-modes.md`.
+
+use std::fmt;
+
+use crate::Lsn;
+
+/// What recovery does when it finds damage (a torn or corrupt record, a bad header, a gap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// A partial or corrupt *last* record (nothing valid follows it) is cut off, the cut is made
+    /// durable, and it is reported; damage anywhere else is an error. The default: a crash in the
+    /// middle of a write leaves exactly this, while a checksum failure in the middle of the log is
+    /// never silently skipped.
+    #[default]
+    TolerateTornTail,
+    /// Any damage, a torn tail included, is an error and nothing is changed.
+    AbsoluteConsistency,
+    /// Stop at the first damage, keep everything before it and drop everything after it
+    /// (point-in-time recovery to the last intact record).
+    PointInTime,
+    /// Skip damaged records, report each, keep every intact record after them. Reads skip the same
+    /// damage. LSNs of skipped records are missing from the log.
+    SkipCorrupt,
+}
+
+/// What went wrong at one place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DamageKind {
+    /// The record (or header) stops before its declared end: a torn write.
+    Incomplete,
+    /// The record's CRC32C does not match its bytes.
+    Checksum,
+    /// The record declares a length above the record limit.
+    BadLength,
+    /// A segment or object header is missing, has the wrong magic or version, or fails its CRC.
+    BadHeader,
+    /// A valid record or segment carries an LSN other than the next one expected (a segment or
+    /// object is missing, or records are out of order).
+    LsnMismatch {
+        /// The LSN that should have come next.
+        expected: Lsn,
+        /// The LSN found.
+        found: Lsn,
+    },
+}
+
+/// One damaged place in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file path or object path.
+    pub location: String,
+    /// Byte offset of the damage inside it.
+    pub offset: u64,
+    /// Bytes affected: from `offset` to the next intact record, or to the end of the segment.
+    pub len: u64,
+    /// What is wrong there.
+    pub kind: DamageKind,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} at {} offset {} ({} bytes)",
+            self.kind, self.location, self.offset, self.len
+        )
+    }
+}
+
+/// What recovery found when the log was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The mode recovery ran in.
+    pub mode: RecoveryMode,
+    /// Intact records found (and kept).
+    pub records: u64,
+    /// LSN of the first record kept, if any.
+    pub first_lsn: Option<Lsn>,
+    /// LSN of the last record kept, if any. The next append gets the LSN after it.
+    pub last_lsn: Option<Lsn>,
+    /// Segments (or objects) read.
+    pub segments: usize,
+    /// Bytes of log read and verified.
+    pub bytes_read: u64,
+    /// Bytes removed from the log: the torn tail, or everything after the stop point in
+    /// [`RecoveryMode::PointInTime`].
+    pub bytes_truncated: u64,
+    /// The torn tail that was cut off, if there was one.
+    pub torn_tail: Option<Damage>,
+    /// Where [`RecoveryMode::PointInTime`] stopped, if it found damage.
+    pub stopped_at: Option<Damage>,
+    /// Each damaged range [`RecoveryMode::SkipCorrupt`] skipped.
+    pub skipped: Vec<Damage>,
+}
+
+/// What recovery must do with one segment (or object) after [`examine`] read it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Keep it; first cut it to `cut` bytes if given (made durable by the caller). With `stop`,
+    /// every later segment is dropped.
+    Keep {
+        /// Length to cut the segment to.
+        cut: Option<usize>,
+        /// Drop every later segment.
+        stop: bool,
+    },
+    /// Take it out of the log. With `stop` it and every later segment are deleted
+    /// (point-in-time); without, it is set aside under another name for inspection
+    /// ([`RecoveryMode::SkipCorrupt`]).
+    Drop {
+        /// Delete it and every later segment.
+        stop: bool,
+    },
+}
+
+/// Verifies one whole segment or object `buf` whose name says `base`, records what it finds in
+/// `report`, advances `expected` (the LSN the next record must carry) and decides, by the
+/// recovery mode, what happens to it. Damage the mode does not allow is an error.
+pub(crate) fn examine(
+    buf: &[u8],
+    base: Lsn,
+    location: &str,
+    is_last: bool,
+    max_record_bytes: usize,
+    expected: &mut Option<Lsn>,
+    report: &mut RecoveryReport,
+) -> crate::Result<Verdict> {
+    use crate::format::{self, Scanner, Step};
+    let mode = report.mode;
+    report.segments += 1;
+    report.bytes_read += buf.len() as u64;
+    let damage = |offset: usize, len: usize, kind: DamageKind| Damage {
+        location: location.to_owned(),
+        offset: offset as u64,
+        len: len as u64,
+        kind,
+    };
+    // A segment or object appears under its name only complete (renamed after its header is
+    // durable, or put atomically), so a bad header is never a torn write.
+    if format::decode_header(buf) != Some(base) {
+        let damage = damage(0, buf.len(), DamageKind::BadHeader);
+        return match mode {
+            RecoveryMode::TolerateTornTail | RecoveryMode::AbsoluteConsistency => {
+                Err(crate::Error::Corruption(damage))
+            }
+            RecoveryMode::PointInTime => {
+                report.stopped_at = Some(damage);
+                Ok(Verdict::Drop { stop: true })
+            }
+            RecoveryMode::SkipCorrupt => {
+                report.skipped.push(damage);
+                Ok(Verdict::Drop { stop: false })
+            }
+        };
+    }
+    if let Some(next) = *expected
+        && next != base
+    {
+        let damage = damage(
+            0,
+            0,
+            DamageKind::LsnMismatch {
+                expected: next,
+                found: base,
+            },
+        );
+        match mode {
+            RecoveryMode::TolerateTornTail | RecoveryMode::AbsoluteConsistency => {
+                return Err(crate::Error::Corruption(damage));
+            }
+            RecoveryMode::PointInTime => {
+                report.stopped_at = Some(damage);
+                return Ok(Verdict::Drop { stop: true });
+            }
+            RecoveryMode::SkipCorrupt => {
+                report.skipped.push(damage);
+                if base < next {
+                    // It overlaps records already kept; reading it would repeat LSNs.
+                    return Ok(Verdict::Drop { stop: false });
+                }
+                // A gap: the records in between are lost; the segment itself is kept.
+            }
+        }
+    }
+    let mut scan = Scanner::new(buf, base, max_record_bytes);
+    let mut verdict = Verdict::Keep {
+        cut: None,
+        stop: false,
+    };
+    loop {
+        let step = scan.step();
+        let torn_tail = is_last && step.is_torn_tail();
+        match step {
+            Step::Record { lsn, .. } => {
+                report.records += 1;
+                report.first_lsn.get_or_insert(lsn);
+                report.last_lsn = Some(lsn);
+            }
+            Step::End => break,
+            Step::Damage {
+                offset,
+                kind,
+                resume,
+            } => {
+                let found = damage(offset, resume.unwrap_or(buf.len()) - offset, kind);
+                match (mode, resume) {
+                    (RecoveryMode::TolerateTornTail | RecoveryMode::SkipCorrupt, _)
+                        if torn_tail =>
+                    {
+                        report.bytes_truncated += (buf.len() - offset) as u64;
+                        report.torn_tail = Some(found);
+                        verdict = Verdict::Keep {
+                            cut: Some(offset),
+                            stop: false,
+                        };
+                        break;
+                    }
+                    (RecoveryMode::SkipCorrupt, Some(resume)) => {
+                        report.skipped.push(found);
+                        scan.skip_to(resume);
+                    }
+                    (RecoveryMode::SkipCorrupt, None) => {
+                        // Nothing intact follows in this segment, and it is not a torn tail.
+                        report.skipped.push(found);
+                        break;
+                    }
+                    (RecoveryMode::PointInTime, _) => {
+                        report.bytes_truncated += (buf.len() - offset) as u64;
+                        report.stopped_at = Some(found);
+                        verdict = Verdict::Keep {
+                            cut: Some(offset),
+                            stop: true,
+                        };
+                        break;
+                    }
+                    _ => return Err(crate::Error::Corruption(found)),
+                }
+            }
+        }
+    }
+    *expected = Some(scan.next_lsn());
+    Ok(verdict)
+}
