@@ -1,0 +1,132 @@
+//! Two object-store writers racing on one prefix: every LSN is won by exactly one of them, the
+//! loser is fenced (poisoned with [`Error::Fenced`]) and nothing it lost is acknowledged.
+
+// Test helpers below are not `#[test]` functions, but a failed call in them is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{Backend, read_all};
+use omendb_wal::{AppendOptions, Error, Lsn, Wal, WalOptions};
+
+const TASKS: u64 = 8;
+const APPENDS: u64 = 30;
+
+fn fenced(err: &Error) -> bool {
+    match err {
+        Error::Fenced { .. } => true,
+        Error::Poisoned { cause } => matches!(cause.as_ref(), Error::Fenced { .. }),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_win_each_lsn_exactly_once() {
+    for round in 0..5 {
+        for backend in [Backend::memory(), Backend::local()] {
+            let context = format!("{} round {round}", backend.name());
+            let a: Arc<dyn Wal> = Arc::from(backend.open(WalOptions::default()).await.unwrap());
+            let b: Arc<dyn Wal> = Arc::from(backend.open(WalOptions::default()).await.unwrap());
+            let mut tasks = Vec::new();
+            for (writer, wal) in [(0u8, a.clone()), (1u8, b.clone())] {
+                for t in 0..TASKS {
+                    let wal = wal.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut acked = Vec::new();
+                        let mut errors = Vec::new();
+                        for i in 0..APPENDS {
+                            let p = format!("writer {writer} task {t} append {i}").into_bytes();
+                            match wal.append(&p, AppendOptions::DURABLE).await {
+                                Ok(lsn) => acked.push((lsn, p)),
+                                Err(e) => errors.push(e),
+                            }
+                        }
+                        (writer, acked, errors)
+                    }));
+                }
+            }
+            let mut acked: BTreeMap<Lsn, Vec<u8>> = BTreeMap::new();
+            let mut fenced_writers = [false; 2];
+            for task in tasks {
+                let (writer, mine, errors) = task.await.unwrap();
+                for (lsn, p) in mine {
+                    let earlier = acked.insert(lsn, p);
+                    assert!(earlier.is_none(), "{context}: LSN {lsn} acknowledged twice");
+                }
+                for e in &errors {
+                    assert!(fenced(e), "{context}: unexpected error {e}");
+                    fenced_writers[writer as usize] = true;
+                }
+            }
+            // Both started at LSN 1, so their first batches collide: exactly one is fenced.
+            assert!(
+                fenced_writers[0] ^ fenced_writers[1],
+                "{context}: {fenced_writers:?}"
+            );
+            let _ = a.close();
+            let _ = b.close();
+            drop((a, b));
+
+            let wal = backend.open(WalOptions::default()).await.unwrap();
+            let records = read_all(wal.as_ref(), 1).await;
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(r.lsn, i as u64 + 1, "{context}: gap or duplicate");
+            }
+            for (lsn, p) in &acked {
+                let r = &records[*lsn as usize - 1];
+                assert_eq!(
+                    &r.payload[..],
+                    &p[..],
+                    "{context}: LSN {lsn} holds another write"
+                );
+            }
+            assert!(!acked.is_empty(), "{context}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_opened_behind_another_is_fenced_at_its_first_batch() {
+    for backend in [Backend::memory(), Backend::local()] {
+        let name = backend.name();
+        let old = backend.open(WalOptions::default()).await.unwrap();
+        old.append(b"one", AppendOptions::DURABLE).await.unwrap();
+        // A new writer takes over (it recovers LSN 1); the old one, a zombie, keeps writing.
+        let new = backend.open(WalOptions::default()).await.unwrap();
+        assert_eq!(
+            new.append(b"two (new)", AppendOptions::DURABLE)
+                .await
+                .unwrap(),
+            2
+        );
+        let err = old
+            .append(b"two (old)", AppendOptions::DURABLE)
+            .await
+            .unwrap_err();
+        assert!(fenced(&err), "{name}: {err}");
+        let err = old
+            .append(b"three (old)", AppendOptions::DURABLE)
+            .await
+            .unwrap_err();
+        assert!(fenced(&err), "{name}: {err}");
+        assert_eq!(
+            new.append(b"three (new)", AppendOptions::DURABLE)
+                .await
+                .unwrap(),
+            3
+        );
+        let records = read_all(new.as_ref(), 1).await;
+        let payloads: Vec<_> = records.iter().map(|r| r.payload.to_vec()).collect();
+        assert_eq!(
+            payloads,
+            vec![
+                b"one".to_vec(),
+                b"two (new)".to_vec(),
+                b"three (new)".to_vec()
+            ]
+        );
+    }
+}

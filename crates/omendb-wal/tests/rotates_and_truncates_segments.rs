@@ -1,0 +1,286 @@
+//! Segment rotation and truncation across segments, damage in a segment that is not the last,
+//! a missing middle segment, a damaged segment header — and reopening after each.
+
+// Test helpers below are not `#[test]` functions, but a failed call in them is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{FRAME_HEADER_LEN, HEADER_LEN, frames, payload, segment_paths};
+use omendb_wal::{AppendOptions, DamageKind, Error, FileWal, Lsn, RecoveryMode, Wal, WalOptions};
+
+const RECORDS: u64 = 300;
+
+fn small_segments() -> WalOptions {
+    WalOptions::default()
+        .segment_bytes(2048)
+        .max_record_bytes(512)
+}
+
+/// Writes `RECORDS` records into small segments: single durable appends and buffered bursts
+/// whose group-commit batches straddle segment boundaries.
+fn fill(dir: &Path) {
+    let wal = FileWal::open(dir, small_segments()).unwrap();
+    for i in 1..=RECORDS {
+        let options = if i % 10 < 7 {
+            AppendOptions::BUFFERED
+        } else {
+            AppendOptions::DURABLE
+        };
+        assert_eq!(wal.append(&payload(i), options).unwrap(), i);
+    }
+    wal.close().unwrap();
+}
+
+fn read(wal: &FileWal, from: Lsn) -> Vec<Lsn> {
+    wal.reader(from)
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(&r.payload[..], &payload(r.lsn)[..]);
+            r.lsn
+        })
+        .collect()
+}
+
+#[test]
+fn segments_rotate_at_their_size_and_every_record_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let segments = segment_paths(dir.path());
+    assert!(segments.len() > 5, "only {} segments", segments.len());
+    let mut next = 1;
+    for path in &segments {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(bytes.len() <= 2048, "{path:?} is {} bytes", bytes.len());
+        // Each segment is named by the LSN of its first record.
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(name.parse::<Lsn>().unwrap(), next);
+        next += frames(&bytes).len() as u64;
+        assert!(
+            frames(&bytes)
+                .iter()
+                .all(|(_, len)| *len >= FRAME_HEADER_LEN)
+        );
+    }
+    assert_eq!(next, RECORDS + 1);
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(wal.recovery_report().segments, segments.len());
+    assert_eq!(read(&wal, 1), (1..=RECORDS).collect::<Vec<_>>());
+    assert_eq!(read(&wal, 123), (123..=RECORDS).collect::<Vec<_>>());
+    assert_eq!(read(&wal, RECORDS + 1), Vec::<Lsn>::new());
+}
+
+#[test]
+fn truncation_drops_whole_segments_below_the_lsn_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let before = segment_paths(dir.path());
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    wal.truncate_before(150).unwrap();
+    let after = segment_paths(dir.path());
+    assert!(after.len() < before.len());
+    let first_base: Lsn = after[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(first_base <= 150, "a segment holding LSN 150 was deleted");
+    let second_base: Lsn = after[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(second_base > 150, "a segment entirely below 150 survived");
+    assert_eq!(read(&wal, 1), (first_base..=RECORDS).collect::<Vec<_>>());
+    assert_eq!(read(&wal, 150), (150..=RECORDS).collect::<Vec<_>>());
+    // Truncating everything keeps the active segment, and LSNs go on.
+    wal.truncate_before(u64::MAX).unwrap();
+    assert_eq!(segment_paths(dir.path()).len(), 1);
+    assert_eq!(
+        wal.append(b"next", AppendOptions::DURABLE).unwrap(),
+        RECORDS + 1
+    );
+    wal.close().unwrap();
+    drop(wal);
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(wal.recovery_report().last_lsn, Some(RECORDS + 1));
+    assert_eq!(Wal::last_lsn(&wal), Some(RECORDS + 1));
+    assert_eq!(
+        wal.append(b"more", AppendOptions::DURABLE).unwrap(),
+        RECORDS + 2
+    );
+}
+
+/// Damages the last record of the first segment: a tail, but not the log's tail.
+fn damage_end_of_first_segment(dir: &Path) {
+    let first = &segment_paths(dir)[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let len = bytes.len();
+    bytes.truncate(len - 3);
+    std::fs::write(first, &bytes).unwrap();
+}
+
+#[test]
+fn a_torn_end_of_an_older_segment_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    damage_end_of_first_segment(dir.path());
+    let err = FileWal::open(dir.path(), small_segments()).unwrap_err();
+    assert!(
+        matches!(err, Error::Corruption(ref d) if d.kind == DamageKind::Incomplete),
+        "{err}"
+    );
+
+    let options = small_segments().recovery_mode(RecoveryMode::SkipCorrupt);
+    let wal = FileWal::open(dir.path(), options).unwrap();
+    let report = wal.recovery_report().clone();
+    let lost = report.skipped.len();
+    assert!(lost >= 1);
+    let got = read(&wal, 1);
+    assert_eq!(got.len() as u64, RECORDS - 1);
+    assert_eq!(*got.last().unwrap(), RECORDS);
+    drop(wal);
+
+    let options = small_segments().recovery_mode(RecoveryMode::PointInTime);
+    let wal = FileWal::open(dir.path(), options).unwrap();
+    let kept = read(&wal, 1);
+    assert_eq!(segment_paths(dir.path()).len(), 1);
+    let last = *kept.last().unwrap();
+    assert_eq!(kept, (1..=last).collect::<Vec<_>>());
+    assert_eq!(
+        wal.append(b"after", AppendOptions::DURABLE).unwrap(),
+        last + 1
+    );
+}
+
+#[test]
+fn a_missing_middle_segment_is_a_gap_every_mode_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let segments = segment_paths(dir.path());
+    let missing = &segments[2];
+    let missing_base: Lsn = missing
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let next_base: Lsn = segments[3]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::remove_file(missing).unwrap();
+
+    for mode in [
+        RecoveryMode::TolerateTornTail,
+        RecoveryMode::AbsoluteConsistency,
+    ] {
+        let err = FileWal::open(dir.path(), small_segments().recovery_mode(mode)).unwrap_err();
+        let Error::Corruption(damage) = err else {
+            panic!("{mode:?}: {err}")
+        };
+        assert_eq!(
+            damage.kind,
+            DamageKind::LsnMismatch {
+                expected: missing_base,
+                found: next_base
+            }
+        );
+    }
+    let wal = FileWal::open(
+        dir.path(),
+        small_segments().recovery_mode(RecoveryMode::SkipCorrupt),
+    )
+    .unwrap();
+    let got = read(&wal, 1);
+    let expected: Vec<Lsn> = (1..missing_base).chain(next_base..=RECORDS).collect();
+    assert_eq!(got, expected);
+    assert_eq!(wal.recovery_report().skipped.len(), 1);
+    drop(wal);
+    let wal = FileWal::open(
+        dir.path(),
+        small_segments().recovery_mode(RecoveryMode::PointInTime),
+    )
+    .unwrap();
+    assert_eq!(read(&wal, 1), (1..missing_base).collect::<Vec<_>>());
+    assert_eq!(
+        wal.append(b"x", AppendOptions::DURABLE).unwrap(),
+        missing_base
+    );
+}
+
+#[test]
+fn a_damaged_segment_header_is_never_a_torn_tail() {
+    for mode in common::MODES {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path());
+        let segments = segment_paths(dir.path());
+        let victim = &segments[1];
+        let victim_base: Lsn = victim
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut bytes = std::fs::read(victim).unwrap();
+        bytes[HEADER_LEN / 2] ^= 0x40;
+        std::fs::write(victim, &bytes).unwrap();
+        let opened = FileWal::open(dir.path(), small_segments().recovery_mode(mode));
+        match mode {
+            RecoveryMode::TolerateTornTail | RecoveryMode::AbsoluteConsistency => {
+                let err = opened.unwrap_err();
+                assert!(matches!(err, Error::Corruption(ref d) if d.kind == DamageKind::BadHeader));
+            }
+            RecoveryMode::PointInTime => {
+                let wal = opened.unwrap();
+                assert_eq!(read(&wal, 1), (1..victim_base).collect::<Vec<_>>());
+                assert_eq!(segment_paths(dir.path()).len(), 1);
+            }
+            RecoveryMode::SkipCorrupt => {
+                let wal = opened.unwrap();
+                let next_base: Lsn = segments[2]
+                    .file_stem()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let expected: Vec<Lsn> = (1..victim_base).chain(next_base..=RECORDS).collect();
+                assert_eq!(read(&wal, 1), expected);
+                // Set aside, not deleted.
+                let mut aside = victim.clone().into_os_string();
+                aside.push(".corrupt");
+                assert!(Path::new(&aside).exists());
+                assert_eq!(
+                    wal.append(b"x", AppendOptions::DURABLE).unwrap(),
+                    RECORDS + 1
+                );
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn a_half_created_segment_is_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let tmp = dir.path().join(format!("{:020}.wal.tmp", RECORDS + 1));
+    std::fs::write(&tmp, b"OMENWAL").unwrap();
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    assert!(!tmp.exists());
+    assert_eq!(wal.recovery_report().records, RECORDS);
+    assert!(wal.recovery_report().torn_tail.is_none());
+}
