@@ -11,7 +11,7 @@ use super::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KindChoice {
     /// Build every learned member within the budget and keep the one with the smallest expected
-    /// search cost ([`IndexStats::expected_probes`]); binary search if none beats it.
+    /// search cost ([`IndexStats::expected_cost`]); binary search if none beats it.
     #[default]
     Auto,
     /// Always an [`Rmi`].
@@ -89,11 +89,11 @@ impl AnyIndex {
             AnyIndex::Pla(Pla::build(keys, budget)?),
         ];
         let mut best = AnyIndex::BinarySearch(BinarySearch::build(keys));
-        let mut best_cost = best.stats().expected_probes;
+        let mut best_cost = best.stats().expected_cost;
         for candidate in candidates {
             let stats = candidate.stats();
-            if stats.size_bytes <= budget && stats.expected_probes < best_cost {
-                best_cost = stats.expected_probes;
+            if stats.size_bytes <= budget && stats.expected_cost < best_cost {
+                best_cost = stats.expected_cost;
                 best = candidate;
             }
         }

@@ -1,6 +1,6 @@
 //! Binary search: the member of the family with no model, correct for any key array.
 
-use super::{IndexKind, IndexStats, KeySet, LearnedIndex, Window, log2_cost};
+use super::{IndexKind, IndexStats, KeySet, LearnedIndex, Window, search_cost};
 
 /// The window is always the whole key array; the lookup is a plain bisection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl LearnedIndex for BinarySearch {
             size_bytes: std::mem::size_of::<Self>(),
             mean_window: n as f64,
             max_window: n,
-            expected_probes: log2_cost(n),
+            expected_cost: 1.0 + search_cost(n),
             levels: 0,
         }
     }

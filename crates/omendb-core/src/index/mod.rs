@@ -125,9 +125,10 @@ pub struct IndexStats {
     pub mean_window: f64,
     /// Largest final search window, in keys.
     pub max_window: usize,
-    /// Expected comparisons of one lookup: `log2` of every window searched on the way down,
-    /// averaged over stored keys. The chooser minimises this.
-    pub expected_probes: f64,
+    /// Expected dependent memory reads of one lookup, averaged over stored keys: one per model
+    /// level whose arrays are read, one for the keys, and one per bisection step a window needs
+    /// beyond a counted [`search::SCAN_MAX`] keys. The chooser minimises this.
+    pub expected_cost: f64,
     /// Model levels a lookup walks through (0 for binary search).
     pub levels: usize,
 }
@@ -202,10 +203,13 @@ fn validate_keys(keys: &[u64]) -> Result<(), IndexError> {
 /// segments small. Larger arrays can use [`BinarySearch`].
 pub const MAX_KEYS: usize = u32::MAX as usize - 1;
 
-/// Mean of `log2(window + 1)` weighted by how many keys see each window: the cost term the
-/// chooser compares.
-fn log2_cost(window: usize) -> f64 {
-    ((window + 1) as f64).log2()
+/// Dependent cache-line reads a search of `window` keys costs beyond the first: windows of up to
+/// [`search::SCAN_MAX`] keys are counted with independent loads (one round trip); each halving
+/// above that is one more.
+fn search_cost(window: usize) -> f64 {
+    (window.max(1) as f64 / search::SCAN_MAX as f64)
+        .log2()
+        .max(0.0)
 }
 
 /// The largest errors of `predict` over `keys`, which sit at positions `start..`: how far a

@@ -13,10 +13,10 @@
 //! bisection of a few cached keys, then one bounded search per level.
 
 use super::codec::{Reader, Writer};
-use super::search::{self, bisect, lower_bound_in};
+use super::search::{self, SCAN_CACHED, SCAN_MAX, bisect_scan, lower_bound_in, lower_bound_scan};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, log2_cost, measure, position,
-    prefetch, validate_keys,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position, prefetch,
+    search_cost, validate_keys,
 };
 
 /// ε of the segments over the data keys when no budget forces a larger one.
@@ -201,7 +201,7 @@ impl Pla {
             let candidate = Self::train(keys, epsilon / 2);
             let stats = candidate.stats();
             if stats.size_bytes > max_bytes
-                || stats.expected_probes > best.stats().expected_probes - 0.25
+                || stats.expected_cost > best.stats().expected_cost - 0.1
             {
                 break;
             }
@@ -259,10 +259,15 @@ impl Pla {
         let Some((top, below)) = self.levels.split_last() else {
             return 0;
         };
-        let mut segment = segment_at(&top.firsts, bisect(&top.firsts, key), key);
+        let mut segment = segment_at(
+            &top.firsts,
+            bisect_scan::<SCAN_CACHED>(&top.firsts, key),
+            key,
+        );
         let mut level = top;
         for child in below.iter().rev() {
-            let lb = lower_bound_in(&child.firsts, level.window(segment, key), key);
+            let lb =
+                lower_bound_scan::<SCAN_CACHED>(&child.firsts, level.window(segment, key), key);
             segment = segment_at(&child.firsts, lb, key);
             level = child;
         }
@@ -368,7 +373,7 @@ impl LearnedIndex for Pla {
         let mut windows = [Window { lo: 0, hi: 0 }; BATCH];
         for chunk in queries.chunks(BATCH) {
             for (s, &q) in segment.iter_mut().zip(chunk) {
-                *s = segment_at(&top.firsts, bisect(&top.firsts, q), q);
+                *s = segment_at(&top.firsts, bisect_scan::<SCAN_CACHED>(&top.firsts, q), q);
             }
             let mut level = top;
             // Each level in two stages: all windows with their lines prefetched, then all
@@ -379,7 +384,7 @@ impl LearnedIndex for Pla {
                     prefetch::window(&child.firsts, w.lo, w.hi, BATCH_PREFETCH_LINES);
                 }
                 for ((s, w), &q) in segment.iter_mut().zip(&windows).zip(chunk) {
-                    let lb = search::lower_bound_prefetched(&child.firsts, *w, q);
+                    let lb = search::lower_bound_prefetched::<SCAN_CACHED>(&child.firsts, *w, q);
                     *s = segment_at(&child.firsts, lb, q);
                     prefetch::line(child.lines.as_ptr().wrapping_add(*s));
                 }
@@ -390,7 +395,7 @@ impl LearnedIndex for Pla {
                 prefetch::window(keys, w.lo, w.hi, BATCH_PREFETCH_LINES);
             }
             for (w, &q) in windows.iter().zip(chunk) {
-                out.push(search::lower_bound_prefetched(keys, *w, q));
+                out.push(search::lower_bound_prefetched::<SCAN_MAX>(keys, *w, q));
             }
         }
     }
@@ -398,12 +403,13 @@ impl LearnedIndex for Pla {
     fn stats(&self) -> IndexStats {
         let n = self.keys.len as usize;
         let data_window = self.levels.first().map_or(0, |l| l.search_len().min(n));
-        let mut probes = log2_cost(data_window);
+        // One read per level (its segment's line), one for the keys, plus bisection beyond a
+        // counted window at every level.
+        let mut cost = self.levels.len() as f64 + 1.0 + search_cost(data_window);
         for (depth, level) in self.levels.iter().enumerate().skip(1) {
             let below = self.levels.get(depth - 1).map_or(0, Level::len);
-            probes += log2_cost(level.search_len().min(below));
+            cost += search_cost(level.search_len().min(below));
         }
-        probes += self.levels.last().map_or(0.0, |top| log2_cost(top.len()));
         let segments: usize = self.levels.iter().map(Level::len).sum();
         IndexStats {
             size_bytes: std::mem::size_of::<Self>()
@@ -411,7 +417,7 @@ impl LearnedIndex for Pla {
                 + segments * SEGMENT_BYTES,
             mean_window: data_window as f64,
             max_window: data_window,
-            expected_probes: probes,
+            expected_cost: cost,
             levels: self.levels.len(),
         }
     }

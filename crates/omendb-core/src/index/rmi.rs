@@ -9,10 +9,10 @@
 //! with the smallest expected search cost is kept.
 
 use super::codec::{Reader, Writer};
-use super::search::{self, lower_bound_in};
+use super::search::{self, SCAN_MAX, lower_bound_in};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, log2_cost, measure, position,
-    prefetch, validate_keys,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position, prefetch,
+    search_cost, validate_keys,
 };
 
 /// Bytes of one leaf in memory and on disk.
@@ -91,9 +91,9 @@ impl Rmi {
                 continue;
             }
             let rmi = Self::train(keys, &root, leaves);
-            let cost = rmi.stats().expected_probes;
+            let cost = rmi.stats().expected_cost;
             // A larger leaf array costs cache space: take it only for a clear gain in cost.
-            if best.as_ref().is_none_or(|(c, _)| cost < c - 0.25) {
+            if best.as_ref().is_none_or(|(c, _)| cost < c - 0.1) {
                 best = Some((cost, rmi));
             }
         }
@@ -360,26 +360,27 @@ impl LearnedIndex for Rmi {
                 prefetch::window(keys, w.lo, w.hi, BATCH_PREFETCH_LINES);
             }
             for (w, &q) in windows.iter().zip(chunk) {
-                out.push(search::lower_bound_prefetched(keys, *w, q));
+                out.push(search::lower_bound_prefetched::<SCAN_MAX>(keys, *w, q));
             }
         }
     }
 
     fn stats(&self) -> IndexStats {
         let n = self.keys.len.max(1) as f64;
-        let (mut mean, mut probes, mut max) = (0.0, 0.0, 0usize);
+        let (mut mean, mut cost, mut max) = (0.0, 0.0, 0usize);
         for leaf in &self.leaves {
             let len = leaf.len() as f64;
             let window = leaf.search_len();
             mean += len * window as f64;
-            probes += len * log2_cost(window);
+            cost += len * search_cost(window);
             max = max.max(window);
         }
         IndexStats {
             size_bytes: std::mem::size_of::<Self>() + self.leaves.len() * LEAF_BYTES,
             mean_window: mean / n,
             max_window: max,
-            expected_probes: probes / n,
+            // The leaf read, then the keys.
+            expected_cost: 2.0 + cost / n,
             levels: 2,
         }
     }

@@ -1,0 +1,376 @@
+//! `omendb-bench index`: point lookups of the learned-index family against `partition_point` and
+//! `BTreeMap` on the same sorted array, plus a measured DRAM floor.
+//!
+//! Every index's answers are compared with `partition_point`'s one by one before it is timed, and
+//! every timed pass's sum of positions is compared with the expected sum; a mismatch aborts the
+//! run before any figure for that index is printed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use omendb_core::index::{AnyIndex, IndexPolicy, KindChoice, LearnedIndex, Pla, Rmi};
+use omendb_core::keygen::{self, Dist};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+use crate::report::{self, Report};
+
+/// Arguments of `omendb-bench index`.
+#[derive(Parser, Debug)]
+pub(crate) struct Args {
+    /// Number of keys to generate.
+    #[arg(long, default_value_t = 10_000_000)]
+    keys: usize,
+    /// Key distribution: seq, bursty, uniform, lognormal, clustered, outliers, steps, or all.
+    #[arg(long, default_value = "all")]
+    dist: String,
+    /// Read the keys from a file in SOSD's format (u64 count, then sorted u64 keys, little-endian)
+    /// instead of generating them.
+    #[arg(long, conflicts_with = "dist")]
+    keys_file: Option<PathBuf>,
+    /// Number of lookups per timed pass.
+    #[arg(long, default_value_t = 10_000_000)]
+    lookups: usize,
+    /// Fraction of lookups for keys that are not in the set.
+    #[arg(long, default_value_t = 0.1)]
+    absent: f64,
+    /// Timed passes per index; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Seed of the key and lookup generators.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Index memory budget as a fraction of the key array's bytes.
+    #[arg(long, default_value_t = 0.02)]
+    budget: f64,
+    /// Print one JSON object per row instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One row of the output contract in `shared/design/PERFORMANCE.md`.
+#[derive(Serialize)]
+struct Row {
+    dist: String,
+    keys: usize,
+    index: String,
+    ns_per_lookup: f64,
+    /// `partition_point`'s ns per lookup divided by this row's: above 1 means faster.
+    vs_binary_search: f64,
+    /// `BTreeMap`'s ns per lookup divided by this row's: above 1 means faster.
+    vs_btreemap: f64,
+    index_bytes: usize,
+    build_ms: f64,
+    checksum_ok: bool,
+}
+
+/// Runs the benchmark for every data set the arguments name.
+pub(crate) fn run(args: &Args) -> Result<()> {
+    ensure!(args.runs > 0, "--runs must be at least 1");
+    ensure!(args.lookups > 0, "--lookups must be at least 1");
+    ensure!(
+        (0.0..=1.0).contains(&args.absent),
+        "--absent must be within 0..=1"
+    );
+    let mut report = Report::new(args.json);
+    report.note(&format!("machine: {}", report::machine()));
+    report.note(&format!(
+        "{} lookups per pass ({:.0}% absent), median of {} passes, index budget {:.1}% of key bytes",
+        args.lookups,
+        args.absent * 100.0,
+        args.runs,
+        args.budget * 100.0
+    ));
+    if let Some(path) = &args.keys_file {
+        let keys = read_sosd(path)?;
+        let name = path
+            .file_name()
+            .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
+        return bench_keys(&name, &keys, args, &mut report);
+    }
+    let dists: Vec<Dist> = if args.dist == "all" {
+        Dist::ALL.to_vec()
+    } else {
+        args.dist
+            .split(',')
+            .map(|d| d.parse::<Dist>())
+            .collect::<Result<_, _>>()?
+    };
+    for dist in dists {
+        report.note(&format!(
+            "generating {} {dist} keys (seed {})",
+            args.keys, args.seed
+        ));
+        let keys = dist.generate(args.keys, args.seed);
+        bench_keys(dist.name(), &keys, args, &mut report)?;
+    }
+    Ok(())
+}
+
+/// Reads a key file in SOSD's binary format, refusing truncated or unsorted ones.
+fn read_sosd(path: &Path) -> Result<Vec<u64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        bytes.len() >= 8,
+        "{}: {} bytes is too short for SOSD's 8-byte key count",
+        path.display(),
+        bytes.len()
+    );
+    let (count, body) = bytes.split_at(8);
+    let mut count_bytes = [0u8; 8];
+    count_bytes.copy_from_slice(count);
+    let count = u64::from_le_bytes(count_bytes);
+    let expected = count.checked_mul(8).context("key count overflows")?;
+    ensure!(
+        body.len() as u64 == expected,
+        "{}: header says {count} keys ({expected} bytes) but {} bytes follow: truncated or not a SOSD file",
+        path.display(),
+        body.len()
+    );
+    let keys: Vec<u64> = body
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect();
+    if let Some(at) = keys.windows(2).position(|w| w[0] > w[1]) {
+        bail!(
+            "{}: keys are not sorted: key {} at position {} is smaller than {} before it",
+            path.display(),
+            keys[at + 1],
+            at + 1,
+            keys[at]
+        );
+    }
+    Ok(keys)
+}
+
+/// Measures every index on one key array.
+fn bench_keys(dist: &str, keys: &[u64], args: &Args, report: &mut Report) -> Result<()> {
+    ensure!(!keys.is_empty(), "{dist}: no keys to look up");
+    let queries = keygen::lookups(keys, args.lookups, args.absent, args.seed);
+    let expected: Vec<usize> = queries
+        .iter()
+        .map(|&q| keys.partition_point(|&k| k < q))
+        .collect();
+    let expected_sum = checksum(&expected);
+    let bench = Bench {
+        dist,
+        keys,
+        queries: &queries,
+        expected: &expected,
+        expected_sum,
+        runs: args.runs,
+    };
+
+    let binary_ns = bench.time("binary_search", |q| keys.partition_point(|&k| k < q))?;
+    let btree_start = Instant::now();
+    let mut map = BTreeMap::new();
+    for (i, &k) in keys.iter().enumerate() {
+        // Equal keys map to their first position, as a lower bound would.
+        map.entry(k).or_insert(i);
+    }
+    let btree_build = ms(btree_start);
+    let n = keys.len();
+    let btree_ns = bench.time("btreemap", |q| map.range(q..).next().map_or(n, |(_, &p)| p))?;
+    drop(map);
+
+    let row = |index: &str, ns: f64, bytes: usize, build_ms: f64| Row {
+        dist: dist.to_owned(),
+        keys: n,
+        index: index.to_owned(),
+        ns_per_lookup: ns,
+        vs_binary_search: binary_ns / ns,
+        vs_btreemap: btree_ns / ns,
+        index_bytes: bytes,
+        build_ms,
+        checksum_ok: true,
+    };
+    report.row(&row("binary_search", binary_ns, 0, 0.0))?;
+    // A BTreeMap's bytes are its nodes: about 1.5x its entries' 16 bytes at the usual fill.
+    report.row(&row("btreemap", btree_ns, n * 24, btree_build))?;
+
+    let budget = IndexPolicy {
+        memory_fraction: args.budget,
+        ..IndexPolicy::default()
+    };
+    let bytes = budget.budget_bytes(n);
+
+    let start = Instant::now();
+    let rmi = Rmi::build(keys, bytes)?;
+    let rmi_build = ms(start);
+    let start = Instant::now();
+    let pla = Pla::build(keys, bytes)?;
+    let pla_build = ms(start);
+    let start = Instant::now();
+    let auto = AnyIndex::build(
+        keys,
+        &IndexPolicy {
+            kind: KindChoice::Auto,
+            ..budget
+        },
+    )?;
+    let auto_build = ms(start);
+    report.note(&format!(
+        "{dist}: rmi {} leaves, mean window {:.1}; pla eps {} {} segments {} levels, window {}; auto chose {}",
+        rmi.leaf_count(),
+        rmi.stats().mean_window,
+        pla.epsilon(),
+        pla.segment_count(),
+        pla.level_count(),
+        pla.stats().max_window,
+        auto.kind()
+    ));
+
+    for (name, index, build) in [
+        ("rmi", &rmi as &dyn LearnedIndex, rmi_build),
+        ("pla", &pla, pla_build),
+        ("auto", &auto, auto_build),
+    ] {
+        let size = index.stats().size_bytes;
+        let ns = match name {
+            "rmi" => bench.time(name, |q| rmi.lower_bound(keys, q))?,
+            "pla" => bench.time(name, |q| pla.lower_bound(keys, q))?,
+            _ => bench.time(name, |q| auto.lower_bound(keys, q))?,
+        };
+        report.row(&row(name, ns, size, build))?;
+        let batch_name = format!("{name}-batch");
+        let ns = bench.time_batch(&batch_name, index)?;
+        report.row(&row(&batch_name, ns, size, build))?;
+    }
+
+    let floor = dram_floor(n, args.lookups, args.runs, args.seed)?;
+    report.row(&row("dram_floor", floor, 0, 0.0))?;
+    Ok(())
+}
+
+/// Keys, queries and expected answers shared by every timed index.
+struct Bench<'a> {
+    dist: &'a str,
+    keys: &'a [u64],
+    queries: &'a [u64],
+    expected: &'a [usize],
+    expected_sum: u64,
+    runs: usize,
+}
+
+impl Bench<'_> {
+    /// Verifies `lookup` on every query, then returns the median ns per lookup over the passes.
+    fn time(&self, name: &str, lookup: impl Fn(u64) -> usize) -> Result<f64> {
+        for (i, (&q, &want)) in self.queries.iter().zip(self.expected).enumerate() {
+            let got = lookup(q);
+            if got != want {
+                bail!(
+                    "{}/{name}: WRONG ANSWER for lookup {i} (key {q}): got {got}, expected {want}; no timing reported",
+                    self.dist
+                );
+            }
+        }
+        let mut samples = Vec::with_capacity(self.runs);
+        for _ in 0..self.runs {
+            let start = Instant::now();
+            let mut sum = 0u64;
+            for &q in self.queries {
+                sum = sum.wrapping_add(lookup(q) as u64);
+            }
+            let elapsed = start.elapsed();
+            self.check_sum(name, sum)?;
+            samples.push(elapsed.as_nanos() as f64 / self.queries.len() as f64);
+        }
+        Ok(median(&mut samples))
+    }
+
+    /// Like [`Bench::time`] for batched lookups of 1024 keys per call.
+    fn time_batch(&self, name: &str, index: &dyn LearnedIndex) -> Result<f64> {
+        const CALL: usize = 1024;
+        let mut out = Vec::with_capacity(CALL);
+        for (chunk, want) in self.queries.chunks(CALL).zip(self.expected.chunks(CALL)) {
+            index.lower_bound_batch(self.keys, chunk, &mut out);
+            if out != want {
+                bail!(
+                    "{}/{name}: WRONG ANSWER in a batch; no timing reported",
+                    self.dist
+                );
+            }
+        }
+        let mut samples = Vec::with_capacity(self.runs);
+        for _ in 0..self.runs {
+            let start = Instant::now();
+            let mut sum = 0u64;
+            for chunk in self.queries.chunks(CALL) {
+                index.lower_bound_batch(self.keys, chunk, &mut out);
+                sum = out.iter().fold(sum, |s, &p| s.wrapping_add(p as u64));
+            }
+            let elapsed = start.elapsed();
+            self.check_sum(name, sum)?;
+            samples.push(elapsed.as_nanos() as f64 / self.queries.len() as f64);
+        }
+        Ok(median(&mut samples))
+    }
+
+    fn check_sum(&self, name: &str, sum: u64) -> Result<()> {
+        if sum != self.expected_sum {
+            bail!(
+                "{}/{name}: checksum {sum} != expected {}; no timing reported",
+                self.dist,
+                self.expected_sum
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Nanoseconds of one dependent random read in an array of `n` u64s: a pointer chase around a
+/// single random cycle (Sattolo's algorithm), `steps` reads per pass, median of `runs` passes.
+/// The sum of visited slots is checked against an untimed pass.
+fn dram_floor(n: usize, steps: usize, runs: usize, seed: u64) -> Result<f64> {
+    let mut next: Vec<u64> = (0..n as u64).collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..i);
+        next.swap(i, j);
+    }
+    let chase = |next: &[u64]| {
+        let mut at = 0usize;
+        let mut sum = 0u64;
+        for _ in 0..steps {
+            at = next[at] as usize;
+            sum = sum.wrapping_add(at as u64);
+        }
+        sum
+    };
+    let expected = chase(&next);
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let sum = chase(&next);
+        let elapsed = start.elapsed();
+        ensure!(
+            sum == expected,
+            "dram_floor: pointer chase checksum changed between passes"
+        );
+        samples.push(elapsed.as_nanos() as f64 / steps as f64);
+    }
+    Ok(median(&mut samples))
+}
+
+fn checksum(positions: &[usize]) -> u64 {
+    positions
+        .iter()
+        .fold(0u64, |s, &p| s.wrapping_add(p as u64))
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
