@@ -82,7 +82,8 @@ impl Rmi {
     /// expected search cost.
     pub fn build(keys: &[u64], max_bytes: usize) -> Result<Self, IndexError> {
         validate_keys(keys)?;
-        let max_leaves = (max_bytes / LEAF_BYTES).clamp(1, keys.len().max(1));
+        let room = max_bytes.saturating_sub(std::mem::size_of::<Self>());
+        let max_leaves = (room / LEAF_BYTES).clamp(1, keys.len().max(1));
         let root = RootFit::of(keys);
         let mut best: Option<(f64, Rmi)> = None;
         for shift in [4, 2, 0] {

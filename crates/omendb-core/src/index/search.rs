@@ -86,3 +86,60 @@ pub(crate) fn bisect_scan<const SCAN: usize>(s: &[u64], key: u64) -> usize {
     let tail = s.get(base..base + size).unwrap_or(&[]);
     base + tail.iter().map(|&k| usize::from(k < key)).sum::<usize>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bisect_matches_partition_point_on_every_prefix() {
+        let keys: Vec<u64> = (0..200u64).map(|i| i / 3 * 7).collect();
+        for len in 0..=keys.len() {
+            let s = &keys[..len];
+            for key in 0..=(200 / 3 * 7 + 2) {
+                let expected = s.partition_point(|&k| k < key);
+                assert_eq!(
+                    bisect_scan::<SCAN_MAX>(s, key),
+                    expected,
+                    "len {len} key {key}"
+                );
+                assert_eq!(
+                    bisect_scan::<SCAN_CACHED>(s, key),
+                    expected,
+                    "len {len} key {key}"
+                );
+                assert_eq!(bisect_scan::<1>(s, key), expected, "len {len} key {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_that_misses_the_answer_falls_back_to_the_whole_array() {
+        let keys: Vec<u64> = (0..1000).map(|k| k * 2).collect();
+        for (lo, hi) in [
+            (0, 0),
+            (0, 10),
+            (500, 600),
+            (990, 1000),
+            (1000, 1000),
+            (7, 3),
+        ] {
+            for key in [0, 1, 2, 555, 1001, 1998, 1999, 5000] {
+                let expected = keys.partition_point(|&k| k < key);
+                assert_eq!(lower_bound_in(&keys, Window { lo, hi }, key), expected);
+                let w = Window { lo, hi };
+                assert_eq!(
+                    lower_bound_prefetched::<SCAN_CACHED>(&keys, w, key),
+                    expected
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn windows_past_the_end_are_clamped() {
+        let keys: Vec<u64> = vec![5, 6, 7];
+        assert_eq!(lower_bound_in(&keys, Window { lo: 10, hi: 20 }, 6), 1);
+        assert_eq!(lower_bound_in(&[], Window { lo: 10, hi: 20 }, 6), 0);
+    }
+}
