@@ -8,10 +8,11 @@
 //!
 //! Model-checked with loom: `cargo xtask loom`.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::sync::{self, Condvar, Mutex};
+use crate::sync::{self, AtomicBool, AtomicU64, Condvar, Mutex};
 use crate::{Lsn, format};
 
 /// Counters of what the log has done since it was opened.
@@ -80,23 +81,32 @@ struct State {
     finished: bool,
     /// The writer sleeps on `work` and needs a notification.
     writer_idle: bool,
-    /// Threads sleeping on `done`.
-    waiters: usize,
     /// Appenders sleeping on `space`.
     blocked: usize,
     stats: WalStats,
 }
 
 /// The queue. One per log; shared by appenders and the writer.
+///
+/// Waiters for durability sleep on their own lock (`waiters`/`done`), not on `state`: when a
+/// batch completes, dozens of woken appenders would otherwise queue up on the lock the writer
+/// needs to take the next batch.
 #[derive(Debug)]
 pub(crate) struct Queue {
     state: Mutex<State>,
     /// The writer waits here for work.
     work: Condvar,
-    /// Durability and write waiters wait here.
-    done: Condvar,
     /// Appenders wait here while the buffer is full.
     space: Condvar,
+    /// Copies of `State::durable` and `State::written`, updated under `state`, read without it.
+    durable: AtomicU64,
+    written: AtomicU64,
+    /// Poisoned or finished: waiters must stop waiting and look at `state`.
+    stopped: AtomicBool,
+    /// Threads sleeping on `done`.
+    waiters: Mutex<usize>,
+    /// Durability and write waiters wait here.
+    done: Condvar,
     max_record_bytes: usize,
     max_buffered_bytes: usize,
     #[cfg(not(loom))]
@@ -119,13 +129,16 @@ impl Queue {
                 closed: false,
                 finished: false,
                 writer_idle: false,
-                waiters: 0,
                 blocked: 0,
                 stats: WalStats::default(),
             }),
             work: Condvar::new(),
-            done: Condvar::new(),
             space: Condvar::new(),
+            durable: AtomicU64::new(last_lsn),
+            written: AtomicU64::new(last_lsn),
+            stopped: AtomicBool::new(false),
+            waiters: Mutex::new(0),
+            done: Condvar::new(),
             max_record_bytes,
             max_buffered_bytes,
             #[cfg(not(loom))]
@@ -183,32 +196,57 @@ impl Queue {
 
     /// Blocks until `lsn` is durable, asking the writer to sync it if nobody has yet.
     pub(crate) fn wait_durable(&self, lsn: Lsn) -> Result<()> {
-        let mut st = sync::lock(&self.state);
-        loop {
-            if st.durable >= lsn {
-                return Ok(());
-            }
+        if self.durable.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        {
+            let mut st = sync::lock(&self.state);
             self.check_waitable(&st, lsn)?;
             self.request_sync(&mut st, lsn);
-            st.waiters += 1;
-            st = sync::wait(&self.done, st);
-            st.waiters -= 1;
         }
+        self.await_durable(lsn)
+    }
+
+    /// Blocks until `lsn`, whose sync was requested by [`Queue::enqueue`], is durable.
+    pub(crate) fn await_durable(&self, lsn: Lsn) -> Result<()> {
+        self.sleep_until(|q| q.durable.load(Ordering::Acquire) >= lsn);
+        self.outcome(lsn, |st| st.durable >= lsn)
     }
 
     /// Blocks until every record up to `lsn` has been handed to the storage (readable), without
     /// asking for a sync.
     pub(crate) fn wait_written(&self, lsn: Lsn) -> Result<()> {
-        let mut st = sync::lock(&self.state);
-        loop {
-            if st.written >= lsn {
-                return Ok(());
-            }
-            self.check_waitable(&st, lsn)?;
-            st.waiters += 1;
-            st = sync::wait(&self.done, st);
-            st.waiters -= 1;
+        if self.written.load(Ordering::Acquire) >= lsn {
+            return Ok(());
         }
+        self.check_waitable(&sync::lock(&self.state), lsn)?;
+        self.sleep_until(|q| q.written.load(Ordering::Acquire) >= lsn);
+        self.outcome(lsn, |st| st.written >= lsn)
+    }
+
+    /// Sleeps on `done` until `reached` or the queue stops.
+    fn sleep_until(&self, reached: impl Fn(&Self) -> bool) {
+        let mut waiters = sync::lock(&self.waiters);
+        // Checked under `waiters`, which `publish` takes after updating the atomics, so a wake-up
+        // between the check and the sleep cannot be missed.
+        while !reached(self) && !self.stopped.load(Ordering::Acquire) {
+            *waiters += 1;
+            waiters = sync::wait(&self.done, waiters);
+            *waiters -= 1;
+        }
+    }
+
+    /// The result for a waiter for `lsn` that stopped sleeping.
+    fn outcome(&self, lsn: Lsn, reached: impl Fn(&State) -> bool) -> Result<()> {
+        if self.durable.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let st = sync::lock(&self.state);
+        if reached(&st) {
+            return Ok(());
+        }
+        self.check_waitable(&st, lsn)?;
+        Err(Error::Closed)
     }
 
     /// The error a waiter for `lsn` gets now, if it cannot wait.
@@ -246,7 +284,7 @@ impl Queue {
 
     /// The last LSN known durable (0 if none).
     pub(crate) fn durable(&self) -> Lsn {
-        sync::lock(&self.state).durable
+        self.durable.load(Ordering::Acquire)
     }
 
     /// The counters.
@@ -363,7 +401,11 @@ impl Queue {
 
     /// Wakes waiters after a change of `written`, `durable`, poison or finish.
     fn publish(&self, st: sync::MutexGuard<'_, State>) {
-        let wake = st.waiters > 0;
+        self.durable.store(st.durable, Ordering::Release);
+        self.written.store(st.written, Ordering::Release);
+        if st.poison.is_some() || st.finished {
+            self.stopped.store(true, Ordering::Release);
+        }
         #[cfg(not(loom))]
         let progress = Progress {
             durable: st.durable,
@@ -371,9 +413,11 @@ impl Queue {
             stopped: st.poison.is_some() || st.finished,
         };
         drop(st);
-        if wake {
+        let waiters = sync::lock(&self.waiters);
+        if *waiters > 0 {
             self.done.notify_all();
         }
+        drop(waiters);
         #[cfg(not(loom))]
         self.progress.send_replace(progress);
     }
@@ -381,25 +425,31 @@ impl Queue {
 
 #[cfg(not(loom))]
 impl Queue {
-    /// Waits without blocking the thread until `lsn` is durable.
+    /// Waits without blocking the thread until `lsn` is durable, asking for a sync if needed.
     pub(crate) async fn wait_durable_async(&self, lsn: Lsn) -> Result<()> {
-        let mut progress = self.progress.subscribe();
+        if self.durable.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
         {
             let mut st = sync::lock(&self.state);
-            if st.durable >= lsn {
-                return Ok(());
-            }
             self.check_waitable(&st, lsn)?;
             self.request_sync(&mut st, lsn);
         }
-        // The sender lives as long as `self`, so this cannot fail while we borrow it.
-        let _ = progress.wait_for(|p| p.durable >= lsn || p.stopped).await;
-        let st = sync::lock(&self.state);
-        if st.durable >= lsn {
+        self.await_durable_async(lsn).await
+    }
+
+    /// Waits without blocking the thread until `lsn`, whose sync was requested by
+    /// [`Queue::enqueue`], is durable.
+    pub(crate) async fn await_durable_async(&self, lsn: Lsn) -> Result<()> {
+        if self.durable.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        self.check_waitable(&st, lsn)?;
-        Err(Error::Closed)
+        // Subscribed after the check: `wait_for` looks at the current value first, and
+        // `publish` sends after updating the atomics, so no completion is missed.
+        let mut progress = self.progress.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we borrow it.
+        let _ = progress.wait_for(|p| p.durable >= lsn || p.stopped).await;
+        self.outcome(lsn, |st| st.durable >= lsn)
     }
 
     /// Waits without blocking the thread until records up to `lsn` are written.

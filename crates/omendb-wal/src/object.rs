@@ -365,7 +365,7 @@ impl Wal for ObjectWal {
             let durable = options.durability == Durability::Durable;
             let lsn = self.queue.enqueue(payload, durable)?;
             if durable {
-                self.queue.wait_durable_async(lsn).await?;
+                self.queue.await_durable_async(lsn).await?;
             }
             Ok(lsn)
         })
@@ -375,7 +375,7 @@ impl Wal for ObjectWal {
         let durable = options.durability == Durability::Durable;
         let lsn = self.queue.enqueue(payload, durable)?;
         if durable {
-            self.queue.wait_durable(lsn)?;
+            self.queue.await_durable(lsn)?;
         }
         Ok(lsn)
     }

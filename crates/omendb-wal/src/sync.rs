@@ -2,7 +2,11 @@
 //! model-checked twins under `--cfg loom`, so the same queue code is what loom explores.
 
 #[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64};
+#[cfg(loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 

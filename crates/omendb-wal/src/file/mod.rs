@@ -105,7 +105,7 @@ impl FileWal {
             .queue
             .enqueue(payload, options.durability == Durability::Durable)?;
         if options.durability == Durability::Durable {
-            self.queue.wait_durable(lsn)?;
+            self.queue.await_durable(lsn)?;
         }
         Ok(lsn)
     }
@@ -208,7 +208,7 @@ impl Wal for FileWal {
             let durable = options.durability == Durability::Durable;
             let lsn = self.queue.enqueue(payload, durable)?;
             if durable {
-                self.queue.wait_durable_async(lsn).await?;
+                self.queue.await_durable_async(lsn).await?;
             }
             Ok(lsn)
         })
