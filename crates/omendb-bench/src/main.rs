@@ -7,6 +7,7 @@
 
 mod index;
 mod report;
+mod wal;
 
 use clap::{Parser, Subcommand};
 
@@ -21,10 +22,13 @@ struct Cli {
 enum Bench {
     /// Point lookups in the learned-index family against binary search and BTreeMap.
     Index(index::Args),
+    /// Write-ahead log appends (group commit) for 1–256 appenders, and recovery speed.
+    Wal(wal::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Index(args) => index::run(&args),
+        Bench::Wal(args) => wal::run(&args),
     }
 }
