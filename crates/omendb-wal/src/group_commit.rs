@@ -81,6 +81,11 @@ struct State {
     finished: bool,
     /// The writer sleeps on `work` and needs a notification.
     writer_idle: bool,
+    /// Records the next synced batch waits for: as many as the last synced batch had, since
+    /// those appenders are likely to come back (see [`Queue::next_batch`]).
+    gather: u64,
+    /// The writer sleeps on `work` until `buf_records` reaches `gather`.
+    writer_gathering: bool,
     /// Appenders sleeping on `space`.
     blocked: usize,
     stats: WalStats,
@@ -129,6 +134,8 @@ impl Queue {
                 closed: false,
                 finished: false,
                 writer_idle: false,
+                gather: 0,
+                writer_gathering: false,
                 blocked: 0,
                 stats: WalStats::default(),
             }),
@@ -186,7 +193,11 @@ impl Queue {
         if durable && st.sync_upto < lsn {
             st.sync_upto = lsn;
         }
-        let wake = std::mem::take(&mut st.writer_idle);
+        let mut wake = std::mem::take(&mut st.writer_idle);
+        if st.writer_gathering && st.buf_records >= st.gather {
+            st.writer_gathering = false;
+            wake = true;
+        }
         drop(st);
         if wake {
             self.work.notify_one();
@@ -312,19 +323,39 @@ impl Queue {
     }
 
     /// Writer side: waits (at most `timeout`, if given) for something to write or sync.
-    pub(crate) fn next_batch(&self, timeout: Option<Duration>) -> Next {
+    ///
+    /// Adaptive group commit: when a sync is wanted but fewer records are queued than the last
+    /// synced batch held, the writer first waits (at most `gather_wait`) for that many. The
+    /// appenders that shared the last sync are usually about to append again; without the wait
+    /// they would split into two half-size batches, each paying a full sync. A lone appender
+    /// never waits: its last batch held one record.
+    pub(crate) fn next_batch(&self, timeout: Option<Duration>, gather_wait: Duration) -> Next {
         let mut st = sync::lock(&self.state);
         let mut waited = false;
+        let mut gathered = false;
         loop {
             if st.poison.is_some() {
                 return Next::Closed;
             }
-            if !st.buf.is_empty() || st.sync_upto > st.durable {
+            let sync = st.sync_upto > st.durable;
+            if !st.buf.is_empty() || sync {
+                if sync
+                    && !gathered
+                    && !st.closed
+                    && st.buf_records < st.gather
+                    && !gather_wait.is_zero()
+                {
+                    st.writer_gathering = true;
+                    st = sync::wait_timeout(&self.work, st, gather_wait);
+                    st.writer_gathering = false;
+                    gathered = true;
+                    continue;
+                }
                 let spare = std::mem::take(&mut st.spare);
                 let bytes = std::mem::replace(&mut st.buf, spare);
                 let last = st.next_lsn - 1;
                 let records = std::mem::take(&mut st.buf_records);
-                let sync = st.sync_upto > st.durable;
+                st.gather = if sync { records } else { 0 };
                 if st.blocked > 0 {
                     self.space.notify_all();
                 }
@@ -484,7 +515,8 @@ mod loom_tests {
     fn writer(queue: Arc<Queue>, fail: bool) -> Vec<u8> {
         let mut file = encode_header(1).to_vec();
         loop {
-            match queue.next_batch(None) {
+            // A gather wait, so loom also explores the adaptive wait and its wake-up.
+            match queue.next_batch(None, Duration::from_millis(1)) {
                 Next::Batch(batch) => {
                     if fail {
                         queue.poison(Error::Closed);

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -21,6 +22,9 @@ use crate::wal::some_lsn;
 use crate::{
     AppendOptions, Durability, Lsn, Record, RecoveryMode, RecoveryReport, Wal, WalOptions, WalStats,
 };
+
+/// Upper bound of the adaptive group-commit wait, whatever an upload costs.
+const MAX_GATHER: Duration = Duration::from_millis(10);
 
 /// Extension of a log object.
 const EXT: &str = ".wal";
@@ -272,8 +276,10 @@ impl ObjectWal {
 
 /// The writer thread: uploads each batch as one object.
 fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Runner) {
+    // How long the last upload took: the most the next batch waits to gather appenders.
+    let mut upload_cost = Duration::ZERO;
     loop {
-        match queue.next_batch(None) {
+        match queue.next_batch(None, upload_cost.min(MAX_GATHER)) {
             Next::Batch(batch) => {
                 if batch.bytes.is_empty() {
                     // Everything uploaded is already durable.
@@ -287,7 +293,10 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Ru
                 ]
                 .into_iter()
                 .collect();
-                match runner.block_on(put_new(store, &path, payload)) {
+                let start = Instant::now();
+                let put = runner.block_on(put_new(store, &path, payload));
+                upload_cost = start.elapsed();
+                match put {
                     // The buffer now belongs to the payload; the queue allocates a new one.
                     Ok(()) => queue.complete(batch.last, Some(batch.last), Vec::new()),
                     Err(Error::ObjectStore {

@@ -8,7 +8,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -78,6 +78,7 @@ impl FileWal {
             written: recovered.last_lsn,
             durable: recovered.last_lsn,
             last_sync: Instant::now(),
+            sync_cost: Duration::ZERO,
         };
         let handle = std::thread::Builder::new()
             .name("omendb-wal-writer".to_owned())

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::segment::{self, Segment};
 use crate::error::{Error, Result};
@@ -30,7 +30,12 @@ pub(crate) struct Writer {
     pub(crate) written: Lsn,
     pub(crate) durable: Lsn,
     pub(crate) last_sync: Instant,
+    /// How long the last sync took: the most the next batch waits to gather appenders.
+    pub(crate) sync_cost: Duration,
 }
+
+/// Upper bound of the adaptive group-commit wait, whatever a sync costs.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 impl Writer {
     /// Runs until the queue closes (after a final sync) or a failure poisons it.
@@ -42,7 +47,10 @@ impl Writer {
                 }
                 _ => None,
             };
-            let result = match self.queue.next_batch(timeout) {
+            let result = match self
+                .queue
+                .next_batch(timeout, self.sync_cost.min(MAX_GATHER))
+            {
                 Next::Batch(batch) => self.write(batch),
                 Next::Idle => self.sync_if_due(),
                 Next::Closed => {
@@ -133,9 +141,11 @@ impl Writer {
         if self.durable < self.written {
             // Never retried after a failure: the kernel may have dropped the dirty pages, so a
             // later "successful" fsync would prove nothing. The caller poisons the log.
+            let start = Instant::now();
             self.file
                 .sync_data()
                 .map_err(|e| Error::io("sync", &self.path, e))?;
+            self.sync_cost = start.elapsed();
             self.durable = self.written;
         }
         self.last_sync = Instant::now();
