@@ -218,13 +218,15 @@ fn bench_keys(dist: &str, keys: &[u64], args: &Args, report: &mut Report) -> Res
     )?;
     let auto_build = ms(start);
     report.note(&format!(
-        "{dist}: rmi {} leaves, mean window {:.1}; pla eps {} {} segments {} levels, window {}; auto chose {}",
+        "{dist}: rmi {} leaves, mean window {:.1}, cost {:.2}; pla eps {}, {} segments, radix bits {}, window {}, cost {:.2}; auto chose {}",
         rmi.leaf_count(),
         rmi.stats().mean_window,
+        rmi.stats().expected_cost,
         pla.epsilon(),
         pla.segment_count(),
-        pla.level_count(),
+        pla.radix_bits(),
         pla.stats().max_window,
+        pla.stats().expected_cost,
         auto.kind()
     ));
 

@@ -29,7 +29,7 @@ fn family(keys: &[u64], leaves: usize, epsilon: usize, budget: usize) -> Vec<(St
         ),
         (
             format!("pla/eps{epsilon}"),
-            AnyIndex::Pla(Pla::build_with_epsilon(keys, epsilon).unwrap()),
+            AnyIndex::Pla(Pla::build_with_epsilon(keys, epsilon, budget).unwrap()),
         ),
         (
             format!("pla/{budget}B"),

@@ -21,6 +21,25 @@
 //! given (a damaged or mismatched one) degrades to a full binary search, never to a wrong answer.
 //!
 //! The byte format of a serialized model is in `docs/file-formats.md`.
+//!
+//! ```
+//! use omendb_core::index::{AnyIndex, IndexPolicy, LearnedIndex};
+//!
+//! let keys: Vec<u64> = (0..1_000_000u64).map(|i| i * 7 + i % 3).collect();
+//! // RMI, PLA or binary search: the smallest expected search cost within 2% of the key bytes.
+//! let index = AnyIndex::build(&keys, &IndexPolicy::default())?;
+//! assert_eq!(index.lower_bound(&keys, 700), keys.partition_point(|&k| k < 700));
+//!
+//! // Store the model with the keys; reopening does not retrain.
+//! let reopened = AnyIndex::decode(&index.encode())?;
+//! reopened.check_keys(&keys)?;
+//!
+//! // Many lookups at once overlap their cache misses.
+//! let mut positions = Vec::new();
+//! reopened.lower_bound_batch(&keys, &[5, 700, 7_000_001], &mut positions);
+//! assert_eq!(positions, [1, 100, 1_000_000]);
+//! # Ok::<(), omendb_core::index::IndexError>(())
+//! ```
 
 mod any;
 mod binary;

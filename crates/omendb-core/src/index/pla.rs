@@ -1,35 +1,37 @@
-//! An ε-bounded piecewise-linear index (PGM-style).
+//! An ε-bounded piecewise-linear index (PGM-style segments under a radix table).
 //!
 //! One streaming pass over the sorted keys cuts them into segments with the shrinking-cone
 //! method: a segment is anchored at its first key's first position and grows while some slope
 //! keeps every key's positions within ε of the line; when no slope can, a new segment starts. A
 //! run of equal keys always stays in one segment, so segments start at distinct keys. The bound
-//! each level stores is the largest error measured over every key with the very prediction the
-//! lookup computes (clamped to the segment's positions), so rounding can widen it by a position or
-//! two but never make it wrong.
+//! stored is the largest error measured over every key with the very prediction the lookup
+//! computes (clamped to the segment's positions), so rounding can widen it by a position or two
+//! but never make it wrong.
 //!
-//! The segments' first keys are themselves a sorted array, indexed the same way with a small ε,
-//! level upon level, until a level is small enough to bisect directly: the top of a lookup is a
-//! bisection of a few cached keys, then one bounded search per level.
+//! A lookup finds its segment through a radix table over `key - first key` in a floating-point
+//! layout (the position of the highest set bit, then the next `radix_bits` bits): every scale of
+//! the key range gets the same number of buckets, so skewed data (lognormal, outliers) spreads
+//! over the table as evenly as uniform data does. Bucket `b` stores the last segment whose first
+//! key is at or below the bucket's smallest key; a key's segment lies between its bucket's entry
+//! and the next one's, and is found by a short search of the segments' first keys. A lookup is
+//! then a handful of dependent reads: table, first keys, segment line, keys.
 
 use super::codec::{Reader, Writer};
-use super::search::{self, SCAN_CACHED, SCAN_MAX, bisect_scan, lower_bound_in, lower_bound_scan};
+use super::search::{self, SCAN_CACHED, SCAN_MAX, lower_bound_in, lower_bound_scan};
 use super::{
     IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position, prefetch,
     search_cost, validate_keys,
 };
 
-/// ε of the segments over the data keys when no budget forces a larger one.
-const DEFAULT_EPSILON: usize = 32;
-/// Smallest ε the tuner tries.
-const MIN_EPSILON: usize = 8;
-/// ε of the levels over segments' first keys: they are small and cached, so a tight ε costs
-/// little memory and keeps their searches within a cache line or two.
-const INNER_EPSILON: usize = 8;
-/// A level with at most this many segments is the top: it is bisected directly.
-const TOP_MAX: usize = 64;
+/// ε values the tuner tries, in order of preference when their costs tie.
+const EPSILONS: [usize; 3] = [32, 16, 64];
 /// Bytes per segment: its first key (8) and its line (16).
 const SEGMENT_BYTES: usize = 24;
+/// Bytes per radix table entry.
+const ENTRY_BYTES: usize = 4;
+/// Range of the radix table's mantissa bits.
+const MIN_RADIX_BITS: u32 = 2;
+const MAX_RADIX_BITS: u32 = 16;
 /// Queries in flight in one stage of a batched lookup.
 const BATCH: usize = 16;
 /// Lines of a window prefetched in a batched lookup.
@@ -50,31 +52,236 @@ const EMPTY_LINE: Line = Line {
     end: 0,
 };
 
-/// One level: segments over a sorted array (the data keys, or the level below's first keys).
+#[inline(always)]
+fn predict(base: u64, line: &Line, key: u64) -> usize {
+    let offset = key.saturating_sub(base) as f64 * line.slope;
+    // `as` saturates (negative and NaN become 0); the clamp keeps the result in the segment.
+    ((line.start as f64 + offset) as usize).clamp(line.start as usize, line.end as usize)
+}
+
+/// One past the last position of the run of keys equal to `keys[at]`.
+#[inline(always)]
+fn run_end(keys: &[u64], at: usize) -> usize {
+    let key = keys[at];
+    let mut end = at + 1;
+    while end < keys.len() && keys[end] == key {
+        end += 1;
+    }
+    end
+}
+
+/// The segment whose first key is the last one `<= key`, given `lb`, the lower bound of `key`
+/// among the first keys (segment 0 for a key below them all).
+#[inline(always)]
+fn segment_at(firsts: &[u64], lb: usize, key: u64) -> usize {
+    if firsts.get(lb) == Some(&key) {
+        lb
+    } else {
+        lb.saturating_sub(1)
+    }
+}
+
+/// The radix bucket of an offset `d` from the first key: offsets below `2^bits` are their own
+/// bucket; above, the bucket is the highest set bit's position and the next `bits` bits, like
+/// a floating-point number's exponent and mantissa. Monotone in `d`.
+#[inline(always)]
+fn bucket(d: u64, bits: u32) -> usize {
+    if d < 1 << bits {
+        return d as usize;
+    }
+    let exponent = 63 - d.leading_zeros();
+    let mantissa = (d >> (exponent - bits)) & ((1 << bits) - 1);
+    (((exponent - bits + 1) as usize) << bits) | mantissa as usize
+}
+
+/// The smallest offset in bucket `b`, the inverse of [`bucket`].
+fn bucket_floor(b: usize, bits: u32) -> u64 {
+    if b < 1 << bits {
+        return b as u64;
+    }
+    let exponent = (b >> bits) as u32 + bits - 1;
+    let mantissa = (b & ((1 << bits) - 1)) as u64;
+    (1u64 << exponent) | (mantissa << (exponent - bits))
+}
+
+/// A PGM-style ε-bounded piecewise-linear index; see the module documentation.
 #[derive(Debug, Clone, PartialEq)]
-struct Level {
+pub struct Pla {
+    keys: KeySet,
+    epsilon: u32,
+    radix_bits: u32,
+    err_lo: u32,
+    err_hi: u32,
     /// First key of each segment, strictly increasing; never empty.
     firsts: Vec<u64>,
     /// Line of each segment; same length as `firsts`.
     lines: Vec<Line>,
-    err_lo: u32,
-    err_hi: u32,
+    /// One entry per radix bucket plus a final one: the last segment whose first key is at or
+    /// below the bucket's smallest key. Non-decreasing; at least two entries.
+    table: Vec<u32>,
+    /// Finer tables for the buckets that hold more than [`SPAN_MAX`] segment starts, sorted by
+    /// bucket; their entries live in `sub_entries`.
+    subs: Vec<Sub>,
+    sub_entries: Vec<u32>,
 }
 
-impl Level {
-    /// Cuts `keys` into ε-bounded segments.
-    fn fit(keys: &[u64], epsilon: usize) -> Self {
-        let mut level = Level {
-            firsts: Vec::new(),
-            lines: Vec::new(),
+/// A finer radix table over one crowded bucket: `2^bits` equal slices of its key range, each
+/// entry the last segment whose first key is at or below the slice's smallest key, then the
+/// bucket's upper entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sub {
+    bucket: u32,
+    bits: u32,
+    /// Index of the first entry in `sub_entries`; there are `2^bits + 1`.
+    offset: u32,
+}
+
+/// Buckets whose candidates span more segments than this get a [`Sub`] table.
+const SPAN_MAX: usize = 8;
+/// Largest sub-table: `2^12` slices.
+const MAX_SUB_BITS: u32 = 12;
+
+/// `log2` of the width of bucket `b` (a power of two).
+fn bucket_width_log2(b: usize, bits: u32) -> u32 {
+    if b < 1 << bits {
+        0
+    } else {
+        (b >> bits) as u32 - 1
+    }
+}
+
+impl Pla {
+    /// Builds with the ε (16, 32 or 64, wider if the budget forces it) and radix table that give
+    /// the smallest expected search cost within `max_bytes`.
+    pub fn build(keys: &[u64], max_bytes: usize) -> Result<Self, IndexError> {
+        validate_keys(keys)?;
+        let mut best: Option<(f64, Pla)> = None;
+        for epsilon in EPSILONS {
+            let pla = Self::train(keys, epsilon, max_bytes);
+            let stats = pla.stats();
+            if stats.size_bytes > max_bytes {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(c, _)| stats.expected_cost < c - 0.1)
+            {
+                best = Some((stats.expected_cost, pla));
+            }
+        }
+        if let Some((_, pla)) = best {
+            return Ok(pla);
+        }
+        // Even ε = 64 is too big: widen until the segments fit (one segment always does).
+        let mut epsilon = EPSILONS[2];
+        loop {
+            epsilon = epsilon.saturating_mul(4);
+            let pla = Self::train(keys, epsilon, max_bytes);
+            if pla.stats().size_bytes <= max_bytes || epsilon >= keys.len() {
+                return Ok(pla);
+            }
+        }
+    }
+
+    /// Builds with exactly this ε (at least 1), with a radix table within `max_bytes` if the
+    /// segments leave room for one (the smallest table otherwise).
+    pub fn build_with_epsilon(
+        keys: &[u64],
+        epsilon: usize,
+        max_bytes: usize,
+    ) -> Result<Self, IndexError> {
+        validate_keys(keys)?;
+        Ok(Self::train(keys, epsilon.max(1), max_bytes))
+    }
+
+    fn train(keys: &[u64], epsilon: usize, max_bytes: usize) -> Self {
+        let mut pla = Pla {
+            keys: KeySet::of(keys),
+            epsilon: position(epsilon),
+            radix_bits: MIN_RADIX_BITS,
             err_lo: 0,
             err_hi: 0,
+            firsts: Vec::new(),
+            lines: Vec::new(),
+            table: Vec::new(),
+            subs: Vec::new(),
+            sub_entries: Vec::new(),
         };
+        pla.fit(keys, epsilon);
+        let range = pla.keys.last - pla.keys.first;
+        let fixed = std::mem::size_of::<Self>() + pla.firsts.len() * SEGMENT_BYTES;
+        let room = max_bytes.saturating_sub(fixed) / ENTRY_BYTES;
+        // The finest table that fits, but no finer than needed to give each segment its own
+        // buckets: beyond that, more buckets only cost cache space.
+        let useful = pla.firsts.len().saturating_mul(16).max(1024);
+        pla.radix_bits = (MIN_RADIX_BITS..=MAX_RADIX_BITS)
+            .rev()
+            .find(|&bits| {
+                let entries = bucket(range, bits) + 2;
+                entries <= room && entries <= useful * 4
+            })
+            .unwrap_or(MIN_RADIX_BITS);
+        loop {
+            pla.table = build_table(&pla.firsts, pla.keys.first, range, pla.radix_bits);
+            pla.build_subs();
+            if pla.radix_bits == MIN_RADIX_BITS || pla.size_bytes() <= max_bytes {
+                break;
+            }
+            // The sub-tables pushed the model over its budget: a coarser top table.
+            pla.radix_bits -= 1;
+        }
+        pla
+    }
+
+    /// Builds a [`Sub`] table for every crowded bucket.
+    fn build_subs(&mut self) {
+        self.subs.clear();
+        self.sub_entries.clear();
+        let buckets = self.table.len().saturating_sub(1);
+        for b in 0..buckets {
+            let (lo, hi) = (self.table[b] as usize, self.table[b + 1] as usize);
+            let width_log2 = bucket_width_log2(b, self.radix_bits);
+            if hi - lo <= SPAN_MAX || width_log2 == 0 {
+                continue;
+            }
+            let want = usize::BITS - (hi - lo).leading_zeros();
+            let bits = want.min(MAX_SUB_BITS).min(width_log2);
+            let floor = self.keys.first + bucket_floor(b, self.radix_bits);
+            let shift = width_log2 - bits;
+            self.subs.push(Sub {
+                bucket: position(b),
+                bits,
+                offset: position(self.sub_entries.len()),
+            });
+            let mut at_or_below = lo;
+            for slice in 0..1u64 << bits {
+                // The last bucket's slices may reach past u64::MAX; no key lies there, and a
+                // saturated floor keeps the entries non-decreasing.
+                let slice_floor = floor.saturating_add(slice << shift);
+                while at_or_below < self.firsts.len() && self.firsts[at_or_below] <= slice_floor {
+                    at_or_below += 1;
+                }
+                self.sub_entries
+                    .push(position(at_or_below.saturating_sub(1).max(lo)));
+            }
+            self.sub_entries.push(position(hi));
+        }
+    }
+
+    fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.firsts.len() * SEGMENT_BYTES
+            + (self.table.len() + self.sub_entries.len()) * ENTRY_BYTES
+            + self.subs.len() * std::mem::size_of::<Sub>()
+    }
+
+    /// Cuts `keys` into ε-bounded segments.
+    fn fit(&mut self, keys: &[u64], epsilon: usize) {
         let n = keys.len();
         if n == 0 {
-            level.firsts.push(0);
-            level.lines.push(EMPTY_LINE);
-            return level;
+            self.firsts.push(0);
+            self.lines.push(EMPTY_LINE);
+            return;
         }
         let eps = epsilon as f64;
         let (mut max_lo, mut max_hi) = (0usize, 0usize);
@@ -110,17 +317,73 @@ impl Level {
             let (lo, hi) = measure(&keys[start..end], start, |k| predict(base, &line, k));
             max_lo = max_lo.max(lo);
             max_hi = max_hi.max(hi);
-            level.firsts.push(base);
-            level.lines.push(line);
+            self.firsts.push(base);
+            self.lines.push(line);
             start = end;
         }
-        level.err_lo = position(max_lo);
-        level.err_hi = position(max_hi);
-        level
+        self.err_lo = position(max_lo);
+        self.err_hi = position(max_hi);
+    }
+
+    /// The ε the segments were built with.
+    pub fn epsilon(&self) -> usize {
+        self.epsilon as usize
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.firsts.len()
+    }
+
+    /// Mantissa bits of the radix table.
+    pub fn radix_bits(&self) -> u32 {
+        self.radix_bits
+    }
+
+    /// Segments `lo..=hi` among which `key`'s segment lies, from the radix table.
+    #[inline(always)]
+    fn candidates(&self, key: u64) -> (usize, usize) {
+        let d = key.saturating_sub(self.keys.first);
+        // Keys past the last one fall in the last bucket; the table has at least two entries.
+        let b = bucket(d, self.radix_bits).min(self.table.len().saturating_sub(2));
+        let lo = self.table.get(b).copied().unwrap_or(0) as usize;
+        let hi = self.table.get(b + 1).copied().unwrap_or(0) as usize;
+        if hi - lo <= SPAN_MAX {
+            return (lo, hi);
+        }
+        self.refine(b, d, lo, hi)
+    }
+
+    /// Narrows a crowded bucket's candidates `lo..=hi` with its sub-table, if it has one.
+    #[inline]
+    fn refine(&self, b: usize, d: u64, lo: usize, hi: usize) -> (usize, usize) {
+        let Ok(at) = self.subs.binary_search_by_key(&position(b), |s| s.bucket) else {
+            return (lo, hi);
+        };
+        let Some(sub) = self.subs.get(at) else {
+            return (lo, hi);
+        };
+        let floor = bucket_floor(b, self.radix_bits);
+        let shift = bucket_width_log2(b, self.radix_bits).saturating_sub(sub.bits);
+        // Keys past the last one are clamped into the last slice.
+        let slice = (d.saturating_sub(floor) >> shift).min((1u64 << sub.bits) - 1) as usize;
+        let entry = sub.offset as usize + slice;
+        match (self.sub_entries.get(entry), self.sub_entries.get(entry + 1)) {
+            (Some(&l), Some(&h)) => (l as usize, h as usize),
+            _ => (lo, hi),
+        }
+    }
+
+    /// The segment that covers `key`.
+    #[inline(always)]
+    fn segment(&self, key: u64) -> usize {
+        let (lo, hi) = self.candidates(key);
+        let lb = lower_bound_scan::<SCAN_CACHED>(&self.firsts, Window { lo, hi: hi + 1 }, key);
+        segment_at(&self.firsts, lb, key)
     }
 
     #[inline(always)]
-    fn window(&self, segment: usize, key: u64) -> Window {
+    fn segment_window(&self, segment: usize, key: u64) -> Window {
         let base = self.firsts.get(segment).copied().unwrap_or(0);
         let line = self.lines.get(segment).unwrap_or(&EMPTY_LINE);
         let pred = predict(base, line, key);
@@ -134,209 +397,132 @@ impl Level {
         }
     }
 
-    fn len(&self) -> usize {
-        self.firsts.len()
-    }
-
-    fn search_len(&self) -> usize {
-        self.err_lo as usize + self.err_hi as usize
-    }
-}
-
-#[inline(always)]
-fn predict(base: u64, line: &Line, key: u64) -> usize {
-    let offset = key.saturating_sub(base) as f64 * line.slope;
-    // `as` saturates (negative and NaN become 0); the clamp keeps the result in the segment.
-    ((line.start as f64 + offset) as usize).clamp(line.start as usize, line.end as usize)
-}
-
-/// One past the last position of the run of keys equal to `keys[at]`.
-#[inline(always)]
-fn run_end(keys: &[u64], at: usize) -> usize {
-    let key = keys[at];
-    let mut end = at + 1;
-    while end < keys.len() && keys[end] == key {
-        end += 1;
-    }
-    end
-}
-
-/// The segment of a level whose first key is the last one `<= key`, given `lb`, the lower bound
-/// of `key` among the level's first keys (segment 0 for a key below them all).
-#[inline(always)]
-fn segment_at(firsts: &[u64], lb: usize, key: u64) -> usize {
-    if firsts.get(lb) == Some(&key) {
-        lb
-    } else {
-        lb.saturating_sub(1)
-    }
-}
-
-/// A PGM-style ε-bounded piecewise-linear index; see the module documentation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pla {
-    keys: KeySet,
-    epsilon: u32,
-    /// `levels[0]` indexes the data keys, `levels[i]` indexes `levels[i - 1].firsts`; the last is
-    /// the top. Never empty.
-    levels: Vec<Level>,
-}
-
-impl Pla {
-    /// Builds with the ε (a power of two times [`DEFAULT_EPSILON`], at least 8) that gives the
-    /// smallest expected search cost within `max_bytes`; if even one segment per level exceeds
-    /// it, the largest ε tried.
-    pub fn build(keys: &[u64], max_bytes: usize) -> Result<Self, IndexError> {
-        validate_keys(keys)?;
-        let n = keys.len();
-        let mut epsilon = DEFAULT_EPSILON;
-        let mut best = Self::train(keys, epsilon);
-        // Too big: widen ε until the segments fit.
-        while best.stats().size_bytes > max_bytes && epsilon < n {
-            epsilon *= 4;
-            best = Self::train(keys, epsilon);
-        }
-        // Room to spare: a narrower ε, if it fits and clearly lowers the cost.
-        while epsilon > MIN_EPSILON && epsilon <= DEFAULT_EPSILON {
-            let candidate = Self::train(keys, epsilon / 2);
-            let stats = candidate.stats();
-            if stats.size_bytes > max_bytes
-                || stats.expected_cost > best.stats().expected_cost - 0.1
-            {
-                break;
-            }
-            epsilon /= 2;
-            best = candidate;
-        }
-        Ok(best)
-    }
-
-    /// Builds with exactly this ε (at least 1) over the data keys.
-    pub fn build_with_epsilon(keys: &[u64], epsilon: usize) -> Result<Self, IndexError> {
-        validate_keys(keys)?;
-        Ok(Self::train(keys, epsilon.max(1)))
-    }
-
-    fn train(keys: &[u64], epsilon: usize) -> Self {
-        let mut levels = vec![Level::fit(keys, epsilon)];
-        while let Some(top) = levels.last() {
-            if top.len() <= TOP_MAX {
-                break;
-            }
-            let next = Level::fit(&top.firsts, INNER_EPSILON);
-            // Every segment over distinct keys covers at least two of them, so each level at
-            // least halves; the check only guards the loop's termination.
-            if next.len() >= top.len() {
-                break;
-            }
-            levels.push(next);
-        }
-        Pla {
-            keys: KeySet::of(keys),
-            epsilon: position(epsilon),
-            levels,
-        }
-    }
-
-    /// The ε the data-level segments were built with.
-    pub fn epsilon(&self) -> usize {
-        self.epsilon as usize
-    }
-
-    /// Number of segments over the data keys.
-    pub fn segment_count(&self) -> usize {
-        self.levels.first().map_or(0, Level::len)
-    }
-
-    /// Number of levels, the data level included.
-    pub fn level_count(&self) -> usize {
-        self.levels.len()
-    }
-
-    /// The data-level segment that covers `key`.
-    #[inline(always)]
-    fn data_segment(&self, key: u64) -> usize {
-        let Some((top, below)) = self.levels.split_last() else {
-            return 0;
-        };
-        let mut segment = segment_at(
-            &top.firsts,
-            bisect_scan::<SCAN_CACHED>(&top.firsts, key),
-            key,
-        );
-        let mut level = top;
-        for child in below.iter().rev() {
-            let lb =
-                lower_bound_scan::<SCAN_CACHED>(&child.firsts, level.window(segment, key), key);
-            segment = segment_at(&child.firsts, lb, key);
-            level = child;
-        }
-        segment
-    }
-
     pub(crate) fn decode_payload(keys: KeySet, r: &mut Reader<'_>) -> Result<Self, IndexError> {
         let epsilon = r.u32()?;
-        let level_count = r.count(12)?;
-        if level_count == 0 {
-            return Err(IndexError::corrupt("PLA has no levels"));
+        let radix_bits = r.u32()?;
+        if !(MIN_RADIX_BITS..=MAX_RADIX_BITS).contains(&radix_bits) {
+            return Err(IndexError::corrupt(format!("PLA radix bits {radix_bits}")));
         }
-        let mut levels: Vec<Level> = Vec::with_capacity(level_count);
-        for depth in 0..level_count {
-            let err_lo = r.u32()?;
-            let err_hi = r.u32()?;
-            let count = r.count(SEGMENT_BYTES)?;
-            if count == 0 {
-                return Err(IndexError::corrupt(format!(
-                    "PLA level {depth} has no segments"
-                )));
-            }
-            // Level 0 covers the data keys, every other level the first keys of the one below.
-            let covered = match levels.last() {
-                None => keys.len,
-                Some(below) => below.len() as u64,
+        let err_lo = r.u32()?;
+        let err_hi = r.u32()?;
+        let count = r.count(SEGMENT_BYTES)?;
+        if count == 0 {
+            return Err(IndexError::corrupt("PLA has no segments"));
+        }
+        let mut firsts = Vec::with_capacity(count);
+        let mut lines = Vec::with_capacity(count);
+        let mut expected_start = 0u32;
+        for _ in 0..count {
+            let first = r.u64()?;
+            let line = Line {
+                slope: r.slope()?,
+                start: r.u32()?,
+                end: r.u32()?,
             };
-            let mut level = Level {
-                firsts: Vec::with_capacity(count),
-                lines: Vec::with_capacity(count),
-                err_lo,
-                err_hi,
-            };
-            let mut expected_start = 0u32;
-            for _ in 0..count {
-                let first = r.u64()?;
-                let line = Line {
-                    slope: r.slope()?,
-                    start: r.u32()?,
-                    end: r.u32()?,
-                };
-                if line.start != expected_start || line.end < line.start {
-                    return Err(IndexError::corrupt(format!(
-                        "PLA level {depth} segments do not tile the positions"
-                    )));
-                }
-                if level.firsts.last().is_some_and(|&prev| prev >= first) {
-                    return Err(IndexError::corrupt(format!(
-                        "PLA level {depth} first keys are not increasing"
-                    )));
-                }
-                expected_start = line.end;
-                level.firsts.push(first);
-                level.lines.push(line);
+            if line.start != expected_start || line.end < line.start {
+                return Err(IndexError::corrupt(
+                    "PLA segments do not tile the positions",
+                ));
             }
-            if u64::from(expected_start) != covered {
-                return Err(IndexError::corrupt(format!(
-                    "PLA level {depth} covers {expected_start} of {covered} positions"
-                )));
+            if firsts.last().is_some_and(|&prev| prev >= first) {
+                return Err(IndexError::corrupt("PLA first keys are not increasing"));
             }
-            levels.push(level);
+            expected_start = line.end;
+            firsts.push(first);
+            lines.push(line);
+        }
+        if u64::from(expected_start) != keys.len {
+            return Err(IndexError::corrupt("PLA segments do not cover every key"));
+        }
+        let entries = r.count(ENTRY_BYTES)?;
+        if entries != bucket(keys.last - keys.first, radix_bits) + 2 {
+            return Err(IndexError::corrupt("PLA radix table has the wrong size"));
+        }
+        let mut table = Vec::with_capacity(entries);
+        for _ in 0..entries {
+            let entry = r.u32()?;
+            if entry as usize >= count || table.last().is_some_and(|&prev| prev > entry) {
+                return Err(IndexError::corrupt("PLA radix table entry out of order"));
+            }
+            table.push(entry);
+        }
+        if table.last().is_some_and(|&last| last as usize != count - 1) {
+            return Err(IndexError::corrupt(
+                "PLA radix table does not end at the last segment",
+            ));
+        }
+        let sub_count = r.count(8)?;
+        let mut subs: Vec<Sub> = Vec::with_capacity(sub_count);
+        let mut offset = 0usize;
+        for _ in 0..sub_count {
+            let bucket = r.u32()?;
+            let bits = r.u32()?;
+            let b = bucket as usize;
+            if b + 1 >= table.len()
+                || subs.last().is_some_and(|prev| prev.bucket >= bucket)
+                || bits == 0
+                || bits > MAX_SUB_BITS
+                || bits > bucket_width_log2(b, radix_bits)
+            {
+                return Err(IndexError::corrupt("PLA sub-table header out of range"));
+            }
+            subs.push(Sub {
+                bucket,
+                bits,
+                offset: position(offset),
+            });
+            offset += (1usize << bits) + 1;
+        }
+        let sub_entry_count = r.count(ENTRY_BYTES)?;
+        if sub_entry_count != offset {
+            return Err(IndexError::corrupt("PLA sub-tables have the wrong size"));
+        }
+        let mut sub_entries = Vec::with_capacity(sub_entry_count);
+        for _ in 0..sub_entry_count {
+            sub_entries.push(r.u32()?);
+        }
+        for sub in &subs {
+            let b = sub.bucket as usize;
+            let (lo, hi) = (table[b], table[b + 1]);
+            let start = sub.offset as usize;
+            let entries = &sub_entries[start..start + (1usize << sub.bits) + 1];
+            let ordered = entries.windows(2).all(|w| w[0] <= w[1]);
+            let inside = entries.iter().all(|&e| lo <= e && e <= hi);
+            if !ordered || !inside || entries.last() != Some(&hi) {
+                return Err(IndexError::corrupt("PLA sub-table entries out of order"));
+            }
         }
         r.finish()?;
         Ok(Pla {
             keys,
             epsilon,
-            levels,
+            radix_bits,
+            err_lo,
+            err_hi,
+            firsts,
+            lines,
+            table,
+            subs,
+            sub_entries,
         })
     }
+}
+
+/// The radix table over `firsts` for keys `first ..= first + range`.
+fn build_table(firsts: &[u64], first: u64, range: u64, bits: u32) -> Vec<u32> {
+    let buckets = bucket(range, bits) + 1;
+    let mut table = Vec::with_capacity(buckets + 1);
+    let mut at_or_below = 0usize;
+    for b in 0..buckets {
+        // `bucket_floor(b) <= range` for every bucket up to `range`'s own, so this cannot wrap.
+        let floor = first + bucket_floor(b, bits);
+        while at_or_below < firsts.len() && firsts[at_or_below] <= floor {
+            at_or_below += 1;
+        }
+        table.push(position(at_or_below.saturating_sub(1)));
+    }
+    table.push(position(firsts.len().saturating_sub(1)));
+    table
 }
 
 impl LearnedIndex for Pla {
@@ -350,11 +536,7 @@ impl LearnedIndex for Pla {
 
     #[inline]
     fn window(&self, key: u64) -> Window {
-        let segment = self.data_segment(key);
-        match self.levels.first() {
-            Some(data) => data.window(segment, key),
-            None => Window { lo: 0, hi: 0 },
-        }
+        self.segment_window(self.segment(key), key)
     }
 
     #[inline]
@@ -365,35 +547,40 @@ impl LearnedIndex for Pla {
     fn lower_bound_batch(&self, keys: &[u64], queries: &[u64], out: &mut Vec<usize>) {
         out.clear();
         out.reserve(queries.len());
-        let Some((top, below)) = self.levels.split_last() else {
-            out.extend(queries.iter().map(|&q| keys.partition_point(|&k| k < q)));
-            return;
-        };
-        let mut segment = [0usize; BATCH];
+        let mut at = [0usize; BATCH];
         let mut windows = [Window { lo: 0, hi: 0 }; BATCH];
+        let last_bucket = self.table.len().saturating_sub(2);
         for chunk in queries.chunks(BATCH) {
-            for (s, &q) in segment.iter_mut().zip(chunk) {
-                *s = segment_at(&top.firsts, bisect_scan::<SCAN_CACHED>(&top.firsts, q), q);
+            // Stage 1: the radix table entries.
+            for (b, &q) in at.iter_mut().zip(chunk) {
+                let d = q.saturating_sub(self.keys.first);
+                *b = bucket(d, self.radix_bits).min(last_bucket);
+                prefetch::line(self.table.as_ptr().wrapping_add(*b));
             }
-            let mut level = top;
-            // Each level in two stages: all windows with their lines prefetched, then all
-            // searches, each prefetching the segment it routes to on the level below.
-            for child in below.iter().rev() {
-                for ((w, &s), &q) in windows.iter_mut().zip(&segment).zip(chunk) {
-                    *w = level.window(s, q);
-                    prefetch::window(&child.firsts, w.lo, w.hi, BATCH_PREFETCH_LINES);
-                }
-                for ((s, w), &q) in segment.iter_mut().zip(&windows).zip(chunk) {
-                    let lb = search::lower_bound_prefetched::<SCAN_CACHED>(&child.firsts, *w, q);
-                    *s = segment_at(&child.firsts, lb, q);
-                    prefetch::line(child.lines.as_ptr().wrapping_add(*s));
-                }
-                level = child;
+            // Stage 2: the candidate first keys.
+            for ((w, &b), &q) in windows.iter_mut().zip(&at).zip(chunk) {
+                let lo = self.table.get(b).copied().unwrap_or(0) as usize;
+                let hi = self.table.get(b + 1).copied().unwrap_or(0) as usize;
+                let (lo, hi) = if hi - lo <= SPAN_MAX {
+                    (lo, hi)
+                } else {
+                    self.refine(b, q.saturating_sub(self.keys.first), lo, hi)
+                };
+                *w = Window { lo, hi: hi + 1 };
+                prefetch::line(self.firsts.as_ptr().wrapping_add(lo));
             }
-            for ((w, &s), &q) in windows.iter_mut().zip(&segment).zip(chunk) {
-                *w = level.window(s, q);
+            // Stage 3: the segment, and its line.
+            for ((s, w), &q) in at.iter_mut().zip(&windows).zip(chunk) {
+                let lb = search::lower_bound_prefetched::<SCAN_CACHED>(&self.firsts, *w, q);
+                *s = segment_at(&self.firsts, lb, q);
+                prefetch::line(self.lines.as_ptr().wrapping_add(*s));
+            }
+            // Stage 4: the key windows.
+            for ((w, &s), &q) in windows.iter_mut().zip(&at).zip(chunk) {
+                *w = self.segment_window(s, q);
                 prefetch::window(keys, w.lo, w.hi, BATCH_PREFETCH_LINES);
             }
+            // Stage 5: the answers.
             for (w, &q) in windows.iter().zip(chunk) {
                 out.push(search::lower_bound_prefetched::<SCAN_MAX>(keys, *w, q));
             }
@@ -402,39 +589,56 @@ impl LearnedIndex for Pla {
 
     fn stats(&self) -> IndexStats {
         let n = self.keys.len as usize;
-        let data_window = self.levels.first().map_or(0, |l| l.search_len().min(n));
-        // One read per level (its segment's line), one for the keys, plus bisection beyond a
-        // counted window at every level.
-        let mut cost = self.levels.len() as f64 + 1.0 + search_cost(data_window);
-        for (depth, level) in self.levels.iter().enumerate().skip(1) {
-            let below = self.levels.get(depth - 1).map_or(0, Level::len);
-            cost += search_cost(level.search_len().min(below));
+        let window = (self.err_lo as usize + self.err_hi as usize).min(n);
+        // The segments' searches among first keys, weighted by the keys each segment holds.
+        let mut table_cost = 0.0;
+        for (line, &first) in self.lines.iter().zip(&self.firsts) {
+            let (lo, hi) = self.candidates(first);
+            let d = first.saturating_sub(self.keys.first);
+            let b = bucket(d, self.radix_bits).min(self.table.len().saturating_sub(2));
+            let crowded = self
+                .table
+                .get(b + 1)
+                .zip(self.table.get(b))
+                .is_some_and(|(h, l)| (h - l) as usize > SPAN_MAX);
+            let sub_read = if crowded { 1.0 } else { 0.0 };
+            table_cost += f64::from(line.end - line.start) * (sub_read + search_cost(hi - lo + 1));
         }
-        let segments: usize = self.levels.iter().map(Level::len).sum();
+        let table_cost = table_cost / n.max(1) as f64;
         IndexStats {
-            size_bytes: std::mem::size_of::<Self>()
-                + self.levels.len() * std::mem::size_of::<Level>()
-                + segments * SEGMENT_BYTES,
-            mean_window: data_window as f64,
-            max_window: data_window,
-            expected_cost: cost,
-            levels: self.levels.len(),
+            size_bytes: self.size_bytes(),
+            mean_window: window as f64,
+            max_window: window,
+            // Table entry, first keys, segment line, keys: four dependent reads.
+            expected_cost: 4.0 + table_cost + search_cost(window),
+            levels: 2,
         }
     }
 
     fn encode_payload(&self, out: &mut Vec<u8>) {
         out.put_u32(self.epsilon);
-        out.put_u32(position(self.levels.len()));
-        for level in &self.levels {
-            out.put_u32(level.err_lo);
-            out.put_u32(level.err_hi);
-            out.put_u32(position(level.len()));
-            for (first, line) in level.firsts.iter().zip(&level.lines) {
-                out.put_u64(*first);
-                out.put_f64(line.slope);
-                out.put_u32(line.start);
-                out.put_u32(line.end);
-            }
+        out.put_u32(self.radix_bits);
+        out.put_u32(self.err_lo);
+        out.put_u32(self.err_hi);
+        out.put_u32(position(self.firsts.len()));
+        for (first, line) in self.firsts.iter().zip(&self.lines) {
+            out.put_u64(*first);
+            out.put_f64(line.slope);
+            out.put_u32(line.start);
+            out.put_u32(line.end);
+        }
+        out.put_u32(position(self.table.len()));
+        for &entry in &self.table {
+            out.put_u32(entry);
+        }
+        out.put_u32(position(self.subs.len()));
+        for sub in &self.subs {
+            out.put_u32(sub.bucket);
+            out.put_u32(sub.bits);
+        }
+        out.put_u32(position(self.sub_entries.len()));
+        for &entry in &self.sub_entries {
+            out.put_u32(entry);
         }
     }
 }
@@ -454,11 +658,17 @@ mod tests {
             let w = pla.window(q);
             assert!(w.contains(expected), "key {q}: {w:?} misses {expected}");
             assert_eq!(pla.lower_bound(keys, q), expected, "key {q}");
+            let (lo, hi) = pla.candidates(q);
+            let segment = pla.firsts.partition_point(|&f| f <= q).saturating_sub(1);
+            assert!(
+                lo <= segment && segment <= hi,
+                "key {q}: segment {segment} not in {lo}..={hi}"
+            );
         }
     }
 
     #[test]
-    fn every_epsilon_is_exact_on_edge_cases() {
+    fn every_epsilon_and_table_size_is_exact_on_edge_cases() {
         let cases: Vec<Vec<u64>> = vec![
             vec![],
             vec![42],
@@ -476,9 +686,51 @@ mod tests {
         ];
         for keys in &cases {
             for eps in [1, 2, 8, 32, 1000] {
-                check(keys, &Pla::build_with_epsilon(keys, eps).unwrap());
+                for bytes in [0, 1000, 100_000] {
+                    check(keys, &Pla::build_with_epsilon(keys, eps, bytes).unwrap());
+                }
             }
             check(keys, &Pla::build(keys, 4096).unwrap());
+        }
+    }
+
+    #[test]
+    fn regression_sub_table_slices_past_u64_max_do_not_overflow() {
+        // A crowded last bucket whose slices reach past u64::MAX (found by the 1M-key test).
+        // The last bucket starts just above `first + 2^62` and is 2^(62 - bits) wide, far past
+        // u64::MAX; the dense keys crowd it.
+        let first = u64::MAX - (1 << 62) - (1 << 40);
+        let mut keys: Vec<u64> = (0..20_000u64)
+            .map(|i| first + (1 << 62) + i * i * 3)
+            .collect();
+        keys.insert(0, first);
+        for eps in [1, 4] {
+            let pla = Pla::build_with_epsilon(&keys, eps, 1 << 20).unwrap();
+            assert!(!pla.subs.is_empty(), "the case must exercise a sub-table");
+            check(&keys, &pla);
+        }
+    }
+
+    #[test]
+    fn buckets_are_monotone_and_invert() {
+        for bits in [MIN_RADIX_BITS, 5, 12, MAX_RADIX_BITS] {
+            let mut prev = 0;
+            for shift in 0..64 {
+                for d in [
+                    1u64 << shift,
+                    (1u64 << shift) + 1,
+                    (1u64 << shift).wrapping_sub(1),
+                ] {
+                    let b = bucket(d, bits);
+                    assert!(bucket_floor(b, bits) <= d, "bits {bits} d {d}");
+                    assert_eq!(bucket(bucket_floor(b, bits), bits), b);
+                    if shift > 0 {
+                        assert!(b >= prev || d < 1 << shift);
+                    }
+                }
+                prev = bucket(1u64 << shift, bits);
+            }
+            assert!(bucket(u64::MAX, bits) >= bucket(u64::MAX - 1, bits));
         }
     }
 
@@ -486,29 +738,31 @@ mod tests {
     fn bounds_stay_within_epsilon_for_distinct_keys() {
         let keys: Vec<u64> = (0..200_000u64).map(|i| i * i / 7 + i * 3).collect();
         for eps in [4, 16, 64] {
-            let pla = Pla::build_with_epsilon(&keys, eps).unwrap();
-            let data = &pla.levels[0];
+            let pla = Pla::build_with_epsilon(&keys, eps, 1 << 20).unwrap();
             assert!(
-                data.err_lo as usize <= eps + 1,
+                pla.err_lo as usize <= eps + 1,
                 "eps {eps}: lo {}",
-                data.err_lo
+                pla.err_lo
             );
             assert!(
-                data.err_hi as usize <= eps + 2,
+                pla.err_hi as usize <= eps + 2,
                 "eps {eps}: hi {}",
-                data.err_hi
+                pla.err_hi
             );
-            assert!(pla.level_count() >= 1);
         }
     }
 
     #[test]
-    fn upper_levels_are_built_for_many_segments() {
+    fn the_model_stays_within_its_budget() {
         let keys: Vec<u64> = (0..100_000u64).map(|i| i * i).collect();
-        let pla = Pla::build_with_epsilon(&keys, 1).unwrap();
-        assert!(pla.segment_count() > TOP_MAX);
-        assert!(pla.level_count() > 1);
-        assert!(pla.levels.last().unwrap().len() <= TOP_MAX);
-        check(&keys[..], &pla);
+        for budget in [4096, 20_000, 200_000] {
+            let pla = Pla::build(&keys, budget).unwrap();
+            assert!(
+                pla.stats().size_bytes <= budget,
+                "{budget}: {:?}",
+                pla.stats()
+            );
+            check(&keys, &pla);
+        }
     }
 }

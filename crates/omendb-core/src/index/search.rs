@@ -62,10 +62,10 @@ fn verified(keys: &[u64], lo: usize, hi: usize, pos: usize, key: u64) -> bool {
     below_ok && above_ok
 }
 
-/// Windows up to this many keys are counted instead of bisected.
-pub(crate) const SCAN_MAX: usize = 32;
+/// Windows up to this many keys (two cache lines) are counted instead of bisected.
+pub(crate) const SCAN_MAX: usize = 16;
 /// Upper model levels are cached and small: bisection's few instructions beat a count there.
-pub(crate) const SCAN_CACHED: usize = 4;
+pub(crate) const SCAN_CACHED: usize = 8;
 
 /// Lower bound of `key` in the sorted slice `s`: branch-free bisection down to [`SCAN_MAX`] keys,
 /// then a count of the keys below `key`. The count's loads do not depend on each other, so the
