@@ -95,6 +95,12 @@ pub enum Error {
         /// The object that already exists.
         object: String,
     },
+    /// Another handle (this process or another) has the local log in this directory open.
+    #[error("the WAL in {dir:?} is open elsewhere (its LOCK file is held)")]
+    Locked {
+        /// The log's directory.
+        dir: PathBuf,
+    },
     /// The log was closed; no further appends are accepted.
     #[error("WAL is closed")]
     Closed,
@@ -114,6 +120,7 @@ impl Error {
             | Error::Corruption(_)
             | Error::Poisoned { .. }
             | Error::Fenced { .. }
+            | Error::Locked { .. }
             | Error::Closed => ErrorKind::Fatal,
         }
     }

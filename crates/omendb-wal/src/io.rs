@@ -46,9 +46,20 @@ pub trait FileIo: Send + Sync + fmt::Debug + 'static {
     fn delete(&self, path: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (creations, renames, deletions) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the log in `dir`, held until the returned guard is dropped;
+    /// fails with [`io::ErrorKind::WouldBlock`] if another handle holds it. The default takes no
+    /// lock.
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        let _ = dir;
+        Ok(Box::new(()))
+    }
 }
 
-/// [`FileIo`] on the local file system through `std::fs`.
+/// The file [`StdIo::lock_dir`] locks in a log's directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// [`FileIo`] on the local file system through `std::fs`. The directory lock is a `flock` on
+/// `LOCK` on Linux and absent elsewhere.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdIo;
 
@@ -155,6 +166,25 @@ impl FileIo for StdIo {
 
     fn delete(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        // `flock` locks belong to the open file, so a second handle in the same process is
+        // refused as well as another process. The lock goes when the file is closed.
+        #[cfg(target_os = "linux")]
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| match e {
+                rustix::io::Errno::WOULDBLOCK => io::Error::from(io::ErrorKind::WouldBlock),
+                e => io::Error::from(e),
+            },
+        )?;
+        Ok(Box::new(file))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

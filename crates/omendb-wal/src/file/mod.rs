@@ -27,8 +27,10 @@ use crate::{
 
 /// A write-ahead log in a local directory.
 ///
-/// Opening runs recovery ([`WalOptions::recovery_mode`]) and starts the writer thread; dropping
-/// or [`FileWal::close`] drains, syncs and stops it.
+/// Opening locks the directory (a second handle gets [`Error::Locked`]), runs recovery
+/// ([`WalOptions::recovery_mode`]) and starts the writer thread; dropping or [`FileWal::close`]
+/// drains, syncs and stops it. Reads (also through the async [`Wal::read_from`]) are plain
+/// blocking file reads; appends never wait on I/O other than their own durability.
 #[derive(Debug)]
 pub struct FileWal {
     queue: Arc<Queue>,
@@ -38,6 +40,8 @@ pub struct FileWal {
     segments: Arc<Mutex<Vec<Segment>>>,
     report: RecoveryReport,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Held while the log is open, so a second handle on the directory is refused.
+    _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl FileWal {
@@ -54,6 +58,12 @@ impl FileWal {
     ) -> Result<Self> {
         options.validate()?;
         let dir = dir.as_ref().to_owned();
+        io.create_dir_all(&dir)
+            .map_err(|e| Error::io("create_dir", &dir, e))?;
+        let lock = io.lock_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },
+            _ => Error::io("lock", &dir, e),
+        })?;
         let recovered = recovery::recover(io.as_ref(), &dir, &options)?;
         let queue = Arc::new(Queue::new(
             recovered.last_lsn,
@@ -92,6 +102,7 @@ impl FileWal {
             segments,
             report: recovered.report,
             writer: Mutex::new(Some(handle)),
+            _lock: lock,
         })
     }
 
