@@ -158,7 +158,7 @@ impl Queue {
     }
 
     /// Frames `payload` into the buffer and returns its LSN; with `durable`, also asks the writer
-    /// to sync it (the caller then waits with [`Queue::wait_durable`]).
+    /// to sync it (the caller then waits with [`Queue::await_durable`]).
     pub(crate) fn enqueue(&self, payload: &[u8], durable: bool) -> Result<Lsn> {
         if payload.len() > self.max_record_bytes {
             return Err(Error::RecordTooLarge {

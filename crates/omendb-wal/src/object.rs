@@ -39,6 +39,9 @@ const CORRUPT_EXT: &str = ".corrupt";
 /// apply. If the object already exists another writer owns the log: this one is fenced and
 /// poisoned ([`Error::Fenced`]).
 ///
+/// The log is as durable as the store: on `object_store`'s `LocalFileSystem`, build the store
+/// `with_fsync(true)`.
+///
 /// Uploads run on a writer thread that drives the store's futures on the tokio runtime current
 /// at [`ObjectWal::open`] (a multi-thread runtime is needed for network stores), or on a local
 /// executor when there is none.

@@ -60,7 +60,10 @@ impl Backend {
 
     pub fn local() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        // fsync on: without it the object-store log on local files would not be durable.
+        let store = LocalFileSystem::new_with_prefix(dir.path())
+            .unwrap()
+            .with_fsync(true);
         Backend::Local(dir, Arc::new(store))
     }
 
