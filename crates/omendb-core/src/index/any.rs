@@ -1,6 +1,7 @@
 //! The chooser: which member of the family a key array gets, and the enum the engine stores.
 
 use super::codec;
+use super::rmi::FLOOR_COST;
 use super::{
     BinarySearch, IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MAX_KEYS, Pla, Rmi,
     Window,
@@ -84,12 +85,16 @@ impl AnyIndex {
         if keys.len() > MAX_KEYS {
             return Ok(AnyIndex::BinarySearch(BinarySearch::build(keys)));
         }
-        let candidates = [
-            AnyIndex::Rmi(Rmi::build(keys, budget)?),
-            AnyIndex::Pla(Pla::build(keys, budget)?),
-        ];
         let mut best = AnyIndex::BinarySearch(BinarySearch::build(keys));
         let mut best_cost = best.stats().expected_cost;
+        let rmi = Rmi::build(keys, budget)?;
+        // An RMI at its floor cost beats any PLA (whose floor is one read higher): skip training
+        // one.
+        let rmi_at_floor = rmi.stats().expected_cost < FLOOR_COST + 0.1;
+        let mut candidates = vec![AnyIndex::Rmi(rmi)];
+        if !rmi_at_floor {
+            candidates.push(AnyIndex::Pla(Pla::build(keys, budget)?));
+        }
         for candidate in candidates {
             let stats = candidate.stats();
             if stats.size_bytes <= budget && stats.expected_cost < best_cost {

@@ -7,10 +7,10 @@
 //! - [`BinarySearch`] — no model; the window is the whole array. The always-correct baseline.
 //! - [`Rmi`] — a two-stage recursive model index: a linear root routes a key to one of many linear
 //!   leaves, each trained on exactly the keys routed to it, each storing its own error bound.
-//! - [`Pla`] — an ε-bounded piecewise-linear index (PGM-style) built in one streaming pass, with
-//!   upper levels of the same kind over the segments' first keys.
-//! - [`AnyIndex`] — whichever of these the chooser ([`AnyIndex::build`]) found gives the smallest
-//!   expected search window within the memory budget of an [`IndexPolicy`]; it is what the engine
+//! - [`Pla`] — an ε-bounded piecewise-linear index (PGM-style segments) built in one streaming
+//!   pass, its segments found through a floating-point radix table over the keys.
+//! - [`AnyIndex`] — whichever of these the chooser ([`AnyIndex::build`]) found has the smallest
+//!   expected search cost within the memory budget of an [`IndexPolicy`]; it is what the engine
 //!   stores with a segment ([`AnyIndex::encode`], [`AnyIndex::decode`]).
 //!
 //! Why the answers are exact: every model's prediction is a monotone function of the key, and its

@@ -14,10 +14,11 @@
 //! over the table as evenly as uniform data does. Bucket `b` stores the last segment whose first
 //! key is at or below the bucket's smallest key; a key's segment lies between its bucket's entry
 //! and the next one's, and is found by a short search of the segments' first keys. A lookup is
-//! then a handful of dependent reads: table, first keys, segment line, keys.
+//! then three dependent reads: the table entry, the candidate segment records (first key and
+//! line together), the keys.
 
 use super::codec::{Reader, Writer};
-use super::search::{self, SCAN_CACHED, SCAN_MAX, lower_bound_in, lower_bound_scan};
+use super::search::{self, SCAN_CACHED, SCAN_MAX, lower_bound_in};
 use super::{
     IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position, prefetch,
     search_cost, validate_keys,
@@ -25,7 +26,7 @@ use super::{
 
 /// ε values the tuner tries, in order of preference when their costs tie.
 const EPSILONS: [usize; 3] = [32, 16, 64];
-/// Bytes per segment: its first key (8) and its line (16).
+/// Bytes per segment record.
 const SEGMENT_BYTES: usize = 24;
 /// Bytes per radix table entry.
 const ENTRY_BYTES: usize = 4;
@@ -34,27 +35,34 @@ const MIN_RADIX_BITS: u32 = 2;
 const MAX_RADIX_BITS: u32 = 16;
 /// Queries in flight in one stage of a batched lookup.
 const BATCH: usize = 16;
+/// Expected cost of a lookup whose every search is counted: table entry, segment records and
+/// keys, three dependent reads.
+const FLOOR_COST: f64 = 3.0;
 /// Lines of a window prefetched in a batched lookup.
 const BATCH_PREFETCH_LINES: usize = 16;
 
-/// A segment's line: `position = start + slope * (key - first key)`, clamped to `start..=end`.
+/// A segment: `position = start + slope * (key - first)`, clamped to `start..=end`. First key and
+/// line share one 24-byte record, so the search among a bucket's candidates also brings in the
+/// line it picks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
-struct Line {
+struct Segment {
+    first: u64,
     slope: f64,
     start: u32,
     end: u32,
 }
 
-const EMPTY_LINE: Line = Line {
+const EMPTY_SEGMENT: Segment = Segment {
+    first: 0,
     slope: 0.0,
     start: 0,
     end: 0,
 };
 
 #[inline(always)]
-fn predict(base: u64, line: &Line, key: u64) -> usize {
-    let offset = key.saturating_sub(base) as f64 * line.slope;
+fn predict(line: &Segment, key: u64) -> usize {
+    let offset = key.saturating_sub(line.first) as f64 * line.slope;
     // `as` saturates (negative and NaN become 0); the clamp keeps the result in the segment.
     ((line.start as f64 + offset) as usize).clamp(line.start as usize, line.end as usize)
 }
@@ -70,15 +78,27 @@ fn run_end(keys: &[u64], at: usize) -> usize {
     end
 }
 
-/// The segment whose first key is the last one `<= key`, given `lb`, the lower bound of `key`
-/// among the first keys (segment 0 for a key below them all).
+/// Index in `segments` of the last one whose first key is `<= key` (0 if none is): bisection down
+/// to a few records, then a count.
 #[inline(always)]
-fn segment_at(firsts: &[u64], lb: usize, key: u64) -> usize {
-    if firsts.get(lb) == Some(&key) {
-        lb
-    } else {
-        lb.saturating_sub(1)
+fn last_at_or_below(segments: &[Segment], key: u64) -> usize {
+    let mut size = segments.len();
+    // Invariant: the number of segments with `first <= key` lies in `base..=base + size`.
+    let mut base = 0usize;
+    while size > SCAN_CACHED {
+        let half = size / 2;
+        let mid = base + half;
+        let at_or_below = segments.get(mid).is_some_and(|s| s.first <= key);
+        base = if at_or_below { mid } else { base };
+        size -= half;
     }
+    let tail = segments.get(base..base + size).unwrap_or(&[]);
+    let count = base
+        + tail
+            .iter()
+            .map(|s| usize::from(s.first <= key))
+            .sum::<usize>();
+    count.saturating_sub(1)
 }
 
 /// The radix bucket of an offset `d` from the first key: offsets below `2^bits` are their own
@@ -112,10 +132,8 @@ pub struct Pla {
     radix_bits: u32,
     err_lo: u32,
     err_hi: u32,
-    /// First key of each segment, strictly increasing; never empty.
-    firsts: Vec<u64>,
-    /// Line of each segment; same length as `firsts`.
-    lines: Vec<Line>,
+    /// The segments, first keys strictly increasing; never empty.
+    segments: Vec<Segment>,
     /// One entry per radix bucket plus a final one: the last segment whose first key is at or
     /// below the bucket's smallest key. Non-decreasing; at least two entries.
     table: Vec<u32>,
@@ -201,19 +219,18 @@ impl Pla {
             radix_bits: MIN_RADIX_BITS,
             err_lo: 0,
             err_hi: 0,
-            firsts: Vec::new(),
-            lines: Vec::new(),
+            segments: Vec::new(),
             table: Vec::new(),
             subs: Vec::new(),
             sub_entries: Vec::new(),
         };
         pla.fit(keys, epsilon);
         let range = pla.keys.last - pla.keys.first;
-        let fixed = std::mem::size_of::<Self>() + pla.firsts.len() * SEGMENT_BYTES;
+        let fixed = std::mem::size_of::<Self>() + pla.segments.len() * SEGMENT_BYTES;
         let room = max_bytes.saturating_sub(fixed) / ENTRY_BYTES;
         // The finest table that fits, but no finer than needed to give each segment its own
         // buckets: beyond that, more buckets only cost cache space.
-        let useful = pla.firsts.len().saturating_mul(16).max(1024);
+        let useful = pla.segments.len().saturating_mul(16).max(1024);
         pla.radix_bits = (MIN_RADIX_BITS..=MAX_RADIX_BITS)
             .rev()
             .find(|&bits| {
@@ -222,7 +239,7 @@ impl Pla {
             })
             .unwrap_or(MIN_RADIX_BITS);
         loop {
-            pla.table = build_table(&pla.firsts, pla.keys.first, range, pla.radix_bits);
+            pla.table = build_table(&pla.segments, pla.keys.first, range, pla.radix_bits);
             pla.build_subs();
             if pla.radix_bits == MIN_RADIX_BITS || pla.size_bytes() <= max_bytes {
                 break;
@@ -244,7 +261,8 @@ impl Pla {
             if hi - lo <= SPAN_MAX || width_log2 == 0 {
                 continue;
             }
-            let want = usize::BITS - (hi - lo).leading_zeros();
+            // About four slices per segment start: crowded buckets are often crowded inside too.
+            let want = usize::BITS - (hi - lo).leading_zeros() + 2;
             let bits = want.min(MAX_SUB_BITS).min(width_log2);
             let floor = self.keys.first + bucket_floor(b, self.radix_bits);
             let shift = width_log2 - bits;
@@ -258,7 +276,9 @@ impl Pla {
                 // The last bucket's slices may reach past u64::MAX; no key lies there, and a
                 // saturated floor keeps the entries non-decreasing.
                 let slice_floor = floor.saturating_add(slice << shift);
-                while at_or_below < self.firsts.len() && self.firsts[at_or_below] <= slice_floor {
+                while at_or_below < self.segments.len()
+                    && self.segments[at_or_below].first <= slice_floor
+                {
                     at_or_below += 1;
                 }
                 self.sub_entries
@@ -270,7 +290,7 @@ impl Pla {
 
     fn size_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.firsts.len() * SEGMENT_BYTES
+            + self.segments.len() * SEGMENT_BYTES
             + (self.table.len() + self.sub_entries.len()) * ENTRY_BYTES
             + self.subs.len() * std::mem::size_of::<Sub>()
     }
@@ -279,8 +299,7 @@ impl Pla {
     fn fit(&mut self, keys: &[u64], epsilon: usize) {
         let n = keys.len();
         if n == 0 {
-            self.firsts.push(0);
-            self.lines.push(EMPTY_LINE);
+            self.segments.push(EMPTY_SEGMENT);
             return;
         }
         let eps = epsilon as f64;
@@ -309,16 +328,16 @@ impl Pla {
             } else {
                 0.0
             };
-            let line = Line {
+            let segment = Segment {
+                first: base,
                 slope,
                 start: position(start),
                 end: position(end),
             };
-            let (lo, hi) = measure(&keys[start..end], start, |k| predict(base, &line, k));
+            let (lo, hi) = measure(&keys[start..end], start, |k| predict(&segment, k));
             max_lo = max_lo.max(lo);
             max_hi = max_hi.max(hi);
-            self.firsts.push(base);
-            self.lines.push(line);
+            self.segments.push(segment);
             start = end;
         }
         self.err_lo = position(max_lo);
@@ -332,7 +351,7 @@ impl Pla {
 
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
-        self.firsts.len()
+        self.segments.len()
     }
 
     /// Mantissa bits of the radix table.
@@ -378,15 +397,13 @@ impl Pla {
     #[inline(always)]
     fn segment(&self, key: u64) -> usize {
         let (lo, hi) = self.candidates(key);
-        let lb = lower_bound_scan::<SCAN_CACHED>(&self.firsts, Window { lo, hi: hi + 1 }, key);
-        segment_at(&self.firsts, lb, key)
+        lo + last_at_or_below(self.segments.get(lo..=hi).unwrap_or(&[]), key)
     }
 
     #[inline(always)]
     fn segment_window(&self, segment: usize, key: u64) -> Window {
-        let base = self.firsts.get(segment).copied().unwrap_or(0);
-        let line = self.lines.get(segment).unwrap_or(&EMPTY_LINE);
-        let pred = predict(base, line, key);
+        let line = self.segments.get(segment).unwrap_or(&EMPTY_SEGMENT);
+        let pred = predict(line, key);
         Window {
             lo: pred
                 .saturating_sub(self.err_lo as usize)
@@ -409,12 +426,11 @@ impl Pla {
         if count == 0 {
             return Err(IndexError::corrupt("PLA has no segments"));
         }
-        let mut firsts = Vec::with_capacity(count);
-        let mut lines = Vec::with_capacity(count);
+        let mut segments: Vec<Segment> = Vec::with_capacity(count);
         let mut expected_start = 0u32;
         for _ in 0..count {
-            let first = r.u64()?;
-            let line = Line {
+            let line = Segment {
+                first: r.u64()?,
                 slope: r.slope()?,
                 start: r.u32()?,
                 end: r.u32()?,
@@ -424,12 +440,11 @@ impl Pla {
                     "PLA segments do not tile the positions",
                 ));
             }
-            if firsts.last().is_some_and(|&prev| prev >= first) {
+            if segments.last().is_some_and(|prev| prev.first >= line.first) {
                 return Err(IndexError::corrupt("PLA first keys are not increasing"));
             }
             expected_start = line.end;
-            firsts.push(first);
-            lines.push(line);
+            segments.push(line);
         }
         if u64::from(expected_start) != keys.len {
             return Err(IndexError::corrupt("PLA segments do not cover every key"));
@@ -499,8 +514,7 @@ impl Pla {
             radix_bits,
             err_lo,
             err_hi,
-            firsts,
-            lines,
+            segments,
             table,
             subs,
             sub_entries,
@@ -508,20 +522,20 @@ impl Pla {
     }
 }
 
-/// The radix table over `firsts` for keys `first ..= first + range`.
-fn build_table(firsts: &[u64], first: u64, range: u64, bits: u32) -> Vec<u32> {
+/// The radix table over `segments` for keys `first ..= first + range`.
+fn build_table(segments: &[Segment], first: u64, range: u64, bits: u32) -> Vec<u32> {
     let buckets = bucket(range, bits) + 1;
     let mut table = Vec::with_capacity(buckets + 1);
     let mut at_or_below = 0usize;
     for b in 0..buckets {
         // `bucket_floor(b) <= range` for every bucket up to `range`'s own, so this cannot wrap.
         let floor = first + bucket_floor(b, bits);
-        while at_or_below < firsts.len() && firsts[at_or_below] <= floor {
+        while at_or_below < segments.len() && segments[at_or_below].first <= floor {
             at_or_below += 1;
         }
         table.push(position(at_or_below.saturating_sub(1)));
     }
-    table.push(position(firsts.len().saturating_sub(1)));
+    table.push(position(segments.len().saturating_sub(1)));
     table
 }
 
@@ -557,7 +571,7 @@ impl LearnedIndex for Pla {
                 *b = bucket(d, self.radix_bits).min(last_bucket);
                 prefetch::line(self.table.as_ptr().wrapping_add(*b));
             }
-            // Stage 2: the candidate first keys.
+            // Stage 2: the candidate segments.
             for ((w, &b), &q) in windows.iter_mut().zip(&at).zip(chunk) {
                 let lo = self.table.get(b).copied().unwrap_or(0) as usize;
                 let hi = self.table.get(b + 1).copied().unwrap_or(0) as usize;
@@ -566,14 +580,13 @@ impl LearnedIndex for Pla {
                 } else {
                     self.refine(b, q.saturating_sub(self.keys.first), lo, hi)
                 };
-                *w = Window { lo, hi: hi + 1 };
-                prefetch::line(self.firsts.as_ptr().wrapping_add(lo));
+                *w = Window { lo, hi };
+                prefetch::line(self.segments.as_ptr().wrapping_add(lo));
             }
-            // Stage 3: the segment, and its line.
+            // Stage 3: the segment.
             for ((s, w), &q) in at.iter_mut().zip(&windows).zip(chunk) {
-                let lb = search::lower_bound_prefetched::<SCAN_CACHED>(&self.firsts, *w, q);
-                *s = segment_at(&self.firsts, lb, q);
-                prefetch::line(self.lines.as_ptr().wrapping_add(*s));
+                let candidates = self.segments.get(w.lo..=w.hi).unwrap_or(&[]);
+                *s = w.lo + last_at_or_below(candidates, q);
             }
             // Stage 4: the key windows.
             for ((w, &s), &q) in windows.iter_mut().zip(&at).zip(chunk) {
@@ -592,9 +605,9 @@ impl LearnedIndex for Pla {
         let window = (self.err_lo as usize + self.err_hi as usize).min(n);
         // The segments' searches among first keys, weighted by the keys each segment holds.
         let mut table_cost = 0.0;
-        for (line, &first) in self.lines.iter().zip(&self.firsts) {
-            let (lo, hi) = self.candidates(first);
-            let d = first.saturating_sub(self.keys.first);
+        for line in &self.segments {
+            let (lo, hi) = self.candidates(line.first);
+            let d = line.first.saturating_sub(self.keys.first);
             let b = bucket(d, self.radix_bits).min(self.table.len().saturating_sub(2));
             let crowded = self
                 .table
@@ -609,8 +622,7 @@ impl LearnedIndex for Pla {
             size_bytes: self.size_bytes(),
             mean_window: window as f64,
             max_window: window,
-            // Table entry, first keys, segment line, keys: four dependent reads.
-            expected_cost: 4.0 + table_cost + search_cost(window),
+            expected_cost: FLOOR_COST + table_cost + search_cost(window),
             levels: 2,
         }
     }
@@ -620,9 +632,9 @@ impl LearnedIndex for Pla {
         out.put_u32(self.radix_bits);
         out.put_u32(self.err_lo);
         out.put_u32(self.err_hi);
-        out.put_u32(position(self.firsts.len()));
-        for (first, line) in self.firsts.iter().zip(&self.lines) {
-            out.put_u64(*first);
+        out.put_u32(position(self.segments.len()));
+        for line in &self.segments {
+            out.put_u64(line.first);
             out.put_f64(line.slope);
             out.put_u32(line.start);
             out.put_u32(line.end);
@@ -659,7 +671,10 @@ mod tests {
             assert!(w.contains(expected), "key {q}: {w:?} misses {expected}");
             assert_eq!(pla.lower_bound(keys, q), expected, "key {q}");
             let (lo, hi) = pla.candidates(q);
-            let segment = pla.firsts.partition_point(|&f| f <= q).saturating_sub(1);
+            let segment = pla
+                .segments
+                .partition_point(|s| s.first <= q)
+                .saturating_sub(1);
             assert!(
                 lo <= segment && segment <= hi,
                 "key {q}: segment {segment} not in {lo}..={hi}"

@@ -19,6 +19,8 @@ use super::{
 const LEAF_BYTES: usize = 32;
 /// Queries in flight in one stage of a batched lookup.
 const BATCH: usize = 16;
+/// Expected cost of a lookup whose every window is counted: the leaf read and the keys read.
+pub(crate) const FLOOR_COST: f64 = 2.0;
 /// Lines of a window prefetched in a batched lookup.
 const BATCH_PREFETCH_LINES: usize = 16;
 
@@ -96,6 +98,10 @@ impl Rmi {
             // A larger leaf array costs cache space: take it only for a clear gain in cost.
             if best.as_ref().is_none_or(|(c, _)| cost < c - 0.1) {
                 best = Some((cost, rmi));
+            }
+            // At the floor (leaf read, then one counted window) no larger leaf array can win.
+            if best.as_ref().is_some_and(|(c, _)| *c < FLOOR_COST + 0.1) {
+                break;
             }
         }
         // The loop above runs at least once (shift 0 is never skipped).
@@ -380,8 +386,7 @@ impl LearnedIndex for Rmi {
             size_bytes: std::mem::size_of::<Self>() + self.leaves.len() * LEAF_BYTES,
             mean_window: mean / n,
             max_window: max,
-            // The leaf read, then the keys.
-            expected_cost: 2.0 + cost / n,
+            expected_cost: FLOOR_COST + cost / n,
             levels: 2,
         }
     }

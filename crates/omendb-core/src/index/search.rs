@@ -64,7 +64,8 @@ fn verified(keys: &[u64], lo: usize, hi: usize, pos: usize, key: u64) -> bool {
 
 /// Windows up to this many keys (two cache lines) are counted instead of bisected.
 pub(crate) const SCAN_MAX: usize = 16;
-/// Upper model levels are cached and small: bisection's few instructions beat a count there.
+/// Searches among a model's own cached arrays (a PLA's first keys) count fewer keys: there the
+/// loads are cheap and bisection's few instructions win.
 pub(crate) const SCAN_CACHED: usize = 8;
 
 /// Lower bound of `key` in the sorted slice `s`: branch-free bisection down to [`SCAN_MAX`] keys,
