@@ -74,9 +74,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 
 fn run_in(args: &Args, root: &Path, report: &mut Report) -> Result<()> {
     report.note(&format!("machine: {}", report::machine()));
-    let fsync_us = fdatasync_us(root)?;
+    let fsync_us = fdatasync_us(root, 200)?;
     report.note(&format!(
-        "fdatasync of a 100-byte append in {}: median {fsync_us:.1} us",
+        "fdatasync of a 100-byte append in {}: median {fsync_us:.1} us (each row re-measures it \
+         just before it runs, since a shared disk's latency drifts)",
         root.display()
     ));
     let durations = Duration::from_secs_f64(args.seconds);
@@ -101,6 +102,7 @@ fn run_in(args: &Args, root: &Path, report: &mut Report) -> Result<()> {
             ensure!(record_bytes >= 8, "records must hold an 8-byte id");
             for &writers in &args.writers {
                 let dir = root.join(format!("{durability}-{record_bytes}-{writers}"));
+                let fsync_us = fdatasync_us(root, 100)?;
                 let row = if args.threads {
                     append_row_threads(&dir, writers, record_bytes, options, durations)?
                 } else {
@@ -147,8 +149,9 @@ fn run_in(args: &Args, root: &Path, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// The median latency of appending 100 bytes to a file and `fdatasync`ing it, in `dir`.
-fn fdatasync_us(dir: &Path) -> Result<f64> {
+/// The median latency of appending 100 bytes to a file and `fdatasync`ing it, in `dir`, over
+/// `samples` tries.
+fn fdatasync_us(dir: &Path, samples: usize) -> Result<f64> {
     use std::io::Write;
     let path = dir.join("fsync-probe");
     let mut file = std::fs::OpenOptions::new()
@@ -156,8 +159,9 @@ fn fdatasync_us(dir: &Path) -> Result<f64> {
         .append(true)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
-    let mut samples = Vec::with_capacity(200);
-    for _ in 0..200 {
+    let tries = samples;
+    let mut samples = Vec::with_capacity(tries);
+    for _ in 0..tries {
         let start = Instant::now();
         file.write_all(&[7u8; 100])?;
         file.sync_data()?;
