@@ -153,7 +153,7 @@ impl LearnedIndex for AnyIndex {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         match self {
             AnyIndex::BinarySearch(i) => i.lower_bound(keys, key),

@@ -143,30 +143,28 @@ pub struct Pla {
     sub_entries: Vec<u32>,
 }
 
-/// A finer radix table over one crowded bucket: `2^bits` equal slices of its key range, each
+/// A finer radix table over one crowded bucket: `2^bits` equal slices of the key range its
+/// segments start in (not the whole bucket, which crowded data often fills only in part), each
 /// entry the last segment whose first key is at or below the slice's smallest key, then the
 /// bucket's upper entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sub {
     bucket: u32,
     bits: u32,
+    /// Slices are `2^shift` offsets wide.
+    shift: u32,
     /// Index of the first entry in `sub_entries`; there are `2^bits + 1`.
     offset: u32,
+    /// Offset (from the first key) where slicing starts: the first key of the first segment
+    /// that starts inside the bucket. Keys of the bucket below it belong to the bucket's first
+    /// candidate.
+    base: u64,
 }
 
 /// Buckets whose candidates span more segments than this get a [`Sub`] table.
 const SPAN_MAX: usize = 8;
 /// Largest sub-table: `2^12` slices.
 const MAX_SUB_BITS: u32 = 12;
-
-/// `log2` of the width of bucket `b` (a power of two).
-fn bucket_width_log2(b: usize, bits: u32) -> u32 {
-    if b < 1 << bits {
-        0
-    } else {
-        (b >> bits) as u32 - 1
-    }
-}
 
 impl Pla {
     /// Builds with the ε (16, 32 or 64, wider if the budget forces it) and radix table that give
@@ -257,23 +255,27 @@ impl Pla {
         let buckets = self.table.len().saturating_sub(1);
         for b in 0..buckets {
             let (lo, hi) = (self.table[b] as usize, self.table[b + 1] as usize);
-            let width_log2 = bucket_width_log2(b, self.radix_bits);
-            if hi - lo <= SPAN_MAX || width_log2 == 0 {
+            if hi - lo <= SPAN_MAX {
                 continue;
             }
+            let base = self.segments[lo + 1].first - self.keys.first;
+            let extent = self.segments[hi].first - self.keys.first - base;
+            let extent_bits = u64::BITS - extent.leading_zeros();
             // About four slices per segment start: crowded buckets are often crowded inside too.
             let want = usize::BITS - (hi - lo).leading_zeros() + 2;
-            let bits = want.min(MAX_SUB_BITS).min(width_log2);
-            let floor = self.keys.first + bucket_floor(b, self.radix_bits);
-            let shift = width_log2 - bits;
+            let bits = want.min(MAX_SUB_BITS).min(extent_bits.max(1));
+            let shift = extent_bits.saturating_sub(bits);
+            let floor = self.keys.first + base;
             self.subs.push(Sub {
                 bucket: position(b),
                 bits,
+                shift,
                 offset: position(self.sub_entries.len()),
+                base,
             });
             let mut at_or_below = lo;
             for slice in 0..1u64 << bits {
-                // The last bucket's slices may reach past u64::MAX; no key lies there, and a
+                // Slices past the extent may reach past u64::MAX; no segment starts there, and a
                 // saturated floor keeps the entries non-decreasing.
                 let slice_floor = floor.saturating_add(slice << shift);
                 while at_or_below < self.segments.len()
@@ -382,10 +384,11 @@ impl Pla {
         let Some(sub) = self.subs.get(at) else {
             return (lo, hi);
         };
-        let floor = bucket_floor(b, self.radix_bits);
-        let shift = bucket_width_log2(b, self.radix_bits).saturating_sub(sub.bits);
-        // Keys past the last one are clamped into the last slice.
-        let slice = (d.saturating_sub(floor) >> shift).min((1u64 << sub.bits) - 1) as usize;
+        if d < sub.base {
+            return (lo, lo);
+        }
+        // Keys past the last slice (and past the last key) are clamped into the last slice.
+        let slice = ((d - sub.base) >> sub.shift).min((1u64 << sub.bits) - 1) as usize;
         let entry = sub.offset as usize + slice;
         match (self.sub_entries.get(entry), self.sub_entries.get(entry + 1)) {
             (Some(&l), Some(&h)) => (l as usize, h as usize),
@@ -466,25 +469,29 @@ impl Pla {
                 "PLA radix table does not end at the last segment",
             ));
         }
-        let sub_count = r.count(8)?;
+        let sub_count = r.count(20)?;
         let mut subs: Vec<Sub> = Vec::with_capacity(sub_count);
         let mut offset = 0usize;
         for _ in 0..sub_count {
             let bucket = r.u32()?;
             let bits = r.u32()?;
+            let shift = r.u32()?;
+            let base = r.u64()?;
             let b = bucket as usize;
             if b + 1 >= table.len()
                 || subs.last().is_some_and(|prev| prev.bucket >= bucket)
                 || bits == 0
                 || bits > MAX_SUB_BITS
-                || bits > bucket_width_log2(b, radix_bits)
+                || shift >= u64::BITS
             {
                 return Err(IndexError::corrupt("PLA sub-table header out of range"));
             }
             subs.push(Sub {
                 bucket,
                 bits,
+                shift,
                 offset: position(offset),
+                base,
             });
             offset += (1usize << bits) + 1;
         }
@@ -548,12 +555,12 @@ impl LearnedIndex for Pla {
         self.keys
     }
 
-    #[inline]
+    #[inline(always)]
     fn window(&self, key: u64) -> Window {
         self.segment_window(self.segment(key), key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         lower_bound_in(keys, self.window(key), key)
     }
@@ -647,6 +654,8 @@ impl LearnedIndex for Pla {
         for sub in &self.subs {
             out.put_u32(sub.bucket);
             out.put_u32(sub.bits);
+            out.put_u32(sub.shift);
+            out.put_u64(sub.base);
         }
         out.put_u32(position(self.sub_entries.len()));
         for &entry in &self.sub_entries {

@@ -341,12 +341,12 @@ impl LearnedIndex for Rmi {
         self.keys
     }
 
-    #[inline]
+    #[inline(always)]
     fn window(&self, key: u64) -> Window {
         self.leaf(key).window(key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         lower_bound_in(keys, self.window(key), key)
     }

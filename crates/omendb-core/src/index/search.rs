@@ -12,13 +12,13 @@ use super::{Window, prefetch};
 const PREFETCH_LINES: usize = 16;
 
 /// Exactly `keys.partition_point(|&k| k < key)`, searching `window` first.
-#[inline]
+#[inline(always)]
 pub fn lower_bound_in(keys: &[u64], window: Window, key: u64) -> usize {
     lower_bound_scan::<SCAN_MAX>(keys, window, key)
 }
 
 /// [`lower_bound_in`] with the count threshold of the caller's choice.
-#[inline]
+#[inline(always)]
 pub(crate) fn lower_bound_scan<const SCAN: usize>(keys: &[u64], window: Window, key: u64) -> usize {
     let n = keys.len();
     let hi = window.hi.min(n);
