@@ -376,3 +376,80 @@ fn median(samples: &mut [f64]) -> f64 {
 fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        file
+    }
+
+    fn sosd(count: u64, keys: &[u64]) -> Vec<u8> {
+        let mut bytes = count.to_le_bytes().to_vec();
+        for k in keys {
+            bytes.extend_from_slice(&k.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn reads_a_sosd_key_file() {
+        let keys = [1u64, 5, 5, 9, u64::MAX];
+        let file = write(&sosd(5, &keys));
+        assert_eq!(read_sosd(file.path()).unwrap(), keys);
+        let empty = write(&sosd(0, &[]));
+        assert_eq!(read_sosd(empty.path()).unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn refuses_truncated_short_and_unsorted_files() {
+        let truncated = write(&sosd(5, &[1, 2, 3]));
+        let err = read_sosd(truncated.path()).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        let short = write(&[1, 2, 3]);
+        let err = read_sosd(short.path()).unwrap_err().to_string();
+        assert!(err.contains("too short"), "{err}");
+
+        let unsorted = write(&sosd(3, &[1, 9, 4]));
+        let err = read_sosd(unsorted.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("not sorted") && err.contains("position 2"),
+            "{err}"
+        );
+
+        let missing = read_sosd(Path::new("/nonexistent/omendb-keys")).unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+    }
+
+    #[test]
+    fn a_wrong_answer_aborts_before_any_timing() {
+        let keys: Vec<u64> = (0..1000).map(|k| k * 3).collect();
+        let queries = keygen::lookups(&keys, 500, 0.1, 1);
+        let expected: Vec<usize> = queries
+            .iter()
+            .map(|&q| keys.partition_point(|&k| k < q))
+            .collect();
+        let bench = Bench {
+            dist: "test",
+            keys: &keys,
+            queries: &queries,
+            expected: &expected,
+            expected_sum: checksum(&expected),
+            runs: 1,
+        };
+        assert!(
+            bench
+                .time("right", |q| keys.partition_point(|&k| k < q))
+                .is_ok()
+        );
+        // An index that misses keys (like the old prototype's capped window) must not be timed.
+        let err = bench
+            .time("capped", |q| keys.partition_point(|&k| k < q).min(16))
+            .unwrap_err();
+        assert!(err.to_string().contains("WRONG ANSWER"), "{err}");
+    }
+}
