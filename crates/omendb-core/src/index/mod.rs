@@ -254,3 +254,31 @@ pub(crate) fn measure(
 fn position(at: usize) -> u32 {
     u32::try_from(at).unwrap_or(u32::MAX)
 }
+
+/// Test support shared by the members' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::LearnedIndex;
+
+    /// Every stored key, its neighbours and the extremes: the keys whose answers a model is most
+    /// likely to get wrong.
+    pub(crate) fn probe_keys(keys: &[u64]) -> Vec<u64> {
+        let mut queries: Vec<u64> = keys.to_vec();
+        for &k in keys {
+            queries.extend([k.wrapping_sub(1), k.wrapping_add(1)]);
+        }
+        queries.extend([0, 1, u64::MAX, u64::MAX - 1, u64::MAX / 2]);
+        queries
+    }
+
+    /// Asserts that `index`'s window holds the lower bound of every probe key and that its
+    /// lookups equal `partition_point`.
+    pub(crate) fn assert_exact(keys: &[u64], index: &dyn LearnedIndex) {
+        for q in probe_keys(keys) {
+            let expected = keys.partition_point(|&k| k < q);
+            let w = index.window(q);
+            assert!(w.contains(expected), "key {q}: {w:?} misses {expected}");
+            assert_eq!(index.lower_bound(keys, q), expected, "key {q}");
+        }
+    }
+}

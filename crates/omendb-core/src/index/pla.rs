@@ -668,17 +668,11 @@ impl LearnedIndex for Pla {
 mod tests {
     use super::*;
 
+    use crate::index::testing::{assert_exact, probe_keys};
+
     fn check(keys: &[u64], pla: &Pla) {
-        let mut queries: Vec<u64> = keys.to_vec();
-        for &k in keys {
-            queries.extend([k.wrapping_sub(1), k.wrapping_add(1)]);
-        }
-        queries.extend([0, 1, u64::MAX, u64::MAX - 1, u64::MAX / 2]);
-        for q in queries {
-            let expected = keys.partition_point(|&k| k < q);
-            let w = pla.window(q);
-            assert!(w.contains(expected), "key {q}: {w:?} misses {expected}");
-            assert_eq!(pla.lower_bound(keys, q), expected, "key {q}");
+        assert_exact(keys, pla);
+        for q in probe_keys(keys) {
             let (lo, hi) = pla.candidates(q);
             let segment = pla
                 .segments

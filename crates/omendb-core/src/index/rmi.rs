@@ -410,21 +410,10 @@ impl LearnedIndex for Rmi {
 mod tests {
     use super::*;
 
+    use crate::index::testing::assert_exact;
+
     fn check(keys: &[u64], rmi: &Rmi) {
-        let mut queries: Vec<u64> = keys.to_vec();
-        for &k in keys {
-            queries.extend([k.wrapping_sub(1), k.wrapping_add(1)]);
-        }
-        queries.extend([0, 1, u64::MAX, u64::MAX - 1, u64::MAX / 2]);
-        for q in queries {
-            let expected = keys.partition_point(|&k| k < q);
-            assert!(
-                rmi.window(q).contains(expected),
-                "key {q}: {:?} misses {expected}",
-                rmi.window(q)
-            );
-            assert_eq!(rmi.lower_bound(keys, q), expected, "key {q}");
-        }
+        assert_exact(keys, rmi);
     }
 
     #[test]
