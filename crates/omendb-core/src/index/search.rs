@@ -14,19 +14,13 @@ const PREFETCH_LINES: usize = 16;
 /// Exactly `keys.partition_point(|&k| k < key)`, searching `window` first.
 #[inline(always)]
 pub fn lower_bound_in(keys: &[u64], window: Window, key: u64) -> usize {
-    lower_bound_scan::<SCAN_MAX>(keys, window, key)
-}
-
-/// [`lower_bound_in`] with the count threshold of the caller's choice.
-#[inline(always)]
-pub(crate) fn lower_bound_scan<const SCAN: usize>(keys: &[u64], window: Window, key: u64) -> usize {
     let n = keys.len();
     let hi = window.hi.min(n);
     let lo = window.lo.min(hi);
     if hi - lo > 8 {
         prefetch::window(keys, lo, hi, PREFETCH_LINES);
     }
-    let pos = lo + bisect_scan::<SCAN>(&keys[lo..hi], key);
+    let pos = lo + bisect_scan::<SCAN_MAX>(&keys[lo..hi], key);
     if verified(keys, lo, hi, pos, key) {
         pos
     } else {
