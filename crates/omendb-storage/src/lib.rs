@@ -4,3 +4,9 @@
 //! format, fenced manifests, the decoded-page cache and backup copies. It depends on no other
 //! OmenDB crate and must never interpret what it stores beyond the formats it owns: the engine's
 //! serialized index travels through it as opaque bytes.
+
+pub mod backend;
+mod error;
+
+pub use backend::{Backend, BackendOptions, Scheme};
+pub use error::{Error, ErrorKind, Result};

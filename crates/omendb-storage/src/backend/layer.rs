@@ -1,0 +1,365 @@
+//! One `ObjectStore` wrapper, [`Layered`], that routes every request of an inner store through a
+//! [`Layer`]: retry, timeout and metrics are each a `Layer`, so the request plumbing is written
+//! once and each concern stays a short file.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
+};
+
+/// The kind of a request, used as the `op` label of metrics and in errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Op {
+    /// A whole-object put.
+    Put,
+    /// Starting a multipart upload.
+    PutMultipart,
+    /// One part of a multipart upload.
+    PutPart,
+    /// Completing a multipart upload.
+    Complete,
+    /// Aborting a multipart upload.
+    Abort,
+    /// A get (whole object or a range).
+    Get,
+    /// A head (metadata only).
+    Head,
+    /// Several ranges of one object.
+    GetRanges,
+    /// A delete of one object.
+    Delete,
+    /// A listing (streamed).
+    List,
+    /// A listing of one level with common prefixes.
+    ListWithDelimiter,
+    /// A server-side copy.
+    Copy,
+    /// A rename.
+    Rename,
+}
+
+impl Op {
+    /// The label used in metrics (`put`, `get`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::PutMultipart => "put_multipart",
+            Op::PutPart => "put_part",
+            Op::Complete => "complete_multipart",
+            Op::Abort => "abort_multipart",
+            Op::Get => "get",
+            Op::Head => "head",
+            Op::GetRanges => "get_ranges",
+            Op::Delete => "delete",
+            Op::List => "list",
+            Op::ListWithDelimiter => "list_with_delimiter",
+            Op::Copy => "copy",
+            Op::Rename => "rename",
+        }
+    }
+}
+
+/// Whether a request may be sent again after a failure whose outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotence {
+    /// Sending it twice has the effect of sending it once (get, overwrite put, copy, delete).
+    /// A create-if-absent put is also sent again: if the first attempt landed, the second
+    /// reports `AlreadyExists`, which the caller must resolve (the manifest does, by token).
+    Idempotent,
+    /// Sending it twice may do something else (a multipart part appends, a rename's source is
+    /// gone after the first).
+    Once,
+}
+
+/// A concern wrapped around every request of a store.
+pub trait Layer: Send + Sync + fmt::Debug + 'static {
+    /// A short name for `Display` (`retry`, `timeout`, `metrics`).
+    fn name(&self) -> &'static str;
+
+    /// Runs one request. `attempt` sends it; a layer may call it more than once only if the
+    /// request is [`Idempotence::Idempotent`].
+    fn request<T, F, Fut>(
+        &self,
+        op: Op,
+        idempotence: Idempotence,
+        attempt: F,
+    ) -> impl Future<Output = object_store::Result<T>> + Send
+    where
+        T: Send,
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = object_store::Result<T>> + Send;
+
+    /// Wraps a listing. `start` opens the listing after the given location (`None`: from the
+    /// beginning), so a layer can resume a listing that failed midway.
+    fn list(
+        &self,
+        op: Op,
+        start: Arc<
+            dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>>
+                + Send
+                + Sync,
+        >,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>>;
+}
+
+/// An `ObjectStore` whose every request goes through `layer` before reaching `inner`.
+#[derive(Debug)]
+pub struct Layered<L, S: ?Sized> {
+    layer: Arc<L>,
+    inner: Arc<S>,
+}
+
+impl<L: Layer, S: ObjectStore + ?Sized> Layered<L, S> {
+    /// Wraps `inner` in `layer`.
+    pub fn new(layer: L, inner: Arc<S>) -> Self {
+        Self {
+            layer: Arc::new(layer),
+            inner,
+        }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+}
+
+impl<L: Layer, S: ObjectStore + ?Sized> fmt::Display for Layered<L, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.layer.name(), self.inner)
+    }
+}
+
+#[async_trait]
+impl<L: Layer, S: ObjectStore + ?Sized> ObjectStore for Layered<L, S> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.layer
+            .request(Op::Put, Idempotence::Idempotent, || {
+                self.inner.put_opts(location, payload.clone(), opts.clone())
+            })
+            .await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let upload = self
+            .layer
+            .request(Op::PutMultipart, Idempotence::Idempotent, || {
+                self.inner.put_multipart_opts(location, opts.clone())
+            })
+            .await?;
+        Ok(Box::new(LayeredUpload {
+            layer: Arc::clone(&self.layer),
+            inner: upload,
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let op = if options.head { Op::Head } else { Op::Get };
+        self.layer
+            .request(op, Idempotence::Idempotent, || {
+                self.inner.get_opts(location, options.clone())
+            })
+            .await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.layer
+            .request(Op::GetRanges, Idempotence::Idempotent, || {
+                self.inner.get_ranges(location, ranges)
+            })
+            .await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        // Each path becomes its own request, so every delete is retried, timed and counted on
+        // its own; a bulk delete would hide which path failed.
+        let layer = Arc::clone(&self.layer);
+        let inner = Arc::clone(&self.inner);
+        locations
+            .map(move |location| {
+                let layer = Arc::clone(&layer);
+                let inner = Arc::clone(&inner);
+                async move {
+                    let location = location?;
+                    layer
+                        .request(Op::Delete, Idempotence::Idempotent, || {
+                            let one = futures::stream::iter([Ok(location.clone())]).boxed();
+                            let mut deleted = inner.delete_stream(one);
+                            async move { deleted.next().await.unwrap_or(Ok(Path::default())) }
+                        })
+                        .await?;
+                    Ok(location)
+                }
+            })
+            .buffered(DELETE_CONCURRENCY)
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.cloned();
+        self.layer.list(
+            Op::List,
+            Arc::new(move |offset: Option<Path>| match &offset {
+                None => inner.list(prefix.as_ref()),
+                Some(offset) => inner.list_with_offset(prefix.as_ref(), offset),
+            }),
+        )
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.cloned();
+        let first = offset.clone();
+        self.layer.list(
+            Op::List,
+            Arc::new(move |offset: Option<Path>| {
+                inner.list_with_offset(prefix.as_ref(), offset.as_ref().unwrap_or(&first))
+            }),
+        )
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.layer
+            .request(Op::ListWithDelimiter, Idempotence::Idempotent, || {
+                self.inner.list_with_delimiter(prefix)
+            })
+            .await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.layer
+            .request(Op::Copy, Idempotence::Idempotent, || {
+                self.inner.copy_opts(from, to, options.clone())
+            })
+            .await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.layer
+            .request(Op::Rename, Idempotence::Once, || {
+                self.inner.rename_opts(from, to, options.clone())
+            })
+            .await
+    }
+}
+
+/// How many deletes of one `delete_stream` are in flight at once.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// A multipart upload whose parts and completion go through the layer. Parts are never sent
+/// twice: a second `put_part` would add a part, not repeat one.
+#[derive(Debug)]
+struct LayeredUpload<L> {
+    layer: Arc<L>,
+    inner: Box<dyn MultipartUpload>,
+}
+
+#[async_trait]
+impl<L: Layer> MultipartUpload for LayeredUpload<L> {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let layer = Arc::clone(&self.layer);
+        let mut part = Some(self.inner.put_part(data));
+        async move {
+            layer
+                .request(Op::PutPart, Idempotence::Once, || {
+                    // `Once` guarantees a single call; a second would find the part taken.
+                    let part = part.take();
+                    async move {
+                        match part {
+                            Some(part) => part.await,
+                            None => Err(object_store::Error::NotImplemented {
+                                operation: "sending a multipart part twice".to_owned(),
+                                implementer: "Layered".to_owned(),
+                            }),
+                        }
+                    }
+                })
+                .await
+        }
+        .boxed()
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let inner = &mut self.inner;
+        let mut inner = Some(inner);
+        self.layer
+            .request(Op::Complete, Idempotence::Once, || {
+                let inner = inner.take();
+                async move {
+                    match inner {
+                        Some(inner) => inner.complete().await,
+                        None => Err(object_store::Error::NotImplemented {
+                            operation: "completing a multipart upload twice".to_owned(),
+                            implementer: "Layered".to_owned(),
+                        }),
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        let inner = &mut self.inner;
+        let mut inner = Some(inner);
+        self.layer
+            .request(Op::Abort, Idempotence::Once, || {
+                let inner = inner.take();
+                async move {
+                    match inner {
+                        Some(inner) => inner.abort().await,
+                        None => Err(object_store::Error::NotImplemented {
+                            operation: "aborting a multipart upload twice".to_owned(),
+                            implementer: "Layered".to_owned(),
+                        }),
+                    }
+                }
+            })
+            .await
+    }
+}

@@ -1,0 +1,276 @@
+//! OpenDAL services as an `ObjectStore`, through the `object_store_opendal` bridge.
+//!
+//! The bridge's recursive listing also returns directories as zero-byte objects (on the `fs`
+//! service, the listed prefix itself and every sub-directory), which breaks the `ObjectStore`
+//! contract that a listing returns objects only. [`OpenDalStore`] forwards every request to the
+//! bridge except listings, which it runs on the OpenDAL operator and filters to files.
+//!
+//! OpenDAL's create-if-absent is a check followed by a write, so two racing creates can both
+//! succeed (the conformance suite caught this on `fs`). [`OpenDalStore`] serializes creates
+//! within the process; across processes OpenDAL gives no such guarantee, so a database whose
+//! writers may race from several processes must use `file://` or `s3://` (see
+//! `docs/failure-modes.md`).
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
+use object_store_opendal::OpendalStore;
+use opendal::Operator;
+use opendal::raw::percent_decode_path;
+
+/// An OpenDAL operator as an `ObjectStore` whose listings hold files only.
+#[derive(Debug, Clone)]
+pub struct OpenDalStore {
+    bridge: OpendalStore,
+    operator: Operator,
+    /// Held across a create-if-absent put, so that creates in this process do not race.
+    creates: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl OpenDalStore {
+    /// Wraps `operator`.
+    pub fn new(operator: Operator) -> Self {
+        Self {
+            bridge: OpendalStore::new(operator.clone()),
+            operator,
+            creates: Arc::default(),
+        }
+    }
+
+    /// Lists the files under `prefix` whose location sorts after `offset`.
+    fn files(
+        &self,
+        prefix: Option<&Path>,
+        offset: Option<Path>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let dir = dir_of(prefix);
+        let operator = self.operator.clone();
+        let listing = async move {
+            let lister = operator
+                .lister_with(&dir)
+                .recursive(true)
+                .await
+                .map_err(|err| generic(err, &dir))?;
+            let files = lister
+                .map_err(move |err| generic(err, "list"))
+                .try_filter(|entry| futures::future::ready(entry.metadata().is_file()))
+                .and_then(move |entry| object_meta(operator.clone(), entry))
+                .try_filter(move |meta| {
+                    futures::future::ready(
+                        offset.as_ref().is_none_or(|offset| &meta.location > offset),
+                    )
+                });
+            Ok::<_, object_store::Error>(files)
+        };
+        futures::stream::once(listing).try_flatten().boxed()
+    }
+}
+
+/// The `ObjectMeta` of a listed file.
+async fn object_meta(
+    operator: Operator,
+    entry: opendal::Entry,
+) -> object_store::Result<ObjectMeta> {
+    let (path, metadata) = entry.into_parts();
+    // A listing may omit the modification time; a stat has it.
+    let metadata = match metadata.last_modified() {
+        Some(_) => metadata,
+        None => operator
+            .stat(&path)
+            .await
+            .map_err(|err| generic(err, &path))?,
+    };
+    let last_modified = metadata.last_modified().and_then(|ts| {
+        let ts = ts.into_inner();
+        chrono::DateTime::from_timestamp(ts.as_second(), ts.subsec_nanosecond().unsigned_abs())
+    });
+    Ok(ObjectMeta {
+        location: Path::from(path.as_str()),
+        last_modified: last_modified.unwrap_or_default(),
+        size: metadata.content_length(),
+        e_tag: metadata.etag().map(str::to_owned),
+        version: metadata.version().map(str::to_owned),
+    })
+}
+
+/// The `dir/` OpenDAL lists for an `object_store` prefix (`""` for the root).
+fn dir_of(prefix: Option<&Path>) -> String {
+    prefix.map_or_else(String::new, |prefix| {
+        format!("{}/", percent_decode_path(prefix.as_ref()))
+    })
+}
+
+fn generic(err: opendal::Error, path: &str) -> object_store::Error {
+    if err.kind() == opendal::ErrorKind::NotFound {
+        object_store::Error::NotFound {
+            path: path.to_owned(),
+            source: Box::new(err),
+        }
+    } else {
+        object_store::Error::Generic {
+            store: "opendal",
+            source: Box::new(err),
+        }
+    }
+}
+
+impl fmt::Display for OpenDalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.bridge)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for OpenDalStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if opts.mode == PutMode::Create {
+            let _serialized = self.creates.lock().await;
+            self.bridge.put_opts(location, payload, opts).await
+        } else {
+            self.bridge.put_opts(location, payload, opts).await
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.bridge.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let range = options.range.clone();
+        let result = self.bridge.get_opts(location, options).await?;
+        // The bridge answers a range that starts past the end with no bytes; every other store
+        // (and any reader that trusts the length it asked for) expects an error.
+        let start = match range {
+            Some(GetRange::Bounded(range)) => Some(range.start),
+            Some(GetRange::Offset(offset)) => Some(offset),
+            Some(GetRange::Suffix(_)) | None => None,
+        };
+        if let Some(start) = start.filter(|&start| start >= result.meta.size && start > 0) {
+            return Err(object_store::Error::Generic {
+                store: "opendal",
+                source: format!(
+                    "range starting at {start} is past the end of {location} ({} bytes)",
+                    result.meta.size
+                )
+                .into(),
+            });
+        }
+        // The bridge answers a get of a directory with an empty object; a directory is not an
+        // object. Only empty results can be directories, so only they pay for the stat.
+        if result.meta.size == 0 {
+            let path = percent_decode_path(location.as_ref());
+            let is_dir = self
+                .operator
+                .stat(&format!("{path}/"))
+                .await
+                .is_ok_and(|meta| meta.is_dir());
+            if is_dir {
+                return Err(object_store::Error::NotFound {
+                    path: location.to_string(),
+                    source: "a directory, not an object".into(),
+                });
+            }
+        }
+        Ok(result)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.bridge.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.bridge.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.files(prefix, None)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.files(prefix, Some(offset.clone()))
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        // The bridge's version reports the listed directory itself as a common prefix.
+        let dir = dir_of(prefix);
+        let entries = self
+            .operator
+            .list(&dir)
+            .await
+            .map_err(|err| generic(err, &dir))?;
+        let mut listed = ListResult {
+            common_prefixes: Vec::new(),
+            objects: Vec::new(),
+            extensions: Default::default(),
+        };
+        for entry in entries {
+            // The listed directory comes back as `dir/` (the root as `/`).
+            if entry.path().trim_end_matches('/') == dir.trim_end_matches('/') {
+                continue;
+            }
+            if entry.metadata().is_dir() {
+                listed.common_prefixes.push(Path::from(entry.path()));
+            } else {
+                listed
+                    .objects
+                    .push(object_meta(self.operator.clone(), entry).await?);
+            }
+        }
+        // Other stores answer in lexicographic order, and callers (object_store's suite) rely on it.
+        listed.common_prefixes.sort();
+        listed.objects.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(listed)
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.bridge.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.bridge.rename_opts(from, to, options).await
+    }
+}

@@ -1,0 +1,145 @@
+//! The crate's typed errors and the [`ErrorKind`] that tells a caller what to do about one.
+
+/// A result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a caller should do about an [`Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Transient: the same call may succeed if retried (a network error, a throttled request).
+    Retry,
+    /// The caller's input or configuration is wrong; the same call fails the same way again.
+    BadInput,
+    /// A stored object is damaged or not in a format this build reads; restore it from a copy.
+    Corrupt,
+    /// This handle cannot go on (for example a fenced manifest writer): reopen.
+    Fatal,
+}
+
+/// Everything that can go wrong in the storage layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A backend URL could not be understood (malformed, unknown scheme, missing bucket).
+    #[error("backend URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A backend option is unknown or has a bad value.
+    #[error("backend option {key:?}: {reason}")]
+    BadOption {
+        /// The option's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An object-store request failed.
+    #[error("object store {op} {path}: {source}")]
+    Store {
+        /// The request that failed (`put`, `get`, `list`, ...).
+        op: &'static str,
+        /// The object or prefix it was applied to.
+        path: String,
+        /// The error `object_store` returned.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A stored object is damaged: truncated, failing its checksum, or not the format it claims.
+    #[error("corrupt object {object}: {reason}")]
+    Corrupt {
+        /// The object's path in the store.
+        object: String,
+        /// What was found wrong.
+        reason: String,
+    },
+    /// A stored object was written by a newer format version than this build reads.
+    #[error("object {object} has format version {found}; this build reads up to {supported}")]
+    UnsupportedVersion {
+        /// The object's path in the store.
+        object: String,
+        /// The version found in the object.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// Input handed to a writer or reader is invalid (unsorted keys, wrong schema, a position
+    /// past the end); nothing was written.
+    #[error("invalid input: {0}")]
+    BadInput(String),
+    /// This manifest writer has been fenced: another writer with a newer epoch has opened the
+    /// database, and this one may no longer publish manifests or delete objects.
+    #[error("manifest writer with epoch {epoch} is fenced by epoch {newer_epoch}")]
+    Fenced {
+        /// This writer's epoch.
+        epoch: u64,
+        /// The newer epoch found in the store.
+        newer_epoch: u64,
+    },
+    /// A Parquet object could not be written or decoded.
+    #[error("parquet {object}: {source}")]
+    Parquet {
+        /// The object's path in the store.
+        object: String,
+        /// The error the `parquet` crate returned.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// An Arrow operation failed (a batch that does not match its schema, for example).
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+impl Error {
+    /// What a caller should do about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BadUrl { .. } | Error::BadOption { .. } | Error::BadInput(_) => {
+                ErrorKind::BadInput
+            }
+            Error::Arrow(_) => ErrorKind::BadInput,
+            Error::Store { source, .. } => store_error_kind(source),
+            Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::Parquet { .. } => {
+                ErrorKind::Corrupt
+            }
+            Error::Fenced { .. } => ErrorKind::Fatal,
+        }
+    }
+
+    /// Wraps an `object_store` error with the request and path it came from.
+    pub(crate) fn store(
+        op: &'static str,
+        path: impl ToString,
+        source: object_store::Error,
+    ) -> Self {
+        Error::Store {
+            op,
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+/// Whether an `object_store` error is worth retrying. `Generic` covers network and server errors
+/// (and the I/O errors of local stores); every other variant is a definite answer.
+pub(crate) fn is_transient(err: &object_store::Error) -> bool {
+    matches!(
+        err,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
+}
+
+fn store_error_kind(err: &object_store::Error) -> ErrorKind {
+    if is_transient(err) {
+        ErrorKind::Retry
+    } else {
+        match err {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => ErrorKind::Fatal,
+            _ => ErrorKind::BadInput,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Shared test harness: a real S3 server (`moto_server`) on a free loopback port, and the list of
+//! backends every conformance test runs against.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStore;
+use omendb_storage::backend::{self, Layered, Metered, Retry, RetryPolicy, Timeout};
+use omendb_storage::{Backend, BackendOptions, Scheme};
+use tempfile::TempDir;
+
+/// A `moto_server` child process, killed when dropped.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    buckets: AtomicU32,
+}
+
+impl Moto {
+    /// Starts `moto_server` (or `$OMENDB_MOTO_SERVER`) on a free loopback port. A missing server
+    /// fails the test: `cargo xtask test` installs it; a test is never skipped for want of it.
+    pub fn start() -> Moto {
+        let exe = std::env::var("OMENDB_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot start {exe:?} ({err}); `cargo xtask test` installs it \
+                     (pip install 'moto[server]')"
+                )
+            });
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            buckets: AtomicU32::new(0),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while moto.request("GET", "/").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    /// Sends one plain HTTP/1.1 request and returns the status code (moto does not check
+    /// signatures, so bucket creation needs no AWS client).
+    fn request(&self, method: &str, path: &str) -> std::io::Result<u16> {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad response: {response:.80}")))
+    }
+
+    /// Creates a new empty bucket and returns its name.
+    pub fn bucket(&self) -> String {
+        let name = format!(
+            "omendb-test-{}",
+            self.buckets.fetch_add(1, Ordering::Relaxed)
+        );
+        let status = self.request("PUT", &format!("/{name}")).unwrap();
+        assert_eq!(status, 200, "creating bucket {name}");
+        name
+    }
+
+    /// Backend options that point the S3 client at this server.
+    pub fn options(&self) -> BackendOptions {
+        BackendOptions::default()
+            .option("endpoint", &self.endpoint)
+            .option("region", "us-east-1")
+            .option("access_key_id", "test")
+            .option("secret_access_key", "test")
+            .option("allow_http", "true")
+            .option("virtual_hosted_style_request", "false")
+    }
+
+    /// `s3://<new bucket>/<prefix>` opened through OmenDB's URL parser.
+    pub fn open_raw(&self, prefix: &str) -> Arc<dyn ObjectStore> {
+        let url = format!("s3://{}/{prefix}", self.bucket());
+        backend::open_raw(&url, &self.options()).unwrap().1
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A store under test with whatever keeps it alive (a temporary directory).
+pub struct Subject {
+    pub name: String,
+    pub store: Arc<dyn ObjectStore>,
+    _dir: Option<TempDir>,
+}
+
+/// The stores of one backend kind: a fresh, empty store per call.
+pub enum Kind {
+    Memory,
+    File,
+    OpenDalFs,
+    S3,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Memory, Kind::File, Kind::OpenDalFs, Kind::S3];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::File => "file",
+            Kind::OpenDalFs => "opendal+fs",
+            Kind::S3 => "s3",
+        }
+    }
+
+    /// A fresh, empty raw store of this kind (S3 needs `moto`).
+    pub fn raw(&self, moto: Option<&Moto>) -> (Arc<dyn ObjectStore>, Scheme, Option<TempDir>) {
+        let options = BackendOptions::default();
+        match self {
+            Kind::Memory => (
+                backend::open_raw("memory://", &options).unwrap().1,
+                Scheme::Memory,
+                None,
+            ),
+            Kind::File | Kind::OpenDalFs => {
+                let dir = tempfile::tempdir().unwrap();
+                let scheme = if matches!(self, Kind::File) {
+                    "file"
+                } else {
+                    "opendal+fs"
+                };
+                let url = format!("{scheme}://{}", dir.path().display());
+                let (scheme, store) = backend::open_raw(&url, &options).unwrap();
+                (store, scheme, Some(dir))
+            }
+            Kind::S3 => {
+                let moto = moto.expect("the S3 backend needs moto");
+                (moto.open_raw("conformance"), Scheme::S3, None)
+            }
+        }
+    }
+
+    /// Every subject of this kind: the raw store, the full wrapper stack of `Backend`, and (for
+    /// memory, where it is cheap) each wrapper on its own.
+    pub fn subjects(&self, moto: Option<&Moto>) -> Vec<Subject> {
+        let mut subjects = Vec::new();
+        let (store, _, dir) = self.raw(moto);
+        subjects.push(Subject {
+            name: format!("{} raw", self.name()),
+            store,
+            _dir: dir,
+        });
+        let (store, scheme, dir) = self.raw(moto);
+        let wrapped = Backend::from_store(scheme, store, &BackendOptions::default());
+        subjects.push(Subject {
+            name: format!("{} metrics(retry(timeout))", self.name()),
+            store: Arc::clone(wrapped.store()),
+            _dir: dir,
+        });
+        if matches!(self, Kind::Memory) {
+            let fresh = || self.raw(moto).0;
+            subjects.push(Subject {
+                name: "memory retry".to_owned(),
+                store: Arc::new(Layered::new(Retry::new(RetryPolicy::default()), fresh())),
+                _dir: None,
+            });
+            subjects.push(Subject {
+                name: "memory timeout".to_owned(),
+                store: Arc::new(Layered::new(Timeout::new(Duration::from_secs(5)), fresh())),
+                _dir: None,
+            });
+            subjects.push(Subject {
+                name: "memory metrics".to_owned(),
+                store: Arc::new(Layered::new(Metered::new("memory"), fresh())),
+                _dir: None,
+            });
+        }
+        subjects
+    }
+}
