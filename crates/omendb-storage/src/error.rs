@@ -110,11 +110,7 @@ impl Error {
     }
 
     /// Wraps an `object_store` error with the request and path it came from.
-    pub(crate) fn store(
-        op: &'static str,
-        path: impl ToString,
-        source: object_store::Error,
-    ) -> Self {
+    pub fn from_store(op: &'static str, path: impl ToString, source: object_store::Error) -> Self {
         Error::Store {
             op,
             path: path.to_string(),

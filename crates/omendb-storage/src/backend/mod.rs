@@ -157,7 +157,7 @@ pub fn open_raw(url: &str, options: &BackendOptions) -> Result<(Scheme, Arc<dyn 
     match parsed.scheme() {
         "file" => {
             no_options(options, "file")?;
-            let dir = local_dir(&parsed).map_err(|reason| bad_url(reason))?;
+            let dir = local_dir(&parsed).map_err(&bad_url)?;
             std::fs::create_dir_all(&dir).map_err(|err| {
                 bad_url(&format!("cannot create directory {}: {err}", dir.display()))
             })?;
