@@ -1,0 +1,797 @@
+//! [`SegmentReader`]: opens a segment (footer, metadata, decoded key column) and reads rows by
+//! position, one page at a time through the shared [`PageCache`], or scans position ranges.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Schema, SchemaRef};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::{
+    AsyncFileReader, MetadataFetch, ParquetRecordBatchStreamBuilder,
+};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use super::cache::{PageCache, PageKey};
+use super::checksum::{self, Checksums};
+use super::{
+    CHECKSUMS_KEY, CRC_KEY, FORMAT_VERSION, INDEX_KEY, KEY_COLUMN, LSN_COLUMN, META_KEY,
+    SYSTEM_COLUMNS, SegmentMeta, SegmentSeal, TOMBSTONE_COLUMN, metadata_crc, schema_fingerprint,
+};
+use crate::error::{Error, Result};
+
+/// Rows per batch when the reader decodes the key column at open.
+const KEY_BATCH_ROWS: usize = 64 * 1024;
+
+/// A choice of columns to read, prepared once per schema and reused for every fetch. Columns
+/// come back in schema order.
+#[derive(Clone, Debug)]
+pub struct Projection {
+    columns: Vec<usize>,
+    schema: SchemaRef,
+    mask: ProjectionMask,
+}
+
+impl Projection {
+    /// The schema of the batches read with this projection.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+}
+
+/// Row-group statistics of one column, one entry per row group (for aggregates that can skip
+/// decoding whole row groups).
+#[derive(Clone, Debug)]
+pub struct ColumnStats {
+    /// Smallest non-null value per row group (null where unknown).
+    pub mins: ArrayRef,
+    /// Largest non-null value per row group.
+    pub maxes: ArrayRef,
+    /// Nulls per row group.
+    pub null_counts: UInt64Array,
+    /// Rows per row group.
+    pub row_counts: Vec<u64>,
+}
+
+/// An open segment. Cheap to share (`Arc<SegmentReader>`); reads never block each other.
+#[derive(Debug)]
+pub struct SegmentReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+    metadata: ArrowReaderMetadata,
+    meta: SegmentMeta,
+    index: Bytes,
+    checksums: Arc<Checksums>,
+    keys: Vec<u64>,
+    /// First row of each row group, and the row count after the last.
+    row_group_starts: Vec<u64>,
+    /// First page number of each row group (pages are numbered across the segment).
+    row_group_pages: Vec<u64>,
+    cache: Arc<PageCache>,
+    id: u64,
+}
+
+impl SegmentReader {
+    /// Opens the segment at `path`: reads the footer and page index, checks the metadata, and
+    /// decodes the key column. A damaged or truncated object gives [`Error::Corrupt`] (or
+    /// [`Error::Parquet`]) naming it.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        seal: Option<&SegmentSeal>,
+        cache: Arc<PageCache>,
+    ) -> Result<Self> {
+        let object = path.to_string();
+        let corrupt = |reason: String| Error::Corrupt {
+            object: object.clone(),
+            reason,
+        };
+        let (size, footer) = match seal {
+            None => {
+                let size = store
+                    .head(&path)
+                    .await
+                    .map_err(|err| Error::from_store("head", &path, err))?
+                    .size;
+                let fetch = Footer::Remote {
+                    store: Arc::clone(&store),
+                    path: path.clone(),
+                };
+                (
+                    size,
+                    load_footer(fetch, size)
+                        .await
+                        .map_err(|err| from_parquet(&object, err))?,
+                )
+            }
+            Some(seal) => {
+                // One read fetches the whole footer, which the seal's checksum then covers.
+                let tail = seal.data_end..seal.size;
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(tail.clone())),
+                    ..GetOptions::default()
+                };
+                let got = match store.get_opts(&path, options).await {
+                    Ok(got) => got,
+                    Err(err) => {
+                        // A range past the end fails; tell a truncated object from a failed read.
+                        let actual = store.head(&path).await.map(|meta| meta.size);
+                        return Err(match actual {
+                            Ok(size) if size != seal.size => {
+                                corrupt(format!("{size} bytes, the manifest says {}", seal.size))
+                            }
+                            _ => Error::from_store("get", &path, err),
+                        });
+                    }
+                };
+                let size = got.meta.size;
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|err| Error::from_store("get", &path, err))?;
+                if size != seal.size
+                    || bytes.len() as u64 != seal.size - seal.data_end.min(seal.size)
+                {
+                    return Err(corrupt(format!(
+                        "{size} bytes, the manifest says {}",
+                        seal.size
+                    )));
+                }
+                if crc32c::crc32c(&bytes) != seal.footer_crc32c {
+                    return Err(corrupt("the footer does not match its checksum".to_owned()));
+                }
+                let fetch = Footer::Local {
+                    start: seal.data_end,
+                    bytes,
+                };
+                (
+                    size,
+                    load_footer(fetch, size)
+                        .await
+                        .map_err(|err| from_parquet(&object, err))?,
+                )
+            }
+        };
+        let footer = Arc::new(footer);
+        let embedded = ArrowReaderMetadata::try_new(Arc::clone(&footer), ArrowReaderOptions::new())
+            .map_err(|err| from_parquet(&object, err))?;
+        // Read batches carry the table's schema only; the footer's key-value metadata (index
+        // bytes, checksums) would otherwise ride along on every batch.
+        let plain = Arc::new(Schema::new(embedded.schema().fields().clone()));
+        let metadata =
+            ArrowReaderMetadata::try_new(footer, ArrowReaderOptions::new().with_schema(plain))
+                .map_err(|err| from_parquet(&object, err))?;
+
+        let kv = |key: &str| {
+            metadata
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .and_then(|kvs| kvs.iter().find(|kv| kv.key == key))
+                .and_then(|kv| kv.value.clone())
+                .ok_or_else(|| corrupt(format!("no {key} in the footer: not an OmenDB segment")))
+        };
+        let meta: SegmentMeta = serde_json::from_str(&kv(META_KEY)?)
+            .map_err(|err| corrupt(format!("{META_KEY}: {err}")))?;
+        if meta.format_version > FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                object,
+                found: meta.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let crcs = checksum::decode(&kv(CHECKSUMS_KEY)?)
+            .ok_or_else(|| corrupt(format!("{CHECKSUMS_KEY} is not valid")))?;
+        let checksums = Checksums::new(u64::from(meta.checksum_chunk_bytes), meta.data_end, crcs)
+            .filter(|_| meta.data_end <= size)
+            .ok_or_else(|| corrupt("the checksums do not cover the data region".to_owned()))?;
+        let index = STANDARD
+            .decode(kv(INDEX_KEY)?)
+            .map_err(|err| corrupt(format!("{INDEX_KEY}: {err}")))?;
+        let stored = u32::from_str_radix(&kv(CRC_KEY)?, 16).ok();
+        if stored
+            != Some(metadata_crc(
+                &kv(META_KEY)?,
+                &kv(CHECKSUMS_KEY)?,
+                &kv(INDEX_KEY)?,
+            ))
+        {
+            return Err(corrupt(format!(
+                "{CRC_KEY} does not match the segment metadata"
+            )));
+        }
+
+        let schema = metadata.schema();
+        let system_ok = schema.fields().len() >= SYSTEM_COLUMNS
+            && [
+                (KEY_COLUMN, DataType::UInt64),
+                (LSN_COLUMN, DataType::UInt64),
+                (TOMBSTONE_COLUMN, DataType::Boolean),
+            ]
+            .iter()
+            .enumerate()
+            .all(|(i, (name, ty))| {
+                schema.field(i).name() == name && schema.field(i).data_type() == ty
+            });
+        if !system_ok || schema_fingerprint(schema) != meta.schema_fingerprint {
+            return Err(corrupt(
+                "the schema does not match the segment metadata".to_owned(),
+            ));
+        }
+        let file_rows = metadata.metadata().file_metadata().num_rows();
+        if u64::try_from(file_rows).ok() != Some(meta.rows) || meta.rows_per_page == 0 {
+            return Err(corrupt(format!(
+                "{} rows in the footer, {} in the metadata",
+                file_rows, meta.rows
+            )));
+        }
+
+        check_layout(metadata.metadata(), meta.data_end).map_err(corrupt)?;
+        let rows_per_page = u64::from(meta.rows_per_page);
+        let mut row_group_starts = vec![0u64];
+        let mut row_group_pages = vec![0u64];
+        for row_group in metadata.metadata().row_groups() {
+            let rows = u64::try_from(row_group.num_rows())
+                .map_err(|_| corrupt("negative row count".to_owned()))?;
+            let (last_row, last_page) = (
+                row_group_starts[row_group_starts.len() - 1],
+                row_group_pages[row_group_pages.len() - 1],
+            );
+            row_group_starts.push(last_row + rows);
+            row_group_pages.push(last_page + rows.div_ceil(rows_per_page));
+        }
+
+        let mut reader = Self {
+            store,
+            path,
+            size,
+            metadata,
+            meta,
+            index: Bytes::from(index),
+            checksums: Arc::new(checksums),
+            keys: Vec::new(),
+            row_group_starts,
+            row_group_pages,
+            id: cache.segment_id(),
+            cache,
+        };
+        reader.keys = reader.decode_keys().await?;
+        Ok(reader)
+    }
+
+    async fn decode_keys(&self) -> Result<Vec<u64>> {
+        let object = self.path.to_string();
+        let corrupt = |reason: String| Error::Corrupt {
+            object: object.clone(),
+            reason,
+        };
+        let rows =
+            usize::try_from(self.meta.rows).map_err(|_| corrupt("too many rows".to_owned()))?;
+        let mut keys = Vec::with_capacity(rows);
+        let projection = self.projection_of([0])?;
+        let mut batches = self.stream(0..self.meta.rows, &projection, KEY_BATCH_ROWS)?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            let column = batch.column(0).as_any().downcast_ref::<UInt64Array>();
+            match column {
+                Some(column) if column.null_count() == 0 => keys.extend_from_slice(column.values()),
+                _ => {
+                    return Err(corrupt(format!(
+                        "{KEY_COLUMN} is not a non-null u64 column"
+                    )));
+                }
+            }
+        }
+        if keys.len() != rows
+            || !keys.is_sorted()
+            || keys.first().copied() != self.meta.key_min
+            || keys.last().copied() != self.meta.key_max
+        {
+            return Err(corrupt(format!(
+                "{KEY_COLUMN} does not match the metadata or is out of order"
+            )));
+        }
+        Ok(keys)
+    }
+
+    /// The segment's metadata.
+    pub fn meta(&self) -> &SegmentMeta {
+        &self.meta
+    }
+
+    /// The engine's serialized index, as handed to the writer.
+    pub fn index_bytes(&self) -> &Bytes {
+        &self.index
+    }
+
+    /// The key of every row, in order (what the engine's learned index is built over).
+    pub fn keys(&self) -> &[u64] {
+        &self.keys
+    }
+
+    /// The full schema: system columns, then value columns.
+    pub fn schema(&self) -> &SchemaRef {
+        self.metadata.schema()
+    }
+
+    /// The object's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The object's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Rows in the segment.
+    pub fn rows(&self) -> u64 {
+        self.meta.rows
+    }
+
+    /// A projection of the named columns (system or value columns).
+    pub fn projection(&self, names: &[&str]) -> Result<Projection> {
+        let schema = self.schema();
+        let indices = names
+            .iter()
+            .map(|name| {
+                schema
+                    .index_of(name)
+                    .map_err(|_| Error::BadInput(format!("no column {name:?} in {}", self.path)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.projection_of(indices)
+    }
+
+    /// A projection of every column.
+    pub fn projection_all(&self) -> Projection {
+        let all = 0..self.schema().fields().len();
+        // Every index is in range, so this cannot fail.
+        self.projection_of(all).unwrap_or_else(|_| Projection {
+            columns: Vec::new(),
+            schema: Arc::clone(self.schema()),
+            mask: ProjectionMask::all(),
+        })
+    }
+
+    fn projection_of(&self, indices: impl IntoIterator<Item = usize>) -> Result<Projection> {
+        let mut columns: Vec<usize> = indices.into_iter().collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let schema = Arc::new(self.schema().project(&columns)?);
+        let mask = ProjectionMask::roots(self.metadata.parquet_schema(), columns.iter().copied());
+        Ok(Projection {
+            columns,
+            schema,
+            mask,
+        })
+    }
+
+    /// The page holding row `position`, and the row range of that page.
+    fn page_of(&self, position: u64) -> Result<(u64, Range<u64>)> {
+        if position >= self.meta.rows {
+            return Err(Error::BadInput(format!(
+                "row {position} is past the end of {} ({} rows)",
+                self.path, self.meta.rows
+            )));
+        }
+        let group = self
+            .row_group_starts
+            .partition_point(|&start| start <= position)
+            - 1;
+        let (group_start, group_end) = (
+            self.row_group_starts[group],
+            self.row_group_starts[group + 1],
+        );
+        let per_page = u64::from(self.meta.rows_per_page);
+        let within = (position - group_start) / per_page;
+        let start = group_start + within * per_page;
+        Ok((
+            self.row_group_pages[group] + within,
+            start..(start + per_page).min(group_end),
+        ))
+    }
+
+    /// Row `position` from cached pages only: `Ok(None)` if a page is not cached. Never waits
+    /// for I/O (reads served from memory must not yield).
+    pub fn fetch_cached(
+        &self,
+        position: u64,
+        projection: &Projection,
+    ) -> Result<Option<RecordBatch>> {
+        let (page, rows) = self.page_of(position)?;
+        let offset = (position - rows.start) as usize;
+        let mut arrays = Vec::with_capacity(projection.columns.len());
+        for &column in &projection.columns {
+            match self.cache.get(&self.page_key(column, page)) {
+                Some(array) => arrays.push(array.slice(offset, 1)),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&projection.schema),
+            arrays,
+        )?))
+    }
+
+    /// Row `position` (one row), reading and caching its page for each projected column that is
+    /// not cached.
+    pub async fn fetch(&self, position: u64, projection: &Projection) -> Result<RecordBatch> {
+        if let Some(row) = self.fetch_cached(position, projection)? {
+            return Ok(row);
+        }
+        let (page, rows) = self.page_of(position)?;
+        let offset = (position - rows.start) as usize;
+        let arrays = self.page_arrays(page, rows, projection).await?;
+        let row = arrays.iter().map(|array| array.slice(offset, 1)).collect();
+        Ok(RecordBatch::try_new(Arc::clone(&projection.schema), row)?)
+    }
+
+    fn page_key(&self, column: usize, page: u64) -> PageKey {
+        // Columns and pages fit u32: Parquet limits a file to fewer than 2^31 columns, and a
+        // segment to fewer than 2^32 pages (it holds fewer than 2^32 rows per u32 page count).
+        PageKey {
+            segment: self.id,
+            column: column as u32,
+            page: page as u32,
+        }
+    }
+
+    /// Every projected column's rows of `page`: cached ones from the cache, the rest decoded
+    /// together (one read) and cached.
+    async fn page_arrays(
+        &self,
+        page: u64,
+        rows: Range<u64>,
+        projection: &Projection,
+    ) -> Result<Vec<ArrayRef>> {
+        let mut arrays: Vec<Option<ArrayRef>> = projection
+            .columns
+            .iter()
+            .map(|&c| self.cache.get(&self.page_key(c, page)))
+            .collect();
+        let missing: Vec<usize> = projection
+            .columns
+            .iter()
+            .zip(&arrays)
+            .filter(|(_, a)| a.is_none())
+            .map(|(&c, _)| c)
+            .collect();
+        if !missing.is_empty() {
+            let decode = self.projection_of(missing.iter().copied())?;
+            let len = (rows.end - rows.start) as usize;
+            let batches: Vec<RecordBatch> = self.stream(rows, &decode, len)?.try_collect().await?;
+            let batch = match batches.as_slice() {
+                [one] => one.clone(),
+                _ => arrow_select::concat::concat_batches(&decode.schema, &batches)?,
+            };
+            for (i, &column) in decode.columns.iter().enumerate() {
+                let array = Arc::clone(batch.column(i));
+                self.cache
+                    .insert(self.page_key(column, page), Arc::clone(&array));
+                if let Some(at) = projection.columns.iter().position(|&c| c == column) {
+                    arrays[at] = Some(array);
+                }
+            }
+        }
+        arrays
+            .into_iter()
+            .map(|array| {
+                array.ok_or_else(|| {
+                    Error::BadInput("page decode returned too few columns".to_owned())
+                })
+            })
+            .collect()
+    }
+
+    /// Rows `range` (positions) as a stream of batches of at most `batch_rows` rows. Pages are
+    /// read as the stream is polled; the cache is not used (a scan would flush it).
+    pub fn scan(
+        &self,
+        range: Range<u64>,
+        projection: &Projection,
+        batch_rows: usize,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        if range.start > range.end || range.end > self.meta.rows {
+            return Err(Error::BadInput(format!(
+                "rows {range:?} are not within {} ({} rows)",
+                self.path, self.meta.rows
+            )));
+        }
+        self.stream(range, projection, batch_rows.max(1))
+    }
+
+    fn stream(
+        &self,
+        range: Range<u64>,
+        projection: &Projection,
+        batch_rows: usize,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        if range.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let first = self
+            .row_group_starts
+            .partition_point(|&start| start <= range.start)
+            - 1;
+        let last = self
+            .row_group_starts
+            .partition_point(|&start| start < range.end)
+            - 1;
+        let group_start = self.row_group_starts[first];
+        let group_end = self.row_group_starts[last + 1];
+        let selection = RowSelection::from(vec![
+            RowSelector::skip((range.start - group_start) as usize),
+            RowSelector::select((range.end - range.start) as usize),
+            RowSelector::skip((group_end - range.end) as usize),
+        ]);
+        let reader = CheckedReader {
+            store: Arc::clone(&self.store),
+            path: self.path.clone(),
+            checksums: Arc::clone(&self.checksums),
+            metadata: Arc::clone(self.metadata.metadata()),
+        };
+        let object = self.path.to_string();
+        let stream =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.metadata.clone())
+                .with_projection(projection.mask.clone())
+                .with_row_groups((first..=last).collect())
+                .with_row_selection(selection)
+                .with_batch_size(batch_rows)
+                .build()
+                .map_err(|err| from_parquet(&object, err))?;
+        Ok(stream
+            .map_err(move |err| from_parquet(&object, err))
+            .boxed())
+    }
+
+    /// Row-group statistics of the named column.
+    pub fn column_stats(&self, name: &str) -> Result<ColumnStats> {
+        let object = self.path.to_string();
+        let groups = self.metadata.metadata().row_groups();
+        let converter =
+            StatisticsConverter::try_new(name, self.schema(), self.metadata.parquet_schema())
+                .map_err(|err| Error::BadInput(format!("column {name:?} of {object}: {err}")))?;
+        let parquet = |err| from_parquet(&object, err);
+        Ok(ColumnStats {
+            mins: converter.row_group_mins(groups).map_err(parquet)?,
+            maxes: converter.row_group_maxes(groups).map_err(parquet)?,
+            null_counts: converter.row_group_null_counts(groups).map_err(parquet)?,
+            row_counts: self
+                .row_group_starts
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .collect(),
+        })
+    }
+}
+
+/// Checks that every column chunk and page the footer describes lies in the data region, in
+/// order, without overlaps, and that pages start on increasing rows: the Parquet decoder trusts
+/// these offsets (and can panic on inconsistent ones), and the checksums only protect bytes at
+/// the offsets the footer names.
+fn check_layout(metadata: &ParquetMetaData, data_end: u64) -> std::result::Result<(), String> {
+    for (group, row_group) in metadata.row_groups().iter().enumerate() {
+        let page_index = metadata.page_index_for_row_group(group);
+        for (column, chunk) in row_group.columns().iter().enumerate() {
+            let bad = |what: &str| format!("row group {group}, column {column}: {what}");
+            let index = page_index
+                .offset_index(column)
+                .ok_or_else(|| bad("no offset index"))?;
+            let (start, len) = chunk.byte_range();
+            let end = start
+                .checked_add(len)
+                .filter(|&end| start >= 4 && end <= data_end);
+            let end = end.ok_or_else(|| bad("column chunk outside the data region"))?;
+            let mut at = start;
+            let mut next_row = 0i64;
+            for page in index.page_locations() {
+                let offset = u64::try_from(page.offset).map_err(|_| bad("negative page offset"))?;
+                let size = u64::try_from(page.compressed_page_size)
+                    .ok()
+                    .filter(|&s| s > 0);
+                let size = size.ok_or_else(|| bad("page size not positive"))?;
+                if offset != at {
+                    return Err(bad("pages out of order, overlapping or apart"));
+                }
+                if page.first_row_index < next_row || page.first_row_index >= row_group.num_rows() {
+                    return Err(bad("page rows out of order"));
+                }
+                next_row = page.first_row_index + 1;
+                at = offset
+                    .checked_add(size)
+                    .ok_or_else(|| bad("page size overflows"))?;
+            }
+            let first_row_ok = index
+                .page_locations()
+                .first()
+                .is_none_or(|p| p.first_row_index == 0);
+            if at != end
+                || !first_row_ok
+                || (index.page_locations().is_empty() && row_group.num_rows() > 0)
+            {
+                return Err(bad("pages do not fill the column chunk"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns a Parquet error back into the error it wraps where it wraps one of ours or a store's
+/// (so a transient read error stays retryable), or into [`Error::Parquet`].
+fn from_parquet(object: &str, err: ParquetError) -> Error {
+    match err {
+        ParquetError::External(source) => match source.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(source) => match source.downcast::<object_store::Error>() {
+                Ok(store) => Error::from_store("read", object, *store),
+                Err(source) => Error::Parquet {
+                    object: object.to_owned(),
+                    source: ParquetError::External(source),
+                },
+            },
+        },
+        other => Error::Parquet {
+            object: object.to_owned(),
+            source: other,
+        },
+    }
+}
+
+/// Where the footer and page index are read from: the store (no seal; the footer is then
+/// checked only by decoding and by matching the segment metadata), or the footer bytes already
+/// fetched and checked against a seal.
+enum Footer {
+    Remote {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+    },
+    Local {
+        start: u64,
+        bytes: Bytes,
+    },
+}
+
+impl MetadataFetch for Footer {
+    fn fetch(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            match self {
+                Footer::Remote { store, path } => store
+                    .get_range(path, range)
+                    .await
+                    .map_err(|err| ParquetError::External(Box::new(err))),
+                Footer::Local { start, bytes } => {
+                    let within = range
+                        .start
+                        .checked_sub(*start)
+                        .zip(range.end.checked_sub(*start));
+                    match within {
+                        Some((from, to)) if to <= bytes.len() as u64 && from <= to => {
+                            Ok(bytes.slice(from as usize..to as usize))
+                        }
+                        _ => Err(ParquetError::General(format!(
+                            "footer read at {range:?} outside the sealed footer"
+                        ))),
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+async fn load_footer(fetch: Footer, size: u64) -> parquet::errors::Result<ParquetMetaData> {
+    ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Required)
+        .load_and_finish(fetch, size)
+        .await
+}
+
+/// Reads data-region bytes for the Parquet decoder, widened to checksum chunks and verified.
+struct CheckedReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    checksums: Arc<Checksums>,
+    metadata: Arc<ParquetMetaData>,
+}
+
+impl CheckedReader {
+    fn widen(&self, range: &Range<u64>) -> parquet::errors::Result<Range<u64>> {
+        self.checksums.widen(range).ok_or_else(|| {
+            external(Error::Corrupt {
+                object: self.path.to_string(),
+                reason: format!("a page at bytes {range:?} lies outside the data region"),
+            })
+        })
+    }
+
+    fn verify(
+        &self,
+        wide: &Range<u64>,
+        bytes: &Bytes,
+        want: &Range<u64>,
+    ) -> parquet::errors::Result<Bytes> {
+        if bytes.len() as u64 != wide.end - wide.start {
+            return Err(external(Error::Corrupt {
+                object: self.path.to_string(),
+                reason: format!(
+                    "read {} bytes at {wide:?}: the object is truncated",
+                    bytes.len()
+                ),
+            }));
+        }
+        self.checksums.verify(wide.start, bytes).map_err(|at| {
+            external(Error::Corrupt {
+                object: self.path.to_string(),
+                reason: format!("checksum mismatch in the chunk at byte {at}"),
+            })
+        })?;
+        let from = (want.start - wide.start) as usize;
+        Ok(bytes.slice(from..from + (want.end - want.start) as usize))
+    }
+}
+
+fn external(err: Error) -> ParquetError {
+    ParquetError::External(Box::new(err))
+}
+
+impl AsyncFileReader for CheckedReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            let wide = self.widen(&range)?;
+            let bytes = self
+                .store
+                .get_range(&self.path, wide.clone())
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
+            self.verify(&wide, &bytes, &range)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            let wide = ranges
+                .iter()
+                .map(|range| self.widen(range))
+                .collect::<parquet::errors::Result<Vec<_>>>()?;
+            let fetched = self
+                .store
+                .get_ranges(&self.path, &wide)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))?;
+            wide.iter()
+                .zip(&fetched)
+                .zip(&ranges)
+                .map(|((wide, bytes), want)| self.verify(wide, bytes, want))
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        // The footer was read and checked at open.
+        let metadata = Arc::clone(&self.metadata);
+        async move { Ok(metadata) }.boxed()
+    }
+}
