@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod error;
+pub mod manifest;
 pub mod segment;
 
 pub use backend::{Backend, BackendOptions, Scheme};

@@ -129,6 +129,11 @@ impl<L: Layer, S: ObjectStore + ?Sized> Layered<L, S> {
         }
     }
 
+    /// The layer.
+    pub fn layer(&self) -> &L {
+        &self.layer
+    }
+
     /// The wrapped store.
     pub fn inner(&self) -> &Arc<S> {
         &self.inner

@@ -208,3 +208,14 @@ impl Kind {
         subjects
     }
 }
+
+impl Kind {
+    /// A fresh store of this kind behind the full wrapper stack, as the engine uses it.
+    pub fn wrapped(&self, moto: Option<&Moto>) -> (Arc<dyn ObjectStore>, Option<TempDir>) {
+        let (store, scheme, dir) = self.raw(moto);
+        (
+            Arc::clone(Backend::from_store(scheme, store, &BackendOptions::default()).store()),
+            dir,
+        )
+    }
+}

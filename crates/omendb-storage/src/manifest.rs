@@ -1,0 +1,507 @@
+//! The manifest: which tables and live segments a database has, its flushed LSN, and the epoch
+//! of its writer (format: `docs/file-formats.md`).
+//!
+//! Each version is an immutable object `<prefix>/manifest/<sequence, 20 digits>.json`, written
+//! create-if-absent. A writer publishes version `n + 1` only if nobody has written it, so the
+//! versions form one chain and at most one writer can extend it: opening a writer publishes a
+//! version with a higher epoch, after which every older writer's next publish finds its version
+//! taken and fails with [`Error::Fenced`]. Readers take the newest version that is valid.
+//!
+//! Every version carries a token unique to the publish that wrote it. When a publish's answer
+//! is lost (a timeout after the object landed), the retry or the next publish finds the
+//! version taken, reads it, and recognises its own token instead of reporting a fence.
+//!
+//! Old versions and unreferenced segments are deleted only by the current writer, and only
+//! once they have been out of use for a grace period, so that readers still on an older
+//! version and a fenced writer finishing an upload are not pulled out from under.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::Schema;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::segment::SegmentSeal;
+
+/// The manifest format version this build writes and the newest it reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// How many times opening a writer retries after another writer took the version it tried.
+const OPEN_ATTEMPTS: usize = 16;
+
+/// A live segment of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// The segment object's path in the store.
+    pub path: String,
+    /// Rows in the segment.
+    pub rows: u64,
+    /// The smallest key (`None` for an empty segment).
+    pub key_min: Option<u64>,
+    /// The largest key.
+    pub key_max: Option<u64>,
+    /// The smallest LSN.
+    pub lsn_min: Option<u64>,
+    /// The largest LSN.
+    pub lsn_max: Option<u64>,
+    /// Size and footer checksum, to open the segment checked end to end.
+    pub seal: SegmentSeal,
+}
+
+/// A table: its name, key type, value schema and live segments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableEntry {
+    /// The key type as the engine names it (`u64`, `i64`, `timestamp`); opaque here.
+    pub key_type: String,
+    /// The table's value columns.
+    pub schema: Schema,
+    /// Live segments, in the order the engine keeps them.
+    pub segments: Vec<SegmentEntry>,
+}
+
+/// What a manifest version says about the database.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManifestData {
+    /// Tables by name.
+    pub tables: BTreeMap<String, TableEntry>,
+    /// Every write with an LSN up to this one is in the segments (WAL replay starts after it).
+    pub flushed_lsn: u64,
+}
+
+/// One published manifest version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The manifest format version ([`MANIFEST_VERSION`]).
+    pub format_version: u32,
+    /// The version number: one more than the version it replaced.
+    pub sequence: u64,
+    /// The epoch of the writer that published it.
+    pub epoch: u64,
+    /// Unique to the publish that wrote this version.
+    pub token: String,
+    /// The contents.
+    pub data: ManifestData,
+}
+
+/// When garbage becomes deletable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestOptions {
+    /// How long a replaced manifest version, and a segment no retained version references, is
+    /// kept before it may be deleted. It must exceed the longest a reader keeps using an old
+    /// version, and the longest a segment upload takes before its manifest is published.
+    pub grace: Duration,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What a garbage collection deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifest versions deleted.
+    pub manifests: Vec<u64>,
+    /// Segment objects deleted.
+    pub segments: Vec<String>,
+}
+
+/// The manifests of one database (under `prefix`) in a store.
+#[derive(Clone, Debug)]
+pub struct Manifests {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    options: ManifestOptions,
+}
+
+impl Manifests {
+    /// The manifests under `<prefix>/manifest/`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path, options: ManifestOptions) -> Self {
+        Self {
+            store,
+            dir: prefix.clone().join("manifest"),
+            options,
+        }
+    }
+
+    fn path_of(&self, sequence: u64) -> Path {
+        self.dir
+            .clone()
+            .join(format!("{sequence:020}.json").as_str())
+    }
+
+    /// Every version object, by sequence number (objects with other names are ignored).
+    async fn list(&self) -> Result<BTreeMap<u64, ObjectMeta>> {
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&self.dir))
+            .try_collect()
+            .await
+            .map_err(|err| Error::from_store("list", &self.dir, err))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?;
+                let sequence = name.strip_suffix(".json")?.parse().ok()?;
+                Some((sequence, meta))
+            })
+            .collect())
+    }
+
+    /// Reads version `sequence`: `Ok(None)` if it does not exist, [`Error::Corrupt`] if it is
+    /// not a valid manifest.
+    pub async fn read(&self, sequence: u64) -> Result<Option<Manifest>> {
+        let path = self.path_of(sequence);
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|err| Error::from_store("get", &path, err))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(Error::from_store("get", &path, err)),
+        };
+        let manifest = decode(&path, &bytes)?;
+        if manifest.sequence != sequence {
+            return Err(Error::Corrupt {
+                object: path.to_string(),
+                reason: format!("holds sequence {}", manifest.sequence),
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    /// The newest valid version, skipping damaged ones; `None` for a new database.
+    pub async fn latest(&self) -> Result<Option<Manifest>> {
+        self.newest_valid(&self.list().await?).await
+    }
+
+    async fn newest_valid(&self, versions: &BTreeMap<u64, ObjectMeta>) -> Result<Option<Manifest>> {
+        for &sequence in versions.keys().rev() {
+            match self.read(sequence).await {
+                Ok(Some(manifest)) => return Ok(Some(manifest)),
+                // Deleted since listed (garbage collection), or damaged: an older one serves.
+                Ok(None) | Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens the database for writing: publishes the next version with an epoch above every
+    /// earlier writer's, which fences them. A new database starts from `initial`.
+    pub async fn open_writer(&self, initial: ManifestData) -> Result<ManifestWriter> {
+        let id = random_token();
+        let mut last_error = None;
+        for _ in 0..OPEN_ATTEMPTS {
+            let versions = self.list().await?;
+            let next = versions.keys().next_back().map_or(1, |last| last + 1);
+            let newest = self.newest_valid(&versions).await?;
+            let (epoch, data) = match newest {
+                Some(manifest) => (manifest.epoch + 1, manifest.data),
+                None => (1, initial.clone()),
+            };
+            let mut writer = ManifestWriter {
+                manifests: self.clone(),
+                id: id.clone(),
+                epoch,
+                current: None,
+                pending: None,
+            };
+            match writer.publish(next, data).await {
+                Ok(()) => return Ok(writer),
+                // Another writer took the version first: look again and go above it.
+                Err(err @ Error::Fenced { .. }) => last_error = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        // Writers kept opening faster than this one could: give up with the last fence.
+        Err(last_error.unwrap_or(Error::Fenced {
+            epoch: 0,
+            newer_epoch: 0,
+        }))
+    }
+}
+
+/// The one writer of a database's manifest (until another opens and fences it).
+#[derive(Debug)]
+pub struct ManifestWriter {
+    manifests: Manifests,
+    id: String,
+    epoch: u64,
+    current: Option<Manifest>,
+    /// A publish whose outcome is unknown (its answer was an error): the version and token
+    /// to look for before publishing again.
+    pending: Option<(u64, String)>,
+}
+
+impl ManifestWriter {
+    /// This writer's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The newest version this writer published.
+    pub fn current(&self) -> Option<&Manifest> {
+        self.current.as_ref()
+    }
+
+    /// Publishes `data` as the next version. Fails with [`Error::Fenced`] if another writer
+    /// has published since (this writer may not publish again). If it fails with another
+    /// error, the version may or may not have landed; the next call finds out.
+    pub async fn commit(&mut self, data: ManifestData) -> Result<&Manifest> {
+        self.resolve_pending().await?;
+        let next = self.current.as_ref().map_or(1, |m| m.sequence + 1);
+        self.publish(next, data).await?;
+        self.current
+            .as_ref()
+            .ok_or_else(|| Error::BadInput("no manifest published".to_owned()))
+    }
+
+    /// Settles a publish whose answer was lost: if it landed, it becomes the current version.
+    async fn resolve_pending(&mut self) -> Result<()> {
+        let Some((sequence, token)) = self.pending.take() else {
+            return Ok(());
+        };
+        match self.manifests.read(sequence).await {
+            Ok(Some(manifest)) if manifest.token == token => self.current = Some(manifest),
+            Ok(Some(other)) => return Err(self.fenced(other.epoch)),
+            Ok(None) => {}
+            Err(err) => {
+                self.pending = Some((sequence, token));
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn fenced(&self, newer_epoch: u64) -> Error {
+        Error::Fenced {
+            epoch: self.epoch,
+            newer_epoch,
+        }
+    }
+
+    async fn publish(&mut self, sequence: u64, data: ManifestData) -> Result<()> {
+        let manifest = Manifest {
+            format_version: MANIFEST_VERSION,
+            sequence,
+            epoch: self.epoch,
+            token: format!("{}-{}", self.id, random_token()),
+            data,
+        };
+        let path = self.manifests.path_of(sequence);
+        let bytes = encode(&manifest)?;
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .manifests
+            .store
+            .put_opts(&path, bytes.into(), create)
+            .await
+        {
+            Ok(_) => {
+                self.current = Some(manifest);
+                Ok(())
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Taken: by this very publish if an earlier attempt's answer was lost (a retry
+                // layer resends it), else by another writer.
+                match self.manifests.read(sequence).await {
+                    Ok(Some(found)) if found.token == manifest.token => {
+                        self.current = Some(found);
+                        Ok(())
+                    }
+                    Ok(Some(found)) => Err(self.fenced(found.epoch)),
+                    Ok(None) | Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {
+                        Err(self.fenced(self.epoch))
+                    }
+                    Err(err) => {
+                        self.pending = Some((sequence, manifest.token));
+                        Err(err)
+                    }
+                }
+            }
+            Err(err) => {
+                self.pending = Some((sequence, manifest.token));
+                Err(Error::from_store("put", &path, err))
+            }
+        }
+    }
+
+    /// Deletes manifest versions replaced more than the grace period before `now`, and
+    /// objects under `segments` that no retained version references and that are older than
+    /// the grace period. Only the current writer may do this ([`Error::Fenced`] otherwise).
+    pub async fn collect_garbage(
+        &mut self,
+        segments: &Path,
+        now: DateTime<Utc>,
+    ) -> Result<GcReport> {
+        self.resolve_pending().await?;
+        let manifests = &self.manifests;
+        let grace = chrono::Duration::from_std(manifests.options.grace)
+            .map_err(|_| Error::BadInput("grace period too long".to_owned()))?;
+        let versions = manifests.list().await?;
+        let current = self.current.as_ref().map_or(0, |m| m.sequence);
+        if let Some((&newest, _)) = versions.iter().next_back()
+            && newest != current
+        {
+            let newer = manifests
+                .read(newest)
+                .await
+                .ok()
+                .flatten()
+                .map_or(self.epoch, |m| m.epoch);
+            return Err(self.fenced(newer));
+        }
+        // A version is retained while it is current or was replaced within the grace period
+        // (its successor's age tells when it was replaced).
+        let sequences: Vec<u64> = versions.keys().copied().collect();
+        let mut report = GcReport::default();
+        let mut retained = Vec::new();
+        for (i, &sequence) in sequences.iter().enumerate() {
+            let replaced_at = sequences
+                .get(i + 1)
+                .and_then(|next| versions.get(next))
+                .map(|m| m.last_modified);
+            match replaced_at {
+                Some(at) if now - at > grace => report.manifests.push(sequence),
+                _ => retained.push(sequence),
+            }
+        }
+        let mut referenced = BTreeSet::new();
+        for &sequence in &retained {
+            // A damaged retained version cannot say what it references: keep everything.
+            let Some(manifest) = manifests.read(sequence).await? else {
+                continue;
+            };
+            for table in manifest.data.tables.values() {
+                referenced.extend(table.segments.iter().map(|s| s.path.clone()));
+            }
+        }
+        let objects: Vec<ObjectMeta> = manifests
+            .store
+            .list(Some(segments))
+            .try_collect()
+            .await
+            .map_err(|err| Error::from_store("list", segments, err))?;
+        for object in objects {
+            let path = object.location.to_string();
+            if !referenced.contains(&path) && now - object.last_modified > grace {
+                delete(&manifests.store, &object.location).await?;
+                report.segments.push(path);
+            }
+        }
+        for &sequence in &report.manifests {
+            delete(&manifests.store, &manifests.path_of(sequence)).await?;
+        }
+        Ok(report)
+    }
+}
+
+async fn delete(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<()> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(err) => Err(Error::from_store("delete", path, err)),
+    }
+}
+
+/// 128 random bits as hex.
+fn random_token() -> String {
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+/// The object: the manifest as JSON, a newline, the CRC32C of the JSON as 8 hex digits, a
+/// newline (readable with `cat`, checkable with any CRC32C tool).
+fn encode(manifest: &Manifest) -> Result<Bytes> {
+    let mut bytes = serde_json::to_vec_pretty(manifest)
+        .map_err(|err| Error::BadInput(format!("manifest does not serialize: {err}")))?;
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(format!("\n{crc:08x}\n").as_bytes());
+    Ok(Bytes::from(bytes))
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let corrupt = |reason: String| Error::Corrupt {
+        object: path.to_string(),
+        reason,
+    };
+    let split = bytes
+        .len()
+        .checked_sub(10)
+        .filter(|&at| bytes[at] == b'\n' && bytes[bytes.len() - 1] == b'\n');
+    let at = split.ok_or_else(|| corrupt("no checksum line".to_owned()))?;
+    let (json, trailer) = bytes.split_at(at);
+    let stored = std::str::from_utf8(&trailer[1..9])
+        .ok()
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+    if stored != Some(crc32c::crc32c(json)) {
+        return Err(corrupt("checksum mismatch".to_owned()));
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_slice(json).map_err(|err| corrupt(err.to_string()))?;
+    if version.format_version > MANIFEST_VERSION {
+        return Err(Error::UnsupportedVersion {
+            object: path.to_string(),
+            found: version.format_version,
+            supported: MANIFEST_VERSION,
+        });
+    }
+    serde_json::from_slice(json).map_err(|err| corrupt(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: MANIFEST_VERSION,
+            sequence: 7,
+            epoch: 3,
+            token: "t".to_owned(),
+            data: ManifestData {
+                tables: BTreeMap::new(),
+                flushed_lsn: 42,
+            },
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips_and_every_flip_or_truncation_is_rejected() {
+        let path = Path::from("m");
+        let bytes = encode(&manifest()).unwrap();
+        assert_eq!(decode(&path, &bytes).unwrap(), manifest());
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.to_vec();
+            damaged[at] ^= 0x01;
+            assert!(decode(&path, &damaged).is_err(), "flip at {at}");
+            assert!(decode(&path, &bytes[..at]).is_err(), "truncated to {at}");
+        }
+    }
+
+    #[test]
+    fn a_newer_format_version_is_reported_as_such() {
+        let mut newer = manifest();
+        newer.format_version = MANIFEST_VERSION + 1;
+        let err = decode(&Path::from("m"), &encode(&newer).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, Error::UnsupportedVersion { found, .. } if found == MANIFEST_VERSION + 1)
+        );
+    }
+}
