@@ -60,8 +60,10 @@ fn main() -> Result<()> {
     }
 }
 
-/// Runs every test target of the workspace, doc tests included.
+/// Runs every test target of the workspace, doc tests included, with the services the tests
+/// need installed first.
 fn test() -> Result<()> {
+    ensure_moto()?;
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     loom()
@@ -83,6 +85,31 @@ fn loom() -> Result<()> {
         .with_context(|| format!("could not start {cargo}"))?;
     if !status.success() {
         bail!("loom model checks failed with {status}");
+    }
+    Ok(())
+}
+
+/// The S3 tests run against a real S3 server, `moto`'s, which the test harness starts as
+/// `python3 -m moto.server` on a free loopback port. Installs it from PyPI when it is missing,
+/// so the tests never skip for want of it.
+fn ensure_moto() -> Result<()> {
+    let present = || {
+        Command::new("python3")
+            .args(["-c", "import moto.server, flask, werkzeug"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing moto[server] (the S3 server the storage tests run against)");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "moto[server]>=5,<6"])
+        .status()
+        .context("could not start python3 -m pip")?;
+    if !status.success() || !present() {
+        bail!("could not install moto[server]; the S3 tests need it (pip install 'moto[server]')");
     }
     Ok(())
 }

@@ -24,16 +24,21 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts `moto_server` (or `$OMENDB_MOTO_SERVER`) on a free loopback port. A missing server
-    /// fails the test: `cargo xtask test` installs it; a test is never skipped for want of it.
+    /// Starts moto's S3 server (`python3 -m moto.server`, or the command in
+    /// `$OMENDB_MOTO_SERVER`) on a free loopback port. A missing server fails the test:
+    /// `cargo xtask test` installs it; a test is never skipped for want of it.
     pub fn start() -> Moto {
-        let exe = std::env::var("OMENDB_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        let command = std::env::var("OMENDB_MOTO_SERVER")
+            .unwrap_or_else(|_| "python3 -m moto.server".to_owned());
+        let mut words = command.split_whitespace();
+        let exe = words.next().expect("OMENDB_MOTO_SERVER names a command");
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
+            .args(words)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -41,20 +46,25 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|err| {
                 panic!(
-                    "cannot start {exe:?} ({err}); `cargo xtask test` installs it \
+                    "cannot start {command:?} ({err}); `cargo xtask test` installs moto \
                      (pip install 'moto[server]')"
                 )
             });
-        let moto = Moto {
+        let mut moto = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             buckets: AtomicU32::new(0),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while moto.request("GET", "/").is_err() {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!(
+                    "{command:?} exited with {status}: is moto[server] installed? (`cargo xtask test` installs it)"
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not answer on port {port} within 30 s"
+                "moto did not answer on port {port} within 30 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
