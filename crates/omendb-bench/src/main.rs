@@ -7,6 +7,7 @@
 
 mod index;
 mod report;
+mod segment;
 mod wal;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Bench {
     /// Point lookups in the learned-index family against binary search and BTreeMap.
     Index(index::Args),
+    /// One Parquet segment written, opened, fetched by position (cold, cached) and scanned.
+    Segment(segment::Args),
     /// Write-ahead log appends (group commit) for 1–256 appenders, and recovery speed.
     Wal(wal::Args),
 }
@@ -29,6 +32,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Index(args) => index::run(&args),
+        Bench::Segment(args) => segment::run(&args),
         Bench::Wal(args) => wal::run(&args),
     }
 }
