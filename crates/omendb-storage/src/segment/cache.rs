@@ -13,8 +13,8 @@ use arrow_array::{Array, ArrayRef};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PageKey {
     pub(crate) segment: u64,
-    pub(crate) column: u32,
-    pub(crate) page: u32,
+    pub(crate) column: usize,
+    pub(crate) page: u64,
 }
 
 #[derive(Clone, Debug)]

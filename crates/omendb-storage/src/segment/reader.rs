@@ -33,6 +33,11 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+thread_local! {
+    /// The page list [`SegmentReader::read_cached`] fills, kept per thread to avoid allocating.
+    static SCRATCH: std::cell::RefCell<Vec<ArrayRef>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Rows per batch when the reader decodes the key column at open.
 const KEY_BATCH_ROWS: usize = 64 * 1024;
 
@@ -413,19 +418,39 @@ impl SegmentReader {
         position: u64,
         projection: &Projection,
     ) -> Result<Option<RecordBatch>> {
+        self.read_cached(position, projection, |pages, offset| {
+            let row = pages.iter().map(|page| page.slice(offset, 1)).collect();
+            RecordBatch::try_new(Arc::clone(&projection.schema), row)
+        })?
+        .transpose()
+        .map_err(Error::from)
+    }
+
+    /// Row `position` from cached pages, without copying it: `read` gets the projected
+    /// columns' cached pages and the row's offset in them. `Ok(None)` if a page is not cached.
+    /// Allocates nothing and never waits for I/O: the point-read path for rows in memory.
+    pub fn read_cached<T>(
+        &self,
+        position: u64,
+        projection: &Projection,
+        read: impl FnOnce(&[ArrayRef], usize) -> T,
+    ) -> Result<Option<T>> {
         let (page, rows) = self.page_of(position)?;
         let offset = (position - rows.start) as usize;
-        let mut arrays = Vec::with_capacity(projection.columns.len());
+        // A per-thread scratch list, taken out while in use (so a nested call from `read`
+        // just starts an empty one).
+        let mut pages = SCRATCH.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
+        pages.clear();
         for &column in &projection.columns {
             match self.cache.get(&self.page_key(column, page)) {
-                Some(array) => arrays.push(array.slice(offset, 1)),
-                None => return Ok(None),
+                Some(array) => pages.push(array),
+                None => break,
             }
         }
-        Ok(Some(RecordBatch::try_new(
-            Arc::clone(&projection.schema),
-            arrays,
-        )?))
+        let found = (pages.len() == projection.columns.len()).then(|| read(&pages, offset));
+        pages.clear();
+        SCRATCH.with(|scratch| *scratch.borrow_mut() = pages);
+        Ok(found)
     }
 
     /// Row `position` (one row), reading and caching its page for each projected column that is
@@ -441,13 +466,47 @@ impl SegmentReader {
         Ok(RecordBatch::try_new(Arc::clone(&projection.schema), row)?)
     }
 
+    /// Rows at `positions` (in that order, repeats allowed) as one batch: each page involved is
+    /// read (or found in the cache) once.
+    pub async fn fetch_many(
+        &self,
+        positions: &[u64],
+        projection: &Projection,
+    ) -> Result<RecordBatch> {
+        let mut pages: Vec<(u64, Range<u64>)> = Vec::new();
+        let mut slots = std::collections::HashMap::new();
+        let mut picks = Vec::with_capacity(positions.len());
+        for &position in positions {
+            let (page, rows) = self.page_of(position)?;
+            let offset = (position - rows.start) as usize;
+            let slot = *slots.entry(page).or_insert_with(|| {
+                pages.push((page, rows));
+                pages.len() - 1
+            });
+            picks.push((slot, offset));
+        }
+        let mut per_page = Vec::with_capacity(pages.len());
+        for (page, rows) in pages {
+            per_page.push(self.page_arrays(page, rows, projection).await?);
+        }
+        let columns = (0..projection.columns.len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> =
+                    per_page.iter().map(|arrays| arrays[c].as_ref()).collect();
+                arrow_select::interleave::interleave(&arrays, &picks)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(
+            Arc::clone(&projection.schema),
+            columns,
+        )?)
+    }
+
     fn page_key(&self, column: usize, page: u64) -> PageKey {
-        // Columns and pages fit u32: Parquet limits a file to fewer than 2^31 columns, and a
-        // segment to fewer than 2^32 pages (it holds fewer than 2^32 rows per u32 page count).
         PageKey {
             segment: self.id,
-            column: column as u32,
-            page: page as u32,
+            column,
+            page,
         }
     }
 
