@@ -7,20 +7,18 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
-use common::{Kind, Moto};
+use common::{Faults, Kind, Moto};
 use futures::TryStreamExt;
-use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use omendb_storage::backend::{Idempotence, Layer, Layered, Op, Retry, RetryPolicy};
+use omendb_storage::backend::{Layered, Retry, RetryPolicy};
 use omendb_storage::manifest::{
     ManifestData, ManifestOptions, Manifests, SegmentEntry, TableEntry,
 };
@@ -306,64 +304,9 @@ async fn manifests_on_s3_moto() {
     every_scenario(Kind::S3).await;
 }
 
-/// Lets each put land, then answers the first `failures` of them with a transient error, as a
-/// timeout after the request reached the server would.
-#[derive(Debug)]
-struct LandThenFail(AtomicU32);
-
-impl Layer for LandThenFail {
-    fn name(&self) -> &'static str {
-        "land-then-fail"
-    }
-
-    fn request<T, F, Fut>(
-        &self,
-        op: Op,
-        _: Idempotence,
-        mut attempt: F,
-    ) -> impl Future<Output = object_store::Result<T>> + Send
-    where
-        T: Send,
-        F: FnMut() -> Fut + Send,
-        Fut: Future<Output = object_store::Result<T>> + Send,
-    {
-        let fail = op == Op::Put
-            && self
-                .0
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        let request = attempt();
-        async move {
-            let outcome = request.await;
-            if fail && outcome.is_ok() {
-                return Err(object_store::Error::Generic {
-                    store: "test",
-                    source: "answer lost".into(),
-                });
-            }
-            outcome
-        }
-    }
-
-    fn list(
-        &self,
-        _: Op,
-        start: Arc<
-            dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>>
-                + Send
-                + Sync,
-        >,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        start(None)
-    }
-}
-
 #[tokio::test]
 async fn a_publish_whose_answer_was_lost_is_recognised() {
-    let lossy = Arc::new(Layered::new(
-        LandThenFail(AtomicU32::new(0)),
-        Arc::new(InMemory::new()),
-    ));
+    let lossy = Faults::default().over_memory();
     let store: Arc<dyn ObjectStore> = Arc::clone(&lossy) as _;
     let manifests = manifests_in(&store);
     let mut writer = manifests.open_writer(data(1, &[])).await.unwrap();
@@ -403,6 +346,9 @@ async fn a_publish_whose_answer_was_lost_is_recognised() {
     assert_eq!(check_chain(&store).await, 5);
 }
 
-fn lossy_set(store: &Layered<LandThenFail, InMemory>, failures: u32) {
-    store.layer().0.store(failures, Ordering::SeqCst);
+fn lossy_set(store: &Layered<Faults, InMemory>, failures: u32) {
+    store
+        .layer()
+        .land_then_fail
+        .store(failures, Ordering::SeqCst);
 }

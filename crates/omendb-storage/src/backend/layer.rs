@@ -82,6 +82,11 @@ pub enum Idempotence {
     Once,
 }
 
+/// Opens a listing after the given location (`None`: from the beginning); what a [`Layer`]
+/// calls to start, or resume, the listing it wraps.
+pub type ListStart =
+    Arc<dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> + Send + Sync>;
+
 /// A concern wrapped around every request of a store.
 pub trait Layer: Send + Sync + fmt::Debug + 'static {
     /// A short name for `Display` (`retry`, `timeout`, `metrics`).
@@ -105,11 +110,7 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
     fn list(
         &self,
         op: Op,
-        start: Arc<
-            dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>>
-                + Send
-                + Sync,
-        >,
+        start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>>;
 }
 

@@ -8,15 +8,13 @@
 //! - `omendb_store_retries_total` (from the retry layer, label `op`) — attempts sent again.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::ObjectMeta;
-use object_store::path::Path;
 
-use super::layer::{Idempotence, Layer, Op};
+use super::layer::{Idempotence, Layer, ListStart, Op};
 
 /// The metrics [`Layer`].
 #[derive(Clone, Debug)]
@@ -74,11 +72,7 @@ impl Layer for Metered {
     fn list(
         &self,
         op: Op,
-        start: Arc<
-            dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>>
-                + Send
-                + Sync,
-        >,
+        start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         // A listing counts as one request, recorded when it ends or fails.
         let this = self.clone();

@@ -28,7 +28,7 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use url::Url;
 
-pub use layer::{Idempotence, Layer, Layered, Op};
+pub use layer::{Idempotence, Layer, Layered, ListStart, Op};
 pub use metered::Metered;
 pub use opendal_bridge::OpenDalStore;
 pub use retry::{Retry, RetryPolicy};

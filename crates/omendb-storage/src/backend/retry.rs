@@ -11,7 +11,7 @@ use object_store::ObjectMeta;
 use object_store::path::Path;
 use rand::RngExt;
 
-use super::layer::{Idempotence, Layer, Op};
+use super::layer::{Idempotence, Layer, ListStart, Op};
 use crate::error::is_transient;
 
 /// How often and how patiently a failed request is sent again.
@@ -100,11 +100,7 @@ impl Layer for Retry {
     fn list(
         &self,
         op: Op,
-        start: Arc<
-            dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>>
-                + Send
-                + Sync,
-        >,
+        start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         // A listing that fails midway resumes after the last location it returned, so a caller
         // sees every object once, in order.

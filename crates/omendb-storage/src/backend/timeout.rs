@@ -2,15 +2,13 @@
 //! so the retry layer (which sits outside this one) sends it again.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::ObjectMeta;
-use object_store::path::Path;
 
-use super::layer::{Idempotence, Layer, Op};
+use super::layer::{Idempotence, Layer, ListStart, Op};
 
 /// The timeout [`Layer`]. It bounds each request until its answer starts (a get's body is
 /// bounded by the HTTP client's own timeout), and each item of a listing.
@@ -74,11 +72,7 @@ impl Layer for Timeout {
     fn list(
         &self,
         op: Op,
-        start: Arc<
-            dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>>
-                + Send
-                + Sync,
-        >,
+        start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let after = self.after;
         futures::stream::unfold(Some(start(None)), move |stream| async move {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -10,8 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStore;
-use omendb_storage::backend::{self, Layered, Metered, Retry, RetryPolicy, Timeout};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::{ObjectMeta, ObjectStore};
+use omendb_storage::backend::{
+    self, Idempotence, Layer, Layered, ListStart, Metered, Op, Retry, RetryPolicy, Timeout,
+};
 use omendb_storage::{Backend, BackendOptions, Scheme};
 use tempfile::TempDir;
 
@@ -227,5 +232,108 @@ impl Kind {
             Arc::clone(Backend::from_store(scheme, store, &BackendOptions::default()).store()),
             dir,
         )
+    }
+}
+
+/// A test layer that misbehaves on purpose, each fault counted down as it is used:
+/// - `fail`: attempts answered with an error before they are sent (transient unless
+///   `definite`);
+/// - `land_then_fail`: puts that land and then answer with a transient error (a timeout after
+///   the request reached the server);
+/// - `stall`: attempts that hang for an hour before they are sent;
+/// - `list_cut`: the first listing fails after that many objects.
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub fail: AtomicU32,
+    pub definite: bool,
+    pub land_then_fail: AtomicU32,
+    pub stall: AtomicU32,
+    pub list_cut: Option<usize>,
+    pub cut_done: std::sync::atomic::AtomicBool,
+    /// Every attempt seen.
+    pub attempts: AtomicU32,
+}
+
+fn take(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+fn transient(what: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faults",
+        source: what.to_owned().into(),
+    }
+}
+
+impl Faults {
+    /// A store whose requests go through `self` to a fresh in-memory store.
+    pub fn over_memory(self) -> Arc<Layered<Faults, object_store::memory::InMemory>> {
+        Arc::new(Layered::new(
+            self,
+            Arc::new(object_store::memory::InMemory::new()),
+        ))
+    }
+}
+
+impl Layer for Faults {
+    fn name(&self) -> &'static str {
+        "faults"
+    }
+
+    fn request<T, F, Fut>(
+        &self,
+        op: Op,
+        _: Idempotence,
+        mut attempt: F,
+    ) -> impl Future<Output = object_store::Result<T>> + Send
+    where
+        T: Send,
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = object_store::Result<T>> + Send,
+    {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let error = take(&self.fail).then(|| {
+            if self.definite {
+                object_store::Error::PermissionDenied {
+                    path: "x".into(),
+                    source: "injected".into(),
+                }
+            } else {
+                transient("injected")
+            }
+        });
+        let lose_answer = op == Op::Put && take(&self.land_then_fail);
+        let stall = take(&self.stall);
+        let request = attempt();
+        async move {
+            if stall {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            if let Some(error) = error {
+                return Err(error);
+            }
+            let outcome = request.await;
+            if lose_answer && outcome.is_ok() {
+                return Err(transient("answer lost"));
+            }
+            outcome
+        }
+    }
+
+    fn list(
+        &self,
+        _: Op,
+        start: ListStart,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let listing = start(None);
+        match self.list_cut {
+            Some(cut) if !self.cut_done.swap(true, Ordering::SeqCst) => listing
+                .take(cut)
+                .chain(futures::stream::once(async { Err(transient("cut")) }))
+                .boxed(),
+            _ => listing,
+        }
     }
 }
