@@ -152,8 +152,10 @@ impl Manifests {
         Ok(objects
             .into_iter()
             .filter_map(|meta| {
-                let name = meta.location.filename()?;
-                let sequence = name.strip_suffix(".json")?.parse().ok()?;
+                // Exactly the names `path_of` writes: 20 digits and `.json`.
+                let digits = meta.location.filename()?.strip_suffix(".json")?;
+                let valid = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
+                let sequence = digits.parse().ok().filter(|_| valid)?;
                 Some((sequence, meta))
             })
             .collect())
@@ -183,15 +185,22 @@ impl Manifests {
 
     /// The newest valid version, skipping damaged ones; `None` for a new database.
     pub async fn latest(&self) -> Result<Option<Manifest>> {
-        self.newest_valid(&self.list().await?).await
+        self.newest(&self.list().await?, Damaged::Skip).await
     }
 
-    async fn newest_valid(&self, versions: &BTreeMap<u64, ObjectMeta>) -> Result<Option<Manifest>> {
+    /// The newest version that reads. A version deleted since the listing is passed over; a
+    /// damaged one too if `damaged` says so; a version of a newer format never is (a build
+    /// rolled back must not read around what a newer build published).
+    async fn newest(
+        &self,
+        versions: &BTreeMap<u64, ObjectMeta>,
+        damaged: Damaged,
+    ) -> Result<Option<Manifest>> {
         for &sequence in versions.keys().rev() {
             match self.read(sequence).await {
                 Ok(Some(manifest)) => return Ok(Some(manifest)),
-                // Deleted since listed (garbage collection), or damaged: an older one serves.
-                Ok(None) | Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {}
+                Ok(None) => {}
+                Err(Error::Corrupt { .. }) if damaged == Damaged::Skip => {}
                 Err(err) => return Err(err),
             }
         }
@@ -205,8 +214,11 @@ impl Manifests {
         let mut last_error = None;
         for _ in 0..OPEN_ATTEMPTS {
             let versions = self.list().await?;
-            let next = versions.keys().next_back().map_or(1, |last| last + 1);
-            let newest = self.newest_valid(&versions).await?;
+            let next = next_sequence(versions.keys().next_back().copied())?;
+            // A writer builds on the newest version, so it must read: publishing above a
+            // damaged one would drop whatever it held. The operator restores it (or deletes it
+            // to accept the loss).
+            let newest = self.newest(&versions, Damaged::Refuse).await?;
             let (epoch, data) = match newest {
                 Some(manifest) => (manifest.epoch + 1, manifest.data),
                 None => (1, initial.clone()),
@@ -261,7 +273,7 @@ impl ManifestWriter {
     /// error, the version may or may not have landed; the next call finds out.
     pub async fn commit(&mut self, data: ManifestData) -> Result<&Manifest> {
         self.resolve_pending().await?;
-        let next = self.current.as_ref().map_or(1, |m| m.sequence + 1);
+        let next = next_sequence(self.current.as_ref().map(|m| m.sequence))?;
         self.publish(next, data).await?;
         self.current
             .as_ref()
@@ -312,18 +324,12 @@ impl ManifestWriter {
             .put_opts(&path, bytes.into(), create)
             .await
         {
-            Ok(_) => {
-                self.current = Some(manifest);
-                Ok(())
-            }
+            Ok(_) => self.confirm(manifest).await,
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // Taken: by this very publish if an earlier attempt's answer was lost (a retry
                 // layer resends it), else by another writer.
                 match self.manifests.read(sequence).await {
-                    Ok(Some(found)) if found.token == manifest.token => {
-                        self.current = Some(found);
-                        Ok(())
-                    }
+                    Ok(Some(found)) if found.token == manifest.token => self.confirm(found).await,
                     Ok(Some(found)) => Err(self.fenced(found.epoch)),
                     Ok(None) | Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {
                         Err(self.fenced(self.epoch))
@@ -339,6 +345,28 @@ impl ManifestWriter {
                 Err(Error::from_store("put", &path, err))
             }
         }
+    }
+
+    /// Makes a version this writer created current, unless a higher version exists. That
+    /// happens only if this writer stalled past the grace period and garbage collection freed
+    /// the slot it created (collection never deletes the newest version): then it is fenced,
+    /// and its version, below the newest, is never read.
+    async fn confirm(&mut self, manifest: Manifest) -> Result<()> {
+        let versions = self.manifests.list().await?;
+        if let Some((&newest, _)) = versions.iter().next_back()
+            && newest > manifest.sequence
+        {
+            let newer = self
+                .manifests
+                .read(newest)
+                .await
+                .ok()
+                .flatten()
+                .map_or(self.epoch, |m| m.epoch);
+            return Err(self.fenced(newer));
+        }
+        self.current = Some(manifest);
+        Ok(())
     }
 
     /// Deletes manifest versions replaced more than the grace period before `now`, and
@@ -367,7 +395,9 @@ impl ManifestWriter {
             return Err(self.fenced(newer));
         }
         // A version is retained while it is current or was replaced within the grace period
-        // (its successor's age tells when it was replaced).
+        // (its successor's age tells when it was replaced). A store that keeps no times (they
+        // read as the epoch) makes everything young: nothing is deleted on a guess.
+        let past_grace = |at: DateTime<Utc>| at != DateTime::<Utc>::default() && now - at > grace;
         let sequences: Vec<u64> = versions.keys().copied().collect();
         let mut report = GcReport::default();
         let mut retained = Vec::new();
@@ -377,13 +407,14 @@ impl ManifestWriter {
                 .and_then(|next| versions.get(next))
                 .map(|m| m.last_modified);
             match replaced_at {
-                Some(at) if now - at > grace => report.manifests.push(sequence),
+                Some(at) if past_grace(at) => report.manifests.push(sequence),
                 _ => retained.push(sequence),
             }
         }
         let mut referenced = BTreeSet::new();
         for &sequence in &retained {
-            // A damaged retained version cannot say what it references: keep everything.
+            // A damaged retained version fails the collection (`?`): what it references is
+            // unknown. One deleted since the listing references nothing any more.
             let Some(manifest) = manifests.read(sequence).await? else {
                 continue;
             };
@@ -399,7 +430,7 @@ impl ManifestWriter {
             .map_err(|err| Error::from_store("list", segments, err))?;
         for object in objects {
             let path = object.location.to_string();
-            if !referenced.contains(&path) && now - object.last_modified > grace {
+            if !referenced.contains(&path) && past_grace(object.last_modified) {
                 delete(&manifests.store, &object.location).await?;
                 report.segments.push(path);
             }
@@ -415,6 +446,24 @@ async fn delete(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<()> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(err) => Err(Error::from_store("delete", path, err)),
+    }
+}
+
+/// Whether [`Manifests::newest`] passes over a damaged version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Damaged {
+    Skip,
+    Refuse,
+}
+
+/// The version after `last` (1 for an empty chain).
+fn next_sequence(last: Option<u64>) -> Result<u64> {
+    match last {
+        None => Ok(1),
+        Some(last) => last.checked_add(1).ok_or_else(|| Error::Corrupt {
+            object: format!("manifest {last}"),
+            reason: "no sequence number after it".to_owned(),
+        }),
     }
 }
 

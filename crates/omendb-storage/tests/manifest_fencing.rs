@@ -183,35 +183,93 @@ async fn racing_writers_leave_one_chain_and_one_winner(store: Arc<dyn ObjectStor
     assert_eq!(check_chain(&store).await, WRITERS as u64 + 1);
 }
 
-async fn a_damaged_newest_version_is_skipped(store: Arc<dyn ObjectStore>) {
+async fn a_damaged_newest_version_is_skipped_by_readers_and_refused_by_writers(
+    store: Arc<dyn ObjectStore>,
+) {
     let manifests = manifests_in(&store);
     let mut writer = manifests.open_writer(data(5, &[])).await.unwrap();
     writer.commit(data(6, &[])).await.unwrap();
+    let damaged = Path::from("db/manifest/00000000000000000003.json");
     store
-        .put(
-            &Path::from("db/manifest/00000000000000000003.json"),
-            Bytes::from_static(b"{\"torn").into(),
-        )
+        .put(&damaged, Bytes::from_static(b"{\"torn").into())
         .await
         .unwrap();
+    // Readers fall back to the newest valid version.
     let latest = manifests.latest().await.unwrap().unwrap();
     assert_eq!((latest.sequence, latest.data.flushed_lsn), (2, 6));
     assert!(matches!(
         manifests.read(3).await,
         Err(Error::Corrupt { .. })
     ));
-    // The damaged version still holds its number: the writer cannot publish 3 and is fenced;
-    // a new writer goes above it.
+    // The damaged version holds its number: the writer cannot publish 3 and is fenced.
     assert!(matches!(
         writer.commit(data(7, &[])).await,
         Err(Error::Fenced { .. })
     ));
+    // A new writer would build on version 2 and drop whatever 3 held: it refuses.
+    let err = manifests
+        .open_writer(ManifestData::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    // Once the operator removes the damaged version (accepting its loss), writing resumes.
+    store.delete(&damaged).await.unwrap();
     let mut next = manifests
         .open_writer(ManifestData::default())
         .await
         .unwrap();
-    assert_eq!(next.current().unwrap().sequence, 4);
+    assert_eq!(next.current().unwrap().sequence, 3);
     assert_eq!(next.commit(data(8, &[])).await.unwrap().data.flushed_lsn, 8);
+    // Stray objects that are not version names are ignored.
+    store
+        .put(
+            &Path::from("db/manifest/5.json"),
+            Bytes::from_static(b"x").into(),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            &Path::from("db/manifest/99999999999999999999.json.tmp"),
+            Bytes::from_static(b"x").into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(manifests.latest().await.unwrap().unwrap().sequence, 4);
+}
+
+async fn a_writer_that_stalled_past_the_grace_period_is_fenced(store: Arc<dyn ObjectStore>) {
+    // Writer A stalls; B opens and publishes; B's collection (with no grace) frees A's slot.
+    let manifests = Manifests::new(
+        Arc::clone(&store),
+        &Path::from("db"),
+        ManifestOptions {
+            grace: Duration::ZERO,
+        },
+    );
+    let mut stalled = manifests.open_writer(data(1, &[])).await.unwrap();
+    let mut current = manifests
+        .open_writer(ManifestData::default())
+        .await
+        .unwrap();
+    current.commit(data(2, &[])).await.unwrap();
+    current.commit(data(3, &[])).await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let report = current
+        .collect_garbage(&Path::from("db/segments"), later)
+        .await
+        .unwrap();
+    assert_eq!(report.manifests, vec![1, 2, 3]);
+    // A's next publish re-creates version 2 in the freed slot, but a higher one exists.
+    assert!(matches!(
+        stalled.commit(data(99, &[])).await,
+        Err(Error::Fenced { .. })
+    ));
+    assert_eq!(
+        manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
+        3
+    );
+    current.commit(data(4, &[])).await.unwrap();
 }
 
 async fn garbage_is_kept_through_the_grace_period(store: Arc<dyn ObjectStore>) {
@@ -279,7 +337,9 @@ async fn every_scenario(kind: Kind) {
     let (store, _dir) = fresh();
     racing_writers_leave_one_chain_and_one_winner(store).await;
     let (store, _dir) = fresh();
-    a_damaged_newest_version_is_skipped(store).await;
+    a_damaged_newest_version_is_skipped_by_readers_and_refused_by_writers(store).await;
+    let (store, _dir) = fresh();
+    a_writer_that_stalled_past_the_grace_period_is_fenced(store).await;
     let (store, _dir) = fresh();
     garbage_is_kept_through_the_grace_period(store).await;
 }
