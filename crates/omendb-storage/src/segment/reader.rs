@@ -48,6 +48,8 @@ pub struct Projection {
     columns: Vec<usize>,
     schema: SchemaRef,
     mask: ProjectionMask,
+    /// The fingerprint of the full schema it was made for: it fits only segments of that schema.
+    fingerprint: u32,
 }
 
 impl Projection {
@@ -249,15 +251,25 @@ impl SegmentReader {
         let rows_per_page = u64::from(meta.rows_per_page);
         let mut row_group_starts = vec![0u64];
         let mut row_group_pages = vec![0u64];
+        let (mut rows_so_far, mut pages_so_far) = (0u64, 0u64);
         for row_group in metadata.metadata().row_groups() {
             let rows = u64::try_from(row_group.num_rows())
                 .map_err(|_| corrupt("negative row count".to_owned()))?;
-            let (last_row, last_page) = (
-                row_group_starts[row_group_starts.len() - 1],
-                row_group_pages[row_group_pages.len() - 1],
-            );
-            row_group_starts.push(last_row + rows);
-            row_group_pages.push(last_page + rows.div_ceil(rows_per_page));
+            rows_so_far = rows_so_far
+                .checked_add(rows)
+                .ok_or_else(|| corrupt("row counts overflow".to_owned()))?;
+            pages_so_far = pages_so_far
+                .checked_add(rows.div_ceil(rows_per_page))
+                .ok_or_else(|| corrupt("page counts overflow".to_owned()))?;
+            row_group_starts.push(rows_so_far);
+            row_group_pages.push(pages_so_far);
+        }
+        // Every row has an 8-byte key in the data region, which bounds what a footer can claim.
+        if rows_so_far != meta.rows || meta.rows > meta.data_end / 8 {
+            return Err(corrupt(format!(
+                "the row groups hold {rows_so_far} rows; the metadata says {}",
+                meta.rows
+            )));
         }
 
         let mut reader = Self {
@@ -370,6 +382,7 @@ impl SegmentReader {
             columns: Vec::new(),
             schema: Arc::clone(self.schema()),
             mask: ProjectionMask::all(),
+            fingerprint: self.meta.schema_fingerprint,
         })
     }
 
@@ -383,7 +396,34 @@ impl SegmentReader {
             columns,
             schema,
             mask,
+            fingerprint: self.meta.schema_fingerprint,
         })
+    }
+
+    /// Refuses a projection made for a segment of another schema.
+    fn check(&self, projection: &Projection) -> Result<()> {
+        if projection.fingerprint == self.meta.schema_fingerprint {
+            Ok(())
+        } else {
+            Err(Error::BadInput(format!(
+                "the projection was made for a segment of another schema than {}",
+                self.path
+            )))
+        }
+    }
+
+    /// The first row of row group `group` and the row after its last.
+    fn group_bounds(&self, group: usize) -> Result<(u64, u64)> {
+        match (
+            self.row_group_starts.get(group),
+            self.row_group_starts.get(group + 1),
+        ) {
+            (Some(&start), Some(&end)) => Ok((start, end)),
+            _ => Err(Error::Corrupt {
+                object: self.path.to_string(),
+                reason: format!("no row group {group}"),
+            }),
+        }
     }
 
     /// The page holding row `position`, and the row range of that page.
@@ -398,16 +438,13 @@ impl SegmentReader {
             .row_group_starts
             .partition_point(|&start| start <= position)
             - 1;
-        let (group_start, group_end) = (
-            self.row_group_starts[group],
-            self.row_group_starts[group + 1],
-        );
+        let (group_start, group_end) = self.group_bounds(group)?;
         let per_page = u64::from(self.meta.rows_per_page);
         let within = (position - group_start) / per_page;
         let start = group_start + within * per_page;
         Ok((
             self.row_group_pages[group] + within,
-            start..(start + per_page).min(group_end),
+            start..start.saturating_add(per_page).min(group_end),
         ))
     }
 
@@ -435,6 +472,7 @@ impl SegmentReader {
         projection: &Projection,
         read: impl FnOnce(&[ArrayRef], usize) -> T,
     ) -> Result<Option<T>> {
+        self.check(projection)?;
         let (page, rows) = self.page_of(position)?;
         let offset = (position - rows.start) as usize;
         // A per-thread scratch list, taken out while in use (so a nested call from `read`
@@ -456,6 +494,7 @@ impl SegmentReader {
     /// Row `position` (one row), reading and caching its page for each projected column that is
     /// not cached.
     pub async fn fetch(&self, position: u64, projection: &Projection) -> Result<RecordBatch> {
+        self.check(projection)?;
         if let Some(row) = self.fetch_cached(position, projection)? {
             return Ok(row);
         }
@@ -473,6 +512,7 @@ impl SegmentReader {
         positions: &[u64],
         projection: &Projection,
     ) -> Result<RecordBatch> {
+        self.check(projection)?;
         let mut pages: Vec<(u64, Range<u64>)> = Vec::new();
         let mut slots = std::collections::HashMap::new();
         let mut picks = Vec::with_capacity(positions.len());
@@ -538,6 +578,15 @@ impl SegmentReader {
                 [one] => one.clone(),
                 _ => arrow_select::concat::concat_batches(&decode.schema, &batches)?,
             };
+            if batch.num_rows() != len {
+                return Err(Error::Corrupt {
+                    object: self.path.to_string(),
+                    reason: format!(
+                        "page {page} decoded to {} rows, not {len}",
+                        batch.num_rows()
+                    ),
+                });
+            }
             for (i, &column) in decode.columns.iter().enumerate() {
                 let array = Arc::clone(batch.column(i));
                 self.cache
@@ -565,6 +614,7 @@ impl SegmentReader {
         projection: &Projection,
         batch_rows: usize,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        self.check(projection)?;
         if range.start > range.end || range.end > self.meta.rows {
             return Err(Error::BadInput(format!(
                 "rows {range:?} are not within {} ({} rows)",
@@ -583,6 +633,8 @@ impl SegmentReader {
         if range.is_empty() {
             return Ok(futures::stream::empty().boxed());
         }
+        // `row_group_starts` runs from 0 to `rows` (checked at open) and `range` is non-empty
+        // within it, so both partition points are at least 1.
         let first = self
             .row_group_starts
             .partition_point(|&start| start <= range.start)
@@ -591,8 +643,8 @@ impl SegmentReader {
             .row_group_starts
             .partition_point(|&start| start < range.end)
             - 1;
-        let group_start = self.row_group_starts[first];
-        let group_end = self.row_group_starts[last + 1];
+        let (group_start, _) = self.group_bounds(first)?;
+        let (_, group_end) = self.group_bounds(last)?;
         let selection = RowSelection::from(vec![
             RowSelector::skip((range.start - group_start) as usize),
             RowSelector::select((range.end - range.start) as usize),
