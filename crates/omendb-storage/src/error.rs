@@ -79,6 +79,13 @@ pub enum Error {
         /// The newer epoch found in the store.
         newer_epoch: u64,
     },
+    /// A segment writer whose earlier write or upload failed: what it has uploaded is
+    /// incomplete, so it accepts nothing more; abort it and write the segment again.
+    #[error("segment writer for {object} failed earlier; abort it and start again")]
+    Poisoned {
+        /// The segment's path in the store.
+        object: String,
+    },
     /// A Parquet object could not be written or decoded.
     #[error("parquet {object}: {source}")]
     Parquet {
@@ -105,7 +112,7 @@ impl Error {
             Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::Parquet { .. } => {
                 ErrorKind::Corrupt
             }
-            Error::Fenced { .. } => ErrorKind::Fatal,
+            Error::Fenced { .. } | Error::Poisoned { .. } => ErrorKind::Fatal,
         }
     }
 

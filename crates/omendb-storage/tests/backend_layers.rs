@@ -1,5 +1,5 @@
 //! What each wrapper does when the store misbehaves: retry sends idempotent requests again and
-//! resumes listings, timeout turns a stalled request into a retryable error, metrics count
+//! starts failed listings over (without repeating objects), timeout turns a stalled request into a retryable error, metrics count
 //! every request. Faults come from the test layer `common::Faults` stacked under the layer
 //! under test.
 
@@ -106,7 +106,7 @@ async fn retry_does_not_resend_a_rename() {
 }
 
 #[tokio::test]
-async fn retry_resumes_a_listing_after_the_last_object_it_returned() {
+async fn a_listing_that_fails_midway_returns_every_object_once() {
     let faulty = Faults {
         list_cut: Some(4),
         ..Faults::default()

@@ -11,7 +11,7 @@ use arrow_array::builder::*;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
-use common::{Kind, Moto};
+use common::{Faults, Kind, Moto};
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -695,5 +695,93 @@ async fn segments_work_the_same_on_every_backend() {
             "{}",
             kind.name()
         );
+    }
+}
+
+#[tokio::test]
+async fn a_writer_whose_upload_failed_refuses_to_go_on_and_publishes_nothing() {
+    let faulty = Faults::default().over_memory();
+    let store: Arc<dyn ObjectStore> = Arc::clone(&faulty) as _;
+    let value_schema = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+    let options = SegmentWriterOptions {
+        upload_part_bytes: 5 << 20,
+        rows_per_page: 1024,
+        pages_per_row_group: 16,
+        ..SegmentWriterOptions::default()
+    };
+    let mut writer = SegmentWriter::create(
+        Arc::clone(&store),
+        Path::from("seg/failed"),
+        &value_schema,
+        options,
+    )
+    .unwrap();
+    let keys: Vec<u64> = (0..400_000).collect();
+    let mut chunks = keys.chunks(16_384);
+    // Every request fails from now on: the first upload (once 5 MiB are buffered) fails.
+    faulty
+        .layer()
+        .fail
+        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+    let err = loop {
+        let chunk = chunks.next().expect("an upload happens within 400K rows");
+        if let Err(err) = writer
+            .write(&key_value_batch(chunk, &vec![1; chunk.len()]))
+            .await
+        {
+            break err;
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Retry, "{err}");
+    faulty
+        .layer()
+        .fail
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // The writer's uploaded bytes are incomplete: it refuses more rows and refuses to finish.
+    let chunk = chunks.next().unwrap();
+    let again = writer
+        .write(&key_value_batch(chunk, &vec![1; chunk.len()]))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::Poisoned { .. }), "{again}");
+    let finished = writer.finish(b"").await.unwrap_err();
+    assert_eq!(finished.kind(), ErrorKind::Fatal, "{finished}");
+    assert!(matches!(
+        store.head(&Path::from("seg/failed")).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn writer_options_that_overflow_are_refused() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let value_schema = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+    for options in [
+        SegmentWriterOptions {
+            rows_per_page: usize::MAX,
+            ..SegmentWriterOptions::default()
+        },
+        SegmentWriterOptions {
+            rows_per_page: 1 << 20,
+            pages_per_row_group: usize::MAX,
+            ..SegmentWriterOptions::default()
+        },
+        SegmentWriterOptions {
+            checksum_chunk_bytes: usize::MAX,
+            ..SegmentWriterOptions::default()
+        },
+        SegmentWriterOptions {
+            upload_part_bytes: 1024,
+            ..SegmentWriterOptions::default()
+        },
+    ] {
+        let err = SegmentWriter::create(
+            Arc::clone(&store),
+            Path::from("x"),
+            &value_schema,
+            options.clone(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadInput, "{options:?}");
     }
 }

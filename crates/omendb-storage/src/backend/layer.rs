@@ -13,8 +13,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
+    CopyMode, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
 };
 
 /// The kind of a request, used as the `op` label of metrics and in errors.
@@ -82,10 +82,9 @@ pub enum Idempotence {
     Once,
 }
 
-/// Opens a listing after the given location (`None`: from the beginning); what a [`Layer`]
-/// calls to start, or resume, the listing it wraps.
+/// Opens the listing a [`Layer`] wraps; a layer may call it again to start the listing over.
 pub type ListStart =
-    Arc<dyn Fn(Option<Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> + Send + Sync>;
+    Arc<dyn Fn() -> BoxStream<'static, object_store::Result<ObjectMeta>> + Send + Sync>;
 
 /// A concern wrapped around every request of a store.
 pub trait Layer: Send + Sync + fmt::Debug + 'static {
@@ -105,8 +104,7 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = object_store::Result<T>> + Send;
 
-    /// Wraps a listing. `start` opens the listing after the given location (`None`: from the
-    /// beginning), so a layer can resume a listing that failed midway.
+    /// Wraps a listing. `start` opens it, and opens it afresh if a layer starts it over.
     fn list(
         &self,
         op: Op,
@@ -235,13 +233,8 @@ impl<L: Layer, S: ObjectStore + ?Sized> ObjectStore for Layered<L, S> {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let inner = Arc::clone(&self.inner);
         let prefix = prefix.cloned();
-        self.layer.list(
-            Op::List,
-            Arc::new(move |offset: Option<Path>| match &offset {
-                None => inner.list(prefix.as_ref()),
-                Some(offset) => inner.list_with_offset(prefix.as_ref(), offset),
-            }),
-        )
+        self.layer
+            .list(Op::List, Arc::new(move || inner.list(prefix.as_ref())))
     }
 
     fn list_with_offset(
@@ -251,12 +244,10 @@ impl<L: Layer, S: ObjectStore + ?Sized> ObjectStore for Layered<L, S> {
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let inner = Arc::clone(&self.inner);
         let prefix = prefix.cloned();
-        let first = offset.clone();
+        let offset = offset.clone();
         self.layer.list(
             Op::List,
-            Arc::new(move |offset: Option<Path>| {
-                inner.list_with_offset(prefix.as_ref(), offset.as_ref().unwrap_or(&first))
-            }),
+            Arc::new(move || inner.list_with_offset(prefix.as_ref(), &offset)),
         )
     }
 
@@ -274,8 +265,14 @@ impl<L: Layer, S: ObjectStore + ?Sized> ObjectStore for Layered<L, S> {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
+        // A create-mode copy whose answer was lost would come back as `AlreadyExists`, which
+        // the caller cannot tell from a real conflict: it is sent once.
+        let idempotence = match options.mode {
+            CopyMode::Create => Idempotence::Once,
+            _ => Idempotence::Idempotent,
+        };
         self.layer
-            .request(Op::Copy, Idempotence::Idempotent, || {
+            .request(Op::Copy, idempotence, || {
                 self.inner.copy_opts(from, to, options.clone())
             })
             .await

@@ -77,7 +77,7 @@ impl Layer for Metered {
         // A listing counts as one request, recorded when it ends or fails.
         let this = self.clone();
         let started = Instant::now();
-        futures::stream::unfold(Some(start(None)), move |stream| {
+        futures::stream::unfold(Some(start()), move |stream| {
             let this = this.clone();
             async move {
                 let mut stream = stream?;

@@ -7,13 +7,13 @@
 //!
 //! OpenDAL's create-if-absent is a check followed by a write, so two racing creates can both
 //! succeed (the conformance suite caught this on `fs`). [`OpenDalStore`] serializes creates
-//! within the process; across processes OpenDAL gives no such guarantee, so a database whose
-//! writers may race from several processes must use `file://` or `s3://` (see
+//! across every OpenDAL store of the process (one lock, so two handles on the same root are
+//! covered too); across processes OpenDAL gives no such guarantee, so a database whose writers
+//! may race from several processes must use `file://` or `s3://` (see
 //! `docs/failure-modes.md`).
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,13 +28,14 @@ use object_store_opendal::OpendalStore;
 use opendal::Operator;
 use opendal::raw::percent_decode_path;
 
+/// Held across every create-if-absent put of every OpenDAL store in the process.
+static CREATES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// An OpenDAL operator as an `ObjectStore` whose listings hold files only.
 #[derive(Debug, Clone)]
 pub struct OpenDalStore {
     bridge: OpendalStore,
     operator: Operator,
-    /// Held across a create-if-absent put, so that creates in this process do not race.
-    creates: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl OpenDalStore {
@@ -43,7 +44,6 @@ impl OpenDalStore {
         Self {
             bridge: OpendalStore::new(operator.clone()),
             operator,
-            creates: Arc::default(),
         }
     }
 
@@ -139,7 +139,7 @@ impl ObjectStore for OpenDalStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         if opts.mode == PutMode::Create {
-            let _serialized = self.creates.lock().await;
+            let _serialized = CREATES.lock().await;
             self.bridge.put_opts(location, payload, opts).await
         } else {
             self.bridge.put_opts(location, payload, opts).await

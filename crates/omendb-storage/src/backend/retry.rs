@@ -1,6 +1,7 @@
 //! Retry with exponential backoff and jitter for transient errors ([`crate::error`] decides
 //! which errors are transient).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +44,9 @@ impl RetryPolicy {
             .initial_backoff
             .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
         let capped = exponential.min(self.max_backoff);
-        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+        // In seconds, so that the jitter cannot overflow a `Duration` near its maximum.
+        let jittered = capped.as_secs_f64() * rand::rng().random_range(0.5..=1.0);
+        Duration::try_from_secs_f64(jittered).unwrap_or(capped)
     }
 }
 
@@ -102,18 +105,19 @@ impl Layer for Retry {
         op: Op,
         start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        // A listing that fails midway resumes after the last location it returned, so a caller
-        // sees every object once, in order.
+        // A listing that fails midway starts over and skips what it already returned: stores
+        // list in no promised order (local files, OpenDAL), so resuming "after the last name"
+        // could skip objects. A caller sees every object once.
         struct State {
             stream: BoxStream<'static, object_store::Result<ObjectMeta>>,
-            last: Option<Path>,
+            returned: HashSet<Path>,
             retries: u32,
             done: bool,
         }
         let policy = self.policy.clone();
         let first = State {
-            stream: start(None),
-            last: None,
+            stream: start(),
+            returned: HashSet::new(),
             retries: 0,
             done: false,
         };
@@ -127,9 +131,10 @@ impl Layer for Retry {
                 loop {
                     match state.stream.next().await {
                         Some(Ok(meta)) => {
-                            state.last = Some(meta.location.clone());
-                            state.retries = 0;
-                            return Some((Ok(meta), state));
+                            if state.returned.insert(meta.location.clone()) {
+                                state.retries = 0;
+                                return Some((Ok(meta), state));
+                            }
                         }
                         Some(Err(err))
                             if is_transient(&err) && state.retries < policy.max_retries =>
@@ -138,7 +143,7 @@ impl Layer for Retry {
                             metrics::counter!("omendb_store_retries_total", "op" => op.name())
                                 .increment(1);
                             tokio::time::sleep(policy.backoff(state.retries)).await;
-                            state.stream = start(state.last.clone());
+                            state.stream = start();
                         }
                         Some(Err(err)) => {
                             state.done = true;

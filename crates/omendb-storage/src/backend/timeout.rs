@@ -75,7 +75,7 @@ impl Layer for Timeout {
         start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let after = self.after;
-        futures::stream::unfold(Some(start(None)), move |stream| async move {
+        futures::stream::unfold(Some(start()), move |stream| async move {
             let mut stream = stream?;
             match tokio::time::timeout(after, stream.next()).await {
                 Ok(Some(item)) => Some((item, Some(stream))),

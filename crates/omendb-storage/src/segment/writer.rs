@@ -76,6 +76,9 @@ pub struct SegmentWriter {
     first: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
     lsn_range: Option<(u64, u64)>,
+    /// Set when a write or upload failed after its batch was accepted: the uploaded bytes are
+    /// then incomplete, and the writer refuses everything but `abort`.
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -95,14 +98,20 @@ impl SegmentWriter {
         value_schema: &Schema,
         options: SegmentWriterOptions,
     ) -> Result<Self> {
-        if options.rows_per_page == 0
-            || options.pages_per_row_group == 0
-            || options.checksum_chunk_bytes == 0
-            || options.upload_part_bytes < 5 * 1024 * 1024
-        {
+        let group_rows = options
+            .rows_per_page
+            .checked_mul(options.pages_per_row_group);
+        let fits_u32 = |n: usize| u32::try_from(n).is_ok();
+        let valid = options.rows_per_page > 0
+            && options.checksum_chunk_bytes > 0
+            && group_rows.is_some_and(|rows| rows > 0 && i64::try_from(rows).is_ok())
+            && fits_u32(options.rows_per_page)
+            && fits_u32(options.checksum_chunk_bytes)
+            && options.upload_part_bytes >= 5 * 1024 * 1024;
+        if !valid {
             return Err(Error::BadInput(format!(
-                "segment writer options {options:?}: counts must be positive and parts at \
-                 least 5 MiB (S3's minimum)"
+                "segment writer options {options:?}: counts must be positive and fit 32 bits, \
+                 a row group's rows 63 bits, and parts be at least 5 MiB (S3's minimum)"
             )));
         }
         let schema = segment_schema(value_schema)?;
@@ -158,6 +167,7 @@ impl SegmentWriter {
             first: None,
             last: None,
             lsn_range: None,
+            poisoned: false,
         })
     }
 
@@ -181,11 +191,38 @@ impl SegmentWriter {
     /// Appends a batch. A batch with the wrong schema, a null system value, or rows out of
     /// order is rejected whole with [`Error::BadInput`] and nothing of it is written.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.refuse_if_poisoned()?;
         let (last, lsn_range) = self.check(batch)?;
+        self.poisoned = true;
+        self.append(batch).await?;
+        self.poisoned = false;
+        if batch.num_rows() > 0 {
+            self.first = self.first.or(Some(first_row(batch)));
+            self.last = Some(last);
+            self.lsn_range = Some(match (self.lsn_range, lsn_range) {
+                (Some((lo, hi)), (blo, bhi)) => (lo.min(blo), hi.max(bhi)),
+                (None, range) => range,
+            });
+        }
+        Ok(())
+    }
+
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                object: self.path.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes and uploads an accepted batch.
+    async fn append(&mut self, batch: &RecordBatch) -> Result<()> {
         // Hand the column writers whole pages: a slice never crosses a page boundary, so pages
         // (which end on row counts) start at multiples of `rows_per_page` in every column.
         let page = self.options.rows_per_page;
-        let group_rows = page * self.options.pages_per_row_group;
+        // Checked in `create`: the product fits.
+        let group_rows = page.saturating_mul(self.options.pages_per_row_group);
         let mut offset = 0;
         while offset < batch.num_rows() {
             let room = page - (self.rows % page as u64) as usize;
@@ -200,14 +237,6 @@ impl SegmentWriter {
             {
                 self.close_row_group().await?;
             }
-        }
-        if batch.num_rows() > 0 {
-            self.first = self.first.or(Some(first_row(batch)));
-            self.last = Some(last);
-            self.lsn_range = Some(match (self.lsn_range, lsn_range) {
-                (Some((lo, hi)), (blo, bhi)) => (lo.min(blo), hi.max(bhi)),
-                (None, range) => range,
-            });
         }
         Ok(())
     }
@@ -313,6 +342,18 @@ impl SegmentWriter {
     /// Completes the segment: stores `index` (the engine's serialized learned index, opaque
     /// here) and the metadata in the footer and publishes the object.
     pub async fn finish(mut self, index: &[u8]) -> Result<WrittenSegment> {
+        let finished = match self.refuse_if_poisoned() {
+            Ok(()) => self.complete(index).await,
+            Err(err) => Err(err),
+        };
+        if finished.is_err() {
+            // Nothing may be published from a failed finish; a multipart upload is abandoned.
+            let _ = self.upload.abort().await;
+        }
+        finished
+    }
+
+    async fn complete(&mut self, index: &[u8]) -> Result<WrittenSegment> {
         // Push every row group out, so that the checksums cover the whole data region.
         self.close_row_group().await?;
         let (data_end, crcs) = {
@@ -335,7 +376,10 @@ impl SegmentWriter {
             schema_fingerprint: schema_fingerprint(&self.schema),
             rows_per_page: u32::try_from(self.options.rows_per_page)
                 .map_err(|_| Error::BadInput("rows_per_page exceeds u32".to_owned()))?,
-            rows_per_row_group: (self.options.rows_per_page * self.options.pages_per_row_group)
+            rows_per_row_group: self
+                .options
+                .rows_per_page
+                .saturating_mul(self.options.pages_per_row_group)
                 as u64,
             checksum_chunk_bytes: u32::try_from(self.options.checksum_chunk_bytes)
                 .map_err(|_| Error::BadInput("checksum_chunk_bytes exceeds u32".to_owned()))?,

@@ -327,7 +327,7 @@ impl Layer for Faults {
         _: Op,
         start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let listing = start(None);
+        let listing = start();
         match self.list_cut {
             Some(cut) if !self.cut_done.swap(true, Ordering::SeqCst) => listing
                 .take(cut)
