@@ -83,7 +83,10 @@ pub struct SegmentReader {
     meta: SegmentMeta,
     index: Bytes,
     checksums: Arc<Checksums>,
-    keys: Vec<u64>,
+    keys: UInt64Array,
+    /// The key column cut into pages (views of `keys`, no copies): served to point reads
+    /// instead of caching the key column a second time in the page cache.
+    key_pages: Vec<ArrayRef>,
     /// First row of each row group, and the row count after the last.
     row_group_starts: Vec<u64>,
     /// First page number of each row group (pages are numbered across the segment).
@@ -280,13 +283,15 @@ impl SegmentReader {
             meta,
             index: Bytes::from(index),
             checksums: Arc::new(checksums),
-            keys: Vec::new(),
+            keys: UInt64Array::from(Vec::<u64>::new()),
+            key_pages: Vec::new(),
             row_group_starts,
             row_group_pages,
             id: cache.segment_id(),
             cache,
         };
-        reader.keys = reader.decode_keys().await?;
+        reader.keys = UInt64Array::from(reader.decode_keys().await?);
+        reader.key_pages = reader.cut_key_pages()?;
         Ok(reader)
     }
 
@@ -337,7 +342,36 @@ impl SegmentReader {
 
     /// The key of every row, in order (what the engine's learned index is built over).
     pub fn keys(&self) -> &[u64] {
-        &self.keys
+        self.keys.values()
+    }
+
+    /// Views of the decoded key column, one per page, in page order.
+    fn cut_key_pages(&self) -> Result<Vec<ArrayRef>> {
+        let per_page = u64::from(self.meta.rows_per_page);
+        let mut pages = Vec::new();
+        for group in 0..self.row_group_starts.len().saturating_sub(1) {
+            let (start, end) = self.group_bounds(group)?;
+            let mut at = start;
+            while at < end {
+                let len = per_page.min(end - at);
+                pages.push(Arc::new(self.keys.slice(at as usize, len as usize)) as ArrayRef);
+                at += len;
+            }
+        }
+        Ok(pages)
+    }
+
+    /// A cached page of `column`: the key column's from the decoded keys, the others' from the
+    /// page cache.
+    fn cached_page(&self, column: usize, page: u64) -> Option<ArrayRef> {
+        if column == 0 {
+            usize::try_from(page)
+                .ok()
+                .and_then(|page| self.key_pages.get(page))
+                .cloned()
+        } else {
+            self.cache.get(&self.page_key(column, page))
+        }
     }
 
     /// The full schema: system columns, then value columns.
@@ -480,7 +514,7 @@ impl SegmentReader {
         let mut pages = SCRATCH.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
         pages.clear();
         for &column in &projection.columns {
-            match self.cache.get(&self.page_key(column, page)) {
+            match self.cached_page(column, page) {
                 Some(array) => pages.push(array),
                 None => break,
             }
@@ -561,7 +595,7 @@ impl SegmentReader {
         let mut arrays: Vec<Option<ArrayRef>> = projection
             .columns
             .iter()
-            .map(|&c| self.cache.get(&self.page_key(c, page)))
+            .map(|&c| self.cached_page(c, page))
             .collect();
         let missing: Vec<usize> = projection
             .columns
