@@ -6,11 +6,13 @@
 //! composes `omendb-wal` and `omendb-storage`; it must never reach into their internals, and it
 //! must never return an answer it has not checked against its own bounds.
 //!
-//! Today it holds the learned-index family ([`index`]) and, behind the `keygen` feature, the
-//! seeded key distributions shared by tests and benchmarks ([`keygen`]).
+//! Today it holds the learned-index family ([`index`]), table keys and their order-preserving
+//! map to stored `u64`s ([`key`], the first piece of the engine), and, behind the `keygen`
+//! feature, the seeded key distributions shared by tests and benchmarks ([`keygen`]).
 
 pub mod error;
 pub mod index;
+pub mod key;
 #[cfg(feature = "keygen")]
 pub mod keygen;
 
