@@ -7,7 +7,8 @@
 //! must never return an answer it has not checked against its own bounds.
 //!
 //! Today it holds the learned-index family ([`index`]), table keys and their order-preserving
-//! map to stored `u64`s ([`key`], the first piece of the engine), and, behind the `keygen`
+//! map to stored `u64`s ([`key`]) and the memtable ([`memtable`]) — the first pieces of the
+//! engine — and, behind the `keygen`
 //! feature, the seeded key distributions shared by tests and benchmarks ([`keygen`]).
 
 pub mod error;
@@ -15,5 +16,6 @@ pub mod index;
 pub mod key;
 #[cfg(feature = "keygen")]
 pub mod keygen;
+pub mod memtable;
 
 pub use error::ErrorKind;
