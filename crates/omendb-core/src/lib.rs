@@ -7,10 +7,11 @@
 //! must never return an answer it has not checked against its own bounds.
 //!
 //! Today it holds the learned-index family ([`index`]), table keys and their order-preserving
-//! map to stored `u64`s ([`key`]) and the memtable ([`memtable`]) — the first pieces of the
-//! engine — and, behind the `keygen`
+//! map to stored `u64`s ([`key`]), the memtable ([`memtable`]) and write batches as WAL records
+//! ([`batch`]) — the first pieces of the engine — and, behind the `keygen`
 //! feature, the seeded key distributions shared by tests and benchmarks ([`keygen`]).
 
+pub mod batch;
 pub mod error;
 pub mod index;
 pub mod key;
