@@ -9,7 +9,7 @@
 //! Today it holds the learned-index family ([`index`]), table keys and their order-preserving
 //! map to stored `u64`s ([`key`]), the memtable ([`memtable`]) and write batches as WAL records
 //! ([`batch`]) — the first pieces of the engine — and, behind the `keygen`
-//! feature, the seeded key distributions shared by tests and benchmarks ([`keygen`]).
+//! feature, the seeded key distributions shared by tests and benchmarks (`keygen`).
 
 pub mod batch;
 pub mod error;

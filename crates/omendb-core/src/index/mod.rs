@@ -146,7 +146,7 @@ pub struct IndexStats {
     pub max_window: usize,
     /// Expected dependent memory reads of one lookup, averaged over stored keys: one per model
     /// level whose arrays are read, one for the keys, and one per bisection step a window needs
-    /// beyond a counted [`search::SCAN_MAX`] keys. The chooser minimises this.
+    /// beyond a counted 16 (`search::SCAN_MAX`) keys. The chooser minimises this.
     pub expected_cost: f64,
     /// Model levels a lookup walks through (0 for binary search).
     pub levels: usize,
