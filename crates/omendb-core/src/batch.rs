@@ -34,14 +34,14 @@ pub enum Write {
         /// The stored key.
         key: u64,
     },
-    /// Every key in `start..end` is deleted from `table`.
+    /// Every key in `first..=last` is deleted from `table`.
     DeleteRange {
         /// The table's id.
         table: u32,
         /// The first stored key deleted.
-        start: u64,
-        /// The first stored key kept.
-        end: u64,
+        first: u64,
+        /// The last stored key deleted (inclusive, so the largest key can be covered).
+        last: u64,
     },
 }
 
@@ -49,11 +49,21 @@ pub enum Write {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
-    /// The bytes end inside a write.
-    #[error("write batch truncated at byte {at}")]
+    /// The bytes end inside a write (or the header).
+    #[error("write batch truncated in the item starting at byte {at}")]
     Truncated {
-        /// Where the bytes ran out.
+        /// Where the item that was cut short starts.
         at: usize,
+    },
+    /// A range delete whose first key is above its last.
+    #[error("range delete at byte {at} runs from {first} down to {last}")]
+    InvertedRange {
+        /// Where the write starts.
+        at: usize,
+        /// Its first key.
+        first: u64,
+        /// Its last key.
+        last: u64,
     },
     /// A write of an unknown kind.
     #[error("unknown write kind {kind} at byte {at}")]
@@ -103,9 +113,22 @@ impl WriteBatch {
         self
     }
 
-    /// Adds a range delete of `start..end`.
-    pub fn delete_range(&mut self, table: u32, start: u64, end: u64) -> &mut Self {
-        self.writes.push(Write::DeleteRange { table, start, end });
+    /// Adds a range delete of `range` (inclusive). The batch's writes share one LSN, and the
+    /// memtable lets writes at a range's own LSN survive it, so earlier puts and deletes of this
+    /// table that the range covers are dropped here: later writes win, as the order says. An
+    /// empty range deletes nothing and is not added.
+    pub fn delete_range(&mut self, table: u32, range: std::ops::RangeInclusive<u64>) -> &mut Self {
+        let (first, last) = (*range.start(), *range.end());
+        if first > last {
+            return self;
+        }
+        self.writes.retain(|write| match *write {
+            Write::Put { table: t, key, .. } | Write::Delete { table: t, key } => {
+                t != table || !(first..=last).contains(&key)
+            }
+            Write::DeleteRange { .. } => true,
+        });
+        self.writes.push(Write::DeleteRange { table, first, last });
         self
     }
 
@@ -139,19 +162,29 @@ impl WriteBatch {
 
     /// The WAL record: version, write count, then each write (little-endian).
     ///
-    /// Rows longer than `u32::MAX` bytes cannot be encoded; the engine's row-size limit is far
-    /// below that, and `encode` refuses them (`None`) rather than truncate.
+    /// `None` if the batch cannot be encoded: more than `u32::MAX` writes, or a row longer than
+    /// `u32::MAX` bytes (the engine's limits are far below both). Checked before anything is
+    /// allocated.
     pub fn encode(&self) -> Option<Vec<u8>> {
+        u32::try_from(self.writes.len()).ok()?;
+        let rows_fit = self.writes.iter().all(|write| match write {
+            Write::Put { row, .. } => u32::try_from(row.len()).is_ok(),
+            _ => true,
+        });
+        if !rows_fit {
+            return None;
+        }
         let mut out = Vec::with_capacity(self.encoded_len());
         out.put_u8(BATCH_VERSION);
-        out.put_u32_le(u32::try_from(self.writes.len()).ok()?);
+        out.put_u32_le(self.writes.len() as u32);
         for write in &self.writes {
             match write {
                 Write::Put { table, key, row } => {
                     out.put_u8(PUT);
                     out.put_u32_le(*table);
                     out.put_u64_le(*key);
-                    out.put_u32_le(u32::try_from(row.len()).ok()?);
+                    // Checked above: the length fits.
+                    out.put_u32_le(row.len() as u32);
                     out.put_slice(row);
                 }
                 Write::Delete { table, key } => {
@@ -159,11 +192,11 @@ impl WriteBatch {
                     out.put_u32_le(*table);
                     out.put_u64_le(*key);
                 }
-                Write::DeleteRange { table, start, end } => {
+                Write::DeleteRange { table, first, last } => {
                     out.put_u8(DELETE_RANGE);
                     out.put_u32_le(*table);
-                    out.put_u64_le(*start);
-                    out.put_u64_le(*end);
+                    out.put_u64_le(*first);
+                    out.put_u64_le(*last);
                 }
             }
         }
@@ -184,7 +217,7 @@ impl WriteBatch {
                 Ok(())
             }
         };
-        need(&input, 5)?;
+        need(&input, 1)?;
         let version = input.get_u8();
         if version != BATCH_VERSION {
             return Err(BatchError::UnsupportedVersion {
@@ -192,6 +225,7 @@ impl WriteBatch {
                 supported: BATCH_VERSION,
             });
         }
+        need(&input, 4)?;
         let count = input.get_u32_le() as usize;
         // Each write takes at least 13 bytes, which bounds what a damaged count can reserve.
         let mut writes = Vec::with_capacity(count.min(input.remaining() / 13));
@@ -215,10 +249,18 @@ impl WriteBatch {
                 DELETE => Write::Delete { table, key },
                 DELETE_RANGE => {
                     need(&input, 8)?;
+                    let last = input.get_u64_le();
+                    if key > last {
+                        return Err(BatchError::InvertedRange {
+                            at: kind_at,
+                            first: key,
+                            last,
+                        });
+                    }
                     Write::DeleteRange {
                         table,
-                        start: key,
-                        end: input.get_u64_le(),
+                        first: key,
+                        last,
                     }
                 }
                 kind => return Err(BatchError::UnknownWrite { kind, at: kind_at }),
@@ -252,8 +294,13 @@ mod tests {
                     row: Bytes::from(row)
                 }),
             (any::<u32>(), any::<u64>()).prop_map(|(table, key)| Write::Delete { table, key }),
-            (any::<u32>(), any::<u64>(), any::<u64>())
-                .prop_map(|(table, start, end)| Write::DeleteRange { table, start, end }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(table, a, b)| {
+                Write::DeleteRange {
+                    table,
+                    first: a.min(b),
+                    last: a.max(b),
+                }
+            }),
         ]
     }
 
@@ -305,6 +352,62 @@ mod tests {
         assert_eq!(
             WriteBatch::decode(Bytes::from(trailing)),
             Err(BatchError::TrailingBytes { extra: 1 })
+        );
+        assert_eq!(
+            WriteBatch::decode(Bytes::from_static(&[2])),
+            Err(BatchError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+        let inverted = WriteBatch {
+            writes: vec![Write::DeleteRange {
+                table: 1,
+                first: 9,
+                last: 3,
+            }],
+        };
+        assert_eq!(
+            WriteBatch::decode(Bytes::from(inverted.encode().unwrap())),
+            Err(BatchError::InvertedRange {
+                at: 5,
+                first: 9,
+                last: 3
+            })
+        );
+    }
+
+    #[test]
+    #[allow(clippy::reversed_empty_ranges)] // the empty range is the point of the last call
+    fn a_range_delete_drops_the_earlier_writes_it_covers() {
+        let mut batch = WriteBatch::new();
+        batch
+            .put(1, 5, Bytes::from_static(b"gone"))
+            .put(2, 5, Bytes::from_static(b"other table"))
+            .delete(1, 20)
+            .delete_range(1, 0..=9)
+            .put(1, 6, Bytes::from_static(b"after"))
+            .delete_range(1, 9..=3);
+        assert_eq!(
+            batch.writes(),
+            [
+                Write::Put {
+                    table: 2,
+                    key: 5,
+                    row: Bytes::from_static(b"other table")
+                },
+                Write::Delete { table: 1, key: 20 },
+                Write::DeleteRange {
+                    table: 1,
+                    first: 0,
+                    last: 9
+                },
+                Write::Put {
+                    table: 1,
+                    key: 6,
+                    row: Bytes::from_static(b"after")
+                },
+            ]
         );
     }
 }

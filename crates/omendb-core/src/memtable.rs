@@ -4,9 +4,11 @@
 //! It is a lock-free skip list (`crossbeam-skiplist`), so readers never wait for writers. Rows are
 //! opaque bytes here (the engine encodes them); a deletion is a tombstone version of the key, and
 //! a range deletion a separate tombstone that hides every older version of the keys it covers.
-//! A read at snapshot `s` sees exactly the versions with LSN ≤ `s`.
+//! A read at snapshot `s` sees exactly the versions with LSN ≤ `s`, provided every write with an
+//! LSN ≤ `s` has been applied: the engine reads only at snapshots up to its visible LSN, which it
+//! raises once all lower LSNs are applied (a reader at a higher snapshot could see half a batch).
 
-use std::ops::{Bound, Range, RangeBounds};
+use std::ops::{Bound, RangeBounds, RangeInclusive};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
@@ -62,8 +64,9 @@ impl Version {
 pub struct Memtable {
     /// Row versions; `None` is a tombstone.
     versions: SkipMap<Version, Option<Bytes>>,
-    /// Range tombstones by (start, LSN newest first) → end (exclusive).
-    ranges: SkipMap<Version, u64>,
+    /// Range tombstones by (first key, LSN newest first, last key): the last key is part of the
+    /// entry's key so that two ranges with the same first key and LSN both stay.
+    ranges: SkipMap<(Version, u64), ()>,
     bytes: AtomicUsize,
 }
 
@@ -87,23 +90,24 @@ impl Memtable {
         self.versions.insert(Version::new(key, lsn), None);
     }
 
-    /// Deletes every key in `range` at `lsn` (versions written at `lsn` itself survive: a
-    /// batch that deletes a range and then puts into it keeps the puts).
-    pub fn delete_range(&self, range: Range<u64>, lsn: Lsn) {
+    /// Deletes every key in `range` (inclusive, so `u64::MAX` can be covered) at `lsn`.
+    /// Versions written at `lsn` itself survive: a write batch, which has one LSN, must not put
+    /// into a range it deletes afterwards ([`crate::batch::WriteBatch`] drops such puts).
+    pub fn delete_range(&self, range: RangeInclusive<u64>, lsn: Lsn) {
         if range.is_empty() {
             return;
         }
         self.bytes.fetch_add(ENTRY_OVERHEAD, Ordering::Relaxed);
         self.ranges
-            .insert(Version::new(range.start, lsn), range.end);
+            .insert((Version::new(*range.start(), lsn), *range.end()), ());
     }
 
     /// The newest LSN ≤ `snapshot` of a range tombstone covering `key`, if any.
     fn range_deleted(&self, key: u64, snapshot: Lsn) -> Option<Lsn> {
         self.ranges
-            .range(..=Version::new(key, 0))
-            .filter(|entry| key < *entry.value() && entry.key().lsn() <= snapshot)
-            .map(|entry| entry.key().lsn())
+            .range(..=(Version::new(key, 0), u64::MAX))
+            .filter(|entry| key <= entry.key().1 && entry.key().0.lsn() <= snapshot)
+            .map(|entry| entry.key().0.lsn())
             .max()
     }
 
@@ -159,12 +163,12 @@ impl Memtable {
         })
     }
 
-    /// The range tombstones visible at `snapshot`: `(range, lsn)`.
-    pub fn range_tombstones(&self, snapshot: Lsn) -> Vec<(Range<u64>, Lsn)> {
+    /// The range tombstones visible at `snapshot`: `(first..=last, lsn)`.
+    pub fn range_tombstones(&self, snapshot: Lsn) -> Vec<(RangeInclusive<u64>, Lsn)> {
         self.ranges
             .iter()
-            .filter(|entry| entry.key().lsn() <= snapshot)
-            .map(|entry| (entry.key().key..*entry.value(), entry.key().lsn()))
+            .filter(|entry| entry.key().0.lsn() <= snapshot)
+            .map(|entry| (entry.key().0.key..=entry.key().1, entry.key().0.lsn()))
             .collect()
     }
 
@@ -175,7 +179,7 @@ impl Memtable {
 
     /// Whether nothing was ever written.
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.ranges.is_empty()
+        self.versions.front().is_none() && self.ranges.front().is_none()
     }
 }
 
@@ -219,7 +223,7 @@ mod tests {
                     map.insert(k, None);
                 }
                 Op::DeleteRange(a, b) => {
-                    for k in a..b {
+                    for k in a..=b {
                         map.insert(k, None);
                     }
                 }
@@ -234,7 +238,7 @@ mod tests {
             match *op {
                 Op::Put(k, v) => memtable.put(k, lsn, Bytes::from(vec![v])),
                 Op::Delete(k) => memtable.delete(k, lsn),
-                Op::DeleteRange(a, b) => memtable.delete_range(a..b, lsn),
+                Op::DeleteRange(a, b) => memtable.delete_range(a..=b, lsn),
             }
         }
     }
@@ -274,7 +278,7 @@ mod tests {
     fn a_batch_that_deletes_a_range_then_puts_into_it_keeps_the_put() {
         let memtable = Memtable::new();
         memtable.put(5, 1, Bytes::from_static(b"old"));
-        memtable.delete_range(0..10, 2);
+        memtable.delete_range(0..=9, 2);
         memtable.put(5, 2, Bytes::from_static(b"new"));
         assert_eq!(
             memtable.get(5, 2),
@@ -291,7 +295,36 @@ mod tests {
                 lsn: 1
             }
         );
-        assert_eq!(memtable.get(10, 2), Lookup::Absent, "the end is exclusive");
+        assert_eq!(
+            memtable.get(10, 2),
+            Lookup::Absent,
+            "the range ends at its last key"
+        );
+    }
+
+    #[test]
+    fn ranges_with_the_same_first_key_and_lsn_both_hold() {
+        let memtable = Memtable::new();
+        memtable.put(5, 1, Bytes::from_static(b"old"));
+        memtable.delete_range(0..=9, 7);
+        memtable.delete_range(0..=2, 7);
+        assert_eq!(memtable.get(5, 7), Lookup::Deleted { lsn: 7 });
+        assert_eq!(memtable.range_tombstones(7).len(), 2);
+    }
+
+    #[test]
+    fn a_range_can_reach_the_largest_key() {
+        let memtable = Memtable::new();
+        memtable.put(u64::MAX, 1, Bytes::from_static(b"last"));
+        memtable.delete_range(u64::MAX - 1..=u64::MAX, 2);
+        assert_eq!(memtable.get(u64::MAX, 2), Lookup::Deleted { lsn: 2 });
+        assert_eq!(
+            memtable.get(u64::MAX, 1),
+            Lookup::Found {
+                row: Bytes::from_static(b"last"),
+                lsn: 1
+            }
+        );
     }
 
     #[test]
