@@ -276,15 +276,15 @@ impl Pla {
             let mut at_or_below = lo;
             for slice in 0..1u64 << bits {
                 // Slices past the extent may reach past u64::MAX; no segment starts there, and a
-                // saturated floor keeps the entries non-decreasing.
+                // saturated floor keeps the entries non-decreasing. A saturated floor is at or
+                // above every later bucket's segments too, so the walk stops at this bucket's
+                // last candidate (`hi`): entries stay within `lo..=hi`.
                 let slice_floor = floor.saturating_add(slice << shift);
-                while at_or_below < self.segments.len()
-                    && self.segments[at_or_below].first <= slice_floor
-                {
+                while at_or_below <= hi && self.segments[at_or_below].first <= slice_floor {
                     at_or_below += 1;
                 }
                 self.sub_entries
-                    .push(position(at_or_below.saturating_sub(1).max(lo)));
+                    .push(position(at_or_below.saturating_sub(1).clamp(lo, hi)));
             }
             self.sub_entries.push(position(hi));
         }
@@ -726,6 +726,51 @@ mod tests {
             let pla = Pla::build_with_epsilon(&keys, eps, 1 << 20).unwrap();
             assert!(!pla.subs.is_empty(), "the case must exercise a sub-table");
             check(&keys, &pla);
+        }
+    }
+
+    #[test]
+    fn sub_table_entries_stay_inside_their_bucket_near_u64_max() {
+        // The bug this guards against was found by the proptest `arbitrary_keys_with_duplicates`
+        // (its failing case is pinned in `tests/index_matches_partition_point.proptest-
+        // regressions`, which replays it first): a crowded bucket whose slices saturate at
+        // u64::MAX, followed by segments in later buckets; the saturated floor is above all of
+        // them, the entries ran past the bucket's last candidate, and the model did not decode
+        // ("sub-table entries out of order"). This case checks the same invariant on keys
+        // crowded at both ends.
+        let mut keys: Vec<u64> = Vec::new();
+        for i in 0..64u64 {
+            keys.extend(std::iter::repeat_n(i, 1 + (i % 5) as usize));
+        }
+        for i in 0..60u64 {
+            keys.extend(std::iter::repeat_n(
+                i * 17_000_000 + 4_837_000,
+                1 + (i % 4) as usize,
+            ));
+        }
+        for i in 0..40u64 {
+            keys.push(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 1);
+        }
+        for i in 0..64u64 {
+            keys.extend(std::iter::repeat_n(u64::MAX - i, 1 + (i % 7) as usize));
+        }
+        keys.sort_unstable();
+        for (epsilon, budget) in [(1, 5379), (1, 1 << 16), (2, 5379)] {
+            let pla = Pla::build_with_epsilon(&keys, epsilon, budget).unwrap();
+            for sub in &pla.subs {
+                let (lo, hi) = (
+                    pla.table[sub.bucket as usize],
+                    pla.table[sub.bucket as usize + 1],
+                );
+                let entries = &pla.sub_entries[sub.offset as usize..][..(1usize << sub.bits) + 1];
+                assert!(
+                    entries.iter().all(|&e| lo <= e && e <= hi),
+                    "ε {epsilon}: {entries:?} not in {lo}..={hi}"
+                );
+            }
+            check(&keys, &pla);
+            let decoded = crate::index::AnyIndex::decode(&pla.encode());
+            assert!(decoded.is_ok(), "ε {epsilon}: {decoded:?}");
         }
     }
 
