@@ -297,6 +297,12 @@ impl ManifestWriter {
         Ok(())
     }
 
+    /// The fence a newer version `sequence` puts up: its epoch (this writer's if it does not read).
+    async fn fenced_by(&self, sequence: u64) -> Error {
+        let newer = self.manifests.read(sequence).await.ok().flatten();
+        self.fenced(newer.map_or(self.epoch, |m| m.epoch))
+    }
+
     fn fenced(&self, newer_epoch: u64) -> Error {
         Error::Fenced {
             epoch: self.epoch,
@@ -356,14 +362,7 @@ impl ManifestWriter {
         if let Some((&newest, _)) = versions.iter().next_back()
             && newest > manifest.sequence
         {
-            let newer = self
-                .manifests
-                .read(newest)
-                .await
-                .ok()
-                .flatten()
-                .map_or(self.epoch, |m| m.epoch);
-            return Err(self.fenced(newer));
+            return Err(self.fenced_by(newest).await);
         }
         self.current = Some(manifest);
         Ok(())
@@ -386,13 +385,7 @@ impl ManifestWriter {
         if let Some((&newest, _)) = versions.iter().next_back()
             && newest != current
         {
-            let newer = manifests
-                .read(newest)
-                .await
-                .ok()
-                .flatten()
-                .map_or(self.epoch, |m| m.epoch);
-            return Err(self.fenced(newer));
+            return Err(self.fenced_by(newest).await);
         }
         // A version is retained while it is current or was replaced within the grace period
         // (its successor's age tells when it was replaced). A store that keeps no times (they

@@ -311,17 +311,7 @@ impl<L: Layer> MultipartUpload for LayeredUpload<L> {
         async move {
             layer
                 .request(Op::PutPart, Idempotence::Once, || {
-                    // `Once` guarantees a single call; a second would find the part taken.
-                    let part = part.take();
-                    async move {
-                        match part {
-                            Some(part) => part.await,
-                            None => Err(object_store::Error::NotImplemented {
-                                operation: "sending a multipart part twice".to_owned(),
-                                implementer: "Layered".to_owned(),
-                            }),
-                        }
-                    }
+                    first_call(part.take(), "a multipart part")
                 })
                 .await
         }
@@ -329,40 +319,41 @@ impl<L: Layer> MultipartUpload for LayeredUpload<L> {
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let inner = &mut self.inner;
-        let mut inner = Some(inner);
+        let mut inner = Some(&mut self.inner);
         self.layer
             .request(Op::Complete, Idempotence::Once, || {
-                let inner = inner.take();
-                async move {
-                    match inner {
-                        Some(inner) => inner.complete().await,
-                        None => Err(object_store::Error::NotImplemented {
-                            operation: "completing a multipart upload twice".to_owned(),
-                            implementer: "Layered".to_owned(),
-                        }),
-                    }
-                }
+                first_call(
+                    inner.take().map(|upload| upload.complete()),
+                    "a multipart completion",
+                )
             })
             .await
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
-        let inner = &mut self.inner;
-        let mut inner = Some(inner);
+        let mut inner = Some(&mut self.inner);
         self.layer
             .request(Op::Abort, Idempotence::Once, || {
-                let inner = inner.take();
-                async move {
-                    match inner {
-                        Some(inner) => inner.abort().await,
-                        None => Err(object_store::Error::NotImplemented {
-                            operation: "aborting a multipart upload twice".to_owned(),
-                            implementer: "Layered".to_owned(),
-                        }),
-                    }
-                }
+                first_call(
+                    inner.take().map(|upload| upload.abort()),
+                    "a multipart abort",
+                )
             })
             .await
+    }
+}
+
+/// Runs `request` on the first call; a layer that called again (which [`Idempotence::Once`]
+/// forbids) gets an error instead of a repeated request.
+async fn first_call<T>(
+    request: Option<impl Future<Output = object_store::Result<T>>>,
+    what: &str,
+) -> object_store::Result<T> {
+    match request {
+        Some(request) => request.await,
+        None => Err(object_store::Error::NotImplemented {
+            operation: format!("sending {what} twice"),
+            implementer: "Layered".to_owned(),
+        }),
     }
 }
