@@ -45,6 +45,17 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The table written.
+    pub fn table(&self) -> u32 {
+        match self {
+            Write::Put { table, .. }
+            | Write::Delete { table, .. }
+            | Write::DeleteRange { table, .. } => *table,
+        }
+    }
+}
+
 /// A batch that does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

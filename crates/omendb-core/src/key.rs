@@ -6,6 +6,7 @@
 //! `i64::MIN..=i64::MAX` onto `0..=u64::MAX` in the same order.
 
 use std::fmt;
+use std::ops::{Bound, RangeBounds, RangeInclusive};
 
 /// The type of a table's key column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +105,51 @@ impl KeyType {
     }
 }
 
+impl KeyType {
+    /// The stored keys of `range` as an inclusive range, `None` if it is empty.
+    pub fn stored_range(
+        self,
+        range: (Bound<Key>, Bound<Key>),
+    ) -> Result<Option<RangeInclusive<u64>>, KeyMismatch> {
+        let first = match range.0 {
+            Bound::Included(k) => Some(self.encode(k)?),
+            Bound::Excluded(k) => self.encode(k)?.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let last = match range.1 {
+            Bound::Included(k) => Some(self.encode(k)?),
+            Bound::Excluded(k) => self.encode(k)?.checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        Ok(match (first, last) {
+            (Some(first), Some(last)) if first <= last => Some(first..=last),
+            _ => None,
+        })
+    }
+}
+
+impl From<u64> for Key {
+    fn from(k: u64) -> Self {
+        Key::U64(k)
+    }
+}
+
+impl From<i64> for Key {
+    fn from(k: i64) -> Self {
+        Key::I64(k)
+    }
+}
+
+/// The bounds of any range of key-like values, as [`Key`] bounds.
+pub fn key_bounds<K: Into<Key> + Copy>(range: &impl RangeBounds<K>) -> (Bound<Key>, Bound<Key>) {
+    let map = |bound: Bound<&K>| match bound {
+        Bound::Included(&k) => Bound::Included(k.into()),
+        Bound::Excluded(&k) => Bound::Excluded(k.into()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (map(range.start_bound()), map(range.end_bound()))
+}
+
 impl fmt::Display for KeyType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -159,6 +205,26 @@ mod tests {
             })
         );
         assert!(KeyType::I64.encode(Key::U64(1)).is_err());
+    }
+
+    #[test]
+    fn ranges_map_to_inclusive_stored_ranges() {
+        let range = |r: (Bound<Key>, Bound<Key>)| KeyType::U64.stored_range(r).unwrap();
+        assert_eq!(range(key_bounds(&(3u64..7))), Some(3..=6));
+        assert_eq!(range(key_bounds(&(3u64..=7))), Some(3..=7));
+        assert_eq!(range(key_bounds::<u64>(&(..))), Some(0..=u64::MAX));
+        assert_eq!(range(key_bounds(&(3u64..3))), None);
+        assert_eq!(range(key_bounds(&(0u64..0))), None);
+        assert_eq!(
+            range((Bound::Excluded(Key::U64(u64::MAX)), Bound::Unbounded)),
+            None
+        );
+        let signed = KeyType::I64
+            .stored_range(key_bounds(&(-1i64..=1)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(KeyType::I64.decode(*signed.start()), Key::I64(-1));
+        assert!(KeyType::I64.stored_range(key_bounds(&(1u64..2))).is_err());
     }
 
     #[test]

@@ -12,11 +12,21 @@
 //! feature, the seeded key distributions shared by tests and benchmarks (`keygen`).
 
 pub mod batch;
+pub mod db;
 pub mod error;
 pub mod index;
 pub mod key;
 #[cfg(feature = "keygen")]
 pub mod keygen;
 pub mod memtable;
+pub mod segment;
+pub mod table;
+mod visibility;
 
-pub use error::ErrorKind;
+pub use db::{
+    Aggregate, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain, Isolation, ScanOptions,
+    Snapshot, Table, Transaction, WriteOptions,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use key::{Key, KeyType, TimeUnit};
+pub use table::Value;

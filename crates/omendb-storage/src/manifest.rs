@@ -59,6 +59,9 @@ pub struct SegmentEntry {
 /// A table: its name, key type, value schema and live segments.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableEntry {
+    /// The engine's id for the table, unique over the database's life (WAL records name tables
+    /// by id, so a dropped table's records are never replayed into a new table of its name).
+    pub id: u32,
     /// The key type as the engine names it (`u64`, `i64`, `timestamp`); opaque here.
     pub key_type: String,
     /// The table's value columns.
@@ -74,6 +77,8 @@ pub struct ManifestData {
     pub tables: BTreeMap<String, TableEntry>,
     /// Every write with an LSN up to this one is in the segments (WAL replay starts after it).
     pub flushed_lsn: u64,
+    /// The id the next created table gets (ids are never reused).
+    pub next_table_id: u32,
 }
 
 /// One published manifest version.
@@ -520,6 +525,7 @@ mod tests {
             data: ManifestData {
                 tables: BTreeMap::new(),
                 flushed_lsn: 42,
+                next_table_id: 1,
             },
         }
     }

@@ -43,6 +43,7 @@ fn data(lsn: u64, segments: &[&str]) -> ManifestData {
         })
         .collect();
     let table = TableEntry {
+        id: 1,
         key_type: "u64".to_owned(),
         schema: Schema::new(vec![Field::new("v", DataType::Float64, true)]),
         segments: entries,
@@ -50,6 +51,7 @@ fn data(lsn: u64, segments: &[&str]) -> ManifestData {
     ManifestData {
         tables: BTreeMap::from([("t".to_owned(), table)]),
         flushed_lsn: lsn,
+        next_table_id: 2,
     }
 }
 

@@ -40,8 +40,8 @@ pub struct FileWal {
     segments: Arc<Mutex<Vec<Segment>>>,
     report: RecoveryReport,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Held while the log is open, so a second handle on the directory is refused.
-    _lock: Box<dyn std::any::Any + Send + Sync>,
+    /// Held until the log is closed, so a second handle on the directory is refused.
+    lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl FileWal {
@@ -102,7 +102,7 @@ impl FileWal {
             segments,
             report: recovered.report,
             writer: Mutex::new(Some(handle)),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -179,9 +179,19 @@ impl FileWal {
             .map_err(|e| Error::io("sync_dir", &self.dir, e))
     }
 
-    /// Stops accepting appends, writes and syncs everything queued, and stops the writer. Fails
-    /// if the log was poisoned.
+    /// Stops accepting appends, writes and syncs everything queued, stops the writer and
+    /// releases the directory (another handle may then open it). Fails if the log was
+    /// poisoned.
     pub fn close(&self) -> Result<()> {
+        let closed = self.stop_writer();
+        match self.lock.lock() {
+            Ok(mut lock) => drop(lock.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
+        }
+        closed
+    }
+
+    fn stop_writer(&self) -> Result<()> {
         self.queue.close();
         let handle = match self.writer.lock() {
             Ok(mut slot) => slot.take(),

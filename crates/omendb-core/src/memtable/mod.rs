@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 
+mod generation;
+
+pub use generation::Generation;
+
 /// A log sequence number: the order of committed write batches.
 pub type Lsn = u64;
 
@@ -161,6 +165,57 @@ impl Memtable {
             last_key = Some(version.key);
             Some((version.key, self.get(version.key, snapshot)))
         })
+    }
+
+    /// The distinct keys in `range` that have any version (visible at some snapshot or not),
+    /// ascending, or descending if `reverse`.
+    pub fn keys(
+        &self,
+        range: RangeInclusive<u64>,
+        reverse: bool,
+    ) -> Box<dyn Iterator<Item = u64> + Send + '_> {
+        let (first, last) = (*range.start(), *range.end());
+        let versions = self
+            .versions
+            .range(Version::new(first, Lsn::MAX)..=Version::new(last, 0))
+            .map(|entry| entry.key().key);
+        let mut previous = None;
+        let distinct = move |key: &u64| {
+            let new = previous != Some(*key);
+            previous = Some(*key);
+            new
+        };
+        if reverse {
+            Box::new(versions.rev().filter(distinct))
+        } else {
+            Box::new(versions.filter(distinct))
+        }
+    }
+
+    /// Every version, key ascending and LSN descending, `None` for a deletion: what a flush
+    /// writes.
+    pub fn versions(&self) -> impl Iterator<Item = (u64, Lsn, Option<Bytes>)> + '_ {
+        self.versions
+            .iter()
+            .map(|entry| (entry.key().key, entry.key().lsn(), entry.value().clone()))
+    }
+
+    /// The newest LSN of any write — version or range tombstone — touching `range`, if any:
+    /// what a transaction's conflict check asks.
+    pub fn newest_lsn(&self, range: RangeInclusive<u64>) -> Option<Lsn> {
+        let (first, last) = (*range.start(), *range.end());
+        let versions = self
+            .versions
+            .range(Version::new(first, Lsn::MAX)..=Version::new(last, 0))
+            .map(|entry| entry.key().lsn())
+            .max();
+        let ranges = self
+            .ranges
+            .iter()
+            .filter(|entry| entry.key().0.key <= last && first <= entry.key().1)
+            .map(|entry| entry.key().0.lsn())
+            .max();
+        versions.max(ranges)
     }
 
     /// The range tombstones visible at `snapshot`: `(first..=last, lsn)`.

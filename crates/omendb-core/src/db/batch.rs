@@ -1,0 +1,191 @@
+//! [`Batch`]: writes across tables, validated as they are added, committed atomically.
+
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use bytes::Bytes;
+
+use super::Table;
+use crate::batch::WriteBatch;
+use crate::error::{Error, Result};
+use crate::key::{Key, KeyType, key_bounds};
+use crate::table::{KEY_COLUMN, TableDef, Value, key_data_type};
+
+/// Writes to commit together. Every call validates its input and either adds all of it or
+/// nothing (returning the error).
+#[derive(Debug)]
+pub struct Batch {
+    writes: WriteBatch,
+    max_row_bytes: usize,
+}
+
+impl Batch {
+    pub(crate) fn new(max_row_bytes: usize) -> Self {
+        Self {
+            writes: WriteBatch::new(),
+            max_row_bytes,
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> WriteBatch {
+        self.writes
+    }
+
+    /// The write added last.
+    pub(crate) fn last(&self) -> Option<&crate::batch::Write> {
+        self.writes.writes().last()
+    }
+
+    /// Writes made so far.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// `values` (one per value column, in order) become `key`'s row in `table`.
+    pub fn put(
+        &mut self,
+        table: &Table,
+        key: impl Into<Key>,
+        values: &[Value],
+    ) -> Result<&mut Self> {
+        let def = table.def();
+        let stored = def.key_type.encode(key.into())?;
+        let mut row = Vec::new();
+        def.codec.encode_values(values, &mut row)?;
+        self.check_row(row.len())?;
+        self.writes.put(def.id, stored, Bytes::from(row));
+        Ok(self)
+    }
+
+    /// `value` becomes `key`'s value in a key-value table.
+    pub fn put_value(
+        &mut self,
+        table: &Table,
+        key: impl Into<Key>,
+        value: impl Into<Bytes>,
+    ) -> Result<&mut Self> {
+        self.put(table, key, &[Value::Bytes(value.into())])
+    }
+
+    /// Every row of `rows` — a [`KEY_COLUMN`] column of the table's key type and the table's
+    /// value columns by name, in any order — is put.
+    pub fn put_batch(&mut self, table: &Table, rows: &RecordBatch) -> Result<&mut Self> {
+        let def = table.def();
+        let (keys, columns) = split_batch(def, rows)?;
+        let storage = def.codec.storage_columns(&columns)?;
+        let mut encoded = Vec::with_capacity(rows.num_rows());
+        let mut row = Vec::new();
+        for (i, &key) in keys.iter().enumerate() {
+            row.clear();
+            def.codec.encode_row(&storage, i, &mut row);
+            self.check_row(row.len())?;
+            encoded.push((key, Bytes::copy_from_slice(&row)));
+        }
+        for (key, row) in encoded {
+            self.writes.put(def.id, key, row);
+        }
+        Ok(self)
+    }
+
+    /// `key` is deleted from `table`.
+    pub fn delete(&mut self, table: &Table, key: impl Into<Key>) -> Result<&mut Self> {
+        let def = table.def();
+        let stored = def.key_type.encode(key.into())?;
+        self.writes.delete(def.id, stored);
+        Ok(self)
+    }
+
+    /// Every key of `range` is deleted from `table`.
+    pub fn delete_range<K: Into<Key> + Copy>(
+        &mut self,
+        table: &Table,
+        range: impl RangeBounds<K>,
+    ) -> Result<&mut Self> {
+        let def = table.def();
+        if let Some(range) = def.key_type.stored_range(key_bounds(&range))? {
+            self.writes.delete_range(def.id, range);
+        }
+        Ok(self)
+    }
+
+    fn check_row(&self, bytes: usize) -> Result<()> {
+        if bytes > self.max_row_bytes {
+            return Err(Error::TooLarge {
+                what: "row",
+                bytes,
+                limit: self.max_row_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The stored keys of a batch and its value columns in the table's order.
+fn split_batch(def: &TableDef, rows: &RecordBatch) -> Result<(Vec<u64>, Vec<ArrayRef>)> {
+    let schema = rows.schema();
+    let expected = def.schema().fields().len() + 1;
+    if schema.fields().len() != expected {
+        return Err(Error::SchemaMismatch(format!(
+            "{} columns given; table {:?} has {KEY_COLUMN:?} and {} value columns",
+            schema.fields().len(),
+            def.name,
+            expected - 1
+        )));
+    }
+    let column = |name: &str| {
+        schema
+            .index_of(name)
+            .map(|i| Arc::clone(rows.column(i)))
+            .map_err(|_| Error::SchemaMismatch(format!("no column {name:?} in the batch")))
+    };
+    let keys = stored_keys(def.key_type, &column(KEY_COLUMN)?)?;
+    let columns = def
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| column(f.name()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((keys, columns))
+}
+
+/// The stored form of a key column.
+pub(crate) fn stored_keys(key_type: KeyType, keys: &ArrayRef) -> Result<Vec<u64>> {
+    let expected = key_data_type(key_type);
+    if keys.data_type() != &expected {
+        return Err(Error::SchemaMismatch(format!(
+            "{KEY_COLUMN:?} is {}, the table's keys are {expected}",
+            keys.data_type()
+        )));
+    }
+    if keys.null_count() > 0 {
+        return Err(Error::NullInNonNullable {
+            column: KEY_COLUMN.to_owned(),
+        });
+    }
+    match keys.data_type() {
+        DataType::UInt64 => Ok(keys.as_primitive::<UInt64Type>().values().to_vec()),
+        _ => {
+            let data = keys
+                .to_data()
+                .into_builder()
+                .data_type(DataType::Int64)
+                .build()?;
+            let signed = arrow_array::make_array(data);
+            signed
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|&k| Ok(key_type.encode(Key::I64(k))?))
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! [`Builder`]: composes a WAL, a backend and settings, and opens the database (recovery).
+//!
+//! Recovery: open the manifest writer (which fences any other writer), open every live segment
+//! checked against its seal, then replay the WAL after the manifest's flushed LSN into a fresh
+//! memtable generation. The database is returned only after replay.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use omendb_storage::manifest::{ManifestOptions, Manifests};
+use omendb_storage::segment::{PageCache, SegmentWriterOptions};
+use omendb_storage::{Backend, BackendOptions};
+use omendb_wal::{FileWal, ObjectWal, Wal, WalOptions};
+use tokio::sync::Notify;
+
+use super::flush::run_background;
+use super::options::{Durability, Settings};
+use super::version::{TableState, Version};
+use super::{Db, Inner};
+use crate::batch::WriteBatch;
+use crate::error::{Error, Result};
+use crate::index::IndexPolicy;
+use crate::key::KeyType;
+use crate::memtable::Generation;
+use crate::segment::Segment;
+use crate::table::TableDef;
+use crate::visibility::Visibility;
+
+/// Where the WAL lives.
+#[derive(Debug, Default)]
+enum WalChoice {
+    /// `path/wal` if a path is given, otherwise objects under `<prefix>/wal` in the store.
+    #[default]
+    Default,
+    /// A log the caller opened.
+    Given(Arc<dyn Wal>),
+    /// Objects under `<prefix>/wal` in the store.
+    InStore,
+}
+
+/// Builds a [`Db`]: `Db::builder().path(dir).memtable_bytes(..).build().await`.
+#[derive(Debug, Default)]
+pub struct Builder {
+    path: Option<std::path::PathBuf>,
+    url: Option<String>,
+    backend_options: BackendOptions,
+    store: Option<Arc<dyn ObjectStore>>,
+    prefix: Option<String>,
+    wal: WalChoice,
+    wal_options: WalOptions,
+    settings: Settings,
+}
+
+impl Builder {
+    /// A local directory: the WAL goes to `path/wal` and, unless a URL or store is given,
+    /// segments and manifests to `path/data`.
+    pub fn path(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Segments and manifests in the backend `url` names (`file://`, `s3://`, `memory://`,
+    /// `opendal+<service>://`); see `docs/operations.md`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Options for the backend named by [`Builder::url`].
+    pub fn backend_options(mut self, options: BackendOptions) -> Self {
+        self.backend_options = options;
+        self
+    }
+
+    /// Segments and manifests in a store the caller built (used as given, without wrappers).
+    pub fn store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The path inside the store under which this database keeps its objects (default `db`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Uses a WAL the caller opened.
+    pub fn wal(mut self, wal: Arc<dyn Wal>) -> Self {
+        self.wal = WalChoice::Given(wal);
+        self
+    }
+
+    /// Keeps the WAL as objects in the store even when a local path is given.
+    pub fn wal_in_store(mut self) -> Self {
+        self.wal = WalChoice::InStore;
+        self
+    }
+
+    /// Options of the WAL the builder opens.
+    pub fn wal_options(mut self, options: WalOptions) -> Self {
+        self.wal_options = options;
+        self
+    }
+
+    /// Bytes at which the active memtable is frozen and flushed.
+    pub fn memtable_bytes(mut self, bytes: usize) -> Self {
+        self.settings.memtable_bytes = bytes;
+        self
+    }
+
+    /// Bytes of frozen memtables beyond which writers wait, and how long they wait.
+    pub fn backpressure(mut self, max_frozen_bytes: usize, stall_timeout: Duration) -> Self {
+        self.settings.max_frozen_bytes = max_frozen_bytes;
+        self.settings.stall_timeout = stall_timeout;
+        self
+    }
+
+    /// Bytes of decoded pages kept in memory.
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.settings.cache_bytes = bytes;
+        self
+    }
+
+    /// The durability of writes that do not say.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.settings.durability = durability;
+        self
+    }
+
+    /// How segment indexes are chosen.
+    pub fn index_policy(mut self, policy: IndexPolicy) -> Self {
+        self.settings.index_policy = policy;
+        self
+    }
+
+    /// How segments are laid out.
+    pub fn segment_options(mut self, options: SegmentWriterOptions) -> Self {
+        self.settings.segment = options;
+        self
+    }
+
+    /// Compact a table once this many of its segments overlap (at least 2).
+    pub fn compaction_trigger(mut self, segments: usize) -> Self {
+        self.settings.compaction_trigger = segments;
+        self
+    }
+
+    /// How long replaced manifests and unreferenced segments are kept.
+    pub fn gc_grace(mut self, grace: Duration) -> Self {
+        self.settings.gc_grace = grace;
+        self
+    }
+
+    /// Largest encoded row and write batch accepted.
+    pub fn limits(mut self, max_row_bytes: usize, max_batch_bytes: usize) -> Self {
+        self.settings.max_row_bytes = max_row_bytes;
+        self.settings.max_batch_bytes = max_batch_bytes;
+        self
+    }
+
+    /// Opens the database, creating it if it does not exist, after recovery.
+    pub async fn build(self) -> Result<Db> {
+        let settings = self.settings;
+        if settings.memtable_bytes == 0 || settings.compaction_trigger < 2 {
+            return Err(Error::BadInput(
+                "memtable_bytes must be positive and compaction_trigger at least 2".to_owned(),
+            ));
+        }
+        if settings.max_batch_bytes > self.wal_options.max_record_bytes {
+            return Err(Error::BadInput(format!(
+                "max_batch_bytes {} exceeds the WAL's record limit {}",
+                settings.max_batch_bytes, self.wal_options.max_record_bytes
+            )));
+        }
+        let store: Arc<dyn ObjectStore> = match (self.store, &self.url, &self.path) {
+            (Some(store), _, _) => store,
+            (None, Some(url), _) => Arc::clone(Backend::open(url, &self.backend_options)?.store()),
+            (None, None, Some(path)) => {
+                let dir = absolute(&path.join("data"))?;
+                let url = url::Url::from_directory_path(&dir).map_err(|()| {
+                    Error::BadInput(format!("{} is not a usable directory", dir.display()))
+                })?;
+                Arc::clone(Backend::open(url.as_str(), &self.backend_options)?.store())
+            }
+            (None, None, None) => {
+                return Err(Error::BadInput(
+                    "a database needs a path, a URL or a store".to_owned(),
+                ));
+            }
+        };
+        let prefix = Path::from(self.prefix.as_deref().unwrap_or("db"));
+        let manifests = Manifests::new(
+            Arc::clone(&store),
+            &prefix,
+            ManifestOptions {
+                grace: settings.gc_grace,
+            },
+        );
+        let writer = manifests.open_writer(Default::default()).await?;
+        let data = writer.current().map(|m| m.data.clone()).unwrap_or_default();
+        let cache = Arc::new(PageCache::new(settings.cache_bytes));
+
+        let mut tables = Vec::with_capacity(data.tables.len());
+        for (name, entry) in &data.tables {
+            let key_type = KeyType::from_name(&entry.key_type).ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "table {name:?}: unknown key type {:?}",
+                    entry.key_type
+                ))
+            })?;
+            let def = TableDef::new(entry.id, name, key_type, Some(entry.schema.clone()))?;
+            let mut segments = Vec::with_capacity(entry.segments.len());
+            for segment in &entry.segments {
+                segments.push(Arc::new(
+                    Segment::open(Arc::clone(&store), segment.clone(), Arc::clone(&cache)).await?,
+                ));
+            }
+            segments.sort_by_key(|s| std::cmp::Reverse(s.entry.lsn_max));
+            tables.push(TableState { def, segments });
+        }
+
+        let wal: Arc<dyn Wal> = match (self.wal, &self.path) {
+            (WalChoice::Given(wal), _) => wal,
+            (WalChoice::Default, Some(path)) => {
+                let dir = path.join("wal");
+                let options = self.wal_options.clone();
+                let wal = tokio::task::spawn_blocking(move || FileWal::open(dir, options))
+                    .await
+                    .map_err(|err| Error::Corrupt(format!("opening the WAL failed: {err}")))??;
+                Arc::new(wal)
+            }
+            (WalChoice::Default | WalChoice::InStore, _) => Arc::new(
+                ObjectWal::open(
+                    Arc::clone(&store),
+                    prefix.clone().join("wal"),
+                    self.wal_options.clone(),
+                )
+                .await?,
+            ),
+        };
+        let last = wal.last_lsn().unwrap_or(0);
+        if last < data.flushed_lsn {
+            return Err(Error::Corrupt(format!(
+                "the WAL ends at LSN {last} but the manifest says LSN {} was flushed: the WAL \
+                 is not this database's, or it lost synced records",
+                data.flushed_lsn
+            )));
+        }
+
+        let generation = Arc::new(Generation::new(data.flushed_lsn + 1));
+        let version = Version::new(tables, vec![Arc::clone(&generation)]);
+        replay(
+            wal.as_ref(),
+            &generation,
+            &version,
+            data.flushed_lsn,
+            data.next_table_id,
+        )
+        .await?;
+
+        let flush_wanted = Arc::new(Notify::new());
+        let inner = Arc::new(Inner {
+            store,
+            prefix,
+            wal,
+            writer: tokio::sync::Mutex::new(writer),
+            version: ArcSwap::from_pointee(version),
+            swap: Mutex::new(()),
+            visibility: Visibility::new(last),
+            cache,
+            settings,
+            failure: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            flush_wanted: Arc::clone(&flush_wanted),
+            flushed: Notify::new(),
+            commit_lock: tokio::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            compact_lock: tokio::sync::Mutex::new(()),
+            background: Mutex::new(None),
+            counters: Mutex::new((0, 0)),
+        });
+        let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));
+        *inner.background.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        inner.maybe_rotate(false);
+        Ok(Db { inner })
+    }
+}
+
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(path)
+        .and_then(|()| std::path::absolute(path))
+        .map_err(|err| Error::BadInput(format!("directory {}: {err}", path.display())))
+}
+
+/// Replays the WAL after `flushed` into `generation`. Records of dropped tables are skipped; a
+/// record naming a table that never existed means the WAL and manifest disagree.
+async fn replay(
+    wal: &dyn Wal,
+    generation: &Generation,
+    version: &Version,
+    flushed: u64,
+    next_table_id: u32,
+) -> Result<()> {
+    let mut records = wal.read_from(flushed + 1);
+    while let Some(record) = records.next().await {
+        let record = record?;
+        let batch = WriteBatch::decode(record.payload)
+            .map_err(|err| Error::Corrupt(format!("WAL record {}: {err}", record.lsn)))?;
+        for write in batch.writes() {
+            let table = write.table();
+            if table >= next_table_id.max(1) {
+                return Err(Error::Corrupt(format!(
+                    "WAL record {} writes table id {table}, which was never created",
+                    record.lsn
+                )));
+            }
+        }
+        if !generation.apply(record.lsn, &batch, |id| version.by_id.contains_key(&id)) {
+            return Err(Error::Corrupt(format!(
+                "WAL record {} is out of order during replay",
+                record.lsn
+            )));
+        }
+    }
+    Ok(())
+}

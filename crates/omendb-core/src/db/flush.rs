@@ -1,0 +1,327 @@
+//! Memtable rotation, flush to segments, and the background task that runs them.
+//!
+//! Flush order: wait until every LSN of the frozen generation is applied and durable in the
+//! WAL, write one segment per table (rows in key order, newest first, the learned index trained
+//! on the keys and stored in the footer), publish a manifest that adds them and advances the
+//! flushed LSN, swap the version, and only then truncate the WAL. A crash before the publish
+//! leaves unreferenced segments (collected after the grace period) and a WAL that still holds
+//! every record.
+
+use std::cmp::Reverse;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use bytes::Bytes;
+use omendb_storage::manifest::SegmentEntry;
+use omendb_storage::segment::SegmentWriter;
+use tokio::sync::Notify;
+
+use super::version::{TableState, Version};
+use super::{Inner, current_data};
+use crate::error::Result;
+use crate::index::{AnyIndex, LearnedIndex};
+use crate::memtable::{Generation, Lsn, Memtable};
+use crate::segment::Segment;
+use crate::table::TableDef;
+
+/// Rows handed to the segment writer at a time.
+const WRITE_CHUNK_ROWS: usize = 64 * 1024;
+
+/// Numbers segment objects within one writer epoch.
+static SEGMENT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// The rows of a segment being written, in (key ascending, LSN descending) order.
+pub(crate) struct SegmentRows {
+    pub(crate) keys: Vec<u64>,
+    pub(crate) lsns: Vec<u64>,
+    pub(crate) tombstones: Vec<bool>,
+    /// The value columns (the table's declared types; null in tombstone rows).
+    pub(crate) values: Vec<ArrayRef>,
+}
+
+impl Inner {
+    /// Freezes the active generation if it is full (or if `force` and it holds anything) and
+    /// wakes the flusher. Returns whether it rotated.
+    pub(crate) fn maybe_rotate(&self, force: bool) -> bool {
+        let limit = self.settings.memtable_bytes;
+        let over = |v: &Version| v.active().is_some_and(|g| g.approximate_bytes() >= limit);
+        if !force && !over(&self.version.load()) {
+            return false;
+        }
+        let guard = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.version.load_full();
+        let Some(active) = current.active() else {
+            return false;
+        };
+        if !force && !over(&current) {
+            return false;
+        }
+        // Every LSN assigned from here on is above the cut; every one below it goes to the
+        // generation being frozen (the WAL assigns LSNs in order under its own lock).
+        let cut = self.wal.last_lsn().unwrap_or(0) + 1;
+        if cut <= active.first() || !active.close(cut) {
+            return false;
+        }
+        let mut memtables = vec![Arc::new(Generation::new(cut))];
+        memtables.extend(current.memtables.iter().cloned());
+        self.version
+            .store(Arc::new(current.with(None, Some(memtables))));
+        drop(guard);
+        self.flush_wanted.notify_one();
+        true
+    }
+
+    /// Flushes the oldest frozen generation; `false` if there is none.
+    pub(crate) async fn flush_oldest(self: &Arc<Self>) -> Result<bool> {
+        let _flushing = self.flush_lock.lock().await;
+        let version = self.version.load_full();
+        if version.memtables.len() < 2 {
+            return Ok(false);
+        }
+        let Some(frozen) = version.memtables.last().cloned() else {
+            return Ok(false);
+        };
+        let upto = frozen.end() - 1;
+        while !self.visibility.wait_for(upto, Duration::from_secs(1)).await {
+            // An LSN that was appended but whose writer failed is never applied; the failure
+            // poisoned the database, so stop waiting for it.
+            self.check_writable()?;
+        }
+        if upto > 0 {
+            self.wal.wait_durable(upto).await?;
+        }
+
+        let mut written = Vec::new();
+        for (id, memtable) in frozen.tables() {
+            let Some(table) = version.by_id.get(&id) else {
+                continue;
+            };
+            if memtable.is_empty() {
+                continue;
+            }
+            let rows = flush_rows(table, &memtable)?;
+            if let Some(segment) = self.write_segment(&table.def, rows).await? {
+                written.push(segment);
+            }
+        }
+
+        let mut writer = self.writer.lock().await;
+        let mut data = current_data(&writer);
+        let mut added: Vec<(u32, Arc<Segment>)> = Vec::new();
+        for segment in written {
+            let id = segment.0;
+            // A table dropped while its segment was written gets nothing; the object is
+            // garbage.
+            if let Some(entry) = data.tables.values_mut().find(|t| t.id == id) {
+                entry.segments.push(segment.1.entry.clone());
+                added.push((id, Arc::new(segment.1)));
+            }
+        }
+        data.flushed_lsn = data.flushed_lsn.max(upto);
+        writer.commit(data).await?;
+        self.swap_segments(&added, &[], Some(&frozen));
+        drop(writer);
+        self.flushed.notify_waiters();
+        self.wal.truncate_before(upto + 1).await?;
+        self.counters.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        Ok(true)
+    }
+
+    /// Swaps in a version where `added` segments join their tables, `removed` (by path) leave,
+    /// and the generation `flushed` is gone.
+    pub(crate) fn swap_segments(
+        &self,
+        added: &[(u32, Arc<Segment>)],
+        removed: &[String],
+        flushed: Option<&Arc<Generation>>,
+    ) {
+        let _guard = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.version.load_full();
+        let tables = current
+            .tables
+            .values()
+            .map(|table| {
+                let id = table.def.id;
+                let touched = added.iter().any(|(t, _)| *t == id)
+                    || table
+                        .segments
+                        .iter()
+                        .any(|s| removed.contains(&s.entry.path));
+                if !touched {
+                    return Arc::clone(table);
+                }
+                let mut segments: Vec<Arc<Segment>> = table
+                    .segments
+                    .iter()
+                    .filter(|s| !removed.contains(&s.entry.path))
+                    .cloned()
+                    .collect();
+                segments.extend(
+                    added
+                        .iter()
+                        .filter(|(t, _)| *t == id)
+                        .map(|(_, s)| Arc::clone(s)),
+                );
+                segments.sort_by_key(|s| Reverse(s.entry.lsn_max));
+                Arc::new(TableState {
+                    def: table.def.clone(),
+                    segments,
+                })
+            })
+            .collect();
+        let memtables = flushed.map(|gone| {
+            current
+                .memtables
+                .iter()
+                .filter(|g| !Arc::ptr_eq(g, gone))
+                .cloned()
+                .collect()
+        });
+        self.version
+            .store(Arc::new(current.with(Some(tables), memtables)));
+    }
+
+    /// Writes `rows` as a segment of `def`'s table with its trained index and opens it.
+    /// `None` if there are no rows.
+    pub(crate) async fn write_segment(
+        &self,
+        def: &TableDef,
+        rows: SegmentRows,
+    ) -> Result<Option<(u32, Segment)>> {
+        if rows.keys.is_empty() {
+            return Ok(None);
+        }
+        let index = AnyIndex::build(&rows.keys, &self.settings.index_policy)?;
+        let epoch = self.writer.lock().await.epoch();
+        let sequence = SEGMENT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .prefix
+            .clone()
+            .join("segments")
+            .join(def.id.to_string())
+            .join(format!("{epoch:010}-{sequence:010}.parquet"));
+        let object = path.to_string();
+        let mut writer = SegmentWriter::create(
+            Arc::clone(&self.store),
+            path,
+            &def.stored,
+            self.settings.segment.clone(),
+        )?;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(rows.keys)),
+            Arc::new(UInt64Array::from(rows.lsns)),
+            Arc::new(BooleanArray::from(rows.tombstones)),
+        ];
+        columns.extend(rows.values);
+        let batch = RecordBatch::try_new(Arc::clone(writer.schema()), columns)?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - offset);
+            if let Err(err) = writer.write(&batch.slice(offset, len)).await {
+                let _ = writer.abort().await;
+                return Err(err.into());
+            }
+            offset += len;
+        }
+        let written = writer.finish(&index.encode()).await?;
+        let entry = SegmentEntry {
+            path: object.clone(),
+            rows: written.meta.rows,
+            key_min: written.meta.key_min,
+            key_max: written.meta.key_max,
+            lsn_min: written.meta.lsn_min,
+            lsn_max: written.meta.lsn_max,
+            seal: written.seal,
+        };
+        let segment =
+            Segment::open(Arc::clone(&self.store), entry, Arc::clone(&self.cache)).await?;
+        Ok(Some((def.id, segment)))
+    }
+
+    /// Rotates and flushes everything; returns the flushed LSN.
+    pub(crate) async fn checkpoint(self: &Arc<Self>) -> Result<Lsn> {
+        self.check_writable()?;
+        self.maybe_rotate(true);
+        while self.flush_oldest().await.map_err(|e| self.fail(e))? {}
+        Ok(current_data(&*self.writer.lock().await).flushed_lsn)
+    }
+}
+
+/// The rows a frozen memtable of `table` becomes. Range deletions become point tombstones for
+/// every key they cover in the table's segments and in older versions of the memtable itself
+/// (segments hold no range tombstones); a put at a range deletion's own LSN survives it.
+fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
+    // (key, lsn, from a range deletion, row)
+    let mut rows: Vec<(u64, Lsn, bool, Option<Bytes>)> = memtable
+        .versions()
+        .map(|(key, lsn, row)| (key, lsn, false, row))
+        .collect();
+    let ranges = memtable.range_tombstones(Lsn::MAX);
+    if !ranges.is_empty() {
+        let mut covered = Vec::new();
+        for (range, lsn) in &ranges {
+            for segment in &table.segments {
+                let keys = segment.keys();
+                covered.extend(
+                    segment
+                        .positions(range)
+                        .map(|position| (keys[position], *lsn, true, None)),
+                );
+            }
+            covered.extend(
+                rows.iter()
+                    .filter(|(key, version, _, _)| range.contains(key) && version < lsn)
+                    .map(|(key, _, _, _)| (*key, *lsn, true, None)),
+            );
+        }
+        rows.extend(covered);
+        // Real rows sort before a range's tombstone at the same (key, LSN) and win the dedup.
+        rows.sort_unstable_by_key(|(key, lsn, synthetic, _)| (*key, Reverse(*lsn), *synthetic));
+        rows.dedup_by_key(|(key, lsn, _, _)| (*key, *lsn));
+    }
+    let nulls = vec![0u8; table.def.schema().fields().len()];
+    let values = table.def.codec.decode(
+        rows.iter()
+            .map(|(_, _, _, row)| row.as_deref().unwrap_or(&nulls)),
+    )?;
+    Ok(SegmentRows {
+        keys: rows.iter().map(|r| r.0).collect(),
+        lsns: rows.iter().map(|r| r.1).collect(),
+        tombstones: rows.iter().map(|r| r.3.is_none()).collect(),
+        values,
+    })
+}
+
+/// The background task: flushes frozen generations as they appear, then compacts. Holds only a
+/// weak reference, so dropping every [`super::Db`] ends it.
+pub(crate) async fn run_background(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            let Some(db) = inner.upgrade() else {
+                return;
+            };
+            if db.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if db.failure.get().is_some() {
+                break;
+            }
+            match db.flush_oldest().await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    if let Err(err) = db.compact_due().await {
+                        db.fail(err);
+                    }
+                    break;
+                }
+                Err(err) => {
+                    db.fail(err);
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The database: tables over the WAL, memtables and segments (design: `docs/rfcs/0001-engine.md`;
+//! behaviour under failure: `docs/failure-modes.md`).
+//!
+//! A write is validated, encoded as one WAL record, appended (group commit), applied to the
+//! active memtable generation at its LSN and made visible once every lower LSN is applied. The
+//! append and apply run in a task of their own, so a caller that stops waiting cannot leave an
+//! LSN appended but never applied. Full generations are frozen and flushed to segments by a
+//! background task; the manifest then records them and the WAL before them is dropped.
+
+mod batch;
+mod builder;
+mod changes;
+mod compaction;
+mod flush;
+mod options;
+mod read;
+mod snapshot;
+mod table;
+mod transaction;
+mod version;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use arrow_schema::Schema;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use omendb_storage::manifest::{ManifestData, ManifestWriter, TableEntry};
+use omendb_storage::segment::PageCache;
+use omendb_wal::{AppendOptions, Wal};
+use tokio::sync::Notify;
+
+pub use batch::Batch;
+pub use builder::Builder;
+pub use changes::{Change, ChangedRow};
+pub use options::{Aggregate, Durability, ScanOptions, Settings, WriteOptions};
+pub use read::{Explain, SegmentPlan};
+pub use snapshot::Snapshot;
+pub use table::Table;
+pub use transaction::{Isolation, Transaction};
+
+use crate::batch::WriteBatch;
+use crate::error::{Error, Result};
+use crate::key::KeyType;
+use crate::memtable::Lsn;
+use crate::table::TableDef;
+use crate::visibility::Visibility;
+use version::{TableState, Version};
+
+/// An open database. Cheap to clone; every clone is the same database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+/// Counters that describe the database's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbStats {
+    /// The LSN reads see.
+    pub visible_lsn: Lsn,
+    /// Every write up to this LSN is in segments.
+    pub flushed_lsn: Lsn,
+    /// Memtable generations (the active one and those waiting to be flushed).
+    pub memtables: usize,
+    /// Bytes in memtables.
+    pub memtable_bytes: usize,
+    /// Live segments over all tables.
+    pub segments: usize,
+    /// Flushes since open.
+    pub flushes: u64,
+    /// Compactions since open.
+    pub compactions: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    wal: Arc<dyn Wal>,
+    writer: tokio::sync::Mutex<ManifestWriter>,
+    version: ArcSwap<Version>,
+    /// Serializes version swaps (each builds on the version it replaces).
+    swap: Mutex<()>,
+    visibility: Visibility,
+    cache: Arc<PageCache>,
+    settings: Settings,
+    failure: OnceLock<Error>,
+    closed: AtomicBool,
+    /// Wakes the background flusher.
+    flush_wanted: Arc<Notify>,
+    /// Wakes writers waiting for a flush.
+    flushed: Notify,
+    /// Serializes transaction commits (check, append, apply).
+    commit_lock: tokio::sync::Mutex<()>,
+    /// One flush at a time (the background task and `checkpoint`).
+    flush_lock: tokio::sync::Mutex<()>,
+    /// One compaction at a time.
+    compact_lock: tokio::sync::Mutex<()>,
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    counters: Mutex<(u64, u64)>,
+}
+
+impl Db {
+    /// Opens (or creates) the embedded default at `path`: the WAL in `path/wal`, segments and
+    /// manifests under `path/data`.
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Db> {
+        Db::builder().path(path).build().await
+    }
+
+    /// A builder to compose any WAL, backend and settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Creates a table. `schema` `None` makes a key-value table (`value: Binary`).
+    pub async fn create_table(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        schema: Option<Schema>,
+    ) -> Result<Table> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let mut writer = inner.writer.lock().await;
+        let mut data = current_data(&writer);
+        if data.tables.contains_key(name) {
+            return Err(Error::TableExists(name.to_owned()));
+        }
+        let id = data.next_table_id.max(1);
+        let def = TableDef::new(id, name, key_type, schema)?;
+        data.next_table_id = id
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidTable("table ids are exhausted".to_owned()))?;
+        data.tables.insert(
+            name.to_owned(),
+            TableEntry {
+                id,
+                key_type: key_type.name().to_owned(),
+                schema: def.schema().as_ref().clone(),
+                segments: Vec::new(),
+            },
+        );
+        writer
+            .commit(data)
+            .await
+            .map_err(|e| inner.fail(e.into()))?;
+        let state = Arc::new(TableState {
+            def,
+            segments: Vec::new(),
+        });
+        inner.swap_tables(|tables| tables.push(Arc::clone(&state)));
+        Ok(Table::new(Arc::clone(inner), state.def.clone()))
+    }
+
+    /// Drops a table with its rows. Its segments are deleted after the grace period.
+    pub async fn drop_table(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        let mut writer = inner.writer.lock().await;
+        let mut data = current_data(&writer);
+        if data.tables.remove(name).is_none() {
+            return Err(Error::UnknownTable(name.to_owned()));
+        }
+        writer
+            .commit(data)
+            .await
+            .map_err(|e| inner.fail(e.into()))?;
+        inner.swap_tables(|tables| tables.retain(|t| t.def.name != name));
+        Ok(())
+    }
+
+    /// The tables' names, in order.
+    pub fn list_tables(&self) -> Vec<String> {
+        self.inner.version.load().tables.keys().cloned().collect()
+    }
+
+    /// The table named `name`.
+    pub fn table(&self, name: &str) -> Result<Table> {
+        let version = self.inner.version.load();
+        let state = version
+            .tables
+            .get(name)
+            .ok_or_else(|| Error::UnknownTable(name.to_owned()))?;
+        Ok(Table::new(Arc::clone(&self.inner), state.def.clone()))
+    }
+
+    /// An empty write batch; writes across tables in one batch commit atomically.
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.inner.settings.max_row_bytes)
+    }
+
+    /// Commits `batch` atomically and returns its LSN.
+    pub async fn write(&self, batch: Batch, options: WriteOptions) -> Result<Lsn> {
+        self.inner.commit(batch.into_inner(), options).await
+    }
+
+    /// A consistent view at the visible LSN, kept readable (compaction keeps what it sees)
+    /// until dropped.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(Arc::clone(&self.inner))
+    }
+
+    /// Begins a snapshot-isolated transaction.
+    pub fn begin(&self) -> Transaction {
+        Transaction::new(Arc::clone(&self.inner), Isolation::Snapshot)
+    }
+
+    /// Begins a transaction with the given isolation.
+    pub fn begin_with(&self, isolation: Isolation) -> Transaction {
+        Transaction::new(Arc::clone(&self.inner), isolation)
+    }
+
+    /// Flushes every memtable to segments and returns the flushed LSN: after it, reopening
+    /// replays nothing written before the call.
+    pub async fn checkpoint(&self) -> Result<Lsn> {
+        self.inner.checkpoint().await
+    }
+
+    /// Compacts every table whose segments overlap, and collects garbage past its grace.
+    pub async fn compact(&self) -> Result<()> {
+        self.inner.compact_all().await
+    }
+
+    /// The committed changes from `from` on, in LSN order, while the WAL still holds them.
+    pub fn changes(&self, from: Lsn) -> futures::stream::BoxStream<'static, Result<Change>> {
+        changes::stream(Arc::clone(&self.inner), from)
+    }
+
+    /// Counters describing the database.
+    pub fn stats(&self) -> DbStats {
+        self.inner.stats()
+    }
+
+    /// What recovery found in the WAL when the database was opened.
+    pub fn wal_recovery(&self) -> omendb_wal::RecoveryReport {
+        self.inner.wal.recovery_report().clone()
+    }
+
+    /// Stops the background work, syncs the WAL and refuses further calls. Reopening replays
+    /// the WAL after the last flush.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+fn current_data(writer: &ManifestWriter) -> ManifestData {
+    writer.current().map(|m| m.data.clone()).unwrap_or_default()
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if let Some(cause) = self.failure.get() {
+            return Err(Error::Poisoned(Arc::new(cause.clone())));
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Records the first failure that makes writes unsafe; returns the error to give the
+    /// caller.
+    fn fail(&self, cause: Error) -> Error {
+        let _ = self.failure.set(cause.clone());
+        self.flushed.notify_waiters();
+        cause
+    }
+
+    /// Swaps in a version with the tables `edit` leaves.
+    fn swap_tables(&self, edit: impl FnOnce(&mut Vec<Arc<TableState>>)) {
+        let _guard = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.version.load_full();
+        let mut tables: Vec<Arc<TableState>> = current.tables.values().cloned().collect();
+        edit(&mut tables);
+        self.version
+            .store(Arc::new(current.with(Some(tables), None)));
+    }
+
+    /// Validated writes in, LSN out: append, apply, publish.
+    async fn commit(self: &Arc<Self>, batch: WriteBatch, options: WriteOptions) -> Result<Lsn> {
+        self.check_writable()?;
+        if batch.is_empty() {
+            return Ok(self.visibility.visible());
+        }
+        let limit = self.settings.max_batch_bytes;
+        if batch.encoded_len() > limit {
+            return Err(Error::TooLarge {
+                what: "write batch",
+                bytes: batch.encoded_len(),
+                limit,
+            });
+        }
+        self.admit().await?;
+        let payload = batch.encode().ok_or(Error::TooLarge {
+            what: "write batch",
+            bytes: usize::MAX,
+            limit,
+        })?;
+        let durability = options.durability.unwrap_or(self.settings.durability);
+        let inner = Arc::clone(self);
+        let lsn = tokio::spawn(async move {
+            let appended = inner
+                .wal
+                .append(&payload, AppendOptions { durability })
+                .await;
+            let lsn = appended.map_err(|err| inner.fail(err.into()))?;
+            inner.apply(lsn, &batch);
+            Ok::<_, Error>(lsn)
+        })
+        .await
+        .map_err(|err| Error::Corrupt(format!("write task failed: {err}")))??;
+        self.maybe_rotate(false);
+        Ok(lsn)
+    }
+
+    /// Applies a batch at its LSN to the generation that holds the LSN, then publishes it.
+    fn apply(&self, lsn: Lsn, batch: &WriteBatch) {
+        loop {
+            let version = self.version.load();
+            let live = |id: u32| version.by_id.contains_key(&id);
+            if version.memtables.iter().any(|g| g.apply(lsn, batch, live)) {
+                break;
+            }
+            // A rotation closed the generation this version calls active and has not yet
+            // swapped in the next one: it is doing so under the swap lock.
+            std::thread::yield_now();
+        }
+        self.visibility.applied(lsn);
+    }
+
+    /// Waits while frozen memtables exceed their bound; `Overloaded` when the wait runs out.
+    async fn admit(&self) -> Result<()> {
+        let deadline = Instant::now() + self.settings.stall_timeout;
+        loop {
+            let notified = self.flushed.notified();
+            if self.version.load().frozen_bytes() <= self.settings.max_frozen_bytes {
+                return Ok(());
+            }
+            self.check_writable()?;
+            self.flush_wanted.notify_one();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                return Err(Error::Overloaded(format!(
+                    "{} bytes of memtables wait for flush (limit {}); waited {:?}",
+                    self.version.load().frozen_bytes(),
+                    self.settings.max_frozen_bytes,
+                    self.settings.stall_timeout
+                )));
+            }
+        }
+    }
+
+    fn stats(&self) -> DbStats {
+        let version = self.version.load();
+        let (flushes, compactions) = *self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        DbStats {
+            visible_lsn: self.visibility.visible(),
+            flushed_lsn: version
+                .memtables
+                .last()
+                .map_or(0, |g| g.first().saturating_sub(1)),
+            memtables: version.memtables.len(),
+            memtable_bytes: version
+                .memtables
+                .iter()
+                .map(|g| g.approximate_bytes())
+                .sum(),
+            segments: version.tables.values().map(|t| t.segments.len()).sum(),
+            flushes,
+            compactions,
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.flush_wanted.notify_one();
+        let handle = self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        let wal = Arc::clone(&self.wal);
+        tokio::task::spawn_blocking(move || wal.close())
+            .await
+            .map_err(|err| Error::Corrupt(format!("closing the WAL failed: {err}")))??;
+        Ok(())
+    }
+}

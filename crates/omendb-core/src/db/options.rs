@@ -1,0 +1,126 @@
+//! Per-call options and the database's settings.
+
+use std::time::Duration;
+
+use omendb_storage::segment::SegmentWriterOptions;
+pub use omendb_wal::Durability;
+
+use crate::index::IndexPolicy;
+
+/// How a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WriteOptions {
+    /// `Durable`: after the WAL synced it. `Buffered`: once it is in the WAL's buffer (synced
+    /// by the WAL's policy; a crash may lose it). `None` takes the database's default.
+    pub durability: Option<Durability>,
+}
+
+impl WriteOptions {
+    /// Acknowledge after the sync.
+    pub const DURABLE: WriteOptions = WriteOptions {
+        durability: Some(Durability::Durable),
+    };
+    /// Acknowledge once buffered.
+    pub const BUFFERED: WriteOptions = WriteOptions {
+        durability: Some(Durability::Buffered),
+    };
+}
+
+/// How a scan reads.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ScanOptions {
+    /// Value columns to return (the key column always comes first); `None` for all.
+    pub projection: Option<Vec<String>>,
+    /// Stop after this many rows.
+    pub limit: Option<usize>,
+    /// Newest key first.
+    pub reverse: bool,
+    /// Rows per returned batch (default 8192).
+    pub batch_rows: Option<usize>,
+}
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Aggregate {
+    /// Rows (with a non-null value in the column).
+    Count,
+    /// Sum of the values.
+    Sum,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Mean of the values.
+    Avg,
+}
+
+impl Aggregate {
+    /// The function's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregate::Count => "count",
+            Aggregate::Sum => "sum",
+            Aggregate::Min => "min",
+            Aggregate::Max => "max",
+            Aggregate::Avg => "avg",
+        }
+    }
+
+    /// The function named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "count" => Aggregate::Count,
+            "sum" => Aggregate::Sum,
+            "min" => Aggregate::Min,
+            "max" => Aggregate::Max,
+            "avg" => Aggregate::Avg,
+            _ => return None,
+        })
+    }
+}
+
+/// The database's settings (set through [`crate::Db::builder`]).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The active memtable is frozen and flushed once it holds this many bytes.
+    pub memtable_bytes: usize,
+    /// Writers wait while frozen memtables hold more than this many bytes...
+    pub max_frozen_bytes: usize,
+    /// ...for at most this long, then get [`crate::Error::Overloaded`].
+    pub stall_timeout: Duration,
+    /// The durability of writes that do not say.
+    pub durability: Durability,
+    /// How segment indexes are chosen.
+    pub index_policy: IndexPolicy,
+    /// Bytes of decoded pages kept in memory.
+    pub cache_bytes: u64,
+    /// How segments are laid out.
+    pub segment: SegmentWriterOptions,
+    /// Largest encoded row accepted.
+    pub max_row_bytes: usize,
+    /// Largest encoded write batch accepted (at most the WAL's record limit).
+    pub max_batch_bytes: usize,
+    /// Compact a table once this many of its segments overlap.
+    pub compaction_trigger: usize,
+    /// How long replaced manifests and unreferenced segments are kept before deletion.
+    pub gc_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            memtable_bytes: 64 << 20,
+            max_frozen_bytes: 256 << 20,
+            stall_timeout: Duration::from_secs(10),
+            durability: Durability::Durable,
+            index_policy: IndexPolicy::default(),
+            cache_bytes: 256 << 20,
+            segment: SegmentWriterOptions::default(),
+            max_row_bytes: 1 << 20,
+            max_batch_bytes: 16 << 20,
+            compaction_trigger: 4,
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! [`Table`]: a handle to one table's writes and reads, and the read view shared by tables,
+//! snapshots and transactions.
+
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use super::options::{Aggregate, ScanOptions, WriteOptions};
+use super::read::{self, Explain, Scan};
+use super::version::{TableState, Version};
+use super::{Batch, Inner};
+use crate::error::{Error, Result};
+use crate::key::{Key, key_bounds};
+use crate::memtable::{Lsn, Memtable};
+use crate::table::{TableDef, Value};
+
+/// A table of an open database. Cheap to clone. Operations on a table that was dropped give
+/// [`Error::UnknownTable`].
+#[derive(Clone, Debug)]
+pub struct Table {
+    inner: Arc<Inner>,
+    def: TableDef,
+}
+
+/// Reads at one snapshot, optionally over a transaction's own writes.
+pub(crate) struct View<'a> {
+    pub(crate) inner: &'a Arc<Inner>,
+    pub(crate) snapshot: Lsn,
+    pub(crate) overlay: Option<Arc<Memtable>>,
+}
+
+impl View<'_> {
+    /// The version to read and the table's state in it. The snapshot was fixed before, so
+    /// the version holds every write the snapshot sees.
+    fn resolve(&self, def: &TableDef) -> Result<(Arc<Version>, Arc<TableState>)> {
+        self.inner.check_open()?;
+        let version = self.inner.version.load_full();
+        let table = version
+            .by_id
+            .get(&def.id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+        Ok((version, table))
+    }
+
+    pub(crate) async fn locate(&self, def: &TableDef, key: Key) -> Result<Option<read::Found>> {
+        let stored = def.key_type.encode(key)?;
+        let (version, table) = self.resolve(def)?;
+        let layers = read::mem_layers(&version, def.id, self.snapshot, self.overlay.as_ref());
+        read::locate(&layers, &table, stored, self.snapshot).await
+    }
+
+    pub(crate) async fn get(&self, def: &TableDef, key: Key) -> Result<Option<Vec<Value>>> {
+        match self.locate(def, key).await? {
+            Some(found) => read::values_of(def, found).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn get_value(&self, def: &TableDef, key: Key) -> Result<Option<Bytes>> {
+        if !def.is_key_value() {
+            return Err(Error::BadInput(format!(
+                "table {:?} is not a key-value table; use get",
+                def.name
+            )));
+        }
+        match self.locate(def, key).await? {
+            Some(found) => read::value_of(found).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn multi_get(
+        &self,
+        def: &TableDef,
+        keys: &[Key],
+    ) -> Result<Vec<Option<Vec<Value>>>> {
+        let stored = keys
+            .iter()
+            .map(|&k| def.key_type.encode(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (version, table) = self.resolve(def)?;
+        let layers = read::mem_layers(&version, def.id, self.snapshot, self.overlay.as_ref());
+        let mut out = Vec::with_capacity(keys.len());
+        for key in stored {
+            out.push(
+                match read::locate(&layers, &table, key, self.snapshot).await? {
+                    Some(found) => read::values_of(def, found).await?,
+                    None => None,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn multi_get_values(
+        &self,
+        def: &TableDef,
+        keys: &[Key],
+    ) -> Result<Vec<Option<Bytes>>> {
+        if !def.is_key_value() {
+            return Err(Error::BadInput(format!(
+                "table {:?} is not a key-value table; use multi_get",
+                def.name
+            )));
+        }
+        let stored = keys
+            .iter()
+            .map(|&k| def.key_type.encode(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (version, table) = self.resolve(def)?;
+        let layers = read::mem_layers(&version, def.id, self.snapshot, self.overlay.as_ref());
+        let mut out = Vec::with_capacity(keys.len());
+        for key in stored {
+            out.push(
+                match read::locate(&layers, &table, key, self.snapshot).await? {
+                    Some(found) => read::value_of(found).await?,
+                    None => None,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn scan_of(
+        &self,
+        def: &TableDef,
+        range: (std::ops::Bound<Key>, std::ops::Bound<Key>),
+        options: &ScanOptions,
+    ) -> Result<Scan> {
+        let stored = def.key_type.stored_range(range)?;
+        let (version, table) = self.resolve(def)?;
+        Scan::new(
+            &version,
+            table,
+            stored,
+            self.snapshot,
+            self.overlay.as_ref(),
+            options,
+        )
+    }
+
+    pub(crate) fn scan(
+        &self,
+        def: &TableDef,
+        range: (std::ops::Bound<Key>, std::ops::Bound<Key>),
+        options: &ScanOptions,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        Ok(self.scan_of(def, range, options)?.into_stream())
+    }
+
+    pub(crate) async fn aggregate(
+        &self,
+        def: &TableDef,
+        range: (std::ops::Bound<Key>, std::ops::Bound<Key>),
+        column: &str,
+        function: Aggregate,
+        bucket: Option<u64>,
+    ) -> Result<RecordBatch> {
+        let options = ScanOptions {
+            projection: Some(vec![column.to_owned()]),
+            ..ScanOptions::default()
+        };
+        let scan = self.scan_of(def, range, &options)?;
+        read::aggregate(scan, def, column, function, bucket).await
+    }
+}
+
+impl Table {
+    pub(crate) fn new(inner: Arc<Inner>, def: TableDef) -> Self {
+        Self { inner, def }
+    }
+
+    /// The table's definition.
+    pub fn def(&self) -> &TableDef {
+        &self.def
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            inner: &self.inner,
+            snapshot: self.inner.visibility.visible(),
+            overlay: None,
+        }
+    }
+
+    async fn write(
+        &self,
+        build: impl FnOnce(&mut Batch) -> Result<()>,
+        options: WriteOptions,
+    ) -> Result<Lsn> {
+        let mut batch = Batch::new(self.inner.settings.max_row_bytes);
+        build(&mut batch)?;
+        self.inner.commit(batch.into_inner(), options).await
+    }
+
+    /// Puts one row (`values` in column order) at `key`; returns the write's LSN.
+    pub async fn put(
+        &self,
+        key: impl Into<Key>,
+        values: &[Value],
+        options: WriteOptions,
+    ) -> Result<Lsn> {
+        self.write(|b| b.put(self, key, values).map(drop), options)
+            .await
+    }
+
+    /// Puts `value` at `key` in a key-value table.
+    pub async fn put_value(
+        &self,
+        key: impl Into<Key>,
+        value: impl Into<Bytes>,
+        options: WriteOptions,
+    ) -> Result<Lsn> {
+        self.write(|b| b.put_value(self, key, value).map(drop), options)
+            .await
+    }
+
+    /// Puts every row of `rows` (a `key` column and the value columns by name), atomically.
+    pub async fn put_batch(&self, rows: &RecordBatch, options: WriteOptions) -> Result<Lsn> {
+        self.write(|b| b.put_batch(self, rows).map(drop), options)
+            .await
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: impl Into<Key>, options: WriteOptions) -> Result<Lsn> {
+        self.write(|b| b.delete(self, key).map(drop), options).await
+    }
+
+    /// Deletes every key in `range`.
+    pub async fn delete_range<K: Into<Key> + Copy>(
+        &self,
+        range: impl RangeBounds<K>,
+        options: WriteOptions,
+    ) -> Result<Lsn> {
+        self.write(|b| b.delete_range(self, range).map(drop), options)
+            .await
+    }
+
+    /// The row at `key` (values in column order), if any.
+    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Vec<Value>>> {
+        self.view().get(&self.def, key.into()).await
+    }
+
+    /// The value at `key` of a key-value table, if any.
+    pub async fn get_value(&self, key: impl Into<Key>) -> Result<Option<Bytes>> {
+        self.view().get_value(&self.def, key.into()).await
+    }
+
+    /// The rows at `keys`, in order, at one snapshot.
+    pub async fn multi_get<K: Into<Key> + Copy>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<Value>>>> {
+        let keys: Vec<Key> = keys.iter().map(|&k| k.into()).collect();
+        self.view().multi_get(&self.def, &keys).await
+    }
+
+    /// The values at `keys` of a key-value table, in order, at one snapshot.
+    pub async fn multi_get_values<K: Into<Key> + Copy>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Bytes>>> {
+        let keys: Vec<Key> = keys.iter().map(|&k| k.into()).collect();
+        self.view().multi_get_values(&self.def, &keys).await
+    }
+
+    /// The rows in `range` as a stream of batches (the key column first, then the projected
+    /// value columns), at the snapshot of the call.
+    pub fn scan<K: Into<Key> + Copy>(
+        &self,
+        range: impl RangeBounds<K>,
+        options: ScanOptions,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        self.view().scan(&self.def, key_bounds(&range), &options)
+    }
+
+    /// `function` of `column` over the rows in `range`; per bucket of `bucket` key units if
+    /// given (columns `bucket` and the function's name), else one row.
+    pub async fn aggregate<K: Into<Key> + Copy>(
+        &self,
+        range: impl RangeBounds<K>,
+        column: &str,
+        function: Aggregate,
+        bucket: Option<u64>,
+    ) -> Result<RecordBatch> {
+        self.view()
+            .aggregate(&self.def, key_bounds(&range), column, function, bucket)
+            .await
+    }
+
+    /// What a read of `range` would touch.
+    pub fn explain<K: Into<Key> + Copy>(&self, range: impl RangeBounds<K>) -> Result<Explain> {
+        let view = self.view();
+        let stored = self.def.key_type.stored_range(key_bounds(&range))?;
+        let (version, table) = view.resolve(&self.def)?;
+        Ok(read::explain(&version, &table, stored, view.snapshot))
+    }
+}

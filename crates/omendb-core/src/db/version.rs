@@ -1,0 +1,80 @@
+//! The version set: what a read sees, swapped whole.
+//!
+//! A [`Version`] holds the tables with their live segments and the memtable generations. It is
+//! immutable; flush, compaction, rotation and DDL build the next one and swap it in (`arc-swap`),
+//! so a reader that loaded a version reads a consistent set of objects however long it takes.
+//! Swaps are serialized by the database's swap lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::memtable::Generation;
+use crate::segment::Segment;
+use crate::table::TableDef;
+
+/// A table and its live segments.
+#[derive(Debug)]
+pub(crate) struct TableState {
+    /// The definition.
+    pub(crate) def: TableDef,
+    /// Live segments, newest first (by their highest LSN). Segments that share keys never
+    /// share LSNs, so for any key the first segment with a visible version decides.
+    pub(crate) segments: Vec<Arc<Segment>>,
+}
+
+/// One consistent state of the database.
+#[derive(Debug)]
+pub(crate) struct Version {
+    /// Tables by name.
+    pub(crate) tables: BTreeMap<String, Arc<TableState>>,
+    /// The same tables by id.
+    pub(crate) by_id: HashMap<u32, Arc<TableState>>,
+    /// Memtable generations, newest (the active one) first.
+    pub(crate) memtables: Vec<Arc<Generation>>,
+}
+
+impl Version {
+    /// A version of `tables` with `memtables`.
+    pub(crate) fn new(tables: Vec<TableState>, memtables: Vec<Arc<Generation>>) -> Self {
+        let tables: Vec<Arc<TableState>> = tables.into_iter().map(Arc::new).collect();
+        Self {
+            by_id: tables.iter().map(|t| (t.def.id, Arc::clone(t))).collect(),
+            tables: tables
+                .into_iter()
+                .map(|t| (t.def.name.clone(), t))
+                .collect(),
+            memtables,
+        }
+    }
+
+    /// The same version with `tables` and `memtables` replaced where given.
+    pub(crate) fn with(
+        &self,
+        tables: Option<Vec<Arc<TableState>>>,
+        memtables: Option<Vec<Arc<Generation>>>,
+    ) -> Self {
+        let tables = tables.unwrap_or_else(|| self.tables.values().cloned().collect());
+        Self {
+            by_id: tables.iter().map(|t| (t.def.id, Arc::clone(t))).collect(),
+            tables: tables
+                .into_iter()
+                .map(|t| (t.def.name.clone(), t))
+                .collect(),
+            memtables: memtables.unwrap_or_else(|| self.memtables.clone()),
+        }
+    }
+
+    /// The active generation.
+    pub(crate) fn active(&self) -> Option<&Arc<Generation>> {
+        self.memtables.first()
+    }
+
+    /// Bytes held by generations waiting to be flushed.
+    pub(crate) fn frozen_bytes(&self) -> usize {
+        self.memtables
+            .iter()
+            .skip(1)
+            .map(|g| g.approximate_bytes())
+            .sum()
+    }
+}

@@ -1,0 +1,156 @@
+//! A memtable generation: the memtables of every table for one run of LSNs.
+//!
+//! The active generation takes every LSN from its `first` on. Rotation closes it at a cut LSN
+//! (its `end`) and opens the next generation there, so each generation holds exactly the LSNs
+//! in `first..end`: a flush of a closed generation, once every LSN below its end is applied,
+//! holds everything up to `end - 1` and nothing after, which is what the manifest's flushed LSN
+//! and the WAL truncation rely on.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crossbeam_skiplist::SkipMap;
+
+use super::{Lsn, Memtable};
+use crate::batch::{Write, WriteBatch};
+
+/// The memtables of one run of LSNs.
+#[derive(Debug)]
+pub struct Generation {
+    first: Lsn,
+    /// The first LSN this generation does not take (`Lsn::MAX` while active). Appliers hold
+    /// the read lock while they apply, so once rotation has set it no later LSN gets in.
+    end: RwLock<Lsn>,
+    tables: SkipMap<u32, Arc<Memtable>>,
+    bytes: AtomicUsize,
+    /// The highest LSN applied (0 if none).
+    last: AtomicU64,
+}
+
+impl Generation {
+    /// An active generation starting at `first`.
+    pub fn new(first: Lsn) -> Self {
+        Self {
+            first,
+            end: RwLock::new(Lsn::MAX),
+            tables: SkipMap::new(),
+            bytes: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// The first LSN it holds.
+    pub fn first(&self) -> Lsn {
+        self.first
+    }
+
+    /// The first LSN it does not hold (`Lsn::MAX` while active).
+    pub fn end(&self) -> Lsn {
+        *self
+            .end
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes the generation at `end`: no LSN from `end` on is applied to it afterwards.
+    /// Returns `false` (and changes nothing) if `end` is below an LSN it already took.
+    pub fn close(&self, end: Lsn) -> bool {
+        let mut slot = self
+            .end
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if end < self.first || end > *slot || end <= self.last.load(Ordering::Acquire) {
+            return false;
+        }
+        *slot = end;
+        true
+    }
+
+    /// Applies `batch` at `lsn` if the LSN is this generation's; `false` otherwise. Writes to
+    /// tables `live` rejects (dropped since the batch was validated) are skipped.
+    pub fn apply(&self, lsn: Lsn, batch: &WriteBatch, live: impl Fn(u32) -> bool) -> bool {
+        let end = self
+            .end
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if lsn < self.first || lsn >= *end {
+            return false;
+        }
+        self.last.fetch_max(lsn, Ordering::AcqRel);
+        for write in batch.writes() {
+            let table = write.table();
+            if !live(table) {
+                continue;
+            }
+            let memtable = self.table_or_create(table);
+            let before = memtable.approximate_bytes();
+            match write {
+                Write::Put { key, row, .. } => memtable.put(*key, lsn, row.clone()),
+                Write::Delete { key, .. } => memtable.delete(*key, lsn),
+                Write::DeleteRange { first, last, .. } => {
+                    memtable.delete_range(*first..=*last, lsn)
+                }
+            }
+            self.bytes.fetch_add(
+                memtable.approximate_bytes().saturating_sub(before),
+                Ordering::Relaxed,
+            );
+        }
+        true
+    }
+
+    fn table_or_create(&self, table: u32) -> Arc<Memtable> {
+        Arc::clone(
+            self.tables
+                .get_or_insert_with(table, || Arc::new(Memtable::new()))
+                .value(),
+        )
+    }
+
+    /// The memtable of `table`, if it was written.
+    pub fn table(&self, table: u32) -> Option<Arc<Memtable>> {
+        self.tables
+            .get(&table)
+            .map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Every table's memtable, by table id.
+    pub fn tables(&self) -> Vec<(u32, Arc<Memtable>)> {
+        self.tables
+            .iter()
+            .map(|entry| (*entry.key(), Arc::clone(entry.value())))
+            .collect()
+    }
+
+    /// Approximate bytes held by all its memtables.
+    pub fn approximate_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::memtable::Lookup;
+
+    #[test]
+    fn a_closed_generation_refuses_lsns_from_its_end_on() {
+        let generation = Generation::new(5);
+        let mut batch = WriteBatch::new();
+        batch.put(1, 7, Bytes::from_static(b"x"));
+        assert!(!generation.apply(4, &batch, |_| true));
+        assert!(generation.apply(5, &batch, |_| true));
+        assert!(generation.apply(9, &batch, |_| true));
+        assert!(!generation.close(8), "an applied LSN is above the cut");
+        assert!(generation.close(10));
+        assert!(!generation.apply(10, &batch, |_| true));
+        assert_eq!(generation.end(), 10);
+        let table = generation.table(1).unwrap();
+        assert!(matches!(table.get(7, 100), Lookup::Found { lsn: 9, .. }));
+        assert!(generation.approximate_bytes() > 0);
+        assert!(generation.apply(6, &batch, |t| t != 1));
+        assert!(matches!(table.get(7, 6), Lookup::Found { lsn: 5, .. }));
+    }
+}

@@ -1,0 +1,150 @@
+//! A live segment as the engine holds it: the storage reader (footer checked, key column
+//! decoded) and the learned index trained on its keys at flush or compaction.
+//!
+//! Rows are ordered by key and, within a key, newest LSN first; the index gives the first row of
+//! a key, so the rows of a key are the run from there while the key column still matches. The
+//! decoded key column with the index is an exact membership test: a point read reads values only
+//! from a segment that holds the key (see `docs/architecture.md`, "Engine").
+
+use std::ops::{Range, RangeInclusive};
+use std::sync::Arc;
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use omendb_storage::manifest::SegmentEntry;
+use omendb_storage::segment::{LSN_COLUMN, PageCache, Projection, SegmentReader, TOMBSTONE_COLUMN};
+
+use crate::error::{Error, Result};
+use crate::index::{AnyIndex, LearnedIndex};
+use crate::memtable::Lsn;
+
+/// A live segment.
+#[derive(Debug)]
+pub struct Segment {
+    /// What the manifest records about it.
+    pub entry: SegmentEntry,
+    /// The storage reader.
+    pub reader: SegmentReader,
+    /// The learned index over [`SegmentReader::keys`].
+    pub index: AnyIndex,
+    /// `_tombstone` then every value column: what a point read fetches.
+    pub row: Projection,
+    /// `_lsn` alone: what a read at an older snapshot checks first.
+    pub lsn: Projection,
+}
+
+impl Segment {
+    /// Opens the segment an entry names, checked against its seal, with its stored index.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        entry: SegmentEntry,
+        cache: Arc<PageCache>,
+    ) -> Result<Self> {
+        let reader = SegmentReader::open(
+            store,
+            Path::from(entry.path.as_str()),
+            Some(&entry.seal),
+            cache,
+        )
+        .await?;
+        let index = AnyIndex::decode(reader.index_bytes())?;
+        index.check_keys(reader.keys())?;
+        let names: Vec<&str> = reader
+            .schema()
+            .fields()
+            .iter()
+            .skip(2)
+            .map(|f| f.name().as_str())
+            .collect();
+        if names.first() != Some(&TOMBSTONE_COLUMN) {
+            return Err(Error::Corrupt(format!(
+                "segment {} has no {TOMBSTONE_COLUMN} column",
+                entry.path
+            )));
+        }
+        let row = reader.projection(&names)?;
+        let lsn = reader.projection(&[LSN_COLUMN])?;
+        Ok(Self {
+            entry,
+            reader,
+            index,
+            row,
+            lsn,
+        })
+    }
+
+    /// The decoded key column.
+    pub fn keys(&self) -> &[u64] {
+        self.reader.keys()
+    }
+
+    /// Whether `key` is within the segment's key range.
+    pub fn may_hold(&self, key: u64) -> bool {
+        matches!((self.entry.key_min, self.entry.key_max), (Some(lo), Some(hi)) if lo <= key && key <= hi)
+    }
+
+    /// Whether the segment's key range meets `range`.
+    pub fn overlaps(&self, range: &RangeInclusive<u64>) -> bool {
+        matches!((self.entry.key_min, self.entry.key_max),
+            (Some(lo), Some(hi)) if lo <= *range.end() && *range.start() <= hi)
+    }
+
+    /// The rows of `key` (newest first), empty if it has none.
+    pub fn rows_of(&self, key: u64) -> Range<usize> {
+        if !self.may_hold(key) {
+            return 0..0;
+        }
+        let keys = self.keys();
+        let start = self.index.lower_bound(keys, key);
+        let end = start + keys[start..].iter().take_while(|&&k| k == key).count();
+        start..end
+    }
+
+    /// The positions of the rows whose keys are in `range`.
+    pub fn positions(&self, range: &RangeInclusive<u64>) -> Range<usize> {
+        if !self.overlaps(range) {
+            return 0..0;
+        }
+        let keys = self.keys();
+        let start = self.index.lower_bound(keys, *range.start());
+        let end = match range.end().checked_add(1) {
+            Some(next) => self.index.lower_bound(keys, next),
+            None => keys.len(),
+        };
+        start..end.max(start)
+    }
+
+    /// Whether every row is visible at `snapshot` (the common case: no LSN needs reading).
+    pub fn all_visible_at(&self, snapshot: Lsn) -> bool {
+        self.entry.lsn_max.is_none_or(|max| max <= snapshot)
+    }
+
+    /// The first row of `rows` (one key's rows, newest first) visible at `snapshot`.
+    pub async fn visible_row(&self, rows: Range<usize>, snapshot: Lsn) -> Result<Option<usize>> {
+        if rows.is_empty() || self.all_visible_at(snapshot) {
+            return Ok((!rows.is_empty()).then_some(rows.start));
+        }
+        for position in rows {
+            if self.lsn_at(position).await? <= snapshot {
+                return Ok(Some(position));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The LSN of the row at `position`.
+    pub async fn lsn_at(&self, position: usize) -> Result<Lsn> {
+        let batch = self.reader.fetch(position as u64, &self.lsn).await?;
+        let column = batch.column(0).as_primitive::<UInt64Type>();
+        if column.is_empty() || column.is_null(0) {
+            return Err(Error::Corrupt(format!(
+                "segment {}: no LSN at row {position}",
+                self.entry.path
+            )));
+        }
+        Ok(column.value(0))
+    }
+}

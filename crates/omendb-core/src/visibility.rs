@@ -1,0 +1,182 @@
+//! The visible LSN and the registry of live snapshots.
+//!
+//! Write batches are applied to the memtable concurrently and may finish out of LSN order. The
+//! visible LSN is the highest LSN below which every batch has been applied: a read at it never
+//! sees half of the writes before it. A snapshot pins the visible LSN of the moment it was taken;
+//! compaction keeps every version a pinned snapshot can still see. Pinning and asking for the
+//! oldest pin happen under one lock with reading the visible LSN, so a snapshot being taken
+//! cannot slip below the horizon a concurrent compaction computes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::memtable::Lsn;
+
+#[derive(Debug, Default)]
+struct State {
+    /// LSNs applied above the visible LSN, waiting for a gap below them to fill.
+    applied: BTreeSet<Lsn>,
+    /// Live snapshots: LSN → how many.
+    pins: BTreeMap<Lsn, usize>,
+}
+
+/// The visible LSN and the live snapshots.
+#[derive(Debug)]
+pub(crate) struct Visibility {
+    visible: AtomicU64,
+    state: Mutex<State>,
+    changed: watch::Sender<Lsn>,
+}
+
+impl Visibility {
+    /// Everything up to `visible` is applied.
+    pub(crate) fn new(visible: Lsn) -> Self {
+        Self {
+            visible: AtomicU64::new(visible),
+            state: Mutex::new(State::default()),
+            changed: watch::Sender::new(visible),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent at every step, so a panic elsewhere leaves it usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The visible LSN.
+    pub(crate) fn visible(&self) -> Lsn {
+        self.visible.load(Ordering::Acquire)
+    }
+
+    /// Records that the batch at `lsn` is applied, raising the visible LSN over every gap
+    /// that closes.
+    pub(crate) fn applied(&self, lsn: Lsn) {
+        let mut state = self.state();
+        let mut visible = self.visible.load(Ordering::Acquire);
+        if lsn <= visible {
+            return;
+        }
+        state.applied.insert(lsn);
+        while state.applied.first() == Some(&(visible + 1)) {
+            state.applied.pop_first();
+            visible += 1;
+        }
+        self.visible.store(visible, Ordering::Release);
+        drop(state);
+        self.changed.send_if_modified(|current| {
+            let raised = *current < visible;
+            *current = (*current).max(visible);
+            raised
+        });
+    }
+
+    /// Takes a snapshot at the visible LSN and pins it until [`Visibility::unpin`].
+    pub(crate) fn pin(&self) -> Lsn {
+        let mut state = self.state();
+        let lsn = self.visible.load(Ordering::Acquire);
+        *state.pins.entry(lsn).or_default() += 1;
+        lsn
+    }
+
+    /// Releases a snapshot taken by [`Visibility::pin`].
+    pub(crate) fn unpin(&self, lsn: Lsn) {
+        let mut state = self.state();
+        if let Some(count) = state.pins.get_mut(&lsn) {
+            *count -= 1;
+            if *count == 0 {
+                state.pins.remove(&lsn);
+            }
+        }
+    }
+
+    /// The oldest LSN a reader may still read at: the oldest pinned snapshot, or the visible
+    /// LSN if none is pinned. Versions hidden at this LSN by a newer one are garbage.
+    pub(crate) fn horizon(&self) -> Lsn {
+        let state = self.state();
+        let visible = self.visible.load(Ordering::Acquire);
+        state
+            .pins
+            .first_key_value()
+            .map_or(visible, |(&lsn, _)| lsn.min(visible))
+    }
+
+    /// Waits until the visible LSN reaches `lsn`; `false` if `within` runs out first.
+    pub(crate) async fn wait_for(&self, lsn: Lsn, within: Duration) -> bool {
+        let mut receiver = self.changed.subscribe();
+        tokio::time::timeout(within, receiver.wait_for(|&visible| visible >= lsn))
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn the_visible_lsn_rises_only_over_closed_gaps() {
+        let visibility = Visibility::new(3);
+        visibility.applied(5);
+        visibility.applied(6);
+        assert_eq!(visibility.visible(), 3);
+        visibility.applied(4);
+        assert_eq!(visibility.visible(), 6);
+        visibility.applied(2);
+        assert_eq!(visibility.visible(), 6);
+    }
+
+    #[test]
+    fn the_horizon_is_the_oldest_pin() {
+        let visibility = Visibility::new(10);
+        let a = visibility.pin();
+        visibility.applied(11);
+        let b = visibility.pin();
+        assert_eq!((a, b), (10, 11));
+        assert_eq!(visibility.horizon(), 10);
+        visibility.unpin(a);
+        assert_eq!(visibility.horizon(), 11);
+        visibility.unpin(b);
+        visibility.applied(12);
+        assert_eq!(visibility.horizon(), 12);
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_when_the_gap_closes() {
+        let visibility = Arc::new(Visibility::new(0));
+        let waiter = {
+            let visibility = Arc::clone(&visibility);
+            tokio::spawn(async move { visibility.wait_for(2, Duration::from_secs(10)).await })
+        };
+        visibility.applied(2);
+        visibility.applied(1);
+        assert!(waiter.await.unwrap());
+        assert!(!visibility.wait_for(3, Duration::from_millis(10)).await);
+    }
+
+    #[test]
+    fn concurrent_appliers_end_at_the_highest_lsn() {
+        let visibility = Arc::new(Visibility::new(0));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let visibility = Arc::clone(&visibility);
+                std::thread::spawn(move || {
+                    for i in 0..1000u64 {
+                        visibility.applied(i * 4 + t + 1);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(visibility.visible(), 4000);
+    }
+}

@@ -1,0 +1,307 @@
+//! Model-based test: random operations on the engine checked against a `BTreeMap` oracle,
+//! seeded and reproducible, on local files and on the in-memory store.
+//!
+//! `OMENDB_MODEL_SEEDS=N` and `OMENDB_MODEL_OPS=M` lengthen it (`cargo xtask model`);
+//! `OMENDB_MODEL_SEED=S` replays one seed. A failure names its seed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use arrow_array::{Array, RecordBatch};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use omendb_core::{Aggregate, Db, Error, KeyType, ScanOptions, WriteOptions};
+use omendb_storage::segment::SegmentWriterOptions;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+type Oracle = BTreeMap<u64, Bytes>;
+
+const KEYS: u64 = 300;
+
+#[derive(Clone)]
+enum Place {
+    Files(Arc<tempfile::TempDir>),
+    Memory(Arc<dyn ObjectStore>),
+}
+
+async fn open(place: &Place) -> Db {
+    let builder = Db::builder()
+        .memtable_bytes(6 * 1024)
+        .compaction_trigger(3)
+        .gc_grace(Duration::ZERO)
+        .segment_options(SegmentWriterOptions {
+            rows_per_page: 8,
+            pages_per_row_group: 4,
+            ..SegmentWriterOptions::default()
+        });
+    let builder = match place {
+        Place::Files(dir) => builder.path(dir.path()),
+        Place::Memory(store) => builder.store(Arc::clone(store)),
+    };
+    builder.build().await.unwrap()
+}
+
+fn value(rng: &mut StdRng) -> Bytes {
+    let len = rng.random_range(0..24);
+    Bytes::from((0..len).map(|_| rng.random::<u8>()).collect::<Vec<_>>())
+}
+
+fn range(rng: &mut StdRng) -> RangeInclusive<u64> {
+    let a = rng.random_range(0..KEYS);
+    let b = (a + rng.random_range(0..40)).min(KEYS + 5);
+    a..=b
+}
+
+async fn scan_all(
+    stream: futures::stream::BoxStream<'static, omendb_core::Result<RecordBatch>>,
+) -> Vec<(u64, Bytes)> {
+    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for batch in batches {
+        assert!(batch.num_rows() > 0, "scans never return empty batches");
+        let keys = batch.column(0).as_primitive::<UInt64Type>();
+        let values = batch.column(1).as_binary::<i32>();
+        for i in 0..batch.num_rows() {
+            assert!(values.is_valid(i));
+            out.push((keys.value(i), Bytes::copy_from_slice(values.value(i))));
+        }
+    }
+    out
+}
+
+async fn run(seed: u64, ops: usize, place: Place) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut db = open(&place).await;
+    let mut kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut oracle = Oracle::new();
+    let mut snapshots: Vec<(omendb_core::Snapshot, Oracle)> = Vec::new();
+    let mut most_segments = 0;
+    for step in 0..ops {
+        most_segments = most_segments.max(db.stats().segments);
+        let what = rng.random_range(0..100);
+        let ctx = format!("seed {seed} step {step}");
+        match what {
+            0..=34 => {
+                let key = rng.random_range(0..KEYS);
+                let v = value(&mut rng);
+                kv.put_value(key, v.clone(), WriteOptions::BUFFERED)
+                    .await
+                    .unwrap();
+                oracle.insert(key, v);
+            }
+            35..=39 => {
+                // A batch of puts in one write.
+                let mut batch = db.batch();
+                for _ in 0..rng.random_range(1..20) {
+                    let key = rng.random_range(0..KEYS);
+                    let v = value(&mut rng);
+                    batch.put_value(&kv, key, v.clone()).unwrap();
+                    oracle.insert(key, v);
+                }
+                db.write(batch, WriteOptions::DURABLE).await.unwrap();
+            }
+            40..=46 => {
+                let key = rng.random_range(0..KEYS);
+                kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+                oracle.remove(&key);
+            }
+            47..=49 => {
+                let r = range(&mut rng);
+                kv.delete_range(r.clone(), WriteOptions::BUFFERED)
+                    .await
+                    .unwrap();
+                oracle.retain(|k, _| !r.contains(k));
+            }
+            50..=64 => {
+                let key = rng.random_range(0..KEYS + 5);
+                assert_eq!(
+                    kv.get_value(key).await.unwrap(),
+                    oracle.get(&key).cloned(),
+                    "{ctx}: get {key}"
+                );
+            }
+            65..=69 => {
+                let keys: Vec<u64> = (0..rng.random_range(1..30))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                let expected: Vec<_> = keys.iter().map(|k| oracle.get(k).cloned()).collect();
+                assert_eq!(
+                    kv.multi_get_values(&keys).await.unwrap(),
+                    expected,
+                    "{ctx}: multi_get"
+                );
+            }
+            70..=77 => {
+                let r = range(&mut rng);
+                let reverse = rng.random_bool(0.3);
+                let limit = rng.random_bool(0.3).then(|| rng.random_range(0..10));
+                let options = ScanOptions {
+                    reverse,
+                    limit,
+                    batch_rows: Some(rng.random_range(1..16)),
+                    ..ScanOptions::default()
+                };
+                let got = scan_all(kv.scan(r.clone(), options).unwrap()).await;
+                let mut expected: Vec<(u64, Bytes)> = oracle
+                    .range(r.clone())
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect();
+                if reverse {
+                    expected.reverse();
+                }
+                if let Some(limit) = limit {
+                    expected.truncate(limit);
+                }
+                assert_eq!(
+                    got, expected,
+                    "{ctx}: scan {r:?} reverse {reverse} limit {limit:?}"
+                );
+            }
+            78..=79 => {
+                let r = range(&mut rng);
+                let got = kv
+                    .aggregate(r.clone(), "value", Aggregate::Count, None)
+                    .await
+                    .unwrap();
+                let count = got.column(0).as_primitive::<UInt64Type>().value(0);
+                assert_eq!(
+                    count,
+                    oracle.range(r.clone()).count() as u64,
+                    "{ctx}: count {r:?}"
+                );
+            }
+            80..=83 => {
+                if snapshots.len() < 3 {
+                    snapshots.push((db.snapshot(), oracle.clone()));
+                } else {
+                    let (snapshot, seen) = snapshots.remove(rng.random_range(0..snapshots.len()));
+                    let r = range(&mut rng);
+                    let got = scan_all(
+                        snapshot
+                            .scan(&kv, r.clone(), ScanOptions::default())
+                            .unwrap(),
+                    )
+                    .await;
+                    let expected: Vec<(u64, Bytes)> = seen
+                        .range(r.clone())
+                        .map(|(k, v)| (*k, v.clone()))
+                        .collect();
+                    assert_eq!(
+                        got,
+                        expected,
+                        "{ctx}: snapshot {} scan {r:?}",
+                        snapshot.lsn()
+                    );
+                    let key = rng.random_range(0..KEYS);
+                    assert_eq!(
+                        snapshot.get_value(&kv, key).await.unwrap(),
+                        seen.get(&key).cloned(),
+                        "{ctx}: snapshot get"
+                    );
+                }
+            }
+            84..=88 => {
+                // A transaction; sometimes another write to one of its keys commits first.
+                let mut txn = db.begin();
+                let mut mine = oracle.clone();
+                let key = rng.random_range(0..KEYS);
+                assert_eq!(
+                    txn.get_value(&kv, key).await.unwrap(),
+                    mine.get(&key).cloned(),
+                    "{ctx}: txn get"
+                );
+                let v = value(&mut rng);
+                txn.put_value(&kv, key, v.clone()).unwrap();
+                mine.insert(key, v.clone());
+                if rng.random_bool(0.3) {
+                    txn.delete(&kv, key + 1).unwrap();
+                    mine.remove(&(key + 1));
+                }
+                assert_eq!(
+                    txn.get_value(&kv, key).await.unwrap(),
+                    Some(v),
+                    "{ctx}: read your writes"
+                );
+                let interfere = rng.random_bool(0.3);
+                if interfere {
+                    let other = value(&mut rng);
+                    kv.put_value(key, other.clone(), WriteOptions::BUFFERED)
+                        .await
+                        .unwrap();
+                    oracle.insert(key, other);
+                }
+                match txn.commit(WriteOptions::BUFFERED).await {
+                    Ok(_) => {
+                        assert!(!interfere, "{ctx}: a conflicting transaction committed");
+                        oracle = mine;
+                    }
+                    Err(Error::Conflict { .. }) => assert!(interfere, "{ctx}: a spurious conflict"),
+                    Err(err) => panic!("{ctx}: commit failed: {err}"),
+                }
+            }
+            89..=91 => {
+                db.checkpoint().await.unwrap();
+            }
+            92..=94 => {
+                db.compact().await.unwrap();
+            }
+            _ => {
+                snapshots.clear();
+                db.close().await.unwrap();
+                db = open(&place).await;
+                kv = db.table("kv").unwrap();
+            }
+        }
+    }
+    let everything = scan_all(kv.scan(0u64.., ScanOptions::default()).unwrap()).await;
+    let expected: Vec<(u64, Bytes)> = oracle.iter().map(|(k, v)| (*k, v.clone())).collect();
+    assert_eq!(everything, expected, "seed {seed}: final scan");
+    assert!(
+        ops < 200 || most_segments > 1,
+        "seed {seed}: the run never read from segments"
+    );
+    snapshots.clear();
+    db.close().await.unwrap();
+    let db = open(&place).await;
+    let kv = db.table("kv").unwrap();
+    let everything = scan_all(kv.scan(0u64.., ScanOptions::default()).unwrap()).await;
+    assert_eq!(everything, expected, "seed {seed}: final scan after reopen");
+    db.close().await.unwrap();
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("OMENDB_MODEL_SEED") {
+        return vec![seed.parse().unwrap()];
+    }
+    let n = std::env::var("OMENDB_MODEL_SEEDS").map_or(3, |s| s.parse().unwrap());
+    (0..n).collect()
+}
+
+fn ops() -> usize {
+    std::env::var("OMENDB_MODEL_OPS").map_or(400, |s| s.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_on_local_files_match_a_map() {
+    for seed in seeds() {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        run(seed, ops(), Place::Files(dir)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_on_the_memory_store_match_a_map() {
+    for seed in seeds() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        run(seed + 1000, ops(), Place::Memory(store)).await;
+    }
+}
