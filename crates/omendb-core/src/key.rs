@@ -134,6 +134,19 @@ impl From<u64> for Key {
     }
 }
 
+impl From<u32> for Key {
+    fn from(k: u32) -> Self {
+        Key::U64(u64::from(k))
+    }
+}
+
+/// Unsuffixed integer literals are `i32`: they name signed keys.
+impl From<i32> for Key {
+    fn from(k: i32) -> Self {
+        Key::I64(i64::from(k))
+    }
+}
+
 impl From<i64> for Key {
     fn from(k: i64) -> Self {
         Key::I64(k)

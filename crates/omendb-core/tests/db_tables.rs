@@ -1,0 +1,419 @@
+//! Typed tables through the engine: rows in and out as values and Arrow batches, bad input
+//! refused without changing anything, aggregates, explain, DDL, the change stream and
+//! serializable transactions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, UInt64Type};
+use arrow_array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit as ArrowUnit};
+use futures::TryStreamExt;
+use omendb_core::{
+    Aggregate, ChangedRow, Db, Error, ErrorKind, Isolation, Key, KeyType, ScanOptions, TimeUnit,
+    Value, WriteOptions,
+};
+
+fn schema() -> Schema {
+    Schema::new(vec![
+        Field::new("v", DataType::Float64, false),
+        Field::new("name", DataType::Utf8, true),
+    ])
+}
+
+fn rows(keys: &[i64], vs: &[f64]) -> RecordBatch {
+    let names: Vec<Option<String>> = keys
+        .iter()
+        .map(|k| (k % 2 == 0).then(|| format!("n{k}")))
+        .collect();
+    let schema = Schema::new(vec![
+        Field::new("key", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("v", DataType::Float64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from(keys.to_vec())) as ArrayRef,
+            Arc::new(StringArray::from(names)),
+            Arc::new(Float64Array::from(vs.to_vec())),
+        ],
+    )
+    .unwrap()
+}
+
+async fn scan_keys(table: &omendb_core::Table, options: ScanOptions) -> Vec<RecordBatch> {
+    table
+        .scan(i64::MIN.., options)
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn typed_rows_round_trip_and_bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db
+        .create_table("metrics", KeyType::I64, Some(schema()))
+        .await
+        .unwrap();
+    t.put(-5, &[Value::Float(1.5), Value::Null], WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    t.put_batch(
+        &rows(&[1, 2, 3], &[10.0, 20.0, 30.0]),
+        WriteOptions::DURABLE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        t.get(2).await.unwrap(),
+        Some(vec![Value::Float(20.0), Value::Str("n2".into())])
+    );
+    assert_eq!(
+        t.get(-5).await.unwrap(),
+        Some(vec![Value::Float(1.5), Value::Null])
+    );
+    let lsn_before = db.stats().visible_lsn;
+
+    // Each of these is refused with a typed error and writes nothing.
+    let null = t
+        .put(2, &[Value::Null, Value::Null], WriteOptions::DURABLE)
+        .await;
+    assert!(matches!(null, Err(Error::NullInNonNullable { ref column }) if column == "v"));
+    let wrong_key = t
+        .put(
+            2u64,
+            &[Value::Float(0.0), Value::Null],
+            WriteOptions::DURABLE,
+        )
+        .await;
+    assert!(matches!(wrong_key, Err(Error::KeyType(_))));
+    let wrong_type = t
+        .put(
+            2,
+            &[Value::Str("x".into()), Value::Null],
+            WriteOptions::DURABLE,
+        )
+        .await;
+    assert!(matches!(wrong_type, Err(Error::SchemaMismatch(_))));
+    let too_few = t.put(2, &[Value::Float(0.0)], WriteOptions::DURABLE).await;
+    assert!(matches!(too_few, Err(Error::SchemaMismatch(_))));
+    let bad_batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::UInt64, false),
+            Field::new("v", DataType::Float64, false),
+            Field::new("name", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(UInt64Array::from(vec![7u64])) as ArrayRef,
+            Arc::new(Float64Array::from(vec![7.0])),
+            Arc::new(StringArray::from(vec![Some("x")])),
+        ],
+    )
+    .unwrap();
+    let refused = t.put_batch(&bad_batch, WriteOptions::DURABLE).await;
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::BadInput);
+    let huge = t
+        .put(
+            9,
+            &[Value::Float(0.0), Value::Str("x".repeat(2 << 20))],
+            WriteOptions::DURABLE,
+        )
+        .await;
+    assert!(matches!(huge, Err(Error::TooLarge { what: "row", .. })));
+    assert!(matches!(
+        db.table("nope"),
+        Err(Error::UnknownTable(name)) if name == "nope"
+    ));
+    assert!(matches!(
+        db.create_table("metrics", KeyType::U64, None).await,
+        Err(Error::TableExists(_))
+    ));
+    assert!(matches!(
+        db.create_table("bad name", KeyType::U64, None).await,
+        Err(Error::InvalidTable(_))
+    ));
+    assert_eq!(db.stats().visible_lsn, lsn_before);
+    assert_eq!(
+        t.get(2).await.unwrap(),
+        Some(vec![Value::Float(20.0), Value::Str("n2".into())])
+    );
+    assert_eq!(t.get(7).await.unwrap(), None);
+
+    // Projection, order and types survive a flush and a reopen.
+    db.checkpoint().await.unwrap();
+    t.put(3, &[Value::Float(33.0), Value::Null], WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.table("metrics").unwrap();
+    let batches = scan_keys(
+        &t,
+        ScanOptions {
+            projection: Some(vec!["v".into()]),
+            reverse: true,
+            ..ScanOptions::default()
+        },
+    )
+    .await;
+    let batch = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert_eq!(batch.schema().field(0).name(), "key");
+    assert_eq!(batch.schema().field(1).name(), "v");
+    assert_eq!(batch.num_columns(), 2);
+    let keys: Vec<i64> = batch
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec();
+    let vs: Vec<f64> = batch
+        .column(1)
+        .as_primitive::<Float64Type>()
+        .values()
+        .to_vec();
+    assert_eq!(keys, [3, 2, 1, -5]);
+    assert_eq!(vs, [33.0, 20.0, 10.0, 1.5]);
+    let unknown = t.scan(
+        0i64..,
+        ScanOptions {
+            projection: Some(vec!["missing".into()]),
+            ..ScanOptions::default()
+        },
+    );
+    assert!(matches!(unknown, Err(Error::BadInput(_))));
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn aggregates_and_buckets_over_memtables_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .memtable_bytes(16 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let schema = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+    let t = db
+        .create_table(
+            "ts",
+            KeyType::Timestamp(TimeUnit::Microsecond),
+            Some(schema.clone()),
+        )
+        .await
+        .unwrap();
+    let out_schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "key",
+            DataType::Timestamp(ArrowUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("v", DataType::Float64, false),
+    ]));
+    // 0..1000 in ten batches, half flushed, then a deletion.
+    for chunk in 0..10i64 {
+        let keys: Vec<i64> = (chunk * 100..chunk * 100 + 100).collect();
+        let vs: Vec<f64> = keys.iter().map(|&k| k as f64).collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&out_schema),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(keys)) as ArrayRef,
+                Arc::new(Float64Array::from(vs)),
+            ],
+        )
+        .unwrap();
+        t.put_batch(&batch, WriteOptions::BUFFERED).await.unwrap();
+        if chunk == 4 {
+            db.checkpoint().await.unwrap();
+        }
+    }
+    t.delete_range(100i64..200, WriteOptions::BUFFERED)
+        .await
+        .unwrap();
+    let expected_sum: f64 = (0..1000).filter(|k| !(100..200).contains(k)).sum::<i64>() as f64;
+    let sum = t
+        .aggregate(i64::MIN.., "v", Aggregate::Sum, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        sum.column(0).as_primitive::<Float64Type>().value(0),
+        expected_sum
+    );
+    let count = t
+        .aggregate(0i64..500, "v", Aggregate::Count, None)
+        .await
+        .unwrap();
+    assert_eq!(count.column(0).as_primitive::<UInt64Type>().value(0), 400);
+    let per_bucket = t
+        .aggregate(0i64..1000, "v", Aggregate::Max, Some(250))
+        .await
+        .unwrap();
+    assert_eq!(per_bucket.schema().field(0).name(), "bucket");
+    let starts: Vec<i64> = per_bucket.column(0).to_data().buffers()[0]
+        .typed_data::<i64>()
+        .to_vec();
+    assert_eq!(starts, [0, 250, 500, 750]);
+    let maxes: Vec<f64> = per_bucket
+        .column(1)
+        .as_primitive::<Float64Type>()
+        .values()
+        .to_vec();
+    assert_eq!(maxes, [249.0, 499.0, 749.0, 999.0]);
+    let avg = t
+        .aggregate(0i64..=2, "v", Aggregate::Avg, None)
+        .await
+        .unwrap();
+    assert_eq!(avg.column(0).as_primitive::<Float64Type>().value(0), 1.0);
+    let empty = t
+        .aggregate(5000i64.., "v", Aggregate::Min, None)
+        .await
+        .unwrap();
+    assert!(empty.column(0).is_null(0));
+    assert!(matches!(
+        t.aggregate(0i64.., "v", Aggregate::Sum, Some(0)).await,
+        Err(Error::BadInput(_))
+    ));
+    assert!(matches!(
+        t.aggregate(0i64.., "nope", Aggregate::Sum, None).await,
+        Err(Error::BadInput(_))
+    ));
+
+    // Explain: the flushed segments, pruned by range.
+    let plan = t.explain(0i64..10).unwrap();
+    assert!(plan.segments_total >= 1);
+    assert_eq!(
+        plan.segments_total,
+        plan.segments.len() + plan.segments_pruned
+    );
+    assert!(plan.segments.iter().all(|s| s.rows_in_range <= 10));
+    let far = t.explain(10_000i64..20_000).unwrap();
+    assert_eq!(far.segments.len(), 0);
+    assert_eq!(far.rows_to_scan, 0);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_table_stays_gone_and_a_new_one_of_its_name_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let old = db.create_table("t", KeyType::U64, None).await.unwrap();
+    old.put_value(1u64, "old", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.drop_table("t").await.unwrap();
+    assert!(matches!(
+        old.get_value(1u64).await,
+        Err(Error::UnknownTable(_))
+    ));
+    assert!(matches!(
+        db.drop_table("t").await,
+        Err(Error::UnknownTable(_))
+    ));
+    let new = db.create_table("t", KeyType::U64, None).await.unwrap();
+    assert_eq!(new.get_value(1u64).await.unwrap(), None);
+    new.put_value(2u64, "new", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    // The old table's WAL records are not replayed into the new one.
+    let db = Db::open(dir.path()).await.unwrap();
+    assert_eq!(db.list_tables(), ["t"]);
+    let t = db.table("t").unwrap();
+    assert_eq!(t.get_value(1u64).await.unwrap(), None);
+    assert_eq!(t.get_value(2u64).await.unwrap().unwrap(), "new");
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_change_stream_lists_commits_in_order_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let a = t.put_value(1u64, "a", WriteOptions::DURABLE).await.unwrap();
+    let mut batch = db.batch();
+    batch.put_value(&t, 2u64, "b").unwrap();
+    batch.delete(&t, 1u64).unwrap();
+    let b = db.write(batch, WriteOptions::DURABLE).await.unwrap();
+    let c = t
+        .delete_range(5u64..=9, WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    let changes: Vec<_> = db.changes(a).try_collect().await.unwrap();
+    assert_eq!(changes.iter().map(|c| c.lsn).collect::<Vec<_>>(), [a, b, c]);
+    assert_eq!(
+        changes[1].writes,
+        [
+            ChangedRow::Put {
+                table: "kv".into(),
+                key: Key::U64(2),
+                values: vec![Value::Bytes("b".into())]
+            },
+            ChangedRow::Delete {
+                table: "kv".into(),
+                key: Key::U64(1)
+            },
+        ]
+    );
+    assert!(matches!(
+        &changes[2].writes[0],
+        ChangedRow::DeleteRange {
+            first: Key::U64(5),
+            last: Key::U64(9),
+            ..
+        }
+    ));
+    let resumed: Vec<_> = db.changes(b + 1).try_collect().await.unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].lsn, c);
+    let past_end: Vec<_> = db.changes(c + 1).try_collect().await.unwrap();
+    assert!(past_end.is_empty());
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn serializable_transactions_also_conflict_on_what_they_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    t.put_value(1u64, "x", WriteOptions::DURABLE).await.unwrap();
+    for isolation in [Isolation::Snapshot, Isolation::Serializable] {
+        let mut txn = db.begin_with(isolation);
+        assert_eq!(txn.get_value(&t, 1u64).await.unwrap().unwrap(), "x");
+        // Another writer changes what the transaction read (not what it writes).
+        t.put_value(1u64, "x", WriteOptions::DURABLE).await.unwrap();
+        txn.put_value(&t, 2u64, "y").unwrap();
+        let committed = txn.commit(WriteOptions::DURABLE).await;
+        match isolation {
+            Isolation::Snapshot => assert!(committed.is_ok()),
+            _ => assert!(matches!(committed, Err(Error::Conflict { .. }))),
+        }
+    }
+    // A range read conflicts with a write anywhere in the range, even after a flush.
+    let mut txn = db.begin_with(Isolation::Serializable);
+    let seen: Vec<RecordBatch> = txn
+        .scan(&t, 10u64..20, ScanOptions::default())
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(seen.is_empty());
+    t.put_value(15u64, "z", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.checkpoint().await.unwrap();
+    txn.put_value(&t, 3u64, "w").unwrap();
+    assert!(matches!(
+        txn.commit(WriteOptions::DURABLE).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(t.get_value(3u64).await.unwrap(), None);
+    db.close().await.unwrap();
+}
