@@ -113,9 +113,16 @@ impl Builder {
         self
     }
 
-    /// Bytes of frozen memtables beyond which writers wait, and how long they wait.
-    pub fn backpressure(mut self, max_frozen_bytes: usize, stall_timeout: Duration) -> Self {
+    /// Bytes and number of frozen memtables beyond which writers wait, and how long they
+    /// wait before [`crate::Error::Overloaded`].
+    pub fn backpressure(
+        mut self,
+        max_frozen_bytes: usize,
+        max_frozen_memtables: usize,
+        stall_timeout: Duration,
+    ) -> Self {
         self.settings.max_frozen_bytes = max_frozen_bytes;
+        self.settings.max_frozen_memtables = max_frozen_memtables;
         self.settings.stall_timeout = stall_timeout;
         self
     }

@@ -244,7 +244,17 @@ impl Inner {
     pub(crate) async fn checkpoint(self: &Arc<Self>) -> Result<Lsn> {
         self.check_writable()?;
         self.maybe_rotate(true);
-        while self.flush_oldest().await.map_err(|e| self.fail(e))? {}
+        // Flush the generations that hold writes made before the call, not those that
+        // writers keep filling meanwhile.
+        let target = self.wal.last_lsn().unwrap_or(0);
+        loop {
+            let oldest = self.version.load().memtables.last().map(|g| g.first());
+            if oldest.is_none_or(|first| first > target)
+                || !self.flush_oldest().await.map_err(|e| self.fail(e))?
+            {
+                break;
+            }
+        }
         Ok(current_data(&*self.writer.lock().await).flushed_lsn)
     }
 }
@@ -309,15 +319,13 @@ pub(crate) async fn run_background(inner: Weak<Inner>, wake: Arc<Notify>) {
             if db.failure.get().is_some() {
                 break;
             }
-            match db.flush_oldest().await {
-                Ok(true) => continue,
-                Ok(false) => {
-                    if let Err(err) = db.compact_due().await {
-                        db.fail(err);
-                    }
-                    break;
-                }
-                Err(err) => {
+            // Compaction runs between flushes too, or steady writes would starve it.
+            let flushed = db.flush_oldest().await;
+            let compacted = db.compact_due().await;
+            match (flushed, compacted) {
+                (Ok(true), Ok(())) => continue,
+                (Ok(false), Ok(())) => break,
+                (Err(err), _) | (_, Err(err)) => {
                     db.fail(err);
                     break;
                 }

@@ -342,7 +342,11 @@ impl Inner {
         let deadline = Instant::now() + self.settings.stall_timeout;
         loop {
             let notified = self.flushed.notified();
-            if self.version.load().frozen_bytes() <= self.settings.max_frozen_bytes {
+            let version = self.version.load();
+            let frozen = version.memtables.len().saturating_sub(1);
+            if version.frozen_bytes() <= self.settings.max_frozen_bytes
+                && frozen <= self.settings.max_frozen_memtables
+            {
                 return Ok(());
             }
             self.check_writable()?;
@@ -350,8 +354,10 @@ impl Inner {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 return Err(Error::Overloaded(format!(
-                    "{} bytes of memtables wait for flush (limit {}); waited {:?}",
-                    self.version.load().frozen_bytes(),
+                    "{frozen} memtables of {} bytes wait for flush (limits {} and {} bytes); \
+                     waited {:?}",
+                    version.frozen_bytes(),
+                    self.settings.max_frozen_memtables,
                     self.settings.max_frozen_bytes,
                     self.settings.stall_timeout
                 )));

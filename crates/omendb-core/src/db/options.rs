@@ -85,8 +85,11 @@ impl Aggregate {
 pub struct Settings {
     /// The active memtable is frozen and flushed once it holds this many bytes.
     pub memtable_bytes: usize,
-    /// Writers wait while frozen memtables hold more than this many bytes...
+    /// Writers wait while frozen memtables hold more than this many bytes, or number more
+    /// than `max_frozen_memtables`...
     pub max_frozen_bytes: usize,
+    /// (see `max_frozen_bytes`; each one is another layer every read consults).
+    pub max_frozen_memtables: usize,
     /// ...for at most this long, then get [`crate::Error::Overloaded`].
     pub stall_timeout: Duration,
     /// The durability of writes that do not say.
@@ -112,6 +115,7 @@ impl Default for Settings {
         Self {
             memtable_bytes: 64 << 20,
             max_frozen_bytes: 256 << 20,
+            max_frozen_memtables: 4,
             stall_timeout: Duration::from_secs(10),
             durability: Durability::Durable,
             index_policy: IndexPolicy::default(),
