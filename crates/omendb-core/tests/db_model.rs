@@ -1,5 +1,5 @@
 //! Model-based test: random operations on the engine checked against a `BTreeMap` oracle,
-//! seeded and reproducible, on local files and on the in-memory store.
+//! seeded and reproducible, on local files, on the in-memory store and on S3 (moto).
 //!
 //! `OMENDB_MODEL_SEEDS=N` and `OMENDB_MODEL_OPS=M` lengthen it (`cargo xtask model`);
 //! `OMENDB_MODEL_SEED=S` replays one seed. A failure names its seed.
@@ -23,6 +23,9 @@ use omendb_storage::segment::SegmentWriterOptions;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+#[path = "../../omendb-storage/tests/common/moto.rs"]
+mod moto;
+
 type Oracle = BTreeMap<u64, Bytes>;
 
 const KEYS: u64 = 300;
@@ -31,6 +34,7 @@ const KEYS: u64 = 300;
 enum Place {
     Files(Arc<tempfile::TempDir>),
     Memory(Arc<dyn ObjectStore>),
+    S3(Arc<moto::Moto>, String),
 }
 
 async fn open(place: &Place) -> Db {
@@ -46,6 +50,9 @@ async fn open(place: &Place) -> Db {
     let builder = match place {
         Place::Files(dir) => builder.path(dir.path()),
         Place::Memory(store) => builder.store(Arc::clone(store)),
+        Place::S3(moto, bucket) => builder
+            .url(format!("s3://{bucket}/db"))
+            .backend_options(moto.options()),
     };
     builder.build().await.unwrap()
 }
@@ -303,5 +310,15 @@ async fn random_operations_on_the_memory_store_match_a_map() {
     for seed in seeds() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         run(seed + 1000, ops(), Place::Memory(store)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_operations_on_s3_match_a_map() {
+    let moto = Arc::new(moto::Moto::start());
+    // Every request goes to a local server in another process: fewer operations.
+    for seed in seeds().into_iter().take(2) {
+        let bucket = moto.bucket();
+        run(seed + 2000, ops() / 2, Place::S3(Arc::clone(&moto), bucket)).await;
     }
 }
