@@ -2,6 +2,8 @@
 //!
 //! `cargo run -p omendb-core --example embedded [DIR]` (a temporary directory if none).
 
+#![allow(clippy::print_stdout)] // an example shows its results
+
 use futures::TryStreamExt;
 use omendb_core::{Db, KeyType, Result, ScanOptions, WriteOptions};
 

@@ -2,6 +2,8 @@
 //!
 //! `cargo run -p omendb-core --example timeseries [DIR]` (a temporary directory if none).
 
+#![allow(clippy::print_stdout)] // an example shows its results
+
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampSecondArray};
