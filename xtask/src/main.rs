@@ -74,17 +74,19 @@ fn test() -> Result<()> {
 fn loom() -> Result<()> {
     let target = workspace_root()?.join("target").join("loom");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let args = ["test", "--release", "--package", "omendb-wal", "--lib"];
-    eprintln!("xtask: RUSTFLAGS=\"--cfg loom\" cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
-        .args(args)
-        .env("RUSTFLAGS", "--cfg loom")
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(workspace_root()?)
-        .status()
-        .with_context(|| format!("could not start {cargo}"))?;
-    if !status.success() {
-        bail!("loom model checks failed with {status}");
+    for package in ["omendb-wal", "omendb-core"] {
+        let args = ["test", "--release", "--package", package, "--lib"];
+        eprintln!("xtask: RUSTFLAGS=\"--cfg loom\" cargo {}", args.join(" "));
+        let status = Command::new(&cargo)
+            .args(args)
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(workspace_root()?)
+            .status()
+            .with_context(|| format!("could not start {cargo}"))?;
+        if !status.success() {
+            bail!("loom model checks of {package} failed with {status}");
+        }
     }
     Ok(())
 }

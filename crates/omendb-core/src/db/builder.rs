@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -29,6 +28,7 @@ use crate::key::KeyType;
 use crate::memtable::Generation;
 use crate::segment::Segment;
 use crate::table::TableDef;
+use crate::version_cell::VersionCell;
 use crate::visibility::Visibility;
 
 /// Where the WAL lives.
@@ -276,8 +276,7 @@ impl Builder {
             prefix,
             wal,
             writer: tokio::sync::Mutex::new(writer),
-            version: ArcSwap::from_pointee(version),
-            swap: Mutex::new(()),
+            version: VersionCell::new(version),
             visibility: Visibility::new(last),
             cache,
             settings,

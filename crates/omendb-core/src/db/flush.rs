@@ -50,27 +50,27 @@ impl Inner {
         if !force && !over(&self.version.load()) {
             return false;
         }
-        let guard = self.swap.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.version.load_full();
-        let Some(active) = current.active() else {
-            return false;
-        };
-        if !force && !over(&current) {
-            return false;
+        let rotated = self.version.update(|current| {
+            let Some(active) = current.active() else {
+                return (None, false);
+            };
+            if !force && !over(current) {
+                return (None, false);
+            }
+            // Every LSN assigned from here on is above the cut; every one below it goes to the
+            // generation being frozen (the WAL assigns LSNs in order under its own lock).
+            let cut = self.wal.last_lsn().unwrap_or(0) + 1;
+            if cut <= active.first() || !active.close(cut) {
+                return (None, false);
+            }
+            let mut memtables = vec![Arc::new(Generation::new(cut))];
+            memtables.extend(current.memtables.iter().cloned());
+            (Some(current.with(None, Some(memtables))), true)
+        });
+        if rotated {
+            self.flush_wanted.notify_one();
         }
-        // Every LSN assigned from here on is above the cut; every one below it goes to the
-        // generation being frozen (the WAL assigns LSNs in order under its own lock).
-        let cut = self.wal.last_lsn().unwrap_or(0) + 1;
-        if cut <= active.first() || !active.close(cut) {
-            return false;
-        }
-        let mut memtables = vec![Arc::new(Generation::new(cut))];
-        memtables.extend(current.memtables.iter().cloned());
-        self.version
-            .store(Arc::new(current.with(None, Some(memtables))));
-        drop(guard);
-        self.flush_wanted.notify_one();
-        true
+        rotated
     }
 
     /// Flushes the oldest frozen generation; `false` if there is none.
@@ -137,50 +137,49 @@ impl Inner {
         removed: &[String],
         flushed: Option<&Arc<Generation>>,
     ) {
-        let _guard = self.swap.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.version.load_full();
-        let tables = current
-            .tables
-            .values()
-            .map(|table| {
-                let id = table.def.id;
-                let touched = added.iter().any(|(t, _)| *t == id)
-                    || table
+        self.version.update(|current| {
+            let tables = current
+                .tables
+                .values()
+                .map(|table| {
+                    let id = table.def.id;
+                    let touched = added.iter().any(|(t, _)| *t == id)
+                        || table
+                            .segments
+                            .iter()
+                            .any(|s| removed.contains(&s.entry.path));
+                    if !touched {
+                        return Arc::clone(table);
+                    }
+                    let mut segments: Vec<Arc<Segment>> = table
                         .segments
                         .iter()
-                        .any(|s| removed.contains(&s.entry.path));
-                if !touched {
-                    return Arc::clone(table);
-                }
-                let mut segments: Vec<Arc<Segment>> = table
-                    .segments
-                    .iter()
-                    .filter(|s| !removed.contains(&s.entry.path))
-                    .cloned()
-                    .collect();
-                segments.extend(
-                    added
-                        .iter()
-                        .filter(|(t, _)| *t == id)
-                        .map(|(_, s)| Arc::clone(s)),
-                );
-                segments.sort_by_key(|s| Reverse(s.entry.lsn_max));
-                Arc::new(TableState {
-                    def: table.def.clone(),
-                    segments,
+                        .filter(|s| !removed.contains(&s.entry.path))
+                        .cloned()
+                        .collect();
+                    segments.extend(
+                        added
+                            .iter()
+                            .filter(|(t, _)| *t == id)
+                            .map(|(_, s)| Arc::clone(s)),
+                    );
+                    segments.sort_by_key(|s| Reverse(s.entry.lsn_max));
+                    Arc::new(TableState {
+                        def: table.def.clone(),
+                        segments,
+                    })
                 })
-            })
-            .collect();
-        let memtables = flushed.map(|gone| {
-            current
-                .memtables
-                .iter()
-                .filter(|g| !Arc::ptr_eq(g, gone))
-                .cloned()
-                .collect()
+                .collect();
+            let memtables = flushed.map(|gone| {
+                current
+                    .memtables
+                    .iter()
+                    .filter(|g| !Arc::ptr_eq(g, gone))
+                    .cloned()
+                    .collect()
+            });
+            (Some(current.with(Some(tables), memtables)), ())
         });
-        self.version
-            .store(Arc::new(current.with(Some(tables), memtables)));
     }
 
     /// Writes `rows` as a segment of `def`'s table with its trained index and opens it.

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use arrow_schema::Schema;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -46,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::key::KeyType;
 use crate::memtable::Lsn;
 use crate::table::TableDef;
+use crate::version_cell::VersionCell;
 use crate::visibility::Visibility;
 use version::{TableState, Version};
 
@@ -80,9 +80,7 @@ pub(crate) struct Inner {
     prefix: Path,
     wal: Arc<dyn Wal>,
     writer: tokio::sync::Mutex<ManifestWriter>,
-    version: ArcSwap<Version>,
-    /// Serializes version swaps (each builds on the version it replaces).
-    swap: Mutex<()>,
+    version: VersionCell<Version>,
     visibility: Visibility,
     cache: Arc<PageCache>,
     settings: Settings,
@@ -277,12 +275,11 @@ impl Inner {
 
     /// Swaps in a version with the tables `edit` leaves.
     fn swap_tables(&self, edit: impl FnOnce(&mut Vec<Arc<TableState>>)) {
-        let _guard = self.swap.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.version.load_full();
-        let mut tables: Vec<Arc<TableState>> = current.tables.values().cloned().collect();
-        edit(&mut tables);
-        self.version
-            .store(Arc::new(current.with(Some(tables), None)));
+        self.version.update(|current| {
+            let mut tables: Vec<Arc<TableState>> = current.tables.values().cloned().collect();
+            edit(&mut tables);
+            (Some(current.with(Some(tables), None)), ())
+        });
     }
 
     /// Validated writes in, LSN out: append, apply, publish.
@@ -331,7 +328,7 @@ impl Inner {
                 break;
             }
             // A rotation closed the generation this version calls active and has not yet
-            // swapped in the next one: it is doing so under the swap lock.
+            // swapped in the next one: it is doing so inside `VersionCell::update`.
             std::thread::yield_now();
         }
         self.visibility.applied(lsn);

@@ -1,9 +1,9 @@
 //! The version set: what a read sees, swapped whole.
 //!
 //! A [`Version`] holds the tables with their live segments and the memtable generations. It is
-//! immutable; flush, compaction, rotation and DDL build the next one and swap it in (`arc-swap`),
+//! immutable; flush, compaction, rotation and DDL build the next one and swap it in
 //! so a reader that loaded a version reads a consistent set of objects however long it takes.
-//! Swaps are serialized by the database's swap lock.
+//! (`crate::version_cell::VersionCell`, which serializes the updates).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -6,77 +6,57 @@
 //! holds everything up to `end - 1` and nothing after, which is what the manifest's flushed LSN
 //! and the WAL truncation rely on.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_skiplist::SkipMap;
 
+use super::cut::Cut;
 use super::{Lsn, Memtable};
 use crate::batch::{Write, WriteBatch};
 
 /// The memtables of one run of LSNs.
 #[derive(Debug)]
 pub struct Generation {
-    first: Lsn,
-    /// The first LSN this generation does not take (`Lsn::MAX` while active). Appliers hold
-    /// the read lock while they apply, so once rotation has set it no later LSN gets in.
-    end: RwLock<Lsn>,
+    /// Which LSNs it takes; appliers hold their entry while they apply, so once rotation has
+    /// closed it no later LSN gets in.
+    cut: Cut,
     tables: SkipMap<u32, Arc<Memtable>>,
     bytes: AtomicUsize,
-    /// The highest LSN applied (0 if none).
-    last: AtomicU64,
 }
 
 impl Generation {
     /// An active generation starting at `first`.
     pub fn new(first: Lsn) -> Self {
         Self {
-            first,
-            end: RwLock::new(Lsn::MAX),
+            cut: Cut::new(first),
             tables: SkipMap::new(),
             bytes: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
         }
     }
 
     /// The first LSN it holds.
     pub fn first(&self) -> Lsn {
-        self.first
+        self.cut.first()
     }
 
     /// The first LSN it does not hold (`Lsn::MAX` while active).
     pub fn end(&self) -> Lsn {
-        *self
-            .end
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.cut.end()
     }
 
     /// Closes the generation at `end`: no LSN from `end` on is applied to it afterwards.
     /// Returns `false` (and changes nothing) if `end` is below an LSN it already took.
     pub fn close(&self, end: Lsn) -> bool {
-        let mut slot = self
-            .end
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if end < self.first || end > *slot || end <= self.last.load(Ordering::Acquire) {
-            return false;
-        }
-        *slot = end;
-        true
+        self.cut.close(end)
     }
 
     /// Applies `batch` at `lsn` if the LSN is this generation's; `false` otherwise. Writes to
     /// tables `live` rejects (dropped since the batch was validated) are skipped.
     pub fn apply(&self, lsn: Lsn, batch: &WriteBatch, live: impl Fn(u32) -> bool) -> bool {
-        let end = self
-            .end
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if lsn < self.first || lsn >= *end {
+        let Some(_entry) = self.cut.enter(lsn) else {
             return false;
-        }
-        self.last.fetch_max(lsn, Ordering::AcqRel);
+        };
         for write in batch.writes() {
             let table = write.table();
             if !live(table) {
