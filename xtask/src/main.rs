@@ -24,6 +24,19 @@ enum Task {
     Test,
     /// The loom model checks (`--cfg loom`, release mode, own target dir `target/loom`).
     Loom,
+    /// The engine's model-based test at length: many seeds, long runs, on local files, memory
+    /// and S3 (moto), checked against a `BTreeMap`; or one seed replayed.
+    Model {
+        /// Seeds to run (0..N).
+        #[arg(long, default_value_t = 200)]
+        seeds: u64,
+        /// Operations per seed.
+        #[arg(long, default_value_t = 5000)]
+        ops: u64,
+        /// Replay this seed only (as printed by a failing run).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Release-mode benchmarks through `omendb-bench`; arguments are passed through.
     ///
     /// `cargo xtask bench index --keys 100000000 --dist all` runs the 100M-key index benchmark.
@@ -52,6 +65,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test(),
         Task::Loom => loom(),
+        Task::Model { seeds, ops, seed } => model(seeds, ops, seed),
         Task::Bench { args } => {
             let mut full = vec!["run", "--release", "--package", "omendb-bench", "--"];
             full.extend(args.iter().map(String::as_str));
@@ -67,6 +81,35 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     loom()
+}
+
+/// Runs the engine's model-based test with more seeds and operations than the suite's.
+fn model(seeds: u64, ops: u64, seed: Option<u64>) -> Result<()> {
+    ensure_moto()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(&cargo);
+    command
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "omendb-core",
+            "--test",
+            "db_model",
+        ])
+        .env("OMENDB_MODEL_SEEDS", seeds.to_string())
+        .env("OMENDB_MODEL_OPS", ops.to_string())
+        .current_dir(workspace_root()?);
+    if let Some(seed) = seed {
+        command.env("OMENDB_MODEL_SEED", seed.to_string());
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {cargo}"))?;
+    if !status.success() {
+        bail!("the model-based test failed with {status}; it printed the seed to replay");
+    }
+    Ok(())
 }
 
 /// Runs the loom model checks of the crates that have them. `--cfg loom` changes every crate's
