@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::report::{self, Report};
+use crate::report::{self, Report, median};
 
 /// Arguments of `omendb-bench index`.
 #[derive(Parser, Debug)]
@@ -366,11 +366,6 @@ fn checksum(positions: &[usize]) -> u64 {
     positions
         .iter()
         .fold(0u64, |s, &p| s.wrapping_add(p as u64))
-}
-
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn ms(start: Instant) -> f64 {

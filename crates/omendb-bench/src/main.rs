@@ -5,6 +5,7 @@
 //! output contract of `shared/design/PERFORMANCE.md`). It is a measuring tool: nothing in the
 //! product depends on it.
 
+mod db;
 mod index;
 mod report;
 mod segment;
@@ -21,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The embedded engine: bulk load, point reads, multi_get, scans, time series, mixed
+    /// read/update, reopen and footprint.
+    Db(db::Args),
     /// Point lookups in the learned-index family against binary search and BTreeMap.
     Index(index::Args),
     /// One Parquet segment written, opened, fetched by position (cold, cached) and scanned.
@@ -31,6 +35,7 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::Db(args) => db::run(&args),
         Bench::Index(args) => index::run(&args),
         Bench::Segment(args) => segment::run(&args),
         Bench::Wal(args) => wal::run(&args),

@@ -108,3 +108,31 @@ pub(crate) fn machine() -> String {
         .map_or_else(|| "rustc unknown".to_owned(), |s| s.trim().to_owned());
     format!("{cpu}, {cores} cores, {mem_gib:.0} GiB, {rustc}")
 }
+
+/// The `q` quantile of `samples` (sorted in place): the sample at `round((len - 1) * q)`; 0 when
+/// empty.
+pub(crate) fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = ((samples.len() - 1) as f64 * q).round() as usize;
+    samples[at]
+}
+
+/// The median of `samples` (sorted in place): the upper middle one when their number is even;
+/// 0 when empty.
+pub(crate) fn median(samples: &mut [f64]) -> f64 {
+    percentile(samples, 0.5)
+}
+
+/// This process's peak resident set in MiB (`VmHWM`), if the system reports it.
+pub(crate) fn peak_rss_mb() -> Option<f64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+}

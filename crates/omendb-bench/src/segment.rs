@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::report::{self, Report};
+use crate::report::{self, Report, median};
 
 /// Arguments of `omendb-bench segment`.
 #[derive(Parser, Debug)]
@@ -343,12 +343,4 @@ fn column<T: Array + 'static>(batch: &RecordBatch, index: usize) -> Result<&T> {
         .as_any()
         .downcast_ref::<T>()
         .context("unexpected column type")
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -16,7 +16,7 @@ use clap::Parser;
 use omendb_wal::{AppendOptions, FileWal, SyncPolicy, Wal, WalOptions};
 use serde::Serialize;
 
-use crate::report::{self, Report};
+use crate::report::{self, Report, percentile};
 
 /// Arguments of `omendb-bench wal`.
 #[derive(Parser, Debug)]
@@ -359,14 +359,4 @@ fn recovery_row(dir: &Path, bytes: u64) -> Result<(f64, f64)> {
         records as f64 / elapsed,
         report.bytes_read as f64 / 1e6 / elapsed,
     ))
-}
-
-/// The `q` quantile of `samples` (sorted in place); 0 when empty.
-fn percentile(samples: &mut [f64], q: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_by(f64::total_cmp);
-    let at = ((samples.len() - 1) as f64 * q).round() as usize;
-    samples[at]
 }
