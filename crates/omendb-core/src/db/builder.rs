@@ -288,6 +288,7 @@ impl Builder {
             flush_lock: tokio::sync::Mutex::new(()),
             compact_lock: tokio::sync::Mutex::new(()),
             background: Mutex::new(None),
+            compaction: Mutex::new(None),
             counters: Mutex::new((0, 0)),
         });
         let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));

@@ -23,15 +23,38 @@ use crate::memtable::Lsn;
 use crate::segment::Segment;
 
 impl Inner {
-    /// Compacts groups that reached the trigger size.
-    pub(crate) async fn compact_due(self: &Arc<Self>) -> Result<()> {
-        self.compact(self.settings.compaction_trigger).await
+    /// Starts a compaction task unless one is running: it compacts groups that reached the
+    /// trigger size, then collects garbage past its grace period.
+    pub(crate) fn spawn_compaction(self: &Arc<Self>) {
+        let mut slot = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|task| !task.is_finished())
+            || self.closed.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let db = Arc::clone(self);
+        *slot = Some(tokio::spawn(async move {
+            if let Err(err) = db.compact_due().await {
+                db.fail(err);
+            }
+        }));
+    }
+
+    async fn compact_due(self: &Arc<Self>) -> Result<()> {
+        if self.compact(self.settings.compaction_trigger).await? > 0 {
+            self.collect_garbage().await?;
+        }
+        Ok(())
     }
 
     /// Compacts every group of two or more segments, then collects garbage.
     pub(crate) async fn compact_all(self: &Arc<Self>) -> Result<()> {
         self.check_writable()?;
         self.compact(2).await.map_err(|e| self.fail(e))?;
+        self.collect_garbage().await
+    }
+
+    async fn collect_garbage(&self) -> Result<()> {
         // No flush or compaction of this process is between writing a segment and publishing
         // it while garbage is collected, so even a zero grace period cannot delete one of its
         // segments; the grace period covers writers in other processes.
@@ -46,17 +69,23 @@ impl Inner {
         Ok(())
     }
 
-    async fn compact(self: &Arc<Self>, at_least: usize) -> Result<()> {
+    /// Compacts the groups of at least `at_least` segments; returns how many.
+    async fn compact(self: &Arc<Self>, at_least: usize) -> Result<usize> {
         let _compacting = self.compact_lock.lock().await;
         let version = self.version.load_full();
+        let mut compacted = 0;
         for table in version.tables.values() {
             for group in overlapping_groups(&table.segments) {
+                if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    return Ok(compacted);
+                }
                 if group.len() >= at_least {
                     self.compact_group(table, &group).await?;
+                    compacted += 1;
                 }
             }
         }
-        Ok(())
+        Ok(compacted)
     }
 
     async fn compact_group(

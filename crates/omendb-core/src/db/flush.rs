@@ -303,8 +303,8 @@ fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
     })
 }
 
-/// The background task: flushes frozen generations as they appear, then compacts. Holds only a
-/// weak reference, so dropping every [`super::Db`] ends it.
+/// The background task: flushes frozen generations as they appear and starts compactions.
+/// Holds only a weak reference, so dropping every [`super::Db`] ends it.
 pub(crate) async fn run_background(inner: Weak<Inner>, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
@@ -318,13 +318,13 @@ pub(crate) async fn run_background(inner: Weak<Inner>, wake: Arc<Notify>) {
             if db.failure.get().is_some() {
                 break;
             }
-            // Compaction runs between flushes too, or steady writes would starve it.
+            // Compaction runs in a task of its own, so a long merge never holds up a flush.
             let flushed = db.flush_oldest().await;
-            let compacted = db.compact_due().await;
-            match (flushed, compacted) {
-                (Ok(true), Ok(())) => continue,
-                (Ok(false), Ok(())) => break,
-                (Err(err), _) | (_, Err(err)) => {
+            db.spawn_compaction();
+            match flushed {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(err) => {
                     db.fail(err);
                     break;
                 }

@@ -72,6 +72,10 @@ pub struct DbStats {
     pub flushes: u64,
     /// Compactions since open.
     pub compactions: u64,
+    /// Whether a compaction is running.
+    pub compacting: bool,
+    /// Why writes are refused, if an earlier failure poisoned the database.
+    pub failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -97,6 +101,8 @@ pub(crate) struct Inner {
     /// One compaction at a time.
     compact_lock: tokio::sync::Mutex<()>,
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The running compaction task, if any.
+    compaction: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counters: Mutex<(u64, u64)>,
 }
 
@@ -380,6 +386,13 @@ impl Inner {
             segments: version.tables.values().map(|t| t.segments.len()).sum(),
             flushes,
             compactions,
+            compacting: self
+                .compaction
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|task| !task.is_finished()),
+            failure: self.failure.get().map(ToString::to_string),
         }
     }
 
@@ -394,6 +407,14 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        let compaction = self
+            .compaction
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = compaction {
             let _ = handle.await;
         }
         let wal = Arc::clone(&self.wal);

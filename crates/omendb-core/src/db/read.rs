@@ -89,6 +89,153 @@ pub(crate) async fn locate(
     Ok(None)
 }
 
+/// A point read's first, synchronous step: what memtables and cached pages decide without
+/// waiting, or what is left to do.
+pub(crate) enum Step<T> {
+    /// The answer.
+    Done(Option<T>),
+    /// The key's row is at this position of a segment whose page is not cached.
+    Fetch(Arc<Segment>, usize),
+    /// A segment newer than the snapshot must be searched by LSN: take the general path.
+    General,
+}
+
+/// The synchronous part of a point read of `key` at `snapshot`: memtables (newest first, after
+/// `overlay`), then segments whose rows are all visible at the snapshot, reading the row from
+/// cached pages with `read` (`None` from `read` means a tombstone). Allocates nothing and takes
+/// no reference counts on the way.
+pub(crate) fn point_step<T>(
+    version: &Version,
+    table: &TableState,
+    overlay: Option<&Memtable>,
+    key: u64,
+    snapshot: Lsn,
+    from_memtable: impl FnOnce(Bytes) -> Result<T>,
+    read: impl FnOnce(&[ArrayRef], usize) -> Option<T>,
+) -> Result<Step<T>> {
+    let id = table.def.id;
+    let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
+    let generations = version
+        .memtables
+        .iter()
+        .map(|g| g.lookup(id, key, snapshot));
+    for lookup in overlay.into_iter().chain(generations) {
+        match lookup {
+            Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
+            Lookup::Deleted { .. } => return Ok(Step::Done(None)),
+            Lookup::Absent => {}
+        }
+    }
+    for segment in &table.segments {
+        if !segment.may_hold(key) {
+            continue;
+        }
+        if !segment.all_visible_at(snapshot) {
+            return Ok(Step::General);
+        }
+        let rows = segment.rows_of(key);
+        if rows.is_empty() {
+            continue;
+        }
+        return match segment
+            .reader
+            .read_cached(rows.start as u64, &segment.row, read)?
+        {
+            Some(answer) => Ok(Step::Done(answer)),
+            None => Ok(Step::Fetch(Arc::clone(segment), rows.start)),
+        };
+    }
+    Ok(Step::Done(None))
+}
+
+/// Rows of one segment a batched read still has to fetch: (answer slot, row position).
+pub(crate) type Misses = Vec<(Arc<Segment>, Vec<(usize, usize)>)>;
+
+/// The synchronous part of a batched point read: fills `out` (one slot per key, in order) from
+/// memtables and cached pages, locating segment rows with the index's batched lookup, and
+/// returns the rows whose pages must be read. `None` if a segment newer than the snapshot means
+/// the general path must be taken.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn multi_step<T>(
+    version: &Version,
+    table: &TableState,
+    overlay: Option<&Memtable>,
+    keys: &[u64],
+    snapshot: Lsn,
+    from_memtable: impl Fn(Bytes) -> Result<T>,
+    read: impl Fn(&[ArrayRef], usize) -> Option<T>,
+    out: &mut Vec<Option<T>>,
+) -> Result<Option<Misses>> {
+    if table.segments.iter().any(|s| !s.all_visible_at(snapshot)) {
+        return Ok(None);
+    }
+    let id = table.def.id;
+    out.clear();
+    out.resize_with(keys.len(), || None);
+    let mut undecided: Vec<usize> = Vec::with_capacity(keys.len());
+    'keys: for (slot, &key) in keys.iter().enumerate() {
+        let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
+        let generations = version
+            .memtables
+            .iter()
+            .map(|g| g.lookup(id, key, snapshot));
+        for lookup in overlay.into_iter().chain(generations) {
+            match lookup {
+                Lookup::Found { row, .. } => {
+                    out[slot] = Some(from_memtable(row)?);
+                    continue 'keys;
+                }
+                Lookup::Deleted { .. } => continue 'keys,
+                Lookup::Absent => {}
+            }
+        }
+        undecided.push(slot);
+    }
+    let mut misses: Misses = Vec::new();
+    let mut queries = Vec::new();
+    let mut positions = Vec::new();
+    for segment in &table.segments {
+        if undecided.is_empty() {
+            break;
+        }
+        queries.clear();
+        queries.extend(undecided.iter().map(|&slot| keys[slot]));
+        let segment_keys = segment.keys();
+        segment
+            .index
+            .lower_bound_batch(segment_keys, &queries, &mut positions);
+        let mut fetch = Vec::new();
+        let mut still = Vec::with_capacity(undecided.len());
+        for (&slot, &position) in undecided.iter().zip(&positions) {
+            if segment_keys.get(position) != Some(&keys[slot]) {
+                still.push(slot);
+                continue;
+            }
+            match segment
+                .reader
+                .read_cached(position as u64, &segment.row, &read)?
+            {
+                Some(answer) => out[slot] = answer,
+                None => fetch.push((slot, position)),
+            }
+        }
+        if !fetch.is_empty() {
+            misses.push((Arc::clone(segment), fetch));
+        }
+        undecided = still;
+    }
+    Ok(Some(misses))
+}
+
+/// Reads a key-value row's value from a segment's row pages (`_tombstone`, `value`).
+pub(crate) fn kv_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Bytes> {
+    if pages[0].as_boolean().value(offset) {
+        return None;
+    }
+    let values = pages[1].as_binary_opt::<i32>()?;
+    Some(Bytes::copy_from_slice(values.value(offset)))
+}
+
 /// The values of a found row; `None` if it is a tombstone.
 pub(crate) async fn values_of(def: &TableDef, found: Found) -> Result<Option<Vec<Value>>> {
     match found {
@@ -121,24 +268,20 @@ pub(crate) async fn values_of(def: &TableDef, found: Found) -> Result<Option<Vec
 pub(crate) async fn value_of(found: Found) -> Result<Option<Bytes>> {
     match found {
         Found::Row(row) => crate::table::RowCodec::kv_value(&row).map(Some),
-        Found::Segment(segment, position) => {
-            let read = |pages: &[ArrayRef], offset: usize| {
-                if pages[0].as_boolean().value(offset) {
-                    return None;
-                }
-                let values = pages[1].as_binary_opt::<i32>()?;
-                Some(Bytes::copy_from_slice(values.value(offset)))
-            };
-            if let Some(value) = segment
-                .reader
-                .read_cached(position as u64, &segment.row, read)?
-            {
-                return Ok(value);
-            }
-            let batch = segment.reader.fetch(position as u64, &segment.row).await?;
-            Ok(read(batch.columns(), 0))
-        }
+        Found::Segment(segment, position) => fetch_kv(&segment, position).await,
     }
+}
+
+/// A key-value row's value from a segment, reading its page if it is not cached.
+pub(crate) async fn fetch_kv(segment: &Segment, position: usize) -> Result<Option<Bytes>> {
+    if let Some(value) = segment
+        .reader
+        .read_cached(position as u64, &segment.row, kv_from_pages)?
+    {
+        return Ok(value);
+    }
+    let batch = segment.reader.fetch(position as u64, &segment.row).await?;
+    Ok(kv_from_pages(batch.columns(), 0))
 }
 
 /// A key-ordered walk over one segment's rows in a key range, one key (all its rows) at a time.
@@ -516,6 +659,19 @@ impl Acc {
         self.max = Some(self.max.map_or(v, |m| m.max(v)));
     }
 
+    fn merge(&mut self, other: &Acc) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = match (self.min, other.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max = match (self.max, other.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     fn result(&self, function: Aggregate) -> Option<f64> {
         match function {
             Aggregate::Count => Some(self.count as f64),
@@ -581,13 +737,28 @@ pub(crate) async fn aggregate(
         } else {
             numbers(values.as_ref())?
         };
+        // Keys come in order, so rows of a bucket are adjacent: fold them before the map.
+        let mut current: Option<(i128, Acc)> = None;
         for (key, value) in keys.into_iter().zip(numbers) {
             let Some(value) = value else { continue };
             let start = match bucket {
                 Some(width) => key.div_euclid(i128::from(width)) * i128::from(width),
                 None => 0,
             };
-            buckets.entry(start).or_default().add(value);
+            match &mut current {
+                Some((open, acc)) if *open == start => acc.add(value),
+                _ => {
+                    if let Some((open, acc)) = current.take() {
+                        buckets.entry(open).or_default().merge(&acc);
+                    }
+                    let mut acc = Acc::default();
+                    acc.add(value);
+                    current = Some((start, acc));
+                }
+            }
+        }
+        if let Some((open, acc)) = current {
+            buckets.entry(open).or_default().merge(&acc);
         }
     }
     let value_field = match function {

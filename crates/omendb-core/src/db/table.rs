@@ -67,9 +67,32 @@ impl View<'_> {
                 def.name
             )));
         }
-        match self.locate(def, key).await? {
-            Some(found) => read::value_of(found).await,
-            None => Ok(None),
+        let stored = def.key_type.encode(key)?;
+        self.inner.check_open()?;
+        // The common case never waits: memtables and cached pages, under a version guard.
+        let step = {
+            let version = self.inner.version.load();
+            let table = version
+                .by_id
+                .get(&def.id)
+                .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+            read::point_step(
+                &version,
+                table,
+                self.overlay.as_deref(),
+                stored,
+                self.snapshot,
+                |row| crate::table::RowCodec::kv_value(&row),
+                read::kv_from_pages,
+            )?
+        };
+        match step {
+            read::Step::Done(answer) => Ok(answer),
+            read::Step::Fetch(segment, position) => read::fetch_kv(&segment, position).await,
+            read::Step::General => match self.locate(def, key).await? {
+                Some(found) => read::value_of(found).await,
+                None => Ok(None),
+            },
         }
     }
 
@@ -111,16 +134,41 @@ impl View<'_> {
             .iter()
             .map(|&k| def.key_type.encode(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let (version, table) = self.resolve(def)?;
-        let layers = read::mem_layers(&version, def.id, self.snapshot, self.overlay.as_ref());
-        let mut out = Vec::with_capacity(keys.len());
-        for key in stored {
-            out.push(
-                match read::locate(&layers, &table, key, self.snapshot).await? {
+        self.inner.check_open()?;
+        let mut out = Vec::new();
+        let misses = {
+            let version = self.inner.version.load();
+            let table = version
+                .by_id
+                .get(&def.id)
+                .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+            read::multi_step(
+                &version,
+                table,
+                self.overlay.as_deref(),
+                &stored,
+                self.snapshot,
+                |row| crate::table::RowCodec::kv_value(&row),
+                read::kv_from_pages,
+                &mut out,
+            )?
+        };
+        let Some(misses) = misses else {
+            let mut out = Vec::with_capacity(keys.len());
+            for &key in keys {
+                out.push(match self.locate(def, key).await? {
                     Some(found) => read::value_of(found).await?,
                     None => None,
-                },
-            );
+                });
+            }
+            return Ok(out);
+        };
+        for (segment, rows) in misses {
+            let positions: Vec<u64> = rows.iter().map(|&(_, p)| p as u64).collect();
+            let batch = segment.reader.fetch_many(&positions, &segment.row).await?;
+            for (i, &(slot, _)) in rows.iter().enumerate() {
+                out[slot] = read::kv_from_pages(batch.columns(), i);
+            }
         }
         Ok(out)
     }

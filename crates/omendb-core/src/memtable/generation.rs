@@ -94,6 +94,14 @@ impl Generation {
             .map(|entry| Arc::clone(entry.value()))
     }
 
+    /// What `table`'s memtable says about `key` at `snapshot` (`Absent` if it has none).
+    pub fn lookup(&self, table: u32, key: u64, snapshot: Lsn) -> super::Lookup {
+        match self.tables.get(&table) {
+            Some(entry) => entry.value().get(key, snapshot),
+            None => super::Lookup::Absent,
+        }
+    }
+
     /// Every table's memtable, by table id.
     pub fn tables(&self) -> Vec<(u32, Arc<Memtable>)> {
         self.tables
