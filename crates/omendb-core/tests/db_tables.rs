@@ -417,3 +417,30 @@ async fn serializable_transactions_also_conflict_on_what_they_read() {
     assert_eq!(t.get_value(3u64).await.unwrap(), None);
     db.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_second_open_of_a_directory_in_use_fails_and_leaves_the_first_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    t.put_value(1u64, "a", WriteOptions::DURABLE).await.unwrap();
+    let second = Db::open(dir.path()).await;
+    assert_eq!(second.unwrap_err().kind(), ErrorKind::Fatal);
+    // The first still writes, flushes (a manifest publish) and changes tables.
+    t.put_value(2u64, "b", WriteOptions::DURABLE).await.unwrap();
+    db.checkpoint().await.unwrap();
+    db.create_table("other", KeyType::U64, None).await.unwrap();
+    assert_eq!(db.stats().failure, None);
+    db.close().await.unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    assert_eq!(
+        db.table("kv")
+            .unwrap()
+            .get_value(2u64)
+            .await
+            .unwrap()
+            .unwrap(),
+        "b"
+    );
+    db.close().await.unwrap();
+}

@@ -208,6 +208,27 @@ impl Builder {
                 grace: settings.gc_grace,
             },
         );
+        // The WAL first: a local one locks its directory, so a second process fails here
+        // before it could fence the running writer by opening the manifest.
+        let wal: Arc<dyn Wal> = match (self.wal, &self.path) {
+            (WalChoice::Given(wal), _) => wal,
+            (WalChoice::Default, Some(path)) => {
+                let dir = path.join("wal");
+                let options = self.wal_options.clone();
+                let wal = tokio::task::spawn_blocking(move || FileWal::open(dir, options))
+                    .await
+                    .map_err(|err| Error::Corrupt(format!("opening the WAL failed: {err}")))??;
+                Arc::new(wal)
+            }
+            (WalChoice::Default | WalChoice::InStore, _) => Arc::new(
+                ObjectWal::open(
+                    Arc::clone(&store),
+                    prefix.clone().join("wal"),
+                    self.wal_options.clone(),
+                )
+                .await?,
+            ),
+        };
         let writer = manifests.open_writer(Default::default()).await?;
         let data = writer.current().map(|m| m.data.clone()).unwrap_or_default();
         let cache = Arc::new(PageCache::new(settings.cache_bytes));
@@ -231,25 +252,6 @@ impl Builder {
             tables.push(TableState { def, segments });
         }
 
-        let wal: Arc<dyn Wal> = match (self.wal, &self.path) {
-            (WalChoice::Given(wal), _) => wal,
-            (WalChoice::Default, Some(path)) => {
-                let dir = path.join("wal");
-                let options = self.wal_options.clone();
-                let wal = tokio::task::spawn_blocking(move || FileWal::open(dir, options))
-                    .await
-                    .map_err(|err| Error::Corrupt(format!("opening the WAL failed: {err}")))??;
-                Arc::new(wal)
-            }
-            (WalChoice::Default | WalChoice::InStore, _) => Arc::new(
-                ObjectWal::open(
-                    Arc::clone(&store),
-                    prefix.clone().join("wal"),
-                    self.wal_options.clone(),
-                )
-                .await?,
-            ),
-        };
         let last = wal.last_lsn().unwrap_or(0);
         if last < data.flushed_lsn {
             return Err(Error::Corrupt(format!(
@@ -289,6 +291,7 @@ impl Builder {
             compact_lock: tokio::sync::Mutex::new(()),
             background: Mutex::new(None),
             compaction: Mutex::new(None),
+            last_gc: Mutex::new(None),
             counters: Mutex::new((0, 0)),
         });
         let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));

@@ -65,7 +65,6 @@ struct State {
     next: Lsn,
     end: Lsn,
     buffered: VecDeque<Change>,
-    checked: bool,
 }
 
 pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<Change>> {
@@ -75,7 +74,6 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
         next: from.max(1),
         end,
         buffered: VecDeque::new(),
-        checked: false,
     };
     stream::try_unfold(state, |mut state| async move {
         loop {
@@ -93,14 +91,15 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
                 .take(READ_AHEAD)
                 .try_collect()
                 .await?;
+            // The WAL may drop records while the stream runs (a flush truncates it): the next
+            // record must be the one asked for, on every read, or the gap is reported.
             let first = records.first().map(|r| r.lsn);
-            if !state.checked && first != Some(state.next) {
+            if first != Some(state.next) {
                 return Err(Error::ChangesGone {
                     requested: state.next,
                     oldest: first.unwrap_or(state.end + 1),
                 });
             }
-            state.checked = true;
             if records.is_empty() {
                 return Ok(None);
             }

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::memtable::Lsn;
 use crate::segment::Segment;
 
+/// How often the background work collects garbage when no compaction gives it a reason.
+const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Inner {
     /// Starts a compaction task unless one is running: it compacts groups that reached the
     /// trigger size, then collects garbage past its grace period.
@@ -41,7 +44,14 @@ impl Inner {
     }
 
     async fn compact_due(self: &Arc<Self>) -> Result<()> {
-        if self.compact(self.settings.compaction_trigger).await? > 0 {
+        let compacted = self.compact(self.settings.compaction_trigger).await?;
+        // Flushes leave replaced manifest versions, and crashes leave unpublished segments,
+        // even where nothing compacts (time series): collect at least once a minute.
+        let due = {
+            let last = self.last_gc.lock().unwrap_or_else(|p| p.into_inner());
+            last.is_none_or(|at| at.elapsed() >= GC_INTERVAL)
+        };
+        if compacted > 0 || due {
             self.collect_garbage().await?;
         }
         Ok(())
@@ -60,6 +70,7 @@ impl Inner {
         // segments; the grace period covers writers in other processes.
         let _flushing = self.flush_lock.lock().await;
         let _compacting = self.compact_lock.lock().await;
+        *self.last_gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let segments = self.prefix.clone().join("segments");
         self.writer
             .lock()
@@ -118,7 +129,7 @@ impl Inner {
             added.push((id, Arc::new(segment)));
         }
         writer.commit(data).await?;
-        self.swap_segments(&added, &removed, None);
+        self.swap_segments(&added, &removed, None, horizon);
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
         Ok(())
     }

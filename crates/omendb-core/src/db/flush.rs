@@ -121,7 +121,7 @@ impl Inner {
         }
         data.flushed_lsn = data.flushed_lsn.max(upto);
         writer.commit(data).await?;
-        self.swap_segments(&added, &[], Some(&frozen));
+        self.swap_segments(&added, &[], Some(&frozen), 0);
         drop(writer);
         self.flushed.notify_waiters();
         self.wal.truncate_before(upto + 1).await?;
@@ -130,12 +130,13 @@ impl Inner {
     }
 
     /// Swaps in a version where `added` segments join their tables, `removed` (by path) leave,
-    /// and the generation `flushed` is gone.
+    /// the generation `flushed` is gone, and versions below `horizon` may be missing.
     pub(crate) fn swap_segments(
         &self,
         added: &[(u32, Arc<Segment>)],
         removed: &[String],
         flushed: Option<&Arc<Generation>>,
+        horizon: Lsn,
     ) {
         self.version.update(|current| {
             let tables = current
@@ -178,7 +179,9 @@ impl Inner {
                     .cloned()
                     .collect()
             });
-            (Some(current.with(Some(tables), memtables)), ())
+            let mut next = current.with(Some(tables), memtables);
+            next.horizon = next.horizon.max(horizon);
+            (Some(next), ())
         });
     }
 

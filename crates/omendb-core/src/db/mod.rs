@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The running compaction task, if any.
     compaction: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When garbage was last collected.
+    last_gc: Mutex<Option<Instant>>,
     counters: Mutex<(u64, u64)>,
 }
 
@@ -315,13 +317,33 @@ impl Inner {
                 .wal
                 .append(&payload, AppendOptions { durability })
                 .await;
-            let lsn = appended.map_err(|err| inner.fail(err.into()))?;
+            let lsn = appended.map_err(|err| {
+                let err = Error::from(err);
+                // A record the log refuses as bad input was not written: nothing to poison.
+                if err.kind() == crate::ErrorKind::BadInput {
+                    err
+                } else {
+                    inner.fail(err)
+                }
+            })?;
             inner.apply(lsn, &batch);
             Ok::<_, Error>(lsn)
         })
         .await
         .map_err(|err| Error::Corrupt(format!("write task failed: {err}")))??;
         self.maybe_rotate(false);
+        // Acknowledge only once the write is visible, so the writer reads it back at once
+        // (a lower LSN of another writer may still be applying).
+        while self.visibility.visible() < lsn {
+            if self
+                .visibility
+                .wait_for(lsn, std::time::Duration::from_secs(1))
+                .await
+            {
+                break;
+            }
+            self.check_writable()?;
+        }
         Ok(lsn)
     }
 

@@ -37,7 +37,7 @@ impl Snapshot {
     fn view(&self) -> View<'_> {
         View {
             inner: &self.inner,
-            snapshot: self.lsn,
+            snapshot: Some(self.lsn),
             overlay: None,
         }
     }

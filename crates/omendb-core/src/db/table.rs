@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::key::{Key, key_bounds};
 use crate::memtable::{Lsn, Memtable};
 use crate::table::{TableDef, Value};
+use crate::version_cell::Loaded;
 
 /// A table of an open database. Cheap to clone. Operations on a table that was dropped give
 /// [`Error::UnknownTable`].
@@ -28,29 +29,47 @@ pub struct Table {
 /// Reads at one snapshot, optionally over a transaction's own writes.
 pub(crate) struct View<'a> {
     pub(crate) inner: &'a Arc<Inner>,
-    pub(crate) snapshot: Lsn,
+    /// A pinned snapshot, or `None` to read at the latest visible LSN.
+    pub(crate) snapshot: Option<Lsn>,
     pub(crate) overlay: Option<Arc<Memtable>>,
 }
 
 impl View<'_> {
-    /// The version to read and the table's state in it. The snapshot was fixed before, so
-    /// the version holds every write the snapshot sees.
-    fn resolve(&self, def: &TableDef) -> Result<(Arc<Version>, Arc<TableState>)> {
+    /// The snapshot and the version to read it in. The snapshot is fixed before the version is
+    /// loaded, so the version holds every write the snapshot sees. An unpinned read also needs
+    /// the version to keep every version of a key the snapshot sees: a compaction that ran
+    /// after the snapshot was taken may have dropped some (its horizon is above the snapshot),
+    /// so such a read takes a newer snapshot instead, one the compaction respected.
+    fn pick(&self) -> (Lsn, Loaded<Version>) {
+        loop {
+            let snapshot = self
+                .snapshot
+                .unwrap_or_else(|| self.inner.visibility.visible());
+            let version = self.inner.version.load();
+            // A pinned snapshot is never below a compaction's horizon.
+            if self.snapshot.is_some() || version.horizon <= snapshot {
+                return (snapshot, version);
+            }
+        }
+    }
+
+    /// [`View::pick`] with the table's state, kept.
+    fn resolve(&self, def: &TableDef) -> Result<(Lsn, Arc<Version>, Arc<TableState>)> {
         self.inner.check_open()?;
-        let version = self.inner.version.load_full();
+        let (snapshot, version) = self.pick();
         let table = version
             .by_id
             .get(&def.id)
             .cloned()
             .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
-        Ok((version, table))
+        Ok((snapshot, Loaded::into_inner(version), table))
     }
 
     pub(crate) async fn locate(&self, def: &TableDef, key: Key) -> Result<Option<read::Found>> {
         let stored = def.key_type.encode(key)?;
-        let (version, table) = self.resolve(def)?;
-        let layers = read::mem_layers(&version, def.id, self.snapshot, self.overlay.as_ref());
-        read::locate(&layers, &table, stored, self.snapshot).await
+        let (snapshot, version, table) = self.resolve(def)?;
+        let layers = read::mem_layers(&version, def.id, snapshot, self.overlay.as_ref());
+        read::locate(&layers, &table, stored, snapshot).await
     }
 
     pub(crate) async fn get(&self, def: &TableDef, key: Key) -> Result<Option<Vec<Value>>> {
@@ -71,7 +90,7 @@ impl View<'_> {
         self.inner.check_open()?;
         // The common case never waits: memtables and cached pages, under a version guard.
         let step = {
-            let version = self.inner.version.load();
+            let (snapshot, version) = self.pick();
             let table = version
                 .by_id
                 .get(&def.id)
@@ -81,7 +100,7 @@ impl View<'_> {
                 table,
                 self.overlay.as_deref(),
                 stored,
-                self.snapshot,
+                snapshot,
                 |row| crate::table::RowCodec::kv_value(&row),
                 read::kv_from_pages,
             )?
@@ -105,16 +124,14 @@ impl View<'_> {
             .iter()
             .map(|&k| def.key_type.encode(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let (version, table) = self.resolve(def)?;
-        let layers = read::mem_layers(&version, def.id, self.snapshot, self.overlay.as_ref());
+        let (snapshot, version, table) = self.resolve(def)?;
+        let layers = read::mem_layers(&version, def.id, snapshot, self.overlay.as_ref());
         let mut out = Vec::with_capacity(keys.len());
         for key in stored {
-            out.push(
-                match read::locate(&layers, &table, key, self.snapshot).await? {
-                    Some(found) => read::values_of(def, found).await?,
-                    None => None,
-                },
-            );
+            out.push(match read::locate(&layers, &table, key, snapshot).await? {
+                Some(found) => read::values_of(def, found).await?,
+                None => None,
+            });
         }
         Ok(out)
     }
@@ -137,7 +154,7 @@ impl View<'_> {
         self.inner.check_open()?;
         let mut out = Vec::new();
         let misses = {
-            let version = self.inner.version.load();
+            let (snapshot, version) = self.pick();
             let table = version
                 .by_id
                 .get(&def.id)
@@ -147,7 +164,7 @@ impl View<'_> {
                 table,
                 self.overlay.as_deref(),
                 &stored,
-                self.snapshot,
+                snapshot,
                 |row| crate::table::RowCodec::kv_value(&row),
                 read::kv_from_pages,
                 &mut out,
@@ -180,12 +197,12 @@ impl View<'_> {
         options: &ScanOptions,
     ) -> Result<Scan> {
         let stored = def.key_type.stored_range(range)?;
-        let (version, table) = self.resolve(def)?;
+        let (snapshot, version, table) = self.resolve(def)?;
         Scan::new(
             &version,
             table,
             stored,
-            self.snapshot,
+            snapshot,
             self.overlay.as_ref(),
             options,
         )
@@ -235,7 +252,7 @@ impl Table {
     fn view(&self) -> View<'_> {
         View {
             inner: &self.inner,
-            snapshot: self.inner.visibility.visible(),
+            snapshot: None,
             overlay: None,
         }
     }
@@ -349,7 +366,7 @@ impl Table {
     pub fn explain<K: Into<Key> + Copy>(&self, range: impl RangeBounds<K>) -> Result<Explain> {
         let view = self.view();
         let stored = self.def.key_type.stored_range(key_bounds(&range))?;
-        let (version, table) = view.resolve(&self.def)?;
-        Ok(read::explain(&version, &table, stored, view.snapshot))
+        let (snapshot, version, table) = view.resolve(&self.def)?;
+        Ok(read::explain(&version, &table, stored, snapshot))
     }
 }

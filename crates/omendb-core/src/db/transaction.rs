@@ -152,7 +152,7 @@ impl Transaction {
     fn view(&self, table: &Table) -> View<'_> {
         View {
             inner: &self.inner,
-            snapshot: self.snapshot.lsn(),
+            snapshot: Some(self.snapshot.lsn()),
             overlay: self.overlays.get(&table.def().id).cloned(),
         }
     }

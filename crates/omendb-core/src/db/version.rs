@@ -31,6 +31,9 @@ pub(crate) struct Version {
     pub(crate) by_id: HashMap<u32, Arc<TableState>>,
     /// Memtable generations, newest (the active one) first.
     pub(crate) memtables: Vec<Arc<Generation>>,
+    /// The highest horizon of a compaction whose output this version holds: versions of keys
+    /// hidden at that LSN may be gone, so an unpinned read must read at or above it.
+    pub(crate) horizon: u64,
 }
 
 impl Version {
@@ -44,6 +47,7 @@ impl Version {
                 .map(|t| (t.def.name.clone(), t))
                 .collect(),
             memtables,
+            horizon: 0,
         }
     }
 
@@ -61,6 +65,7 @@ impl Version {
                 .map(|t| (t.def.name.clone(), t))
                 .collect(),
             memtables: memtables.unwrap_or_else(|| self.memtables.clone()),
+            horizon: self.horizon,
         }
     }
 
