@@ -28,6 +28,8 @@ pub mod db;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
+mod filter;
+#[cfg(not(loom))]
 pub mod index;
 #[cfg(not(loom))]
 pub mod key;

@@ -3,8 +3,9 @@
 //!
 //! Rows are ordered by key and, within a key, newest LSN first; the index gives the first row of
 //! a key, so the rows of a key are the run from there while the key column still matches. The
-//! decoded key column with the index is an exact membership test: a point read reads values only
-//! from a segment that holds the key (see `docs/architecture.md`, "Engine").
+//! decoded key column with the index is an exact membership test; a Bloom filter over the keys
+//! (built when the segment is opened) answers first, so a point read of a key the segment does
+//! not hold costs a probe or two instead of an index lookup.
 
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use omendb_storage::manifest::SegmentEntry;
 use omendb_storage::segment::{LSN_COLUMN, PageCache, Projection, SegmentReader, TOMBSTONE_COLUMN};
 
 use crate::error::{Error, Result};
+use crate::filter::FixedFilter;
 use crate::index::{AnyIndex, LearnedIndex};
 use crate::memtable::Lsn;
 
@@ -34,6 +36,8 @@ pub struct Segment {
     pub row: Projection,
     /// `_lsn` alone: what a read at an older snapshot checks first.
     pub lsn: Projection,
+    /// The keys, so a point read of a key the segment does not hold skips the index.
+    filter: FixedFilter,
 }
 
 impl Segment {
@@ -67,7 +71,9 @@ impl Segment {
         }
         let row = reader.projection(&names)?;
         let lsn = reader.projection(&[LSN_COLUMN])?;
+        let filter = FixedFilter::of(reader.keys());
         Ok(Self {
+            filter,
             entry,
             reader,
             index,
@@ -86,6 +92,11 @@ impl Segment {
         matches!((self.entry.key_min, self.entry.key_max), (Some(lo), Some(hi)) if lo <= key && key <= hi)
     }
 
+    /// Whether the segment may hold `key`: within its key range and passed by its filter.
+    pub fn may_contain(&self, key: u64) -> bool {
+        self.may_hold(key) && self.filter.may_hold(key)
+    }
+
     /// Whether the segment's key range meets `range`.
     pub fn overlaps(&self, range: &RangeInclusive<u64>) -> bool {
         matches!((self.entry.key_min, self.entry.key_max),
@@ -94,7 +105,7 @@ impl Segment {
 
     /// The rows of `key` (newest first), empty if it has none.
     pub fn rows_of(&self, key: u64) -> Range<usize> {
-        if !self.may_hold(key) {
+        if !self.may_contain(key) {
             return 0..0;
         }
         let keys = self.keys();

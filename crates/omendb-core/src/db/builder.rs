@@ -261,7 +261,10 @@ impl Builder {
             )));
         }
 
-        let generation = Arc::new(Generation::new(data.flushed_lsn + 1));
+        let generation = Arc::new(Generation::new(
+            data.flushed_lsn + 1,
+            settings.memtable_keys(),
+        ));
         let version = Version::new(tables, vec![Arc::clone(&generation)]);
         replay(
             wal.as_ref(),

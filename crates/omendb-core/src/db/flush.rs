@@ -63,7 +63,10 @@ impl Inner {
             if cut <= active.first() || !active.close(cut) {
                 return (None, false);
             }
-            let mut memtables = vec![Arc::new(Generation::new(cut))];
+            let mut memtables = vec![Arc::new(Generation::new(
+                cut,
+                self.settings.memtable_keys(),
+            ))];
             memtables.extend(current.memtables.iter().cloned());
             (Some(current.with(None, Some(memtables))), true)
         });

@@ -110,6 +110,14 @@ pub struct Settings {
     pub gc_grace: Duration,
 }
 
+impl Settings {
+    /// About how many keys a full memtable holds: what its membership filter is sized for
+    /// (a small row and the memtable's per-entry cost, about 80 bytes).
+    pub(crate) fn memtable_keys(&self) -> usize {
+        (self.memtable_bytes / 80).max(1024)
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {

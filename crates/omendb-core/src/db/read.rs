@@ -198,15 +198,24 @@ pub(crate) fn multi_step<T>(
         if undecided.is_empty() {
             break;
         }
+        // Only keys the segment's filter passes are looked up in its index.
+        let mut still = Vec::with_capacity(undecided.len());
+        let mut asked = Vec::with_capacity(undecided.len());
+        for &slot in &undecided {
+            if segment.may_contain(keys[slot]) {
+                asked.push(slot);
+            } else {
+                still.push(slot);
+            }
+        }
         queries.clear();
-        queries.extend(undecided.iter().map(|&slot| keys[slot]));
+        queries.extend(asked.iter().map(|&slot| keys[slot]));
         let segment_keys = segment.keys();
         segment
             .index
             .lower_bound_batch(segment_keys, &queries, &mut positions);
         let mut fetch = Vec::new();
-        let mut still = Vec::with_capacity(undecided.len());
-        for (&slot, &position) in undecided.iter().zip(&positions) {
+        for (&slot, &position) in asked.iter().zip(&positions) {
             if segment_keys.get(position) != Some(&keys[slot]) {
                 still.push(slot);
                 continue;

@@ -23,15 +23,19 @@ pub struct Generation {
     cut: Cut,
     tables: SkipMap<u32, Arc<Memtable>>,
     bytes: AtomicUsize,
+    /// Keys each table's memtable filter is sized for.
+    expected_keys: usize,
 }
 
 impl Generation {
-    /// An active generation starting at `first`.
-    pub fn new(first: Lsn) -> Self {
+    /// An active generation starting at `first`, whose memtables' filters are sized for
+    /// `expected_keys`.
+    pub fn new(first: Lsn, expected_keys: usize) -> Self {
         Self {
             cut: Cut::new(first),
             tables: SkipMap::new(),
             bytes: AtomicUsize::new(0),
+            expected_keys,
         }
     }
 
@@ -82,7 +86,9 @@ impl Generation {
     fn table_or_create(&self, table: u32) -> Arc<Memtable> {
         Arc::clone(
             self.tables
-                .get_or_insert_with(table, || Arc::new(Memtable::new()))
+                .get_or_insert_with(table, || {
+                    Arc::new(Memtable::with_filter(self.expected_keys))
+                })
                 .value(),
         )
     }
@@ -125,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_closed_generation_refuses_lsns_from_its_end_on() {
-        let generation = Generation::new(5);
+        let generation = Generation::new(5, 100);
         let mut batch = WriteBatch::new();
         batch.put(1, 7, Bytes::from_static(b"x"));
         assert!(!generation.apply(4, &batch, |_| true));

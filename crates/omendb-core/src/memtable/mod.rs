@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 
+use crate::filter::GrowingFilter;
+
 mod cut;
 mod generation;
 
@@ -67,6 +69,9 @@ impl Version {
 /// One table's recent writes.
 #[derive(Debug, Default)]
 pub struct Memtable {
+    /// Keys with a version, so a point read of a key the memtable never saw skips the skip
+    /// list (absent in memtables made without one).
+    filter: Option<GrowingFilter>,
     /// Row versions; `None` is a tombstone.
     versions: SkipMap<Version, Option<Bytes>>,
     /// Range tombstones by (first key, LSN newest first, last key): the last key is part of the
@@ -81,9 +86,21 @@ impl Memtable {
         Self::default()
     }
 
+    /// An empty memtable with a membership filter sized for `expected_keys`.
+    pub fn with_filter(expected_keys: usize) -> Self {
+        Self {
+            filter: Some(GrowingFilter::new(expected_keys)),
+            ..Self::default()
+        }
+    }
+
     /// Writes `row` as `key`'s version at `lsn`. A second write of the same key at the same
     /// LSN (twice in one write batch) replaces the first.
     pub fn put(&self, key: u64, lsn: Lsn, row: Bytes) {
+        // The filter learns the key first: a reader that finds the version may rely on it.
+        if let Some(filter) = &self.filter {
+            filter.insert(key);
+        }
         self.bytes
             .fetch_add(row.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
         self.versions.insert(Version::new(key, lsn), Some(row));
@@ -91,6 +108,9 @@ impl Memtable {
 
     /// Deletes `key` at `lsn`.
     pub fn delete(&self, key: u64, lsn: Lsn) {
+        if let Some(filter) = &self.filter {
+            filter.insert(key);
+        }
         self.bytes.fetch_add(ENTRY_OVERHEAD, Ordering::Relaxed);
         self.versions.insert(Version::new(key, lsn), None);
     }
@@ -118,6 +138,9 @@ impl Memtable {
 
     /// What the memtable says about `key` at `snapshot`.
     pub fn get(&self, key: u64, snapshot: Lsn) -> Lookup {
+        if self.ranges.is_empty() && self.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {
+            return Lookup::Absent;
+        }
         let newest = self
             .versions
             .range(Version::new(key, snapshot)..=Version::new(key, 0))
