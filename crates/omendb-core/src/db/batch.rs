@@ -82,16 +82,20 @@ impl Batch {
         let def = table.def();
         let (keys, columns) = split_batch(def, rows)?;
         let storage = def.codec.storage_columns(&columns)?;
-        let mut encoded = Vec::with_capacity(rows.num_rows());
-        let mut row = Vec::new();
-        for (i, &key) in keys.iter().enumerate() {
-            row.clear();
-            def.codec.encode_row(&storage, i, &mut row);
-            self.check_row(row.len())?;
-            encoded.push((key, Bytes::copy_from_slice(&row)));
+        // All rows in one buffer, each a slice of it: one allocation per batch, not per row.
+        let mut buffer = Vec::new();
+        let mut ends = Vec::with_capacity(rows.num_rows());
+        for i in 0..keys.len() {
+            let start = buffer.len();
+            def.codec.encode_row(&storage, i, &mut buffer);
+            self.check_row(buffer.len() - start)?;
+            ends.push(buffer.len());
         }
-        for (key, row) in encoded {
-            self.writes.put(def.id, key, row);
+        let buffer = Bytes::from(buffer);
+        let mut start = 0;
+        for (&key, &end) in keys.iter().zip(&ends) {
+            self.writes.put(def.id, key, buffer.slice(start..end));
+            start = end;
         }
         Ok(self)
     }

@@ -61,12 +61,33 @@ impl Generation {
         let Some(_entry) = self.cut.enter(lsn) else {
             return false;
         };
-        for write in batch.writes() {
+        let writes = batch.writes();
+        // Large batches go in key order: consecutive skip-list searches then share most of
+        // their path. The sort is stable, so writes of one key keep their order (the later
+        // replaces the earlier at the same LSN); a range deletion does not hide writes at its
+        // own LSN, so its place among them does not matter.
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        if writes.len() > 64 {
+            order.sort_by_key(|&i| match &writes[i] {
+                Write::Put { table, key, .. } | Write::Delete { table, key } => (*table, *key),
+                Write::DeleteRange { table, first, .. } => (*table, *first),
+            });
+        }
+        let mut current: Option<(u32, Arc<Memtable>)> = None;
+        for i in order {
+            let write = &writes[i];
             let table = write.table();
             if !live(table) {
                 continue;
             }
-            let memtable = self.table_or_create(table);
+            let memtable = match &current {
+                Some((id, memtable)) if *id == table => Arc::clone(memtable),
+                _ => {
+                    let memtable = self.table_or_create(table);
+                    current = Some((table, Arc::clone(&memtable)));
+                    memtable
+                }
+            };
             let before = memtable.approximate_bytes();
             match write {
                 Write::Put { key, row, .. } => memtable.put(*key, lsn, row.clone()),
