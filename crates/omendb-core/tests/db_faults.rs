@@ -1,0 +1,195 @@
+//! Faults at the WAL seam: a failed append poisons writes while reads go on, until reopen; a
+//! flush that cannot make progress turns into `Overloaded` for writers instead of unbounded
+//! memory. The WAL here is the real `FileWal` behind a wrapper that fails or stalls on command
+//! (the `Wal` trait is the seam the engine composes; `omendb-chaos` builds the general tools).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use omendb_core::{Db, Error, ErrorKind, KeyType, WriteOptions};
+use omendb_wal::{AppendOptions, FileWal, Lsn, Record, RecoveryReport, Wal, WalOptions, WalStats};
+
+/// A `FileWal` whose appends fail, or whose durability waits stall, while a switch is on.
+#[derive(Debug)]
+struct SwitchedWal {
+    inner: FileWal,
+    fail_appends: AtomicBool,
+    stall_durability: AtomicBool,
+}
+
+impl SwitchedWal {
+    fn open(dir: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self {
+            inner: FileWal::open(dir, WalOptions::default()).unwrap(),
+            fail_appends: AtomicBool::new(false),
+            stall_durability: AtomicBool::new(false),
+        })
+    }
+
+    fn injected() -> omendb_wal::Error {
+        omendb_wal::Error::Io {
+            op: "write",
+            path: "injected".into(),
+            source: std::io::Error::other("injected write failure"),
+        }
+    }
+}
+
+impl Wal for SwitchedWal {
+    fn append<'a>(
+        &'a self,
+        payload: &'a [u8],
+        options: AppendOptions,
+    ) -> BoxFuture<'a, omendb_wal::Result<Lsn>> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(Self::injected()) });
+        }
+        Wal::append(&self.inner, payload, options)
+    }
+
+    fn append_blocking(&self, payload: &[u8], options: AppendOptions) -> omendb_wal::Result<Lsn> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Err(Self::injected());
+        }
+        self.inner.append(payload, options)
+    }
+
+    fn wait_durable(&self, lsn: Lsn) -> BoxFuture<'_, omendb_wal::Result<()>> {
+        Box::pin(async move {
+            while self.stall_durability.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Wal::wait_durable(&self.inner, lsn).await
+        })
+    }
+
+    fn wait_durable_blocking(&self, lsn: Lsn) -> omendb_wal::Result<()> {
+        self.inner.wait_durable(lsn)
+    }
+
+    fn read_from(&self, from: Lsn) -> BoxStream<'_, omendb_wal::Result<Record>> {
+        Wal::read_from(&self.inner, from)
+    }
+
+    fn truncate_before(&self, lsn: Lsn) -> BoxFuture<'_, omendb_wal::Result<()>> {
+        Wal::truncate_before(&self.inner, lsn)
+    }
+
+    fn last_durable_lsn(&self) -> Option<Lsn> {
+        self.inner.last_durable_lsn()
+    }
+
+    fn last_lsn(&self) -> Option<Lsn> {
+        self.inner.last_lsn()
+    }
+
+    fn recovery_report(&self) -> &RecoveryReport {
+        self.inner.recovery_report()
+    }
+
+    fn stats(&self) -> WalStats {
+        self.inner.stats()
+    }
+
+    fn close(&self) -> omendb_wal::Result<()> {
+        self.inner.close()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_append_poisons_writes_while_reads_go_on_until_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = SwitchedWal::open(&dir.path().join("wal"));
+    let db = Db::builder()
+        .path(dir.path())
+        .wal(wal.clone())
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    t.put_value(1u64, "kept", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+
+    wal.fail_appends.store(true, Ordering::SeqCst);
+    let failed = t.put_value(2u64, "lost", WriteOptions::DURABLE).await;
+    assert!(failed.is_err());
+    wal.fail_appends.store(false, Ordering::SeqCst);
+    // Even with the WAL healthy again, the database refuses writes until it is reopened.
+    let refused = t.put_value(3u64, "refused", WriteOptions::DURABLE).await;
+    assert!(matches!(refused, Err(Error::Poisoned(_))), "{refused:?}");
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::Fatal);
+    assert!(db.stats().failure.is_some());
+    assert!(matches!(db.checkpoint().await, Err(Error::Poisoned(_))));
+    assert!(matches!(
+        db.create_table("other", KeyType::U64, None).await,
+        Err(Error::Poisoned(_))
+    ));
+    // Reads go on over what was applied.
+    assert_eq!(t.get_value(1u64).await.unwrap().unwrap(), "kept");
+    assert_eq!(t.get_value(2u64).await.unwrap(), None);
+    let _ = db.close().await;
+    drop(db);
+
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.table("kv").unwrap();
+    assert_eq!(t.get_value(1u64).await.unwrap().unwrap(), "kept");
+    assert_eq!(t.get_value(2u64).await.unwrap(), None);
+    assert_eq!(t.get_value(3u64).await.unwrap(), None);
+    t.put_value(4u64, "after", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = SwitchedWal::open(&dir.path().join("wal"));
+    let db = Db::builder()
+        .path(dir.path())
+        .wal(wal.clone())
+        .memtable_bytes(4 * 1024)
+        .backpressure(64 * 1024, 2, Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    // A flush waits for the WAL to be durable up to its cut: stall that, and frozen memtables
+    // pile up until writers are refused.
+    wal.stall_durability.store(true, Ordering::SeqCst);
+    let mut overloaded = None;
+    for key in 0..10_000u64 {
+        match t
+            .put_value(key, vec![7u8; 64], WriteOptions::BUFFERED)
+            .await
+        {
+            Ok(_) => {}
+            Err(err) => {
+                overloaded = Some((key, err));
+                break;
+            }
+        }
+    }
+    let (refused_at, err) = overloaded.expect("writers were never refused");
+    assert!(matches!(err, Error::Overloaded(_)), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Retry);
+    assert!(db.stats().memtables <= 2 + 1 + 1, "{:?}", db.stats());
+    // The refused write changed nothing; earlier ones are readable.
+    assert_eq!(t.get_value(refused_at).await.unwrap(), None);
+    assert_eq!(t.get_value(0u64).await.unwrap().unwrap().len(), 64);
+
+    wal.stall_durability.store(false, Ordering::SeqCst);
+    t.put_value(refused_at, vec![8u8; 64], WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.checkpoint().await.unwrap();
+    assert!(db.stats().flushes > 0);
+    assert_eq!(db.stats().failure, None);
+    db.close().await.unwrap();
+}
