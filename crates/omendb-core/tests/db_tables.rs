@@ -156,6 +156,16 @@ async fn typed_rows_round_trip_and_bad_input_changes_nothing() {
     db.close().await.unwrap();
     let db = Db::open(dir.path()).await.unwrap();
     let t = db.table("metrics").unwrap();
+    // Key 3 is in the memtable (replayed), 2 and -5 in a segment, 99 nowhere.
+    assert_eq!(
+        t.multi_get(&[3, 99, 2, -5]).await.unwrap(),
+        [
+            Some(vec![Value::Float(33.0), Value::Null]),
+            None,
+            Some(vec![Value::Float(20.0), Value::Str("n2".into())]),
+            Some(vec![Value::Float(1.5), Value::Null]),
+        ]
+    );
     let batches = scan_keys(
         &t,
         ScanOptions {

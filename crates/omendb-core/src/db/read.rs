@@ -250,27 +250,31 @@ pub(crate) async fn values_of(def: &TableDef, found: Found) -> Result<Option<Vec
     match found {
         Found::Row(row) => def.codec.decode_values(&row).map(Some),
         Found::Segment(segment, position) => {
-            let read = |pages: &[ArrayRef], offset: usize| {
-                if pages[0].as_boolean().value(offset) {
-                    return None;
-                }
-                Some(
-                    pages[1..]
-                        .iter()
-                        .map(|page| value_at(page.as_ref(), offset))
-                        .collect(),
-                )
-            };
-            if let Some(values) = segment
-                .reader
-                .read_cached(position as u64, &segment.row, read)?
+            if let Some(values) =
+                segment
+                    .reader
+                    .read_cached(position as u64, &segment.row, values_from_pages)?
             {
                 return Ok(values);
             }
             let batch = segment.reader.fetch(position as u64, &segment.row).await?;
-            Ok(read(batch.columns(), 0))
+            Ok(values_from_pages(batch.columns(), 0))
         }
     }
+}
+
+/// A row's values from a segment's row pages (`_tombstone`, then the value columns); `None`
+/// for a tombstone.
+pub(crate) fn values_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Vec<Value>> {
+    if pages[0].as_boolean().value(offset) {
+        return None;
+    }
+    Some(
+        pages[1..]
+            .iter()
+            .map(|page| value_at(page.as_ref(), offset))
+            .collect(),
+    )
 }
 
 /// The value of a found key-value row; `None` if it is a tombstone.

@@ -124,14 +124,44 @@ impl View<'_> {
             .iter()
             .map(|&k| def.key_type.encode(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let (snapshot, version, table) = self.resolve(def)?;
-        let layers = read::mem_layers(&version, def.id, snapshot, self.overlay.as_ref());
-        let mut out = Vec::with_capacity(keys.len());
-        for key in stored {
-            out.push(match read::locate(&layers, &table, key, snapshot).await? {
-                Some(found) => read::values_of(def, found).await?,
-                None => None,
-            });
+        self.inner.check_open()?;
+        let mut out = Vec::new();
+        let misses = {
+            let (snapshot, version) = self.pick();
+            let table = version
+                .by_id
+                .get(&def.id)
+                .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+            read::multi_step(
+                &version,
+                table,
+                self.overlay.as_deref(),
+                &stored,
+                snapshot,
+                |row| def.codec.decode_values(&row),
+                read::values_from_pages,
+                &mut out,
+            )?
+        };
+        let Some(misses) = misses else {
+            // A segment newer than the snapshot: the general path, key by key.
+            let (snapshot, version, table) = self.resolve(def)?;
+            let layers = read::mem_layers(&version, def.id, snapshot, self.overlay.as_ref());
+            let mut out = Vec::with_capacity(keys.len());
+            for key in stored {
+                out.push(match read::locate(&layers, &table, key, snapshot).await? {
+                    Some(found) => read::values_of(def, found).await?,
+                    None => None,
+                });
+            }
+            return Ok(out);
+        };
+        for (segment, rows) in misses {
+            let positions: Vec<u64> = rows.iter().map(|&(_, p)| p as u64).collect();
+            let batch = segment.reader.fetch_many(&positions, &segment.row).await?;
+            for (i, &(slot, _)) in rows.iter().enumerate() {
+                out[slot] = read::values_from_pages(batch.columns(), i);
+            }
         }
         Ok(out)
     }
