@@ -454,3 +454,37 @@ async fn a_second_open_of_a_directory_in_use_fails_and_leaves_the_first_working(
     );
     db.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_oversize_batch_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .limits(1024, 16 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut batch = db.batch();
+    for key in 0..100u64 {
+        batch.put_value(&t, key, vec![1u8; 512]).unwrap();
+    }
+    assert!(matches!(
+        batch.put_value(&t, 100u64, vec![1u8; 2048]),
+        Err(Error::TooLarge { what: "row", .. })
+    ));
+    let refused = db.write(batch, WriteOptions::DURABLE).await;
+    assert!(matches!(
+        refused,
+        Err(Error::TooLarge {
+            what: "write batch",
+            ..
+        })
+    ));
+    assert_eq!(t.get_value(0u64).await.unwrap(), None);
+    assert_eq!(db.stats().failure, None);
+    t.put_value(0u64, vec![2u8; 512], WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
