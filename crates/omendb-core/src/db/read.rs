@@ -371,6 +371,15 @@ impl Scan {
                 })
                 .collect::<Result<_>>()?,
         };
+        if columns
+            .iter()
+            .enumerate()
+            .any(|(i, c)| columns[..i].contains(c))
+        {
+            return Err(Error::BadInput(
+                "a projection names a column twice".to_owned(),
+            ));
+        }
         let mut fields = vec![def.output.field(0).clone()];
         fields.extend(columns.iter().map(|&c| def.schema().field(c).clone()));
         let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
@@ -558,12 +567,26 @@ impl Scan {
                 tombstones.push(None);
                 continue;
             }
+            let projection = &self.projections[i];
             let batch = self.table.segments[i]
                 .reader
-                .fetch_many(positions, &self.projections[i])
+                .fetch_many(positions, projection)
                 .await?;
-            tombstones.push(Some(Arc::clone(batch.column(0))));
-            sources.push(batch.columns()[1..].to_vec());
+            // A segment returns its columns in table order; the scan's may differ.
+            let by_name = |name: &str| {
+                projection
+                    .schema()
+                    .index_of(name)
+                    .map(|c| Arc::clone(batch.column(c)))
+                    .map_err(|_| Error::Corrupt(format!("a segment lost column {name:?}")))
+            };
+            tombstones.push(Some(by_name(TOMBSTONE_COLUMN)?));
+            sources.push(
+                self.columns
+                    .iter()
+                    .map(|&c| by_name(def.schema().field(c).name()))
+                    .collect::<Result<_>>()?,
+            );
         }
         let mut keys = Vec::with_capacity(picks.len());
         let mut kept = Vec::with_capacity(picks.len());
