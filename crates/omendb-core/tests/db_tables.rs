@@ -548,3 +548,16 @@ async fn scan_projection_in_any_order_over_segments_and_memtables() {
     assert!(matches!(t.scan(0u64.., twice), Err(Error::BadInput(_))));
     db.close().await.unwrap();
 }
+
+/// Found by review: a grace period too long for object times made every background garbage
+/// collection fail, which refused writes; it is refused at open instead.
+#[tokio::test]
+async fn a_grace_period_beyond_any_clock_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = Db::builder()
+        .path(dir.path())
+        .gc_grace(std::time::Duration::MAX)
+        .build()
+        .await;
+    assert!(matches!(opened, Err(Error::BadInput(_))));
+}

@@ -157,6 +157,13 @@ impl Builder {
         self
     }
 
+    /// Compaction leaves groups of overlapping segments larger than this (in bytes) as they
+    /// are (default 1 GiB): a merge holds its group in memory.
+    pub fn max_compaction_bytes(mut self, bytes: u64) -> Self {
+        self.settings.max_compaction_bytes = bytes;
+        self
+    }
+
     /// How long replaced manifests and unreferenced segments are kept.
     pub fn gc_grace(mut self, grace: Duration) -> Self {
         self.settings.gc_grace = grace;
@@ -177,6 +184,12 @@ impl Builder {
             return Err(Error::BadInput(
                 "memtable_bytes must be positive and compaction_trigger at least 2".to_owned(),
             ));
+        }
+        if chrono::Duration::from_std(settings.gc_grace).is_err() {
+            return Err(Error::BadInput(format!(
+                "gc_grace {:?} is too long to compare with object times",
+                settings.gc_grace
+            )));
         }
         if settings.max_batch_bytes > self.wal_options.max_record_bytes {
             return Err(Error::BadInput(format!(
@@ -295,6 +308,7 @@ impl Builder {
             background: Mutex::new(None),
             compaction: Mutex::new(None),
             last_gc: Mutex::new(None),
+            background_error: Mutex::new(None),
             counters: Mutex::new((0, 0)),
         });
         let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));

@@ -38,7 +38,7 @@ impl Inner {
         let db = Arc::clone(self);
         *slot = Some(tokio::spawn(async move {
             if let Err(err) = db.compact_due().await {
-                db.fail(err);
+                db.background_failed(err);
             }
         }));
     }
@@ -60,16 +60,31 @@ impl Inner {
     /// Compacts every group of two or more segments, then collects garbage.
     pub(crate) async fn compact_all(self: &Arc<Self>) -> Result<()> {
         self.check_writable()?;
-        self.compact(2).await.map_err(|e| self.fail(e))?;
+        self.compact(2).await?;
         self.collect_garbage().await
+    }
+
+    /// Compaction and garbage collection are not on the write path: their failures leave the
+    /// data as it was (inputs stay live, garbage stays), so they are reported in `stats()` and
+    /// retried, and poison writes only when this writer can no longer publish (fenced).
+    fn background_failed(&self, err: Error) {
+        if err.kind() == crate::ErrorKind::Fatal {
+            self.fail(err);
+        } else {
+            *self
+                .background_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+        }
     }
 
     async fn collect_garbage(&self) -> Result<()> {
         // No flush or compaction of this process is between writing a segment and publishing
         // it while garbage is collected, so even a zero grace period cannot delete one of its
         // segments; the grace period covers writers in other processes.
-        let _flushing = self.flush_lock.lock().await;
+        // Compaction first: a long merge then holds up this collection, not the flushes.
         let _compacting = self.compact_lock.lock().await;
+        let _flushing = self.flush_lock.lock().await;
         *self.last_gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let segments = self.prefix.clone().join("segments");
         self.writer
@@ -90,7 +105,10 @@ impl Inner {
                 if self.closed.load(std::sync::atomic::Ordering::Acquire) {
                     return Ok(compacted);
                 }
-                if group.len() >= at_least {
+                // A merge holds its group in memory, and Arrow's 32-bit offsets cap a column
+                // at 2 GiB: larger groups stay as they are (reads stay correct, only slower).
+                let bytes: u64 = group.iter().map(|s| s.entry.seal.size).sum();
+                if group.len() >= at_least && bytes <= self.settings.max_compaction_bytes {
                     self.compact_group(table, &group).await?;
                     compacted += 1;
                 }

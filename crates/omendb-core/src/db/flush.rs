@@ -58,11 +58,21 @@ impl Inner {
                 return (None, false);
             }
             // Every LSN assigned from here on is above the cut; every one below it goes to the
-            // generation being frozen (the WAL assigns LSNs in order under its own lock).
-            let cut = self.wal.last_lsn().unwrap_or(0) + 1;
-            if cut <= active.first() || !active.close(cut) {
-                return (None, false);
-            }
+            // generation being frozen (the WAL assigns LSNs in order under its own lock). An
+            // LSN assigned after the read may be admitted before the close: then read again.
+            let cut = loop {
+                let cut = self.wal.last_lsn().unwrap_or(0) + 1;
+                if cut <= active.first() {
+                    return (None, false);
+                }
+                if active.close(cut) {
+                    break cut;
+                }
+                if active.end() != Lsn::MAX {
+                    // Closed already (cannot happen under the update lock, but never spin).
+                    return (None, false);
+                }
+            };
             let mut memtables = vec![Arc::new(Generation::new(
                 cut,
                 self.settings.memtable_keys(),

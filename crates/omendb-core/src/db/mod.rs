@@ -76,6 +76,8 @@ pub struct DbStats {
     pub compacting: bool,
     /// Why writes are refused, if an earlier failure poisoned the database.
     pub failure: Option<String>,
+    /// The last compaction or garbage-collection failure (retried; writes go on).
+    pub background_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -105,6 +107,8 @@ pub(crate) struct Inner {
     compaction: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When garbage was last collected.
     last_gc: Mutex<Option<Instant>>,
+    /// The last compaction or garbage-collection failure that did not poison writes.
+    background_error: Mutex<Option<String>>,
     counters: Mutex<(u64, u64)>,
 }
 
@@ -330,7 +334,9 @@ impl Inner {
             Ok::<_, Error>(lsn)
         })
         .await
-        .map_err(|err| Error::Corrupt(format!("write task failed: {err}")))??;
+        // The task cannot panic on any input; if it did, its LSN may be appended but never
+        // applied, and flushes would wait for it: refuse writes until reopen.
+        .map_err(|err| self.fail(Error::Corrupt(format!("write task failed: {err}"))))??;
         self.maybe_rotate(false);
         // Acknowledge only once the write is visible, so the writer reads it back at once
         // (a lower LSN of another writer may still be applying).
@@ -415,6 +421,11 @@ impl Inner {
                 .as_ref()
                 .is_some_and(|task| !task.is_finished()),
             failure: self.failure.get().map(ToString::to_string),
+            background_error: self
+                .background_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 

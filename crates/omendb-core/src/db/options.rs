@@ -106,6 +106,9 @@ pub struct Settings {
     pub max_batch_bytes: usize,
     /// Compact a table once this many of its segments overlap.
     pub compaction_trigger: usize,
+    /// Groups of overlapping segments above this many bytes are not merged (a merge holds its
+    /// group in memory).
+    pub max_compaction_bytes: u64,
     /// How long replaced manifests and unreferenced segments are kept before deletion.
     pub gc_grace: Duration,
 }
@@ -132,6 +135,7 @@ impl Default for Settings {
             max_row_bytes: 1 << 20,
             max_batch_bytes: 16 << 20,
             compaction_trigger: 4,
+            max_compaction_bytes: 1 << 30,
             gc_grace: Duration::from_secs(3600),
         }
     }

@@ -201,9 +201,12 @@ impl View<'_> {
             )?
         };
         let Some(misses) = misses else {
+            // A segment newer than the snapshot: the general path, key by key, at one snapshot.
+            let (snapshot, version, table) = self.resolve(def)?;
+            let layers = read::mem_layers(&version, def.id, snapshot, self.overlay.as_ref());
             let mut out = Vec::with_capacity(keys.len());
-            for &key in keys {
-                out.push(match self.locate(def, key).await? {
+            for key in stored {
+                out.push(match read::locate(&layers, &table, key, snapshot).await? {
                     Some(found) => read::value_of(found).await?,
                     None => None,
                 });
