@@ -245,20 +245,25 @@ pub(crate) fn kv_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Bytes> 
     Some(Bytes::copy_from_slice(values.value(offset)))
 }
 
-/// The values of a found row; `None` if it is a tombstone.
-pub(crate) async fn values_of(def: &TableDef, found: Found) -> Result<Option<Vec<Value>>> {
+/// The answer for a found row: `from_memtable` of a memtable's row, `from_pages` of a segment's
+/// (read from cached pages, or its pages read); `None` for a tombstone.
+pub(crate) async fn answer<T>(
+    found: Found,
+    from_memtable: impl FnOnce(Bytes) -> Result<T>,
+    from_pages: impl Fn(&[ArrayRef], usize) -> Option<T>,
+) -> Result<Option<T>> {
     match found {
-        Found::Row(row) => def.codec.decode_values(&row).map(Some),
+        Found::Row(row) => from_memtable(row).map(Some),
         Found::Segment(segment, position) => {
-            if let Some(values) =
+            if let Some(answer) =
                 segment
                     .reader
-                    .read_cached(position as u64, &segment.row, values_from_pages)?
+                    .read_cached(position as u64, &segment.row, &from_pages)?
             {
-                return Ok(values);
+                return Ok(answer);
             }
             let batch = segment.reader.fetch(position as u64, &segment.row).await?;
-            Ok(values_from_pages(batch.columns(), 0))
+            Ok(from_pages(batch.columns(), 0))
         }
     }
 }
@@ -275,26 +280,6 @@ pub(crate) fn values_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Vec
             .map(|page| value_at(page.as_ref(), offset))
             .collect(),
     )
-}
-
-/// The value of a found key-value row; `None` if it is a tombstone.
-pub(crate) async fn value_of(found: Found) -> Result<Option<Bytes>> {
-    match found {
-        Found::Row(row) => crate::table::RowCodec::kv_value(&row).map(Some),
-        Found::Segment(segment, position) => fetch_kv(&segment, position).await,
-    }
-}
-
-/// A key-value row's value from a segment, reading its page if it is not cached.
-pub(crate) async fn fetch_kv(segment: &Segment, position: usize) -> Result<Option<Bytes>> {
-    if let Some(value) = segment
-        .reader
-        .read_cached(position as u64, &segment.row, kv_from_pages)?
-    {
-        return Ok(value);
-    }
-    let batch = segment.reader.fetch(position as u64, &segment.row).await?;
-    Ok(kv_from_pages(batch.columns(), 0))
 }
 
 /// A key-ordered walk over one segment's rows in a key range, one key (all its rows) at a time.
@@ -744,27 +729,13 @@ pub(crate) async fn aggregate(
     let mut stream = scan.into_stream();
     while let Some(batch) = stream.try_next().await? {
         let keys = batch.column(0);
-        let keys: Vec<i128> = match def.key_type {
-            KeyType::U64 => keys
-                .as_primitive::<UInt64Type>()
-                .values()
-                .iter()
-                .map(|&k| i128::from(k))
-                .collect(),
-            _ => {
-                let data = keys
-                    .to_data()
-                    .into_builder()
-                    .data_type(DataType::Int64)
-                    .build()?;
-                arrow_array::make_array(data)
-                    .as_primitive::<Int64Type>()
-                    .values()
-                    .iter()
-                    .map(|&k| i128::from(k))
-                    .collect()
-            }
-        };
+        let keys: Vec<i128> = super::batch::stored_keys(def.key_type, keys)?
+            .into_iter()
+            .map(|stored| match def.key_type.decode(stored) {
+                Key::U64(k) => i128::from(k),
+                Key::I64(k) => i128::from(k),
+            })
+            .collect();
         let values = batch.column(1);
         let numbers = if function == Aggregate::Count {
             (0..values.len())

@@ -4,7 +4,7 @@
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
@@ -74,7 +74,14 @@ impl View<'_> {
 
     pub(crate) async fn get(&self, def: &TableDef, key: Key) -> Result<Option<Vec<Value>>> {
         match self.locate(def, key).await? {
-            Some(found) => read::values_of(def, found).await,
+            Some(found) => {
+                read::answer(
+                    found,
+                    |row| def.codec.decode_values(&row),
+                    read::values_from_pages,
+                )
+                .await
+            }
             None => Ok(None),
         }
     }
@@ -107,9 +114,23 @@ impl View<'_> {
         };
         match step {
             read::Step::Done(answer) => Ok(answer),
-            read::Step::Fetch(segment, position) => read::fetch_kv(&segment, position).await,
+            read::Step::Fetch(segment, position) => {
+                read::answer(
+                    read::Found::Segment(segment, position),
+                    |row| crate::table::RowCodec::kv_value(&row),
+                    read::kv_from_pages,
+                )
+                .await
+            }
             read::Step::General => match self.locate(def, key).await? {
-                Some(found) => read::value_of(found).await,
+                Some(found) => {
+                    read::answer(
+                        found,
+                        |row| crate::table::RowCodec::kv_value(&row),
+                        read::kv_from_pages,
+                    )
+                    .await
+                }
                 None => Ok(None),
             },
         }
@@ -120,50 +141,13 @@ impl View<'_> {
         def: &TableDef,
         keys: &[Key],
     ) -> Result<Vec<Option<Vec<Value>>>> {
-        let stored = keys
-            .iter()
-            .map(|&k| def.key_type.encode(k))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.inner.check_open()?;
-        let mut out = Vec::new();
-        let misses = {
-            let (snapshot, version) = self.pick();
-            let table = version
-                .by_id
-                .get(&def.id)
-                .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
-            read::multi_step(
-                &version,
-                table,
-                self.overlay.as_deref(),
-                &stored,
-                snapshot,
-                |row| def.codec.decode_values(&row),
-                read::values_from_pages,
-                &mut out,
-            )?
-        };
-        let Some(misses) = misses else {
-            // A segment newer than the snapshot: the general path, key by key.
-            let (snapshot, version, table) = self.resolve(def)?;
-            let layers = read::mem_layers(&version, def.id, snapshot, self.overlay.as_ref());
-            let mut out = Vec::with_capacity(keys.len());
-            for key in stored {
-                out.push(match read::locate(&layers, &table, key, snapshot).await? {
-                    Some(found) => read::values_of(def, found).await?,
-                    None => None,
-                });
-            }
-            return Ok(out);
-        };
-        for (segment, rows) in misses {
-            let positions: Vec<u64> = rows.iter().map(|&(_, p)| p as u64).collect();
-            let batch = segment.reader.fetch_many(&positions, &segment.row).await?;
-            for (i, &(slot, _)) in rows.iter().enumerate() {
-                out[slot] = read::values_from_pages(batch.columns(), i);
-            }
-        }
-        Ok(out)
+        self.multi(
+            def,
+            keys,
+            |row| def.codec.decode_values(&row),
+            read::values_from_pages,
+        )
+        .await
     }
 
     pub(crate) async fn multi_get_values(
@@ -177,6 +161,24 @@ impl View<'_> {
                 def.name
             )));
         }
+        self.multi(
+            def,
+            keys,
+            |row| crate::table::RowCodec::kv_value(&row),
+            read::kv_from_pages,
+        )
+        .await
+    }
+
+    /// Many point reads at one snapshot: rows from memtables become answers through
+    /// `from_memtable`, rows from segment pages through `from_pages` (`None`: a tombstone).
+    async fn multi<T>(
+        &self,
+        def: &TableDef,
+        keys: &[Key],
+        from_memtable: impl Fn(Bytes) -> Result<T>,
+        from_pages: impl Fn(&[ArrayRef], usize) -> Option<T>,
+    ) -> Result<Vec<Option<T>>> {
         let stored = keys
             .iter()
             .map(|&k| def.key_type.encode(k))
@@ -195,8 +197,8 @@ impl View<'_> {
                 self.overlay.as_deref(),
                 &stored,
                 snapshot,
-                |row| crate::table::RowCodec::kv_value(&row),
-                read::kv_from_pages,
+                &from_memtable,
+                &from_pages,
                 &mut out,
             )?
         };
@@ -207,7 +209,7 @@ impl View<'_> {
             let mut out = Vec::with_capacity(keys.len());
             for key in stored {
                 out.push(match read::locate(&layers, &table, key, snapshot).await? {
-                    Some(found) => read::value_of(found).await?,
+                    Some(found) => read::answer(found, &from_memtable, &from_pages).await?,
                     None => None,
                 });
             }
@@ -217,7 +219,7 @@ impl View<'_> {
             let positions: Vec<u64> = rows.iter().map(|&(_, p)| p as u64).collect();
             let batch = segment.reader.fetch_many(&positions, &segment.row).await?;
             for (i, &(slot, _)) in rows.iter().enumerate() {
-                out[slot] = read::kv_from_pages(batch.columns(), i);
+                out[slot] = from_pages(batch.columns(), i);
             }
         }
         Ok(out)
