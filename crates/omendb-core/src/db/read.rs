@@ -113,18 +113,10 @@ pub(crate) fn point_step<T>(
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
     read: impl FnOnce(&[ArrayRef], usize) -> Option<T>,
 ) -> Result<Step<T>> {
-    let id = table.def.id;
-    let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
-    let generations = version
-        .memtables
-        .iter()
-        .map(|g| g.lookup(id, key, snapshot));
-    for lookup in overlay.into_iter().chain(generations) {
-        match lookup {
-            Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
-            Lookup::Deleted { .. } => return Ok(Step::Done(None)),
-            Lookup::Absent => {}
-        }
+    match in_memtables(version, table.def.id, overlay, key, snapshot) {
+        Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
+        Lookup::Deleted { .. } => return Ok(Step::Done(None)),
+        Lookup::Absent => {}
     }
     for segment in &table.segments {
         if !segment.may_hold(key) {
@@ -169,27 +161,15 @@ pub(crate) fn multi_step<T>(
     if table.segments.iter().any(|s| !s.all_visible_at(snapshot)) {
         return Ok(None);
     }
-    let id = table.def.id;
     out.clear();
     out.resize_with(keys.len(), || None);
     let mut undecided: Vec<usize> = Vec::with_capacity(keys.len());
-    'keys: for (slot, &key) in keys.iter().enumerate() {
-        let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
-        let generations = version
-            .memtables
-            .iter()
-            .map(|g| g.lookup(id, key, snapshot));
-        for lookup in overlay.into_iter().chain(generations) {
-            match lookup {
-                Lookup::Found { row, .. } => {
-                    out[slot] = Some(from_memtable(row)?);
-                    continue 'keys;
-                }
-                Lookup::Deleted { .. } => continue 'keys,
-                Lookup::Absent => {}
-            }
+    for (slot, &key) in keys.iter().enumerate() {
+        match in_memtables(version, table.def.id, overlay, key, snapshot) {
+            Lookup::Found { row, .. } => out[slot] = Some(from_memtable(row)?),
+            Lookup::Deleted { .. } => {}
+            Lookup::Absent => undecided.push(slot),
         }
-        undecided.push(slot);
     }
     let mut misses: Misses = Vec::new();
     let mut queries = Vec::new();
@@ -234,6 +214,27 @@ pub(crate) fn multi_step<T>(
         undecided = still;
     }
     Ok(Some(misses))
+}
+
+/// What the memtables say about `key`: the transaction's own writes (`overlay`, read at every
+/// LSN) first, then the generations newest first; the first that knows the key decides.
+fn in_memtables(
+    version: &Version,
+    table: u32,
+    overlay: Option<&Memtable>,
+    key: u64,
+    snapshot: Lsn,
+) -> Lookup {
+    let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
+    let generations = version
+        .memtables
+        .iter()
+        .map(|g| g.lookup(table, key, snapshot));
+    overlay
+        .into_iter()
+        .chain(generations)
+        .find(|lookup| !matches!(lookup, Lookup::Absent))
+        .unwrap_or(Lookup::Absent)
 }
 
 /// Reads a key-value row's value from a segment's row pages (`_tombstone`, `value`).

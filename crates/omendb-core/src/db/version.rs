@@ -39,16 +39,7 @@ pub(crate) struct Version {
 impl Version {
     /// A version of `tables` with `memtables`.
     pub(crate) fn new(tables: Vec<TableState>, memtables: Vec<Arc<Generation>>) -> Self {
-        let tables: Vec<Arc<TableState>> = tables.into_iter().map(Arc::new).collect();
-        Self {
-            by_id: tables.iter().map(|t| (t.def.id, Arc::clone(t))).collect(),
-            tables: tables
-                .into_iter()
-                .map(|t| (t.def.name.clone(), t))
-                .collect(),
-            memtables,
-            horizon: 0,
-        }
+        Self::of(tables.into_iter().map(Arc::new).collect(), memtables, 0)
     }
 
     /// The same version with `tables` and `memtables` replaced where given.
@@ -57,15 +48,22 @@ impl Version {
         tables: Option<Vec<Arc<TableState>>>,
         memtables: Option<Vec<Arc<Generation>>>,
     ) -> Self {
-        let tables = tables.unwrap_or_else(|| self.tables.values().cloned().collect());
+        Self::of(
+            tables.unwrap_or_else(|| self.tables.values().cloned().collect()),
+            memtables.unwrap_or_else(|| self.memtables.clone()),
+            self.horizon,
+        )
+    }
+
+    fn of(tables: Vec<Arc<TableState>>, memtables: Vec<Arc<Generation>>, horizon: u64) -> Self {
         Self {
             by_id: tables.iter().map(|t| (t.def.id, Arc::clone(t))).collect(),
             tables: tables
                 .into_iter()
                 .map(|t| (t.def.name.clone(), t))
                 .collect(),
-            memtables: memtables.unwrap_or_else(|| self.memtables.clone()),
-            horizon: self.horizon,
+            memtables,
+            horizon,
         }
     }
 
