@@ -21,6 +21,31 @@
 // (`cargo xtask loom`); the rest would be dead there.
 #![cfg_attr(loom, allow(dead_code))]
 
+/// A named crash point: with the `failpoints` feature, `fail::fail_point!` (omendb-chaos sets a
+/// callback there that crashes its simulated disk and store at that moment); without it,
+/// nothing at all. The names are listed in [`CRASH_POINTS`].
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
+/// Every crash point of the engine, in the order a write reaches them: the WAL append, a flush
+/// (segment upload, manifest, WAL truncation), a compaction and a garbage collection.
+#[cfg(feature = "failpoints")]
+pub const CRASH_POINTS: &[&str] = &[
+    "commit.before_wal",
+    "commit.after_wal",
+    "flush.before_segment",
+    "flush.before_manifest",
+    "flush.before_wal_truncate",
+    "compaction.before_manifest",
+    "compaction.after_manifest",
+    "gc.before",
+    "gc.after",
+];
+
 #[cfg(not(loom))]
 pub mod batch;
 #[cfg(not(loom))]

@@ -171,10 +171,22 @@ impl Manifests {
     pub async fn read(&self, sequence: u64) -> Result<Option<Manifest>> {
         let path = self.path_of(sequence);
         let bytes = match self.store.get(&path).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|err| Error::from_store("get", &path, err))?,
+            Ok(got) => {
+                let size = got.meta.size;
+                let bytes = got
+                    .bytes()
+                    .await
+                    .map_err(|err| Error::from_store("get", &path, err))?;
+                // A short body is a request that failed (retry it), not a damaged version.
+                if bytes.len() as u64 != size {
+                    let source = object_store::Error::Generic {
+                        store: "omendb-storage",
+                        source: format!("short read: {} of {size} bytes", bytes.len()).into(),
+                    };
+                    return Err(Error::from_store("get", &path, source));
+                }
+                bytes
+            }
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(Error::from_store("get", &path, err)),
         };
@@ -375,10 +387,13 @@ impl ManifestWriter {
 
     /// Deletes manifest versions replaced more than the grace period before `now`, and
     /// objects under `segments` that no retained version references and that are older than
-    /// the grace period. Only the current writer may do this ([`Error::Fenced`] otherwise).
+    /// the grace period. Objects named in `in_use` (segments the writer's own readers still
+    /// hold, whatever their age) are kept too. Only the current writer may do this
+    /// ([`Error::Fenced`] otherwise).
     pub async fn collect_garbage(
         &mut self,
         segments: &Path,
+        in_use: &BTreeSet<String>,
         now: DateTime<Utc>,
     ) -> Result<GcReport> {
         self.resolve_pending().await?;
@@ -428,7 +443,10 @@ impl ManifestWriter {
             .map_err(|err| Error::from_store("list", segments, err))?;
         for object in objects {
             let path = object.location.to_string();
-            if !referenced.contains(&path) && past_grace(object.last_modified) {
+            if !referenced.contains(&path)
+                && !in_use.contains(&path)
+                && past_grace(object.last_modified)
+            {
                 delete(&manifests.store, &object.location).await?;
                 report.segments.push(path);
             }

@@ -133,7 +133,11 @@ async fn a_new_writer_fences_the_old_one(store: Arc<dyn ObjectStore>) {
     );
     assert_eq!(check_chain(&store).await, 4);
     let err = first
-        .collect_garbage(&Path::from("db/segments"), chrono::Utc::now())
+        .collect_garbage(
+            &Path::from("db/segments"),
+            &Default::default(),
+            chrono::Utc::now(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Fatal, "{err}");
@@ -258,7 +262,7 @@ async fn a_writer_that_stalled_past_the_grace_period_is_fenced(store: Arc<dyn Ob
     current.commit(data(3, &[])).await.unwrap();
     let later = chrono::Utc::now() + chrono::Duration::seconds(5);
     let report = current
-        .collect_garbage(&Path::from("db/segments"), later)
+        .collect_garbage(&Path::from("db/segments"), &Default::default(), later)
         .await
         .unwrap();
     assert_eq!(report.manifests, vec![1, 2, 3]);
@@ -301,7 +305,7 @@ async fn garbage_is_kept_through_the_grace_period(store: Arc<dyn ObjectStore>) {
     let segments = Path::from("db/segments");
 
     let report = writer
-        .collect_garbage(&segments, chrono::Utc::now())
+        .collect_garbage(&segments, &Default::default(), chrono::Utc::now())
         .await
         .unwrap();
     assert!(
@@ -310,7 +314,10 @@ async fn garbage_is_kept_through_the_grace_period(store: Arc<dyn ObjectStore>) {
     );
 
     let later = chrono::Utc::now() + chrono::Duration::from_std(grace * 2).unwrap();
-    let report = writer.collect_garbage(&segments, later).await.unwrap();
+    let report = writer
+        .collect_garbage(&segments, &Default::default(), later)
+        .await
+        .unwrap();
     assert_eq!(report.manifests, vec![1]);
     let deleted: BTreeSet<String> = report.segments.into_iter().collect();
     assert_eq!(

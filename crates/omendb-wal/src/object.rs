@@ -104,9 +104,20 @@ async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<(Lsn, Path)>
     Ok(objects)
 }
 
+/// The whole object at `path`. A body shorter than the object (a connection that closed
+/// early) is a failed request, not damage: recovery would otherwise cut acknowledged records
+/// from an object that is intact in the store.
 async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
     let result = store.get(path).await.map_err(store_error("get", path))?;
-    result.bytes().await.map_err(store_error("get", path))
+    let size = result.meta.size;
+    let bytes = result.bytes().await.map_err(store_error("get", path))?;
+    if bytes.len() as u64 != size {
+        return Err(store_error("get", path)(object_store::Error::Generic {
+            store: "omendb-wal",
+            source: format!("short read: {} of {size} bytes", bytes.len()).into(),
+        }));
+    }
+    Ok(bytes)
 }
 
 async fn put_new(store: &dyn ObjectStore, path: &Path, payload: PutPayload) -> Result<()> {

@@ -310,6 +310,7 @@ impl Builder {
             last_gc: Mutex::new(None),
             background_error: Mutex::new(None),
             counters: Mutex::new((0, 0)),
+            retired: Mutex::new(Vec::new()),
         });
         let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));
         *inner.background.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);

@@ -87,11 +87,14 @@ impl Inner {
         let _flushing = self.flush_lock.lock().await;
         *self.last_gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let segments = self.prefix.clone().join("segments");
+        crash_point!("gc.before");
+        let in_use = self.segments_in_use();
         self.writer
             .lock()
             .await
-            .collect_garbage(&segments, chrono::Utc::now())
+            .collect_garbage(&segments, &in_use, chrono::Utc::now())
             .await?;
+        crash_point!("gc.after");
         Ok(())
     }
 
@@ -127,6 +130,7 @@ impl Inner {
         let written = self.write_segment(&table.def, rows).await?;
         let removed: Vec<String> = group.iter().map(|s| s.entry.path.clone()).collect();
 
+        crash_point!("compaction.before_manifest");
         let mut writer = self.writer.lock().await;
         let mut data = current_data(&writer);
         let Some(entry) = data.tables.values_mut().find(|t| t.id == table.def.id) else {
@@ -147,6 +151,8 @@ impl Inner {
             added.push((id, Arc::new(segment)));
         }
         writer.commit(data).await?;
+        crash_point!("compaction.after_manifest");
+        self.retire(group);
         self.swap_segments(&added, &removed, None, horizon);
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
         Ok(())

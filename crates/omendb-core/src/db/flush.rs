@@ -106,6 +106,7 @@ impl Inner {
             self.wal.wait_durable(upto).await?;
         }
 
+        crash_point!("flush.before_segment");
         let mut written = Vec::new();
         for (id, memtable) in frozen.tables() {
             let Some(table) = version.by_id.get(&id) else {
@@ -120,6 +121,7 @@ impl Inner {
             }
         }
 
+        crash_point!("flush.before_manifest");
         let mut writer = self.writer.lock().await;
         let mut data = current_data(&writer);
         let mut added: Vec<(u32, Arc<Segment>)> = Vec::new();
@@ -137,6 +139,7 @@ impl Inner {
         self.swap_segments(&added, &[], Some(&frozen), 0);
         drop(writer);
         self.flushed.notify_waiters();
+        crash_point!("flush.before_wal_truncate");
         self.wal.truncate_before(upto + 1).await?;
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
         Ok(true)

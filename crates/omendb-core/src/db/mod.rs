@@ -44,6 +44,7 @@ use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
 use crate::key::KeyType;
 use crate::memtable::Lsn;
+use crate::segment::Segment;
 use crate::table::TableDef;
 use crate::version_cell::VersionCell;
 use crate::visibility::Visibility;
@@ -110,6 +111,10 @@ pub(crate) struct Inner {
     /// The last compaction or garbage-collection failure that did not poison writes.
     background_error: Mutex<Option<String>>,
     counters: Mutex<(u64, u64)>,
+    /// Segments that left the current version (compacted or dropped) by object path, while a
+    /// reader may still hold them: garbage collection keeps an object as long as its segment
+    /// is alive here, however short the grace period.
+    retired: Mutex<Vec<(String, std::sync::Weak<Segment>)>>,
 }
 
 impl Db {
@@ -177,7 +182,12 @@ impl Db {
             .commit(data)
             .await
             .map_err(|e| inner.fail(e.into()))?;
-        inner.swap_tables(|tables| tables.retain(|t| t.def.name != name));
+        inner.swap_tables(|tables| {
+            for table in tables.iter().filter(|t| t.def.name == name) {
+                inner.retire(&table.segments);
+            }
+            tables.retain(|t| t.def.name != name);
+        });
         Ok(())
     }
 
@@ -294,6 +304,24 @@ impl Inner {
         });
     }
 
+    /// Notes that `segments` left the current version (see `retired`).
+    pub(crate) fn retire(&self, segments: &[Arc<Segment>]) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|(_, segment)| segment.strong_count() > 0);
+        retired.extend(
+            segments
+                .iter()
+                .map(|s| (s.entry.path.clone(), Arc::downgrade(s))),
+        );
+    }
+
+    /// The object paths of retired segments a reader still holds.
+    pub(crate) fn segments_in_use(&self) -> std::collections::BTreeSet<String> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|(_, segment)| segment.strong_count() > 0);
+        retired.iter().map(|(path, _)| path.clone()).collect()
+    }
+
     /// Validated writes in, LSN out: append, apply, publish.
     async fn commit(self: &Arc<Self>, batch: WriteBatch, options: WriteOptions) -> Result<Lsn> {
         self.check_writable()?;
@@ -317,6 +345,7 @@ impl Inner {
         let durability = options.durability.unwrap_or(self.settings.durability);
         let inner = Arc::clone(self);
         let lsn = tokio::spawn(async move {
+            crash_point!("commit.before_wal");
             let appended = inner
                 .wal
                 .append(&payload, AppendOptions { durability })
@@ -330,6 +359,7 @@ impl Inner {
                     inner.fail(err)
                 }
             })?;
+            crash_point!("commit.after_wal");
             inner.apply(lsn, &batch);
             Ok::<_, Error>(lsn)
         })

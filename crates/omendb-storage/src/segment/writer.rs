@@ -79,6 +79,9 @@ pub struct SegmentWriter {
     /// Set when a write or upload failed after its batch was accepted: the uploaded bytes are
     /// then incomplete, and the writer refuses everything but `abort`.
     poisoned: bool,
+    /// Set once the upload's shutdown (the completing request) has started: the upload then
+    /// aborts itself if it fails, and `BufWriter::abort` would panic.
+    shut_down: bool,
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -162,6 +165,7 @@ impl SegmentWriter {
             row_groups,
             group: None,
             upload,
+            shut_down: false,
             options,
             rows: 0,
             first: None,
@@ -346,7 +350,7 @@ impl SegmentWriter {
             Ok(()) => self.complete(index).await,
             Err(err) => Err(err),
         };
-        if finished.is_err() {
+        if finished.is_err() && !self.shut_down {
             // Nothing may be published from a failed finish; a multipart upload is abandoned.
             let _ = self.upload.abort().await;
         }
@@ -404,6 +408,7 @@ impl SegmentWriter {
         let size = self.file.bytes_written() as u64;
         let footer_crc32c = self.file.inner_mut().footer.unwrap_or(0);
         self.upload_spooled().await?;
+        self.shut_down = true;
         self.upload
             .shutdown()
             .await

@@ -1,0 +1,447 @@
+//! A simulated disk for the WAL: an implementation of `omendb_wal::FileIo` that keeps files in
+//! memory and models what a real disk promises and what it does not.
+//!
+//! - Appended bytes are durable only after `sync_data`; a created, renamed or deleted name only
+//!   after `sync_dir` of its directory. [`SimDisk::crash`] keeps exactly the durable state, plus,
+//!   at random, a prefix of the unsynced bytes torn at a sector boundary (a disk writes sectors
+//!   in order but may stop anywhere).
+//! - Seeded faults ([`DiskFaults`]): a failing write (part of it may land), a short write, a
+//!   failing `fdatasync` (what it should have synced stays unsynced), a full disk, a bit flip on
+//!   read (the stored bytes stay intact).
+//! - A crash ends the "process": every handle opened before it fails from then on, as the files
+//!   of a dead process would, and the next [`SimDisk::mount`] sees the state after the crash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use omendb_wal::{FileIo, IoFile};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// A disk sector: a crash tears unsynced data only at multiples of it.
+pub const SECTOR: usize = 512;
+
+/// Probabilities (0.0 to 1.0) of each fault, per operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DiskFaults {
+    /// An append fails with an I/O error; a random prefix of it may have landed.
+    pub write_error: f64,
+    /// An append stores only a prefix and reports the shorter length.
+    pub short_write: f64,
+    /// An `fdatasync` fails; nothing it should have synced becomes durable.
+    pub sync_error: f64,
+    /// An append fails with "no space left on device" and stores nothing.
+    pub disk_full: f64,
+    /// A read returns its bytes with one bit flipped (the stored bytes stay intact).
+    pub read_bit_flip: f64,
+}
+
+impl DiskFaults {
+    /// No faults.
+    pub const NONE: DiskFaults = DiskFaults {
+        write_error: 0.0,
+        short_write: 0.0,
+        sync_error: 0.0,
+        disk_full: 0.0,
+        read_bit_flip: 0.0,
+    };
+}
+
+/// One file's bytes as the process sees them and as they would survive a crash.
+#[derive(Debug, Default)]
+struct FileData {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+    /// The lowest offset changed since the last sync.
+    dirty_from: usize,
+}
+
+#[derive(Debug)]
+struct DiskState {
+    rng: StdRng,
+    faults: DiskFaults,
+    /// Files by inode number.
+    files: HashMap<u64, FileData>,
+    next_inode: u64,
+    /// The names the process sees, and the names a crash keeps.
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    /// Directories that exist (created directories are taken as durable at once: the WAL
+    /// creates its directory before anything in it matters).
+    dirs: Vec<PathBuf>,
+    /// Which process life the disk is in; handles of an earlier life fail.
+    life: u64,
+    /// Who holds the directory lock, by life.
+    locked: HashMap<PathBuf, u64>,
+}
+
+/// The shared simulated disk. Cloning gives another handle to the same disk.
+#[derive(Clone, Debug)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+    injected: Arc<AtomicU64>,
+}
+
+impl SimDisk {
+    /// An empty disk whose faults and crashes draw from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(DiskState {
+                rng: StdRng::seed_from_u64(seed),
+                faults: DiskFaults::NONE,
+                files: HashMap::new(),
+                next_inode: 1,
+                names: BTreeMap::new(),
+                durable_names: BTreeMap::new(),
+                dirs: Vec::new(),
+                life: 0,
+                locked: HashMap::new(),
+            })),
+            injected: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        // Every operation leaves the state consistent before it can fail, so a panicked holder
+        // (a failed test assertion elsewhere) leaves nothing half-done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the fault probabilities for every handle from now on.
+    pub fn set_faults(&self, faults: DiskFaults) {
+        self.lock().faults = faults;
+    }
+
+    /// How many faults have been injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// A `FileIo` for one process life. After [`SimDisk::crash`], it and its files fail.
+    pub fn mount(&self) -> Arc<dyn FileIo> {
+        let life = self.lock().life;
+        Arc::new(Mount {
+            disk: self.clone(),
+            life,
+        })
+    }
+
+    /// A simulated power loss: unsynced bytes and undirsynced names are lost, except that a
+    /// file's unsynced bytes may survive up to a random sector boundary. Every handle of the
+    /// current life fails from now on.
+    pub fn crash(&self) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.life += 1;
+        state.locked.clear();
+        state.names = state.durable_names.clone();
+        let live: Vec<u64> = state.names.values().copied().collect();
+        state.files.retain(|inode, _| live.contains(inode));
+        for file in state.files.values_mut() {
+            if file.data == file.durable {
+                continue;
+            }
+            // Where the process's bytes and the durable ones part (compared, not trusted from
+            // `dirty_from`, so a sync that failed to persist anything is caught too).
+            let same = file
+                .data
+                .iter()
+                .zip(&file.durable)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(file.dirty_from);
+            // Sectors reach the disk in order: those below `cut` hold the new bytes, the rest
+            // the old ones.
+            let cut = if state.rng.random_bool(0.5) {
+                same
+            } else {
+                let upto = state.rng.random_range(same..=file.data.len());
+                (upto / SECTOR * SECTOR).max(same)
+            };
+            let mut after = file.data[..cut].to_vec();
+            if file.durable.len() > cut {
+                after.extend_from_slice(&file.durable[cut..]);
+            }
+            file.durable = after.clone();
+            file.data = after;
+            file.dirty_from = file.data.len();
+        }
+    }
+
+    /// The names of the files on the disk now.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.lock().names.keys().cloned().collect()
+    }
+
+    /// Bytes of the file at `path` as the process sees them.
+    pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.lock();
+        let inode = state.names.get(path)?;
+        state.files.get(inode).map(|f| f.data.clone())
+    }
+}
+
+impl DiskState {
+    /// Whether a fault of probability `p` happens now.
+    fn roll(&mut self, p: f64, injected: &AtomicU64) -> bool {
+        let hit = p > 0.0 && self.rng.random_bool(p.min(1.0));
+        if hit {
+            injected.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+}
+
+fn crashed() -> io::Error {
+    io::Error::other("simulated crash: this process's files are gone")
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("injected fault: {what}"))
+}
+
+/// The disk as one process life sees it.
+#[derive(Debug)]
+struct Mount {
+    disk: SimDisk,
+    life: u64,
+}
+
+impl Mount {
+    /// The disk's state, or an error if this life has crashed.
+    fn state(&self) -> io::Result<MutexGuard<'_, DiskState>> {
+        let state = self.disk.lock();
+        if state.life != self.life {
+            return Err(crashed());
+        }
+        Ok(state)
+    }
+}
+
+impl FileIo for Mount {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state()?;
+        if !state.dirs.iter().any(|d| d == dir) {
+            state.dirs.push(dir.to_owned());
+        }
+        Ok(())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let mut state = self.state()?;
+        if state.names.contains_key(path) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        let inode = state.next_inode;
+        state.next_inode += 1;
+        state.files.insert(inode, FileData::default());
+        state.names.insert(path.to_owned(), inode);
+        Ok(Box::new(SimFile {
+            disk: self.disk.clone(),
+            life: self.life,
+            inode,
+        }))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        let state = self.state()?;
+        let inode = *state
+            .names
+            .get(path)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(Box::new(SimFile {
+            disk: self.disk.clone(),
+            life: self.life,
+            inode,
+        }))
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state()?;
+        if !state.dirs.iter().any(|d| d == dir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        Ok(state
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state()?;
+        let inode = state
+            .names
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.names.insert(to.to_owned(), inode);
+        Ok(())
+    }
+
+    fn delete(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state()?;
+        state
+            .names
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state()?;
+        let state = &mut *state;
+        state.durable_names.retain(|p, _| p.parent() != Some(dir));
+        for (path, inode) in &state.names {
+            if path.parent() == Some(dir) {
+                state.durable_names.insert(path.clone(), *inode);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        let mut state = self.state()?;
+        if state.locked.get(dir).is_some_and(|life| *life == self.life) {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        state.locked.insert(dir.to_owned(), self.life);
+        Ok(Box::new(DirLock {
+            disk: self.disk.clone(),
+            dir: dir.to_owned(),
+            life: self.life,
+        }))
+    }
+}
+
+/// Holds a directory lock until dropped.
+#[derive(Debug)]
+struct DirLock {
+    disk: SimDisk,
+    dir: PathBuf,
+    life: u64,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let mut state = self.disk.lock();
+        if state.locked.get(&self.dir) == Some(&self.life) {
+            state.locked.remove(&self.dir);
+        }
+    }
+}
+
+/// An open file of one process life.
+#[derive(Debug)]
+struct SimFile {
+    disk: SimDisk,
+    life: u64,
+    inode: u64,
+}
+
+impl SimFile {
+    /// The disk's state and this file, or an error if the life crashed or the file is gone.
+    fn with<T>(&self, f: impl FnOnce(&mut DiskState, u64) -> io::Result<T>) -> io::Result<T> {
+        let mut state = self.disk.lock();
+        if state.life != self.life {
+            return Err(crashed());
+        }
+        if !state.files.contains_key(&self.inode) {
+            // Deleted and then lost at a crash of this life cannot happen (a crash ends the
+            // life), so this is a file whose name was removed: it still exists while open.
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        f(&mut state, self.inode)
+    }
+}
+
+/// Looks up a file the caller has checked exists.
+fn file(state: &mut DiskState, inode: u64) -> io::Result<&mut FileData> {
+    state
+        .files
+        .get_mut(&inode)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
+impl IoFile for SimFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let counter = Arc::clone(&self.disk.injected);
+        self.with(|state, inode| {
+            let faults = state.faults;
+            if state.roll(faults.disk_full, &counter) {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "injected fault: no space left on device",
+                ));
+            }
+            if state.roll(faults.write_error, &counter) {
+                let landed = state.rng.random_range(0..=buf.len());
+                file(state, inode)?.data.extend_from_slice(&buf[..landed]);
+                return Err(injected("write failed"));
+            }
+            let stored = if buf.len() > 1 && state.roll(faults.short_write, &counter) {
+                state.rng.random_range(0..buf.len())
+            } else {
+                buf.len()
+            };
+            file(state, inode)?.data.extend_from_slice(&buf[..stored]);
+            Ok(stored)
+        })
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let counter = Arc::clone(&self.disk.injected);
+        self.with(|state, inode| {
+            let faults = state.faults;
+            if state.roll(faults.sync_error, &counter) {
+                return Err(injected("fdatasync failed"));
+            }
+            let file = file(state, inode)?;
+            let from = file.dirty_from.min(file.data.len());
+            file.durable.truncate(from);
+            file.durable.extend_from_slice(&file.data[from..]);
+            file.dirty_from = file.data.len();
+            Ok(())
+        })
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let counter = Arc::clone(&self.disk.injected);
+        self.with(|state, inode| {
+            let faults = state.faults;
+            let flip = state.roll(faults.read_bit_flip, &counter);
+            let data = &file(state, inode)?.data;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let n = buf.len().min(data.len() - start);
+            buf[..n].copy_from_slice(&data[start..start + n]);
+            if flip && n > 0 {
+                let bit = state.rng.random_range(0..n * 8);
+                buf[bit / 8] ^= 1 << (bit % 8);
+            }
+            Ok(n)
+        })
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.with(|state, inode| Ok(file(state, inode)?.data.len() as u64))
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.with(|state, inode| {
+            let file = file(state, inode)?;
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len < file.data.len() {
+                file.data.truncate(len);
+                file.dirty_from = file.dirty_from.min(len);
+            } else {
+                file.data.resize(len, 0);
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,761 @@
+//! The simulation: one seed drives a random [`workload`](crate::workload), random faults in the
+//! object store ([`store`](crate::store)) and on the WAL's disk ([`disk`](crate::disk)), crashes
+//! at random moments and at the engine's named crash points, and reopens. After every reopen it
+//! checks the oracle:
+//!
+//! - every write acknowledged as durable is present, and the database holds exactly the state
+//!   after some prefix of the acknowledged writes that includes them (buffered writes after the
+//!   last durable one may be lost, in order) — so nothing phantom or resurrected;
+//! - a write that failed may or may not be there, but nothing else differs;
+//! - reads between crashes answer from the current state, or fail only when a fault was
+//!   injected or the process had crashed;
+//! - the engine keeps working after a fault, or says it is poisoned; it never hangs.
+//!
+//! A failed run returns a [`Failure`] that names its seed and the command that replays it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use arrow_array::{Array, RecordBatch};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use omendb_core::{Aggregate, Db, ErrorKind, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_storage::backend::{Layered, Retry, RetryPolicy};
+use omendb_storage::segment::SegmentWriterOptions;
+use omendb_wal::{FileWal, WalOptions};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::disk::{DiskFaults, SimDisk};
+use crate::store::{FaultyObjectStore, StoreFaults};
+use crate::workload::{KEYS, State, Step, Write};
+
+/// Where the simulated database keeps its WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Everything in the (faulty) in-memory object store, the WAL included.
+    Memory,
+    /// The WAL on a [`SimDisk`], segments and manifest in the (faulty) in-memory store.
+    Disk,
+}
+
+/// How long one simulation runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Workload steps in all.
+    pub steps: usize,
+    /// Where the WAL lives.
+    pub place: Place,
+}
+
+/// What a passing run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Process lives (opens).
+    pub lives: u64,
+    /// Simulated crashes, at random moments or at crash points.
+    pub crashes: u64,
+    /// Crashes at one of the engine's named crash points.
+    pub crash_points: u64,
+    /// Faults injected into the store and the disk.
+    pub faults: u64,
+    /// Writes acknowledged.
+    pub acknowledged: u64,
+    /// Writes that failed (under a fault or after a crash).
+    pub failed: u64,
+}
+
+/// A run that broke an invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The seed that replays it.
+    pub seed: u64,
+    /// Where the WAL lived.
+    pub place: Place,
+    /// The workload step it failed at.
+    pub step: usize,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "simulation seed {} ({:?}) failed at step {}: {}\nreplay: cargo xtask chaos --seed {}",
+            self.seed, self.place, self.step, self.message, self.seed
+        )
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The `fail` registry is global to the process: one simulation at a time.
+static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The longest one operation may take before the run counts as hung.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the simulation of `seed`.
+pub async fn run(seed: u64, config: Config) -> Result<Report, Failure> {
+    let _one_at_a_time = RUNNING.lock().await;
+    let mut sim = Sim::new(seed, config);
+    let result = sim.run().await;
+    sim.disarm();
+    let step = sim.step;
+    result
+        .map(|()| sim.report.clone())
+        .map_err(|message| Failure {
+            seed,
+            place: config.place,
+            step,
+            message,
+        })
+}
+
+/// Crashes the world once, when its crash point has been reached `after` times.
+#[derive(Debug)]
+struct Crasher {
+    store: Arc<FaultyObjectStore<InMemory>>,
+    disk: SimDisk,
+    after: u64,
+    hits: AtomicU64,
+    fired: AtomicBool,
+}
+
+impl Crasher {
+    fn hit(&self) {
+        if self.hits.fetch_add(1, Ordering::SeqCst) + 1 == self.after
+            && !self.fired.swap(true, Ordering::SeqCst)
+        {
+            self.store.kill();
+            self.disk.crash();
+        }
+    }
+}
+
+/// One process life: the store wrapper it talks through and the open database.
+struct Life {
+    store: Arc<FaultyObjectStore<InMemory>>,
+    db: Db,
+    table: Table,
+    crasher: Option<(&'static str, Arc<Crasher>)>,
+    /// Writes that failed in this life.
+    failed: usize,
+}
+
+impl Life {
+    fn crashed(&self) -> bool {
+        self.store.is_killed()
+    }
+}
+
+struct Sim {
+    config: Config,
+    rng: StdRng,
+    objects: Arc<InMemory>,
+    disk: SimDisk,
+    /// The states the database may hold now (more than one after a write failed).
+    now: Vec<State>,
+    /// The states a crash may leave: every prefix since the last durable acknowledgement.
+    after_crash: Vec<State>,
+    life: Option<Life>,
+    step: usize,
+    report: Report,
+    /// Print every step (`OMENDB_CHAOS_TRACE=1`), for replaying a failure.
+    trace: bool,
+}
+
+fn push_unique(states: &mut Vec<State>, state: State) {
+    if !states.contains(&state) {
+        states.push(state);
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, config: Config) -> Self {
+        Self {
+            config,
+            rng: StdRng::seed_from_u64(seed),
+            objects: Arc::new(InMemory::new()),
+            disk: SimDisk::new(seed ^ 0x5eed_d15c),
+            now: vec![State::new()],
+            after_crash: vec![State::new()],
+            life: None,
+            step: 0,
+            report: Report::default(),
+            trace: std::env::var_os("OMENDB_CHAOS_TRACE").is_some(),
+        }
+    }
+
+    fn faults(&self) -> u64 {
+        self.disk.injected() + self.life.as_ref().map_or(0, |l| l.store.injected())
+    }
+
+    fn disarm(&mut self) {
+        if let Some((name, _)) = self.life.as_ref().and_then(|l| l.crasher.as_ref()) {
+            fail::remove(name);
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), String> {
+        // The first life creates the table, and closes cleanly so that it exists from then on.
+        self.open(true).await?;
+        self.reopen_clean().await?;
+        while self.step < self.config.steps {
+            self.step += 1;
+            if self.rng.random_bool(0.02) {
+                if self.trace {
+                    eprintln!("step {}: crash", self.step);
+                }
+                self.crash().await?;
+                continue;
+            }
+            let step = Step::random(&mut self.rng);
+            if self.trace {
+                eprintln!(
+                    "step {} (life {}, faults {}): {step:?}",
+                    self.step,
+                    self.report.lives,
+                    self.faults()
+                );
+            }
+            match tokio::time::timeout(STEP_TIMEOUT, self.perform(step.clone())).await {
+                Ok(result) => result?,
+                Err(_) => return Err(format!("{step:?} hung for {STEP_TIMEOUT:?}")),
+            }
+        }
+        // The end: a clean close and one more check of everything.
+        self.reopen_clean().await
+    }
+
+    fn life(&mut self) -> Result<&mut Life, String> {
+        self.life
+            .as_mut()
+            .ok_or_else(|| "no open database".to_owned())
+    }
+
+    /// Opens the next life, with faults drawn for it unless `quiet`, and checks what it holds.
+    async fn open(&mut self, quiet: bool) -> Result<(), String> {
+        self.disarm();
+        self.life = None;
+        let store_faults = if quiet || self.rng.random_bool(0.5) {
+            StoreFaults::none()
+        } else {
+            StoreFaults {
+                error: self.rng.random_range(0.0..0.02),
+                throttle: self.rng.random_range(0.0..0.05),
+                latency: self.rng.random_range(0.0..0.05),
+                max_latency: Duration::from_millis(3),
+                lost_answer: self.rng.random_range(0.0..0.01),
+                dead_multipart: self.rng.random_range(0.0..0.05),
+                truncated_get: self.rng.random_range(0.0..0.02),
+                ..StoreFaults::none()
+            }
+        };
+        let disk_faults = if quiet || self.rng.random_bool(0.5) {
+            DiskFaults::NONE
+        } else {
+            DiskFaults {
+                write_error: self.rng.random_range(0.0..0.01),
+                short_write: self.rng.random_range(0.0..0.01),
+                sync_error: self.rng.random_range(0.0..0.01),
+                disk_full: self.rng.random_range(0.0..0.005),
+                read_bit_flip: self.rng.random_range(0.0..0.01),
+            }
+        };
+        let before = self.disk.injected();
+        let store = Arc::new(FaultyObjectStore::new(
+            Arc::clone(&self.objects),
+            store_faults,
+            self.rng.random(),
+        ));
+        self.disk.set_faults(disk_faults);
+        let opened = self.build(&store).await;
+        let opened = match opened {
+            Ok(db) => db,
+            Err(err) => {
+                if store.injected() + self.disk.injected() == before {
+                    return Err(format!("open failed with no fault injected: {err}"));
+                }
+                // A fault while opening may refuse the open; the same data must open without.
+                self.report.faults += store.injected() + self.disk.injected() - before;
+                store.kill();
+                let store = Arc::new(FaultyObjectStore::new(
+                    Arc::clone(&self.objects),
+                    StoreFaults::none(),
+                    0,
+                ));
+                self.disk.set_faults(DiskFaults::NONE);
+                let db = self
+                    .build(&store)
+                    .await
+                    .map_err(|e| format!("open failed without faults after {err}: {e}"))?;
+                return self.adopt(store, db, DiskFaults::NONE).await;
+            }
+        };
+        self.adopt(store, opened, disk_faults).await
+    }
+
+    async fn build(&self, store: &Arc<FaultyObjectStore<InMemory>>) -> omendb_core::Result<Db> {
+        // Throttling is retried as it would be in production; other faults surface.
+        let retried: Arc<dyn ObjectStore> = Arc::new(Layered::new(
+            Retry::new(RetryPolicy {
+                max_retries: 3,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(4),
+            }),
+            Arc::clone(store),
+        ));
+        let builder = Db::builder()
+            .store(retried)
+            .memtable_bytes(6 * 1024)
+            .compaction_trigger(3)
+            .gc_grace(Duration::ZERO)
+            .backpressure(64 * 1024, 4, Duration::from_secs(2))
+            .limits(4 * 1024, 16 * 1024)
+            .segment_options(SegmentWriterOptions {
+                rows_per_page: 8,
+                pages_per_row_group: 4,
+                ..SegmentWriterOptions::default()
+            });
+        // Small WAL segments, so that rotation and truncation happen within a run.
+        let wal_options = WalOptions::default()
+            .segment_bytes(64 * 1024)
+            .max_record_bytes(16 * 1024);
+        let builder = match self.config.place {
+            Place::Memory => builder.wal_in_store().wal_options(wal_options),
+            Place::Disk => {
+                let wal = FileWal::open_with_io(self.disk.mount(), "/wal", wal_options)?;
+                builder.wal(Arc::new(wal))
+            }
+        };
+        builder.build().await
+    }
+
+    /// Takes `db` as the new life: checks it holds an allowed state, then arms a crash point
+    /// at random.
+    async fn adopt(
+        &mut self,
+        store: Arc<FaultyObjectStore<InMemory>>,
+        db: Db,
+        disk_faults: DiskFaults,
+    ) -> Result<(), String> {
+        self.report.lives += 1;
+        let table = match db.table("kv") {
+            Ok(table) => table,
+            // Before the table exists (only the first life).
+            Err(_) if self.report.lives == 1 => {
+                self.life = Some(Life {
+                    table: db
+                        .create_table("kv", KeyType::U64, None)
+                        .await
+                        .map_err(|e| format!("create_table: {e}"))?,
+                    store,
+                    db,
+                    crasher: None,
+                    failed: 0,
+                });
+                return Ok(());
+            }
+            Err(err) => return Err(format!("the table is gone after reopen: {err}")),
+        };
+        // What survived, by a full scan and by a read of every key; faults are off while
+        // checking so that the check sees the data, not the fault.
+        store.disable();
+        self.disk.set_faults(DiskFaults::NONE);
+        let scanned = scan(&table, 0..=u64::MAX, ScanOptions::default())
+            .await
+            .map_err(|e| format!("full scan after reopen: {e}"))?;
+        let found: State = scanned.into_iter().collect();
+        if !self.after_crash.contains(&found) {
+            return Err(format!(
+                "after reopen the table holds {} keys, which is no state the acknowledged \
+                 writes allow ({} candidates; the newest has {} keys); difference from the \
+                 newest: {}",
+                found.len(),
+                self.after_crash.len(),
+                self.after_crash.last().map_or(0, |s| s.len()),
+                self.after_crash
+                    .last()
+                    .map_or_else(String::new, |s| difference(s, &found))
+            ));
+        }
+        let keys: Vec<u64> = (0..KEYS + 5).collect();
+        let values = table
+            .multi_get_values(&keys)
+            .await
+            .map_err(|e| format!("multi_get after reopen: {e}"))?;
+        for (key, value) in keys.iter().zip(values) {
+            if value.as_ref() != found.get(key) {
+                return Err(format!(
+                    "after reopen, get {key} gives {value:?} but the scan {:?}",
+                    found.get(key)
+                ));
+            }
+        }
+        store.enable();
+        self.disk.set_faults(disk_faults);
+        self.now = vec![found.clone()];
+        self.after_crash = vec![found];
+
+        let crasher = if self.rng.random_bool(0.3) {
+            let points = omendb_core::CRASH_POINTS;
+            let name = points[self.rng.random_range(0..points.len())];
+            let crasher = Arc::new(Crasher {
+                store: Arc::clone(&store),
+                disk: self.disk.clone(),
+                after: self.rng.random_range(1..4),
+                hits: AtomicU64::new(0),
+                fired: AtomicBool::new(false),
+            });
+            let hook = Arc::clone(&crasher);
+            if self.trace {
+                eprintln!("crash point {name} armed (hit {})", crasher.after);
+            }
+            fail::cfg_callback(name, move || hook.hit())
+                .map_err(|e| format!("arming crash point {name}: {e}"))?;
+            Some((name, crasher))
+        } else {
+            None
+        };
+        self.life = Some(Life {
+            store,
+            db,
+            table,
+            crasher,
+            failed: 0,
+        });
+        Ok(())
+    }
+
+    /// A simulated power loss now; then the next life.
+    async fn crash(&mut self) -> Result<(), String> {
+        if let Some(life) = self.life.take() {
+            if life
+                .crasher
+                .as_ref()
+                .is_some_and(|(_, c)| c.fired.load(Ordering::SeqCst))
+            {
+                self.report.crash_points += 1;
+            }
+            self.report.faults += life.store.injected();
+            life.store.kill();
+            if let Some((name, _)) = &life.crasher {
+                fail::remove(name);
+            }
+        }
+        self.disk.crash();
+        self.report.crashes += 1;
+        self.open(false).await
+    }
+
+    /// A clean close (everything acknowledged becomes durable) and a quiet reopen.
+    async fn reopen_clean(&mut self) -> Result<(), String> {
+        let life = self.life()?;
+        if life.crashed() {
+            return self.crash().await;
+        }
+        let before = life.store.injected();
+        match life.db.close().await {
+            Ok(()) => {
+                self.after_crash = self.now.clone();
+                self.report.faults += self.life()?.store.injected();
+                if let Some(life) = self.life.take() {
+                    life.store.kill();
+                }
+                self.open(true).await
+            }
+            Err(err) => {
+                let life = self.life()?;
+                if life.store.injected() == before
+                    && !life.crashed()
+                    && err.kind() != ErrorKind::Fatal
+                {
+                    return Err(format!("close failed with no fault: {err}"));
+                }
+                self.crash().await
+            }
+        }
+    }
+
+    /// Whether an error of an operation that started when `faults` faults had been injected is
+    /// explained by a fault, a crash, or an earlier failure that poisoned the database.
+    fn excused(&self, faults: u64, kind: ErrorKind) -> bool {
+        self.faults() > faults
+            || self.life.as_ref().is_some_and(Life::crashed)
+            || kind == ErrorKind::Fatal
+            || self.life.as_ref().is_some_and(|l| l.failed > 0)
+    }
+
+    async fn perform(&mut self, step: Step) -> Result<(), String> {
+        let faults = self.faults();
+        let life = self.life()?;
+        let db = life.db.clone();
+        let table = life.table.clone();
+        match step {
+            Step::Write { write, durable } => {
+                let options = if durable {
+                    WriteOptions::DURABLE
+                } else {
+                    WriteOptions::BUFFERED
+                };
+                let result = apply(&db, &table, &write, options, &self.now).await;
+                match result {
+                    Ok(()) => {
+                        self.report.acknowledged += 1;
+                        for state in &mut self.now {
+                            write.apply(state);
+                        }
+                        if durable {
+                            self.after_crash = self.now.clone();
+                        } else {
+                            for state in self.now.clone() {
+                                push_unique(&mut self.after_crash, state);
+                            }
+                        }
+                    }
+                    Err((err, kind)) => {
+                        if self.trace {
+                            eprintln!("step {}: write failed: {err}", self.step);
+                        }
+                        if kind == ErrorKind::BadInput || !self.excused(faults, kind) {
+                            return Err(format!("{write:?} failed with no fault: {err}"));
+                        }
+                        self.report.failed += 1;
+                        for state in self.now.clone() {
+                            let mut with = state.clone();
+                            write.apply(&mut with);
+                            push_unique(&mut self.now, with);
+                        }
+                        for state in self.now.clone() {
+                            push_unique(&mut self.after_crash, state);
+                        }
+                        let life = self.life()?;
+                        life.failed += 1;
+                        // Each failed write doubles what may be true; a few are enough.
+                        if life.failed >= 3 {
+                            return self.crash().await;
+                        }
+                    }
+                }
+            }
+            Step::Get(key) => match table.get_value(key).await {
+                Ok(value) => {
+                    self.narrow(&format!("get {key}"), |s| s.get(&key) == value.as_ref())?
+                }
+                Err(err) => self.read_failed(faults, "get", &err)?,
+            },
+            Step::MultiGet(keys) => match table.multi_get_values(&keys).await {
+                Ok(values) => self.narrow("multi_get", |s| {
+                    keys.iter()
+                        .zip(&values)
+                        .all(|(k, v)| s.get(k) == v.as_ref())
+                })?,
+                Err(err) => self.read_failed(faults, "multi_get", &err)?,
+            },
+            Step::Scan {
+                range,
+                reverse,
+                limit,
+                batch_rows,
+            } => {
+                let options = ScanOptions {
+                    reverse,
+                    limit,
+                    batch_rows: Some(batch_rows),
+                    ..ScanOptions::default()
+                };
+                match scan(&table, range.clone(), options).await {
+                    Ok(got) => self.narrow(&format!("scan {range:?}"), |s| {
+                        let mut expected: Vec<(u64, Bytes)> = s
+                            .range(range.clone())
+                            .map(|(k, v)| (*k, v.clone()))
+                            .collect();
+                        if reverse {
+                            expected.reverse();
+                        }
+                        if let Some(limit) = limit {
+                            expected.truncate(limit);
+                        }
+                        got == expected
+                    })?,
+                    Err(err) => self.read_failed(faults, "scan", &err)?,
+                }
+            }
+            Step::Count(range) => {
+                match table
+                    .aggregate(range.clone(), "value", Aggregate::Count, None)
+                    .await
+                {
+                    Ok(batch) => {
+                        let count = count_of(&batch)?;
+                        self.narrow(&format!("count {range:?}"), |s| {
+                            s.range(range.clone()).count() as u64 == count
+                        })?
+                    }
+                    Err(err) => self.read_failed(faults, "count", &err)?,
+                }
+            }
+            Step::Checkpoint => {
+                if let Err(err) = db.checkpoint().await {
+                    self.maintenance_failed(faults, "checkpoint", &err)?;
+                }
+            }
+            Step::Compact => {
+                if let Err(err) = db.compact().await {
+                    self.maintenance_failed(faults, "compact", &err)?;
+                }
+            }
+            Step::Reopen => self.reopen_clean().await?,
+        }
+        Ok(())
+    }
+
+    /// Keeps the current states a read agrees with; none left is a wrong answer.
+    fn narrow(&mut self, what: &str, agrees: impl Fn(&State) -> bool) -> Result<(), String> {
+        self.now.retain(|s| agrees(s));
+        if self.now.is_empty() {
+            return Err(format!(
+                "{what} answered what no acknowledged history allows"
+            ));
+        }
+        Ok(())
+    }
+
+    fn read_failed(&self, faults: u64, what: &str, err: &omendb_core::Error) -> Result<(), String> {
+        if self.trace {
+            eprintln!("step {}: {what} failed: {err}", self.step);
+        }
+        if err.kind() == ErrorKind::BadInput || !self.excused(faults, err.kind()) {
+            return Err(format!("{what} failed with no fault: {err}"));
+        }
+        Ok(())
+    }
+
+    fn maintenance_failed(
+        &self,
+        faults: u64,
+        what: &str,
+        err: &omendb_core::Error,
+    ) -> Result<(), String> {
+        self.read_failed(faults, what, err)
+    }
+}
+
+/// Performs `write`; the error and its kind if it failed.
+async fn apply(
+    db: &Db,
+    table: &Table,
+    write: &Write,
+    options: WriteOptions,
+    now: &[State],
+) -> Result<(), (omendb_core::Error, ErrorKind)> {
+    let fail = |e: omendb_core::Error| {
+        let kind = e.kind();
+        (e, kind)
+    };
+    match write {
+        Write::Put(puts) if puts.len() == 1 => {
+            let (key, value) = &puts[0];
+            table
+                .put_value(*key, value.clone(), options)
+                .await
+                .map(|_| ())
+                .map_err(fail)
+        }
+        Write::Put(puts) => {
+            let mut batch = db.batch();
+            for (key, value) in puts {
+                batch.put_value(table, *key, value.clone()).map_err(fail)?;
+            }
+            db.write(batch, options).await.map(|_| ()).map_err(fail)
+        }
+        Write::Delete(key) => table.delete(*key, options).await.map(|_| ()).map_err(fail),
+        Write::DeleteRange(range) => table
+            .delete_range(range.clone(), options)
+            .await
+            .map(|_| ())
+            .map_err(fail),
+        Write::Transaction {
+            key,
+            value,
+            delete_next,
+        } => {
+            let mut txn = db.begin();
+            let seen = txn.get_value(table, *key).await.map_err(fail)?;
+            if !now.iter().any(|s| s.get(key) == seen.as_ref()) {
+                return Err((
+                    omendb_core::Error::BadInput(format!(
+                        "transaction read {key} as {seen:?}, which no current state holds"
+                    )),
+                    ErrorKind::BadInput,
+                ));
+            }
+            txn.put_value(table, *key, value.clone()).map_err(fail)?;
+            if *delete_next {
+                txn.delete(table, key + 1).map_err(fail)?;
+            }
+            txn.commit(options).await.map(|_| ()).map_err(fail)
+        }
+    }
+}
+
+/// Every `(key, value)` of a scan.
+async fn scan(
+    table: &Table,
+    range: std::ops::RangeInclusive<u64>,
+    options: ScanOptions,
+) -> omendb_core::Result<Vec<(u64, Bytes)>> {
+    let batches: Vec<RecordBatch> = table.scan(range, options)?.try_collect().await?;
+    let mut out = Vec::new();
+    for batch in batches {
+        let (Some(keys), Some(values)) = (
+            batch.column(0).as_primitive_opt::<UInt64Type>(),
+            batch.column(1).as_binary_opt::<i32>(),
+        ) else {
+            return Err(omendb_core::Error::Corrupt(
+                "a scan returned columns of the wrong types".to_owned(),
+            ));
+        };
+        for i in 0..batch.num_rows() {
+            out.push((keys.value(i), Bytes::copy_from_slice(values.value(i))));
+        }
+    }
+    Ok(out)
+}
+
+fn count_of(batch: &RecordBatch) -> Result<u64, String> {
+    batch
+        .columns()
+        .first()
+        .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+        .filter(|c| c.len() == 1)
+        .map(|c| c.value(0))
+        .ok_or_else(|| format!("a count aggregate returned {batch:?}"))
+}
+
+/// The keys where `found` differs from `expected`, for a failure message.
+fn difference(expected: &State, found: &State) -> String {
+    let mut out = Vec::new();
+    for (key, value) in expected {
+        match found.get(key) {
+            None => out.push(format!("{key} missing")),
+            Some(v) if v != value => out.push(format!("{key} holds another value")),
+            _ => {}
+        }
+    }
+    for key in found.keys() {
+        if !expected.contains_key(key) {
+            out.push(format!("{key} should not exist"));
+        }
+    }
+    out.truncate(20);
+    out.join(", ")
+}
