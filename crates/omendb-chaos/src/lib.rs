@@ -7,6 +7,7 @@
 //! an acknowledged write. It is a test tool: nothing in the product depends on it.
 
 pub mod disk;
+pub mod kill;
 pub mod proxy;
 pub mod simulation;
 pub mod store;

@@ -38,7 +38,7 @@ fn synced_bytes_survive_a_crash_and_unsynced_ones_are_lost_or_torn_at_a_sector()
         assert_eq!(&after[..synced.len()], &synced[..]);
         assert!(after.len() <= synced.len() + unsynced.len());
         assert!(
-            after.len() == synced.len() || after.len() % SECTOR == 0,
+            after.len() == synced.len() || after.len().is_multiple_of(SECTOR),
             "seed {seed}: torn at {} bytes, not at a sector boundary",
             after.len()
         );
