@@ -206,15 +206,21 @@ impl Sim {
 
     async fn run(&mut self) -> Result<(), String> {
         // The first life creates the table, and closes cleanly so that it exists from then on.
-        self.open(true).await?;
-        self.reopen_clean().await?;
+        tokio::time::timeout(STEP_TIMEOUT, async {
+            self.open(true).await?;
+            self.reopen_clean().await
+        })
+        .await
+        .map_err(|_| format!("the first open hung for {STEP_TIMEOUT:?}"))??;
         while self.step < self.config.steps {
             self.step += 1;
             if self.rng.random_bool(0.02) {
                 if self.trace {
                     eprintln!("step {}: crash", self.step);
                 }
-                self.crash().await?;
+                tokio::time::timeout(STEP_TIMEOUT, self.crash())
+                    .await
+                    .map_err(|_| format!("a crash and reopen hung for {STEP_TIMEOUT:?}"))??;
                 continue;
             }
             let step = Step::random(&mut self.rng);
@@ -232,7 +238,9 @@ impl Sim {
             }
         }
         // The end: a clean close and one more check of everything.
-        self.reopen_clean().await
+        tokio::time::timeout(STEP_TIMEOUT, self.reopen_clean())
+            .await
+            .map_err(|_| format!("the final close and reopen hung for {STEP_TIMEOUT:?}"))?
     }
 
     fn life(&mut self) -> Result<&mut Life, String> {
@@ -486,12 +494,12 @@ impl Sim {
     }
 
     /// Whether an error of an operation that started when `faults` faults had been injected is
-    /// explained by a fault, a crash, or an earlier failure that poisoned the database.
-    fn excused(&self, faults: u64, kind: ErrorKind) -> bool {
+    /// explained by a fault since then or a crash. Writes may also fail as `Fatal`: an earlier
+    /// failure poisoned the database (reads go on after poisoning, so they may not).
+    fn excused(&self, faults: u64, kind: Option<ErrorKind>) -> bool {
         self.faults() > faults
             || self.life.as_ref().is_some_and(Life::crashed)
-            || kind == ErrorKind::Fatal
-            || self.life.as_ref().is_some_and(|l| l.failed > 0)
+            || kind == Some(ErrorKind::Fatal)
     }
 
     async fn perform(&mut self, step: Step) -> Result<(), String> {
@@ -525,7 +533,7 @@ impl Sim {
                         if self.trace {
                             eprintln!("step {}: write failed: {err}", self.step);
                         }
-                        if kind == ErrorKind::BadInput || !self.excused(faults, kind) {
+                        if kind == ErrorKind::BadInput || !self.excused(faults, Some(kind)) {
                             return Err(format!("{write:?} failed with no fault: {err}"));
                         }
                         self.report.failed += 1;
@@ -633,7 +641,7 @@ impl Sim {
         if self.trace {
             eprintln!("step {}: {what} failed: {err}", self.step);
         }
-        if err.kind() == ErrorKind::BadInput || !self.excused(faults, err.kind()) {
+        if err.kind() == ErrorKind::BadInput || !self.excused(faults, None) {
             return Err(format!("{what} failed with no fault: {err}"));
         }
         Ok(())
@@ -645,7 +653,13 @@ impl Sim {
         what: &str,
         err: &omendb_core::Error,
     ) -> Result<(), String> {
-        self.read_failed(faults, what, err)
+        if self.trace {
+            eprintln!("step {}: {what} failed: {err}", self.step);
+        }
+        if err.kind() == ErrorKind::BadInput || !self.excused(faults, Some(err.kind())) {
+            return Err(format!("{what} failed with no fault: {err}"));
+        }
+        Ok(())
     }
 }
 

@@ -182,3 +182,44 @@ async fn seed_10_gc_keeps_the_segments_a_running_scan_reads() {
     drop(scan);
     db.close().await.unwrap();
 }
+
+/// Seed 0..1000 run (Memory), found as a hang: the last handle of a database whose WAL is in
+/// the store was dropped inside a background task on a runtime worker; `ObjectWal`'s `Drop`
+/// then waited for its writer thread, whose upload (here: delayed by injected latency) needed
+/// the timers of the very runtime it blocked. Dropping must not wait.
+#[test]
+fn dropping_an_object_wal_on_a_runtime_thread_does_not_hang() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let slow = Arc::new(FaultyObjectStore::new(
+                Arc::new(InMemory::new()),
+                StoreFaults {
+                    latency: 1.0,
+                    max_latency: Duration::from_millis(50),
+                    ..StoreFaults::none()
+                },
+                1,
+            ));
+            let wal = ObjectWal::open(slow, "wal", WalOptions::default())
+                .await
+                .unwrap();
+            for i in 0..100u64 {
+                wal.append(&i.to_le_bytes(), AppendOptions::BUFFERED)
+                    .await
+                    .unwrap();
+            }
+            // Dropped on the runtime's only worker thread.
+            tokio::spawn(async move { drop(wal) }).await.unwrap();
+        });
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(20))
+        .expect("dropping the WAL hung the runtime");
+}

@@ -373,8 +373,19 @@ impl ObjectWal {
 }
 
 impl Drop for ObjectWal {
+    /// Stops accepting appends; the writer thread uploads what is queued and ends on its own.
+    /// Unlike [`ObjectWal::close`], it does not wait: the writer drives its uploads on the
+    /// tokio runtime, and a drop on one of that runtime's worker threads that waited for it
+    /// could starve the runtime of the very thread its timers and I/O need (found by the chaos
+    /// simulation: `regressions.rs::dropping_an_object_wal_on_a_runtime_thread_does_not_hang`).
     fn drop(&mut self) {
-        let _ = self.close();
+        self.queue.close();
+        let handle = match self.writer.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        // Detached: the thread ends once the queue is drained.
+        drop(handle);
     }
 }
 
