@@ -261,7 +261,7 @@ impl Data {
 }
 
 /// SplitMix64's finalizer: a fixed, well-mixed function of `z`.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -799,7 +799,7 @@ async fn mixed(
 
 /// Calls `call` until it succeeds, retrying errors the engine marks as retryable (`Overloaded`
 /// while flushes catch up) at most [`MAX_RETRIES`] times in all; counts the retries.
-async fn retrying<T, F, Fut>(mut call: F, retries: &mut u32) -> Result<T>
+pub(crate) async fn retrying<T, F, Fut>(mut call: F, retries: &mut u32) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = omendb_core::Result<T>>,
@@ -840,7 +840,7 @@ async fn settle(db: &Db, kv: &Table, compaction_trigger: usize) -> Result<Durati
 }
 
 /// Bytes of every file under `dir`.
-fn dir_bytes(dir: &Path) -> Result<u64> {
+pub(crate) fn dir_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {

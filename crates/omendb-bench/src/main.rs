@@ -9,6 +9,7 @@ mod db;
 mod index;
 mod report;
 mod segment;
+mod stress;
 mod wal;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Bench {
     Index(index::Args),
     /// One Parquet segment written, opened, fetched by position (cold, cached) and scanned.
     Segment(segment::Args),
+    /// The 100M-key stress run: load through the engine, check every key by get and by full
+    /// scan, random gets and range counts, reopen and check again; one JSON line at the end.
+    Stress(stress::Args),
     /// Write-ahead log appends (group commit) for 1–256 appenders, and recovery speed.
     Wal(wal::Args),
 }
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Db(args) => db::run(&args),
         Bench::Index(args) => index::run(&args),
         Bench::Segment(args) => segment::run(&args),
+        Bench::Stress(args) => stress::run(&args),
         Bench::Wal(args) => wal::run(&args),
     }
 }

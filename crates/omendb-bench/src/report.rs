@@ -128,10 +128,20 @@ pub(crate) fn median(samples: &mut [f64]) -> f64 {
 
 /// This process's peak resident set in MiB (`VmHWM`), if the system reports it.
 pub(crate) fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+/// This process's resident set now, in MiB (`VmRSS`), if the system reports it.
+pub(crate) fn rss_mb() -> Option<f64> {
+    status_mb("VmRSS:")
+}
+
+/// A field of `/proc/self/status` given in kB, in MiB.
+fn status_mb(field: &str) -> Option<f64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
