@@ -8,6 +8,7 @@
 //! version of a key decides. Memtable range deletions are folded in by `Memtable::get`, so a
 //! key only older layers hold is hidden by a newer range deletion.
 
+use std::collections::BinaryHeap;
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
@@ -459,14 +460,29 @@ impl Scan {
                 left: s.positions(&range),
             })
             .collect();
+        // The segments' next keys in a heap, so that each key costs the logarithm of the
+        // segment count rather than a look at every segment. Ranked so the heap's greatest is
+        // the next key in scan order: the key itself in reverse, its complement forward.
+        let rank = |key: u64| if reverse { key } else { !key };
+        let mut heads: BinaryHeap<(u64, usize)> = segments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.peek(reverse).map(|(k, _)| (rank(k), i)))
+            .collect();
+        let mut holders: Vec<usize> = Vec::new();
         let mut decided = Vec::new();
         loop {
-            let heads = mem.iter_mut().filter_map(|it| it.peek().copied()).chain(
-                segments
-                    .iter()
-                    .filter_map(|c| c.peek(reverse).map(|(k, _)| k)),
-            );
-            let next = if reverse { heads.max() } else { heads.min() };
+            let mem_heads = mem.iter_mut().filter_map(|it| it.peek().copied());
+            let mem_next = if reverse {
+                mem_heads.max()
+            } else {
+                mem_heads.min()
+            };
+            let segment_next = heads.peek().map(|&(ranked, _)| rank(ranked));
+            let next = match (mem_next, segment_next) {
+                (Some(a), Some(b)) => Some(if reverse { a.max(b) } else { a.min(b) }),
+                (a, b) => a.or(b),
+            };
             let Some(key) = next else {
                 return Ok((decided, None));
             };
@@ -490,19 +506,30 @@ impl Scan {
                     it.next();
                 }
             }
-            for cursor in &mut segments {
-                let Some((k, rows)) = cursor.peek(reverse) else {
+            holders.clear();
+            while let Some(&(ranked, i)) = heads.peek() {
+                if rank(ranked) != key {
+                    break;
+                }
+                heads.pop();
+                holders.push(i);
+            }
+            // Newest segment first (the table's order): the first visible version decides.
+            holders.sort_unstable();
+            for &i in &holders {
+                let cursor = &mut segments[i];
+                let Some((_, rows)) = cursor.peek(reverse) else {
                     continue;
                 };
-                if k != key {
-                    continue;
-                }
                 cursor.consume(&rows, reverse);
                 if found.is_none()
                     && !hidden
                     && let Some(position) = cursor.segment.visible_row(rows, self.snapshot).await?
                 {
                     found = Some(Found::Segment(Arc::clone(&cursor.segment), position));
+                }
+                if let Some((k, _)) = cursor.peek(reverse) {
+                    heads.push((rank(k), i));
                 }
             }
             if let Some(found) = found {
