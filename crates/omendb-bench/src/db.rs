@@ -305,15 +305,26 @@ fn row(
     }
 }
 
-/// How the engine is configured, the same for every open.
-struct Config {
-    memtable_bytes: usize,
-    cache_bytes: u64,
-    compaction_trigger: usize,
+/// How the engine is configured, the same for every open (also `stress`'s).
+pub(crate) struct Config {
+    pub(crate) memtable_bytes: usize,
+    pub(crate) cache_bytes: u64,
+    pub(crate) compaction_trigger: usize,
 }
 
 impl Config {
-    async fn open(&self, dir: &Path) -> Result<Db> {
+    /// The engine's defaults, with the memtable and page cache sizes given in MiB.
+    pub(crate) fn new(memtable_mb: Option<usize>, cache_mb: Option<u64>) -> Self {
+        let defaults = Settings::default();
+        Self {
+            memtable_bytes: memtable_mb.map_or(defaults.memtable_bytes, |mb| mb << 20),
+            cache_bytes: cache_mb.map_or(defaults.cache_bytes, |mb| mb << 20),
+            compaction_trigger: defaults.compaction_trigger,
+        }
+    }
+
+    /// Opens (or creates) the database in `dir` on local files, `Buffered` by default.
+    pub(crate) async fn open(&self, dir: &Path) -> Result<Db> {
         Db::builder()
             .path(dir)
             .durability(Durability::Buffered)
@@ -327,14 +338,7 @@ impl Config {
 }
 
 async fn bench_omendb(args: &Args, mut data: Data, root: &Path, report: &mut Report) -> Result<()> {
-    let defaults = Settings::default();
-    let config = Config {
-        memtable_bytes: args
-            .memtable_mb
-            .map_or(defaults.memtable_bytes, |mb| mb << 20),
-        cache_bytes: args.cache_mb.map_or(defaults.cache_bytes, |mb| mb << 20),
-        compaction_trigger: defaults.compaction_trigger,
-    };
+    let config = Config::new(args.memtable_mb, args.cache_mb);
     report.note(&format!(
         "omendb: Buffered durability (acknowledged once in the WAL's buffer, synced by its \
          policy), memtable {} MiB, page cache {} MiB, compaction at {} overlapping segments, \

@@ -32,12 +32,12 @@ use futures::TryStreamExt;
 use omendb_core::db::Settings;
 use omendb_core::keygen::{self, Dist};
 use omendb_core::table::{KEY_COLUMN, KV_VALUE_COLUMN};
-use omendb_core::{Aggregate, Db, Durability, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_core::{Aggregate, Db, KeyType, ScanOptions, Table, WriteOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::db::{dir_bytes, mix, retrying};
+use crate::db::{Config, dir_bytes, mix, retrying};
 use crate::report::{self, Report, median, percentile};
 
 /// Arguments of `omendb-bench stress`.
@@ -230,12 +230,7 @@ async fn stress(
     ));
 
     let defaults = Settings::default();
-    let config = Config {
-        memtable_bytes: args
-            .memtable_mb
-            .map_or(defaults.memtable_bytes, |mb| mb << 20),
-        cache_bytes: args.cache_mb.map_or(defaults.cache_bytes, |mb| mb << 20),
-    };
+    let config = Config::new(args.memtable_mb, args.cache_mb);
     report.note(&format!(
         "omendb on local files in {}: Buffered durability, memtable {} MiB, page cache {} MiB, \
          compaction at {} overlapping segments up to {} MiB per merge, other settings the \
@@ -243,7 +238,7 @@ async fn stress(
         root.display(),
         config.memtable_bytes >> 20,
         config.cache_bytes >> 20,
-        defaults.compaction_trigger,
+        config.compaction_trigger,
         defaults.max_compaction_bytes >> 20,
         args.keys,
         args.order.name(),
@@ -397,25 +392,6 @@ impl Checks {
         } else if got.is_some() {
             self.fail(|| format!("{phase}: absent key {key}: got {got:?}, expected nothing"));
         }
-    }
-}
-
-/// How the engine is configured, the same for both opens.
-struct Config {
-    memtable_bytes: usize,
-    cache_bytes: u64,
-}
-
-impl Config {
-    async fn open(&self, dir: &Path) -> Result<Db> {
-        Db::builder()
-            .path(dir)
-            .durability(Durability::Buffered)
-            .memtable_bytes(self.memtable_bytes)
-            .cache_bytes(self.cache_bytes)
-            .build()
-            .await
-            .with_context(|| format!("opening the database in {}", dir.display()))
     }
 }
 
