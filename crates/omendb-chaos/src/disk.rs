@@ -171,11 +171,6 @@ impl SimDisk {
         }
     }
 
-    /// The names of the files on the disk now.
-    pub fn files(&self) -> Vec<PathBuf> {
-        self.lock().names.keys().cloned().collect()
-    }
-
     /// Bytes of the file at `path` as the process sees them.
     pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
         let state = self.lock();

@@ -33,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::disk::{DiskFaults, SimDisk};
-use crate::store::{FaultyObjectStore, StoreFaults};
+use crate::store::{Fault, FaultyObjectStore, StoreFaults};
 use crate::workload::{KEYS, State, Step, Write};
 
 /// Where the simulated database keeps its WAL.
@@ -194,8 +194,9 @@ impl Sim {
         }
     }
 
+    /// Faults injected so far that can fail a request (latency only slows one down).
     fn faults(&self) -> u64 {
-        self.disk.injected() + self.life.as_ref().map_or(0, |l| l.store.injected())
+        self.disk.injected() + self.life.as_ref().map_or(0, |l| failing(&l.store))
     }
 
     fn disarm(&mut self) {
@@ -289,7 +290,7 @@ impl Sim {
         let opened = match opened {
             Ok(db) => db,
             Err(err) => {
-                if store.injected() + self.disk.injected() == before {
+                if failing(&store) + self.disk.injected() == before {
                     return Err(format!("open failed with no fault injected: {err}"));
                 }
                 // A fault while opening may refuse the open; the same data must open without.
@@ -470,7 +471,7 @@ impl Sim {
         if life.crashed() {
             return self.crash().await;
         }
-        let before = life.store.injected();
+        let before = failing(&life.store);
         match life.db.close().await {
             Ok(()) => {
                 self.after_crash = self.now.clone();
@@ -482,7 +483,7 @@ impl Sim {
             }
             Err(err) => {
                 let life = self.life()?;
-                if life.store.injected() == before
+                if failing(&life.store) == before
                     && !life.crashed()
                     && err.kind() != ErrorKind::Fatal
                 {
@@ -661,6 +662,11 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// The faults `store` injected that can fail a request (latency only slows one down).
+fn failing(store: &FaultyObjectStore<InMemory>) -> u64 {
+    store.injected() - store.injected_of(Fault::Latency)
 }
 
 /// Performs `write`; the error and its kind if it failed.
