@@ -80,7 +80,7 @@ mod memtable {
 
 #[cfg(not(loom))]
 pub use db::{
-    Aggregate, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain, Isolation, ScanOptions,
+    Aggregate, BackendOptions, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain, Isolation, ScanOptions,
     Snapshot, Table, Transaction, WriteOptions,
 };
 #[cfg(not(loom))]

@@ -33,6 +33,9 @@ use tokio::sync::Notify;
 
 pub use batch::Batch;
 pub use builder::Builder;
+/// The options of a backend named by URL ([`Builder::url`]), re-exported so that callers of the
+/// engine need not depend on `omendb-storage`.
+pub use omendb_storage::BackendOptions;
 pub use changes::{Change, ChangedRow};
 pub use options::{Aggregate, Durability, ScanOptions, Settings, WriteOptions};
 pub use read::{Explain, SegmentPlan};

@@ -1,0 +1,158 @@
+//! The client API under `/v1`, and `/openapi.json`, the OpenAPI 3 document generated from the
+//! same route table (a route cannot exist without its documentation).
+//!
+//! - [`tables`]: create, list, describe, drop.
+//! - [`rows`]: put (JSON or Arrow IPC), get, multi-get, delete, delete-range.
+//! - [`query`]: scan (paged, streamed), aggregate, explain.
+//! - [`batch`]: an atomic write across tables.
+//! - [`column`] and [`row`]: the JSON forms of definitions, rows and keys.
+
+pub mod batch;
+pub mod column;
+pub mod query;
+pub mod row;
+pub mod rows;
+pub mod tables;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, middleware};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::state::State;
+
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// A JSON body or response; a body that is not valid JSON of the expected shape is a 400 in
+/// the API's error shape (413 when over the body limit).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Path parameters; a malformed one is a 400 in the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// Query parameters; an unknown or malformed one is a 400 in the API's error shape.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "OmenDB",
+        description = "OmenDB's client API: tables of integer-keyed rows, point and range reads, \
+                       atomic writes. Errors have one shape: {\"error\": {\"code\", \"message\"}}."
+    ),
+    tags(
+        (name = "tables", description = "Table definitions"),
+        (name = "rows", description = "Writes and point reads"),
+        (name = "reads", description = "Range reads"),
+    )
+)]
+struct ApiDoc;
+
+/// The client API's routes (state still to be given) and its OpenAPI document.
+pub fn routes() -> (Router<Arc<State>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(tables::list_tables, tables::create_table))
+        .routes(routes!(tables::describe_table, tables::drop_table))
+        .routes(routes!(rows::put_rows))
+        .routes(routes!(rows::get_row, rows::delete_row))
+        .routes(routes!(rows::multi_get))
+        .routes(routes!(rows::delete_range))
+        .routes(routes!(query::scan))
+        .routes(routes!(query::aggregate))
+        .routes(routes!(query::explain))
+        .routes(routes!(batch::write_batch))
+        .split_for_parts()
+}
+
+/// The client API's router: the routes, `/openapi.json`, and the layers every request passes
+/// (body limit, timeout, metrics, a JSON 404 for unknown routes, panics answered as 500).
+pub fn router(state: Arc<State>) -> Router {
+    let (routes, doc) = routes();
+    let doc = Arc::new(doc);
+    let max_body = state.config.limits.max_body_bytes;
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take this method",
+            )
+        })
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
+        .layer(middleware::from_fn(measure))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::internal("the server failed on this request (a bug; it is logged)")
+                    .into_response()
+            },
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Answers 503 `timeout` when a request runs longer than `limits.request_timeout_ms` (its work
+/// is cancelled); a streamed scan also stops at the deadline.
+async fn timeout(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(state.request_timeout(), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout(format!(
+            "the request ran longer than {} ms (limits.request_timeout_ms)",
+            state.config.limits.request_timeout_ms
+        ))
+        .into_response(),
+    }
+}
+
+/// Counts requests by route, method and status, and their latency by route.
+async fn measure(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(
+        "omendb_http_requests_total",
+        "route" => route.clone(), "method" => method, "status" => status
+    )
+    .increment(1);
+    metrics::histogram!("omendb_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

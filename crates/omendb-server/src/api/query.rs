@@ -1,0 +1,642 @@
+//! Range reads: scan (paged, streamed), aggregate and explain, and the slow query log entry
+//! each read may leave.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use omendb_core::{Aggregate, Explain, Key, KeyType, ScanOptions, Table};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+use tokio::sync::OwnedSemaphorePermit;
+use utoipa::ToSchema;
+
+use super::row::{JsonRow, batch_to_json, key_at, key_from_json, key_to_json};
+use super::{ARROW_STREAM, Json, Path};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::slow_log::{SlowQuery, now};
+use crate::state::State as Shared;
+
+/// The response header that carries an Arrow page's continuation token.
+pub const PAGE_TOKEN_HEADER: &str = "omendb-next-page-token";
+
+/// A key range: `start` inclusive, `end` exclusive; an absent side is open.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRange {
+    /// The first key (inclusive).
+    #[schema(value_type = Option<i64>)]
+    pub start: Option<JsonValue>,
+    /// The end (exclusive).
+    #[schema(value_type = Option<i64>)]
+    pub end: Option<JsonValue>,
+}
+
+/// Bounds of a key range.
+pub type KeyBounds = (Bound<Key>, Bound<Key>);
+
+impl KeyRange {
+    /// The bounds for a table keyed by `key_type`.
+    pub fn bounds(&self, key_type: KeyType) -> ApiResult<KeyBounds> {
+        let start = match &self.start {
+            Some(k) => Bound::Included(key_from_json(key_type, k)?),
+            None => Bound::Unbounded,
+        };
+        let end = match &self.end {
+            Some(k) => Bound::Excluded(key_from_json(key_type, k)?),
+            None => Bound::Unbounded,
+        };
+        Ok((start, end))
+    }
+}
+
+/// A scan.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    /// The first key (inclusive).
+    #[schema(value_type = Option<i64>)]
+    pub start: Option<JsonValue>,
+    /// The end (exclusive).
+    #[schema(value_type = Option<i64>)]
+    pub end: Option<JsonValue>,
+    /// The value columns to return (the key always comes first); absent for all.
+    pub projection: Option<Vec<String>>,
+    /// The most rows in this response; at most (and by default) `limits.page_rows`.
+    #[schema(minimum = 1)]
+    pub limit: Option<usize>,
+    /// Newest key first.
+    #[serde(default)]
+    pub reverse: bool,
+    /// The `next_page_token` of the previous page, to continue after it.
+    pub page_token: Option<String>,
+}
+
+/// A page of a scan (the JSON form; it is streamed as it is read).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScanPage {
+    /// The rows, in key order (reversed when asked).
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<JsonRow>,
+    /// Present when more rows follow: send the same scan with this `page_token`. Pages are
+    /// read at separate snapshots.
+    pub next_page_token: Option<String>,
+}
+
+/// An aggregate function.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Function {
+    /// Rows with a non-null value.
+    Count,
+    /// Sum.
+    Sum,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Mean.
+    Avg,
+}
+
+impl From<Function> for Aggregate {
+    fn from(function: Function) -> Self {
+        match function {
+            Function::Count => Aggregate::Count,
+            Function::Sum => Aggregate::Sum,
+            Function::Min => Aggregate::Min,
+            Function::Max => Aggregate::Max,
+            Function::Avg => Aggregate::Avg,
+        }
+    }
+}
+
+/// An aggregate over a key range.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateRequest {
+    /// The first key (inclusive).
+    #[schema(value_type = Option<i64>)]
+    pub start: Option<JsonValue>,
+    /// The end (exclusive).
+    #[schema(value_type = Option<i64>)]
+    pub end: Option<JsonValue>,
+    /// The value column.
+    pub column: String,
+    /// The function.
+    pub function: Function,
+    /// Per bucket of this many key units (columns `bucket` and the function's name); absent
+    /// for one row over the whole range.
+    #[schema(minimum = 1)]
+    pub bucket: Option<u64>,
+}
+
+/// Rows computed by the server (aggregates).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Rows {
+    /// The rows.
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<JsonRow>,
+}
+
+/// What a read of a range would touch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExplainInfo {
+    /// The table.
+    pub table: String,
+    /// The snapshot the read would use.
+    pub snapshot: u64,
+    /// Memtables that would be read.
+    pub memtables: usize,
+    /// Bytes in them.
+    pub memtable_bytes: usize,
+    /// Segments of the table.
+    pub segments_total: usize,
+    /// Segments skipped because their key range misses the read's.
+    pub segments_pruned: usize,
+    /// The segments read.
+    pub segments: Vec<SegmentInfo>,
+    /// Segment rows in the range (an upper bound on rows read from segments).
+    pub rows_to_scan: u64,
+}
+
+/// How one segment would be read.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SegmentInfo {
+    /// The segment object.
+    pub path: String,
+    /// Its rows.
+    pub rows: u64,
+    /// The learned index kind.
+    pub index: String,
+    /// The index's mean search window, in keys.
+    pub mean_window: f64,
+    /// The largest search window.
+    pub max_window: usize,
+    /// Rows of the segment in the range.
+    pub rows_in_range: u64,
+}
+
+impl From<Explain> for ExplainInfo {
+    fn from(e: Explain) -> Self {
+        Self {
+            table: e.table,
+            snapshot: e.snapshot,
+            memtables: e.memtables,
+            memtable_bytes: e.memtable_bytes,
+            segments_total: e.segments_total,
+            segments_pruned: e.segments_pruned,
+            segments: e
+                .segments
+                .into_iter()
+                .map(|s| SegmentInfo {
+                    path: s.path,
+                    rows: s.rows,
+                    index: s.index.to_owned(),
+                    mean_window: s.mean_window,
+                    max_window: s.max_window,
+                    rows_in_range: s.rows_in_range,
+                })
+                .collect(),
+            rows_to_scan: e.rows_to_scan,
+        }
+    }
+}
+
+/// Whether the client asked for Arrow IPC.
+fn wants_arrow(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains(ARROW_STREAM))
+}
+
+const TOKEN_VERSION: &str = "v1:";
+
+/// The token that continues a scan after `key`.
+fn page_token(key: Key) -> String {
+    let key = match key {
+        Key::U64(k) => k.to_string(),
+        Key::I64(k) => k.to_string(),
+    };
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_VERSION}{key}"))
+}
+
+/// The key a token continues after.
+fn token_key(key_type: KeyType, token: &str) -> ApiResult<Key> {
+    let bad = || ApiError::bad_input("page_token is not one this server gave");
+    let text = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&text).map_err(|_| bad())?;
+    let key = text.strip_prefix(TOKEN_VERSION).ok_or_else(bad)?;
+    super::row::key_from_text(key_type, key).map_err(|_| bad())
+}
+
+/// Scans a key range: a page of rows, streamed as JSON (`{"rows": [...], "next_page_token"}`)
+/// or, with `Accept: application/vnd.apache.arrow.stream`, an Arrow IPC stream whose
+/// continuation token is in the `omendb-next-page-token` header.
+#[utoipa::path(post, path = "/v1/tables/{table}/scan", tag = "reads",
+    params(("table" = String, Path, description = "The table")),
+    request_body = ScanRequest,
+    responses(
+        (status = 200, description = "A page of rows", content(
+            (ScanPage = "application/json"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+        )),
+        (status = 400, description = "Bad range, projection or token", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many queries", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn scan(
+    State(state): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<ScanRequest>,
+) -> ApiResult<Response> {
+    let permit = state.query_permit()?;
+    let started = Instant::now();
+    let table = state.table(&table)?;
+    let key_type = table.def().key_type;
+    let (mut start, mut end) = KeyRange {
+        start: request.start.clone(),
+        end: request.end.clone(),
+    }
+    .bounds(key_type)?;
+    let bounds = (start, end);
+    if let Some(token) = &request.page_token {
+        let after = token_key(key_type, token)?;
+        if request.reverse {
+            end = Bound::Excluded(after);
+        } else {
+            start = Bound::Excluded(after);
+        }
+    }
+    let page_rows = state.config.limits.page_rows;
+    let page = match request.limit {
+        Some(0) => return Err(ApiError::bad_input("limit must be at least 1")),
+        Some(limit) => limit.min(page_rows),
+        None => page_rows,
+    };
+    let options = ScanOptions {
+        projection: request.projection.clone(),
+        // One row more than the page tells whether another page follows.
+        limit: Some(page.saturating_add(1)),
+        reverse: request.reverse,
+        batch_rows: None,
+    };
+    let rows = table.scan((start, end), options)?;
+    let read = PageRead {
+        rows,
+        page,
+        sent: 0,
+        last: None,
+        deadline: tokio::time::Instant::now() + state.request_timeout(),
+        state: Arc::clone(&state),
+        table,
+        bounds,
+        started,
+        _permit: permit,
+    };
+    if wants_arrow(&headers) {
+        let schema = projected_schema(&read.table, request.projection.as_deref())?;
+        return read.into_arrow(schema).await;
+    }
+    let body = futures::stream::unfold(
+        JsonPage::Head(read),
+        |page| async move { page.next().await },
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The schema of a scan's batches with `projection`.
+fn projected_schema(table: &Table, projection: Option<&[String]>) -> ApiResult<SchemaRef> {
+    let output = &table.def().output;
+    let Some(projection) = projection else {
+        return Ok(Arc::clone(output));
+    };
+    let mut fields = vec![output.field(0).clone()];
+    for name in projection {
+        let field = output
+            .field_with_name(name)
+            .map_err(|_| ApiError::bad_input(format!("no column {name:?}")))?;
+        fields.push(field.clone());
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// One page of a scan being read.
+struct PageRead {
+    rows: BoxStream<'static, omendb_core::Result<RecordBatch>>,
+    page: usize,
+    sent: usize,
+    last: Option<Key>,
+    deadline: tokio::time::Instant,
+    state: Arc<Shared>,
+    table: Table,
+    bounds: KeyBounds,
+    started: Instant,
+    // Held until the response is sent or the client goes away: a query counts against
+    // `limits.max_concurrent_queries` while its rows are read.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PageRead {
+    /// The next batch of the page (cut to the page), `Ok(None)` at its end; `more` is set when
+    /// a row beyond the page exists.
+    async fn next_batch(&mut self, more: &mut bool) -> ApiResult<Option<RecordBatch>> {
+        loop {
+            if self.sent >= self.page {
+                return Ok(None);
+            }
+            let next = tokio::time::timeout_at(self.deadline, self.rows.next())
+                .await
+                .map_err(|_| {
+                    ApiError::timeout("the scan ran longer than limits.request_timeout_ms")
+                })?;
+            let Some(batch) = next.transpose()? else {
+                return Ok(None);
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let room = self.page - self.sent;
+            let batch = if batch.num_rows() > room {
+                *more = true;
+                batch.slice(0, room)
+            } else {
+                batch
+            };
+            self.sent += batch.num_rows();
+            self.last = key_at(&batch, batch.num_rows() - 1).or(self.last);
+            if self.sent == self.page && !*more {
+                // The page is full: one more row (asked for) says whether another follows.
+                *more = self.peek_more().await?;
+            }
+            return Ok(Some(batch));
+        }
+    }
+
+    async fn peek_more(&mut self) -> ApiResult<bool> {
+        loop {
+            let next = tokio::time::timeout_at(self.deadline, self.rows.next())
+                .await
+                .map_err(|_| {
+                    ApiError::timeout("the scan ran longer than limits.request_timeout_ms")
+                })?;
+            match next.transpose()? {
+                Some(batch) if batch.num_rows() == 0 => continue,
+                Some(_) => return Ok(true),
+                None => return Ok(false),
+            }
+        }
+    }
+
+    fn token(&self, more: bool) -> Option<String> {
+        more.then_some(self.last).flatten().map(page_token)
+    }
+
+    fn finish(&self) {
+        observe_slow(
+            &self.state,
+            "/v1/tables/{table}/scan",
+            &self.table,
+            Some(self.bounds),
+            self.sent as u64,
+            self.started,
+        );
+    }
+
+    /// The whole page as one Arrow IPC stream (bounded by `limits.page_rows`).
+    async fn into_arrow(mut self, schema: SchemaRef) -> ApiResult<Response> {
+        let mut more = false;
+        let mut out = Vec::new();
+        {
+            let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema)
+                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
+            while let Some(batch) = self.next_batch(&mut more).await? {
+                writer
+                    .write(&batch)
+                    .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
+            }
+            writer
+                .finish()
+                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
+        }
+        self.finish();
+        let mut response = (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
+            out,
+        )
+            .into_response();
+        if let Some(value) = self
+            .token(more)
+            .and_then(|token| HeaderValue::from_str(&token).ok())
+        {
+            response.headers_mut().insert(PAGE_TOKEN_HEADER, value);
+        }
+        Ok(response)
+    }
+}
+
+/// A JSON page being streamed: the head, the rows batch by batch, the tail.
+enum JsonPage {
+    Head(PageRead),
+    Rows(PageRead, bool),
+    Done,
+}
+
+impl JsonPage {
+    async fn next(self) -> Option<(Result<Bytes, std::io::Error>, JsonPage)> {
+        match self {
+            JsonPage::Head(read) => Some((
+                Ok(Bytes::from_static(b"{\"rows\":[")),
+                JsonPage::Rows(read, false),
+            )),
+            JsonPage::Rows(mut read, mut more) => {
+                let first = read.sent == 0;
+                match read.next_batch(&mut more).await {
+                    Ok(Some(batch)) => {
+                        let mut out = Vec::new();
+                        for (i, row) in batch_to_json(&batch).iter().enumerate() {
+                            if !(first && i == 0) {
+                                out.push(b',');
+                            }
+                            // Writing a map of JSON values into a Vec cannot fail.
+                            let _ = serde_json::to_writer(&mut out, row);
+                        }
+                        Some((Ok(Bytes::from(out)), JsonPage::Rows(read, more)))
+                    }
+                    Ok(None) => {
+                        read.finish();
+                        let token = serde_json::to_string(&read.token(more))
+                            .unwrap_or_else(|_| "null".to_owned());
+                        let tail = format!("],\"next_page_token\":{token}}}");
+                        Some((Ok(Bytes::from(tail)), JsonPage::Done))
+                    }
+                    Err(err) => {
+                        // The status line is sent: the only way left to tell the client is to
+                        // end the body early (its JSON is then incomplete).
+                        tracing::warn!(code = err.code, error = %err.message, "a scan failed while streaming");
+                        Some((Err(std::io::Error::other(err.message)), JsonPage::Done))
+                    }
+                }
+            }
+            JsonPage::Done => None,
+        }
+    }
+}
+
+/// Computes an aggregate over a key range, per bucket when asked.
+#[utoipa::path(post, path = "/v1/tables/{table}/aggregate", tag = "reads",
+    params(("table" = String, Path, description = "The table")),
+    request_body = AggregateRequest,
+    responses(
+        (status = 200, description = "The result rows", content(
+            (Rows = "application/json"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"),
+        )),
+        (status = 400, description = "Bad range, column or bucket", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many queries", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn aggregate(
+    State(state): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<AggregateRequest>,
+) -> ApiResult<Response> {
+    let _permit = state.query_permit()?;
+    let started = Instant::now();
+    let table = state.table(&table)?;
+    if request.bucket == Some(0) {
+        return Err(ApiError::bad_input("bucket must be at least 1"));
+    }
+    let bounds = KeyRange {
+        start: request.start.clone(),
+        end: request.end.clone(),
+    }
+    .bounds(table.def().key_type)?;
+    let result = tokio::time::timeout(
+        state.request_timeout(),
+        table.aggregate(
+            bounds,
+            &request.column,
+            request.function.into(),
+            request.bucket,
+        ),
+    )
+    .await
+    .map_err(|_| ApiError::timeout("the aggregate ran longer than limits.request_timeout_ms"))??;
+    observe_slow(
+        &state,
+        "/v1/tables/{table}/aggregate",
+        &table,
+        Some(bounds),
+        result.num_rows() as u64,
+        started,
+    );
+    if wants_arrow(&headers) {
+        let mut out = Vec::new();
+        {
+            let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &result.schema())
+                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
+            writer
+                .write(&result)
+                .and_then(|()| writer.finish())
+                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
+        }
+        return Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
+            out,
+        )
+            .into_response());
+    }
+    Ok(Json(Rows {
+        rows: batch_to_json(&result),
+    })
+    .into_response())
+}
+
+/// Describes what a read of a key range would touch: memtables, segments pruned and kept,
+/// each segment's index and its search window, rows to scan.
+#[utoipa::path(post, path = "/v1/tables/{table}/explain", tag = "reads",
+    params(("table" = String, Path, description = "The table")),
+    request_body = KeyRange,
+    responses(
+        (status = 200, description = "The plan", body = ExplainInfo),
+        (status = 400, description = "Bad range", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ))]
+pub async fn explain(
+    State(state): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    Json(range): Json<KeyRange>,
+) -> ApiResult<Json<ExplainInfo>> {
+    let table = state.table(&table)?;
+    let bounds = range.bounds(table.def().key_type)?;
+    Ok(Json(table.explain(bounds)?.into()))
+}
+
+/// Writes the slow query log entry of a read that finished, if it was slow (and sampled).
+pub fn observe_slow(
+    state: &Shared,
+    route: &str,
+    table: &Table,
+    bounds: Option<KeyBounds>,
+    rows: u64,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    if !state.slow_log.wants(elapsed) {
+        return;
+    }
+    let explain = bounds
+        .and_then(|b| table.explain(b).ok())
+        .and_then(|e| serde_json::to_value(ExplainInfo::from(e)).ok());
+    let range = match bounds {
+        None => "keys".to_owned(),
+        Some((start, end)) => format!("{}, {}", describe(start), describe(end)),
+    };
+    state.slow_log.write(&SlowQuery {
+        time: now(),
+        route,
+        table: table.name(),
+        range,
+        rows,
+        duration_ms: elapsed.as_secs_f64() * 1e3,
+        explain,
+    });
+}
+
+fn describe(bound: Bound<Key>) -> String {
+    match bound {
+        Bound::Included(k) => format!("{} (incl)", key_to_json(k)),
+        Bound::Excluded(k) => format!("{} (excl)", key_to_json(k)),
+        Bound::Unbounded => "open".to_owned(),
+    }
+}

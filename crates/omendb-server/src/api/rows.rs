@@ -1,0 +1,273 @@
+//! Writes and point reads: put rows (JSON or Arrow IPC), get, multi-get, delete, delete-range.
+
+use std::io::Cursor;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
+use omendb_core::{Batch, Table};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+use utoipa::ToSchema;
+
+use super::query::{KeyRange, observe_slow};
+use super::row::{JsonRow, key_from_json, key_from_text, key_to_json, row_from_json, row_to_json};
+use super::{ARROW_STREAM, Json, Path, Query};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::{State as Shared, WriteParams};
+
+/// The outcome of a write.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WriteResult {
+    /// The log sequence number the write committed at (reads at or after it see it).
+    pub lsn: u64,
+}
+
+/// Keys to read.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MultiGet {
+    /// The keys (integers of the table's key type), at most `limits.max_keys`.
+    #[schema(value_type = Vec<i64>)]
+    pub keys: Vec<JsonValue>,
+}
+
+/// The rows at the keys asked for, in order; `null` where a key has no row.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MultiGetResult {
+    /// One entry per key asked for.
+    #[schema(value_type = Vec<Option<Object>>)]
+    pub rows: Vec<Option<JsonRow>>,
+}
+
+/// The body of a request whose bytes are needed as they came.
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(rejection.body_text())
+        } else {
+            ApiError::bad_input(rejection.body_text())
+        }
+    })
+}
+
+/// Adds the rows of a put body to `batch`: a JSON array of rows, or an Arrow IPC stream when
+/// the content type says so.
+pub fn add_put_body(
+    batch: &mut Batch,
+    table: &Table,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<usize> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if content_type.starts_with(ARROW_STREAM) {
+        let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(body), None)
+            .map_err(|e| ApiError::bad_input(format!("not an Arrow IPC stream: {e}")))?;
+        let mut rows = 0;
+        for rb in reader {
+            let rb = rb.map_err(|e| ApiError::bad_input(format!("Arrow IPC stream: {e}")))?;
+            rows += rb.num_rows();
+            batch.put_batch(table, &rb)?;
+        }
+        return Ok(rows);
+    }
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("a put body is application/json or {ARROW_STREAM}, not {content_type}"),
+        ));
+    }
+    let rows: Vec<JsonValue> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_input(format!("a put body is a JSON array of rows: {e}")))?;
+    add_json_rows(batch, table, &rows)
+}
+
+/// Adds JSON rows to `batch`.
+pub fn add_json_rows(batch: &mut Batch, table: &Table, rows: &[JsonValue]) -> ApiResult<usize> {
+    for row in rows {
+        let (key, values) = row_from_json(table.def(), row)?;
+        batch.put(table, key, &values)?;
+    }
+    Ok(rows.len())
+}
+
+/// Puts rows, atomically: a JSON array of row objects, or an Arrow IPC stream
+/// (`Content-Type: application/vnd.apache.arrow.stream`) with a `key` column and value columns.
+#[utoipa::path(post, path = "/v1/tables/{table}/rows", tag = "rows",
+    params(("table" = String, Path, description = "The table"), WriteParams),
+    request_body(description = "Rows", content(
+        (Vec<Object> = "application/json"),
+        (Vec<u8> = "application/vnd.apache.arrow.stream"),
+    )),
+    responses(
+        (status = 200, description = "Committed", body = WriteResult),
+        (status = 400, description = "Bad rows", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 415, description = "Unsupported content type", body = ErrorBody),
+        (status = 429, description = "Too many writes in flight", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn put_rows(
+    State(state): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<WriteResult>> {
+    let body = body_bytes(body)?;
+    let _permit = state.write_permit(body.len())?;
+    let db = state.db()?;
+    let table = db.table(&table)?;
+    let mut batch = db.batch();
+    let rows = add_put_body(&mut batch, &table, &headers, &body)?;
+    if rows == 0 {
+        return Err(ApiError::bad_input("a put needs at least one row"));
+    }
+    let lsn = db.write(batch, state.write_options(params)).await?;
+    Ok(Json(WriteResult { lsn }))
+}
+
+/// Reads the row at a key.
+#[utoipa::path(get, path = "/v1/tables/{table}/rows/{key}", tag = "rows",
+    params(
+        ("table" = String, Path, description = "The table"),
+        ("key" = i64, Path, description = "The key (an integer of the table's key type)"),
+    ),
+    responses(
+        (status = 200, description = "The row", body = Object),
+        (status = 400, description = "Bad key", body = ErrorBody),
+        (status = 404, description = "No such table or key", body = ErrorBody),
+        (status = 429, description = "Too many queries", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn get_row(
+    State(state): State<Arc<Shared>>,
+    Path((table, key)): Path<(String, String)>,
+) -> ApiResult<Json<JsonRow>> {
+    let _permit = state.query_permit()?;
+    let started = Instant::now();
+    let table = state.table(&table)?;
+    let key = key_from_text(table.def().key_type, &key)?;
+    let row = table.get(key).await?;
+    observe_slow(
+        &state,
+        "/v1/tables/{table}/rows/{key}",
+        &table,
+        Some((Bound::Included(key), Bound::Included(key))),
+        u64::from(row.is_some()),
+        started,
+    );
+    let values =
+        row.ok_or_else(|| ApiError::not_found(format!("no row at key {}", key_to_json(key))))?;
+    Ok(Json(row_to_json(table.def(), key, &values)))
+}
+
+/// Reads the rows at many keys, at one snapshot.
+#[utoipa::path(post, path = "/v1/tables/{table}/multi-get", tag = "rows",
+    params(("table" = String, Path, description = "The table")),
+    request_body = MultiGet,
+    responses(
+        (status = 200, description = "The rows, in the order of the keys", body = MultiGetResult),
+        (status = 400, description = "Bad keys", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 413, description = "Too many keys or body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many queries", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn multi_get(
+    State(state): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    Json(request): Json<MultiGet>,
+) -> ApiResult<Json<MultiGetResult>> {
+    let _permit = state.query_permit()?;
+    let started = Instant::now();
+    let max_keys = state.config.limits.max_keys;
+    if request.keys.len() > max_keys {
+        return Err(ApiError::too_large(format!(
+            "{} keys; a multi-get reads at most {max_keys} (limits.max_keys)",
+            request.keys.len()
+        )));
+    }
+    let table = state.table(&table)?;
+    let key_type = table.def().key_type;
+    let keys = request
+        .keys
+        .iter()
+        .map(|k| key_from_json(key_type, k))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let rows = table.multi_get(&keys).await?;
+    observe_slow(
+        &state,
+        "/v1/tables/{table}/multi-get",
+        &table,
+        None,
+        rows.iter().filter(|r| r.is_some()).count() as u64,
+        started,
+    );
+    let rows = keys
+        .iter()
+        .zip(rows)
+        .map(|(&key, row)| row.map(|values| row_to_json(table.def(), key, &values)))
+        .collect();
+    Ok(Json(MultiGetResult { rows }))
+}
+
+/// Deletes the row at a key (a key without a row is not an error).
+#[utoipa::path(delete, path = "/v1/tables/{table}/rows/{key}", tag = "rows",
+    params(
+        ("table" = String, Path, description = "The table"),
+        ("key" = i64, Path, description = "The key"),
+        WriteParams,
+    ),
+    responses(
+        (status = 200, description = "Committed", body = WriteResult),
+        (status = 400, description = "Bad key", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn delete_row(
+    State(state): State<Arc<Shared>>,
+    Path((table, key)): Path<(String, String)>,
+    Query(params): Query<WriteParams>,
+) -> ApiResult<Json<WriteResult>> {
+    let table = state.table(&table)?;
+    let key = key_from_text(table.def().key_type, &key)?;
+    let lsn = table.delete(key, state.write_options(params)).await?;
+    Ok(Json(WriteResult { lsn }))
+}
+
+/// Deletes every row in a key range (`start` inclusive, `end` exclusive; absent is open).
+#[utoipa::path(post, path = "/v1/tables/{table}/delete-range", tag = "rows",
+    params(("table" = String, Path, description = "The table"), WriteParams),
+    request_body = KeyRange,
+    responses(
+        (status = 200, description = "Committed", body = WriteResult),
+        (status = 400, description = "Bad range", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "Not ready or unavailable", body = ErrorBody),
+    ))]
+pub async fn delete_range(
+    State(state): State<Arc<Shared>>,
+    Path(table): Path<String>,
+    Query(params): Query<WriteParams>,
+    Json(range): Json<KeyRange>,
+) -> ApiResult<Json<WriteResult>> {
+    let table = state.table(&table)?;
+    let bounds = range.bounds(table.def().key_type)?;
+    let lsn = table
+        .delete_range(bounds, state.write_options(params))
+        .await?;
+    Ok(Json(WriteResult { lsn }))
+}

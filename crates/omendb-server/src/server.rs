@@ -1,0 +1,176 @@
+//! The server's life: bind both listeners, open the database (requests get 503 `not_ready`
+//! meanwhile), serve, and on a shutdown signal drain within a bound, sync the WAL and close.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use omendb_core::{BackendOptions, Db, Durability};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, DurabilityConfig};
+use crate::slow_log::SlowLog;
+use crate::state::State;
+use crate::{admin, api, telemetry};
+
+/// A server whose listeners are bound.
+pub struct Server {
+    state: Arc<State>,
+    api: TcpListener,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Binds the client and admin listeners of `config` (port 0 picks a free port).
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        // Installed before any layer records, so no early metric is lost.
+        let _ = telemetry::recorder();
+        let api = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .with_context(|| {
+                format!("binding server.admin_listen {}", config.server.admin_listen)
+            })?;
+        let slow_log = SlowLog::open(&config.log).with_context(|| {
+            format!(
+                "opening log.slow_query_file {}",
+                config.log.slow_query_file.display()
+            )
+        })?;
+        Ok(Server {
+            state: Arc::new(State::new(config, slow_log)),
+            api,
+            admin,
+        })
+    }
+
+    /// The client API's address.
+    pub fn api_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.api.local_addr()?)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.admin.local_addr()?)
+    }
+
+    /// Serves until `shutdown` completes, then drains: new requests get 503, in-flight ones
+    /// have `server.shutdown_grace_ms` to finish before they are cancelled, the WAL is synced
+    /// and the database closed. An error opening the database ends the run with it.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server { state, api, admin } = self;
+        let config = state.config.clone();
+        for (what, addr) in [
+            ("client API", config.server.listen),
+            ("admin", config.server.admin_listen),
+        ] {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the {what} listener is not on loopback and has no authentication yet");
+            }
+        }
+        tracing::info!(
+            api = %api.local_addr()?, admin = %admin.local_addr()?,
+            "listening (loopback by default; this version has no authentication)"
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn({
+            let router = admin::router(Arc::clone(&state));
+            let mut stop = stop_rx.clone();
+            async move {
+                axum::serve(admin, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }
+        });
+        let api_task = tokio::spawn({
+            let router = api::router(Arc::clone(&state));
+            let state = Arc::clone(&state);
+            let mut stop = stop_rx.clone();
+            async move {
+                axum::serve(api, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        state.start_draining();
+                    })
+                    .await
+            }
+        });
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        let opened = tokio::select! {
+            db = open(&config) => Some(db),
+            () = &mut shutdown => None,
+        };
+        let result = match opened {
+            Some(Ok(db)) => {
+                tracing::info!(
+                    tables = db.list_tables().len(),
+                    "the database is open; ready"
+                );
+                state.set_db(db);
+                shutdown.await;
+                Ok(())
+            }
+            Some(Err(err)) => Err(err),
+            None => Ok(()),
+        };
+
+        tracing::info!("shutting down: draining requests");
+        state.start_draining();
+        let _ = stop_tx.send(true);
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let abort = api_task.abort_handle();
+        match tokio::time::timeout(grace, api_task).await {
+            Ok(served) => served.context("the client API task failed")??,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "requests still running after the grace period are cancelled"
+                );
+                abort.abort();
+            }
+        }
+        if let Some(db) = state.open_db() {
+            db.close().await.context("closing the database")?;
+            tracing::info!("the database is closed");
+        }
+        admin_task.await.context("the admin task failed")??;
+        result
+    }
+}
+
+/// Opens the database `config` describes.
+async fn open(config: &Config) -> anyhow::Result<Db> {
+    let storage = &config.storage;
+    let mut builder = Db::builder()
+        .memtable_bytes(config.engine.memtable_mb << 20)
+        .cache_bytes(config.engine.cache_mb << 20)
+        .durability(match config.engine.durability {
+            DurabilityConfig::Durable => Durability::Durable,
+            DurabilityConfig::Buffered => Durability::Buffered,
+        });
+    if storage.url.is_empty() {
+        builder = builder.path(&storage.path);
+    } else {
+        let mut options = BackendOptions::default();
+        options.options = storage.options.clone();
+        builder = builder.url(&storage.url).backend_options(options);
+        builder = if storage.wal_in_store {
+            builder.wal_in_store()
+        } else {
+            builder.path(&storage.path)
+        };
+    }
+    builder.build().await.context("opening the database")
+}
