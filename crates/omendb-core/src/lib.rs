@@ -80,8 +80,8 @@ mod memtable {
 
 #[cfg(not(loom))]
 pub use db::{
-    Aggregate, BackendOptions, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain, Isolation, ScanOptions,
-    Snapshot, Table, Transaction, WriteOptions,
+    Aggregate, BackendOptions, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain,
+    Isolation, ScanOptions, Snapshot, Table, Transaction, WriteOptions,
 };
 #[cfg(not(loom))]
 pub use error::{Error, ErrorKind, Result};

@@ -1,6 +1,7 @@
 //! The admin listener: `/health/live`, `/health/ready` and `/metrics` (Prometheus text). Keep
 //! it on loopback or a private network; it needs no token.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use axum::Router;
@@ -8,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use omendb_core::Key;
 use serde_json::json;
 
 use crate::state::State as Shared;
@@ -82,4 +84,35 @@ fn record_state(state: &Shared) {
     metrics::counter!("omendb_flushes_total").absolute(stats.flushes);
     metrics::counter!("omendb_compactions_total").absolute(stats.compactions);
     metrics::gauge!("omendb_failed").set(if stats.failure.is_some() { 1.0 } else { 0.0 });
+    metrics::counter!("omendb_cache_hits_total").absolute(stats.cache_hits);
+    metrics::counter!("omendb_cache_misses_total").absolute(stats.cache_misses);
+    metrics::gauge!("omendb_cache_bytes").set(stats.cache_bytes as f64);
+    record_search_windows(db);
+}
+
+/// The learned indexes' search windows over every segment: the row-weighted mean (the
+/// last-mile search a lookup does on average) and the largest. Read from the segments' plans
+/// at scrape time, so lookups pay nothing for it.
+fn record_search_windows(db: &omendb_core::Db) {
+    let (mut rows, mut weighted, mut max) = (0u64, 0.0f64, 0usize);
+    for name in db.list_tables() {
+        let Ok(table) = db.table(&name) else {
+            continue;
+        };
+        let Ok(plan) = table.explain((Bound::<Key>::Unbounded, Bound::<Key>::Unbounded)) else {
+            continue;
+        };
+        for segment in plan.segments {
+            rows += segment.rows;
+            weighted += segment.mean_window * segment.rows as f64;
+            max = max.max(segment.max_window);
+        }
+    }
+    let mean = if rows == 0 {
+        0.0
+    } else {
+        weighted / rows as f64
+    };
+    metrics::gauge!("omendb_index_search_window_mean_keys").set(mean);
+    metrics::gauge!("omendb_index_search_window_max_keys").set(max as f64);
 }

@@ -51,6 +51,8 @@ mod object;
 #[cfg(not(loom))]
 mod replay;
 #[cfg(not(loom))]
+mod telemetry;
+#[cfg(not(loom))]
 mod wal;
 
 pub use error::{Error, ErrorKind, Result};

@@ -301,6 +301,11 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Ru
                     continue;
                 }
                 let path = object_path(prefix, batch.first);
+                crate::telemetry::group_written(
+                    "object",
+                    batch.last.saturating_sub(batch.first) + 1,
+                    batch.bytes.len(),
+                );
                 let payload: PutPayload = [
                     Bytes::copy_from_slice(&format::encode_header(batch.first)),
                     Bytes::from(batch.bytes),
@@ -310,6 +315,7 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Ru
                 let start = Instant::now();
                 let put = runner.block_on(put_new(store, &path, payload));
                 upload_cost = start.elapsed();
+                crate::telemetry::synced("object", upload_cost);
                 match put {
                     // The buffer now belongs to the payload; the queue allocates a new one.
                     Ok(()) => queue.complete(batch.last, Some(batch.last), Vec::new()),

@@ -112,7 +112,10 @@ impl Inner {
                 // at 2 GiB: larger groups stay as they are (reads stay correct, only slower).
                 let bytes: u64 = group.iter().map(|s| s.entry.seal.size).sum();
                 if group.len() >= at_least && bytes <= self.settings.max_compaction_bytes {
+                    let started = std::time::Instant::now();
                     self.compact_group(table, &group).await?;
+                    metrics::histogram!("omendb_compaction_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     compacted += 1;
                 }
             }

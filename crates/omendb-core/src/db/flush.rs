@@ -96,6 +96,7 @@ impl Inner {
         let Some(frozen) = version.memtables.last().cloned() else {
             return Ok(false);
         };
+        let started = std::time::Instant::now();
         let upto = frozen.end() - 1;
         while !self.visibility.wait_for(upto, Duration::from_secs(1)).await {
             // An LSN that was appended but whose writer failed is never applied; the failure
@@ -142,6 +143,8 @@ impl Inner {
         crash_point!("flush.before_wal_truncate");
         self.wal.truncate_before(upto + 1).await?;
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        metrics::histogram!("omendb_flush_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(true)
     }
 

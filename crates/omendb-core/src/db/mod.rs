@@ -33,10 +33,10 @@ use tokio::sync::Notify;
 
 pub use batch::Batch;
 pub use builder::Builder;
+pub use changes::{Change, ChangedRow};
 /// The options of a backend named by URL ([`Builder::url`]), re-exported so that callers of the
 /// engine need not depend on `omendb-storage`.
 pub use omendb_storage::BackendOptions;
-pub use changes::{Change, ChangedRow};
 pub use options::{Aggregate, Durability, ScanOptions, Settings, WriteOptions};
 pub use read::{Explain, SegmentPlan};
 pub use snapshot::Snapshot;
@@ -82,6 +82,12 @@ pub struct DbStats {
     pub failure: Option<String>,
     /// The last compaction or garbage-collection failure (retried; writes go on).
     pub background_error: Option<String>,
+    /// Page cache lookups answered from memory since open.
+    pub cache_hits: u64,
+    /// Page cache lookups that read the backend since open.
+    pub cache_misses: u64,
+    /// Bytes the page cache holds.
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -432,6 +438,7 @@ impl Inner {
     fn stats(&self) -> DbStats {
         let version = self.version.load();
         let (flushes, compactions) = *self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.cache.stats();
         DbStats {
             visible_lsn: self.visibility.visible(),
             flushed_lsn: version
@@ -459,6 +466,9 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_bytes: cache.bytes,
         }
     }
 

@@ -10,7 +10,7 @@ use serde_json::Value as JsonValue;
 use utoipa::ToSchema;
 
 use super::query::KeyRange;
-use super::row::key_from_json;
+use super::row::{JsonKey, key_from_json};
 use super::rows::{WriteResult, add_json_rows, body_bytes};
 use super::{Json, Query};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -33,7 +33,7 @@ pub enum Write {
         /// The table.
         table: String,
         /// The key.
-        #[schema(value_type = i64)]
+        #[schema(value_type = JsonKey)]
         key: JsonValue,
     },
     /// Delete a key range (`start` inclusive, `end` exclusive).
@@ -41,10 +41,10 @@ pub enum Write {
         /// The table.
         table: String,
         /// The first key.
-        #[schema(value_type = Option<i64>)]
+        #[schema(value_type = Option<JsonKey>)]
         start: Option<JsonValue>,
         /// The end.
-        #[schema(value_type = Option<i64>)]
+        #[schema(value_type = Option<JsonKey>)]
         end: Option<JsonValue>,
     },
 }
@@ -54,6 +54,7 @@ pub enum Write {
 #[serde(deny_unknown_fields)]
 pub struct WriteBatch {
     /// The writes, applied in order.
+    #[schema(min_items = 1)]
     pub writes: Vec<Write>,
 }
 
@@ -77,8 +78,9 @@ pub async fn write_batch(
 ) -> ApiResult<Json<WriteResult>> {
     let body = body_bytes(body)?;
     let _permit = state.write_permit(body.len())?;
-    let request: WriteBatch = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_input(format!("a batch is {{\"writes\": [...]}}: {e}")))?;
+    let request: WriteBatch = serde_json::from_slice::<serde_json::Value>(&body)
+        .map_err(|e| ApiError::bad_input(format!("a batch is {{\"writes\": [...]}}: {e}")))
+        .and_then(super::object)?;
     let db = state.db()?;
     let mut batch = db.batch();
     for write in &request.writes {

@@ -161,6 +161,7 @@ impl ColumnType {
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// The column's name: not `key`, not empty, not starting with `_`.
+    #[schema(min_length = 1, pattern = "^[^_]")]
     pub name: String,
     /// The column's type.
     #[serde(rename = "type")]

@@ -32,11 +32,31 @@ use crate::state::State;
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
-/// A JSON body or response; a body that is not valid JSON of the expected shape is a 400 in
-/// the API's error shape (413 when over the body limit).
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body or response. Every request body of the API is a JSON object: anything else, or
+/// an object of the wrong shape, is a 400 in the API's error shape (413 when over the body
+/// limit, 415 without a JSON content type).
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        object(value).map(Json)
+    }
+}
+
+/// The request body `value` as a `T`, which must be a JSON object (serde would also take an
+/// array for a struct; the API does not).
+pub fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_input(
+            "the request body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_input(format!("request body: {e}")))
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -56,6 +76,7 @@ pub struct Query<T>(pub T);
 
 #[derive(OpenApi)]
 #[openapi(
+    components(schemas(crate::config::DurabilityConfig, crate::error::ErrorBody)),
     info(
         title = "OmenDB",
         description = "OmenDB's client API: tables of integer-keyed rows, point and range reads, \

@@ -21,7 +21,7 @@ use serde_json::Value as JsonValue;
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
-use super::row::{JsonRow, batch_to_json, key_at, key_from_json, key_to_json};
+use super::row::{JsonKey, JsonRow, batch_to_json, key_at, key_from_json, key_to_json};
 use super::{ARROW_STREAM, Json, Path};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::slow_log::{SlowQuery, now};
@@ -35,10 +35,10 @@ pub const PAGE_TOKEN_HEADER: &str = "omendb-next-page-token";
 #[serde(deny_unknown_fields)]
 pub struct KeyRange {
     /// The first key (inclusive).
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<JsonKey>)]
     pub start: Option<JsonValue>,
     /// The end (exclusive).
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<JsonKey>)]
     pub end: Option<JsonValue>,
 }
 
@@ -65,10 +65,10 @@ impl KeyRange {
 #[serde(deny_unknown_fields)]
 pub struct ScanRequest {
     /// The first key (inclusive).
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<JsonKey>)]
     pub start: Option<JsonValue>,
     /// The end (exclusive).
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<JsonKey>)]
     pub end: Option<JsonValue>,
     /// The value columns to return (the key always comes first); absent for all.
     pub projection: Option<Vec<String>>,
@@ -126,10 +126,10 @@ impl From<Function> for Aggregate {
 #[serde(deny_unknown_fields)]
 pub struct AggregateRequest {
     /// The first key (inclusive).
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<JsonKey>)]
     pub start: Option<JsonValue>,
     /// The end (exclusive).
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<JsonKey>)]
     pub end: Option<JsonValue>,
     /// The value column.
     pub column: String,

@@ -11,6 +11,26 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::error::ApiError;
 
+/// The schema of a key in the OpenAPI document: an integer from `i64::MIN` to `u64::MAX` (which
+/// part of it is valid depends on the table's key type).
+pub struct JsonKey;
+
+impl utoipa::PartialSchema for JsonKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Integer))
+            .minimum(Some(i64::MIN as f64))
+            .maximum(Some(u64::MAX as f64))
+            .description(Some(
+                "A key: an integer of the table's key type (u64, i64, or a timestamp in its unit)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JsonKey {}
+
 /// A row as JSON: an object whose properties keep the table's column order (`key` first).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JsonRow(pub Vec<(String, Json)>);

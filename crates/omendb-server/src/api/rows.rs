@@ -15,7 +15,9 @@ use serde_json::Value as JsonValue;
 use utoipa::ToSchema;
 
 use super::query::{KeyRange, observe_slow};
-use super::row::{JsonRow, key_from_json, key_from_text, key_to_json, row_from_json, row_to_json};
+use super::row::{
+    JsonKey, JsonRow, key_from_json, key_from_text, key_to_json, row_from_json, row_to_json,
+};
 use super::{ARROW_STREAM, Json, Path, Query};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{State as Shared, WriteParams};
@@ -32,7 +34,7 @@ pub struct WriteResult {
 #[serde(deny_unknown_fields)]
 pub struct MultiGet {
     /// The keys (integers of the table's key type), at most `limits.max_keys`.
-    #[schema(value_type = Vec<i64>)]
+    #[schema(value_type = Vec<JsonKey>)]
     pub keys: Vec<JsonValue>,
 }
 
@@ -140,7 +142,7 @@ pub async fn put_rows(
 #[utoipa::path(get, path = "/v1/tables/{table}/rows/{key}", tag = "rows",
     params(
         ("table" = String, Path, description = "The table"),
-        ("key" = i64, Path, description = "The key (an integer of the table's key type)"),
+        ("key" = JsonKey, Path, description = "The key (an integer of the table's key type)"),
     ),
     responses(
         (status = 200, description = "The row", body = Object),
@@ -226,7 +228,7 @@ pub async fn multi_get(
 #[utoipa::path(delete, path = "/v1/tables/{table}/rows/{key}", tag = "rows",
     params(
         ("table" = String, Path, description = "The table"),
-        ("key" = i64, Path, description = "The key"),
+        ("key" = JsonKey, Path, description = "The key"),
         WriteParams,
     ),
     responses(

@@ -82,6 +82,9 @@ impl Writer {
             last,
             sync,
         } = batch;
+        if !bytes.is_empty() {
+            crate::telemetry::group_written("file", last.saturating_sub(first) + 1, bytes.len());
+        }
         let mut off = 0;
         let mut lsn = first;
         while off < bytes.len() {
@@ -146,6 +149,7 @@ impl Writer {
                 .sync_data()
                 .map_err(|e| Error::io("sync", &self.path, e))?;
             self.sync_cost = start.elapsed();
+            crate::telemetry::synced("file", self.sync_cost);
             self.durable = self.written;
         }
         self.last_sync = Instant::now();
