@@ -119,7 +119,7 @@ fn bench(subcommand: &str, args: &[String]) -> Result<()> {
 /// Runs every test target of the workspace, doc tests included, with the services the tests
 /// need installed first.
 fn test() -> Result<()> {
-    ensure_moto()?;
+    ensure_test_tools()?;
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     loom()
@@ -188,7 +188,7 @@ fn seeded_test(package: &str, test: &str, env: &[(&str, Option<u64>)], what: &st
 /// directory, so the normal build is not invalidated.
 fn coverage() -> Result<()> {
     ensure_tarpaulin()?;
-    ensure_moto()?;
+    ensure_test_tools()?;
     let root = workspace_root()?;
     let out = root.join("target").join("coverage");
     let jobs = std::thread::available_parallelism()
@@ -350,6 +350,72 @@ fn loom() -> Result<()> {
         if !status.success() {
             bail!("loom model checks of {package} failed with {status}");
         }
+    }
+    Ok(())
+}
+
+/// Everything the test suite runs besides cargo, installed when missing so that no test is ever
+/// skipped for want of it: moto (S3), promtool (checks `/metrics`), schemathesis (fuzzes the
+/// HTTP API from its OpenAPI document).
+fn ensure_test_tools() -> Result<()> {
+    ensure_moto()?;
+    ensure_promtool()?;
+    ensure_schemathesis()
+}
+
+/// `promtool check metrics` validates the server's `/metrics`; it comes with Debian's
+/// `prometheus` package.
+fn ensure_promtool() -> Result<()> {
+    let present = || {
+        Command::new("promtool")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing promtool (Debian's prometheus package; the metrics test runs it)");
+    let install = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !install(&["install", "-y", "--no-install-recommends", "prometheus"]) {
+        // A fresh machine may not have the package lists yet.
+        install(&["update"]);
+        install(&["install", "-y", "--no-install-recommends", "prometheus"]);
+    }
+    if !present() {
+        bail!("could not install promtool; the metrics test needs it (apt-get install prometheus)");
+    }
+    Ok(())
+}
+
+/// schemathesis fuzzes the HTTP API against `/openapi.json`; it comes from PyPI.
+fn ensure_schemathesis() -> Result<()> {
+    let present = || {
+        Command::new("schemathesis")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing schemathesis (the OpenAPI fuzz test runs it)");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "schemathesis>=4.32,<5"])
+        .status()
+        .context("could not start python3 -m pip")?;
+    if !status.success() || !present() {
+        bail!("could not install schemathesis; the OpenAPI test needs it (pip install schemathesis)");
     }
     Ok(())
 }
