@@ -415,7 +415,9 @@ fn ensure_schemathesis() -> Result<()> {
         .status()
         .context("could not start python3 -m pip")?;
     if !status.success() || !present() {
-        bail!("could not install schemathesis; the OpenAPI test needs it (pip install schemathesis)");
+        bail!(
+            "could not install schemathesis; the OpenAPI test needs it (pip install schemathesis)"
+        );
     }
     Ok(())
 }

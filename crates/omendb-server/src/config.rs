@@ -29,6 +29,32 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logs and the slow query log.
     pub log: LogConfig,
+    /// Trace export over OTLP.
+    pub otel: OtelConfig,
+}
+
+/// Trace export: spans of every request, down through the engine, sent over OTLP/HTTP
+/// (protobuf) when an endpoint is set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelConfig {
+    /// The OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); empty for none.
+    pub endpoint: String,
+    /// The fraction (0 to 1) of traces started here that are sampled; a request whose
+    /// `traceparent` says sampled (or not) is followed.
+    pub sampling_ratio: f64,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            sampling_ratio: 1.0,
+            service_name: "omendb".to_owned(),
+        }
+    }
 }
 
 /// Listeners.
@@ -260,6 +286,18 @@ impl Config {
                 self.log.slow_query_sample
             )));
         }
+        if !(0.0..=1.0).contains(&self.otel.sampling_ratio) {
+            return Err(ConfigError(format!(
+                "otel.sampling_ratio {} is not between 0 and 1",
+                self.otel.sampling_ratio
+            )));
+        }
+        if !self.otel.endpoint.is_empty() && url_scheme(&self.otel.endpoint).is_none() {
+            return Err(ConfigError(format!(
+                "otel.endpoint {:?} is not an http:// or https:// URL",
+                self.otel.endpoint
+            )));
+        }
         if self.storage.url.is_empty() && self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError(
                 "storage.path or storage.url must be set".to_owned(),
@@ -277,4 +315,11 @@ impl Config {
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|e| ConfigError(e.to_string()))
     }
+}
+
+/// The scheme of an `http://` or `https://` URL.
+fn url_scheme(url: &str) -> Option<&'static str> {
+    ["http://", "https://"]
+        .into_iter()
+        .find(|scheme| url.starts_with(scheme) && url.len() > scheme.len())
 }

@@ -107,18 +107,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    telemetry::init_logs(&config.log)?;
+    let telemetry = telemetry::init(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let server = Server::bind(config).await.map_err(|e| format!("{e:#}"))?;
         server
             .run(shutdown_signal())
             .await
             .map_err(|e| format!("{e:#}"))
-    })
+    });
+    telemetry.shutdown();
+    served
 }
 
 /// Completes on SIGTERM or SIGINT.

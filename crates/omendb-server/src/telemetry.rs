@@ -1,12 +1,21 @@
-//! Logs (`tracing` to stderr, text or JSON lines) and the Prometheus recorder every layer's
-//! `metrics` calls land in.
+//! Logs (`tracing` to stderr, text or JSON lines), trace export (OpenTelemetry over OTLP/HTTP)
+//! and the Prometheus recorder every layer's `metrics` calls land in.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{Config, LogFormat};
 
 /// Latency buckets, in seconds: 50 µs to 10 s (request, fsync and store latencies alike).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -214,16 +223,76 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Starts logging to stderr as `config` says; a second call (tests) keeps the first.
-pub fn init_logs(config: &LogConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&config.level)
-        .map_err(|e| format!("log.level {:?}: {e}", config.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    Ok(())
+/// What logging and trace export need kept alive: the trace pipeline, flushed by
+/// [`Telemetry::shutdown`].
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(Err(err)) = self.provider.map(|provider| provider.shutdown()) {
+            tracing::warn!(error = %err, "the trace exporter did not shut down cleanly");
+        }
+    }
+
+    /// Sends the spans still buffered.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+/// Starts logging to stderr as `config.log` says and, when `config.otel.endpoint` is set,
+/// trace export over OTLP/HTTP: a span per request (its parent taken from the request's W3C
+/// `traceparent`) with the engine's spans beneath it. A second call in one process keeps the
+/// first set-up.
+pub fn init(config: &Config) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_new(&config.log.level)
+        .map_err(|e| format!("log.level {:?}: {e}", config.log.level))?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match config.log.format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    }];
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let mut telemetry = Telemetry::default();
+    if !config.otel.endpoint.is_empty() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(&config.otel.endpoint)
+            .build()
+            .map_err(|e| format!("otel.endpoint {:?}: {e}", config.otel.endpoint))?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.otel.sampling_ratio,
+            ))))
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(config.otel.service_name.clone())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("omendb");
+        // The engine's spans are at debug level so that without export they cost nothing.
+        let targets = Targets::new()
+            .with_target("omendb_server", Level::DEBUG)
+            .with_target("omendb_core", Level::DEBUG)
+            .with_target("omendb_wal", Level::DEBUG)
+            .with_target("omendb_storage", Level::DEBUG);
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(targets)
+                .boxed(),
+        );
+        telemetry.provider = Some(provider);
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    Ok(telemetry)
 }

@@ -5,7 +5,11 @@ use omendb_server::Config;
 use omendb_server::telemetry::METRICS;
 
 fn operations() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap()
 }
 
 /// Every `section.key` of the configuration.
@@ -26,7 +30,10 @@ fn every_configuration_key_is_documented() {
     let keys = keys();
     assert!(keys.len() >= 20, "{keys:?}");
     for key in keys {
-        assert!(docs.contains(&format!("| `{key}` |")), "docs/operations.md lacks the key {key}");
+        assert!(
+            docs.contains(&format!("| `{key}` |")),
+            "docs/operations.md lacks the key {key}"
+        );
     }
 }
 
@@ -34,6 +41,9 @@ fn every_configuration_key_is_documented() {
 fn every_metric_is_documented() {
     let docs = operations();
     for (name, _, _) in METRICS {
-        assert!(docs.contains(&format!("`{name}`")), "docs/operations.md lacks the metric {name}");
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "docs/operations.md lacks the metric {name}"
+        );
     }
 }

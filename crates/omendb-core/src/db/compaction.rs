@@ -123,6 +123,7 @@ impl Inner {
         Ok(compacted)
     }
 
+    #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %table.def.name, segments = group.len()))]
     async fn compact_group(
         self: &Arc<Self>,
         table: &TableState,

@@ -87,6 +87,7 @@ impl Inner {
     }
 
     /// Flushes the oldest frozen generation; `false` if there is none.
+    #[tracing::instrument(level = "debug", name = "db.flush", skip_all)]
     pub(crate) async fn flush_oldest(self: &Arc<Self>) -> Result<bool> {
         let _flushing = self.flush_lock.lock().await;
         let version = self.version.load_full();

@@ -332,6 +332,7 @@ impl Inner {
     }
 
     /// Validated writes in, LSN out: append, apply, publish.
+    #[tracing::instrument(level = "debug", name = "db.commit", skip_all)]
     async fn commit(self: &Arc<Self>, batch: WriteBatch, options: WriteOptions) -> Result<Lsn> {
         self.check_writable()?;
         if batch.is_empty() {

@@ -72,6 +72,7 @@ impl View<'_> {
         read::locate(&layers, &table, stored, snapshot).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db.get", skip_all, fields(table = %def.name))]
     pub(crate) async fn get(&self, def: &TableDef, key: Key) -> Result<Option<Vec<Value>>> {
         match self.locate(def, key).await? {
             Some(found) => {
@@ -86,6 +87,7 @@ impl View<'_> {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db.get", skip_all, fields(table = %def.name))]
     pub(crate) async fn get_value(&self, def: &TableDef, key: Key) -> Result<Option<Bytes>> {
         if !def.is_key_value() {
             return Err(Error::BadInput(format!(
@@ -136,6 +138,7 @@ impl View<'_> {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db.multi_get", skip_all, fields(table = %def.name, keys = keys.len()))]
     pub(crate) async fn multi_get(
         &self,
         def: &TableDef,
@@ -150,6 +153,7 @@ impl View<'_> {
         .await
     }
 
+    #[tracing::instrument(level = "debug", name = "db.multi_get", skip_all, fields(table = %def.name, keys = keys.len()))]
     pub(crate) async fn multi_get_values(
         &self,
         def: &TableDef,
@@ -243,6 +247,7 @@ impl View<'_> {
         )
     }
 
+    #[tracing::instrument(level = "debug", name = "db.scan", skip_all, fields(table = %def.name))]
     pub(crate) fn scan(
         &self,
         def: &TableDef,
@@ -252,6 +257,7 @@ impl View<'_> {
         Ok(self.scan_of(def, range, options)?.into_stream())
     }
 
+    #[tracing::instrument(level = "debug", name = "db.aggregate", skip_all, fields(table = %def.name))]
     pub(crate) async fn aggregate(
         &self,
         def: &TableDef,
