@@ -1,8 +1,11 @@
-//! The admin listener: `/health/live`, `/health/ready` and `/metrics` (Prometheus text). Keep
-//! it on loopback or a private network; it needs no token.
+//! The admin listener: `/health/live`, `/health/ready`, `/metrics` (Prometheus text) and
+//! `/debug/pprof/profile` (a CPU flamegraph). Keep it on loopback or a private network; it
+//! needs no token.
 
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +15,7 @@ use axum::routing::get;
 use omendb_core::Key;
 use serde_json::json;
 
+use crate::error::ApiError;
 use crate::state::State as Shared;
 use crate::telemetry;
 
@@ -21,6 +25,7 @@ pub fn router(state: Arc<Shared>) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/debug/pprof/profile", get(profile))
         .with_state(state)
 }
 
@@ -39,6 +44,65 @@ async fn ready(State(state): State<Arc<Shared>>) -> Response {
             axum::Json(json!({"status": "not_ready", "reason": reason})),
         )
             .into_response(),
+    }
+}
+
+/// How long to profile.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileParams {
+    /// Seconds, 1 to 60 (default 10).
+    seconds: Option<u64>,
+}
+
+/// Samples the CPU of every thread 99 times a second for `seconds` and answers a flamegraph
+/// (SVG). One profile at a time; the server serves as usual meanwhile.
+async fn profile(
+    State(state): State<Arc<Shared>>,
+    params: Result<axum::extract::Query<ProfileParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let seconds = match params {
+        Ok(axum::extract::Query(ProfileParams { seconds })) => seconds.unwrap_or(10),
+        Err(rejection) => return ApiError::from(rejection).into_response(),
+    };
+    if !(1..=60).contains(&seconds) {
+        return ApiError::bad_input("seconds must be between 1 and 60").into_response();
+    }
+    if state.profiling.swap(true, Ordering::AcqRel) {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "profiling",
+            "a profile is being taken",
+        )
+        .into_response();
+    }
+    // The profiler is not Send; it lives on a blocking thread for the whole sample.
+    let svg = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(99)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_secs(seconds));
+        let report = guard.report().build().map_err(|e| e.to_string())?;
+        if report.data.is_empty() {
+            // An idle server takes no samples, and a flamegraph of nothing is no picture.
+            return Ok(format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\">\
+                 <text x=\"10\" y=\"25\">no CPU samples in {seconds} s: the server was idle</text></svg>"
+            )
+            .into_bytes());
+        }
+        let mut svg = Vec::new();
+        report.flamegraph(&mut svg).map_err(|e| e.to_string())?;
+        Ok(svg)
+    })
+    .await;
+    state.profiling.store(false, Ordering::Release);
+    match svg {
+        Ok(Ok(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Ok(Err(err)) => ApiError::internal(format!("profiling failed: {err}")).into_response(),
+        Err(err) => ApiError::internal(format!("profiling failed: {err}")).into_response(),
     }
 }
 

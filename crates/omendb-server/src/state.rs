@@ -26,6 +26,8 @@ pub struct State {
     write_bytes: Arc<Semaphore>,
     /// The slow query log.
     pub slow_log: SlowLog,
+    /// Whether a CPU profile is being taken (one at a time).
+    pub profiling: AtomicBool,
 }
 
 /// A request's choice of durability (`durability=durable|buffered`); the server's default when
@@ -50,6 +52,7 @@ impl State {
             queries,
             write_bytes,
             slow_log,
+            profiling: AtomicBool::new(false),
         }
     }
 
