@@ -9,6 +9,7 @@ mod db;
 mod index;
 mod report;
 mod segment;
+mod server;
 mod stress;
 mod wal;
 
@@ -30,6 +31,9 @@ enum Bench {
     Index(index::Args),
     /// One Parquet segment written, opened, fetched by position (cold, cached) and scanned.
     Segment(segment::Args),
+    /// The `omendb` server on loopback under 128 and 1024 concurrent connections: gets and
+    /// durable puts, req/s and latency, every answer checked.
+    Server(server::Args),
     /// The 100M-key stress run: load through the engine, check every key by get and by full
     /// scan, random gets and range counts, reopen and check again; one JSON line at the end.
     Stress(stress::Args),
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Db(args) => db::run(&args),
         Bench::Index(args) => index::run(&args),
         Bench::Segment(args) => segment::run(&args),
+        Bench::Server(args) => server::run(&args),
         Bench::Stress(args) => stress::run(&args),
         Bench::Wal(args) => wal::run(&args),
     }
