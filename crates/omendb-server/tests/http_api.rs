@@ -658,3 +658,55 @@ async fn slow_reads_are_logged_as_json_lines_with_their_plan() {
     assert_eq!(entry["explain"]["table"], "cpu");
     assert!(entry["time"].as_str().unwrap().ends_with('Z'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_beyond_the_in_flight_byte_limit_get_429_and_the_rest_are_kept() {
+    let server = TestServer::start(|config| {
+        config.limits.max_body_bytes = 256 << 10;
+        config.limits.max_inflight_write_bytes = 256 << 10;
+    })
+    .await;
+    server.create_metrics_table("cpu").await;
+    // 48 concurrent puts of over 100 KiB: at most two fit in flight at once.
+    let mut puts = Vec::new();
+    for p in 0..48u64 {
+        let client = server.client.clone();
+        let url = server.url("/v1/tables/cpu/rows");
+        puts.push(tokio::spawn(async move {
+            let body = rows(p * 2_000..(p + 1) * 2_000);
+            let text = serde_json::to_string(&body).unwrap();
+            assert!(text.len() > 100 << 10, "{}", text.len());
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(text)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (p, status, body)
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for put in puts {
+        let (p, status, body) = put.await.unwrap();
+        match status {
+            200 => accepted.push(p),
+            429 => {
+                assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "no put was refused");
+    assert!(!accepted.is_empty(), "every put was refused");
+    // Exactly the accepted puts are there.
+    let (_, body) = server
+        .post("/v1/tables/cpu/aggregate", json!({"column": "usage", "function": "count"}))
+        .await;
+    assert_eq!(body, json!({"rows": [{"count": accepted.len() * 2_000}]}));
+    server.stop().await.unwrap();
+}
