@@ -18,7 +18,19 @@ async fn a_cpu_profile_is_a_flamegraph_and_one_runs_at_a_time() {
         let url = url.clone();
         async move { client.get(url).send().await.unwrap() }
     });
-    // Work for the profiler to see, and a second profile while the first runs.
+    // CPU work in this process (the server's) for the sampler to catch, until the profile is in.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spin = std::thread::spawn({
+        let done = std::sync::Arc::clone(&done);
+        move || {
+            let mut x = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            x
+        }
+    });
+    // A second profile while the first runs, and requests for the profiler to see.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = server.client.get(&url).send().await.unwrap();
     assert_eq!(second.status(), 409);
@@ -29,17 +41,9 @@ async fn a_cpu_profile_is_a_flamegraph_and_one_runs_at_a_time() {
             .post("/v1/tables/cpu/rows", json!([{"key": k, "usage": 1.0}]))
             .await;
     }
-    // CPU work in this process (the server's) for the sampler to catch.
-    let spin = std::thread::spawn(|| {
-        let until = std::time::Instant::now() + Duration::from_millis(600);
-        let mut x = 0u64;
-        while std::time::Instant::now() < until {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-        }
-        x
-    });
-    spin.join().unwrap();
     let first = first.await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    spin.join().unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["content-type"], "image/svg+xml");
     let svg = first.text().await.unwrap();

@@ -667,15 +667,15 @@ async fn writes_beyond_the_in_flight_byte_limit_get_429_and_the_rest_are_kept() 
     })
     .await;
     server.create_metrics_table("cpu").await;
-    // 48 concurrent puts of over 100 KiB: at most two fit in flight at once.
+    // 48 concurrent puts of over 96 KiB: at most two fit in flight at once.
     let mut puts = Vec::new();
     for p in 0..48u64 {
         let client = server.client.clone();
         let url = server.url("/v1/tables/cpu/rows");
         puts.push(tokio::spawn(async move {
-            let body = rows(p * 2_000..(p + 1) * 2_000);
+            let body = rows(p * 3_000..(p + 1) * 3_000);
             let text = serde_json::to_string(&body).unwrap();
-            assert!(text.len() > 100 << 10, "{}", text.len());
+            assert!(text.len() > 96 << 10, "{}", text.len());
             let response = client
                 .post(url)
                 .header("content-type", "application/json")
@@ -705,8 +705,11 @@ async fn writes_beyond_the_in_flight_byte_limit_get_429_and_the_rest_are_kept() 
     assert!(!accepted.is_empty(), "every put was refused");
     // Exactly the accepted puts are there.
     let (_, body) = server
-        .post("/v1/tables/cpu/aggregate", json!({"column": "usage", "function": "count"}))
+        .post(
+            "/v1/tables/cpu/aggregate",
+            json!({"column": "usage", "function": "count"}),
+        )
         .await;
-    assert_eq!(body, json!({"rows": [{"count": accepted.len() * 2_000}]}));
+    assert_eq!(body, json!({"rows": [{"count": accepted.len() * 3_000}]}));
     server.stop().await.unwrap();
 }

@@ -34,7 +34,10 @@ async fn a_server_on_s3_keeps_its_data_in_the_bucket() {
     // A fresh local directory: everything comes from the bucket.
     let server = TestServer::start(configure).await;
     let (status, body) = server
-        .post("/v1/tables/cpu/aggregate", json!({"column": "usage", "function": "count"}))
+        .post(
+            "/v1/tables/cpu/aggregate",
+            json!({"column": "usage", "function": "count"}),
+        )
         .await;
     assert_eq!((status, body), (200, json!({"rows": [{"count": 20_000}]})));
     let (status, body) = server.get("/v1/tables/cpu/rows/19999").await;
