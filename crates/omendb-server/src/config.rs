@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// How long a shutdown waits for in-flight requests before cancelling them, in ms.
     pub shutdown_grace_ms: u64,
+    /// How often readiness checks that the storage answers, in ms.
+    pub storage_check_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             shutdown_grace_ms: 10_000,
+            storage_check_ms: 5_000,
         }
     }
 }
@@ -269,6 +272,7 @@ impl Config {
                 self.limits.max_inflight_write_bytes as u64,
             ),
             ("limits.request_timeout_ms", self.limits.request_timeout_ms),
+            ("server.storage_check_ms", self.server.storage_check_ms),
         ];
         for (key, value) in positive {
             if value == 0 {

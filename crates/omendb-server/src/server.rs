@@ -118,8 +118,10 @@ impl Server {
                     tables = db.list_tables().len(),
                     "the database is open; ready"
                 );
-                state.set_db(db);
+                state.set_db(db.clone());
+                let checks = tokio::spawn(check_storage(db, Arc::clone(&state)));
                 shutdown.await;
+                checks.abort();
                 Ok(())
             }
             Some(Err(err)) => Err(err),
@@ -147,6 +149,29 @@ impl Server {
         }
         admin_task.await.context("the admin task failed")??;
         result
+    }
+}
+
+/// Checks every `server.storage_check_ms` that the storage answers, for readiness: a backend
+/// that stopped answering makes `/health/ready` 503 before requests start failing on it.
+async fn check_storage(db: Db, state: Arc<State>) {
+    let every = Duration::from_millis(state.config.server.storage_check_ms);
+    loop {
+        let outcome =
+            match tokio::time::timeout(every.max(Duration::from_secs(1)), db.check_storage()).await
+            {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some("the check timed out".to_owned()),
+            };
+        if outcome.is_some() != state.storage_error().is_some() {
+            match &outcome {
+                Some(error) => tracing::warn!(%error, "storage does not answer; not ready"),
+                None => tracing::info!("storage answers again; ready"),
+            }
+        }
+        state.set_storage_error(outcome);
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -28,6 +28,8 @@ pub struct State {
     pub slow_log: SlowLog,
     /// Whether a CPU profile is being taken (one at a time).
     pub profiling: AtomicBool,
+    /// Why the last storage check failed, if it did.
+    storage_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A request's choice of durability (`durability=durable|buffered`); the server's default when
@@ -53,6 +55,7 @@ impl State {
             write_bytes,
             slow_log,
             profiling: AtomicBool::new(false),
+            storage_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -100,6 +103,9 @@ impl State {
         let Some(db) = self.db.get() else {
             return Some("recovering".to_owned());
         };
+        if let Some(error) = self.storage_error() {
+            return Some(format!("storage does not answer: {error}"));
+        }
         let stats = db.stats();
         stats
             .failure
@@ -109,6 +115,19 @@ impl State {
                     .background_error
                     .map(|error| format!("storage is failing: {error}"))
             })
+    }
+
+    /// Records the outcome of a storage check.
+    pub fn set_storage_error(&self, error: Option<String>) {
+        *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// Why the last storage check failed, if it did.
+    pub fn storage_error(&self) -> Option<String> {
+        self.storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A permit to run one read; 429 when `limits.max_concurrent_queries` run already.

@@ -45,3 +45,43 @@ async fn a_server_on_s3_keeps_its_data_in_the_bucket() {
     assert_eq!(body["usage"], 19_999.0);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_store_stops_answering() {
+    let moto = moto::Moto::start();
+    let bucket = moto.bucket();
+    let options = moto.options().options;
+    let server = TestServer::start(move |config| {
+        config.storage.url = format!("s3://{bucket}/db");
+        config.storage.options = options;
+        config.server.storage_check_ms = 200;
+    })
+    .await;
+    drop(moto);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let response = server
+            .client
+            .get(format!("{}/health/ready", server.admin))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                body["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("storage does not answer"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with the store gone"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.stop().await.unwrap();
+}

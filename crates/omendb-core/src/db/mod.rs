@@ -262,6 +262,18 @@ impl Db {
         self.inner.stats()
     }
 
+    /// Checks that the store holding the segments and manifests answers: one listing request
+    /// under the database's prefix (for readiness probes; it reads nothing it returns).
+    pub async fn check_storage(&self) -> Result<()> {
+        let prefix = &self.inner.prefix;
+        self.inner
+            .store
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map(drop)
+            .map_err(|e| omendb_storage::Error::from_store("list", prefix, e).into())
+    }
+
     /// What recovery found in the WAL when the database was opened.
     pub fn wal_recovery(&self) -> omendb_wal::RecoveryReport {
         self.inner.wal.recovery_report().clone()
