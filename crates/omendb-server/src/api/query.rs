@@ -297,7 +297,7 @@ pub async fn scan(
         batch_rows: None,
     };
     let rows = table.scan((start, end), options)?;
-    let read = PageRead {
+    let mut read = PageRead {
         rows,
         page,
         sent: 0,
@@ -313,10 +313,11 @@ pub async fn scan(
         let schema = projected_schema(&read.table, request.projection.as_deref())?;
         return read.into_arrow(schema).await;
     }
-    let body = futures::stream::unfold(
-        JsonPage::Head(read),
-        |page| async move { page.next().await },
-    );
+    let mut more = false;
+    let first = read.next_batch(&mut more).await?;
+    let body = futures::stream::unfold(JsonPage::Head(read, first, more), |page| async move {
+        page.next().await
+    });
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -457,49 +458,68 @@ impl PageRead {
     }
 }
 
-/// A JSON page being streamed: the head, the rows batch by batch, the tail.
+/// A JSON page being streamed: the head with the first batch (read before the answer began, so
+/// that a scan that fails at once gets a proper error status), the rows batch by batch, the
+/// tail.
 enum JsonPage {
-    Head(PageRead),
+    Head(PageRead, Option<RecordBatch>, bool),
     Rows(PageRead, bool),
     Done,
 }
 
+/// Appends the rows of `batch` as JSON, each after a comma unless `first`.
+fn write_rows(out: &mut Vec<u8>, batch: &RecordBatch, mut first: bool) {
+    for row in batch_to_json(batch) {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        // Writing JSON values into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &row);
+    }
+}
+
 impl JsonPage {
+    /// The tail: the continuation token, and the slow-log entry of the finished page.
+    fn tail(read: &PageRead, more: bool, out: &mut Vec<u8>) {
+        read.finish();
+        let token = serde_json::to_string(&read.token(more)).unwrap_or_else(|_| "null".to_owned());
+        out.extend_from_slice(format!("],\"next_page_token\":{token}}}").as_bytes());
+    }
+
     async fn next(self) -> Option<(Result<Bytes, std::io::Error>, JsonPage)> {
         match self {
-            JsonPage::Head(read) => Some((
-                Ok(Bytes::from_static(b"{\"rows\":[")),
-                JsonPage::Rows(read, false),
-            )),
-            JsonPage::Rows(mut read, mut more) => {
-                let first = read.sent == 0;
-                match read.next_batch(&mut more).await {
-                    Ok(Some(batch)) => {
-                        let mut out = Vec::new();
-                        for (i, row) in batch_to_json(&batch).iter().enumerate() {
-                            if !(first && i == 0) {
-                                out.push(b',');
-                            }
-                            // Writing a map of JSON values into a Vec cannot fail.
-                            let _ = serde_json::to_writer(&mut out, row);
-                        }
+            JsonPage::Head(read, first, more) => {
+                let mut out = b"{\"rows\":[".to_vec();
+                match first {
+                    Some(batch) => {
+                        write_rows(&mut out, &batch, true);
                         Some((Ok(Bytes::from(out)), JsonPage::Rows(read, more)))
                     }
-                    Ok(None) => {
-                        read.finish();
-                        let token = serde_json::to_string(&read.token(more))
-                            .unwrap_or_else(|_| "null".to_owned());
-                        let tail = format!("],\"next_page_token\":{token}}}");
-                        Some((Ok(Bytes::from(tail)), JsonPage::Done))
-                    }
-                    Err(err) => {
-                        // The status line is sent: the only way left to tell the client is to
-                        // end the body early (its JSON is then incomplete).
-                        tracing::warn!(code = err.code, error = %err.message, "a scan failed while streaming");
-                        Some((Err(std::io::Error::other(err.message)), JsonPage::Done))
+                    None => {
+                        Self::tail(&read, more, &mut out);
+                        Some((Ok(Bytes::from(out)), JsonPage::Done))
                     }
                 }
             }
+            JsonPage::Rows(mut read, mut more) => match read.next_batch(&mut more).await {
+                Ok(Some(batch)) => {
+                    let mut out = Vec::new();
+                    write_rows(&mut out, &batch, false);
+                    Some((Ok(Bytes::from(out)), JsonPage::Rows(read, more)))
+                }
+                Ok(None) => {
+                    let mut out = Vec::new();
+                    Self::tail(&read, more, &mut out);
+                    Some((Ok(Bytes::from(out)), JsonPage::Done))
+                }
+                Err(err) => {
+                    // The status line is sent: the only way left to tell the client is to end
+                    // the body early (its JSON is then incomplete).
+                    tracing::warn!(code = err.code, error = %err.message, "a scan failed while streaming");
+                    Some((Err(std::io::Error::other(err.message)), JsonPage::Done))
+                }
+            },
             JsonPage::Done => None,
         }
     }
