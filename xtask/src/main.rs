@@ -363,17 +363,20 @@ fn ensure_test_tools() -> Result<()> {
     ensure_schemathesis()
 }
 
+/// Whether `program --version` runs and succeeds.
+fn answers(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 /// `promtool check metrics` validates the server's `/metrics`; it comes with Debian's
 /// `prometheus` package.
 fn ensure_promtool() -> Result<()> {
-    let present = || {
-        Command::new("promtool")
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
+    let present = || answers("promtool");
     if present() {
         return Ok(());
     }
@@ -398,14 +401,7 @@ fn ensure_promtool() -> Result<()> {
 
 /// schemathesis fuzzes the HTTP API against `/openapi.json`; it comes from PyPI.
 fn ensure_schemathesis() -> Result<()> {
-    let present = || {
-        Command::new("schemathesis")
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
+    let present = || answers("schemathesis");
     if present() {
         return Ok(());
     }
