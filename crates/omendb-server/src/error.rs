@@ -2,7 +2,7 @@
 //! engine error maps to (`docs/api.md` lists them).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use omendb_core::error::{Error, ErrorKind};
@@ -116,6 +116,15 @@ impl From<JsonRejection> for ApiError {
         }
         if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
             return Self::new(status, "unsupported_media_type", rejection.body_text());
+        }
+        Self::bad_input(rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::too_large(rejection.body_text());
         }
         Self::bad_input(rejection.body_text())
     }

@@ -24,6 +24,19 @@ fn rows(keys: impl IntoIterator<Item = u64>) -> Value {
     )
 }
 
+/// Puts rows `0..keys` into `cpu`, 10,000 a request.
+async fn load(server: &TestServer, keys: u64) {
+    for start in (0..keys).step_by(10_000) {
+        let (status, body) = server
+            .post(
+                "/v1/tables/cpu/rows",
+                rows(start..(start + 10_000).min(keys)),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn tables_are_created_listed_described_and_dropped() {
     let server = TestServer::start(|_| {}).await;
@@ -500,15 +513,7 @@ async fn the_query_limit_answers_429_and_a_client_that_leaves_cancels_its_query(
     })
     .await;
     server.create_metrics_table("cpu").await;
-    for chunk in 0..20u64 {
-        let (status, _) = server
-            .post(
-                "/v1/tables/cpu/rows",
-                rows(chunk * 10_000..(chunk + 1) * 10_000),
-            )
-            .await;
-        assert_eq!(status, 200);
-    }
+    load(&server, 200_000).await;
     // A scan whose body is not read holds its query slot.
     let held = server
         .client
@@ -547,14 +552,7 @@ async fn a_scan_stops_at_the_request_timeout() {
     })
     .await;
     server.create_metrics_table("cpu").await;
-    for chunk in 0..30u64 {
-        server
-            .post(
-                "/v1/tables/cpu/rows",
-                rows(chunk * 10_000..(chunk + 1) * 10_000),
-            )
-            .await;
-    }
+    load(&server, 300_000).await;
     let response = server
         .client
         .post(server.url("/v1/tables/cpu/scan"))
@@ -629,14 +627,7 @@ async fn slow_reads_are_logged_as_json_lines_with_their_plan() {
     })
     .await;
     server.create_metrics_table("cpu").await;
-    for chunk in 0..10u64 {
-        server
-            .post(
-                "/v1/tables/cpu/rows",
-                rows(chunk * 10_000..(chunk + 1) * 10_000),
-            )
-            .await;
-    }
+    load(&server, 100_000).await;
     let (status, _) = server
         .post("/v1/tables/cpu/scan", json!({"start": 5}))
         .await;

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::query::KeyRange;
 use super::row::{JsonKey, key_from_json};
-use super::rows::{WriteResult, add_json_rows, body_bytes};
+use super::rows::{WriteResult, add_json_rows};
 use super::{Json, Query};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{State as Shared, WriteParams};
@@ -76,7 +76,7 @@ pub async fn write_batch(
     Query(params): Query<WriteParams>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResult>> {
-    let body = body_bytes(body)?;
+    let body = body?;
     let _permit = state.write_permit(body.len())?;
     let request: WriteBatch = serde_json::from_slice::<serde_json::Value>(&body)
         .map_err(|e| ApiError::bad_input(format!("a batch is {{\"writes\": [...]}}: {e}")))

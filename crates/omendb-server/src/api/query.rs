@@ -60,7 +60,8 @@ impl KeyRange {
     }
 }
 
-/// A scan.
+/// A scan. (`start` and `end` are repeated here rather than a flattened [`KeyRange`]: serde
+/// cannot reject unknown properties of a struct with a flattened field.)
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScanRequest {
@@ -344,6 +345,23 @@ fn projected_schema(table: &Table, projection: Option<&[String]>) -> ApiResult<S
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// `batches` as one Arrow IPC stream response.
+fn arrow_response(schema: &SchemaRef, batches: &[RecordBatch]) -> ApiResult<Response> {
+    let ipc = |e: arrow_schema::ArrowError| ApiError::internal(format!("Arrow IPC: {e}"));
+    let mut out = Vec::new();
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, schema).map_err(ipc)?;
+    for batch in batches {
+        writer.write(batch).map_err(ipc)?;
+    }
+    writer.finish().map_err(ipc)?;
+    drop(writer);
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
+        out,
+    )
+        .into_response())
+}
+
 /// One page of a scan being read.
 struct PageRead {
     rows: BoxStream<'static, omendb_core::Result<RecordBatch>>,
@@ -364,39 +382,30 @@ impl PageRead {
     /// The next batch of the page (cut to the page), `Ok(None)` at its end; `more` is set when
     /// a row beyond the page exists.
     async fn next_batch(&mut self, more: &mut bool) -> ApiResult<Option<RecordBatch>> {
-        loop {
-            if self.sent >= self.page {
-                return Ok(None);
-            }
-            let next = tokio::time::timeout_at(self.deadline, self.rows.next())
-                .await
-                .map_err(|_| {
-                    ApiError::timeout("the scan ran longer than limits.request_timeout_ms")
-                })?;
-            let Some(batch) = next.transpose()? else {
-                return Ok(None);
-            };
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let room = self.page - self.sent;
-            let batch = if batch.num_rows() > room {
-                *more = true;
-                batch.slice(0, room)
-            } else {
-                batch
-            };
-            self.sent += batch.num_rows();
-            self.last = key_at(&batch, batch.num_rows() - 1).or(self.last);
-            if self.sent == self.page && !*more {
-                // The page is full: one more row (asked for) says whether another follows.
-                *more = self.peek_more().await?;
-            }
-            return Ok(Some(batch));
+        if self.sent >= self.page {
+            return Ok(None);
         }
+        let Some(batch) = self.next_rows().await? else {
+            return Ok(None);
+        };
+        let room = self.page - self.sent;
+        let batch = if batch.num_rows() > room {
+            *more = true;
+            batch.slice(0, room)
+        } else {
+            batch
+        };
+        self.sent += batch.num_rows();
+        self.last = key_at(&batch, batch.num_rows() - 1).or(self.last);
+        if self.sent == self.page && !*more {
+            // The page is full: one more row (asked for) says whether another follows.
+            *more = self.next_rows().await?.is_some();
+        }
+        Ok(Some(batch))
     }
 
-    async fn peek_more(&mut self) -> ApiResult<bool> {
+    /// The engine's next non-empty batch, before the request's deadline.
+    async fn next_rows(&mut self) -> ApiResult<Option<RecordBatch>> {
         loop {
             let next = tokio::time::timeout_at(self.deadline, self.rows.next())
                 .await
@@ -405,8 +414,7 @@ impl PageRead {
                 })?;
             match next.transpose()? {
                 Some(batch) if batch.num_rows() == 0 => continue,
-                Some(_) => return Ok(true),
-                None => return Ok(false),
+                batch => return Ok(batch),
             }
         }
     }
@@ -429,25 +437,12 @@ impl PageRead {
     /// The whole page as one Arrow IPC stream (bounded by `limits.page_rows`).
     async fn into_arrow(mut self, schema: SchemaRef) -> ApiResult<Response> {
         let mut more = false;
-        let mut out = Vec::new();
-        {
-            let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema)
-                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
-            while let Some(batch) = self.next_batch(&mut more).await? {
-                writer
-                    .write(&batch)
-                    .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
-            }
-            writer
-                .finish()
-                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
+        let mut batches = Vec::new();
+        while let Some(batch) = self.next_batch(&mut more).await? {
+            batches.push(batch);
         }
         self.finish();
-        let mut response = (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
-            out,
-        )
-            .into_response();
+        let mut response = arrow_response(&schema, &batches)?;
         if let Some(value) = self
             .token(more)
             .and_then(|token| HeaderValue::from_str(&token).ok())
@@ -578,20 +573,7 @@ pub async fn aggregate(
         started,
     );
     if wants_arrow(&headers) {
-        let mut out = Vec::new();
-        {
-            let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut out, &result.schema())
-                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
-            writer
-                .write(&result)
-                .and_then(|()| writer.finish())
-                .map_err(|e| ApiError::internal(format!("Arrow IPC: {e}")))?;
-        }
-        return Ok((
-            [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
-            out,
-        )
-            .into_response());
+        return arrow_response(&result.schema(), std::slice::from_ref(&result));
     }
     Ok(Json(Rows {
         rows: batch_to_json(&result),

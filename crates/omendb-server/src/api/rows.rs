@@ -46,17 +46,6 @@ pub struct MultiGetResult {
     pub rows: Vec<Option<JsonRow>>,
 }
 
-/// The body of a request whose bytes are needed as they came.
-pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    body.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(rejection.body_text())
-        } else {
-            ApiError::bad_input(rejection.body_text())
-        }
-    })
-}
-
 /// Adds the rows of a put body to `batch`: a JSON array of rows, or an Arrow IPC stream when
 /// the content type says so.
 pub fn add_put_body(
@@ -125,7 +114,7 @@ pub async fn put_rows(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResult>> {
-    let body = body_bytes(body)?;
+    let body = body?;
     let _permit = state.write_permit(body.len())?;
     let db = state.db()?;
     let table = db.table(&table)?;
