@@ -365,10 +365,10 @@ async fn bench_omendb(args: &Args, mut data: Data, root: &Path, report: &mut Rep
     let kv = db.create_table("kv", KeyType::U64, None).await?;
     let n = args.keys;
 
-    load(&db, &kv, &data, args, &config, report).await?;
+    load(&db, &kv, &data, args, report).await?;
     get(&kv, &data, args, report).await?;
     scan100(&kv, &data, args, report).await?;
-    time_series(&db, &kv, &data, args, &config, report).await?;
+    time_series(&db, &data, args, report).await?;
     for (i, &clients) in args.clients.iter().enumerate() {
         let version = u8::try_from(i + 1).context("too many mixed rows")?;
         data = mixed(&kv, data, clients, version, args, report).await?;
@@ -432,7 +432,6 @@ async fn load(
     kv: &Table,
     data: &Data,
     args: &Args,
-    config: &Config,
     report: &mut Report,
 ) -> Result<()> {
     let mut order: Vec<u64> = data.keys.as_ref().clone();
@@ -466,7 +465,7 @@ async fn load(
     }
     let seconds = start.elapsed().as_secs_f64();
     drop(order);
-    let settled = settle(db, kv, config.compaction_trigger).await?;
+    let settled = settle(db).await?;
     let stats = db.stats();
     report.note(&format!(
         "load: {seconds:.2} s until the last put_batch was acknowledged ({retries} retries after \
@@ -623,10 +622,8 @@ async fn scan100(kv: &Table, data: &Data, args: &Args, report: &mut Report) -> R
 /// of `runs` aggregates).
 async fn time_series(
     db: &Db,
-    kv: &Table,
     data: &Data,
     args: &Args,
-    config: &Config,
     report: &mut Report,
 ) -> Result<()> {
     let ts = db
@@ -664,7 +661,7 @@ async fn time_series(
         next = end;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let settled = settle(db, kv, config.compaction_trigger).await?;
+    let settled = settle(db).await?;
     report.note(&format!(
         "ts_append: {} rows in key order, {} per put_batch ({retries} retries after \
          Overloaded); background work settled {:.2} s later",
@@ -819,27 +816,30 @@ where
     }
 }
 
-/// Waits until the engine's background work is done: no frozen memtable waits for a flush,
-/// and the key-value table (whose randomly ordered keys make every segment overlap every other)
-/// has fewer segments than trigger a compaction. Returns how long that took.
-async fn settle(db: &Db, kv: &Table, compaction_trigger: usize) -> Result<Duration> {
+/// Waits until no frozen memtable waits for a flush and no compaction runs, seen twice in a row
+/// with no flush or compaction in between (compaction leaves as many sorted runs as its policy
+/// wants, so no segment count marks the end). Returns how long that took.
+pub(crate) async fn settle(db: &Db) -> Result<Duration> {
     let start = Instant::now();
+    let mut quiet_at = None;
     loop {
         // An empty write fails once a background failure has poisoned the database.
         db.write(db.batch(), WriteOptions::BUFFERED)
             .await
             .context("the database failed in the background")?;
         let stats = db.stats();
-        let segments = kv.explain(0u64..)?.segments_total;
-        if stats.memtables <= 1 && segments < compaction_trigger {
+        let marks = (stats.flushes, stats.compactions);
+        let quiet = stats.memtables <= 1 && !stats.compacting;
+        if quiet && quiet_at == Some(marks) {
             return Ok(start.elapsed());
         }
+        quiet_at = quiet.then_some(marks);
         ensure!(
             start.elapsed() < SETTLE_LIMIT,
-            "background flushes and compactions did not settle within {SETTLE_LIMIT:?}: {stats:?}, \
-             {segments} kv segments"
+            "background flushes and compactions did not go quiet within {SETTLE_LIMIT:?}: \
+             {stats:?}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -37,7 +37,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::db::{Config, dir_bytes, mix, retrying};
+use crate::db::{Config, dir_bytes, mix, retrying, settle};
 use crate::report::{self, Report, median, percentile};
 
 /// Arguments of `omendb-bench stress`.
@@ -136,8 +136,6 @@ struct Summary {
     disk_bytes: u64,
 }
 
-/// How long flushes and compactions may take to go quiet after the load.
-const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
 /// Wrong answers printed per phase; the rest are only counted.
 const PRINTED_FAILURES: u64 = 10;
 
@@ -233,13 +231,13 @@ async fn stress(
     let config = Config::new(args.memtable_mb, args.cache_mb);
     report.note(&format!(
         "omendb on local files in {}: Buffered durability, memtable {} MiB, page cache {} MiB, \
-         compaction at {} overlapping segments up to {} MiB per merge, other settings the \
-         engine's defaults; {} keys in {} order, {}-byte values, {} rows per put_batch",
+         size-tiered compaction of {} sorted runs into segments of {} MiB, other settings \
+         the engine's defaults; {} keys in {} order, {}-byte values, {} rows per put_batch",
         root.display(),
         config.memtable_bytes >> 20,
         config.cache_bytes >> 20,
         config.compaction_trigger,
-        defaults.max_compaction_bytes >> 20,
+        defaults.segment_target_bytes >> 20,
         args.keys,
         args.order.name(),
         args.value_bytes,
@@ -455,34 +453,6 @@ async fn load(
         percentile(&mut latencies, 1.0),
     ));
     Ok(n as f64 / seconds)
-}
-
-/// Waits until no frozen memtable waits for a flush and no compaction runs, seen twice in a row
-/// with no flush or compaction in between. It does not wait for a fixed segment count: the
-/// engine leaves groups above `max_compaction_bytes` unmerged for good, which a large random
-/// load reaches.
-async fn settle(db: &Db) -> Result<Duration> {
-    let start = Instant::now();
-    let mut quiet_at = None;
-    loop {
-        // An empty write fails once a background failure has poisoned the database.
-        db.write(db.batch(), WriteOptions::BUFFERED)
-            .await
-            .context("the database failed in the background")?;
-        let stats = db.stats();
-        let marks = (stats.flushes, stats.compactions);
-        let quiet = stats.memtables <= 1 && !stats.compacting;
-        if quiet && quiet_at == Some(marks) {
-            return Ok(start.elapsed());
-        }
-        quiet_at = quiet.then_some(marks);
-        ensure!(
-            start.elapsed() < SETTLE_LIMIT,
-            "background flushes and compactions did not go quiet within {SETTLE_LIMIT:?}: \
-             {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Every key by `multi_get_values`, `verify_chunk` keys per call in key order, every value

@@ -151,16 +151,17 @@ impl Builder {
         self
     }
 
-    /// Compact a table once this many of its segments overlap (at least 2).
+    /// Merge overlapping segments once this many sorted runs of them (each no larger than the
+    /// newer ones together) are due (at least 2; default 4).
     pub fn compaction_trigger(mut self, segments: usize) -> Self {
         self.settings.compaction_trigger = segments;
         self
     }
 
-    /// Compaction leaves groups of overlapping segments larger than this (in bytes) as they
-    /// are (default 1 GiB): a merge holds its group in memory.
-    pub fn max_compaction_bytes(mut self, bytes: u64) -> Self {
-        self.settings.max_compaction_bytes = bytes;
+    /// Compaction cuts its output into segments of about this many decoded bytes (default
+    /// 256 MiB; at least 1).
+    pub fn segment_target_bytes(mut self, bytes: u64) -> Self {
+        self.settings.segment_target_bytes = bytes;
         self
     }
 
@@ -180,9 +181,14 @@ impl Builder {
     /// Opens the database, creating it if it does not exist, after recovery.
     pub async fn build(self) -> Result<Db> {
         let settings = self.settings;
-        if settings.memtable_bytes == 0 || settings.compaction_trigger < 2 {
+        if settings.memtable_bytes == 0
+            || settings.compaction_trigger < 2
+            || settings.segment_target_bytes == 0
+        {
             return Err(Error::BadInput(
-                "memtable_bytes must be positive and compaction_trigger at least 2".to_owned(),
+                "memtable_bytes and segment_target_bytes must be positive and compaction_trigger \
+                 at least 2"
+                    .to_owned(),
             ));
         }
         if chrono::Duration::from_std(settings.gc_grace).is_err() {

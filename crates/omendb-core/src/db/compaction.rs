@@ -1,21 +1,37 @@
-//! Compaction: merging a table's overlapping segments into one, and garbage collection.
+//! Compaction: size-tiered, streaming merges of overlapping segments, and garbage collection.
 //!
-//! The unit is a group of segments whose key ranges overlap transitively (a connected
-//! component). No segment outside a group shares a key with it, so the group holds every
-//! segment version of its keys: the merge keeps, per key, every version newer than the oldest
-//! snapshot (the horizon) and the newest version at or below it, and drops that one too if it
-//! is a tombstone. Segments that overlap nothing are never rewritten (time-series data stays as
-//! flushed). The merged segment gets a newly trained index.
+//! Segments whose key ranges overlap transitively form a component; a segment alone in its
+//! component (time series appended in key order) is never rewritten. Within a component, the
+//! segments one flush or one compaction wrote form a sorted run (one LSN range, disjoint keys).
+//! A compaction merges a window of consecutive runs, newest first, in which each run is no
+//! larger than the runs before it together (RocksDB's universal compaction with a size ratio of
+//! 1), once the window holds `compaction_trigger` runs: a byte is rewritten about
+//! log2(data / memtable) times, where merging whole components rewrote everything at every
+//! compaction. `Db::compact` rewrites each table of two or more segments whole, into one run.
+//!
+//! A merge streams. Inputs are read batch by batch (key-disjoint segments one after another), a
+//! heap orders their rows by (key, LSN descending), and the output is written as it comes, cut
+//! into segments of about `segment_target_bytes` at key boundaries. Memory is a batch per input
+//! and the key column of the segment being written, whatever the size of the merge.
+//!
+//! Per key, a merge keeps every version newer than the oldest snapshot (the horizon) and the
+//! newest at or below it, and drops that one too if it is a tombstone no older segment outside
+//! the window may hold the key for (their filters answer). Reads take the first segment in
+//! newest-`lsn_max` order that has a visible version of a key, so a window is merged only if
+//! every segment outside it that overlaps it is older than each window segment it overlaps, or
+//! newer than the whole window: the merged segments then stand where each input stood.
 
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 
-use super::flush::SegmentRows;
+use super::flush::SegmentSink;
 use super::version::TableState;
 use super::{Inner, current_data};
 use crate::error::{Error, Result};
@@ -25,9 +41,15 @@ use crate::segment::Segment;
 /// How often the background work collects garbage when no compaction gives it a reason.
 const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Most runs one merge reads at once: a batch of each input is in memory.
+const MAX_RUNS: usize = 16;
+
+/// Rows per batch read from each input, and rows merged between two writes.
+const MERGE_BATCH_ROWS: usize = 8 * 1024;
+
 impl Inner {
-    /// Starts a compaction task unless one is running: it compacts groups that reached the
-    /// trigger size, then collects garbage past its grace period.
+    /// Starts a compaction task unless one is running: it compacts what is due, then collects
+    /// garbage past its grace period.
     pub(crate) fn spawn_compaction(self: &Arc<Self>) {
         let mut slot = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|task| !task.is_finished())
@@ -44,7 +66,7 @@ impl Inner {
     }
 
     async fn compact_due(self: &Arc<Self>) -> Result<()> {
-        let compacted = self.compact(self.settings.compaction_trigger).await?;
+        let compacted = self.compact(false).await?;
         // Flushes leave replaced manifest versions, and crashes leave unpublished segments,
         // even where nothing compacts (time series): collect at least once a minute.
         let due = {
@@ -57,10 +79,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Compacts every group of two or more segments, then collects garbage.
+    /// Merges every component of two or more segments into one run, then collects garbage.
     pub(crate) async fn compact_all(self: &Arc<Self>) -> Result<()> {
         self.check_writable()?;
-        self.compact(2).await?;
+        self.compact(true).await?;
         self.collect_garbage().await
     }
 
@@ -98,41 +120,88 @@ impl Inner {
         Ok(())
     }
 
-    /// Compacts the groups of at least `at_least` segments; returns how many.
-    async fn compact(self: &Arc<Self>, at_least: usize) -> Result<usize> {
+    /// Merges windows until none is due (with `whole`, until every component is one run);
+    /// returns how many merges ran.
+    async fn compact(self: &Arc<Self>, whole: bool) -> Result<usize> {
         let _compacting = self.compact_lock.lock().await;
-        let version = self.version.load_full();
         let mut compacted = 0;
-        for table in version.tables.values() {
-            for group in overlapping_groups(&table.segments) {
-                if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-                    return Ok(compacted);
-                }
-                // A merge holds its group in memory, and Arrow's 32-bit offsets cap a column
-                // at 2 GiB: larger groups stay as they are (reads stay correct, only slower).
-                let bytes: u64 = group.iter().map(|s| s.entry.seal.size).sum();
-                if group.len() >= at_least && bytes <= self.settings.max_compaction_bytes {
-                    let started = std::time::Instant::now();
-                    self.compact_group(table, &group).await?;
-                    metrics::histogram!("omendb_compaction_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    compacted += 1;
-                }
+        let mut rewritten = std::collections::HashSet::new();
+        // A merge changes its table's segments (and flushes add more), so each choice is made
+        // on the version after the last merge.
+        while let Some(window) = self.next_window(whole, &mut rewritten) {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                break;
             }
+            let started = std::time::Instant::now();
+            self.compact_window(window).await?;
+            metrics::histogram!("omendb_compaction_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            compacted += 1;
         }
         Ok(compacted)
     }
 
-    #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %table.def.name, segments = group.len()))]
-    async fn compact_group(
-        self: &Arc<Self>,
-        table: &TableState,
-        group: &[Arc<Segment>],
-    ) -> Result<()> {
+    /// The next window to merge, if any. With `whole`, a table of two or more segments is
+    /// rewritten whole once (into `rewritten`), which also drops what a snapshot kept in
+    /// segments that overlap nothing; first, if its segments overlap more than `MAX_RUNS` deep,
+    /// the newest runs of its components are merged until they do not.
+    fn next_window(
+        &self,
+        whole: bool,
+        rewritten: &mut std::collections::HashSet<u32>,
+    ) -> Option<Window> {
+        let version = self.version.load_full();
+        for table in version.tables.values() {
+            let id = table.def.id;
+            if whole && rewritten.contains(&id) {
+                continue;
+            }
+            if whole && table.segments.len() >= 2 && chains(&table.segments).len() <= MAX_RUNS {
+                rewritten.insert(id);
+                return Some(Window {
+                    table: Arc::clone(table),
+                    segments: table.segments.clone(),
+                    older: Vec::new(),
+                });
+            }
+            for component in components(&table.segments) {
+                let spans: Vec<Span> = component.iter().map(|s| Span::of(s)).collect();
+                let trigger = if whole {
+                    2
+                } else {
+                    self.settings.compaction_trigger
+                };
+                let Some(chosen) = pick(&spans, trigger, whole) else {
+                    continue;
+                };
+                let top = chosen.iter().map(|&i| spans[i].lsns.1).max().unwrap_or(0);
+                let older = (0..component.len())
+                    .filter(|i| !chosen.contains(i) && spans[*i].lsns.0 <= top)
+                    .map(|i| Arc::clone(&component[i]))
+                    .collect();
+                let segments = chosen.iter().map(|&i| Arc::clone(&component[i])).collect();
+                return Some(Window {
+                    table: Arc::clone(table),
+                    segments,
+                    older,
+                });
+            }
+        }
+        None
+    }
+
+    #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %window.table.def.name, segments = window.segments.len()))]
+    async fn compact_window(self: &Arc<Self>, window: Window) -> Result<()> {
         let horizon = self.visibility.horizon();
-        let rows = merge(table, group, horizon).await?;
-        let written = self.write_segment(&table.def, rows).await?;
-        let removed: Vec<String> = group.iter().map(|s| s.entry.path.clone()).collect();
+        let Window {
+            table,
+            segments: window,
+            older,
+        } = window;
+        let written = Merge::new(self, &table, &window, older, horizon)
+            .run()
+            .await?;
+        let removed: Vec<String> = window.iter().map(|s| s.entry.path.clone()).collect();
 
         crash_point!("compaction.before_manifest");
         let mut writer = self.writer.lock().await;
@@ -149,22 +218,31 @@ impl Inner {
             ));
         }
         entry.segments.retain(|s| !removed.contains(&s.path));
-        let mut added = Vec::new();
-        if let Some((id, segment)) = written {
+        let mut added = Vec::with_capacity(written.len());
+        for (id, segment) in written {
             entry.segments.push(segment.entry.clone());
             added.push((id, Arc::new(segment)));
         }
         writer.commit(data).await?;
         crash_point!("compaction.after_manifest");
-        self.retire(group);
+        self.retire(&window);
         self.swap_segments(&added, &removed, None, horizon);
         self.counters.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
         Ok(())
     }
 }
 
-/// Groups of segments whose key ranges overlap transitively, each of two or more.
-fn overlapping_groups(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
+/// A window chosen for a merge.
+struct Window {
+    table: Arc<TableState>,
+    segments: Vec<Arc<Segment>>,
+    /// The segments outside the window that are not newer than all of it: what may still hold
+    /// an older version of a key the window deletes.
+    older: Vec<Arc<Segment>>,
+}
+
+/// Components of two or more segments whose key ranges overlap transitively.
+fn components(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
     let mut ranged: Vec<(u64, u64, &Arc<Segment>)> = segments
         .iter()
         .filter_map(|s| Some((s.entry.key_min?, s.entry.key_max?, s)))
@@ -188,76 +266,415 @@ fn overlapping_groups(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
     groups
 }
 
-/// The rows of `group` merged: key ascending, LSN descending, versions no snapshot can see
-/// dropped.
-async fn merge(table: &TableState, group: &[Arc<Segment>], horizon: Lsn) -> Result<SegmentRows> {
-    let mut batches: Vec<RecordBatch> = Vec::with_capacity(group.len());
-    for segment in group {
-        let all = segment.reader.projection_all();
-        let parts: Vec<RecordBatch> = segment
-            .reader
-            .scan(0..segment.reader.rows(), &all, 64 * 1024)?
-            .try_collect()
-            .await?;
-        batches.push(arrow_select::concat::concat_batches(all.schema(), &parts)?);
-    }
-    // (key, lsn, tombstone, source batch, row)
-    let mut rows: Vec<(u64, Lsn, bool, usize, usize)> = Vec::new();
-    for (b, batch) in batches.iter().enumerate() {
-        let keys = batch.column(0).as_primitive::<UInt64Type>();
-        let lsns = batch.column(1).as_primitive::<UInt64Type>();
-        let tombstones = batch.column(2).as_boolean();
-        for row in 0..batch.num_rows() {
-            rows.push((
-                keys.value(row),
-                lsns.value(row),
-                tombstones.value(row),
-                b,
-                row,
-            ));
+/// What the policy knows of a segment: its key range, LSN range and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    keys: (u64, u64),
+    lsns: (Lsn, Lsn),
+    bytes: u64,
+}
+
+impl Span {
+    fn of(segment: &Segment) -> Self {
+        let entry = &segment.entry;
+        Self {
+            keys: (entry.key_min.unwrap_or(0), entry.key_max.unwrap_or(0)),
+            lsns: (entry.lsn_min.unwrap_or(0), entry.lsn_max.unwrap_or(0)),
+            bytes: entry.seal.size,
         }
     }
-    rows.sort_unstable_by_key(|&(key, lsn, ..)| (key, Reverse(lsn)));
-    let mut kept: Vec<(u64, Lsn, bool, usize, usize)> = Vec::with_capacity(rows.len());
-    let mut i = 0;
-    while i < rows.len() {
-        let key = rows[i].0;
-        let mut j = i;
-        while j < rows.len() && rows[j].0 == key {
-            j += 1;
+
+    fn overlaps(&self, other: &Span) -> bool {
+        self.keys.0 <= other.keys.1 && other.keys.0 <= self.keys.1
+    }
+}
+
+/// The component's sorted runs (positions of segments with one LSN range), newest first.
+fn runs(spans: &[Span]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..spans.len()).collect();
+    order.sort_by_key(|&i| (Reverse(spans[i].lsns.1), Reverse(spans[i].lsns.0)));
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match runs.last_mut() {
+            Some(run) if spans[run[0]].lsns == spans[i].lsns => run.push(i),
+            _ => runs.push(vec![i]),
         }
-        // Versions above the horizon stay; the newest at or below it stays unless it deletes.
-        let versions = &rows[i..j];
-        let newer = versions.iter().take_while(|v| v.1 > horizon).count();
-        kept.extend_from_slice(&versions[..newer]);
-        if let Some(base) = versions.get(newer).filter(|base| !base.2) {
-            kept.push(*base);
+    }
+    runs
+}
+
+/// The positions of the segments to merge, if a window of at least `trigger` runs is due (with
+/// `whole`, the newest `MAX_RUNS` runs whatever their sizes).
+fn pick(spans: &[Span], trigger: usize, whole: bool) -> Option<Vec<usize>> {
+    let runs = runs(spans);
+    let bytes = |run: &[usize]| run.iter().map(|&i| spans[i].bytes).sum::<u64>();
+    for start in 0..runs.len() {
+        let mut total = bytes(&runs[start]);
+        let mut end = start + 1;
+        while end < runs.len() && end - start < MAX_RUNS && (whole || bytes(&runs[end]) <= total) {
+            total += bytes(&runs[end]);
+            end += 1;
         }
-        i = j;
+        if end - start >= trigger {
+            let window = runs[start..end].concat();
+            if mergeable(spans, &window) {
+                return Some(window);
+            }
+        }
     }
-    let values_from = 3;
-    let columns = batches
-        .first()
-        .map_or(0, |b| b.num_columns().saturating_sub(values_from));
-    let picks: Vec<(usize, usize)> = kept.iter().map(|r| (r.3, r.4)).collect();
-    let mut values: Vec<ArrayRef> = Vec::with_capacity(columns);
-    for c in 0..columns {
-        let arrays: Vec<&dyn Array> = batches
-            .iter()
-            .map(|b| b.column(values_from + c).as_ref())
-            .collect();
-        values.push(arrow_select::interleave::interleave(&arrays, &picks)?);
-    }
-    if columns != table.def.schema().fields().len() {
-        return Err(Error::Corrupt(format!(
-            "a segment of table {:?} has {columns} value columns",
-            table.def.name
-        )));
-    }
-    Ok(SegmentRows {
-        keys: kept.iter().map(|r| r.0).collect(),
-        lsns: kept.iter().map(|r| r.1).collect(),
-        tombstones: kept.iter().map(|r| r.2).collect(),
-        values,
+    None
+}
+
+/// Whether merging `window` keeps every read's answer (see the module documentation).
+fn mergeable(spans: &[Span], window: &[usize]) -> bool {
+    let top = window.iter().map(|&i| spans[i].lsns.1).max().unwrap_or(0);
+    (0..spans.len()).filter(|i| !window.contains(i)).all(|t| {
+        let outside = spans[t];
+        outside.lsns.0 > top
+            || window
+                .iter()
+                .map(|&i| spans[i])
+                .filter(|inside| inside.overlaps(&outside))
+                .all(|inside| outside.lsns.1 < inside.lsns.0)
     })
+}
+
+/// One input of a merge: key-disjoint segments read one after another, in key order.
+struct Input {
+    pending: VecDeque<Arc<Segment>>,
+    stream: Option<BoxStream<'static, omendb_storage::Result<RecordBatch>>>,
+    batch: Option<RecordBatch>,
+    keys: UInt64Array,
+    lsns: UInt64Array,
+    tombstones: BooleanArray,
+    row: usize,
+    /// Where `batch` is in the merge's sources.
+    source: usize,
+}
+
+impl Input {
+    fn new(segments: VecDeque<Arc<Segment>>) -> Self {
+        Self {
+            pending: segments,
+            stream: None,
+            batch: None,
+            keys: UInt64Array::from(Vec::<u64>::new()),
+            lsns: UInt64Array::from(Vec::<u64>::new()),
+            tombstones: BooleanArray::from(Vec::<bool>::new()),
+            row: 0,
+            source: 0,
+        }
+    }
+
+    /// The current row's key and LSN.
+    fn head(&self) -> (u64, Lsn) {
+        (self.keys.value(self.row), self.lsns.value(self.row))
+    }
+
+    /// Moves to the next row, reading the next batch when this one is done; false at the end.
+    async fn advance(&mut self, sources: &mut Vec<RecordBatch>, columns: usize) -> Result<bool> {
+        self.row += 1;
+        if self.row < self.keys.len() {
+            return Ok(true);
+        }
+        self.load(sources, columns).await
+    }
+
+    /// Reads the next non-empty batch (from the next segment when this one is done) and adds
+    /// it to `sources`; false at the end.
+    async fn load(&mut self, sources: &mut Vec<RecordBatch>, columns: usize) -> Result<bool> {
+        loop {
+            let next = match self.stream.as_mut() {
+                Some(stream) => stream.try_next().await?,
+                None => None,
+            };
+            let Some(batch) = next else {
+                let Some(segment) = self.pending.pop_front() else {
+                    self.batch = None;
+                    return Ok(false);
+                };
+                let all = segment.reader.projection_all();
+                let rows = 0..segment.reader.rows();
+                self.stream = Some(segment.reader.scan(rows, &all, MERGE_BATCH_ROWS)?);
+                continue;
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            if batch.num_columns() != columns {
+                return Err(Error::Corrupt(format!(
+                    "a segment has {} columns where its table stores {columns}",
+                    batch.num_columns()
+                )));
+            }
+            let system = |c: usize| {
+                batch
+                    .column(c)
+                    .as_primitive_opt::<UInt64Type>()
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Corrupt("a segment's key or LSN column is not u64".to_owned())
+                    })
+            };
+            self.keys = system(0)?;
+            self.lsns = system(1)?;
+            self.tombstones = batch.column(2).as_boolean_opt().cloned().ok_or_else(|| {
+                Error::Corrupt("a segment's tombstone column is not boolean".to_owned())
+            })?;
+            self.row = 0;
+            self.source = sources.len();
+            sources.push(batch.clone());
+            self.batch = Some(batch);
+            return Ok(true);
+        }
+    }
+}
+
+/// A streaming merge of a window into new segments.
+struct Merge<'a> {
+    db: &'a Inner,
+    table: &'a TableState,
+    horizon: Lsn,
+    older: Vec<Arc<Segment>>,
+    inputs: Vec<Input>,
+    /// The batches the pending picks point into.
+    sources: Vec<RecordBatch>,
+    /// (source, row) of each output row not yet written.
+    picks: Vec<(usize, usize)>,
+    sink: Option<SegmentSink>,
+    written: Vec<(u32, Segment)>,
+}
+
+impl<'a> Merge<'a> {
+    fn new(
+        db: &'a Inner,
+        table: &'a TableState,
+        window: &[Arc<Segment>],
+        older: Vec<Arc<Segment>>,
+        horizon: Lsn,
+    ) -> Self {
+        Self {
+            db,
+            table,
+            horizon,
+            older,
+            inputs: chains(window).into_iter().map(Input::new).collect(),
+            sources: Vec::new(),
+            picks: Vec::with_capacity(MERGE_BATCH_ROWS * 2),
+            sink: None,
+            written: Vec::new(),
+        }
+    }
+
+    /// Merges everything; returns the segments written (none if every row was dropped).
+    async fn run(mut self) -> Result<Vec<(u32, Segment)>> {
+        match self.merge().await {
+            Ok(()) => Ok(self.written),
+            Err(err) => {
+                // Segments already finished are unpublished objects: garbage collection takes
+                // them after the grace period.
+                if let Some(sink) = self.sink.take() {
+                    sink.abort().await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn merge(&mut self) -> Result<()> {
+        let columns = 3 + self.table.def.schema().fields().len();
+        let mut heap: BinaryHeap<Reverse<(u64, Reverse<Lsn>, usize)>> = BinaryHeap::new();
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            if input.load(&mut self.sources, columns).await? {
+                let (key, lsn) = input.head();
+                heap.push(Reverse((key, Reverse(lsn), i)));
+            }
+        }
+        // (lsn, tombstone, source, row) of the current key's versions, newest first.
+        let mut versions: Vec<(Lsn, bool, usize, usize)> = Vec::new();
+        while let Some(&Reverse((key, _, _))) = heap.peek() {
+            versions.clear();
+            while let Some(&Reverse((next, Reverse(lsn), i))) = heap.peek() {
+                if next != key {
+                    break;
+                }
+                heap.pop();
+                let input = &mut self.inputs[i];
+                // A version is one (key, LSN); should two inputs hold it, one copy stays.
+                if versions.last().is_none_or(|v| v.0 != lsn) {
+                    let tombstone = input.tombstones.value(input.row);
+                    versions.push((lsn, tombstone, input.source, input.row));
+                }
+                if input.advance(&mut self.sources, columns).await? {
+                    let (key, lsn) = input.head();
+                    heap.push(Reverse((key, Reverse(lsn), i)));
+                }
+            }
+            let newer = versions.iter().take_while(|v| v.0 > self.horizon).count();
+            self.picks
+                .extend(versions[..newer].iter().map(|v| (v.2, v.3)));
+            if let Some(base) = versions.get(newer) {
+                let droppable = base.1 && !self.older.iter().any(|s| s.may_contain(key));
+                if !droppable {
+                    self.picks.push((base.2, base.3));
+                }
+            }
+            // Written only between keys, so no key's versions span two segments.
+            if self.picks.len() >= MERGE_BATCH_ROWS {
+                self.write_picks().await?;
+            }
+        }
+        self.write_picks().await?;
+        if let Some(sink) = self.sink.take() {
+            self.written.extend(sink.finish(self.db).await?);
+        }
+        Ok(())
+    }
+
+    /// Writes the picked rows, finishing the segment once it reaches its target size; the
+    /// sources then restart from each input's current batch.
+    async fn write_picks(&mut self) -> Result<()> {
+        if !self.picks.is_empty() {
+            let sink = match self.sink.take() {
+                Some(sink) => sink,
+                None => self.db.create_segment(&self.table.def).await?,
+            };
+            let sink = self.sink.insert(sink);
+            let width = sink.schema().fields().len();
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(width);
+            for c in 0..width {
+                let arrays: Vec<&dyn Array> =
+                    self.sources.iter().map(|b| b.column(c).as_ref()).collect();
+                columns.push(arrow_select::interleave::interleave(&arrays, &self.picks)?);
+            }
+            let batch = RecordBatch::try_new(Arc::clone(sink.schema()), columns)?;
+            sink.write(&batch).await?;
+            self.picks.clear();
+            if sink.bytes() as u64 >= self.db.settings.segment_target_bytes
+                && let Some(sink) = self.sink.take()
+            {
+                self.written.extend(sink.finish(self.db).await?);
+            }
+        }
+        self.sources.clear();
+        for input in &mut self.inputs {
+            if let Some(batch) = &input.batch {
+                input.source = self.sources.len();
+                self.sources.push(batch.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The window's segments as few chains of key-disjoint segments as intervals allow, each in
+/// key order: a merge reads one batch of each chain at a time.
+fn chains(window: &[Arc<Segment>]) -> Vec<VecDeque<Arc<Segment>>> {
+    let mut sorted = window.to_vec();
+    sorted.sort_by_key(|s| s.entry.key_min);
+    let mut chains: Vec<VecDeque<Arc<Segment>>> = Vec::new();
+    for segment in sorted {
+        let free = chains.iter_mut().find(|chain| {
+            matches!((chain.back().and_then(|last| last.entry.key_max), segment.entry.key_min),
+                (Some(end), Some(start)) if end < start)
+        });
+        match free {
+            Some(chain) => chain.push_back(segment),
+            None => chains.push(VecDeque::from([segment])),
+        }
+    }
+    chains
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+    use super::*;
+
+    fn span(keys: (u64, u64), lsns: (Lsn, Lsn), bytes: u64) -> Span {
+        Span { keys, lsns, bytes }
+    }
+
+    /// `n` flushes of full-range random keys, oldest first, each of `bytes`.
+    fn flushes(n: u64, bytes: u64) -> Vec<Span> {
+        (0..n)
+            .map(|i| span((0, 1000), (i * 10 + 1, i * 10 + 10), bytes))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_due_below_the_trigger() {
+        assert_eq!(pick(&flushes(3, 100), 4, false), None);
+    }
+
+    #[test]
+    fn equal_flushes_merge_once_the_trigger_is_reached() {
+        let mut window = pick(&flushes(4, 100), 4, false).unwrap();
+        window.sort_unstable();
+        assert_eq!(window, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_large_old_run_waits_until_the_newer_ones_add_up_to_it() {
+        // An old merged run of 500 bytes, then four flushes of 100: the four merge alone.
+        let mut spans = vec![span((0, 1000), (1, 40), 500)];
+        spans.extend((0..4).map(|i| span((0, 1000), (41 + i * 10, 50 + i * 10), 100)));
+        let mut window = pick(&spans, 4, false).unwrap();
+        window.sort_unstable();
+        assert_eq!(window, vec![1, 2, 3, 4]);
+        // With a fifth flush, the newer runs add up to the old run's size: it joins.
+        spans.push(span((0, 1000), (81, 90), 100));
+        assert_eq!(pick(&spans, 4, false).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn the_segments_of_one_run_move_together() {
+        // One compaction's output, cut in three key ranges, and four newer flushes.
+        let mut spans: Vec<Span> = (0..3)
+            .map(|i| span((i * 100, i * 100 + 99), (1, 40), 100))
+            .collect();
+        spans.extend((0..4).map(|i| span((0, 299), (41 + i * 10, 50 + i * 10), 100)));
+        let mut window = pick(&spans, 4, false).unwrap();
+        window.sort_unstable();
+        assert_eq!(window, vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(runs(&spans).len(), 5);
+    }
+
+    #[test]
+    fn whole_merges_every_run_up_to_the_cap() {
+        let mut spans = vec![span((0, 1000), (1, 40), 1 << 30)];
+        spans.extend(
+            flushes(2, 10)
+                .into_iter()
+                .map(|s| span(s.keys, (s.lsns.0 + 100, s.lsns.1 + 100), s.bytes)),
+        );
+        assert_eq!(pick(&spans, 2, true).unwrap().len(), 3);
+        assert_eq!(pick(&spans, 4, false), None);
+        let many = flushes(40, 10);
+        let window = pick(&many, 2, true).unwrap();
+        assert_eq!(window.len(), MAX_RUNS);
+        // The newest runs.
+        assert!(window.iter().all(|&i| i >= 40 - MAX_RUNS));
+    }
+
+    #[test]
+    fn a_window_is_not_merged_over_a_segment_between_its_runs() {
+        // A (keys 0-100, LSN 1-10) and C (keys 200-300, LSN 21-30) do not overlap each other;
+        // B (keys 50-250, LSN 11-20) overlaps both and is newer than A, older than C.
+        let a = span((0, 100), (1, 10), 100);
+        let b = span((50, 250), (11, 20), 100);
+        let c = span((200, 300), (21, 30), 100);
+        // Merging A and C would put A's versions ahead of B's newer ones.
+        assert!(!mergeable(&[a, b, c], &[0, 2]));
+        assert!(mergeable(&[a, b, c], &[0, 1]));
+        assert!(mergeable(&[a, b, c], &[1, 2]));
+        assert!(mergeable(&[a, b, c], &[0, 1, 2]));
+        // A segment that overlaps only the older window member, and is older than it, is fine.
+        let d = span((0, 40), (0, 0), 100);
+        assert!(mergeable(&[a, b, c, d], &[0, 1]));
+        // One newer than a member it overlaps but older than the window's top is not.
+        let e = span((0, 40), (12, 12), 100);
+        assert!(!mergeable(&[a, b, e], &[0, 1]));
+    }
 }

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use bytes::Bytes;
 use omendb_storage::manifest::SegmentEntry;
@@ -20,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::version::{TableState, Version};
 use super::{Inner, current_data};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{AnyIndex, LearnedIndex};
 use crate::memtable::{Generation, Lsn, Memtable};
 use crate::segment::Segment;
@@ -39,6 +41,68 @@ pub(crate) struct SegmentRows {
     pub(crate) tombstones: Vec<bool>,
     /// The value columns (the table's declared types; null in tombstone rows).
     pub(crate) values: Vec<ArrayRef>,
+}
+
+/// A segment being written batch by batch. Its index is trained on every key at `finish`, so
+/// only the key column is held in memory, whatever the segment's size.
+pub(crate) struct SegmentSink {
+    table: u32,
+    object: String,
+    writer: SegmentWriter,
+    keys: Vec<u64>,
+    bytes: usize,
+}
+
+impl SegmentSink {
+    /// Appends rows (every column of the stored schema, in order after the rows already
+    /// written). A failed write abandons the object.
+    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let keys = batch
+            .column(0)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| Error::Corrupt(format!("segment {}: keys are not u64", self.object)))?;
+        self.writer.write(batch).await?;
+        self.keys.extend_from_slice(keys.values());
+        self.bytes += batch.get_array_memory_size();
+        Ok(())
+    }
+
+    /// The schema of the batches `write` takes.
+    pub(crate) fn schema(&self) -> &arrow_schema::SchemaRef {
+        self.writer.schema()
+    }
+
+    /// Decoded bytes written so far: what output splitting is measured by.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Trains the index, completes the object and opens it; `None` (and nothing stored) if no
+    /// row was written.
+    pub(crate) async fn finish(self, db: &Inner) -> Result<Option<(u32, Segment)>> {
+        if self.keys.is_empty() {
+            let _ = self.writer.abort().await;
+            return Ok(None);
+        }
+        let index = AnyIndex::build(&self.keys, &db.settings.index_policy)?;
+        let written = self.writer.finish(&index.encode()).await?;
+        let entry = SegmentEntry {
+            path: self.object,
+            rows: written.meta.rows,
+            key_min: written.meta.key_min,
+            key_max: written.meta.key_max,
+            lsn_min: written.meta.lsn_min,
+            lsn_max: written.meta.lsn_max,
+            seal: written.seal,
+        };
+        let segment = Segment::open(Arc::clone(&db.store), entry, Arc::clone(&db.cache)).await?;
+        Ok(Some((self.table, segment)))
+    }
+
+    /// Abandons the object (best effort: an incomplete upload stores nothing to publish).
+    pub(crate) async fn abort(self) {
+        let _ = self.writer.abort().await;
+    }
 }
 
 impl Inner {
@@ -215,7 +279,28 @@ impl Inner {
         if rows.keys.is_empty() {
             return Ok(None);
         }
-        let index = AnyIndex::build(&rows.keys, &self.settings.index_policy)?;
+        let mut sink = self.create_segment(def).await?;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(rows.keys)),
+            Arc::new(UInt64Array::from(rows.lsns)),
+            Arc::new(BooleanArray::from(rows.tombstones)),
+        ];
+        columns.extend(rows.values);
+        let batch = RecordBatch::try_new(Arc::clone(sink.writer.schema()), columns)?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - offset);
+            if let Err(err) = sink.write(&batch.slice(offset, len)).await {
+                sink.abort().await;
+                return Err(err);
+            }
+            offset += len;
+        }
+        sink.finish(self).await
+    }
+
+    /// Starts a new segment object of `def`'s table.
+    pub(crate) async fn create_segment(&self, def: &TableDef) -> Result<SegmentSink> {
         let epoch = self.writer.lock().await.epoch();
         let sequence = SEGMENT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let path = self
@@ -225,41 +310,19 @@ impl Inner {
             .join(def.id.to_string())
             .join(format!("{epoch:010}-{sequence:010}.parquet"));
         let object = path.to_string();
-        let mut writer = SegmentWriter::create(
+        let writer = SegmentWriter::create(
             Arc::clone(&self.store),
             path,
             &def.stored,
             self.settings.segment.clone(),
         )?;
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from(rows.keys)),
-            Arc::new(UInt64Array::from(rows.lsns)),
-            Arc::new(BooleanArray::from(rows.tombstones)),
-        ];
-        columns.extend(rows.values);
-        let batch = RecordBatch::try_new(Arc::clone(writer.schema()), columns)?;
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - offset);
-            if let Err(err) = writer.write(&batch.slice(offset, len)).await {
-                let _ = writer.abort().await;
-                return Err(err.into());
-            }
-            offset += len;
-        }
-        let written = writer.finish(&index.encode()).await?;
-        let entry = SegmentEntry {
-            path: object.clone(),
-            rows: written.meta.rows,
-            key_min: written.meta.key_min,
-            key_max: written.meta.key_max,
-            lsn_min: written.meta.lsn_min,
-            lsn_max: written.meta.lsn_max,
-            seal: written.seal,
-        };
-        let segment =
-            Segment::open(Arc::clone(&self.store), entry, Arc::clone(&self.cache)).await?;
-        Ok(Some((def.id, segment)))
+        Ok(SegmentSink {
+            table: def.id,
+            object,
+            writer,
+            keys: Vec::new(),
+            bytes: 0,
+        })
     }
 
     /// Rotates and flushes everything; returns the flushed LSN.

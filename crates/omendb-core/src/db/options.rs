@@ -104,11 +104,11 @@ pub struct Settings {
     pub max_row_bytes: usize,
     /// Largest encoded write batch accepted (at most the WAL's record limit).
     pub max_batch_bytes: usize,
-    /// Compact a table once this many of its segments overlap.
+    /// Compact once this many sorted runs of overlapping segments are due (see
+    /// `db::compaction`).
     pub compaction_trigger: usize,
-    /// Groups of overlapping segments above this many bytes are not merged (a merge holds its
-    /// group in memory).
-    pub max_compaction_bytes: u64,
+    /// Compaction cuts its output into segments of about this many decoded bytes.
+    pub segment_target_bytes: u64,
     /// How long replaced manifests and unreferenced segments are kept before deletion.
     pub gc_grace: Duration,
 }
@@ -135,7 +135,7 @@ impl Default for Settings {
             max_row_bytes: 1 << 20,
             max_batch_bytes: 16 << 20,
             compaction_trigger: 4,
-            max_compaction_bytes: 1 << 30,
+            segment_target_bytes: 256 << 20,
             gc_grace: Duration::from_secs(3600),
         }
     }

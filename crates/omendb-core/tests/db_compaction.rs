@@ -1,0 +1,218 @@
+//! Size-tiered, streaming compaction: what is merged and when, outputs cut at key boundaries,
+//! every answer kept across merges and a reopen, and versions and tombstones dropped only when
+//! no snapshot and no older segment can need them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use omendb_core::{Db, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_storage::segment::SegmentWriterOptions;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+async fn open(dir: &Path, segment_target_bytes: u64) -> Db {
+    Db::builder()
+        .path(dir)
+        // Flushes happen at checkpoints only, so each test decides the runs.
+        .memtable_bytes(1 << 30)
+        .compaction_trigger(4)
+        .segment_target_bytes(segment_target_bytes)
+        .gc_grace(Duration::ZERO)
+        .segment_options(SegmentWriterOptions {
+            rows_per_page: 16,
+            pages_per_row_group: 4,
+            ..SegmentWriterOptions::default()
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Waits until at least `compactions` merges have run since open and none runs.
+async fn compactions_reach(db: &Db, compactions: u64) {
+    let start = Instant::now();
+    loop {
+        let stats = db.stats();
+        assert!(stats.background_error.is_none(), "{stats:?}");
+        if stats.compactions >= compactions && !stats.compacting {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn check(kv: &Table, oracle: &BTreeMap<u64, Bytes>, keys: u64) {
+    for key in 0..keys {
+        assert_eq!(
+            kv.get_value(key).await.unwrap(),
+            oracle.get(&key).cloned(),
+            "key {key}"
+        );
+    }
+    let batches: Vec<_> = kv
+        .scan(0u64.., ScanOptions::default())
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, oracle.len());
+}
+
+fn value(key: u64, round: u64) -> Bytes {
+    Bytes::from(format!(
+        "{key:08}-{round:04}-{}",
+        "x".repeat((key % 40) as usize)
+    ))
+}
+
+#[tokio::test]
+async fn merges_cut_output_at_key_boundaries_and_keep_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 16 * 1024).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let keys = 40_000;
+    let mut oracle = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(7);
+    // Random keys: every flush overlaps every other, as a random-order load's do.
+    for round in 0..14 {
+        for _ in 0..4_000 {
+            let key = rng.random_range(0..keys);
+            if rng.random_range(0..10) == 0 {
+                kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+                oracle.remove(&key);
+            } else {
+                let v = value(key, round);
+                kv.put_value(key, v.clone(), WriteOptions::BUFFERED)
+                    .await
+                    .unwrap();
+                oracle.insert(key, v);
+            }
+        }
+        db.checkpoint().await.unwrap();
+        check(&kv, &oracle, keys).await;
+    }
+    // Fourteen flushes of about one size: four merge, then four more with that run, ...
+    compactions_reach(&db, 2).await;
+
+    // A snapshot pins the versions it sees through a full compaction.
+    let snapshot = db.snapshot();
+    let before = oracle.clone();
+    for key in (0..keys).step_by(7) {
+        if key % 2 == 0 {
+            kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+            oracle.remove(&key);
+        } else {
+            let v = value(key, 99);
+            kv.put_value(key, v.clone(), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+            oracle.insert(key, v);
+        }
+    }
+    db.checkpoint().await.unwrap();
+    db.compact().await.unwrap();
+    check(&kv, &oracle, keys).await;
+    for key in 0..keys {
+        assert_eq!(
+            snapshot.get_value(&kv, key).await.unwrap(),
+            before.get(&key).cloned(),
+            "snapshot, key {key}"
+        );
+    }
+
+    // One run, cut into several segments whose key ranges do not meet (a merge writes 8,192
+    // rows at a time, several times the 16 KiB target): each key is in the range of at most
+    // one of them.
+    let plan = kv.explain(0u64..).unwrap();
+    assert!(plan.segments_total >= 3, "{plan:?}");
+    for key in (0..keys).step_by(101) {
+        let plan = kv.explain(key..=key).unwrap();
+        assert!(plan.segments.len() <= 1, "key {key}: {plan:?}");
+    }
+
+    // Without the snapshot, a full compaction leaves one row per live key and no tombstone.
+    drop(snapshot);
+    kv.put_value(keys + 1, "last", WriteOptions::BUFFERED)
+        .await
+        .unwrap();
+    oracle.insert(keys + 1, Bytes::from("last"));
+    db.checkpoint().await.unwrap();
+    db.compact().await.unwrap();
+    assert_eq!(
+        kv.explain(0u64..).unwrap().rows_to_scan,
+        oracle.len() as u64
+    );
+    check(&kv, &oracle, keys + 2).await;
+
+    db.close().await.unwrap();
+    let db = open(dir.path(), 16 * 1024).await;
+    let kv = db.table("kv").unwrap();
+    check(&kv, &oracle, keys + 2).await;
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tombstone_stays_while_an_older_run_outside_the_merge_holds_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1 << 30).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    // A large old run holding keys 0..1000.
+    for round in 0..2 {
+        for key in 0..1_000 {
+            kv.put_value(key, value(key, round), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+    }
+    db.compact().await.unwrap();
+    let merged = db.stats().compactions;
+    assert_eq!(kv.explain(0u64..).unwrap().segments_total, 1);
+
+    // Four small flushes over the same key range, the first deleting key 500: they add up to
+    // less than the old run, so they merge without it.
+    kv.delete(500u64, WriteOptions::BUFFERED).await.unwrap();
+    for flush in 0..4u64 {
+        for key in [100 + flush, 900 + flush] {
+            kv.put_value(key, value(key, 10 + flush), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+    }
+    compactions_reach(&db, merged + 1).await;
+    assert_eq!(db.stats().compactions, merged + 1);
+    let plan = kv.explain(0u64..).unwrap();
+    assert_eq!(plan.segments_total, 2, "{plan:?}");
+    // The merged flushes keep the tombstone: dropping it would bring key 500 back.
+    assert_eq!(kv.explain(500u64..=500).unwrap().rows_to_scan, 2);
+    assert_eq!(kv.get_value(500u64).await.unwrap(), None);
+    assert_eq!(kv.get_value(103u64).await.unwrap(), Some(value(103, 13)));
+    assert_eq!(kv.get_value(501u64).await.unwrap(), Some(value(501, 1)));
+
+    // A merge that takes in the old run drops both the tombstone and what it deleted.
+    db.compact().await.unwrap();
+    assert_eq!(kv.explain(500u64..=500).unwrap().rows_to_scan, 0);
+    assert_eq!(kv.get_value(500u64).await.unwrap(), None);
+    assert_eq!(kv.explain(0u64..).unwrap().rows_to_scan, 999);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zero_segment_target_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Db::builder()
+        .path(dir.path())
+        .segment_target_bytes(0)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("segment_target_bytes"), "{err}");
+}
