@@ -427,13 +427,7 @@ async fn bench_omendb(args: &Args, mut data: Data, root: &Path, report: &mut Rep
 
 /// Bulk load: every key in random order, `batch_rows` per `put_batch`, timed until the last one
 /// is acknowledged; then the engine's own background flushes and compactions settle.
-async fn load(
-    db: &Db,
-    kv: &Table,
-    data: &Data,
-    args: &Args,
-    report: &mut Report,
-) -> Result<()> {
+async fn load(db: &Db, kv: &Table, data: &Data, args: &Args, report: &mut Report) -> Result<()> {
     let mut order: Vec<u64> = data.keys.as_ref().clone();
     let mut rng = StdRng::seed_from_u64(data.seed ^ 0x10AD);
     for i in (1..order.len()).rev() {
@@ -620,12 +614,7 @@ async fn scan100(kv: &Table, data: &Data, args: &Args, report: &mut Report) -> R
 /// Time series: `ts_rows` rows appended in key order (`ts_append`, rows/s), then the sum of
 /// their values over the whole range (`ts_aggregate`, rows aggregated per second at the median
 /// of `runs` aggregates).
-async fn time_series(
-    db: &Db,
-    data: &Data,
-    args: &Args,
-    report: &mut Report,
-) -> Result<()> {
+async fn time_series(db: &Db, data: &Data, args: &Args, report: &mut Report) -> Result<()> {
     let ts = db
         .create_table(
             "ts",
