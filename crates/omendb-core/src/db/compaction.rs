@@ -289,18 +289,24 @@ impl Span {
     }
 }
 
-/// The component's sorted runs (positions of segments with one LSN range), newest first.
+/// The component's sorted runs (positions of segments), newest first. A flush writes one LSN
+/// range; the segments a merge cuts its output into each have their own, but within the
+/// window's, and LSN ranges that meet make one run.
 fn runs(spans: &[Span]) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..spans.len()).collect();
-    order.sort_by_key(|&i| (Reverse(spans[i].lsns.1), Reverse(spans[i].lsns.0)));
-    let mut runs: Vec<Vec<usize>> = Vec::new();
+    order.sort_by_key(|&i| spans[i].lsns);
+    let mut runs: Vec<(Lsn, Vec<usize>)> = Vec::new();
     for i in order {
+        let (lo, hi) = spans[i].lsns;
         match runs.last_mut() {
-            Some(run) if spans[run[0]].lsns == spans[i].lsns => run.push(i),
-            _ => runs.push(vec![i]),
+            Some((end, run)) if lo <= *end => {
+                *end = (*end).max(hi);
+                run.push(i);
+            }
+            _ => runs.push((hi, vec![i])),
         }
     }
-    runs
+    runs.into_iter().rev().map(|(_, run)| run).collect()
 }
 
 /// The positions of the segments to merge, if a window of at least `trigger` runs is due (with
@@ -639,6 +645,14 @@ mod tests {
         window.sort_unstable();
         assert_eq!(window, vec![0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(runs(&spans).len(), 5);
+        // The cut segments' LSN ranges differ but meet: still one run, the oldest.
+        spans[1].lsns = (3, 38);
+        spans[2].lsns = (1, 20);
+        let runs = runs(&spans);
+        assert_eq!(runs.len(), 5);
+        let mut oldest = runs[4].clone();
+        oldest.sort_unstable();
+        assert_eq!(oldest, vec![0, 1, 2]);
     }
 
     #[test]
