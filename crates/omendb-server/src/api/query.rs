@@ -60,8 +60,9 @@ impl KeyRange {
     }
 }
 
-/// A scan. (`start` and `end` are repeated here rather than a flattened [`KeyRange`]: serde
-/// cannot reject unknown properties of a struct with a flattened field.)
+// `start` and `end` are repeated here rather than a flattened `KeyRange`: serde cannot reject
+// unknown properties of a struct with a flattened field.
+/// A scan.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScanRequest {
