@@ -341,7 +341,7 @@ async fn bench_omendb(args: &Args, mut data: Data, root: &Path, report: &mut Rep
     let config = Config::new(args.memtable_mb, args.cache_mb);
     report.note(&format!(
         "omendb: Buffered durability (acknowledged once in the WAL's buffer, synced by its \
-         policy), memtable {} MiB, page cache {} MiB, compaction at {} overlapping segments, \
+         policy), memtable {} MiB, page cache {} MiB, size-tiered compaction of {} sorted runs, \
          other settings the engine's defaults; files in {}",
         config.memtable_bytes >> 20,
         config.cache_bytes >> 20,
