@@ -5,6 +5,7 @@
 //! tests need; it holds no product code.
 //!
 //! `ci`, `test`, `loom`, `model`, `chaos` (the simulation test, many seeds or one replayed),
+//! `regression` (instruction counts of the hot paths against a committed baseline),
 //! `bench` (anything of `omendb-bench`), `stress` (the 100M-key stress run) and `coverage` (line
 //! coverage per crate with `cargo-tarpaulin`, failing below [`MIN_LINE_COVERAGE`]).
 
@@ -15,6 +16,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
+
+mod regression;
 
 /// `cargo xtask coverage` fails when the workspace's line coverage falls below this percentage:
 /// the coverage measured when the command was written (88.0%), rounded down, so that a change
@@ -69,6 +72,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The instruction-count regression benchmarks (callgrind) compared with the committed
+    /// baseline; fails when a count rises more than 10% above it. Part of `test`.
+    Regression {
+        /// Record this run's counts as the new baseline instead of comparing.
+        #[arg(long)]
+        update: bool,
+    },
     /// Line coverage of the tests per crate and in total, with `cargo-tarpaulin` (installed
     /// when missing); fails below the threshold set in the xtask.
     Coverage,
@@ -103,6 +113,7 @@ fn main() -> Result<()> {
         Task::Model { seeds, ops, seed } => model(seeds, ops, seed),
         Task::Chaos { seeds, seed } => chaos(seeds, seed),
         Task::Stress { args } => bench("stress", &args),
+        Task::Regression { update } => regression::run(&workspace_root()?, update),
         Task::Coverage => coverage(),
         Task::Bench { args } => bench("", &args),
     }
@@ -122,7 +133,8 @@ fn test() -> Result<()> {
     ensure_test_tools()?;
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])?;
-    loom()
+    loom()?;
+    regression::run(&workspace_root()?, false)
 }
 
 /// Runs the engine's model-based test with more seeds and operations than the suite's.
@@ -381,22 +393,27 @@ fn ensure_promtool() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing promtool (Debian's prometheus package; the metrics test runs it)");
-    let install = |args: &[&str]| {
+    apt_install("prometheus");
+    if !present() {
+        bail!("could not install promtool; the metrics test needs it (apt-get install prometheus)");
+    }
+    Ok(())
+}
+
+/// Installs Debian's `package`, updating the package lists first if the install fails (a fresh
+/// machine may not have them yet). The caller checks that what it needs is now there.
+fn apt_install(package: &str) {
+    let apt = |args: &[&str]| {
         Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|status| status.success())
     };
-    if !install(&["install", "-y", "--no-install-recommends", "prometheus"]) {
-        // A fresh machine may not have the package lists yet.
-        install(&["update"]);
-        install(&["install", "-y", "--no-install-recommends", "prometheus"]);
+    if !apt(&["install", "-y", "--no-install-recommends", package]) {
+        apt(&["update"]);
+        apt(&["install", "-y", "--no-install-recommends", package]);
     }
-    if !present() {
-        bail!("could not install promtool; the metrics test needs it (apt-get install prometheus)");
-    }
-    Ok(())
 }
 
 /// schemathesis fuzzes the HTTP API against `/openapi.json`; it comes from PyPI.

@@ -1,0 +1,263 @@
+//! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
+//! index lookup, memtable insert, point read from a segment, buffered WAL append, and a scan of
+//! 10k rows. Instruction counts do not depend on what else the machine is doing, so CI can
+//! compare them with the baseline committed in `benches/regression-baseline.json`
+//! (`cargo xtask regression` checks, `cargo xtask regression --update` rewrites it).
+//!
+//! Each benchmark's inputs are built by its `setup` and its answers checked by its `teardown`,
+//! neither of which is counted; a wrong answer fails the run.
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used, clippy::panic)] // bench harness code: a failure is the point
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use arrow_array::{BinaryArray, RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use gungraun::{library_benchmark, library_benchmark_group, main};
+use object_store::memory::InMemory;
+use omendb_core::index::{AnyIndex, IndexPolicy, LearnedIndex};
+use omendb_core::keygen::{self, Dist};
+use omendb_core::memtable::Memtable;
+use omendb_core::table::{KEY_COLUMN, KV_VALUE_COLUMN};
+use omendb_core::{Db, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_wal::{AppendOptions, FileWal, SyncPolicy, WalOptions};
+use tokio::runtime::Runtime;
+
+/// Keys the index is built over: enough for a two-level model, small enough for valgrind.
+const INDEX_KEYS: usize = 100_000;
+/// Operations per benchmark run.
+const OPS: usize = 10_000;
+/// Rows of the table the segment benchmarks read.
+const TABLE_ROWS: usize = 10_000;
+/// Point reads of the segment benchmark (each one goes through the whole read path).
+const GETS: usize = 1_000;
+
+// --- index lookup --------------------------------------------------------------------------
+
+struct IndexLookups {
+    keys: Vec<u64>,
+    index: AnyIndex,
+    queries: Vec<u64>,
+    expected: usize,
+}
+
+fn index_lookups() -> IndexLookups {
+    let keys = Dist::Uniform.generate(INDEX_KEYS, 7);
+    let index = AnyIndex::build(&keys, &IndexPolicy::default()).expect("generated keys are sorted");
+    let queries = keygen::lookups(&keys, OPS, 0.1, 7);
+    let expected = queries
+        .iter()
+        .map(|&q| keys.partition_point(|&k| k < q))
+        .sum();
+    IndexLookups {
+        keys,
+        index,
+        queries,
+        expected,
+    }
+}
+
+#[library_benchmark]
+#[bench::uniform(setup = index_lookups, teardown = check_lookups)]
+fn index_lookup(f: IndexLookups) -> (usize, IndexLookups) {
+    let sum = f
+        .queries
+        .iter()
+        .map(|&q| f.index.lower_bound(&f.keys, black_box(q)))
+        .sum();
+    (sum, f)
+}
+
+fn check_lookups((sum, f): (usize, IndexLookups)) {
+    assert_eq!(sum, f.expected, "the index answered wrongly");
+}
+
+// --- memtable insert -----------------------------------------------------------------------
+
+fn memtable_rows() -> (Memtable, Vec<(u64, Bytes)>) {
+    let keys = keygen::lookups(&Dist::Uniform.generate(OPS, 11), OPS, 0.0, 11);
+    let rows = keys
+        .into_iter()
+        .map(|k| (k, Bytes::copy_from_slice(&k.to_le_bytes())))
+        .collect();
+    (Memtable::with_filter(OPS), rows)
+}
+
+#[library_benchmark]
+#[bench::ten_thousand(setup = memtable_rows, teardown = check_memtable)]
+fn memtable_insert(
+    (memtable, rows): (Memtable, Vec<(u64, Bytes)>),
+) -> (Memtable, Vec<(u64, Bytes)>) {
+    for (lsn, (key, row)) in rows.iter().enumerate() {
+        memtable.put(*key, lsn as u64 + 1, row.clone());
+    }
+    (memtable, rows)
+}
+
+fn check_memtable((memtable, rows): (Memtable, Vec<(u64, Bytes)>)) {
+    let stored = memtable.versions().count();
+    assert_eq!(stored, rows.len(), "the memtable lost rows");
+}
+
+// --- the engine: a point read from a segment, a scan of 10k rows -----------------------------
+
+/// A database in memory (segments and WAL in an in-memory object store) whose `kv` table holds
+/// [`TABLE_ROWS`] rows, all flushed to a segment.
+struct Flushed {
+    runtime: Runtime,
+    db: Db,
+    kv: Table,
+    keys: Vec<u64>,
+}
+
+fn value_of(key: u64) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&key.to_le_bytes());
+    value[8..].copy_from_slice(&(!key).to_le_bytes());
+    value
+}
+
+fn flushed_table() -> Flushed {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys = Dist::Uniform.generate(TABLE_ROWS, 13);
+    let (db, kv) = runtime.block_on(async {
+        let db = Db::builder()
+            .store(Arc::new(InMemory::new()))
+            .wal_in_store()
+            .build()
+            .await
+            .unwrap();
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(KEY_COLUMN, DataType::UInt64, false),
+            Field::new(KV_VALUE_COLUMN, DataType::Binary, false),
+        ]));
+        let values: Vec<[u8; 16]> = keys.iter().map(|&k| value_of(k)).collect();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from(keys.clone())),
+                Arc::new(BinaryArray::from_iter_values(values.iter())),
+            ],
+        )
+        .unwrap();
+        kv.put_batch(&batch, WriteOptions::DURABLE).await.unwrap();
+        db.checkpoint().await.unwrap();
+        assert_eq!(db.stats().segments, 1, "the table is not in one segment");
+        (db, kv)
+    });
+    Flushed {
+        runtime,
+        db,
+        kv,
+        keys,
+    }
+}
+
+#[library_benchmark]
+#[bench::thousand_gets(setup = flushed_table, teardown = check_gets)]
+fn segment_get(f: Flushed) -> (usize, Flushed) {
+    let step = f.keys.len() / GETS;
+    let found = f.runtime.block_on(async {
+        let mut found = 0;
+        for &key in f.keys.iter().step_by(step) {
+            let value = f.kv.get_value(black_box(key)).await.unwrap();
+            if value.as_deref() == Some(&value_of(key)[..]) {
+                found += 1;
+            }
+        }
+        found
+    });
+    (found, f)
+}
+
+fn check_gets((found, f): (usize, Flushed)) {
+    assert_eq!(found, GETS, "point reads answered wrongly");
+    close(f);
+}
+
+#[library_benchmark]
+#[bench::ten_thousand_rows(setup = flushed_table, teardown = check_scan)]
+fn segment_scan(f: Flushed) -> (u64, Flushed) {
+    let sum = f.runtime.block_on(async {
+        let batches: Vec<RecordBatch> =
+            f.kv.scan::<u64>(.., ScanOptions::default())
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+        let mut sum = 0u64;
+        for batch in &batches {
+            let keys = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .unwrap();
+            sum = keys.values().iter().fold(sum, |s, &k| s.wrapping_add(k));
+        }
+        sum
+    });
+    (sum, f)
+}
+
+fn check_scan((sum, f): (u64, Flushed)) {
+    let expected = f.keys.iter().fold(0u64, |s, &k| s.wrapping_add(k));
+    assert_eq!(sum, expected, "the scan answered wrongly");
+    close(f);
+}
+
+fn close(f: Flushed) {
+    f.runtime.block_on(f.db.close()).unwrap();
+}
+
+// --- buffered WAL append -------------------------------------------------------------------
+
+struct OpenWal {
+    _dir: tempfile::TempDir,
+    wal: FileWal,
+    payload: Vec<u8>,
+}
+
+fn open_wal() -> OpenWal {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        sync_policy: SyncPolicy::Never,
+        ..WalOptions::default()
+    };
+    let wal = FileWal::open(dir.path(), options).unwrap();
+    OpenWal {
+        _dir: dir,
+        wal,
+        payload: vec![0xA5; 100],
+    }
+}
+
+#[library_benchmark]
+#[bench::ten_thousand_100_bytes(setup = open_wal, teardown = check_wal)]
+fn wal_append_buffered(w: OpenWal) -> (u64, OpenWal) {
+    let mut last = 0;
+    for _ in 0..OPS {
+        last = w
+            .wal
+            .append(black_box(&w.payload), AppendOptions::BUFFERED)
+            .unwrap();
+    }
+    (last, w)
+}
+
+fn check_wal((last, w): (u64, OpenWal)) {
+    assert_eq!(last, OPS as u64, "the log handed out wrong LSNs");
+    w.wal.close().unwrap();
+}
+
+library_benchmark_group!(
+    name = hot_paths;
+    benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, wal_append_buffered
+);
+
+main!(library_benchmark_groups = hot_paths);
