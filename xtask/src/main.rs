@@ -131,7 +131,8 @@ fn bench(subcommand: &str, args: &[String]) -> Result<()> {
 /// need installed first.
 fn test() -> Result<()> {
     ensure_test_tools()?;
-    cargo(&["test", "--workspace", "--all-targets"])?;
+    // All features: the peers of `omendb-bench db` are tested too.
+    cargo(&["test", "--workspace", "--all-targets", "--all-features"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     loom()?;
     regression::run(&workspace_root()?, false)
