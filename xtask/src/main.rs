@@ -96,6 +96,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Ci => {
+            ensure_libclang()?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
                 "clippy",
@@ -371,9 +372,36 @@ fn loom() -> Result<()> {
 /// skipped for want of it: moto (S3), promtool (checks `/metrics`), schemathesis (fuzzes the
 /// HTTP API from its OpenAPI document).
 fn ensure_test_tools() -> Result<()> {
+    ensure_libclang()?;
     ensure_moto()?;
     ensure_promtool()?;
     ensure_schemathesis()
+}
+
+/// The RocksDB peer of `omendb-bench db` (feature `peers`, which clippy and the tests build)
+/// generates its bindings with bindgen, which loads libclang; Debian's `libclang-dev` has it.
+fn ensure_libclang() -> Result<()> {
+    let present = || {
+        ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
+            .iter()
+            .any(|root| {
+                Command::new("find")
+                    .args([root, "-name", "libclang*.so*", "-print", "-quit"])
+                    .output()
+                    .is_ok_and(|o| !o.stdout.is_empty())
+            })
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing libclang (bindgen builds the RocksDB peer's bindings with it)");
+    apt_install("libclang-dev");
+    ensure!(
+        present(),
+        "could not install libclang; the RocksDB peer's build needs it (apt-get install \
+         libclang-dev)"
+    );
+    Ok(())
 }
 
 /// Whether `program --version` runs and succeeds.

@@ -17,6 +17,8 @@ pub(crate) mod omendb;
 #[cfg(feature = "peers")]
 mod redb;
 #[cfg(feature = "peers")]
+mod rocksdb;
+#[cfg(feature = "peers")]
 mod sled;
 
 #[cfg(feature = "peers")]
@@ -29,10 +31,14 @@ pub(crate) use self::omendb::OmenDb;
 #[cfg(feature = "peers")]
 pub(crate) use self::redb::Redb;
 #[cfg(feature = "peers")]
+pub(crate) use self::rocksdb::RocksDb;
+#[cfg(feature = "peers")]
 pub(crate) use self::sled::Sled;
 
 /// Every engine name `--engine` accepts, OmenDB first.
-pub(crate) const ALL: [&str; 6] = ["omendb", "redb", "fjall", "lmdb", "sled", "btreemap"];
+pub(crate) const ALL: [&str; 7] = [
+    "omendb", "redb", "fjall", "rocksdb", "lmdb", "sled", "btreemap",
+];
 
 /// Bytes of every value of the key-value table.
 pub(crate) const VALUE_BYTES: usize = 16;
