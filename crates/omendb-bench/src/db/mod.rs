@@ -514,7 +514,7 @@ mod tests {
 
     #[test]
     fn unknown_engines_are_refused_and_all_expands() {
-        let err = engines(&["rocksdb".to_owned()]).unwrap_err().to_string();
+        let err = engines(&["mysql".to_owned()]).unwrap_err().to_string();
         assert!(err.contains("unknown engine"), "{err}");
         if cfg!(feature = "peers") {
             assert_eq!(engines(&["all".to_owned()]).unwrap(), engine::ALL.to_vec());
