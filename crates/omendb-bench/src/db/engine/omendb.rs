@@ -178,9 +178,10 @@ impl Engine for OmenDb {
 
     fn describe(settings: &Settings) -> String {
         let durability = match settings.durability {
-            Durability::Buffered => "Buffered: acknowledged once in the WAL's buffer, which its \
-                                     writer thread writes to the OS at once and syncs by policy; \
-                                     a process crash loses nothing written, an OS crash the \
+            Durability::Buffered => "Buffered: acknowledged once in the WAL's in-process \
+                                     queue, which its writer thread writes to the OS at once \
+                                     and syncs by policy; a process crash loses what the queue \
+                                     still held (microseconds of writes), an OS crash the \
                                      unsynced tail"
                 .to_owned(),
             Durability::Durable => "Durable: acknowledged after the WAL's group commit fsyncs \
