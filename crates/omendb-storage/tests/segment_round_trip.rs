@@ -241,6 +241,39 @@ async fn every_supported_type_round_trips_with_nulls() {
         assert_eq!(many.slice(i, 1), expected.slice(position as usize, 1));
     }
 
+    // Position ranges: within a page, across pages and row groups (through the cache), long
+    // ones (decoded uncached, then again once every page is cached), and the empty range.
+    for range in [
+        0..1,
+        5..60,
+        95..105,
+        380..420,
+        150..150,
+        250..1750,
+        0..rows,
+        1999..rows,
+    ] {
+        let got = reader.fetch_range(range.clone(), &some).await.unwrap();
+        let want = expected
+            .slice(range.start as usize, (range.end - range.start) as usize)
+            .project(&[0, 13, 14])
+            .unwrap();
+        assert_eq!(got.columns(), want.columns(), "rows {range:?}");
+        assert_eq!(got.schema(), *some.schema());
+    }
+    for _ in 0..2 {
+        // The second time every page of the range is cached.
+        let got = reader.fetch_range(0..rows, &all).await.unwrap();
+        assert_eq!(got, expected);
+        for page in (0..rows).step_by(100) {
+            reader.fetch(page, &all).await.unwrap();
+        }
+    }
+    for bad in [0..rows + 1, std::ops::Range { start: 10, end: 5 }] {
+        let err = reader.fetch_range(bad.clone(), &all).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadInput, "rows {bad:?}: {err}");
+    }
+
     // A projection made for a segment of another schema is refused.
     let other = {
         let value_schema = Schema::new(vec![Field::new("v", DataType::Float64, false)]);

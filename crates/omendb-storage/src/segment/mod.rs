@@ -21,7 +21,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, PageCache};
-pub use reader::{ColumnStats, Projection, SegmentReader};
+pub use reader::{CACHED_RANGE_PAGES, ColumnStats, Projection, SegmentReader};
 pub use writer::{SegmentWriter, SegmentWriterOptions, WrittenSegment};
 
 use crate::error::{Error, Result};

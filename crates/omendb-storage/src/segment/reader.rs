@@ -41,6 +41,10 @@ thread_local! {
 /// Rows per batch when the reader decodes the key column at open.
 const KEY_BATCH_ROWS: usize = 64 * 1024;
 
+/// Pages a [`SegmentReader::fetch_range`] reads through the page cache; a range over more pages
+/// is a long scan, decoded without caching.
+pub const CACHED_RANGE_PAGES: u64 = 2;
+
 /// A choice of columns to read, prepared once per schema and reused for every fetch. Columns
 /// come back in schema order.
 #[derive(Clone, Debug)]
@@ -570,6 +574,72 @@ impl SegmentReader {
                 arrow_select::interleave::interleave(&arrays, &picks)
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(
+            Arc::clone(&projection.schema),
+            columns,
+        )?)
+    }
+
+    /// Rows `range` (positions, in order) as one batch. A range within
+    /// [`CACHED_RANGE_PAGES`] pages, or one whose pages are all cached, is served from the page
+    /// cache (reading and caching what is missing), as a short scan wants; a longer one is
+    /// decoded in one pass without caching, so a long scan does not flush the cache.
+    pub async fn fetch_range(
+        &self,
+        range: Range<u64>,
+        projection: &Projection,
+    ) -> Result<RecordBatch> {
+        self.check(projection)?;
+        if range.start > range.end || range.end > self.meta.rows {
+            return Err(Error::BadInput(format!(
+                "rows {range:?} are not within {} ({} rows)",
+                self.path, self.meta.rows
+            )));
+        }
+        if range.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&projection.schema)));
+        }
+        let (first, _) = self.page_of(range.start)?;
+        let (last, _) = self.page_of(range.end - 1)?;
+        let all_cached = || {
+            (first..=last).all(|page| {
+                projection
+                    .columns
+                    .iter()
+                    .all(|&c| self.cached_page(c, page).is_some())
+            })
+        };
+        if last - first >= CACHED_RANGE_PAGES && !all_cached() {
+            let len = (range.end - range.start) as usize;
+            let batches: Vec<RecordBatch> =
+                self.stream(range, projection, len)?.try_collect().await?;
+            return match batches.as_slice() {
+                [one] => Ok(one.clone()),
+                _ => Ok(arrow_select::concat::concat_batches(
+                    &projection.schema,
+                    &batches,
+                )?),
+            };
+        }
+        let mut parts: Vec<Vec<ArrayRef>> = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let (page, rows) = self.page_of(at)?;
+            let until = rows.end.min(range.end);
+            let arrays = self.page_arrays(page, rows.clone(), projection).await?;
+            let (offset, len) = ((at - rows.start) as usize, (until - at) as usize);
+            parts.push(arrays.iter().map(|a| a.slice(offset, len)).collect());
+            at = until;
+        }
+        let columns = match parts.len() {
+            1 => parts.swap_remove(0),
+            _ => (0..projection.columns.len())
+                .map(|c| {
+                    let arrays: Vec<&dyn Array> = parts.iter().map(|p| p[c].as_ref()).collect();
+                    arrow_select::concat::concat(&arrays)
+                })
+                .collect::<std::result::Result<_, _>>()?,
+        };
         Ok(RecordBatch::try_new(
             Arc::clone(&projection.schema),
             columns,
