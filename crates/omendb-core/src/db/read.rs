@@ -17,7 +17,9 @@ use arrow_array::types::{
     Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
     UInt32Type, UInt64Type,
 };
-use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, UInt64Array};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt64Array,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -311,6 +313,42 @@ impl SegmentCursor {
         }
     }
 
+    /// The rows from the next one on, in scan order, whose keys come before `bound` (no key of
+    /// another source is nearer), at most `max` of them, ending before the first key that has
+    /// more than one row: a run in which every row is its key's only version.
+    fn run(&self, bound: Option<u64>, reverse: bool, max: usize) -> Range<usize> {
+        let keys = self.segment.keys();
+        let Range { start, end } = self.left.clone();
+        if reverse {
+            let lowest = bound.map_or(start, |b| {
+                start + keys[start..end].partition_point(|&k| k <= b)
+            });
+            let lowest = lowest.max(end.saturating_sub(max));
+            let mut from = end;
+            while from > lowest {
+                let at = from - 1;
+                if at > start && keys[at - 1] == keys[at] {
+                    break;
+                }
+                from = at;
+            }
+            from..end
+        } else {
+            let highest = bound.map_or(end, |b| {
+                start + keys[start..end].partition_point(|&k| k < b)
+            });
+            let highest = highest.min(start.saturating_add(max));
+            let mut to = start;
+            while to < highest {
+                if to + 1 < end && keys[to + 1] == keys[to] {
+                    break;
+                }
+                to += 1;
+            }
+            start..to
+        }
+    }
+
     fn consume(&mut self, rows: &Range<usize>, reverse: bool) {
         if reverse {
             self.left.end = rows.start;
@@ -318,6 +356,55 @@ impl SegmentCursor {
             self.left.start = rows.end;
         }
     }
+}
+
+/// A key ranked so that the greatest rank is the next key in scan order: the key itself in a
+/// reverse scan, its complement forward (its own inverse either way).
+fn rank(key: u64, reverse: bool) -> u64 {
+    if reverse { key } else { !key }
+}
+
+/// The nearer, in scan order, of two next keys.
+fn nearer(a: Option<u64>, b: Option<u64>, reverse: bool) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if reverse { a.max(b) } else { a.min(b) }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Rows a scan batch takes, in scan order.
+enum Pick {
+    /// A key's row from a memtable.
+    Row(u64, Bytes),
+    /// Rows of segment `segment` (an index into the table's segments), one per key, taken in
+    /// scan order: ascending positions, or descending in a reverse scan. Tombstones included.
+    Rows {
+        segment: usize,
+        positions: Range<usize>,
+    },
+}
+
+/// Appends segment rows to `picks`, joining them to the last pick when they continue it.
+fn push_rows(picks: &mut Vec<Pick>, segment: usize, rows: Range<usize>, reverse: bool) {
+    if let Some(Pick::Rows {
+        segment: last,
+        positions,
+    }) = picks.last_mut()
+        && *last == segment
+    {
+        if !reverse && positions.end == rows.start {
+            positions.end = rows.end;
+            return;
+        }
+        if reverse && rows.end == positions.start {
+            positions.start = rows.start;
+            return;
+        }
+    }
+    picks.push(Pick::Rows {
+        segment,
+        positions: rows,
+    });
 }
 
 /// A scan in progress.
@@ -416,7 +503,7 @@ impl Scan {
             if want == 0 {
                 return Ok(None);
             }
-            let (decided, last) = self.decide(range.clone(), want).await?;
+            let (picks, last) = self.decide(range.clone(), want).await?;
             self.left = match last {
                 Some(last) if self.reverse => last
                     .checked_sub(1)
@@ -428,7 +515,7 @@ impl Scan {
                     .map(|start| start..=*range.end()),
                 None => None,
             };
-            let batch = self.materialize(decided).await?;
+            let batch = self.materialize(picks).await?;
             if batch.num_rows() > 0 {
                 if let Some(remaining) = &mut self.remaining {
                     *remaining -= batch.num_rows();
@@ -440,11 +527,16 @@ impl Scan {
 
     /// Up to `want` keys of `range` with a visible row (segment rows may still turn out to be
     /// tombstones), in scan order, and the last key looked at (`None` if the range is done).
+    ///
+    /// Keys are merged one at a time across the memtables and segments, except where the next
+    /// keys are one segment's alone: a run of them up to the next key of any other source is
+    /// taken whole, without a look at each key (so a scan of one segment's rows, the common case,
+    /// costs a copy of its pages rather than a merge step per key).
     async fn decide(
         &self,
         range: RangeInclusive<u64>,
         want: usize,
-    ) -> Result<(Vec<(u64, Found)>, Option<u64>)> {
+    ) -> Result<(Vec<Pick>, Option<u64>)> {
         let reverse = self.reverse;
         let mut mem: Vec<std::iter::Peekable<Box<dyn Iterator<Item = u64> + Send + '_>>> = self
             .layers
@@ -461,16 +553,23 @@ impl Scan {
             })
             .collect();
         // The segments' next keys in a heap, so that each key costs the logarithm of the
-        // segment count rather than a look at every segment. Ranked so the heap's greatest is
-        // the next key in scan order: the key itself in reverse, its complement forward.
-        let rank = |key: u64| if reverse { key } else { !key };
+        // segment count rather than a look at every segment.
         let mut heads: BinaryHeap<(u64, usize)> = segments
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| c.peek(reverse).map(|(k, _)| (rank(k), i)))
+            .filter_map(|(i, c)| c.peek(reverse).map(|(k, _)| (rank(k, reverse), i)))
             .collect();
+        // A memtable's range deletion hides segment rows without listing their keys, so runs
+        // are taken only where none reaches the range.
+        let runs = self.layers.iter().all(|(memtable, at)| {
+            memtable
+                .range_tombstones(*at)
+                .iter()
+                .all(|(deleted, _)| deleted.end() < range.start() || range.end() < deleted.start())
+        });
         let mut holders: Vec<usize> = Vec::new();
-        let mut decided = Vec::new();
+        let mut picks = Vec::new();
+        let mut taken = 0;
         loop {
             let mem_heads = mem.iter_mut().filter_map(|it| it.peek().copied());
             let mem_next = if reverse {
@@ -478,20 +577,28 @@ impl Scan {
             } else {
                 mem_heads.min()
             };
-            let segment_next = heads.peek().map(|&(ranked, _)| rank(ranked));
-            let next = match (mem_next, segment_next) {
-                (Some(a), Some(b)) => Some(if reverse { a.max(b) } else { a.min(b) }),
-                (a, b) => a.or(b),
+            let segment_next = heads.peek().map(|&(ranked, _)| rank(ranked, reverse));
+            let Some(key) = nearer(mem_next, segment_next, reverse) else {
+                return Ok((picks, None));
             };
-            let Some(key) = next else {
-                return Ok((decided, None));
-            };
+            if runs
+                && mem_next != Some(key)
+                && let Some((segment, rows, last)) =
+                    self.take_run(&mut segments, &mut heads, mem_next, want - taken)
+            {
+                taken += rows.len();
+                push_rows(&mut picks, segment, rows, reverse);
+                if taken == want {
+                    return Ok((picks, Some(last)));
+                }
+                continue;
+            }
             let mut found = None;
             let mut hidden = false;
             for (memtable, at) in &self.layers {
                 match memtable.get(key, *at) {
                     Lookup::Found { row, .. } => {
-                        found = Some(Found::Row(row));
+                        found = Some(Pick::Row(key, row));
                         break;
                     }
                     Lookup::Deleted { .. } => {
@@ -508,7 +615,7 @@ impl Scan {
             }
             holders.clear();
             while let Some(&(ranked, i)) = heads.peek() {
-                if rank(ranked) != key {
+                if rank(ranked, reverse) != key {
                     break;
                 }
                 heads.pop();
@@ -526,114 +633,162 @@ impl Scan {
                     && !hidden
                     && let Some(position) = cursor.segment.visible_row(rows, self.snapshot).await?
                 {
-                    found = Some(Found::Segment(Arc::clone(&cursor.segment), position));
+                    found = Some(Pick::Rows {
+                        segment: i,
+                        positions: position..position + 1,
+                    });
                 }
                 if let Some((k, _)) = cursor.peek(reverse) {
-                    heads.push((rank(k), i));
+                    heads.push((rank(k, reverse), i));
                 }
             }
-            if let Some(found) = found {
-                decided.push((key, found));
-                if decided.len() == want {
-                    return Ok((decided, Some(key)));
+            match found {
+                Some(Pick::Rows { segment, positions }) => {
+                    push_rows(&mut picks, segment, positions, reverse)
                 }
+                Some(row) => picks.push(row),
+                None => continue,
+            }
+            taken += 1;
+            if taken == want {
+                return Ok((picks, Some(key)));
             }
         }
     }
 
-    /// The batch of the decided rows, tombstones dropped.
-    async fn materialize(&self, decided: Vec<(u64, Found)>) -> Result<RecordBatch> {
-        let def = &self.table.def;
-        // Source 0: rows from memtables; source 1 + i: rows of segment i.
-        let mut mem_rows: Vec<Bytes> = Vec::new();
-        let mut segment_rows: Vec<Vec<u64>> = vec![Vec::new(); self.table.segments.len()];
-        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(decided.len());
-        for (_, found) in &decided {
-            match found {
-                Found::Row(row) => {
-                    picks.push((0, mem_rows.len()));
-                    mem_rows.push(row.clone());
-                }
-                Found::Segment(segment, position) => {
-                    let i = self
-                        .table
-                        .segments
-                        .iter()
-                        .position(|s| Arc::ptr_eq(s, segment))
-                        .ok_or_else(|| Error::Corrupt("scan lost a segment".to_owned()))?;
-                    picks.push((1 + i, segment_rows[i].len()));
-                    segment_rows[i].push(*position as u64);
+    /// The run the next key starts if that key is in one segment only, every row of which is
+    /// visible at the snapshot: the segment, the rows (consumed from its cursor) and the last
+    /// key. `None`, with nothing consumed, if there is no such run.
+    fn take_run(
+        &self,
+        segments: &mut [SegmentCursor],
+        heads: &mut BinaryHeap<(u64, usize)>,
+        mem_next: Option<u64>,
+        max: usize,
+    ) -> Option<(usize, Range<usize>, u64)> {
+        let reverse = self.reverse;
+        let (ranked, i) = heads.pop()?;
+        let other = heads.peek().map(|&(r, _)| rank(r, reverse));
+        let cursor = &mut segments[i];
+        let rows = if other == Some(rank(ranked, reverse))
+            || !cursor.segment.all_visible_at(self.snapshot)
+        {
+            0..0
+        } else {
+            cursor.run(nearer(mem_next, other, reverse), reverse, max)
+        };
+        if rows.is_empty() {
+            heads.push((ranked, i));
+            return None;
+        }
+        cursor.consume(&rows, reverse);
+        let keys = cursor.segment.keys();
+        let last = if reverse {
+            keys[rows.start]
+        } else {
+            keys[rows.end - 1]
+        };
+        if let Some((k, _)) = cursor.peek(reverse) {
+            heads.push((rank(k, reverse), i));
+        }
+        Some((i, rows, last))
+    }
+
+    /// The batch of the picked rows, tombstones dropped. Consecutive memtable rows are decoded
+    /// together and each segment run is read as one range, so a batch from one run is the
+    /// run's pages sliced, not copied row by row.
+    async fn materialize(&self, picks: Vec<Pick>) -> Result<RecordBatch> {
+        let mut pieces: Vec<Vec<ArrayRef>> = Vec::new();
+        let mut rows: Vec<(u64, Bytes)> = Vec::new();
+        for pick in picks {
+            match pick {
+                Pick::Row(key, row) => rows.push((key, row)),
+                Pick::Rows { segment, positions } => {
+                    if !rows.is_empty() {
+                        pieces.push(self.memtable_piece(&std::mem::take(&mut rows))?);
+                    }
+                    pieces.push(self.segment_piece(segment, positions).await?);
                 }
             }
         }
-        let decoded = def.codec.decode(mem_rows.iter().map(|r| r.as_ref()))?;
-        let mut sources: Vec<Vec<ArrayRef>> = vec![
-            self.columns
+        if !rows.is_empty() {
+            pieces.push(self.memtable_piece(&rows)?);
+        }
+        let fields = self.output.fields();
+        let columns = match pieces.len() {
+            0 => fields
                 .iter()
-                .map(|&c| Arc::clone(&decoded[c]))
+                .map(|f| arrow_array::new_empty_array(f.data_type()))
                 .collect(),
-        ];
-        let mut tombstones: Vec<Option<ArrayRef>> = vec![None];
-        for (i, positions) in segment_rows.iter().enumerate() {
-            if positions.is_empty() {
-                sources.push(Vec::new());
-                tombstones.push(None);
-                continue;
-            }
-            let projection = &self.projections[i];
-            let batch = self.table.segments[i]
-                .reader
-                .fetch_many(positions, projection)
-                .await?;
-            // A segment returns its columns in table order; the scan's may differ.
-            let by_name = |name: &str| {
-                projection
-                    .schema()
-                    .index_of(name)
-                    .map(|c| Arc::clone(batch.column(c)))
-                    .map_err(|_| Error::Corrupt(format!("a segment lost column {name:?}")))
-            };
-            tombstones.push(Some(by_name(TOMBSTONE_COLUMN)?));
-            sources.push(
-                self.columns
-                    .iter()
-                    .map(|&c| by_name(def.schema().field(c).name()))
-                    .collect::<Result<_>>()?,
-            );
-        }
-        let mut keys = Vec::with_capacity(picks.len());
-        let mut kept = Vec::with_capacity(picks.len());
-        for ((key, _), &(source, row)) in decided.iter().zip(&picks) {
-            let deleted = tombstones[source]
-                .as_ref()
-                .is_some_and(|t| t.as_boolean().value(row));
-            if !deleted {
-                keys.push(*key);
-                kept.push((source, row));
-            }
-        }
-        let mut columns = vec![key_array(def.key_type, &keys)?];
-        for c in 0..self.columns.len() {
-            let used: Vec<usize> = (0..sources.len())
-                .filter(|&s| !sources[s].is_empty())
-                .collect();
-            let arrays: Vec<&dyn Array> = used.iter().map(|&s| sources[s][c].as_ref()).collect();
-            let picks: Vec<(usize, usize)> = kept
-                .iter()
-                .map(|&(source, row)| {
-                    (
-                        used.iter().position(|&s| s == source).unwrap_or_default(),
-                        row,
-                    )
+            1 => pieces.swap_remove(0),
+            _ => (0..fields.len())
+                .map(|c| {
+                    let arrays: Vec<&dyn Array> = pieces.iter().map(|p| p[c].as_ref()).collect();
+                    arrow_select::concat::concat(&arrays)
                 })
-                .collect();
-            columns.push(if arrays.is_empty() {
-                arrow_array::new_empty_array(self.output.field(c + 1).data_type())
-            } else {
-                arrow_select::interleave::interleave(&arrays, &picks)?
-            });
-        }
+                .collect::<std::result::Result<_, _>>()?,
+        };
         Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
+    }
+
+    /// Memtable rows (key, encoded row) as the scan's columns.
+    fn memtable_piece(&self, rows: &[(u64, Bytes)]) -> Result<Vec<ArrayRef>> {
+        let def = &self.table.def;
+        let decoded = def.codec.decode(rows.iter().map(|(_, row)| row.as_ref()))?;
+        let keys: Vec<u64> = rows.iter().map(|&(key, _)| key).collect();
+        let mut piece = vec![key_array(def.key_type, &keys)?];
+        piece.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
+        Ok(piece)
+    }
+
+    /// Rows `positions` of segment `i` as the scan's columns, in scan order, tombstones dropped.
+    async fn segment_piece(&self, i: usize, positions: Range<usize>) -> Result<Vec<ArrayRef>> {
+        let def = &self.table.def;
+        let (Some(segment), Some(projection)) =
+            (self.table.segments.get(i), self.projections.get(i))
+        else {
+            return Err(Error::Corrupt("scan lost a segment".to_owned()));
+        };
+        let batch = segment
+            .reader
+            .fetch_range(positions.start as u64..positions.end as u64, projection)
+            .await?;
+        // A segment returns its columns in table order; the scan's may differ.
+        let by_name = |name: &str| {
+            projection
+                .schema()
+                .index_of(name)
+                .map(|c| Arc::clone(batch.column(c)))
+                .map_err(|_| Error::Corrupt(format!("a segment lost column {name:?}")))
+        };
+        let keys = segment
+            .keys()
+            .get(positions)
+            .ok_or_else(|| Error::Corrupt("scan read past a segment's keys".to_owned()))?;
+        let mut piece = vec![key_array(def.key_type, keys)?];
+        for &c in &self.columns {
+            piece.push(by_name(def.schema().field(c).name())?);
+        }
+        let tombstones = by_name(TOMBSTONE_COLUMN)?;
+        let tombstones = tombstones
+            .as_boolean_opt()
+            .ok_or_else(|| Error::Corrupt("a segment's tombstones are not Boolean".to_owned()))?;
+        if tombstones.true_count() > 0 {
+            let keep = BooleanArray::new(!tombstones.values(), None);
+            piece = piece
+                .iter()
+                .map(|array| arrow_select::filter::filter(array.as_ref(), &keep))
+                .collect::<std::result::Result<_, _>>()?;
+        }
+        let len = piece.first().map_or(0, |keys| keys.len());
+        if self.reverse && len > 1 {
+            let backwards = UInt64Array::from_iter_values((0..len as u64).rev());
+            piece = piece
+                .iter()
+                .map(|array| arrow_select::take::take(array.as_ref(), &backwards, None))
+                .collect::<std::result::Result<_, _>>()?;
+        }
+        Ok(piece)
     }
 }
 
@@ -661,36 +816,6 @@ pub(crate) fn key_array(key_type: KeyType, keys: &[u64]) -> Result<ArrayRef> {
     Ok(array)
 }
 
-/// The values of a numeric column as `f64` (null stays null).
-fn numbers(array: &dyn Array) -> Result<Vec<Option<f64>>> {
-    macro_rules! as_f64 {
-        ($t:ty) => {
-            array
-                .as_primitive::<$t>()
-                .iter()
-                .map(|v| v.map(|v| v as f64))
-                .collect()
-        };
-    }
-    Ok(match array.data_type() {
-        DataType::Int8 => as_f64!(Int8Type),
-        DataType::Int16 => as_f64!(Int16Type),
-        DataType::Int32 => as_f64!(Int32Type),
-        DataType::Int64 => as_f64!(Int64Type),
-        DataType::UInt8 => as_f64!(UInt8Type),
-        DataType::UInt16 => as_f64!(UInt16Type),
-        DataType::UInt32 => as_f64!(UInt32Type),
-        DataType::UInt64 => as_f64!(UInt64Type),
-        DataType::Float32 => as_f64!(Float32Type),
-        DataType::Float64 => as_f64!(Float64Type),
-        other => {
-            return Err(Error::BadInput(format!(
-                "cannot aggregate a column of type {other}"
-            )));
-        }
-    })
-}
-
 /// One bucket's running aggregate.
 #[derive(Clone, Copy, Debug, Default)]
 struct Acc {
@@ -701,24 +826,71 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, v: f64) {
-        self.count += 1;
-        self.sum += v;
-        self.min = Some(self.min.map_or(v, |m| m.min(v)));
-        self.max = Some(self.max.map_or(v, |m| m.max(v)));
+    /// Folds in `values` (non-null ones), keeping only what `function` needs.
+    fn add_all(&mut self, function: Aggregate, values: impl Iterator<Item = f64>) {
+        match function {
+            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
+                for v in values {
+                    self.count += 1;
+                    self.sum += v;
+                }
+            }
+            Aggregate::Min => {
+                for v in values {
+                    self.min = Some(self.min.map_or(v, |m| m.min(v)));
+                }
+            }
+            Aggregate::Max => {
+                for v in values {
+                    self.max = Some(self.max.map_or(v, |m| m.max(v)));
+                }
+            }
+        }
     }
 
-    fn merge(&mut self, other: &Acc) {
-        self.count += other.count;
-        self.sum += other.sum;
-        self.min = match (self.min, other.min) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.max = match (self.max, other.max) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+    /// Folds in rows `rows` of `values`, a column of a numeric type (any type for a count).
+    fn add_rows(
+        &mut self,
+        function: Aggregate,
+        values: &dyn Array,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        if function == Aggregate::Count {
+            let nulls = values.slice(rows.start, rows.len()).null_count();
+            self.count += (rows.len() - nulls) as u64;
+            return Ok(());
+        }
+        macro_rules! fold_as {
+            ($t:ty) => {{
+                let array = values.as_primitive::<$t>();
+                let slice = &array.values()[rows.clone()];
+                match array.nulls().filter(|n| n.null_count() > 0) {
+                    None => self.add_all(function, slice.iter().map(|&v| v as f64)),
+                    Some(nulls) => self.add_all(
+                        function,
+                        slice
+                            .iter()
+                            .zip(rows.clone())
+                            .filter(|&(_, i)| nulls.is_valid(i))
+                            .map(|(&v, _)| v as f64),
+                    ),
+                }
+            }};
+        }
+        match values.data_type() {
+            DataType::Int8 => fold_as!(Int8Type),
+            DataType::Int16 => fold_as!(Int16Type),
+            DataType::Int32 => fold_as!(Int32Type),
+            DataType::Int64 => fold_as!(Int64Type),
+            DataType::UInt8 => fold_as!(UInt8Type),
+            DataType::UInt16 => fold_as!(UInt16Type),
+            DataType::UInt32 => fold_as!(UInt32Type),
+            DataType::UInt64 => fold_as!(UInt64Type),
+            DataType::Float32 => fold_as!(Float32Type),
+            DataType::Float64 => fold_as!(Float64Type),
+            other => return Err(not_aggregable(other)),
+        }
+        Ok(())
     }
 
     fn result(&self, function: Aggregate) -> Option<f64> {
@@ -732,8 +904,30 @@ impl Acc {
     }
 }
 
+/// Whether a column of `data_type` can be summed, averaged, or have a minimum and maximum.
+fn is_numeric(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+    )
+}
+
+fn not_aggregable(data_type: &DataType) -> Error {
+    Error::BadInput(format!("cannot aggregate a column of type {data_type}"))
+}
+
 /// Aggregates `column` over a scan. With `bucket` (a width in key units), one row per bucket
-/// that holds rows (`bucket` = the bucket's first key), otherwise one row.
+/// that holds rows (`bucket` = the bucket's first key), otherwise one row. Each batch is folded
+/// a bucket's rows at a time, over the column's values in place.
 pub(crate) async fn aggregate(
     scan: Scan,
     def: &TableDef,
@@ -750,50 +944,40 @@ pub(crate) async fn aggregate(
         .schema()
         .field_with_name(column)
         .map_err(|_| Error::BadInput(format!("table {:?} has no column {column:?}", def.name)))?;
-    if function != Aggregate::Count {
-        numbers(arrow_array::new_empty_array(field.data_type()).as_ref())?;
+    if function != Aggregate::Count && !is_numeric(field.data_type()) {
+        return Err(not_aggregable(field.data_type()));
     }
+    let key_of = |stored: u64| match def.key_type.decode(stored) {
+        Key::U64(k) => i128::from(k),
+        Key::I64(k) => i128::from(k),
+    };
     let mut buckets: std::collections::BTreeMap<i128, Acc> = Default::default();
     let mut stream = scan.into_stream();
     while let Some(batch) = stream.try_next().await? {
-        let keys = batch.column(0);
-        let keys: Vec<i128> = super::batch::stored_keys(def.key_type, keys)?
-            .into_iter()
-            .map(|stored| match def.key_type.decode(stored) {
-                Key::U64(k) => i128::from(k),
-                Key::I64(k) => i128::from(k),
-            })
-            .collect();
         let values = batch.column(1);
-        let numbers = if function == Aggregate::Count {
-            (0..values.len())
-                .map(|i| values.is_valid(i).then_some(0.0))
-                .collect()
-        } else {
-            numbers(values.as_ref())?
+        let Some(width) = bucket else {
+            buckets.entry(0).or_default().add_rows(
+                function,
+                values.as_ref(),
+                0..batch.num_rows(),
+            )?;
+            continue;
         };
-        // Keys come in order, so rows of a bucket are adjacent: fold them before the map.
-        let mut current: Option<(i128, Acc)> = None;
-        for (key, value) in keys.into_iter().zip(numbers) {
-            let Some(value) = value else { continue };
-            let start = match bucket {
-                Some(width) => key.div_euclid(i128::from(width)) * i128::from(width),
-                None => 0,
-            };
-            match &mut current {
-                Some((open, acc)) if *open == start => acc.add(value),
-                _ => {
-                    if let Some((open, acc)) = current.take() {
-                        buckets.entry(open).or_default().merge(&acc);
-                    }
-                    let mut acc = Acc::default();
-                    acc.add(value);
-                    current = Some((start, acc));
-                }
-            }
-        }
-        if let Some((open, acc)) = current {
-            buckets.entry(open).or_default().merge(&acc);
+        let width = i128::from(width);
+        // Keys come in order (ascending or descending), so a bucket's rows are adjacent.
+        let stored = super::batch::stored_keys(def.key_type, batch.column(0))?;
+        let mut at = 0;
+        while let Some(&first) = stored.get(at) {
+            let start = key_of(first).div_euclid(width) * width;
+            let len = stored[at..].partition_point(|&s| {
+                let key = key_of(s);
+                start <= key && key < start + width
+            });
+            buckets
+                .entry(start)
+                .or_default()
+                .add_rows(function, values.as_ref(), at..at + len)?;
+            at += len;
         }
     }
     let value_field = match function {

@@ -18,6 +18,9 @@ use crate::memtable::{Lsn, Memtable};
 use crate::table::{TableDef, Value};
 use crate::version_cell::Loaded;
 
+/// Rows per batch of the scan an aggregate folds.
+const AGGREGATE_BATCH_ROWS: usize = 64 * 1024;
+
 /// A table of an open database. Cheap to clone. Operations on a table that was dropped give
 /// [`Error::UnknownTable`].
 #[derive(Clone, Debug)]
@@ -266,8 +269,11 @@ impl View<'_> {
         function: Aggregate,
         bucket: Option<u64>,
     ) -> Result<RecordBatch> {
+        // Large batches: an aggregate keeps no batch, and a segment's run is decoded in one
+        // pass per batch.
         let options = ScanOptions {
             projection: Some(vec![column.to_owned()]),
+            batch_rows: Some(AGGREGATE_BATCH_ROWS),
             ..ScanOptions::default()
         };
         let scan = self.scan_of(def, range, &options)?;
