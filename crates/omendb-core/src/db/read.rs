@@ -538,10 +538,13 @@ impl Scan {
         want: usize,
     ) -> Result<(Vec<Pick>, Option<u64>)> {
         let reverse = self.reverse;
-        let mut mem: Vec<std::iter::Peekable<Box<dyn Iterator<Item = u64> + Send + '_>>> = self
+        // Each memtable's keys with a visible version, and its newest one.
+        type Newest<'a> =
+            std::iter::Peekable<Box<dyn Iterator<Item = (u64, Option<Bytes>)> + Send + 'a>>;
+        let mut mem: Vec<Newest<'_>> = self
             .layers
             .iter()
-            .map(|(m, _)| m.keys(range.clone(), reverse).peekable())
+            .map(|(m, at)| m.newest(range.clone(), *at, reverse).peekable())
             .collect();
         let mut segments: Vec<SegmentCursor> = self
             .table
@@ -559,8 +562,9 @@ impl Scan {
             .enumerate()
             .filter_map(|(i, c)| c.peek(reverse).map(|(k, _)| (rank(k, reverse), i)))
             .collect();
-        // A memtable's range deletion hides segment rows without listing their keys, so runs
-        // are taken only where none reaches the range.
+        // A memtable's range deletion hides rows of older layers without listing their keys:
+        // where none reaches the range, the memtables' walks decide their keys and runs of
+        // segment rows can be taken; otherwise every key asks each memtable.
         let runs = self.layers.iter().all(|(memtable, at)| {
             memtable
                 .range_tombstones(*at)
@@ -571,7 +575,7 @@ impl Scan {
         let mut picks = Vec::new();
         let mut taken = 0;
         loop {
-            let mem_heads = mem.iter_mut().filter_map(|it| it.peek().copied());
+            let mem_heads = mem.iter_mut().filter_map(|it| it.peek().map(|&(k, _)| k));
             let mem_next = if reverse {
                 mem_heads.max()
             } else {
@@ -595,23 +599,35 @@ impl Scan {
             }
             let mut found = None;
             let mut hidden = false;
-            for (memtable, at) in &self.layers {
-                match memtable.get(key, *at) {
-                    Lookup::Found { row, .. } => {
-                        found = Some(Pick::Row(key, row));
-                        break;
+            if runs {
+                // The newest layer that has the key decides it.
+                let newest = mem.iter_mut().find_map(|it| {
+                    it.peek()
+                        .filter(|(k, _)| *k == key)
+                        .map(|(_, row)| row.clone())
+                });
+                match newest {
+                    Some(Some(row)) => found = Some(Pick::Row(key, row)),
+                    Some(None) => hidden = true,
+                    None => {}
+                }
+            } else {
+                for (memtable, at) in &self.layers {
+                    match memtable.get(key, *at) {
+                        Lookup::Found { row, .. } => {
+                            found = Some(Pick::Row(key, row));
+                            break;
+                        }
+                        Lookup::Deleted { .. } => {
+                            hidden = true;
+                            break;
+                        }
+                        Lookup::Absent => {}
                     }
-                    Lookup::Deleted { .. } => {
-                        hidden = true;
-                        break;
-                    }
-                    Lookup::Absent => {}
                 }
             }
             for it in &mut mem {
-                if it.peek() == Some(&key) {
-                    it.next();
-                }
+                it.next_if(|(k, _)| *k == key);
             }
             holders.clear();
             while let Some(&(ranked, i)) = heads.peek() {
@@ -694,55 +710,112 @@ impl Scan {
         Some((i, rows, last))
     }
 
-    /// The batch of the picked rows, tombstones dropped. Consecutive memtable rows are decoded
-    /// together and each segment run is read as one range, so a batch from one run is the
-    /// run's pages sliced, not copied row by row.
-    async fn materialize(&self, picks: Vec<Pick>) -> Result<RecordBatch> {
-        let mut pieces: Vec<Vec<ArrayRef>> = Vec::new();
-        let mut rows: Vec<(u64, Bytes)> = Vec::new();
-        for pick in picks {
+    /// The batch of the picked rows, tombstones dropped. A batch that is one segment run is
+    /// that run's pages sliced, not copied; otherwise memtable rows are decoded together, each
+    /// segment's picked rows are read as the one position range that covers them, and the
+    /// rows are gathered from those in scan order.
+    async fn materialize(&self, mut picks: Vec<Pick>) -> Result<RecordBatch> {
+        let def = &self.table.def;
+        if let [Pick::Rows { segment, positions }] = picks.as_mut_slice() {
+            let piece = self.segment_piece(*segment, positions.clone()).await?;
+            return Ok(RecordBatch::try_new(Arc::clone(&self.output), piece)?);
+        }
+        // Source 0: the memtable rows; source 1 + i: segment i's covering range.
+        let mut mem_rows: Vec<&[u8]> = Vec::new();
+        let mut cover: Vec<Option<Range<usize>>> = vec![None; self.table.segments.len()];
+        for pick in &picks {
             match pick {
-                Pick::Row(key, row) => rows.push((key, row)),
+                Pick::Row(_, row) => mem_rows.push(row),
                 Pick::Rows { segment, positions } => {
-                    if !rows.is_empty() {
-                        pieces.push(self.memtable_piece(&std::mem::take(&mut rows))?);
-                    }
-                    pieces.push(self.segment_piece(segment, positions).await?);
+                    let slot = cover
+                        .get_mut(*segment)
+                        .ok_or_else(|| Error::Corrupt("scan lost a segment".to_owned()))?;
+                    *slot = Some(match slot.take() {
+                        Some(c) => c.start.min(positions.start)..c.end.max(positions.end),
+                        None => positions.clone(),
+                    });
                 }
             }
         }
-        if !rows.is_empty() {
-            pieces.push(self.memtable_piece(&rows)?);
-        }
-        let fields = self.output.fields();
-        let columns = match pieces.len() {
-            0 => fields
+        let decoded = def.codec.decode(mem_rows)?;
+        let mut sources: Vec<Vec<ArrayRef>> = vec![
+            self.columns
                 .iter()
-                .map(|f| arrow_array::new_empty_array(f.data_type()))
+                .map(|&c| Arc::clone(&decoded[c]))
                 .collect(),
-            1 => pieces.swap_remove(0),
-            _ => (0..fields.len())
-                .map(|c| {
-                    let arrays: Vec<&dyn Array> = pieces.iter().map(|p| p[c].as_ref()).collect();
-                    arrow_select::concat::concat(&arrays)
-                })
-                .collect::<std::result::Result<_, _>>()?,
-        };
+        ];
+        let mut tombstones: Vec<Option<BooleanArray>> = vec![None];
+        for (i, range) in cover.iter().enumerate() {
+            let Some(range) = range else {
+                sources.push(Vec::new());
+                tombstones.push(None);
+                continue;
+            };
+            let (columns, deleted) = self.segment_rows(i, range.clone()).await?;
+            sources.push(columns);
+            tombstones.push(Some(deleted));
+        }
+        // Each kept row as (source, row within the source), with its key.
+        let mut keys = Vec::new();
+        let mut kept: Vec<(usize, usize)> = Vec::new();
+        let mut mem_row = 0;
+        for pick in &picks {
+            match pick {
+                Pick::Row(key, _) => {
+                    keys.push(*key);
+                    kept.push((0, mem_row));
+                    mem_row += 1;
+                }
+                Pick::Rows { segment, positions } => {
+                    let (Some(Some(base)), Some(Some(deleted)), Some(segment_ref)) = (
+                        cover.get(*segment).map(|c| c.as_ref().map(|c| c.start)),
+                        tombstones.get(1 + segment),
+                        self.table.segments.get(*segment),
+                    ) else {
+                        return Err(Error::Corrupt("scan lost a segment".to_owned()));
+                    };
+                    let segment_keys = segment_ref.keys();
+                    let mut take = |position: usize| {
+                        let row = position - base;
+                        if !deleted.value(row) {
+                            keys.push(segment_keys[position]);
+                            kept.push((1 + segment, row));
+                        }
+                    };
+                    if self.reverse {
+                        positions.clone().rev().for_each(&mut take);
+                    } else {
+                        positions.clone().for_each(&mut take);
+                    }
+                }
+            }
+        }
+        let used: Vec<usize> = (0..sources.len())
+            .filter(|&s| !sources[s].is_empty())
+            .collect();
+        let mut slot_of = vec![0; sources.len()];
+        for (slot, &s) in used.iter().enumerate() {
+            slot_of[s] = slot;
+        }
+        let kept: Vec<(usize, usize)> = kept.iter().map(|&(s, row)| (slot_of[s], row)).collect();
+        let mut columns = vec![key_array(def.key_type, &keys)?];
+        for (c, field) in self.output.fields().iter().skip(1).enumerate() {
+            let arrays: Vec<&dyn Array> = used.iter().map(|&s| sources[s][c].as_ref()).collect();
+            columns.push(if arrays.is_empty() {
+                arrow_array::new_empty_array(field.data_type())
+            } else {
+                arrow_select::interleave::interleave(&arrays, &kept)?
+            });
+        }
         Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
     }
 
-    /// Memtable rows (key, encoded row) as the scan's columns.
-    fn memtable_piece(&self, rows: &[(u64, Bytes)]) -> Result<Vec<ArrayRef>> {
-        let def = &self.table.def;
-        let decoded = def.codec.decode(rows.iter().map(|(_, row)| row.as_ref()))?;
-        let keys: Vec<u64> = rows.iter().map(|&(key, _)| key).collect();
-        let mut piece = vec![key_array(def.key_type, &keys)?];
-        piece.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
-        Ok(piece)
-    }
-
-    /// Rows `positions` of segment `i` as the scan's columns, in scan order, tombstones dropped.
-    async fn segment_piece(&self, i: usize, positions: Range<usize>) -> Result<Vec<ArrayRef>> {
+    /// Rows `positions` of segment `i`: the scan's value columns and the tombstones.
+    async fn segment_rows(
+        &self,
+        i: usize,
+        positions: Range<usize>,
+    ) -> Result<(Vec<ArrayRef>, BooleanArray)> {
         let def = &self.table.def;
         let (Some(segment), Some(projection)) =
             (self.table.segments.get(i), self.projections.get(i))
@@ -761,18 +834,31 @@ impl Scan {
                 .map(|c| Arc::clone(batch.column(c)))
                 .map_err(|_| Error::Corrupt(format!("a segment lost column {name:?}")))
         };
-        let keys = segment
-            .keys()
-            .get(positions)
+        let columns = self
+            .columns
+            .iter()
+            .map(|&c| by_name(def.schema().field(c).name()))
+            .collect::<Result<_>>()?;
+        let tombstones = by_name(TOMBSTONE_COLUMN)?
+            .as_boolean_opt()
+            .cloned()
+            .ok_or_else(|| Error::Corrupt("a segment's tombstones are not Boolean".to_owned()))?;
+        Ok((columns, tombstones))
+    }
+
+    /// Rows `positions` of segment `i` as the scan's columns (key first), in scan order,
+    /// tombstones dropped: slices of the pages where no row is dropped or reordered.
+    async fn segment_piece(&self, i: usize, positions: Range<usize>) -> Result<Vec<ArrayRef>> {
+        let def = &self.table.def;
+        let keys = self
+            .table
+            .segments
+            .get(i)
+            .and_then(|s| s.keys().get(positions.clone()))
             .ok_or_else(|| Error::Corrupt("scan read past a segment's keys".to_owned()))?;
         let mut piece = vec![key_array(def.key_type, keys)?];
-        for &c in &self.columns {
-            piece.push(by_name(def.schema().field(c).name())?);
-        }
-        let tombstones = by_name(TOMBSTONE_COLUMN)?;
-        let tombstones = tombstones
-            .as_boolean_opt()
-            .ok_or_else(|| Error::Corrupt("a segment's tombstones are not Boolean".to_owned()))?;
+        let (columns, tombstones) = self.segment_rows(i, positions).await?;
+        piece.extend(columns);
         if tombstones.true_count() > 0 {
             let keep = BooleanArray::new(!tombstones.values(), None);
             piece = piece
