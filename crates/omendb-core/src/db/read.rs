@@ -300,15 +300,14 @@ impl SegmentCursor {
             return None;
         }
         let keys = self.segment.keys();
+        let left = &keys[self.left.clone()];
         if reverse {
             let key = keys[self.left.end - 1];
-            let start = self.left.start
-                + keys[self.left.start..self.left.end].partition_point(|&k| k < key);
+            let start = self.left.start + gallop_back(left, |k| k < key);
             Some((key, start..self.left.end))
         } else {
             let key = keys[self.left.start];
-            let end = self.left.start
-                + keys[self.left.start..self.left.end].partition_point(|&k| k <= key);
+            let end = self.left.start + gallop(left, |k| k <= key);
             Some((key, self.left.start..end))
         }
     }
@@ -321,7 +320,7 @@ impl SegmentCursor {
         let Range { start, end } = self.left.clone();
         if reverse {
             let lowest = bound.map_or(start, |b| {
-                start + keys[start..end].partition_point(|&k| k <= b)
+                start + gallop_back(&keys[start..end], |k| k <= b)
             });
             let lowest = lowest.max(end.saturating_sub(max));
             let mut from = end;
@@ -334,9 +333,7 @@ impl SegmentCursor {
             }
             from..end
         } else {
-            let highest = bound.map_or(end, |b| {
-                start + keys[start..end].partition_point(|&k| k < b)
-            });
+            let highest = bound.map_or(end, |b| start + gallop(&keys[start..end], |k| k < b));
             let highest = highest.min(start.saturating_add(max));
             let mut to = start;
             while to < highest {
@@ -356,6 +353,31 @@ impl SegmentCursor {
             self.left.start = rows.end;
         }
     }
+}
+
+/// `keys.partition_point(pred)`, probing 1, 2, 4, … keys from the front before bisecting: a
+/// scan's next boundary is usually a few keys away, and this finds it in as many cache lines.
+fn gallop(keys: &[u64], pred: impl Fn(u64) -> bool) -> usize {
+    let (mut lo, mut step) = (0, 1);
+    // Every key before `lo` satisfies `pred`.
+    while lo + step <= keys.len() && pred(keys[lo + step - 1]) {
+        lo += step;
+        step *= 2;
+    }
+    let end = (lo + step).min(keys.len());
+    lo + keys[lo..end].partition_point(|&k| pred(k))
+}
+
+/// `keys.partition_point(pred)`, probing from the back: [`gallop`] for a reverse scan.
+fn gallop_back(keys: &[u64], pred: impl Fn(u64) -> bool) -> usize {
+    let (mut hi, mut step) = (keys.len(), 1);
+    // No key from `hi` on satisfies `pred`.
+    while hi >= step && !pred(keys[hi - step]) {
+        hi -= step;
+        step *= 2;
+    }
+    let start = hi.saturating_sub(step);
+    start + keys[start..hi].partition_point(|&k| pred(k))
 }
 
 /// A key ranked so that the greatest rank is the next key in scan order: the key itself in a
@@ -1190,4 +1212,27 @@ pub(crate) fn explain(
         });
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{gallop, gallop_back};
+
+    proptest! {
+        #[test]
+        fn galloping_finds_the_partition_point(
+            mut keys in proptest::collection::vec(0..64u64, 0..200),
+            bound in 0..70u64,
+        ) {
+            keys.sort_unstable();
+            let below = |k: u64| k < bound;
+            let at_most = |k: u64| k <= bound;
+            prop_assert_eq!(gallop(&keys, below), keys.partition_point(|&k| below(k)));
+            prop_assert_eq!(gallop(&keys, at_most), keys.partition_point(|&k| at_most(k)));
+            prop_assert_eq!(gallop_back(&keys, below), keys.partition_point(|&k| below(k)));
+            prop_assert_eq!(gallop_back(&keys, at_most), keys.partition_point(|&k| at_most(k)));
+        }
+    }
 }
