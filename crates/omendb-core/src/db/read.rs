@@ -486,10 +486,14 @@ impl Scan {
             )
             .collect();
         let range = range.filter(|_| options.limit != Some(0));
+        // Every column is what a point read fetches: that projection is made once per segment.
         let projections = table
             .segments
             .iter()
-            .map(|s| s.reader.projection(&names).map_err(Error::from))
+            .map(|s| match options.projection {
+                None => Ok(s.row.clone()),
+                Some(_) => s.reader.projection(&names).map_err(Error::from),
+            })
             .collect::<Result<_>>()?;
         Ok(Self {
             layers: mem_layers(version, def.id, snapshot, overlay),
@@ -741,6 +745,25 @@ impl Scan {
         if let [Pick::Rows { segment, positions }] = picks.as_mut_slice() {
             let piece = self.segment_piece(*segment, positions.clone()).await?;
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), piece)?);
+        }
+        if picks.iter().all(|pick| matches!(pick, Pick::Row(..))) {
+            // Memtable rows alone come decoded in scan order already.
+            let keys: Vec<u64> = picks
+                .iter()
+                .filter_map(|pick| match pick {
+                    Pick::Row(key, _) => Some(*key),
+                    Pick::Rows { .. } => None,
+                })
+                .collect();
+            let decoded = def
+                .codec
+                .decode(picks.iter().filter_map(|pick| match pick {
+                    Pick::Row(_, row) => Some(row.as_ref()),
+                    Pick::Rows { .. } => None,
+                }))?;
+            let mut columns = vec![key_array(def.key_type, &keys)?];
+            columns.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
+            return Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
         }
         // Source 0: the memtable rows; source 1 + i: segment i's covering range.
         let mut mem_rows: Vec<&[u8]> = Vec::new();
