@@ -380,9 +380,9 @@ async fn aggregates_match_a_fold_of_the_rows_written() {
                 let mut groups: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
                 for &k in live.iter().filter(|&&k| first <= k && k <= last) {
                     let start = bucket.map_or(0, |w| k.div_euclid(w as i64) * w as i64);
-                    let values = groups.entry(start).or_default();
+                    // A bucket appears once it holds a value.
                     if let Some(v) = n(k) {
-                        values.push(f64::from(v));
+                        groups.entry(start).or_default().push(f64::from(v));
                     }
                 }
                 if bucket.is_none() {

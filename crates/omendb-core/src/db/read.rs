@@ -1104,10 +1104,14 @@ pub(crate) async fn aggregate(
                 let key = key_of(s);
                 start <= key && key < start + width
             });
-            buckets
-                .entry(start)
-                .or_default()
-                .add_rows(function, values.as_ref(), at..at + len)?;
+            // A bucket whose rows hold only nulls has no value: it gets no row.
+            if values.slice(at, len).null_count() < len {
+                buckets.entry(start).or_default().add_rows(
+                    function,
+                    values.as_ref(),
+                    at..at + len,
+                )?;
+            }
             at += len;
         }
     }
