@@ -380,13 +380,16 @@ fn ensure_test_tools() -> Result<()> {
 
 /// The RocksDB peer of `omendb-bench db` (feature `peers`, which clippy and the tests build)
 /// generates its bindings with bindgen, which loads libclang; Debian's `libclang-dev` has it.
+/// Only `libclang.so*` or `libclang-<version>.so*` will do: a machine may have `libclang-cpp.so`
+/// (the C++ interface, which bindgen cannot use) without it.
 fn ensure_libclang() -> Result<()> {
     let present = || {
         ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
             .iter()
             .any(|root| {
                 Command::new("find")
-                    .args([root, "-name", "libclang*.so*", "-print", "-quit"])
+                    .args([root, "(", "-name", "libclang.so*", "-o", "-name"])
+                    .args(["libclang-[0-9]*.so*", ")", "-print", "-quit"])
                     .output()
                     .is_ok_and(|o| !o.stdout.is_empty())
             })

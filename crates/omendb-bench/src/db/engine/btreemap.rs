@@ -12,6 +12,7 @@ use super::{Engine, Settings, Value};
 pub(crate) struct BTreeMapEngine {
     kv: RwLock<BTreeMap<u64, Value>>,
     ts: RwLock<BTreeMap<i64, f64>>,
+    settings: Settings,
 }
 
 fn read<T>(lock: &RwLock<T>) -> Result<RwLockReadGuard<'_, T>> {
@@ -26,10 +27,11 @@ impl Engine for BTreeMapEngine {
     type Found = Value;
     const NAME: &'static str = "btreemap";
 
-    async fn open(_dir: &Path, _settings: Settings) -> Result<Self> {
+    async fn open(_dir: &Path, settings: Settings) -> Result<Self> {
         Ok(BTreeMapEngine {
             kv: RwLock::new(BTreeMap::new()),
             ts: RwLock::new(BTreeMap::new()),
+            settings,
         })
     }
 
@@ -82,6 +84,10 @@ impl Engine for BTreeMapEngine {
 
     async fn settle(&self) -> Result<String> {
         Ok("no background work".to_owned())
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn reopen(self, _dir: &Path) -> Result<Option<Self>> {

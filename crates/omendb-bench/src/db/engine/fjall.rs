@@ -1,15 +1,10 @@
 //! fjall: an LSM-tree with a journal, memtable flushes and compaction in worker threads.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice};
+use std::path::Path;
 
-use super::{Durability, Engine, Settings, Value, kv_key, ts_key, ts_value};
-
-/// How long flushes and compactions may take to catch up.
-const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
+use super::{Durability, Engine, Settings, Value, kv_key, settle_while, ts_key, ts_value};
 
 /// One fjall database with the two keyspaces (u64 keys stored big-endian).
 pub(crate) struct Fjall {
@@ -118,27 +113,12 @@ impl Engine for Fjall {
     }
 
     async fn settle(&self) -> Result<String> {
-        let start = Instant::now();
-        let mut quiet = 0;
-        while quiet < 2 {
-            let busy = self.db.outstanding_flushes() > 0 || self.db.active_compactions() > 0;
-            quiet = if busy { 0 } else { quiet + 1 };
-            ensure!(
-                start.elapsed() < SETTLE_LIMIT,
-                "fjall's flushes and compactions did not go quiet within {SETTLE_LIMIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Ok(format!(
-            "flushes and compactions settled in {:.2} s",
-            start.elapsed().as_secs_f64()
-        ))
+        settle_while(|| Ok((self.db.outstanding_flushes() + self.db.active_compactions()) as u64))
+            .await
     }
 
-    async fn reopen(self, dir: &Path) -> Result<Option<Self>> {
-        let settings = self.settings;
-        self.close().await?;
-        Ok(Some(Self::open(dir, settings).await?))
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn close(self) -> Result<()> {

@@ -4,11 +4,11 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions};
 
-use super::{Durability, Engine, Settings, Value, kv_key, ts_key, ts_value};
+use super::{Durability, Engine, Settings, Value, kv_key, ts_key, ts_value, value_of};
 
 /// The most the map may grow to: address space only, the file grows as data is written.
 const MAP_BYTES: usize = 1 << 40;
@@ -29,12 +29,6 @@ impl Lmdb {
         txn.commit()?;
         Ok(())
     }
-}
-
-fn value_of(bytes: &[u8]) -> Result<Value> {
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("a value of {} bytes", bytes.len()))
 }
 
 impl Engine for Lmdb {
@@ -167,10 +161,8 @@ impl Engine for Lmdb {
         Ok("no background work".to_owned())
     }
 
-    async fn reopen(self, dir: &Path) -> Result<Option<Self>> {
-        let settings = self.settings;
-        self.close().await?;
-        Ok(Some(Self::open(dir, settings).await?))
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn close(self) -> Result<()> {

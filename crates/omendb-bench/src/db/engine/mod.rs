@@ -121,9 +121,18 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// on what it found.
     fn settle(&self) -> impl Future<Output = Result<String>> + Send;
 
+    /// The settings the engine was opened with.
+    fn settings(&self) -> Settings;
+
     /// Closes the engine cleanly and opens it again from its files; `None` for an engine that
     /// keeps nothing on disk.
-    fn reopen(self, dir: &Path) -> impl Future<Output = Result<Option<Self>>> + Send;
+    fn reopen(self, dir: &Path) -> impl Future<Output = Result<Option<Self>>> + Send {
+        async move {
+            let settings = self.settings();
+            self.close().await?;
+            Ok(Some(Self::open(dir, settings).await?))
+        }
+    }
 
     /// Closes the engine cleanly.
     fn close(self) -> impl Future<Output = Result<()>> + Send;
@@ -142,6 +151,35 @@ pub(crate) fn ts_value(bytes: &[u8]) -> Result<f64> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("a time-series value of {} bytes", bytes.len()))?;
     Ok(f64::from_le_bytes(bytes))
+}
+
+/// The [`Value`] a peer stored.
+#[cfg(feature = "peers")]
+pub(crate) fn value_of(bytes: &[u8]) -> Result<Value> {
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a value of {} bytes", bytes.len()))
+}
+
+/// Waits until `busy` (an engine's count of running or pending flushes and compactions) has
+/// said 0 twice in a row, 250 ms apart; returns a note on how long that took.
+#[cfg(feature = "peers")]
+pub(crate) async fn settle_while(mut busy: impl FnMut() -> Result<u64>) -> Result<String> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(1800);
+    let start = std::time::Instant::now();
+    let mut quiet = 0;
+    while quiet < 2 {
+        quiet = if busy()? == 0 { quiet + 1 } else { 0 };
+        anyhow::ensure!(
+            start.elapsed() < LIMIT,
+            "flushes and compactions did not go quiet within {LIMIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Ok(format!(
+        "flushes and compactions settled in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ))
 }
 
 /// The u64 of a key a peer stored big-endian.

@@ -311,10 +311,8 @@ impl Engine for OmenDb {
         ))
     }
 
-    async fn reopen(self, dir: &Path) -> Result<Option<Self>> {
-        let settings = self.settings;
-        self.close().await?;
-        Ok(Some(Self::open(dir, settings).await?))
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn close(self) -> Result<()> {

@@ -141,10 +141,8 @@ impl Engine for Redb {
         Ok("no background work".to_owned())
     }
 
-    async fn reopen(self, dir: &Path) -> Result<Option<Self>> {
-        let settings = self.settings;
-        self.close().await?;
-        Ok(Some(Self::open(dir, settings).await?))
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn close(self) -> Result<()> {

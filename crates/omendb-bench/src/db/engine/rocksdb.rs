@@ -1,19 +1,17 @@
 //! RocksDB (the `rocksdb` crate, RocksDB built from source without compression, like OmenDB's
 //! uncompressed segments): an LSM-tree with a WAL, flushes and compactions in background threads.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result};
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, WriteBatch, WriteOptions};
+use std::path::{Path, PathBuf};
 
-use super::{Durability, Engine, Settings, Value, kv_key, ts_key, ts_value};
+use super::{
+    Durability, Engine, Settings, Value, kv_key, settle_while, ts_key, ts_value, value_of,
+};
 
 /// The column family of the time-series table (the key-value table is the default one, which
 /// needs no handle lookup per read).
 const TS: &str = "ts";
-/// How long flushes and compactions may take to catch up.
-const SETTLE_LIMIT: Duration = Duration::from_secs(1800);
 
 /// One RocksDB database: the default column family holds the key-value table (u64 keys stored
 /// big-endian), `ts` the time series.
@@ -22,12 +20,6 @@ pub(crate) struct RocksDb {
     write: WriteOptions,
     settings: Settings,
     path: PathBuf,
-}
-
-fn value_of(bytes: &[u8]) -> Result<Value> {
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("a value of {} bytes", bytes.len()))
 }
 
 impl RocksDb {
@@ -167,30 +159,17 @@ impl Engine for RocksDb {
     }
 
     async fn settle(&self) -> Result<String> {
-        let start = Instant::now();
-        let mut quiet = 0;
-        while quiet < 2 {
-            let busy = self.property("rocksdb.num-running-flushes")?
+        settle_while(|| {
+            Ok(self.property("rocksdb.num-running-flushes")?
                 + self.property("rocksdb.num-running-compactions")?
                 + self.property("rocksdb.compaction-pending")?
-                + self.property("rocksdb.mem-table-flush-pending")?;
-            quiet = if busy == 0 { quiet + 1 } else { 0 };
-            ensure!(
-                start.elapsed() < SETTLE_LIMIT,
-                "RocksDB's flushes and compactions did not go quiet within {SETTLE_LIMIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Ok(format!(
-            "flushes and compactions settled in {:.2} s",
-            start.elapsed().as_secs_f64()
-        ))
+                + self.property("rocksdb.mem-table-flush-pending")?)
+        })
+        .await
     }
 
-    async fn reopen(self, dir: &Path) -> Result<Option<Self>> {
-        let settings = self.settings;
-        self.close().await?;
-        Ok(Some(Self::open(dir, settings).await?))
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn close(self) -> Result<()> {

@@ -121,10 +121,8 @@ impl Engine for Sled {
         Ok(format!("flushed {bytes} buffered bytes"))
     }
 
-    async fn reopen(self, dir: &Path) -> Result<Option<Self>> {
-        let settings = self.settings;
-        self.close().await?;
-        Ok(Some(Self::open(dir, settings).await?))
+    fn settings(&self) -> Settings {
+        self.settings
     }
 
     async fn close(self) -> Result<()> {
