@@ -5,12 +5,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::{ObjectMeta, ObjectStore};
 use omendb_core::{Db, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_storage::backend::{Idempotence, Layer, Layered, ListStart, Op};
 use omendb_storage::segment::SegmentWriterOptions;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -215,4 +221,158 @@ async fn a_zero_segment_target_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("segment_target_bytes"), "{err}");
+}
+
+/// Holds the first segment read after [`Gate::arm`] until [`Gate::release`]: a merge caught
+/// mid-way, for as long as a test needs.
+#[derive(Clone, Debug, Default)]
+struct Gate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    released: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn arm(&self) {
+        self.0
+            .armed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn reached(&self) {
+        self.0.reached.notified().await;
+    }
+
+    fn release(&self) {
+        self.0.released.notify_one();
+    }
+}
+
+impl Layer for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn request<T, F, Fut>(
+        &self,
+        op: Op,
+        _: Idempotence,
+        mut attempt: F,
+    ) -> impl Future<Output = object_store::Result<T>> + Send
+    where
+        T: Send,
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = object_store::Result<T>> + Send,
+    {
+        let hold = matches!(op, Op::Get | Op::GetRanges)
+            && self
+                .0
+                .armed
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let gate = Arc::clone(&self.0);
+        let request = attempt();
+        async move {
+            if hold {
+                gate.reached.notify_one();
+                gate.released.notified().await;
+            }
+            request.await
+        }
+    }
+
+    fn list(
+        &self,
+        _: Op,
+        start: ListStart,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        start()
+    }
+}
+
+/// Regression: `close` waited for the merge in progress, so shutting down during the merge of
+/// a large window took as long as the merge. A merge now stops at its next batch once the
+/// database is closing; its inputs stay the table's segments.
+#[tokio::test]
+async fn close_abandons_a_merge_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(InMemory::new());
+    let gate = Gate::default();
+    let store: Arc<dyn ObjectStore> = Arc::new(Layered::new(gate.clone(), memory.clone()));
+    let open = |store: Arc<dyn ObjectStore>| {
+        Db::builder()
+            .path(dir.path())
+            .store(store)
+            .memtable_bytes(1 << 30)
+            .compaction_trigger(16)
+            .gc_grace(Duration::ZERO)
+            .build()
+    };
+    let db = open(Arc::clone(&store)).await.unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut oracle = BTreeMap::new();
+    for round in 0..3 {
+        for key in (round..30_000).step_by(2) {
+            let v = value(key, round);
+            kv.put_value(key, v.clone(), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+            oracle.insert(key, v);
+        }
+        db.checkpoint().await.unwrap();
+    }
+    let segments = kv.explain(0u64..).unwrap().segments_total;
+    assert_eq!(segments, 3);
+
+    gate.arm();
+    let merging = tokio::spawn({
+        let db = db.clone();
+        async move { db.compact().await }
+    });
+    tokio::time::timeout(Duration::from_secs(30), gate.reached())
+        .await
+        .expect("the merge reads its inputs");
+    let closing = tokio::spawn({
+        let db = db.clone();
+        async move { db.close().await }
+    });
+    // Closing has begun once writes are refused; only then may the merge go on. A write
+    // acknowledged before that is kept like any other.
+    let start = Instant::now();
+    while kv
+        .put_value(30_000u64, "late", WriteOptions::BUFFERED)
+        .await
+        .is_ok()
+    {
+        oracle.insert(30_000, Bytes::from("late"));
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "close never began"
+        );
+        tokio::task::yield_now().await;
+    }
+    gate.release();
+    let merged = tokio::time::timeout(Duration::from_secs(30), merging)
+        .await
+        .expect("the merge stops")
+        .unwrap();
+    assert!(
+        matches!(merged, Err(omendb_core::Error::Closed)),
+        "{merged:?}"
+    );
+    closing.await.unwrap().unwrap();
+    assert_eq!(db.stats().compactions, 0);
+    assert!(db.stats().failure.is_none(), "{:?}", db.stats());
+
+    // The inputs are still the table: every row reads back after a reopen.
+    let db = open(memory).await.unwrap();
+    let kv = db.table("kv").unwrap();
+    assert_eq!(kv.explain(0u64..).unwrap().segments_total, segments);
+    check(&kv, &oracle, 30_001).await;
+    db.compact().await.unwrap();
+    assert_eq!(kv.explain(0u64..).unwrap().segments_total, 1);
+    check(&kv, &oracle, 30_001).await;
+    db.close().await.unwrap();
 }

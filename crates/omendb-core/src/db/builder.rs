@@ -153,8 +153,8 @@ impl Builder {
 
     /// Merge overlapping segments once this many sorted runs of them (each no larger than the
     /// newer ones together) are due (at least 2; default 4).
-    pub fn compaction_trigger(mut self, segments: usize) -> Self {
-        self.settings.compaction_trigger = segments;
+    pub fn compaction_trigger(mut self, runs: usize) -> Self {
+        self.settings.compaction_trigger = runs;
         self
     }
 

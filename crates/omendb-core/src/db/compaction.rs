@@ -59,8 +59,10 @@ impl Inner {
         }
         let db = Arc::clone(self);
         *slot = Some(tokio::spawn(async move {
-            if let Err(err) = db.compact_due().await {
-                db.background_failed(err);
+            match db.compact_due().await {
+                // A merge that `close` abandoned: nothing failed.
+                Ok(()) | Err(Error::Closed) => {}
+                Err(err) => db.background_failed(err),
             }
         }));
     }
@@ -538,8 +540,13 @@ impl<'a> Merge<'a> {
     }
 
     /// Writes the picked rows, finishing the segment once it reaches its target size; the
-    /// sources then restart from each input's current batch.
+    /// sources then restart from each input's current batch. A database closing abandons the
+    /// merge here (its inputs stay live), so `close` waits for at most one batch of it, not for
+    /// a whole window that may take minutes.
     async fn write_picks(&mut self) -> Result<()> {
+        if self.db.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         if !self.picks.is_empty() {
             let sink = match self.sink.take() {
                 Some(sink) => sink,
