@@ -370,9 +370,11 @@ fn loom() -> Result<()> {
 
 /// Everything the test suite runs besides cargo, installed when missing so that no test is ever
 /// skipped for want of it: moto (S3), promtool (checks `/metrics`), schemathesis (fuzzes the
-/// HTTP API from its OpenAPI document).
+/// HTTP API from its OpenAPI document), valgrind and gungraun-runner (the regression benchmarks,
+/// which `cargo test --all-targets` also runs).
 fn ensure_test_tools() -> Result<()> {
     ensure_libclang()?;
+    regression::ensure_tools()?;
     ensure_moto()?;
     ensure_promtool()?;
     ensure_schemathesis()

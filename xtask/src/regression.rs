@@ -26,8 +26,7 @@ pub(crate) type Counts = BTreeMap<String, u64>;
 
 /// Runs the benchmarks and compares them with the baseline, or records them as the baseline.
 pub(crate) fn run(root: &Path, update: bool) -> Result<()> {
-    ensure_valgrind()?;
-    ensure_runner()?;
+    ensure_tools()?;
     let counts = measure(root)?;
     let rustc = rustc_version()?;
     let path = root.join(BASELINE);
@@ -192,6 +191,13 @@ fn rustc_version() -> Result<String> {
         .output()
         .context("could not start rustc")?;
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// What the benchmarks run under, installed when missing. `cargo test --all-targets` runs them
+/// too (once each, as a check that they work), so the test suite needs these before cargo runs.
+pub(crate) fn ensure_tools() -> Result<()> {
+    ensure_valgrind()?;
+    ensure_runner()
 }
 
 /// callgrind is valgrind's; it comes with Debian's `valgrind` package.
