@@ -27,13 +27,13 @@ pub const SECTOR: usize = 512;
 /// Probabilities (0.0 to 1.0) of each fault, per operation.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DiskFaults {
-    /// An append fails with an I/O error; a random prefix of it may have landed.
+    /// A write fails with an I/O error; a random prefix of it may have landed.
     pub write_error: f64,
-    /// An append stores only a prefix and reports the shorter length.
+    /// A write stores only a prefix and reports the shorter length.
     pub short_write: f64,
     /// An `fdatasync` fails; nothing it should have synced becomes durable.
     pub sync_error: f64,
-    /// An append fails with "no space left on device" and stores nothing.
+    /// A write fails with "no space left on device" and stores nothing.
     pub disk_full: f64,
     /// A read returns its bytes with one bit flipped (the stored bytes stay intact).
     pub read_bit_flip: f64,
@@ -57,6 +57,18 @@ struct FileData {
     durable: Vec<u8>,
     /// The lowest offset changed since the last sync.
     dirty_from: usize,
+}
+
+impl FileData {
+    /// Writes `bytes` at `offset` (a hole before it reads as zeros); unsynced from there on.
+    fn store(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset..end].copy_from_slice(bytes);
+        self.dirty_from = self.dirty_from.min(offset);
+    }
 }
 
 #[derive(Debug)]
@@ -362,8 +374,10 @@ fn file(state: &mut DiskState, inode: u64) -> io::Result<&mut FileData> {
 }
 
 impl IoFile for SimFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<usize> {
         let counter = Arc::clone(&self.disk.injected);
+        let offset =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         self.with(|state, inode| {
             let faults = state.faults;
             if state.roll(faults.disk_full, &counter) {
@@ -374,7 +388,7 @@ impl IoFile for SimFile {
             }
             if state.roll(faults.write_error, &counter) {
                 let landed = state.rng.random_range(0..=buf.len());
-                file(state, inode)?.data.extend_from_slice(&buf[..landed]);
+                file(state, inode)?.store(offset, &buf[..landed]);
                 return Err(injected("write failed"));
             }
             let stored = if buf.len() > 1 && state.roll(faults.short_write, &counter) {
@@ -382,7 +396,7 @@ impl IoFile for SimFile {
             } else {
                 buf.len()
             };
-            file(state, inode)?.data.extend_from_slice(&buf[..stored]);
+            file(state, inode)?.store(offset, &buf[..stored]);
             Ok(stored)
         })
     }

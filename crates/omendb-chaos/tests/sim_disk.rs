@@ -24,10 +24,10 @@ fn synced_bytes_survive_a_crash_and_unsynced_ones_are_lost_or_torn_at_a_sector()
         let mut file = io.create(&path).unwrap();
         io.sync_dir(dir()).unwrap();
         let synced = vec![1u8; 700];
-        file.append(&synced).unwrap();
+        file.write_at(file.len().unwrap(), &synced).unwrap();
         file.sync_data().unwrap();
         let unsynced = vec![2u8; 3 * SECTOR];
-        file.append(&unsynced).unwrap();
+        file.write_at(file.len().unwrap(), &unsynced).unwrap();
         disk.crash();
 
         let after = disk.read(&path).unwrap();
@@ -44,7 +44,8 @@ fn synced_bytes_survive_a_crash_and_unsynced_ones_are_lost_or_torn_at_a_sector()
         );
         assert!(after[synced.len()..].iter().all(|b| *b == 2));
         // The dead process's handles are gone.
-        assert!(file.append(b"x").is_err());
+        assert!(file.write_at(0, b"x").is_err());
+        assert!(file.len().is_err());
         assert!(io.list(dir()).is_err());
     }
 }
@@ -58,7 +59,7 @@ fn a_name_is_durable_only_after_its_directory_is_synced() {
     kept.sync_data().unwrap();
     io.sync_dir(dir()).unwrap();
     let mut lost = io.create(&dir().join("lost")).unwrap();
-    lost.append(b"data").unwrap();
+    lost.write_at(lost.len().unwrap(), b"data").unwrap();
     lost.sync_data().unwrap();
     io.rename(&dir().join("kept"), &dir().join("renamed"))
         .unwrap();
@@ -81,7 +82,7 @@ fn each_fault_does_what_it_says() {
         disk_full: 1.0,
         ..DiskFaults::NONE
     });
-    let full = file.append(b"abc").unwrap_err();
+    let full = file.write_at(file.len().unwrap(), b"abc").unwrap_err();
     assert_eq!(full.kind(), std::io::ErrorKind::StorageFull);
     assert_eq!(file.len().unwrap(), 0, "a full disk stores nothing");
 
@@ -89,7 +90,7 @@ fn each_fault_does_what_it_says() {
         short_write: 1.0,
         ..DiskFaults::NONE
     });
-    let stored = file.append(&[9u8; 100]).unwrap();
+    let stored = file.write_at(file.len().unwrap(), &[9u8; 100]).unwrap();
     assert!(stored < 100, "a short write stores a prefix");
     assert_eq!(file.len().unwrap(), stored as u64);
 
@@ -98,7 +99,7 @@ fn each_fault_does_what_it_says() {
         ..DiskFaults::NONE
     });
     let before = file.len().unwrap();
-    assert!(file.append(&[8u8; 100]).is_err());
+    assert!(file.write_at(file.len().unwrap(), &[8u8; 100]).is_err());
     assert!(file.len().unwrap() <= before + 100);
 
     disk.set_faults(DiskFaults {

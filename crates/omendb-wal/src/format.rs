@@ -125,7 +125,9 @@ pub(crate) enum Step<'a> {
         /// Where the next intact record starts; `None` when nothing intact follows.
         resume: Option<usize>,
     },
-    /// The buffer ends exactly after the last record.
+    /// The buffer ends after the last record, exactly or followed only by zeros (the space the
+    /// writer zero-filled ahead of its records; a frame never starts with an all-zero header,
+    /// since LSN 0 does not exist).
     End,
 }
 
@@ -173,11 +175,18 @@ impl<'a> Scanner<'a> {
         self.next_lsn
     }
 
+    /// The offset of the next frame: after [`Step::End`], where the records end.
+    pub(crate) fn offset(&self) -> usize {
+        self.pos
+    }
+
     /// Decodes the next frame. After [`Step::Damage`] the scanner stays put until
     /// [`Scanner::skip_to`] moves it.
     pub(crate) fn step(&mut self) -> Step<'a> {
         let rest = &self.buf[self.pos..];
-        if rest.is_empty() {
+        // Zeros after a record end the log only when nothing but zeros follows; any other byte
+        // after them is damage, found and classified below like any other.
+        if rest.first().is_none_or(|&b| b == 0) && rest.iter().all(|&b| b == 0) {
             return Step::End;
         }
         let kind = match decode_frame(rest, self.max_payload) {
@@ -317,6 +326,26 @@ mod tests {
             }
         );
         assert_eq!(scan.step(), Step::End);
+    }
+
+    #[test]
+    fn zeros_after_the_records_end_the_scan_but_a_byte_after_them_is_damage() {
+        let mut buf = log(&[b"a", b"bb"], 1);
+        let end = buf.len();
+        buf.resize(end + 1000, 0);
+        let mut scan = Scanner::new(&buf, 1, 100);
+        assert!(matches!(scan.step(), Step::Record { lsn: 1, .. }));
+        assert!(matches!(scan.step(), Step::Record { lsn: 2, .. }));
+        assert_eq!(scan.step(), Step::End);
+        assert_eq!(scan.offset(), end);
+
+        buf[end + 500] = 1;
+        let mut scan = Scanner::new(&buf, 1, 100);
+        scan.step();
+        scan.step();
+        let step = scan.step();
+        assert!(step.is_torn_tail(), "{step:?}");
+        assert!(matches!(step, Step::Damage { offset, .. } if offset == end));
     }
 
     #[test]

@@ -3,15 +3,17 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// An open log file: appended at its end, read anywhere.
+/// An open log file: written and read anywhere.
 pub trait IoFile: Send + Sync + fmt::Debug {
-    /// Appends `buf` at the end of the file and returns how many bytes were stored. Fewer than
-    /// `buf.len()` is a short write, which the log treats as a failure.
-    fn append(&mut self, buf: &[u8]) -> io::Result<usize>;
-    /// Makes every appended byte durable (`fdatasync`).
+    /// Writes `buf` at `offset` (overwriting, or extending the file) and returns how many bytes
+    /// were stored. Fewer than `buf.len()` is a short write, which the log treats as a failure.
+    /// The log writes only at or after the end of its records: into the zeros it wrote ahead
+    /// of them, or at the end of the file.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<usize>;
+    /// Makes every written byte durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Reads into `buf` from `offset`; returns the bytes read (0 at the end).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
@@ -36,7 +38,7 @@ pub trait FileIo: Send + Sync + fmt::Debug + 'static {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Creates a new file at `path`; fails if it exists.
     fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
-    /// Opens the existing file at `path` for reading and appending.
+    /// Opens the existing file at `path` for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>>;
     /// The names of the entries of `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
@@ -71,9 +73,26 @@ struct StdFile {
 }
 
 impl IoFile for StdFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // The file is opened in append mode, so every write lands at the end.
-        self.file.write_all(buf)?;
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::write_all_at(&self.file, buf, offset)?;
+        }
+        #[cfg(windows)]
+        {
+            let mut done = 0;
+            while done < buf.len() {
+                let n = std::os::windows::fs::FileExt::seek_write(
+                    &self.file,
+                    &buf[done..],
+                    offset + done as u64,
+                )?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                done += n;
+            }
+        }
         Ok(buf.len())
     }
 
@@ -131,9 +150,11 @@ impl FileIo for StdIo {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
+        // Not in append mode: positional writes land where they are aimed (on Linux, `pwrite`
+        // on an `O_APPEND` file ignores its offset).
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(path)?;
         Ok(Box::new(StdFile {
@@ -143,7 +164,7 @@ impl FileIo for StdIo {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        let file = OpenOptions::new().read(true).append(true).open(path)?;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
         Ok(Box::new(StdFile {
             file,
             path: path.to_owned(),

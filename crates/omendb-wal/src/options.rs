@@ -65,7 +65,9 @@ pub struct WalOptions {
     /// Appenders wait while this many bytes are queued for the writer (default 64 MiB), so a
     /// slow disk turns into backpressure rather than unbounded memory.
     pub max_buffered_bytes: usize,
-    /// Reserve each new segment's blocks up front where the OS can (Linux `fallocate`).
+    /// Reserve each new segment's blocks up front where the OS can (Linux `fallocate`), and
+    /// write zeros ahead of the records, so that syncs overwrite the file instead of growing it
+    /// (default on; see `docs/wal.md`).
     pub preallocate: bool,
 }
 

@@ -199,7 +199,17 @@ pub(crate) fn examine(
                 report.first_lsn.get_or_insert(lsn);
                 report.last_lsn = Some(lsn);
             }
-            Step::End => break,
+            Step::End => {
+                if scan.offset() < buf.len() {
+                    // The zeros a crashed writer had written ahead of its records: not damage,
+                    // and cut so that appends continue right after the last record.
+                    verdict = Verdict::Keep {
+                        cut: Some(scan.offset()),
+                        stop: false,
+                    };
+                }
+                break;
+            }
             Step::Damage {
                 offset,
                 kind,

@@ -85,6 +85,7 @@ impl FileWal {
             file: recovered.active,
             path,
             len: recovered.active_len,
+            zeroed: recovered.active_len,
             written: recovered.last_lsn,
             durable: recovered.last_lsn,
             last_sync: Instant::now(),

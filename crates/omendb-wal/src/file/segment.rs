@@ -77,8 +77,8 @@ pub(crate) fn create(
     let mut file = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let header = format::encode_header(base);
     let written = file
-        .append(&header)
-        .map_err(|e| Error::io("append", &tmp, e))?;
+        .write_at(0, &header)
+        .map_err(|e| Error::io("write", &tmp, e))?;
     if written != HEADER_LEN {
         return Err(Error::ShortWrite {
             path: tmp,

@@ -1,6 +1,14 @@
 //! The one thread that owns the local log's active segment: it takes group-commit batches from
-//! the queue, writes each with one append (split only at a segment boundary), syncs by policy,
+//! the queue, writes each with one write (split only at a segment boundary), syncs by policy,
 //! rotates segments, and poisons the queue at the first failure.
+//!
+//! With [`WalOptions::preallocate`] the writer keeps zeros written ahead of its records, in
+//! steps of [`ZERO_STEP`], and writes each batch over them: an `fdatasync` of bytes inside the
+//! file's length writes the data pages only, while one that grows the file also commits the new
+//! size through the file system's journal (on ext4 on this project's machines that cost a
+//! group of 64 small records 250 µs instead of 135 µs). Only the sync after each step pays it.
+//! The zeros are cut off when a segment is closed, so a cleanly closed segment ends at its last
+//! record; recovery cuts them after a crash (see [`crate::format::Step::End`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,8 +32,10 @@ pub(crate) struct Writer {
     /// The active segment.
     pub(crate) file: Box<dyn IoFile>,
     pub(crate) path: PathBuf,
-    /// Bytes in the active segment.
+    /// Bytes of records (and header) in the active segment.
     pub(crate) len: u64,
+    /// The file's length: `len`, then the zeros written ahead of the records.
+    pub(crate) zeroed: u64,
     /// Last LSN written and last LSN synced.
     pub(crate) written: Lsn,
     pub(crate) durable: Lsn,
@@ -36,6 +46,14 @@ pub(crate) struct Writer {
 
 /// Upper bound of the adaptive group-commit wait, whatever a sync costs.
 const MAX_GATHER: Duration = Duration::from_millis(2);
+
+/// How far ahead of the records the writer zero-fills the segment at a time. Measured on ext4
+/// (2,000 groups of 7 KiB, each written and synced): 128 KiB to 2 MiB steps all cut the mean
+/// sync from ~255 µs to 145–185 µs; larger steps make the one sync that writes them slower.
+pub(crate) const ZERO_STEP: u64 = 256 << 10;
+
+/// Zeros to write from, so a step needs no allocation.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl Writer {
     /// Runs until the queue closes (after a final sync) or a failure poisons it.
@@ -55,8 +73,9 @@ impl Writer {
                 Next::Idle => self.sync_if_due(),
                 Next::Closed => {
                     if !self.queue.is_poisoned() {
-                        // A clean close syncs everything written, whatever the policy.
-                        match self.sync() {
+                        // A clean close syncs everything written, whatever the policy, and
+                        // leaves the segment ending at its last record.
+                        match self.sync().and_then(|()| self.trim()) {
                             Ok(()) => {
                                 self.queue
                                     .complete(self.written, Some(self.durable), Vec::new());
@@ -125,10 +144,18 @@ impl Writer {
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let end = self.len + bytes.len() as u64;
+        if self.options.preallocate && end > self.zeroed {
+            // A fresh segment may hold one record larger than the segment size.
+            let target = (self.zeroed + ZERO_STEP)
+                .min(self.options.segment_bytes)
+                .max(end);
+            self.zero_fill(target)?;
+        }
         let written = self
             .file
-            .append(bytes)
-            .map_err(|e| Error::io("append", &self.path, e))?;
+            .write_at(self.len, bytes)
+            .map_err(|e| Error::io("write", &self.path, e))?;
         if written != bytes.len() {
             return Err(Error::ShortWrite {
                 path: self.path.clone(),
@@ -137,6 +164,39 @@ impl Writer {
             });
         }
         self.len += bytes.len() as u64;
+        self.zeroed = self.zeroed.max(self.len);
+        Ok(())
+    }
+
+    /// Writes zeros from the end of the file up to `target`.
+    fn zero_fill(&mut self, target: u64) -> Result<()> {
+        while self.zeroed < target {
+            let n = (target - self.zeroed).min(ZEROS.len() as u64) as usize;
+            let written = self
+                .file
+                .write_at(self.zeroed, &ZEROS[..n])
+                .map_err(|e| Error::io("write", &self.path, e))?;
+            if written != n {
+                return Err(Error::ShortWrite {
+                    path: self.path.clone(),
+                    written,
+                    expected: n,
+                });
+            }
+            self.zeroed += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Cuts the zeros after the last record. Not synced: were the cut lost in a crash, recovery
+    /// would make it again.
+    fn trim(&mut self) -> Result<()> {
+        if self.zeroed > self.len {
+            self.file
+                .truncate(self.len)
+                .map_err(|e| Error::io("truncate", &self.path, e))?;
+            self.zeroed = self.len;
+        }
         Ok(())
     }
 
@@ -175,6 +235,7 @@ impl Writer {
         self.sync()?;
         self.queue
             .complete(self.written, Some(self.durable), Vec::new());
+        self.trim()?;
         let (seg, file) = segment::create(
             self.io.as_ref(),
             &self.dir,
@@ -184,6 +245,7 @@ impl Writer {
         self.path = seg.path.clone();
         self.file = file;
         self.len = HEADER_LEN as u64;
+        self.zeroed = self.len;
         match self.segments.lock() {
             Ok(mut list) => list.push(seg),
             Err(poisoned) => poisoned.into_inner().push(seg),

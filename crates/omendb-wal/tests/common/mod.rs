@@ -273,16 +273,16 @@ struct FaultyFile {
 }
 
 impl IoFile for FaultyFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<usize> {
         self.faults.appends.fetch_add(1, Ordering::SeqCst);
         if self.faults.fail_append.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("injected append failure"));
         }
         if self.faults.short_append.swap(false, Ordering::SeqCst) {
             let half = buf.len() / 2;
-            return self.inner.append(&buf[..half]);
+            return self.inner.write_at(offset, &buf[..half]);
         }
-        self.inner.append(buf)
+        self.inner.write_at(offset, buf)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
