@@ -3,7 +3,7 @@
 //! rotates segments, and poisons the queue at the first failure.
 //!
 //! With [`WalOptions::preallocate`] the writer keeps zeros written ahead of its records, in
-//! steps of [`ZERO_STEP`], and writes each batch over them: an `fdatasync` of bytes inside the
+//! steps of [`ZERO_STEP`], and writes each small batch (up to [`ZERO_FOR`]) over them: an `fdatasync` of bytes inside the
 //! file's length writes the data pages only, while one that grows the file also commits the new
 //! size through the file system's journal (on ext4 on this project's machines that cost a
 //! group of 64 small records 250 µs instead of 135 µs). Only the sync after each step pays it.
@@ -51,6 +51,12 @@ const MAX_GATHER: Duration = Duration::from_millis(2);
 /// (2,000 groups of 7 KiB, each written and synced): 128 KiB to 2 MiB steps all cut the mean
 /// sync from ~255 µs to 145–185 µs; larger steps make the one sync that writes them slower.
 pub(crate) const ZERO_STEP: u64 = 256 << 10;
+
+/// The largest write that zeros are written ahead of. Zeros double the bytes a sync writes
+/// back, which pays only while the journal commit they save dominates the sync: that commit
+/// (~80 µs here) costs as much as writing ~40 KiB, so a group of 64 small records (7 KiB) gains
+/// and one of 64 records of 4 KiB (263 KiB, more than a whole step) would lose.
+pub(crate) const ZERO_FOR: usize = 16 << 10;
 
 /// Zeros to write from, so a step needs no allocation.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
@@ -145,7 +151,7 @@ impl Writer {
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
         let end = self.len + bytes.len() as u64;
-        if self.options.preallocate && end > self.zeroed {
+        if self.options.preallocate && bytes.len() <= ZERO_FOR && end > self.zeroed {
             // A fresh segment may hold one record larger than the segment size.
             let target = (self.zeroed + ZERO_STEP)
                 .min(self.options.segment_bytes)
