@@ -3,10 +3,11 @@
 //! rotates segments, and poisons the queue at the first failure.
 //!
 //! With [`WalOptions::preallocate`] the writer keeps zeros written ahead of its records, in
-//! steps of [`ZERO_STEP`], and writes each small batch (up to [`ZERO_FOR`]) over them: an `fdatasync` of bytes inside the
-//! file's length writes the data pages only, while one that grows the file also commits the new
-//! size through the file system's journal (on ext4 on this project's machines that cost a
-//! group of 64 small records 250 µs instead of 135 µs). Only the sync after each step pays it.
+//! steps of [`ZERO_STEP`], and writes each small batch (up to [`ZERO_FOR`]) over them: an
+//! `fdatasync` of bytes inside the file's length writes the data pages only, while one that
+//! grows the file also commits the new size through the file system's journal (on ext4 on this
+//! project's machines that cost a group of 64 small records 250 µs instead of 135 µs). Only the
+//! sync after each step pays it.
 //! The zeros are cut off when a segment is closed, so a cleanly closed segment ends at its last
 //! record; recovery cuts them after a crash (see [`crate::format::Step::End`]).
 
