@@ -186,7 +186,7 @@ impl<'a> Scanner<'a> {
         let rest = &self.buf[self.pos..];
         // Zeros after a record end the log only when nothing but zeros follows; any other byte
         // after them is damage, found and classified below like any other.
-        if rest.first().is_none_or(|&b| b == 0) && rest.iter().all(|&b| b == 0) {
+        if rest.iter().all(|&b| b == 0) {
             return Step::End;
         }
         let kind = match decode_frame(rest, self.max_payload) {
