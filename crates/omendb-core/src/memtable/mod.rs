@@ -1,31 +1,44 @@
 //! The memtable: one table's recent writes, ordered by (key, LSN newest first), readable at any
 //! snapshot while writers go on (see `docs/rfcs/0001-engine.md`).
 //!
-//! It is a lock-free skip list (`crossbeam-skiplist`), so readers never wait for writers. Rows are
-//! opaque bytes here (the engine encodes them); a deletion is a tombstone version of the key, and
-//! a range deletion a separate tombstone that hides every older version of the keys it covers.
-//! A read at snapshot `s` sees exactly the versions with LSN ≤ `s`, provided every write with an
-//! LSN ≤ `s` has been applied: the engine reads only at snapshots up to its visible LSN, which it
-//! raises once all lower LSNs are applied (a reader at a higher snapshot could see half a batch).
+//! Writes go into a lock-free skip list (`crossbeam-skiplist`) kept small enough to stay in
+//! cache; once it holds [`SEAL_ENTRIES`] versions it is sealed, a fresh one takes the writes, and
+//! the sealed one is copied into a sorted run that merges with older runs of similar size
+//! ([`run`]). Readers load the current layers (skip list, sealed list, runs) through an
+//! `ArcSwap` and never wait for writers. Rows are opaque bytes here (the engine encodes them); a
+//! deletion is a tombstone version of the key, and a range deletion a separate tombstone that
+//! hides every older version of the keys it covers. A read at snapshot `s` sees exactly the
+//! versions with LSN ≤ `s`, provided every write with an LSN ≤ `s` has been applied: the engine
+//! reads only at snapshots up to its visible LSN, which it raises once all lower LSNs are applied
+//! (a reader at a higher snapshot could see half a batch).
 
 use std::ops::{Bound, RangeBounds, RangeInclusive};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, TryLockError};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 
 use crate::filter::GrowingFilter;
+use crate::sync::{Mutex, RwLock, read};
 
 mod cut;
 mod generation;
+mod run;
 
 pub use generation::Generation;
+use run::{Merge, Run, Source};
 
 /// A log sequence number: the order of committed write batches.
 pub type Lsn = u64;
 
 /// Bytes an entry costs beyond its row, for the memtable's size (skip-list node, key, LSN).
 const ENTRY_OVERHEAD: usize = 64;
+
+/// Versions the skip list takes before it is sealed into a run: at ~100 bytes a node, its nodes
+/// stay within the L2/L3 caches, so an insert's search rarely misses.
+const SEAL_ENTRIES: usize = 16 * 1024;
 
 /// What the memtable knows about a key at a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +59,7 @@ pub enum Lookup {
     Absent,
 }
 
-/// A version's place in the skip list: key ascending, then LSN descending (newest first).
+/// A version's place in the memtable: key ascending, then LSN descending (newest first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Version {
     key: u64,
@@ -66,18 +79,94 @@ impl Version {
     }
 }
 
-/// One table's recent writes.
+/// The skip list writes go into; `None` is a tombstone.
+type List = SkipMap<Version, Option<Bytes>>;
+
+/// What a reader loads: every version the memtable holds, newest layer first.
 #[derive(Debug, Default)]
+struct Layers {
+    /// Takes the writes.
+    live: Arc<List>,
+    /// A full skip list being copied into a run (no writer is in it any more).
+    sealed: Option<Arc<List>>,
+    /// Runs, newest first.
+    runs: Vec<Arc<Run>>,
+}
+
+impl Layers {
+    /// Every layer as a merge source, newest first.
+    fn sources(&self) -> Vec<Source> {
+        let lists = std::iter::once(&self.live).chain(&self.sealed);
+        lists
+            .map(|list| Source::List(Arc::clone(list)))
+            .chain(self.runs.iter().map(|run| Source::Run(Arc::clone(run))))
+            .collect()
+    }
+
+    /// `key`'s newest version with an LSN ≤ `snapshot`, from whichever layer holds it. Every
+    /// layer is asked: appliers of different LSNs run concurrently, so a newer layer may hold
+    /// an older LSN. Where two hold the same LSN (a batch wrote the key twice across a seal),
+    /// the newer layer has the later write.
+    fn newest(&self, key: u64, snapshot: Lsn) -> Option<(Lsn, Option<Bytes>)> {
+        let mut newest: Option<(Lsn, Option<Bytes>)> = None;
+        let mut offer = |lsn: Lsn, row: &dyn Fn() -> Option<Bytes>| {
+            if newest.as_ref().is_none_or(|(best, _)| lsn > *best) {
+                newest = Some((lsn, row()));
+            }
+        };
+        for list in std::iter::once(&self.live).chain(&self.sealed) {
+            if let Some(entry) = list
+                .range(Version::new(key, snapshot)..=Version::new(key, 0))
+                .next()
+            {
+                offer(entry.key().lsn(), &|| entry.value().clone());
+            }
+        }
+        for run in &self.runs {
+            if let Some((lsn, row)) = run.newest(key, snapshot) {
+                offer(lsn, &|| row.clone());
+            }
+        }
+        newest
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.sealed.is_none() && self.runs.is_empty()
+    }
+}
+
+/// One table's recent writes.
+#[derive(Debug)]
 pub struct Memtable {
-    /// Keys with a version, so a point read of a key the memtable never saw skips the skip
-    /// list (absent in memtables made without one).
+    /// Keys with a version, so a point read of a key the memtable never saw skips the layers
+    /// (absent in memtables made without one).
     filter: Option<GrowingFilter>,
-    /// Row versions; `None` is a tombstone.
-    versions: SkipMap<Version, Option<Bytes>>,
+    layers: ArcSwap<Layers>,
+    /// Held shared by writers while they insert into the live skip list, and exclusively to
+    /// seal it: once sealing holds it, no write can still land in the sealed list.
+    writing: RwLock<()>,
+    /// Held by the one writer that seals and merges; the others go on writing meanwhile.
+    sealing: Mutex<()>,
     /// Range tombstones by (first key, LSN newest first, last key): the last key is part of the
     /// entry's key so that two ranges with the same first key and LSN both stay.
     ranges: SkipMap<(Version, u64), ()>,
     bytes: AtomicUsize,
+    /// Versions the live skip list takes before it is sealed ([`SEAL_ENTRIES`] but in tests).
+    seal_at: usize,
+}
+
+impl Default for Memtable {
+    fn default() -> Self {
+        Self {
+            filter: None,
+            layers: ArcSwap::default(),
+            writing: RwLock::new(()),
+            sealing: Mutex::new(()),
+            ranges: SkipMap::new(),
+            bytes: AtomicUsize::new(0),
+            seal_at: SEAL_ENTRIES,
+        }
+    }
 }
 
 impl Memtable {
@@ -94,25 +183,85 @@ impl Memtable {
         }
     }
 
+    /// An empty memtable whose skip list is sealed every `seal_at` versions (so tests reach
+    /// runs and merges with few writes).
+    #[cfg(test)]
+    fn sealing_every(seal_at: usize) -> Self {
+        Self {
+            seal_at: seal_at.max(1),
+            ..Self::default()
+        }
+    }
+
     /// Writes `row` as `key`'s version at `lsn`. A second write of the same key at the same
     /// LSN (twice in one write batch) replaces the first.
     pub fn put(&self, key: u64, lsn: Lsn, row: Bytes) {
-        // The filter learns the key first: a reader that finds the version may rely on it.
-        if let Some(filter) = &self.filter {
-            filter.insert(key);
-        }
         self.bytes
             .fetch_add(row.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
-        self.versions.insert(Version::new(key, lsn), Some(row));
+        self.insert(key, lsn, Some(row));
     }
 
     /// Deletes `key` at `lsn`.
     pub fn delete(&self, key: u64, lsn: Lsn) {
+        self.bytes.fetch_add(ENTRY_OVERHEAD, Ordering::Relaxed);
+        self.insert(key, lsn, None);
+    }
+
+    fn insert(&self, key: u64, lsn: Lsn, row: Option<Bytes>) {
+        // The filter learns the key first: a reader that finds the version may rely on it.
         if let Some(filter) = &self.filter {
             filter.insert(key);
         }
-        self.bytes.fetch_add(ENTRY_OVERHEAD, Ordering::Relaxed);
-        self.versions.insert(Version::new(key, lsn), None);
+        let full = {
+            let _writing = read(&self.writing);
+            let layers = self.layers.load();
+            layers.live.insert(Version::new(key, lsn), row);
+            layers.live.len() >= self.seal_at
+        };
+        if full {
+            self.seal();
+        }
+    }
+
+    /// Seals a full skip list into a run and merges runs of similar size, unless another
+    /// writer is at it (the list then grows past its size until that writer is done).
+    fn seal(&self) {
+        let _sealing = match self.sealing.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        // Only the holder of `sealing` replaces the layers, so they stay as loaded here.
+        let layers = self.layers.load_full();
+        let sealed = {
+            let _writing = self
+                .writing
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if layers.live.len() < self.seal_at {
+                return;
+            }
+            self.layers.store(Arc::new(Layers {
+                live: Arc::new(List::new()),
+                sealed: Some(Arc::clone(&layers.live)),
+                runs: layers.runs.clone(),
+            }));
+            Arc::clone(&layers.live)
+        };
+        let mut runs = vec![Arc::new(Run::from_whole_list(&sealed))];
+        runs.extend(layers.runs.iter().cloned());
+        // A binary counter: the newest run merges into the next while that one is at most
+        // twice its size, so each run is over twice the size of the one before it.
+        while runs.len() >= 2 && runs[1].len() <= 2 * runs[0].len() {
+            let merged = Run::merge(&runs[0], &runs[1]);
+            runs.splice(0..2, [Arc::new(merged)]);
+        }
+        let current = self.layers.load_full();
+        self.layers.store(Arc::new(Layers {
+            live: Arc::clone(&current.live),
+            sealed: None,
+            runs,
+        }));
     }
 
     /// Deletes every key in `range` (inclusive, so `u64::MAX` can be covered) at `lsn`.
@@ -141,11 +290,7 @@ impl Memtable {
         if self.ranges.is_empty() && self.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {
             return Lookup::Absent;
         }
-        let newest = self
-            .versions
-            .range(Version::new(key, snapshot)..=Version::new(key, 0))
-            .next()
-            .map(|entry| (entry.key().lsn(), entry.value().clone()));
+        let newest = self.layers.load().newest(key, snapshot);
         let range_lsn = if self.ranges.is_empty() {
             None
         } else {
@@ -160,6 +305,11 @@ impl Memtable {
         }
     }
 
+    /// Every version of keys in `range`, key ascending and LSN descending (or the reverse).
+    fn walk(&self, range: RangeInclusive<u64>, reverse: bool) -> Merge {
+        Merge::new(self.layers.load().sources(), range, reverse)
+    }
+
     /// Every key in `range` with a visible version at `snapshot`, in key order, with what the
     /// memtable says about it (deletions included, so a merge with older layers can hide them).
     /// Keys only covered by a range tombstone are not listed: ask [`Memtable::get`], or use
@@ -169,25 +319,23 @@ impl Memtable {
         range: impl RangeBounds<u64>,
         snapshot: Lsn,
     ) -> impl Iterator<Item = (u64, Lookup)> + '_ {
-        let start = match range.start_bound() {
-            Bound::Included(&k) => Bound::Included(Version::new(k, Lsn::MAX)),
-            Bound::Excluded(&k) => Bound::Excluded(Version::new(k, 0)),
-            Bound::Unbounded => Bound::Unbounded,
+        let first = match range.start_bound() {
+            Bound::Included(&k) => Some(k),
+            Bound::Excluded(&k) => k.checked_add(1),
+            Bound::Unbounded => Some(0),
         };
-        let end = match range.end_bound() {
-            Bound::Included(&k) => Bound::Included(Version::new(k, 0)),
-            Bound::Excluded(&k) => Bound::Excluded(Version::new(k, Lsn::MAX)),
-            Bound::Unbounded => Bound::Unbounded,
+        let last = match range.end_bound() {
+            Bound::Included(&k) => Some(k),
+            Bound::Excluded(&k) => k.checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
         };
-        let mut last_key = None;
-        self.versions.range((start, end)).filter_map(move |entry| {
-            let version = *entry.key();
-            // The first visible version of each key is its newest; skip the rest of the key.
-            if version.lsn() > snapshot || last_key == Some(version.key) {
-                return None;
-            }
-            last_key = Some(version.key);
-            Some((version.key, self.get(version.key, snapshot)))
+        let keys = match (first, last) {
+            (Some(first), Some(last)) if first <= last => Some(first..=last),
+            _ => None,
+        };
+        keys.into_iter().flat_map(move |keys| {
+            self.newest(keys, snapshot, false)
+                .map(move |(key, _)| (key, self.get(key, snapshot)))
         })
     }
 
@@ -201,30 +349,30 @@ impl Memtable {
         snapshot: Lsn,
         reverse: bool,
     ) -> Box<dyn Iterator<Item = (u64, Option<Bytes>)> + Send + '_> {
-        let (first, last) = (*range.start(), *range.end());
+        if range.is_empty() {
+            return Box::new(std::iter::empty());
+        }
         let visible = self
-            .versions
-            .range(Version::new(first, Lsn::MAX)..=Version::new(last, 0))
-            .filter(move |entry| entry.key().lsn() <= snapshot);
+            .walk(range, reverse)
+            .filter(move |&(_, lsn, _)| lsn <= snapshot);
         if reverse {
             // Backwards, a key's versions come oldest first: its last one seen is the newest.
-            let mut visible = visible.rev().peekable();
+            let mut visible = visible.peekable();
             Box::new(std::iter::from_fn(move || {
-                let mut entry = visible.next()?;
-                while let Some(next) = visible.next_if(|e| e.key().key == entry.key().key) {
-                    entry = next;
+                let (key, _, mut row) = visible.next()?;
+                while let Some((_, _, newer)) = visible.next_if(|&(k, _, _)| k == key) {
+                    row = newer;
                 }
-                Some((entry.key().key, entry.value().clone()))
+                Some((key, row))
             }))
         } else {
             let mut previous = None;
-            Box::new(visible.filter_map(move |entry| {
-                let key = entry.key().key;
+            Box::new(visible.filter_map(move |(key, _, row)| {
                 if previous == Some(key) {
                     return None;
                 }
                 previous = Some(key);
-                Some((key, entry.value().clone()))
+                Some((key, row))
             }))
         }
     }
@@ -232,20 +380,21 @@ impl Memtable {
     /// Every version, key ascending and LSN descending, `None` for a deletion: what a flush
     /// writes.
     pub fn versions(&self) -> impl Iterator<Item = (u64, Lsn, Option<Bytes>)> + '_ {
-        self.versions
-            .iter()
-            .map(|entry| (entry.key().key, entry.key().lsn(), entry.value().clone()))
+        self.walk(0..=u64::MAX, false)
     }
 
     /// The newest LSN of any write — version or range tombstone — touching `range`, if any:
     /// what a transaction's conflict check asks.
     pub fn newest_lsn(&self, range: RangeInclusive<u64>) -> Option<Lsn> {
         let (first, last) = (*range.start(), *range.end());
-        let versions = self
-            .versions
-            .range(Version::new(first, Lsn::MAX)..=Version::new(last, 0))
-            .map(|entry| entry.key().lsn())
-            .max();
+        let layers = self.layers.load();
+        let lists = std::iter::once(&layers.live).chain(&layers.sealed);
+        let in_lists = lists.flat_map(|list| {
+            list.range(Version::new(first, Lsn::MAX)..=Version::new(last, 0))
+                .map(|entry| entry.key().lsn())
+        });
+        let in_runs = layers.runs.iter().filter_map(|run| run.newest_lsn(&range));
+        let versions = in_lists.chain(in_runs).max();
         let ranges = self
             .ranges
             .iter()
@@ -271,7 +420,7 @@ impl Memtable {
 
     /// Whether nothing was ever written.
     pub fn is_empty(&self) -> bool {
-        self.versions.front().is_none() && self.ranges.front().is_none()
+        self.layers.load().is_empty() && self.ranges.front().is_none()
     }
 }
 
@@ -324,8 +473,15 @@ mod tests {
         map
     }
 
-    fn apply(memtable: &Memtable, ops: &[Op]) {
-        for (i, op) in ops.iter().enumerate() {
+    /// Applies op `i` at LSN `i + 1`, in an order shuffled by `shuffle` (0: in LSN order), as
+    /// concurrent appliers may: a later seal can then hold an earlier LSN.
+    fn apply_in_order(memtable: &Memtable, ops: &[Op], shuffle: u64) {
+        let mut order: Vec<usize> = (0..ops.len()).collect();
+        if shuffle != 0 {
+            order.sort_by_key(|&i| (i as u64 ^ shuffle).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        for i in order {
+            let op = &ops[i];
             let lsn = i as Lsn + 1;
             match *op {
                 Op::Put(k, v) => memtable.put(k, lsn, Bytes::from(vec![v])),
@@ -337,9 +493,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn reads_at_every_snapshot_match_a_replayed_map(ops in proptest::collection::vec(op(), 0..120)) {
-            let memtable = Memtable::new();
-            apply(&memtable, &ops);
+        fn reads_at_every_snapshot_match_a_replayed_map(
+            ops in proptest::collection::vec(op(), 0..120),
+            seal_at in 1..40usize,
+            shuffle in any::<u64>(),
+        ) {
+            let memtable = Memtable::sealing_every(seal_at);
+            apply_in_order(&memtable, &ops, shuffle);
             for snapshot in 0..=ops.len() as Lsn {
                 let expected = oracle(&ops, snapshot);
                 for key in 0..55u64 {
@@ -370,11 +530,13 @@ mod tests {
             ops in proptest::collection::vec(op(), 0..120),
             first in 0..45u64,
             len in 0..45u64,
+            seal_at in 1..40usize,
+            shuffle in any::<u64>(),
         ) {
             // `newest` does not fold range deletions in: without them it must agree with the map.
             let ops: Vec<Op> = ops.into_iter().filter(|op| !matches!(op, Op::DeleteRange(..))).collect();
-            let memtable = Memtable::new();
-            apply(&memtable, &ops);
+            let memtable = Memtable::sealing_every(seal_at);
+            apply_in_order(&memtable, &ops, shuffle);
             let range = first..=first + len;
             for snapshot in 0..=ops.len() as Lsn {
                 let expected: Vec<(u64, Option<u8>)> = oracle(&ops, snapshot)
@@ -394,6 +556,96 @@ mod tests {
                 prop_assert_eq!(&backward, &expected, "backward at {}", snapshot);
             }
         }
+
+        #[test]
+        fn every_version_is_listed_once_in_order_however_it_was_sealed(
+            ops in proptest::collection::vec(op(), 0..200),
+            seal_at in 1..50usize,
+            shuffle in any::<u64>(),
+            first in 0..45u64,
+            len in 0..45u64,
+        ) {
+            let memtable = Memtable::sealing_every(seal_at);
+            apply_in_order(&memtable, &ops, shuffle);
+            // What a flush writes: (key, LSN) ascending by key then LSN descending.
+            let mut expected: Vec<(u64, Lsn, Option<u8>)> = ops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, op)| match *op {
+                    Op::Put(k, v) => Some((k, i as Lsn + 1, Some(v))),
+                    Op::Delete(k) => Some((k, i as Lsn + 1, None)),
+                    Op::DeleteRange(..) => None,
+                })
+                .collect();
+            expected.sort_by_key(|&(k, lsn, _)| (k, std::cmp::Reverse(lsn)));
+            let versions: Vec<(u64, Lsn, Option<u8>)> = memtable
+                .versions()
+                .map(|(k, lsn, row)| (k, lsn, row.map(|r| r[0])))
+                .collect();
+            prop_assert_eq!(&versions, &expected);
+            let range = first..=first + len;
+            let newest_point = expected
+                .iter()
+                .filter(|(k, _, _)| range.contains(k))
+                .map(|&(_, lsn, _)| lsn)
+                .max();
+            let newest_range = ops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, op)| match *op {
+                    Op::DeleteRange(a, b) if a <= *range.end() && *range.start() <= b => {
+                        Some(i as Lsn + 1)
+                    }
+                    _ => None,
+                })
+                .max();
+            prop_assert_eq!(memtable.newest_lsn(range), newest_point.max(newest_range));
+        }
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_batch_across_a_seal_keeps_the_later_write() {
+        let memtable = Memtable::sealing_every(2);
+        memtable.put(5, 1, Bytes::from_static(b"first"));
+        memtable.put(6, 1, Bytes::from_static(b"x"));
+        // The list sealed at two versions: the rewrite lands in the next one.
+        memtable.put(5, 1, Bytes::from_static(b"second"));
+        memtable.put(7, 1, Bytes::from_static(b"y"));
+        memtable.put(8, 1, Bytes::from_static(b"z"));
+        assert_eq!(
+            memtable.get(5, 1),
+            Lookup::Found {
+                row: Bytes::from_static(b"second"),
+                lsn: 1
+            }
+        );
+        let versions: Vec<_> = memtable.versions().collect();
+        assert_eq!(versions.len(), 4, "{versions:?}");
+        assert_eq!(versions[0], (5, 1, Some(Bytes::from_static(b"second"))));
+        let backward: Vec<_> = memtable.newest(0..=9, 1, true).collect();
+        assert_eq!(
+            backward.last(),
+            Some(&(5, Some(Bytes::from_static(b"second"))))
+        );
+    }
+
+    #[test]
+    fn many_seals_keep_the_runs_few() {
+        let memtable = Memtable::sealing_every(16);
+        for key in 0..10_000u64 {
+            memtable.put(
+                key.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                key + 1,
+                Bytes::from_static(b"v"),
+            );
+        }
+        let layers = memtable.layers.load();
+        // 625 seals; a binary counter keeps about log2(625) runs, each over twice the last.
+        assert!(layers.runs.len() <= 11, "{} runs", layers.runs.len());
+        for pair in layers.runs.windows(2) {
+            assert!(pair[1].len() > 2 * pair[0].len());
+        }
+        assert_eq!(memtable.versions().count(), 10_000);
     }
 
     #[test]
@@ -450,8 +702,38 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_racing_seals_lose_no_version() {
+        let memtable = Arc::new(Memtable::sealing_every(32));
+        const WRITERS: u64 = 4;
+        const WRITES: u64 = 5_000;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let memtable = Arc::clone(&memtable);
+                std::thread::spawn(move || {
+                    for i in 0..WRITES {
+                        let key = i * WRITERS + writer;
+                        memtable.put(key, key + 1, Bytes::from(key.to_le_bytes().to_vec()));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let keys: Vec<u64> = memtable.versions().map(|(key, _, _)| key).collect();
+        assert_eq!(keys, (0..WRITERS * WRITES).collect::<Vec<_>>());
+        for key in 0..WRITERS * WRITES {
+            assert!(
+                matches!(memtable.get(key, Lsn::MAX), Lookup::Found { lsn, .. } if lsn == key + 1),
+                "key {key}"
+            );
+        }
+    }
+
+    #[test]
     fn readers_see_every_published_write_while_a_writer_goes_on() {
-        let memtable = Arc::new(Memtable::new());
+        // Sealing every 64 versions, so readers race seals and merges too.
+        let memtable = Arc::new(Memtable::sealing_every(64));
         let visible = Arc::new(AtomicU64::new(0));
         const WRITES: u64 = 20_000;
         let writer = {

@@ -1,0 +1,446 @@
+//! A run: memtable versions frozen into sorted arrays.
+//!
+//! The memtable's skip list takes writes only while it is small enough to stay in cache; once it
+//! is full it is sealed and copied into a run, and runs of similar size merge (a binary counter),
+//! so a memtable of `n` versions is a handful of runs and each version is copied about
+//! `log2(n / SEAL_ENTRIES)` times, sequentially, instead of costing a search through one large
+//! skip list whose nodes are scattered in memory. Keys, LSNs and row ends are separate arrays, so
+//! a search reads only keys and a walk reads memory in order.
+
+use std::ops::{Bound, RangeInclusive};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{List, Lsn, Version};
+
+/// Versions sorted by key ascending, then LSN descending, each version once.
+#[derive(Debug)]
+pub(super) struct Run {
+    keys: Vec<u64>,
+    lsns: Vec<Lsn>,
+    /// Version `i`'s row is `rows[ends[i - 1]..ends[i]]` (from 0 for the first).
+    ends: Vec<usize>,
+    /// Whether version `i` is a deletion (its row is empty).
+    deleted: Vec<bool>,
+    rows: Bytes,
+    /// Every [`FENCE`]th key: a search reads this small array, which stays in cache, and then
+    /// one block of keys, instead of bisecting the whole key array miss after miss.
+    fences: Vec<u64>,
+}
+
+/// Keys per fence: a block of them is 256 bytes, four cache lines.
+const FENCE: usize = 32;
+
+impl Run {
+    /// Up to `limit` versions of `list` within `range` (version bounds): the first ones, or the
+    /// last ones if `reverse`. Also returns the last version taken, if the list has more.
+    pub(super) fn from_list(
+        list: &List,
+        range: (Bound<Version>, Bound<Version>),
+        limit: usize,
+        reverse: bool,
+    ) -> (Self, Option<Version>) {
+        let mut taken: Vec<_> = if reverse {
+            list.range(range).rev().take(limit + 1).collect()
+        } else {
+            list.range(range).take(limit + 1).collect()
+        };
+        let more = taken.len() > limit;
+        taken.truncate(limit);
+        let last = taken.last().map(|entry| *entry.key()).filter(|_| more);
+        if reverse {
+            taken.reverse();
+        }
+        let mut builder = Builder::with_capacity(taken.len(), 0);
+        for entry in &taken {
+            let version = *entry.key();
+            builder.push(version.key, version.lsn(), entry.value().as_deref());
+        }
+        (builder.finish(), last)
+    }
+
+    /// Every version of `list`.
+    pub(super) fn from_whole_list(list: &List) -> Self {
+        let mut builder = Builder::with_capacity(list.len(), 0);
+        for entry in list.iter() {
+            let version = *entry.key();
+            builder.push(version.key, version.lsn(), entry.value().as_deref());
+        }
+        builder.finish()
+    }
+
+    /// `newer` and `older` merged; where both hold a version, `newer`'s row is kept (a batch
+    /// writing one key twice keeps the later write, which is in the newer layer).
+    pub(super) fn merge(newer: &Run, older: &Run) -> Run {
+        let mut builder = Builder::with_capacity(
+            newer.len() + older.len(),
+            newer.rows.len() + older.rows.len(),
+        );
+        // Runs of a time series do not overlap: one follows the other whole.
+        if newer.is_empty() || older.is_empty() || newer.last_version() < older.version(0) {
+            builder.append(newer);
+            builder.append(older);
+            return builder.finish();
+        }
+        if older.last_version() < newer.version(0) {
+            builder.append(older);
+            builder.append(newer);
+            return builder.finish();
+        }
+        let (mut a, mut b) = (0, 0);
+        while a < newer.len() && b < older.len() {
+            let (va, vb) = (newer.version(a), older.version(b));
+            if va <= vb {
+                builder.push(va.key, va.lsn(), newer.row_bytes(a));
+                a += 1;
+                if va == vb {
+                    b += 1;
+                }
+            } else {
+                builder.push(vb.key, vb.lsn(), older.row_bytes(b));
+                b += 1;
+            }
+        }
+        for i in a..newer.len() {
+            builder.push(newer.keys[i], newer.lsns[i], newer.row_bytes(i));
+        }
+        for i in b..older.len() {
+            builder.push(older.keys[i], older.lsns[i], older.row_bytes(i));
+        }
+        builder.finish()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The last version (the run is not empty).
+    fn last_version(&self) -> Version {
+        self.version(self.len() - 1)
+    }
+
+    fn version(&self, i: usize) -> Version {
+        Version::new(self.keys[i], self.lsns[i])
+    }
+
+    fn row_bytes(&self, i: usize) -> Option<&[u8]> {
+        (!self.deleted[i]).then(|| &self.rows[self.row_range(i)])
+    }
+
+    fn row_range(&self, i: usize) -> std::ops::Range<usize> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        start..self.ends[i]
+    }
+
+    /// Version `i`'s row, `None` for a deletion (a slice of the run's buffer, not a copy).
+    fn row(&self, i: usize) -> Option<Bytes> {
+        (!self.deleted[i]).then(|| self.rows.slice(self.row_range(i)))
+    }
+
+    /// The positions of the versions of keys in `range`.
+    fn positions(&self, range: &RangeInclusive<u64>) -> std::ops::Range<usize> {
+        let start = self.first_at_least(*range.start());
+        let end = match range.end().checked_add(1) {
+            Some(after) if self.keys.last().is_some_and(|&last| last >= after) => {
+                self.first_at_least(after)
+            }
+            _ => self.len(),
+        };
+        start..end.max(start)
+    }
+
+    /// The position of the first key ≥ `key` (the run's length if none is).
+    fn first_at_least(&self, key: u64) -> usize {
+        // Fences before `block` are < key; the fence at `block` (key `block * FENCE`) is ≥ key.
+        let block = self.fences.partition_point(|&k| k < key);
+        if block == 0 {
+            return 0;
+        }
+        let low = (block - 1) * FENCE + 1;
+        let high = (block * FENCE).min(self.len());
+        low + self.keys[low..high].partition_point(|&k| k < key)
+    }
+
+    /// `key`'s newest version with an LSN ≤ `snapshot`: its LSN and row.
+    pub(super) fn newest(&self, key: u64, snapshot: Lsn) -> Option<(Lsn, Option<Bytes>)> {
+        let mut i = self.first_at_least(key);
+        while i < self.len() && self.keys[i] == key {
+            if self.lsns[i] <= snapshot {
+                return Some((self.lsns[i], self.row(i)));
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The newest LSN of any version of a key in `range`.
+    pub(super) fn newest_lsn(&self, range: &RangeInclusive<u64>) -> Option<Lsn> {
+        self.lsns[self.positions(range)].iter().copied().max()
+    }
+}
+
+/// Collects a run's arrays.
+#[derive(Default)]
+struct Builder {
+    keys: Vec<u64>,
+    lsns: Vec<Lsn>,
+    ends: Vec<usize>,
+    deleted: Vec<bool>,
+    rows: Vec<u8>,
+}
+
+impl Builder {
+    fn with_capacity(versions: usize, row_bytes: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(versions),
+            lsns: Vec::with_capacity(versions),
+            ends: Vec::with_capacity(versions),
+            deleted: Vec::with_capacity(versions),
+            rows: Vec::with_capacity(row_bytes),
+        }
+    }
+
+    fn push(&mut self, key: u64, lsn: Lsn, row: Option<&[u8]>) {
+        self.keys.push(key);
+        self.lsns.push(lsn);
+        self.rows.extend_from_slice(row.unwrap_or_default());
+        self.ends.push(self.rows.len());
+        self.deleted.push(row.is_none());
+    }
+
+    /// Appends all of `run`, whose versions come after every version pushed so far.
+    fn append(&mut self, run: &Run) {
+        let offset = self.rows.len();
+        self.keys.extend_from_slice(&run.keys);
+        self.lsns.extend_from_slice(&run.lsns);
+        self.deleted.extend_from_slice(&run.deleted);
+        self.ends.extend(run.ends.iter().map(|end| end + offset));
+        self.rows.extend_from_slice(&run.rows);
+    }
+
+    fn finish(self) -> Run {
+        Run {
+            fences: self.keys.iter().step_by(FENCE).copied().collect(),
+            keys: self.keys,
+            lsns: self.lsns,
+            ends: self.ends,
+            deleted: self.deleted,
+            rows: Bytes::from(self.rows),
+        }
+    }
+}
+
+/// Versions to walk: a run's, or a skip list's, taken a chunk at a time (a walk cannot hold the
+/// list's own iterator, which borrows the list, beside the list's `Arc`).
+pub(super) enum Source {
+    Run(Arc<Run>),
+    List(Arc<List>),
+}
+
+/// The first chunk taken from a skip list; each next one is twice as long, up to the last size,
+/// so a short scan copies little and a long one takes few searches.
+const CHUNKS: (usize, usize) = (32, 4096);
+
+/// One source's place in a merge.
+struct Cursor {
+    run: Arc<Run>,
+    /// Positions in `run` not yet taken.
+    left: std::ops::Range<usize>,
+    /// For a skip list: the list, and the last version its chunk holds while there are more.
+    list: Option<(Arc<List>, Version)>,
+    chunk: usize,
+    /// The next version it gives (`None` once done).
+    head: Option<Version>,
+}
+
+/// The versions of several sources in one order — key ascending and LSN descending, or the
+/// reverse — each version once: where sources share one, the source listed first (the newer)
+/// gives its row.
+pub(super) struct Merge {
+    cursors: Vec<Cursor>,
+    range: RangeInclusive<u64>,
+    reverse: bool,
+}
+
+impl Merge {
+    /// The versions of keys in `range` of `sources`, newest first.
+    pub(super) fn new(sources: Vec<Source>, range: RangeInclusive<u64>, reverse: bool) -> Self {
+        let mut merge = Self {
+            cursors: Vec::with_capacity(sources.len()),
+            range,
+            reverse,
+        };
+        for source in sources {
+            let mut cursor = match source {
+                Source::Run(run) => Cursor {
+                    left: run.positions(&merge.range),
+                    run,
+                    list: None,
+                    chunk: 0,
+                    head: None,
+                },
+                Source::List(list) => merge.chunk(list, None, CHUNKS.0),
+            };
+            cursor.head = merge.head_of(&cursor);
+            merge.cursors.push(cursor);
+        }
+        merge
+    }
+
+    /// A cursor over the next `size` versions of `list` after `last` (or from the start).
+    fn chunk(&self, list: Arc<List>, last: Option<Version>, size: usize) -> Cursor {
+        let (first, end) = (*self.range.start(), *self.range.end());
+        let lower = Bound::Included(Version::new(first, Lsn::MAX));
+        let upper = Bound::Included(Version::new(end, 0));
+        let bounds = match (last, self.reverse) {
+            (None, _) => (lower, upper),
+            (Some(last), false) => (Bound::Excluded(last), upper),
+            (Some(last), true) => (lower, Bound::Excluded(last)),
+        };
+        let (run, more) = Run::from_list(&list, bounds, size, self.reverse);
+        Cursor {
+            left: 0..run.len(),
+            run: Arc::new(run),
+            list: more.map(|last| (list, last)),
+            chunk: size,
+            head: None,
+        }
+    }
+
+    /// The next version of `cursor`'s current chunk.
+    fn head_of(&self, cursor: &Cursor) -> Option<Version> {
+        let Cursor { run, left, .. } = cursor;
+        if left.is_empty() {
+            return None;
+        }
+        Some(run.version(if self.reverse {
+            left.end - 1
+        } else {
+            left.start
+        }))
+    }
+
+    /// Whether `a` comes before `b` in this merge's order.
+    fn before(&self, a: Version, b: Version) -> bool {
+        if self.reverse { a > b } else { a < b }
+    }
+
+    /// Takes `cursor`'s next version (the one its head names), taking the next chunk of its
+    /// list if this one is used up.
+    fn advance(&mut self, cursor: usize) {
+        let current = &mut self.cursors[cursor];
+        if self.reverse {
+            current.left.end -= 1;
+        } else {
+            current.left.start += 1;
+        }
+        if current.left.is_empty()
+            && let Some((list, last)) = current.list.take()
+        {
+            let size = (current.chunk * 2).min(CHUNKS.1);
+            self.cursors[cursor] = self.chunk(list, Some(last), size);
+        }
+        self.cursors[cursor].head = self.head_of(&self.cursors[cursor]);
+    }
+}
+
+impl Iterator for Merge {
+    /// Key, LSN and row (`None` for a deletion).
+    type Item = (u64, Lsn, Option<Bytes>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // The first cursor with the next version wins a tie: it is the newer source.
+        let mut best: Option<(usize, Version)> = None;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            if let Some(head) = cursor.head
+                && best.is_none_or(|(_, b)| self.before(head, b))
+            {
+                best = Some((i, head));
+            }
+        }
+        let (cursor, head) = best?;
+        let Cursor { run, left, .. } = &self.cursors[cursor];
+        let i = if self.reverse {
+            left.end - 1
+        } else {
+            left.start
+        };
+        let item = (run.keys[i], run.lsns[i], run.row(i));
+        self.advance(cursor);
+        // The same version in an older source is the one the newer source replaced.
+        for older in cursor + 1..self.cursors.len() {
+            if self.cursors[older].head == Some(head) {
+                self.advance(older);
+            }
+        }
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn run_of(mut versions: Vec<(u64, Lsn)>) -> Run {
+        versions.sort_by_key(|&(key, lsn)| Version::new(key, lsn));
+        versions.dedup();
+        let mut builder = Builder::default();
+        for (key, lsn) in versions {
+            builder.push(key, lsn, Some(&key.to_le_bytes()));
+        }
+        builder.finish()
+    }
+
+    proptest! {
+        #[test]
+        fn a_fenced_search_finds_what_bisection_finds(
+            keys in proptest::collection::vec(0..500u64, 0..400),
+            probes in proptest::collection::vec(any::<u64>(), 1..20),
+        ) {
+            let run = run_of(keys.iter().map(|&k| (k, k % 3)).collect());
+            let probes = probes.iter().map(|p| p % 520).chain([0, u64::MAX]);
+            for probe in probes {
+                prop_assert_eq!(run.first_at_least(probe), run.keys.partition_point(|&k| k < probe));
+            }
+        }
+
+        #[test]
+        fn a_merge_is_the_sorted_union(
+            newer in proptest::collection::vec((0..300u64, 0..4u64), 0..200),
+            older in proptest::collection::vec((0..300u64, 0..4u64), 0..200),
+            shift in 0..400u64,
+        ) {
+            // Shifted, the runs often do not overlap (the concatenating path).
+            let older: Vec<(u64, Lsn)> = older.into_iter().map(|(k, l)| (k + shift, l)).collect();
+            let (a, b) = (run_of(newer.clone()), run_of(older.clone()));
+            let merged = Run::merge(&a, &b);
+            let expected = run_of(newer.into_iter().chain(older).collect());
+            prop_assert_eq!(&merged.keys, &expected.keys);
+            prop_assert_eq!(&merged.lsns, &expected.lsns);
+            prop_assert_eq!(&merged.fences, &expected.fences);
+            for i in 0..merged.len() {
+                prop_assert_eq!(merged.row(i), Some(Bytes::copy_from_slice(&merged.keys[i].to_le_bytes())));
+            }
+        }
+    }
+
+    #[test]
+    fn where_both_runs_hold_a_version_the_newer_row_is_kept() {
+        let mut newer = Builder::default();
+        newer.push(4, 2, Some(b"new"));
+        let mut older = Builder::default();
+        older.push(3, 1, None);
+        older.push(4, 2, Some(b"old"));
+        let merged = Run::merge(&newer.finish(), &older.finish());
+        assert_eq!(merged.keys, [3, 4]);
+        assert_eq!(merged.row(0), None);
+        assert_eq!(merged.row(1), Some(Bytes::from_static(b"new")));
+    }
+}
