@@ -94,10 +94,14 @@ struct Layers {
 }
 
 impl Layers {
+    /// The skip lists, newest first: the live one and the one being sealed.
+    fn lists(&self) -> impl Iterator<Item = &Arc<List>> {
+        std::iter::once(&self.live).chain(&self.sealed)
+    }
+
     /// Every layer as a merge source, newest first.
     fn sources(&self) -> Vec<Source> {
-        let lists = std::iter::once(&self.live).chain(&self.sealed);
-        lists
+        self.lists()
             .map(|list| Source::List(Arc::clone(list)))
             .chain(self.runs.iter().map(|run| Source::Run(Arc::clone(run))))
             .collect()
@@ -106,25 +110,26 @@ impl Layers {
     /// `key`'s newest version with an LSN ≤ `snapshot`, from whichever layer holds it. Every
     /// layer is asked: appliers of different LSNs run concurrently, so a newer layer may hold
     /// an older LSN. Where two hold the same LSN (a batch wrote the key twice across a seal),
-    /// the newer layer has the later write.
+    /// the newer layer, asked first, has the later write.
     fn newest(&self, key: u64, snapshot: Lsn) -> Option<(Lsn, Option<Bytes>)> {
-        let mut newest: Option<(Lsn, Option<Bytes>)> = None;
-        let mut offer = |lsn: Lsn, row: &dyn Fn() -> Option<Bytes>| {
-            if newest.as_ref().is_none_or(|(best, _)| lsn > *best) {
-                newest = Some((lsn, row()));
-            }
+        let beats = |best: &Option<(Lsn, Option<Bytes>)>, lsn: Lsn| {
+            best.as_ref().is_none_or(|(newest, _)| lsn > *newest)
         };
-        for list in std::iter::once(&self.live).chain(&self.sealed) {
+        let mut newest = None;
+        for list in self.lists() {
             if let Some(entry) = list
                 .range(Version::new(key, snapshot)..=Version::new(key, 0))
                 .next()
+                && beats(&newest, entry.key().lsn())
             {
-                offer(entry.key().lsn(), &|| entry.value().clone());
+                newest = Some((entry.key().lsn(), entry.value().clone()));
             }
         }
         for run in &self.runs {
-            if let Some((lsn, row)) = run.newest(key, snapshot) {
-                offer(lsn, &|| row.clone());
+            if let Some((lsn, row)) = run.newest(key, snapshot)
+                && beats(&newest, lsn)
+            {
+                newest = Some((lsn, row));
             }
         }
         newest
@@ -388,8 +393,7 @@ impl Memtable {
     pub fn newest_lsn(&self, range: RangeInclusive<u64>) -> Option<Lsn> {
         let (first, last) = (*range.start(), *range.end());
         let layers = self.layers.load();
-        let lists = std::iter::once(&layers.live).chain(&layers.sealed);
-        let in_lists = lists.flat_map(|list| {
+        let in_lists = layers.lists().flat_map(|list| {
             list.range(Version::new(first, Lsn::MAX)..=Version::new(last, 0))
                 .map(|entry| entry.key().lsn())
         });

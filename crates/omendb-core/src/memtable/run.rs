@@ -11,6 +11,7 @@ use std::ops::{Bound, RangeInclusive};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use crossbeam_skiplist::map::Entry;
 
 use super::{List, Lsn, Version};
 
@@ -54,8 +55,7 @@ impl Run {
         }
         let mut builder = Builder::with_capacity(taken.len(), 0);
         for entry in &taken {
-            let version = *entry.key();
-            builder.push(version.key, version.lsn(), entry.value().as_deref());
+            builder.push_entry(entry);
         }
         (builder.finish(), last)
     }
@@ -64,8 +64,7 @@ impl Run {
     pub(super) fn from_whole_list(list: &List) -> Self {
         let mut builder = Builder::with_capacity(list.len(), 0);
         for entry in list.iter() {
-            let version = *entry.key();
-            builder.push(version.key, version.lsn(), entry.value().as_deref());
+            builder.push_entry(&entry);
         }
         builder.finish()
     }
@@ -79,13 +78,13 @@ impl Run {
         );
         // Runs of a time series do not overlap: one follows the other whole.
         if newer.is_empty() || older.is_empty() || newer.last_version() < older.version(0) {
-            builder.append(newer);
-            builder.append(older);
+            builder.append_from(newer, 0);
+            builder.append_from(older, 0);
             return builder.finish();
         }
         if older.last_version() < newer.version(0) {
-            builder.append(older);
-            builder.append(newer);
+            builder.append_from(older, 0);
+            builder.append_from(newer, 0);
             return builder.finish();
         }
         let (mut a, mut b) = (0, 0);
@@ -102,12 +101,9 @@ impl Run {
                 b += 1;
             }
         }
-        for i in a..newer.len() {
-            builder.push(newer.keys[i], newer.lsns[i], newer.row_bytes(i));
-        }
-        for i in b..older.len() {
-            builder.push(older.keys[i], older.lsns[i], older.row_bytes(i));
-        }
+        // One of them is used up: the rest of the other follows whole.
+        builder.append_from(newer, a);
+        builder.append_from(older, b);
         builder.finish()
     }
 
@@ -213,14 +209,26 @@ impl Builder {
         self.deleted.push(row.is_none());
     }
 
-    /// Appends all of `run`, whose versions come after every version pushed so far.
-    fn append(&mut self, run: &Run) {
-        let offset = self.rows.len();
-        self.keys.extend_from_slice(&run.keys);
-        self.lsns.extend_from_slice(&run.lsns);
-        self.deleted.extend_from_slice(&run.deleted);
-        self.ends.extend(run.ends.iter().map(|end| end + offset));
-        self.rows.extend_from_slice(&run.rows);
+    /// Pushes a skip list's entry.
+    fn push_entry(&mut self, entry: &Entry<'_, Version, Option<Bytes>>) {
+        let version = *entry.key();
+        self.push(version.key, version.lsn(), entry.value().as_deref());
+    }
+
+    /// Appends `run`'s versions from position `from` on, which come after every version pushed
+    /// so far, by slice copies.
+    fn append_from(&mut self, run: &Run, from: usize) {
+        if from >= run.len() {
+            return;
+        }
+        // Row ends shift from where `from`'s row starts in `run` to where it starts here.
+        let (rows_from, base) = (run.row_range(from).start, self.rows.len());
+        self.keys.extend_from_slice(&run.keys[from..]);
+        self.lsns.extend_from_slice(&run.lsns[from..]);
+        self.deleted.extend_from_slice(&run.deleted[from..]);
+        self.ends
+            .extend(run.ends[from..].iter().map(|end| end - rows_from + base));
+        self.rows.extend_from_slice(&run.rows[rows_from..]);
     }
 
     fn finish(self) -> Run {
