@@ -30,7 +30,7 @@ use super::version::{TableState, Version};
 use crate::error::{Error, Result};
 use crate::index::LearnedIndex;
 use crate::key::{Key, KeyType};
-use crate::memtable::{Lookup, Lsn, Memtable};
+use crate::memtable::{Lookup, Lsn, Memtable, Newest};
 use crate::segment::Segment;
 use crate::table::{TableDef, Value, key_data_type, value_at};
 
@@ -396,14 +396,38 @@ fn nearer(a: Option<u64>, b: Option<u64>, reverse: bool) -> Option<u64> {
 
 /// Rows a scan batch takes, in scan order.
 enum Pick {
-    /// A key's row from a memtable.
-    Row(u64, Bytes),
+    /// A key's row from a memtable; the rows themselves are in the batch's [`MemRows`], in the
+    /// order of these picks.
+    Row(u64),
     /// Rows of segment `segment` (an index into the table's segments), one per key, taken in
     /// scan order: ascending positions, or descending in a reverse scan. Tombstones included.
     Rows {
         segment: usize,
         positions: Range<usize>,
     },
+}
+
+/// The memtable rows of a scan batch, copied into one buffer as they are decided (a memtable
+/// lends its rows only while it is walked) and decoded together.
+#[derive(Default)]
+struct MemRows {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl MemRows {
+    fn push(&mut self, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The rows, in the order they were pushed.
+    fn rows(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.bytes[start..end])
+    }
 }
 
 /// Appends segment rows to `picks`, joining them to the last pick when they continue it.
@@ -529,7 +553,7 @@ impl Scan {
             if want == 0 {
                 return Ok(None);
             }
-            let (picks, last) = self.decide(range.clone(), want).await?;
+            let (picks, mem_rows, last) = self.decide(range.clone(), want).await?;
             self.left = match last {
                 Some(last) if self.reverse => last
                     .checked_sub(1)
@@ -541,7 +565,7 @@ impl Scan {
                     .map(|start| start..=*range.end()),
                 None => None,
             };
-            let batch = self.materialize(picks).await?;
+            let batch = self.materialize(picks, &mem_rows).await?;
             if batch.num_rows() > 0 {
                 if let Some(remaining) = &mut self.remaining {
                     *remaining -= batch.num_rows();
@@ -552,25 +576,25 @@ impl Scan {
     }
 
     /// Up to `want` keys of `range` with a visible row (segment rows may still turn out to be
-    /// tombstones), in scan order, and the last key looked at (`None` if the range is done).
+    /// tombstones), in scan order, the memtable rows among them, and the last key looked at
+    /// (`None` if the range is done).
     ///
     /// Keys are merged one at a time across the memtables and segments, except where the next
-    /// keys are one segment's alone: a run of them up to the next key of any other source is
-    /// taken whole, without a look at each key (so a scan of one segment's rows, the common case,
-    /// costs a copy of its pages rather than a merge step per key).
+    /// keys are one source's alone: a run of them up to the next key of any other source is
+    /// taken whole, without a look at each key. A segment's run costs a copy of its pages, a
+    /// memtable's a pass over its versions; so a scan of one source's rows, the common case,
+    /// pays no merge step per key.
     async fn decide(
         &self,
         range: RangeInclusive<u64>,
         want: usize,
-    ) -> Result<(Vec<Pick>, Option<u64>)> {
+    ) -> Result<(Vec<Pick>, MemRows, Option<u64>)> {
         let reverse = self.reverse;
         // Each memtable's keys with a visible version, and its newest one.
-        type Newest<'a> =
-            std::iter::Peekable<Box<dyn Iterator<Item = (u64, Option<Bytes>)> + Send + 'a>>;
-        let mut mem: Vec<Newest<'_>> = self
+        let mut mem: Vec<Newest> = self
             .layers
             .iter()
-            .map(|(m, at)| m.newest(range.clone(), *at, reverse).peekable())
+            .map(|(m, at)| m.newest(range.clone(), *at, reverse))
             .collect();
         let mut segments: Vec<SegmentCursor> = self
             .table
@@ -589,8 +613,8 @@ impl Scan {
             .filter_map(|(i, c)| c.peek(reverse).map(|(k, _)| (rank(k, reverse), i)))
             .collect();
         // A memtable's range deletion hides rows of older layers without listing their keys:
-        // where none reaches the range, the memtables' walks decide their keys and runs of
-        // segment rows can be taken; otherwise every key asks each memtable.
+        // where none reaches the range, the memtables' walks decide their keys and runs can be
+        // taken; otherwise every key asks each memtable.
         let runs = self.layers.iter().all(|(memtable, at)| {
             memtable
                 .range_tombstones(*at)
@@ -599,49 +623,85 @@ impl Scan {
         });
         let mut holders: Vec<usize> = Vec::new();
         let mut picks = Vec::new();
+        let mut rows = MemRows::default();
         let mut taken = 0;
         loop {
-            let mem_heads = mem.iter_mut().filter_map(|it| it.peek().map(|&(k, _)| k));
-            let mem_next = if reverse {
-                mem_heads.max()
-            } else {
-                mem_heads.min()
-            };
+            let mut mem_next = None;
+            for it in &mut mem {
+                mem_next = nearer(mem_next, it.peek(), reverse);
+            }
             let segment_next = heads.peek().map(|&(ranked, _)| rank(ranked, reverse));
             let Some(key) = nearer(mem_next, segment_next, reverse) else {
-                return Ok((picks, None));
+                return Ok((picks, rows, None));
             };
             if runs
                 && mem_next != Some(key)
-                && let Some((segment, rows, last)) =
+                && let Some((segment, run, last)) =
                     self.take_run(&mut segments, &mut heads, mem_next, want - taken)
             {
-                taken += rows.len();
-                push_rows(&mut picks, segment, rows, reverse);
+                taken += run.len();
+                push_rows(&mut picks, segment, run, reverse);
                 if taken == want {
-                    return Ok((picks, Some(last)));
+                    return Ok((picks, rows, Some(last)));
                 }
                 continue;
+            }
+            if runs && segment_next != Some(key) {
+                // The key is in memtables only: if in one alone, its keys up to the next key
+                // of any other source are that memtable's alone.
+                let mut alone = None;
+                let mut bound = segment_next;
+                for (i, it) in mem.iter_mut().enumerate() {
+                    match it.peek() {
+                        Some(k) if k == key && alone.is_none() => alone = Some(i),
+                        next => bound = nearer(bound, next, reverse),
+                    }
+                }
+                if let Some(i) = alone
+                    && bound != Some(key)
+                {
+                    let last = mem[i].lend(bound, want - taken, |k, row| {
+                        if let Some(row) = row {
+                            rows.push(row);
+                            picks.push(Pick::Row(k));
+                            taken += 1;
+                        }
+                    });
+                    if taken == want {
+                        return Ok((picks, rows, last));
+                    }
+                    continue;
+                }
             }
             let mut found = None;
             let mut hidden = false;
             if runs {
-                // The newest layer that has the key decides it.
-                let newest = mem.iter_mut().find_map(|it| {
-                    it.peek()
-                        .filter(|(k, _)| *k == key)
-                        .map(|(_, row)| row.clone())
-                });
-                match newest {
-                    Some(Some(row)) => found = Some(Pick::Row(key, row)),
-                    Some(None) => hidden = true,
-                    None => {}
+                // The newest layer that has the key decides it; the others' versions of it are
+                // passed.
+                for it in &mut mem {
+                    if it.peek() != Some(key) {
+                        continue;
+                    }
+                    let decides = found.is_none() && !hidden;
+                    it.lend(None, 1, |_, row| {
+                        if !decides {
+                            return;
+                        }
+                        match row {
+                            Some(row) => {
+                                rows.push(row);
+                                found = Some(Pick::Row(key));
+                            }
+                            None => hidden = true,
+                        }
+                    });
                 }
             } else {
                 for (memtable, at) in &self.layers {
                     match memtable.get(key, *at) {
                         Lookup::Found { row, .. } => {
-                            found = Some(Pick::Row(key, row));
+                            rows.push(&row);
+                            found = Some(Pick::Row(key));
                             break;
                         }
                         Lookup::Deleted { .. } => {
@@ -651,9 +711,11 @@ impl Scan {
                         Lookup::Absent => {}
                     }
                 }
-            }
-            for it in &mut mem {
-                it.next_if(|(k, _)| *k == key);
+                for it in &mut mem {
+                    if it.peek() == Some(key) {
+                        it.lend(None, 1, |_, _| {});
+                    }
+                }
             }
             holders.clear();
             while let Some(&(ranked, i)) = heads.peek() {
@@ -693,7 +755,7 @@ impl Scan {
             }
             taken += 1;
             if taken == want {
-                return Ok((picks, Some(key)));
+                return Ok((picks, rows, Some(key)));
             }
         }
     }
@@ -740,7 +802,7 @@ impl Scan {
     /// that run's pages sliced, not copied; otherwise memtable rows are decoded together, each
     /// segment's picked rows are read as the one position range that covers them, and the
     /// rows are gathered from those in scan order.
-    async fn materialize(&self, mut picks: Vec<Pick>) -> Result<RecordBatch> {
+    async fn materialize(&self, mut picks: Vec<Pick>, mem_rows: &MemRows) -> Result<RecordBatch> {
         let def = &self.table.def;
         if let [Pick::Rows { segment, positions }] = picks.as_mut_slice() {
             let piece = self.segment_piece(*segment, positions.clone()).await?;
@@ -751,26 +813,20 @@ impl Scan {
             let keys: Vec<u64> = picks
                 .iter()
                 .filter_map(|pick| match pick {
-                    Pick::Row(key, _) => Some(*key),
+                    Pick::Row(key) => Some(*key),
                     Pick::Rows { .. } => None,
                 })
                 .collect();
-            let decoded = def
-                .codec
-                .decode(picks.iter().filter_map(|pick| match pick {
-                    Pick::Row(_, row) => Some(row.as_ref()),
-                    Pick::Rows { .. } => None,
-                }))?;
+            let decoded = def.codec.decode(mem_rows.rows())?;
             let mut columns = vec![key_array(def.key_type, &keys)?];
             columns.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
         }
         // Source 0: the memtable rows; source 1 + i: segment i's covering range.
-        let mut mem_rows: Vec<&[u8]> = Vec::new();
         let mut cover: Vec<Option<Range<usize>>> = vec![None; self.table.segments.len()];
         for pick in &picks {
             match pick {
-                Pick::Row(_, row) => mem_rows.push(row),
+                Pick::Row(_) => {}
                 Pick::Rows { segment, positions } => {
                     let slot = cover
                         .get_mut(*segment)
@@ -782,7 +838,7 @@ impl Scan {
                 }
             }
         }
-        let decoded = def.codec.decode(mem_rows)?;
+        let decoded = def.codec.decode(mem_rows.rows())?;
         let mut sources: Vec<Vec<ArrayRef>> = vec![
             self.columns
                 .iter()
@@ -806,7 +862,7 @@ impl Scan {
         let mut mem_row = 0;
         for pick in &picks {
             match pick {
-                Pick::Row(key, _) => {
+                Pick::Row(key) => {
                     keys.push(*key);
                     kept.push((0, mem_row));
                     mem_row += 1;

@@ -348,37 +348,14 @@ impl Memtable {
     /// (`None` for a deletion), ascending, or descending if `reverse`. Range deletions are not
     /// folded in: where none is visible at `snapshot`, this is what [`Memtable::get`] says of
     /// each key, found by one walk instead of a search per key.
-    pub fn newest(
-        &self,
-        range: RangeInclusive<u64>,
-        snapshot: Lsn,
-        reverse: bool,
-    ) -> Box<dyn Iterator<Item = (u64, Option<Bytes>)> + Send + '_> {
-        if range.is_empty() {
-            return Box::new(std::iter::empty());
-        }
-        let visible = self
-            .walk(range, reverse)
-            .filter(move |&(_, lsn, _)| lsn <= snapshot);
-        if reverse {
-            // Backwards, a key's versions come oldest first: its last one seen is the newest.
-            let mut visible = visible.peekable();
-            Box::new(std::iter::from_fn(move || {
-                let (key, _, mut row) = visible.next()?;
-                while let Some((_, _, newer)) = visible.next_if(|&(k, _, _)| k == key) {
-                    row = newer;
-                }
-                Some((key, row))
-            }))
-        } else {
-            let mut previous = None;
-            Box::new(visible.filter_map(move |(key, _, row)| {
-                if previous == Some(key) {
-                    return None;
-                }
-                previous = Some(key);
-                Some((key, row))
-            }))
+    pub fn newest(&self, range: RangeInclusive<u64>, snapshot: Lsn, reverse: bool) -> Newest {
+        Newest {
+            merge: (!range.is_empty()).then(|| self.walk(range, reverse)),
+            snapshot,
+            reverse,
+            previous: None,
+            next: None,
+            pending: Vec::new(),
         }
     }
 
@@ -425,6 +402,125 @@ impl Memtable {
     /// Whether nothing was ever written.
     pub fn is_empty(&self) -> bool {
         self.layers.load().is_empty() && self.ranges.front().is_none()
+    }
+}
+
+/// The keys of a range with a version visible at a snapshot, each with its newest such version,
+/// in key order (see [`Memtable::newest`]). As an iterator it gives each row as `Bytes`;
+/// [`Newest::lend`] lends them instead, which is what a scan that decodes them wants.
+pub struct Newest {
+    /// `None` for an empty range.
+    merge: Option<Merge>,
+    snapshot: Lsn,
+    reverse: bool,
+    /// The last key given, in a forward walk: its older versions are skipped.
+    previous: Option<u64>,
+    /// The next key, once [`Newest::peek`] found it.
+    next: Option<Option<u64>>,
+    /// A reverse walk meets a key's versions oldest first: the newest visible one so far.
+    pending: Vec<u8>,
+}
+
+impl Newest {
+    /// The next key, without taking it.
+    pub fn peek(&mut self) -> Option<u64> {
+        if let Some(next) = self.next {
+            return next;
+        }
+        let (snapshot, previous) = (self.snapshot, self.previous);
+        let mut next = None;
+        if let Some(merge) = &mut self.merge {
+            merge.take_while(|version, _| {
+                if version.lsn() > snapshot || (Some(version.key) == previous) {
+                    return true;
+                }
+                next = Some(version.key);
+                false
+            });
+        }
+        self.next = Some(next);
+        next
+    }
+
+    /// Gives `visit` the next keys and their newest visible rows (`None` for a deletion), up to
+    /// `max` keys and while they come before `bound` in walk order (`bound` itself excluded).
+    /// Returns the last key given.
+    pub fn lend(
+        &mut self,
+        bound: Option<u64>,
+        max: usize,
+        mut visit: impl FnMut(u64, Option<&[u8]>),
+    ) -> Option<u64> {
+        self.next = None;
+        let Some(merge) = &mut self.merge else {
+            return None;
+        };
+        let (snapshot, reverse) = (self.snapshot, self.reverse);
+        let within = |key: u64| bound.is_none_or(|b| if reverse { key > b } else { key < b });
+        let mut given = 0;
+        let mut last = None;
+        if !reverse {
+            let previous = &mut self.previous;
+            merge.take_while(|version, row| {
+                if version.lsn() > snapshot || Some(version.key) == *previous {
+                    return true;
+                }
+                if given == max || !within(version.key) {
+                    return false;
+                }
+                visit(version.key, row);
+                *previous = Some(version.key);
+                last = Some(version.key);
+                given += 1;
+                true
+            });
+            return last;
+        }
+        // Backwards, a key is given once its versions are passed: at the next key's first
+        // visible version, or at the end. Its newest row so far is copied into `pending`.
+        let pending = &mut self.pending;
+        let mut open: Option<(u64, bool)> = None;
+        merge.take_while(|version, row| {
+            if version.lsn() > snapshot {
+                return true;
+            }
+            if let Some((key, present)) = open {
+                if key == version.key {
+                    pending.clear();
+                    pending.extend_from_slice(row.unwrap_or_default());
+                    open = Some((key, row.is_some()));
+                    return true;
+                }
+                visit(key, present.then_some(pending.as_slice()));
+                last = Some(key);
+                given += 1;
+                open = None;
+            }
+            if given == max || !within(version.key) {
+                return false;
+            }
+            pending.clear();
+            pending.extend_from_slice(row.unwrap_or_default());
+            open = Some((version.key, row.is_some()));
+            true
+        });
+        if let Some((key, present)) = open {
+            visit(key, present.then_some(pending.as_slice()));
+            last = Some(key);
+        }
+        last
+    }
+}
+
+impl Iterator for Newest {
+    type Item = (u64, Option<Bytes>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut item = None;
+        self.lend(None, 1, |key, row| {
+            item = Some((key, row.map(Bytes::copy_from_slice)));
+        });
+        item
     }
 }
 
@@ -559,6 +655,49 @@ mod tests {
                 backward.reverse();
                 prop_assert_eq!(&backward, &expected, "backward at {}", snapshot);
             }
+        }
+
+        #[test]
+        fn lending_the_newest_versions_in_pieces_gives_what_the_walk_gives(
+            ops in proptest::collection::vec(op(), 0..120),
+            first in 0..45u64,
+            len in 0..45u64,
+            seal_at in 1..40usize,
+            shuffle in any::<u64>(),
+            reverse in any::<bool>(),
+            snapshot in 0..130u64,
+            pieces in proptest::collection::vec((1..6usize, 0..8u64), 1..20),
+        ) {
+            let ops: Vec<Op> = ops.into_iter().filter(|op| !matches!(op, Op::DeleteRange(..))).collect();
+            let memtable = Memtable::sealing_every(seal_at);
+            apply_in_order(&memtable, &ops, shuffle);
+            let range = first..=first + len;
+            let snapshot = snapshot.min(ops.len() as Lsn);
+            let expected: Vec<(u64, Option<u8>)> = memtable
+                .newest(range.clone(), snapshot, reverse)
+                .map(|(k, row)| (k, row.map(|r| r[0])))
+                .collect();
+            // Pieces of at most `max` keys, each stopping before a bound `step` keys past the
+            // next one in walk order (0: the next key itself, so nothing is lent).
+            let mut walk = memtable.newest(range.clone(), snapshot, reverse);
+            let mut got: Vec<(u64, Option<u8>)> = Vec::new();
+            for &(max, step) in pieces.iter().cycle().take(60) {
+                let Some(next) = walk.peek() else { break };
+                let bound = if reverse { next.checked_sub(step) } else { next.checked_add(step) };
+                let before = got.len();
+                let last = walk.lend(bound, max, |k, row| got.push((k, row.map(|r| r[0]))));
+                let lent = &got[before..];
+                prop_assert!(lent.len() <= max);
+                prop_assert_eq!(last, lent.last().map(|&(k, _)| k));
+                for &(k, _) in lent {
+                    prop_assert!(bound.is_none_or(|b| if reverse { k > b } else { k < b }), "key {} passed bound {:?}", k, bound);
+                }
+                if step > 0 {
+                    prop_assert_eq!(lent.first().map(|&(k, _)| k), Some(next));
+                }
+            }
+            got.extend(walk.map(|(k, row)| (k, row.map(|r| r[0]))));
+            prop_assert_eq!(got, expected);
         }
 
         #[test]

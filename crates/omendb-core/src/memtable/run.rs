@@ -355,6 +355,95 @@ impl Merge {
         }
         self.cursors[cursor].head = self.head_of(&self.cursors[cursor]);
     }
+
+    /// Takes versions in order, as [`Iterator::next`] would, while `take` accepts them; the
+    /// version it refuses stays next. The row is borrowed from the run that holds it, and where
+    /// one source's versions come before every other source's next one, that stretch is read
+    /// straight from its arrays: a walk of one run (a time series, a memtable that sealed a
+    /// single run) costs a pass over its arrays, not a comparison of every source per version.
+    pub(super) fn take_while(&mut self, mut take: impl FnMut(Version, Option<&[u8]>) -> bool) {
+        loop {
+            // The source with the next version, and the next version of every other source.
+            let mut best: Option<(usize, Version)> = None;
+            let mut others: Option<Version> = None;
+            for (i, cursor) in self.cursors.iter().enumerate() {
+                let Some(head) = cursor.head else { continue };
+                match best {
+                    Some((_, b)) if !self.before(head, b) => {
+                        others = Some(others.map_or(head, |o| self.first(o, head)));
+                    }
+                    _ => {
+                        if let Some((_, b)) = best {
+                            others = Some(others.map_or(b, |o| self.first(o, b)));
+                        }
+                        best = Some((i, head));
+                    }
+                }
+            }
+            let Some((cursor, head)) = best else { return };
+            if others == Some(head) {
+                // An older source holds the same version, which the newer one replaced.
+                let Cursor { run, left, .. } = &self.cursors[cursor];
+                let at = if self.reverse {
+                    left.end - 1
+                } else {
+                    left.start
+                };
+                if !take(head, run.row_bytes(at)) {
+                    return;
+                }
+                self.advance(cursor);
+                for older in cursor + 1..self.cursors.len() {
+                    if self.cursors[older].head == Some(head) {
+                        self.advance(older);
+                    }
+                }
+                continue;
+            }
+            let reverse = self.reverse;
+            let current = &mut self.cursors[cursor];
+            let (run, left) = (&current.run, &mut current.left);
+            let ahead = |v: Version| others.is_none_or(|o| if reverse { v > o } else { v < o });
+            let mut refused = false;
+            while !std::ops::Range::is_empty(left) {
+                let at = if reverse { left.end - 1 } else { left.start };
+                let version = run.version(at);
+                if !ahead(version) {
+                    break;
+                }
+                if !take(version, run.row_bytes(at)) {
+                    refused = true;
+                    break;
+                }
+                if reverse {
+                    left.end -= 1;
+                } else {
+                    left.start += 1;
+                }
+            }
+            // Re-enter through `advance`'s bookkeeping: it takes the next chunk of a list and
+            // sets the head; stepping back one position first keeps the count right.
+            if !refused && std::ops::Range::is_empty(left) && current.list.is_some() {
+                if reverse {
+                    left.end += 1;
+                } else {
+                    left.start -= 1;
+                }
+                self.advance(cursor);
+            } else {
+                let head = self.head_of(&self.cursors[cursor]);
+                self.cursors[cursor].head = head;
+            }
+            if refused {
+                return;
+            }
+        }
+    }
+
+    /// The first of `a` and `b` in this merge's order.
+    fn first(&self, a: Version, b: Version) -> Version {
+        if self.before(a, b) { a } else { b }
+    }
 }
 
 impl Iterator for Merge {
