@@ -32,7 +32,7 @@ use crate::index::LearnedIndex;
 use crate::key::{Key, KeyType};
 use crate::memtable::{Lookup, Lsn, Memtable, Newest};
 use crate::segment::Segment;
-use crate::table::{TableDef, Value, key_data_type, value_at};
+use crate::table::{RowDecoder, TableDef, Value, key_data_type, value_at};
 
 /// Default rows per scan batch.
 const SCAN_BATCH_ROWS: usize = 8192;
@@ -396,8 +396,8 @@ fn nearer(a: Option<u64>, b: Option<u64>, reverse: bool) -> Option<u64> {
 
 /// Rows a scan batch takes, in scan order.
 enum Pick {
-    /// A key's row from a memtable; the rows themselves are in the batch's [`MemRows`], in the
-    /// order of these picks.
+    /// A key's row from a memtable; the rows themselves are decoded as they are decided (a
+    /// memtable lends its rows only while it is walked), in the order of these picks.
     Row(u64),
     /// Rows of segment `segment` (an index into the table's segments), one per key, taken in
     /// scan order: ascending positions, or descending in a reverse scan. Tombstones included.
@@ -405,29 +405,6 @@ enum Pick {
         segment: usize,
         positions: Range<usize>,
     },
-}
-
-/// The memtable rows of a scan batch, copied into one buffer as they are decided (a memtable
-/// lends its rows only while it is walked) and decoded together.
-#[derive(Default)]
-struct MemRows {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl MemRows {
-    fn push(&mut self, row: &[u8]) {
-        self.bytes.extend_from_slice(row);
-        self.ends.push(self.bytes.len());
-    }
-
-    /// The rows, in the order they were pushed.
-    fn rows(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(&self.ends)
-            .map(|(start, &end)| &self.bytes[start..end])
-    }
 }
 
 /// Appends segment rows to `picks`, joining them to the last pick when they continue it.
@@ -554,7 +531,7 @@ impl Scan {
                 return Ok(None);
             }
             let (picks, mem_rows, last) = self.decide(range.clone(), want).await?;
-            self.left = match last {
+            let left = match last {
                 Some(last) if self.reverse => last
                     .checked_sub(1)
                     .filter(|&end| end >= *range.start())
@@ -565,7 +542,9 @@ impl Scan {
                     .map(|start| start..=*range.end()),
                 None => None,
             };
-            let batch = self.materialize(picks, &mem_rows).await?;
+            // The memtable rows are decoded in `decide`'s decoder, which borrows the scan.
+            let batch = self.materialize(picks, mem_rows).await?;
+            self.left = left;
             if batch.num_rows() > 0 {
                 if let Some(remaining) = &mut self.remaining {
                     *remaining -= batch.num_rows();
@@ -588,7 +567,7 @@ impl Scan {
         &self,
         range: RangeInclusive<u64>,
         want: usize,
-    ) -> Result<(Vec<Pick>, MemRows, Option<u64>)> {
+    ) -> Result<(Vec<Pick>, RowDecoder<'_>, Option<u64>)> {
         let reverse = self.reverse;
         // Each memtable's keys with a visible version, and its newest one.
         let mut mem: Vec<Newest> = self
@@ -623,7 +602,9 @@ impl Scan {
         });
         let mut holders: Vec<usize> = Vec::new();
         let mut picks = Vec::new();
-        let mut rows = MemRows::default();
+        let mut rows = self.table.def.codec.decoder();
+        // A row that does not decode, lent to a closure that cannot return it.
+        let mut failed = None;
         let mut taken = 0;
         loop {
             let mut mem_next = None;
@@ -661,12 +642,17 @@ impl Scan {
                     && bound != Some(key)
                 {
                     let last = mem[i].lend(bound, want - taken, |k, row| {
-                        if let Some(row) = row {
-                            rows.push(row);
+                        if let Some(row) = row
+                            && failed.is_none()
+                        {
+                            failed = rows.push(row).err();
                             picks.push(Pick::Row(k));
                             taken += 1;
                         }
                     });
+                    if let Some(error) = failed {
+                        return Err(error);
+                    }
                     if taken == want {
                         return Ok((picks, rows, last));
                     }
@@ -689,18 +675,21 @@ impl Scan {
                         }
                         match row {
                             Some(row) => {
-                                rows.push(row);
+                                failed = rows.push(row).err();
                                 found = Some(Pick::Row(key));
                             }
                             None => hidden = true,
                         }
                     });
                 }
+                if let Some(error) = failed {
+                    return Err(error);
+                }
             } else {
                 for (memtable, at) in &self.layers {
                     match memtable.get(key, *at) {
                         Lookup::Found { row, .. } => {
-                            rows.push(&row);
+                            rows.push(&row)?;
                             found = Some(Pick::Row(key));
                             break;
                         }
@@ -802,7 +791,11 @@ impl Scan {
     /// that run's pages sliced, not copied; otherwise memtable rows are decoded together, each
     /// segment's picked rows are read as the one position range that covers them, and the
     /// rows are gathered from those in scan order.
-    async fn materialize(&self, mut picks: Vec<Pick>, mem_rows: &MemRows) -> Result<RecordBatch> {
+    async fn materialize(
+        &self,
+        mut picks: Vec<Pick>,
+        mem_rows: RowDecoder<'_>,
+    ) -> Result<RecordBatch> {
         let def = &self.table.def;
         if let [Pick::Rows { segment, positions }] = picks.as_mut_slice() {
             let piece = self.segment_piece(*segment, positions.clone()).await?;
@@ -810,14 +803,12 @@ impl Scan {
         }
         if picks.iter().all(|pick| matches!(pick, Pick::Row(..))) {
             // Memtable rows alone come decoded in scan order already.
-            let keys: Vec<u64> = picks
-                .iter()
-                .filter_map(|pick| match pick {
-                    Pick::Row(key) => Some(*key),
-                    Pick::Rows { .. } => None,
-                })
-                .collect();
-            let decoded = def.codec.decode(mem_rows.rows())?;
+            let mut keys = Vec::with_capacity(picks.len());
+            keys.extend(picks.iter().filter_map(|pick| match pick {
+                Pick::Row(key) => Some(*key),
+                Pick::Rows { .. } => None,
+            }));
+            let decoded = mem_rows.finish()?;
             let mut columns = vec![key_array(def.key_type, &keys)?];
             columns.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
@@ -838,7 +829,7 @@ impl Scan {
                 }
             }
         }
-        let decoded = def.codec.decode(mem_rows.rows())?;
+        let decoded = mem_rows.finish()?;
         let mut sources: Vec<Vec<ArrayRef>> = vec![
             self.columns
                 .iter()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-pub use row::{RowCodec, value_at};
+pub use row::{RowCodec, RowDecoder, value_at};
 pub use value::Value;
 
 use crate::error::{Error, Result};

@@ -205,21 +205,20 @@ impl RowCodec {
     /// Decodes rows into arrays of the schema's columns. A row that does not parse is
     /// [`Error::Corrupt`] (rows are only decoded from the log or memtable, which checked them).
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
-        let mut builders: Vec<Builder> = self.kinds.iter().map(|&k| Builder::new(k)).collect();
+        let mut decoder = self.decoder();
         for row in rows {
-            let mut rest = row;
-            for builder in &mut builders {
-                rest = builder.take(rest)?;
-            }
-            if !rest.is_empty() {
-                return Err(corrupt("bytes after the last column"));
-            }
+            decoder.push(row)?;
         }
-        builders
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(builder, field)| retype(&builder.finish(), field.data_type()))
-            .collect()
+        decoder.finish()
+    }
+
+    /// A decoder that takes rows one at a time, for rows that are only lent (a memtable's, while
+    /// it is walked): each is decoded into the columns as it comes, not copied first.
+    pub fn decoder(&self) -> RowDecoder<'_> {
+        RowDecoder {
+            builders: self.kinds.iter().map(|&k| Builder::new(k)).collect(),
+            codec: self,
+        }
     }
 
     /// Decodes one row into values.
@@ -243,6 +242,36 @@ impl RowCodec {
             }
             _ => Err(corrupt("key-value row without a value")),
         }
+    }
+}
+
+/// Rows decoded into one builder per column (see [`RowCodec::decoder`]). After an error the
+/// columns hold part of a row: the decoder is to be dropped.
+pub struct RowDecoder<'a> {
+    codec: &'a RowCodec,
+    builders: Vec<Builder>,
+}
+
+impl RowDecoder<'_> {
+    /// Decodes one more row. A row that does not parse is [`Error::Corrupt`].
+    pub fn push(&mut self, row: &[u8]) -> Result<()> {
+        let mut rest = row;
+        for builder in &mut self.builders {
+            rest = builder.take(rest)?;
+        }
+        if !rest.is_empty() {
+            return Err(corrupt("bytes after the last column"));
+        }
+        Ok(())
+    }
+
+    /// The decoded rows as arrays of the schema's columns.
+    pub fn finish(self) -> Result<Vec<ArrayRef>> {
+        self.builders
+            .into_iter()
+            .zip(self.codec.schema.fields())
+            .map(|(builder, field)| retype(&builder.finish(), field.data_type()))
+            .collect()
     }
 }
 
