@@ -445,6 +445,9 @@ pub(crate) struct Scan {
     output: SchemaRef,
     /// Per segment: `_tombstone` then the projected columns.
     projections: Vec<Projection>,
+    /// The picks of a batch, kept from one batch to the next so that a long scan does not grow
+    /// a new list for each.
+    picks: Vec<Pick>,
 }
 
 impl Scan {
@@ -507,6 +510,7 @@ impl Scan {
             columns,
             output: Arc::new(Schema::new(fields)),
             projections,
+            picks: Vec::new(),
         })
     }
 
@@ -530,7 +534,9 @@ impl Scan {
             if want == 0 {
                 return Ok(None);
             }
-            let (picks, mem_rows, last) = self.decide(range.clone(), want).await?;
+            let mut picks = std::mem::take(&mut self.picks);
+            picks.clear();
+            let (mem_rows, last) = self.decide(range.clone(), want, &mut picks).await?;
             let left = match last {
                 Some(last) if self.reverse => last
                     .checked_sub(1)
@@ -543,8 +549,9 @@ impl Scan {
                 None => None,
             };
             // The memtable rows are decoded in `decide`'s decoder, which borrows the scan.
-            let batch = self.materialize(picks, mem_rows).await?;
+            let batch = self.materialize(&picks, mem_rows).await?;
             self.left = left;
+            self.picks = picks;
             if batch.num_rows() > 0 {
                 if let Some(remaining) = &mut self.remaining {
                     *remaining -= batch.num_rows();
@@ -567,7 +574,8 @@ impl Scan {
         &self,
         range: RangeInclusive<u64>,
         want: usize,
-    ) -> Result<(Vec<Pick>, RowDecoder<'_>, Option<u64>)> {
+        picks: &mut Vec<Pick>,
+    ) -> Result<(RowDecoder<'_>, Option<u64>)> {
         let reverse = self.reverse;
         // Each memtable's keys with a visible version, and its newest one.
         let mut mem: Vec<Newest> = self
@@ -601,7 +609,6 @@ impl Scan {
                 .all(|(deleted, _)| deleted.end() < range.start() || range.end() < deleted.start())
         });
         let mut holders: Vec<usize> = Vec::new();
-        let mut picks = Vec::new();
         let mut rows = self.table.def.codec.decoder();
         // A row that does not decode, lent to a closure that cannot return it.
         let mut failed = None;
@@ -613,7 +620,7 @@ impl Scan {
             }
             let segment_next = heads.peek().map(|&(ranked, _)| rank(ranked, reverse));
             let Some(key) = nearer(mem_next, segment_next, reverse) else {
-                return Ok((picks, rows, None));
+                return Ok((rows, None));
             };
             if runs
                 && mem_next != Some(key)
@@ -621,9 +628,9 @@ impl Scan {
                     self.take_run(&mut segments, &mut heads, mem_next, want - taken)
             {
                 taken += run.len();
-                push_rows(&mut picks, segment, run, reverse);
+                push_rows(picks, segment, run, reverse);
                 if taken == want {
-                    return Ok((picks, rows, Some(last)));
+                    return Ok((rows, Some(last)));
                 }
                 continue;
             }
@@ -654,7 +661,7 @@ impl Scan {
                         return Err(error);
                     }
                     if taken == want {
-                        return Ok((picks, rows, last));
+                        return Ok((rows, last));
                     }
                     continue;
                 }
@@ -737,14 +744,14 @@ impl Scan {
             }
             match found {
                 Some(Pick::Rows { segment, positions }) => {
-                    push_rows(&mut picks, segment, positions, reverse)
+                    push_rows(picks, segment, positions, reverse)
                 }
                 Some(row) => picks.push(row),
                 None => continue,
             }
             taken += 1;
             if taken == want {
-                return Ok((picks, rows, Some(key)));
+                return Ok((rows, Some(key)));
             }
         }
     }
@@ -791,13 +798,9 @@ impl Scan {
     /// that run's pages sliced, not copied; otherwise memtable rows are decoded together, each
     /// segment's picked rows are read as the one position range that covers them, and the
     /// rows are gathered from those in scan order.
-    async fn materialize(
-        &self,
-        mut picks: Vec<Pick>,
-        mem_rows: RowDecoder<'_>,
-    ) -> Result<RecordBatch> {
+    async fn materialize(&self, picks: &[Pick], mem_rows: RowDecoder<'_>) -> Result<RecordBatch> {
         let def = &self.table.def;
-        if let [Pick::Rows { segment, positions }] = picks.as_mut_slice() {
+        if let [Pick::Rows { segment, positions }] = picks {
             let piece = self.segment_piece(*segment, positions.clone()).await?;
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), piece)?);
         }
@@ -815,7 +818,7 @@ impl Scan {
         }
         // Source 0: the memtable rows; source 1 + i: segment i's covering range.
         let mut cover: Vec<Option<Range<usize>>> = vec![None; self.table.segments.len()];
-        for pick in &picks {
+        for pick in picks {
             match pick {
                 Pick::Row(_) => {}
                 Pick::Rows { segment, positions } => {
@@ -851,7 +854,7 @@ impl Scan {
         let mut keys = Vec::new();
         let mut kept: Vec<(usize, usize)> = Vec::new();
         let mut mem_row = 0;
-        for pick in &picks {
+        for pick in picks {
             match pick {
                 Pick::Row(key) => {
                     keys.push(*key);
