@@ -562,8 +562,8 @@ impl Scan {
     }
 
     /// Up to `want` keys of `range` with a visible row (segment rows may still turn out to be
-    /// tombstones), in scan order, the memtable rows among them, and the last key looked at
-    /// (`None` if the range is done).
+    /// tombstones), pushed to `picks` in scan order; returns the memtable rows among them,
+    /// decoded, and the last key looked at (`None` if the range is done).
     ///
     /// Keys are merged one at a time across the memtables and segments, except where the next
     /// keys are one source's alone: a run of them up to the next key of any other source is
