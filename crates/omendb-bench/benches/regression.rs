@@ -1,6 +1,6 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
-//! index lookup, memtable insert, point read from a segment, buffered WAL append, and a scan of
-//! 10k rows. Instruction counts do not depend on what else the machine is doing, so CI can
+//! index lookup, memtable insert, point read from a segment, buffered WAL append, and scans of
+//! 10k rows from a segment and of 40k rows from the memtable. Instruction counts do not depend on what else the machine is doing, so CI can
 //! compare them with the baseline committed in `benches/regression-baseline.json`
 //! (`cargo xtask regression` checks, `cargo xtask regression --update` rewrites it).
 //!
@@ -33,6 +33,9 @@ const OPS: usize = 10_000;
 const TABLE_ROWS: usize = 10_000;
 /// Point reads of the segment benchmark (each one goes through the whole read path).
 const GETS: usize = 1_000;
+/// Rows of the table the memtable scan reads: enough for the memtable to seal two sorted runs
+/// (it seals every 16,384 versions) besides its live skip list.
+const MEMTABLE_ROWS: usize = 40_000;
 
 // --- index lookup --------------------------------------------------------------------------
 
@@ -104,8 +107,8 @@ fn check_memtable((memtable, rows): (Memtable, Vec<(u64, Bytes)>)) {
 // --- the engine: a point read from a segment, a scan of 10k rows -----------------------------
 
 /// A database in memory (segments and WAL in an in-memory object store) whose `kv` table holds
-/// [`TABLE_ROWS`] rows, all flushed to a segment.
-struct Flushed {
+/// rows of uniform keys, in a segment or in the memtable.
+struct Loaded {
     runtime: Runtime,
     db: Db,
     kv: Table,
@@ -119,12 +122,30 @@ fn value_of(key: u64) -> [u8; 16] {
     value
 }
 
-fn flushed_table() -> Flushed {
+/// A table of [`TABLE_ROWS`] rows, all flushed to one segment.
+fn flushed_table() -> Loaded {
+    let f = table_of(TABLE_ROWS);
+    f.runtime.block_on(async {
+        f.db.checkpoint().await.unwrap();
+        assert_eq!(f.db.stats().segments, 1, "the table is not in one segment");
+    });
+    f
+}
+
+/// A table of [`MEMTABLE_ROWS`] rows, all still in the memtable.
+fn memtable_table() -> Loaded {
+    let f = table_of(MEMTABLE_ROWS);
+    assert_eq!(f.db.stats().segments, 0, "the table was flushed");
+    f
+}
+
+/// A database in memory whose `kv` table holds `rows` rows of uniform keys, written in one batch.
+fn table_of(rows: usize) -> Loaded {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let keys = Dist::Uniform.generate(TABLE_ROWS, 13);
+    let keys = Dist::Uniform.generate(rows, 13);
     let (db, kv) = runtime.block_on(async {
         let db = Db::builder()
             .store(Arc::new(InMemory::new()))
@@ -147,11 +168,9 @@ fn flushed_table() -> Flushed {
         )
         .unwrap();
         kv.put_batch(&batch, WriteOptions::DURABLE).await.unwrap();
-        db.checkpoint().await.unwrap();
-        assert_eq!(db.stats().segments, 1, "the table is not in one segment");
         (db, kv)
     });
-    Flushed {
+    Loaded {
         runtime,
         db,
         kv,
@@ -161,7 +180,7 @@ fn flushed_table() -> Flushed {
 
 #[library_benchmark]
 #[bench::thousand_gets(setup = flushed_table, teardown = check_gets)]
-fn segment_get(f: Flushed) -> (usize, Flushed) {
+fn segment_get(f: Loaded) -> (usize, Loaded) {
     let step = f.keys.len() / GETS;
     let found = f.runtime.block_on(async {
         let mut found = 0;
@@ -176,14 +195,25 @@ fn segment_get(f: Flushed) -> (usize, Flushed) {
     (found, f)
 }
 
-fn check_gets((found, f): (usize, Flushed)) {
+fn check_gets((found, f): (usize, Loaded)) {
     assert_eq!(found, GETS, "point reads answered wrongly");
     close(f);
 }
 
 #[library_benchmark]
 #[bench::ten_thousand_rows(setup = flushed_table, teardown = check_scan)]
-fn segment_scan(f: Flushed) -> (u64, Flushed) {
+fn segment_scan(f: Loaded) -> (u64, Loaded) {
+    scan_all(f)
+}
+
+#[library_benchmark]
+#[bench::forty_thousand_rows(setup = memtable_table, teardown = check_scan)]
+fn memtable_scan(f: Loaded) -> (u64, Loaded) {
+    scan_all(f)
+}
+
+/// Scans the whole table; returns the wrapping sum of the keys it gave.
+fn scan_all(f: Loaded) -> (u64, Loaded) {
     let sum = f.runtime.block_on(async {
         let batches: Vec<RecordBatch> =
             f.kv.scan::<u64>(.., ScanOptions::default())
@@ -205,13 +235,13 @@ fn segment_scan(f: Flushed) -> (u64, Flushed) {
     (sum, f)
 }
 
-fn check_scan((sum, f): (u64, Flushed)) {
+fn check_scan((sum, f): (u64, Loaded)) {
     let expected = f.keys.iter().fold(0u64, |s, &k| s.wrapping_add(k));
     assert_eq!(sum, expected, "the scan answered wrongly");
     close(f);
 }
 
-fn close(f: Flushed) {
+fn close(f: Loaded) {
     f.runtime.block_on(f.db.close()).unwrap();
 }
 
@@ -257,7 +287,8 @@ fn check_wal((last, w): (u64, OpenWal)) {
 
 library_benchmark_group!(
     name = hot_paths;
-    benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, wal_append_buffered
+    benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, memtable_scan,
+        wal_append_buffered
 );
 
 main!(library_benchmark_groups = hot_paths);
