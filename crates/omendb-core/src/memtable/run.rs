@@ -268,6 +268,17 @@ struct Cursor {
     head: Option<Version>,
 }
 
+impl Cursor {
+    /// The position of its next version in `run` (`left` is not empty).
+    fn next_at(&self, reverse: bool) -> usize {
+        if reverse {
+            self.left.end - 1
+        } else {
+            self.left.start
+        }
+    }
+}
+
 /// The versions of several sources in one order — key ascending and LSN descending, or the
 /// reverse — each version once: where sources share one, the source listed first (the newer)
 /// gives its row.
@@ -324,15 +335,7 @@ impl Merge {
 
     /// The next version of `cursor`'s current chunk.
     fn head_of(&self, cursor: &Cursor) -> Option<Version> {
-        let Cursor { run, left, .. } = cursor;
-        if left.is_empty() {
-            return None;
-        }
-        Some(run.version(if self.reverse {
-            left.end - 1
-        } else {
-            left.start
-        }))
+        (!cursor.left.is_empty()).then(|| cursor.run.version(cursor.next_at(self.reverse)))
     }
 
     /// Whether `a` comes before `b` in this merge's order.
@@ -356,6 +359,17 @@ impl Merge {
             self.cursors[cursor] = self.chunk(list, Some(last), size);
         }
         self.cursors[cursor].head = self.head_of(&self.cursors[cursor]);
+    }
+
+    /// Takes `cursor`'s next version, `head`, and passes the same version in older sources:
+    /// it is the one the newer source replaced.
+    fn advance_past(&mut self, cursor: usize, head: Version) {
+        self.advance(cursor);
+        for older in cursor + 1..self.cursors.len() {
+            if self.cursors[older].head == Some(head) {
+                self.advance(older);
+            }
+        }
     }
 
     /// Takes versions in order, as [`Iterator::next`] would, while `take` accepts them; the
@@ -385,21 +399,11 @@ impl Merge {
             let Some((cursor, head)) = best else { return };
             if others == Some(head) {
                 // An older source holds the same version, which the newer one replaced.
-                let Cursor { run, left, .. } = &self.cursors[cursor];
-                let at = if self.reverse {
-                    left.end - 1
-                } else {
-                    left.start
-                };
-                if !take(head, run.row_bytes(at)) {
+                let current = &self.cursors[cursor];
+                if !take(head, current.run.row_bytes(current.next_at(self.reverse))) {
                     return;
                 }
-                self.advance(cursor);
-                for older in cursor + 1..self.cursors.len() {
-                    if self.cursors[older].head == Some(head) {
-                        self.advance(older);
-                    }
-                }
+                self.advance_past(cursor, head);
                 continue;
             }
             let reverse = self.reverse;
@@ -463,20 +467,10 @@ impl Iterator for Merge {
             }
         }
         let (cursor, head) = best?;
-        let Cursor { run, left, .. } = &self.cursors[cursor];
-        let i = if self.reverse {
-            left.end - 1
-        } else {
-            left.start
-        };
-        let item = (run.keys[i], run.lsns[i], run.row(i));
-        self.advance(cursor);
-        // The same version in an older source is the one the newer source replaced.
-        for older in cursor + 1..self.cursors.len() {
-            if self.cursors[older].head == Some(head) {
-                self.advance(older);
-            }
-        }
+        let current = &self.cursors[cursor];
+        let i = current.next_at(self.reverse);
+        let item = (head.key, head.lsn(), current.run.row(i));
+        self.advance_past(cursor, head);
         Some(item)
     }
 }
