@@ -114,7 +114,7 @@ pub(crate) fn point_step<T>(
     key: u64,
     snapshot: Lsn,
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
-    read: impl FnOnce(&[ArrayRef], usize) -> Option<T>,
+    read: impl FnOnce(&[&dyn Array], usize) -> Option<T>,
 ) -> Result<Step<T>> {
     match in_memtables(version, table.def.id, overlay, key, snapshot) {
         Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
@@ -158,7 +158,7 @@ pub(crate) fn multi_step<T>(
     keys: &[u64],
     snapshot: Lsn,
     from_memtable: impl Fn(Bytes) -> Result<T>,
-    read: impl Fn(&[ArrayRef], usize) -> Option<T>,
+    read: impl Fn(&[&dyn Array], usize) -> Option<T>,
     out: &mut Vec<Option<T>>,
 ) -> Result<Option<Misses>> {
     if table.segments.iter().any(|s| !s.all_visible_at(snapshot)) {
@@ -241,7 +241,7 @@ fn in_memtables(
 }
 
 /// Reads a key-value row's value from a segment's row pages (`_tombstone`, `value`).
-pub(crate) fn kv_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Bytes> {
+pub(crate) fn kv_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Bytes> {
     if pages[0].as_boolean().value(offset) {
         return None;
     }
@@ -254,7 +254,7 @@ pub(crate) fn kv_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Bytes> 
 pub(crate) async fn answer<T>(
     found: Found,
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
-    from_pages: impl Fn(&[ArrayRef], usize) -> Option<T>,
+    from_pages: impl Fn(&[&dyn Array], usize) -> Option<T>,
 ) -> Result<Option<T>> {
     match found {
         Found::Row(row) => from_memtable(row).map(Some),
@@ -267,21 +267,30 @@ pub(crate) async fn answer<T>(
                 return Ok(answer);
             }
             let batch = segment.reader.fetch(position as u64, &segment.row).await?;
-            Ok(from_pages(batch.columns(), 0))
+            Ok(from_pages(&columns_of(&batch), 0))
         }
     }
 }
 
+/// A batch's columns as the page list the `from_pages` readers take.
+pub(crate) fn columns_of(batch: &RecordBatch) -> Vec<&dyn Array> {
+    batch
+        .columns()
+        .iter()
+        .map(|column| column.as_ref())
+        .collect()
+}
+
 /// A row's values from a segment's row pages (`_tombstone`, then the value columns); `None`
 /// for a tombstone.
-pub(crate) fn values_from_pages(pages: &[ArrayRef], offset: usize) -> Option<Vec<Value>> {
+pub(crate) fn values_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Vec<Value>> {
     if pages[0].as_boolean().value(offset) {
         return None;
     }
     Some(
         pages[1..]
             .iter()
-            .map(|page| value_at(page.as_ref(), offset))
+            .map(|page| value_at(*page, offset))
             .collect(),
     )
 }

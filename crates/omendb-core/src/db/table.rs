@@ -4,7 +4,7 @@
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, RecordBatch};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
@@ -184,7 +184,7 @@ impl View<'_> {
         def: &TableDef,
         keys: &[Key],
         from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_pages: impl Fn(&[ArrayRef], usize) -> Option<T>,
+        from_pages: impl Fn(&[&dyn Array], usize) -> Option<T>,
     ) -> Result<Vec<Option<T>>> {
         let stored = keys
             .iter()
@@ -225,8 +225,9 @@ impl View<'_> {
         for (segment, rows) in misses {
             let positions: Vec<u64> = rows.iter().map(|&(_, p)| p as u64).collect();
             let batch = segment.reader.fetch_many(&positions, &segment.row).await?;
+            let columns = read::columns_of(&batch);
             for (i, &(slot, _)) in rows.iter().enumerate() {
-                out[slot] = from_pages(batch.columns(), i);
+                out[slot] = from_pages(&columns, i);
             }
         }
         Ok(out)

@@ -1,12 +1,17 @@
 //! The byte-budgeted cache of decoded pages shared by every segment reader of a process.
 //!
 //! An entry is one column's rows of one page, decoded to an Arrow array; its weight is the
-//! array's memory. Eviction is `quick_cache`'s (S3-FIFO: one-off scans do not flush the pages
-//! that point reads keep using).
+//! array's memory. The page itself sits in its reader's [`PageTable`], where point reads find it
+//! without a lock; this cache holds each page's key and weight and decides which pages stay.
+//! Eviction is `quick_cache`'s (S3-FIFO: one-off scans do not flush the pages that point reads
+//! keep using), and evicting an entry empties its slot.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::{Array, ArrayRef};
+
+use super::page_table::PageTable;
 
 /// Identifies a cached page: which segment (a number the cache hands out per opened reader),
 /// which column, which page.
@@ -17,21 +22,45 @@ pub(crate) struct PageKey {
     pub(crate) page: u64,
 }
 
+/// What the cache keeps of a page: where it lives and what it weighs.
 #[derive(Clone, Debug)]
-struct ArrayWeight;
+struct Resident {
+    table: Arc<PageTable>,
+    slot: usize,
+    weight: u64,
+}
 
-impl quick_cache::Weighter<PageKey, ArrayRef> for ArrayWeight {
-    fn weight(&self, _key: &PageKey, array: &ArrayRef) -> u64 {
-        array.get_array_memory_size() as u64
+#[derive(Clone, Debug)]
+struct ResidentWeight;
+
+impl quick_cache::Weighter<PageKey, Resident> for ResidentWeight {
+    fn weight(&self, _key: &PageKey, resident: &Resident) -> u64 {
+        resident.weight
     }
 }
+
+/// Empties a page's slot when the cache lets it go (evicted, or refused as too large).
+#[derive(Clone, Debug)]
+struct EmptySlot;
+
+impl quick_cache::Lifecycle<PageKey, Resident> for EmptySlot {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: PageKey, resident: Resident) {
+        resident.table.set(resident.slot, None);
+    }
+}
+
+/// Hits between two reports of a hit to the eviction policy. Telling `quick_cache` of every hit
+/// would cost a lock per read; one in eight still marks the pages reads keep coming back to.
+const TOUCH_EVERY: u64 = 8;
 
 /// Hit and miss counts and current size of a [`PageCache`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Lookups that found their page.
+    /// Page lookups of reads that found their page.
     pub hits: u64,
-    /// Lookups that did not.
+    /// Pages reads had to read and decode.
     pub misses: u64,
     /// Bytes of decoded pages held.
     pub bytes: u64,
@@ -44,9 +73,17 @@ pub struct CacheStats {
 /// A cache of decoded pages within a byte budget, shared by all readers (`Arc<PageCache>`).
 #[derive(Debug)]
 pub struct PageCache {
-    pages: quick_cache::sync::Cache<PageKey, ArrayRef, ArrayWeight>,
+    resident: quick_cache::sync::Cache<
+        PageKey,
+        Resident,
+        ResidentWeight,
+        quick_cache::DefaultHashBuilder,
+        EmptySlot,
+    >,
     budget: u64,
     next_segment: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl PageCache {
@@ -57,37 +94,95 @@ impl PageCache {
             .unwrap_or(usize::MAX)
             .max(16);
         Self {
-            pages: quick_cache::sync::Cache::with_weighter(
+            resident: quick_cache::sync::Cache::with(
                 estimated_pages,
                 budget_bytes,
-                ArrayWeight,
+                ResidentWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                EmptySlot,
             ),
             budget: budget_bytes,
             next_segment: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
-    /// A number no other reader of this cache uses, so readers of different objects (or of the
-    /// same object opened twice) never share entries by mistake.
-    pub(crate) fn segment_id(&self) -> u64 {
-        self.next_segment.fetch_add(1, Ordering::Relaxed)
+    /// An empty page table for a newly opened reader, under a number no other reader of this
+    /// cache uses (so readers of different objects, or of one object opened twice, never share
+    /// entries by mistake).
+    pub(crate) fn table(&self, columns: usize, pages: u64) -> Arc<PageTable> {
+        let segment = self.next_segment.fetch_add(1, Ordering::Relaxed);
+        Arc::new(PageTable::new(segment, columns, pages))
     }
 
-    pub(crate) fn get(&self, key: &PageKey) -> Option<ArrayRef> {
-        self.pages.get(key)
+    /// Puts a decoded page in its reader's table and accounts for it. The slot is filled before
+    /// the entry is admitted, so an entry refused or evicted at once still empties it.
+    pub(crate) fn insert(&self, table: &Arc<PageTable>, column: usize, page: u64, array: ArrayRef) {
+        let Some(slot) = table.slot(column, page) else {
+            return;
+        };
+        let weight = array.get_array_memory_size() as u64;
+        table.set(slot, Some(array));
+        self.resident.insert(
+            PageKey {
+                segment: table.segment,
+                column,
+                page,
+            },
+            Resident {
+                table: Arc::clone(table),
+                slot,
+                weight,
+            },
+        );
     }
 
-    pub(crate) fn insert(&self, key: PageKey, page: ArrayRef) {
-        self.pages.insert(key, page);
+    /// Counts a read served from `table`'s cached pages of `page` for `columns`; one in
+    /// [`TOUCH_EVERY`] is also reported to the eviction policy.
+    pub(crate) fn hit(&self, table: &PageTable, columns: &[usize], page: u64) {
+        if self
+            .hits
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(TOUCH_EVERY)
+        {
+            for &column in columns.iter().filter(|&&column| column != 0) {
+                let _ = self.resident.get(&PageKey {
+                    segment: table.segment,
+                    column,
+                    page,
+                });
+            }
+        }
+    }
+
+    /// Counts `pages` pages a read had to decode.
+    pub(crate) fn missed(&self, pages: usize) {
+        self.misses.fetch_add(pages as u64, Ordering::Relaxed);
+    }
+
+    /// Lets go of every page of `table` (its reader is closing): their memory is freed and their
+    /// weight no longer counts. Every slot's key is removed, not only the filled slots': an
+    /// eviction racing a re-insert of the same page can leave an entry whose slot is empty.
+    pub(crate) fn forget(&self, table: &PageTable) {
+        for slot in 0..table.len() {
+            let (column, page) = table.position(slot);
+            self.resident.remove(&PageKey {
+                segment: table.segment,
+                column,
+                page,
+            });
+            table.set(slot, None);
+        }
     }
 
     /// Counts and size.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            hits: self.pages.hits(),
-            misses: self.pages.misses(),
-            bytes: self.pages.weight(),
-            pages: self.pages.len() as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: self.resident.weight(),
+            pages: self.resident.len() as u64,
             budget: self.budget,
         }
     }
@@ -95,8 +190,6 @@ impl PageCache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow_array::UInt64Array;
 
     use super::*;
@@ -106,22 +199,49 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_bounds_the_bytes_held_and_hits_and_misses_are_counted() {
+    fn the_budget_bounds_the_bytes_held_and_evicted_pages_leave_their_slots() {
         let cache = PageCache::new(1 << 20);
-        let key = |page| PageKey {
-            segment: 0,
-            column: 0,
-            page,
-        };
-        assert!(cache.get(&key(0)).is_none());
-        cache.insert(key(0), page(1024));
-        assert_eq!(cache.get(&key(0)).map(|a| a.len()), Some(1024));
-        for p in 1..200 {
-            cache.insert(key(p), page(1024));
+        let table = cache.table(2, 200);
+        for p in 0..200 {
+            cache.insert(&table, 1, p, page(1024));
         }
         let stats = cache.stats();
         assert!(stats.bytes <= 1 << 20, "{stats:?}");
         assert!(stats.pages < 200, "{stats:?}");
-        assert!(stats.hits >= 1 && stats.misses >= 1, "{stats:?}");
+        let held = table.occupied().count() as u64;
+        assert_eq!(
+            held, stats.pages,
+            "every page held is accounted for, and no other"
+        );
+        cache.hit(&table, &[1], 0);
+        cache.missed(2);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (1, 2));
+    }
+
+    #[test]
+    fn a_page_larger_than_the_budget_is_not_kept() {
+        let cache = PageCache::new(1 << 12);
+        let table = cache.table(2, 1);
+        cache.insert(&table, 1, 0, page(10_000));
+        assert_eq!(table.occupied().count(), 0);
+        assert_eq!(cache.stats().bytes, 0);
+    }
+
+    #[test]
+    fn forgetting_a_table_frees_its_pages_and_their_weight() {
+        let cache = PageCache::new(1 << 24);
+        let table = cache.table(3, 10);
+        let other = cache.table(3, 10);
+        for p in 0..10 {
+            cache.insert(&table, 1, p, page(100));
+            cache.insert(&table, 2, p, page(100));
+            cache.insert(&other, 1, p, page(100));
+        }
+        assert_eq!(cache.stats().pages, 30);
+        cache.forget(&table);
+        assert_eq!(table.occupied().count(), 0);
+        assert_eq!(other.occupied().count(), 10);
+        assert_eq!(cache.stats().pages, 10);
     }
 }

@@ -12,6 +12,7 @@
 
 mod cache;
 mod checksum;
+mod page_table;
 mod reader;
 mod writer;
 

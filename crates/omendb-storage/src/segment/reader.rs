@@ -24,19 +24,16 @@ use parquet::arrow::async_reader::{
 };
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use smallvec::SmallVec;
 
-use super::cache::{PageCache, PageKey};
+use super::cache::PageCache;
 use super::checksum::{self, Checksums};
+use super::page_table::PageTable;
 use super::{
     CHECKSUMS_KEY, CRC_KEY, FORMAT_VERSION, INDEX_KEY, KEY_COLUMN, LSN_COLUMN, META_KEY,
     SYSTEM_COLUMNS, SegmentMeta, SegmentSeal, TOMBSTONE_COLUMN, metadata_crc, schema_fingerprint,
 };
 use crate::error::{Error, Result};
-
-thread_local! {
-    /// The page list [`SegmentReader::read_cached`] fills, kept per thread to avoid allocating.
-    static SCRATCH: std::cell::RefCell<Vec<ArrayRef>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// Rows per batch when the reader decodes the key column at open.
 const KEY_BATCH_ROWS: usize = 64 * 1024;
@@ -95,8 +92,20 @@ pub struct SegmentReader {
     row_group_starts: Vec<u64>,
     /// First page number of each row group (pages are numbered across the segment).
     row_group_pages: Vec<u64>,
+    /// Every row group starts at a multiple of `rows_per_page` (true of every segment our
+    /// writer makes), so row `p` is on page `p / rows_per_page` without a row-group search.
+    pages_aligned: bool,
     cache: Arc<PageCache>,
-    id: u64,
+    /// This reader's cached pages of its value columns (the cache decides which stay).
+    table: Arc<PageTable>,
+}
+
+impl Drop for SegmentReader {
+    fn drop(&mut self) {
+        // The segment is closing (dropped by compaction, or the database closes): its pages
+        // would only wait for eviction.
+        self.cache.forget(&self.table);
+    }
 }
 
 impl SegmentReader {
@@ -279,6 +288,10 @@ impl SegmentReader {
             )));
         }
 
+        let schema_columns = metadata.schema().fields().len();
+        let pages_aligned = row_group_starts
+            .iter()
+            .all(|&start| start.is_multiple_of(rows_per_page) || start == meta.rows);
         let mut reader = Self {
             store,
             path,
@@ -289,9 +302,10 @@ impl SegmentReader {
             checksums: Arc::new(checksums),
             keys: UInt64Array::from(Vec::<u64>::new()),
             key_pages: Vec::new(),
+            pages_aligned,
             row_group_starts,
             row_group_pages,
-            id: cache.segment_id(),
+            table: cache.table(schema_columns, pages_so_far),
             cache,
         };
         reader.keys = UInt64Array::from(reader.decode_keys().await?);
@@ -366,7 +380,7 @@ impl SegmentReader {
     }
 
     /// A cached page of `column`: the key column's from the decoded keys, the others' from the
-    /// page cache.
+    /// page table.
     fn cached_page(&self, column: usize, page: u64) -> Option<ArrayRef> {
         if column == 0 {
             usize::try_from(page)
@@ -374,7 +388,8 @@ impl SegmentReader {
                 .and_then(|page| self.key_pages.get(page))
                 .cloned()
         } else {
-            self.cache.get(&self.page_key(column, page))
+            let slot = self.table.slot(column, page)?;
+            self.table.get(slot, &crossbeam_epoch::pin()).cloned()
         }
     }
 
@@ -472,12 +487,22 @@ impl SegmentReader {
                 self.path, self.meta.rows
             )));
         }
+        let per_page = u64::from(self.meta.rows_per_page);
+        if self.pages_aligned {
+            // Point reads take this path: a page never straddles a row group here, so it ends at
+            // the next multiple of `per_page` or at the last row.
+            let page = position / per_page;
+            let start = page * per_page;
+            return Ok((
+                page,
+                start..start.saturating_add(per_page).min(self.meta.rows),
+            ));
+        }
         let group = self
             .row_group_starts
             .partition_point(|&start| start <= position)
             - 1;
         let (group_start, group_end) = self.group_bounds(group)?;
-        let per_page = u64::from(self.meta.rows_per_page);
         let within = (position - group_start) / per_page;
         let start = group_start + within * per_page;
         Ok((
@@ -503,30 +528,38 @@ impl SegmentReader {
 
     /// Row `position` from cached pages, without copying it: `read` gets the projected
     /// columns' cached pages and the row's offset in them. `Ok(None)` if a page is not cached.
-    /// Allocates nothing and never waits for I/O: the point-read path for rows in memory.
+    /// Allocates nothing, takes no reference count on the key column, and never waits for I/O:
+    /// the point-read path for rows in memory.
     pub fn read_cached<T>(
         &self,
         position: u64,
         projection: &Projection,
-        read: impl FnOnce(&[ArrayRef], usize) -> T,
+        read: impl FnOnce(&[&dyn Array], usize) -> T,
     ) -> Result<Option<T>> {
         self.check(projection)?;
         let (page, rows) = self.page_of(position)?;
         let offset = (position - rows.start) as usize;
-        // A per-thread scratch list, taken out while in use (so a nested call from `read`
-        // just starts an empty one).
-        let mut pages = SCRATCH.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
-        pages.clear();
+        // One pin covers every column's page; the list is on the stack. A short path matters:
+        // it lets the CPU overlap consecutive fetches' memory misses.
+        let guard = crossbeam_epoch::pin();
+        let mut pages: SmallVec<[&dyn Array; 8]> = SmallVec::new();
         for &column in &projection.columns {
-            match self.cached_page(column, page) {
-                Some(array) => pages.push(array),
-                None => break,
+            let array = if column == 0 {
+                usize::try_from(page)
+                    .ok()
+                    .and_then(|page| self.key_pages.get(page))
+            } else {
+                self.table
+                    .slot(column, page)
+                    .and_then(|slot| self.table.get(slot, &guard))
+            };
+            match array {
+                Some(array) => pages.push(array.as_ref()),
+                None => return Ok(None),
             }
         }
-        let found = (pages.len() == projection.columns.len()).then(|| read(&pages, offset));
-        pages.clear();
-        SCRATCH.with(|scratch| *scratch.borrow_mut() = pages);
-        Ok(found)
+        self.cache.hit(&self.table, &projection.columns, page);
+        Ok(Some(read(&pages, offset)))
     }
 
     /// Row `position` (one row), reading and caching its page for each projected column that is
@@ -646,14 +679,6 @@ impl SegmentReader {
         )?)
     }
 
-    fn page_key(&self, column: usize, page: u64) -> PageKey {
-        PageKey {
-            segment: self.id,
-            column,
-            page,
-        }
-    }
-
     /// Every projected column's rows of `page`: cached ones from the cache, the rest decoded
     /// together (one read) and cached.
     async fn page_arrays(
@@ -674,7 +699,9 @@ impl SegmentReader {
             .filter(|(_, a)| a.is_none())
             .map(|(&c, _)| c)
             .collect();
-        if !missing.is_empty() {
+        if missing.is_empty() {
+            self.cache.hit(&self.table, &projection.columns, page);
+        } else {
             let decode = self.projection_of(missing.iter().copied())?;
             let len = (rows.end - rows.start) as usize;
             let batches: Vec<RecordBatch> = self.stream(rows, &decode, len)?.try_collect().await?;
@@ -691,10 +718,11 @@ impl SegmentReader {
                     ),
                 });
             }
+            self.cache.missed(missing.len());
             for (i, &column) in decode.columns.iter().enumerate() {
                 let array = Arc::clone(batch.column(i));
                 self.cache
-                    .insert(self.page_key(column, page), Arc::clone(&array));
+                    .insert(&self.table, column, page, Arc::clone(&array));
                 if let Some(at) = projection.columns.iter().position(|&c| c == column) {
                     arrays[at] = Some(array);
                 }

@@ -1,0 +1,180 @@
+//! One reader's decoded pages, a slot per (value column, page), read without locks.
+//!
+//! The page cache ([`super::cache::PageCache`]) decides which pages stay within its byte budget;
+//! this table is where a point read finds them. A lookup pins the current thread's epoch once
+//! and then reads slots with plain loads: no lock and no reference count, so a cached fetch
+//! costs a few dozen instructions and consecutive fetches overlap their memory misses. A page
+//! that leaves a slot (evicted or replaced) is freed by `crossbeam-epoch` once no pinned thread
+//! can still be reading it.
+
+#![allow(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+
+use arrow_array::ArrayRef;
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+
+/// Slots for every value column's pages of one segment (the key column is never cached here:
+/// the reader keeps it decoded whole).
+#[derive(Debug)]
+pub(crate) struct PageTable {
+    /// The cache's number for this reader, part of every [`super::cache::PageKey`] it inserts.
+    pub(crate) segment: u64,
+    pages: u64,
+    slots: Box<[Atomic<ArrayRef>]>,
+}
+
+impl PageTable {
+    /// A table of empty slots for `columns` columns (column 0, the key, gets none) of `pages`
+    /// pages each.
+    pub(crate) fn new(segment: u64, columns: usize, pages: u64) -> Self {
+        let len = usize::try_from(pages)
+            .ok()
+            .and_then(|pages| pages.checked_mul(columns.saturating_sub(1)))
+            .unwrap_or(0);
+        Self {
+            segment,
+            pages,
+            slots: (0..len).map(|_| Atomic::null()).collect(),
+        }
+    }
+
+    /// The slot of `column`'s `page`, if the table has one.
+    pub(crate) fn slot(&self, column: usize, page: u64) -> Option<usize> {
+        if column == 0 || page >= self.pages {
+            return None;
+        }
+        let slot = (column as u64 - 1)
+            .checked_mul(self.pages)?
+            .checked_add(page)?;
+        usize::try_from(slot)
+            .ok()
+            .filter(|&slot| slot < self.slots.len())
+    }
+
+    /// The page in `slot`, valid while both the table and `guard` are borrowed.
+    pub(crate) fn get<'a>(&'a self, slot: usize, guard: &'a Guard) -> Option<&'a ArrayRef> {
+        let shared = self.slots.get(slot)?.load(Ordering::Acquire, guard);
+        // SAFETY: a page leaves its slot only through `swap` below, which hands it to
+        // `defer_destroy`: it is freed after every thread pinned now (`guard`) has unpinned. The
+        // table itself frees its pages only in `drop`, which cannot run while `&'a self` is
+        // borrowed.
+        unsafe { shared.as_ref() }
+    }
+
+    /// Puts `page` in `slot` (or empties it with `None`); a page it held is freed once no
+    /// reader can see it.
+    pub(crate) fn set(&self, slot: usize, page: Option<ArrayRef>) {
+        let Some(cell) = self.slots.get(slot) else {
+            return;
+        };
+        let guard = epoch::pin();
+        let new = match page {
+            Some(page) => Owned::new(page).into_shared(&guard),
+            None => Shared::null(),
+        };
+        let old = cell.swap(new, Ordering::AcqRel, &guard);
+        if !old.is_null() {
+            // SAFETY: `old` is no longer in the slot, so no thread that pins from now on can
+            // load it; those pinned now may still read it, and `defer_destroy` waits for them.
+            unsafe { guard.defer_destroy(old) };
+        }
+    }
+
+    /// Slots, filled or not.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Slots that hold a page.
+    #[cfg(test)]
+    pub(crate) fn occupied(&self) -> impl Iterator<Item = usize> + '_ {
+        let guard = epoch::pin();
+        (0..self.slots.len())
+            .filter(move |&slot| !self.slots[slot].load(Ordering::Acquire, &guard).is_null())
+    }
+
+    /// The column and page of `slot`.
+    pub(crate) fn position(&self, slot: usize) -> (usize, u64) {
+        let slot = slot as u64;
+        (
+            (slot / self.pages.max(1)) as usize + 1,
+            slot % self.pages.max(1),
+        )
+    }
+}
+
+impl Drop for PageTable {
+    fn drop(&mut self) {
+        for cell in self.slots.iter() {
+            // SAFETY: `drop` has the table to itself: every reference `get` handed out borrowed
+            // the table and has ended, so the pages still in slots can be freed at once.
+            unsafe {
+                let page = cell.swap(Shared::null(), Ordering::Relaxed, epoch::unprotected());
+                if !page.is_null() {
+                    drop(page.into_owned());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Array, UInt64Array};
+
+    use super::*;
+
+    fn page(len: u64) -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(0..len))
+    }
+
+    #[test]
+    fn slots_hold_pages_per_column_and_page_and_the_key_column_has_none() {
+        let table = PageTable::new(7, 3, 4);
+        assert_eq!(table.slot(0, 0), None, "the key column is not cached here");
+        assert_eq!(table.slot(1, 4), None, "past the last page");
+        assert_eq!(table.slot(3, 0), None, "past the last column");
+        let slot = table.slot(2, 3).expect("in range");
+        assert_eq!(table.position(slot), (2, 3));
+        let guard = epoch::pin();
+        assert!(table.get(slot, &guard).is_none());
+        table.set(slot, Some(page(10)));
+        assert_eq!(table.get(slot, &guard).map(|a| a.len()), Some(10));
+        assert_eq!(table.occupied().collect::<Vec<_>>(), vec![slot]);
+        table.set(slot, None);
+        assert!(table.get(slot, &guard).is_none());
+        assert_eq!(table.occupied().count(), 0);
+    }
+
+    #[test]
+    fn a_page_read_while_it_is_replaced_stays_readable() {
+        let table = Arc::new(PageTable::new(0, 2, 1));
+        table.set(0, Some(page(100)));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let table = Arc::clone(&table);
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let guard = epoch::pin();
+                        if let Some(page) = table.get(0, &guard) {
+                            let values = page
+                                .as_any()
+                                .downcast_ref::<UInt64Array>()
+                                .expect("u64 page");
+                            assert_eq!(values.value(values.len() - 1), values.len() as u64 - 1);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for round in 0..20_000u64 {
+            table.set(0, (round % 3 != 0).then(|| page(1 + round % 50)));
+        }
+        for reader in readers {
+            reader.join().expect("reader");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Point reads through a page cache far smaller than the segment: readers on several threads
+//! fetch and read cached rows while other fetches evict the pages they read. Every row read must
+//! be the row written, the cache must stay within its budget, and closing a reader must free its
+//! pages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use arrow_array::{Array, BooleanArray, Float64Array, RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use omendb_storage::segment::{
+    PageCache, SegmentReader, SegmentWriter, SegmentWriterOptions, segment_schema,
+};
+
+const ROWS: u64 = 64 * 1024;
+
+fn value(position: u64) -> f64 {
+    position as f64 * 0.25
+}
+
+async fn written(cache: Arc<PageCache>) -> SegmentReader {
+    let store = Arc::new(InMemory::new());
+    let values = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+    let options = SegmentWriterOptions {
+        rows_per_page: 256,
+        pages_per_row_group: 16,
+        ..SegmentWriterOptions::default()
+    };
+    let path = Path::from("evict.parquet");
+    let mut writer = SegmentWriter::create(store.clone(), path.clone(), &values, options).unwrap();
+    let batch = RecordBatch::try_new(
+        segment_schema(&values).unwrap(),
+        vec![
+            Arc::new(UInt64Array::from_iter_values((0..ROWS).map(|i| i * 2))),
+            Arc::new(UInt64Array::from_iter_values((0..ROWS).map(|i| i + 1))),
+            Arc::new(BooleanArray::from(vec![false; ROWS as usize])),
+            Arc::new(Float64Array::from_iter_values((0..ROWS).map(value))),
+        ],
+    )
+    .unwrap();
+    writer.write(&batch).await.unwrap();
+    let seal = writer.finish(&[]).await.unwrap().seal;
+    SegmentReader::open(store, path, Some(&seal), cache)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn cached_reads_stay_right_while_a_small_cache_evicts_under_them() {
+    // 256 f64 rows decode to about 2 KiB: the budget holds a few dozen of the 256 pages.
+    let budget = 64 * 1024;
+    let cache = Arc::new(PageCache::new(budget));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reader = Arc::new(runtime.block_on(written(Arc::clone(&cache))));
+    let projection = Arc::new(reader.projection(&["_key", "v"]).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let (reader, projection) = (Arc::clone(&reader), Arc::clone(&projection));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let (mut cached, mut fetched) = (0u64, 0u64);
+                let mut state = thread * 7919 + 1;
+                for _ in 0..20_000 {
+                    // xorshift: a different, repeatable walk per thread
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let position = state % ROWS;
+                    let read = reader
+                        .read_cached(position, &projection, |pages, offset| {
+                            let key = pages[0]
+                                .as_any()
+                                .downcast_ref::<UInt64Array>()
+                                .unwrap()
+                                .value(offset);
+                            let v = pages[1]
+                                .as_any()
+                                .downcast_ref::<Float64Array>()
+                                .unwrap()
+                                .value(offset);
+                            (key, v)
+                        })
+                        .unwrap();
+                    let (key, v) = match read {
+                        Some(row) => {
+                            cached += 1;
+                            row
+                        }
+                        None => {
+                            fetched += 1;
+                            let row = runtime
+                                .block_on(reader.fetch(position, &projection))
+                                .unwrap();
+                            let key = row.column(0).as_any().downcast_ref::<UInt64Array>();
+                            let v = row.column(1).as_any().downcast_ref::<Float64Array>();
+                            (key.unwrap().value(0), v.unwrap().value(0))
+                        }
+                    };
+                    assert_eq!((key, v), (position * 2, value(position)), "row {position}");
+                }
+                (cached, fetched)
+            })
+        })
+        .collect();
+    let (mut cached, mut fetched) = (0, 0);
+    for thread in threads {
+        let (c, f) = thread.join().unwrap();
+        cached += c;
+        fetched += f;
+    }
+    let stats = cache.stats();
+    assert!(
+        cached > 0 && fetched > 0,
+        "{cached} cached, {fetched} fetched"
+    );
+    assert!(stats.bytes <= budget, "{stats:?}");
+    // A fetch may find its page cached by another thread meanwhile: then it is a hit too.
+    assert!(
+        stats.hits >= cached,
+        "every cached read is a hit: {stats:?}"
+    );
+    assert_eq!(
+        stats.hits + stats.misses,
+        cached + fetched,
+        "every read is one hit or one page decoded: {stats:?}"
+    );
+    assert!(stats.pages > 0, "{stats:?}");
+
+    drop(projection);
+    drop(Arc::into_inner(reader).expect("the only reference"));
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.pages, stats.bytes),
+        (0, 0),
+        "a closed reader's pages are let go"
+    );
+}
