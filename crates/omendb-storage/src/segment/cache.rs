@@ -22,11 +22,12 @@ pub(crate) struct PageKey {
     pub(crate) page: u64,
 }
 
-/// What the cache keeps of a page: where it lives and what it weighs.
+/// What the cache keeps of a page: where it lives, under which generation, and what it weighs.
 #[derive(Clone, Debug)]
 struct Resident {
     table: Arc<PageTable>,
     slot: usize,
+    generation: u64,
     weight: u64,
 }
 
@@ -39,15 +40,32 @@ impl quick_cache::Weighter<PageKey, Resident> for ResidentWeight {
     }
 }
 
-/// Empties a page's slot when the cache lets it go (evicted, or refused as too large).
+/// Empties a page's slot when the cache lets its entry go: evicted, refused as too large, or
+/// replaced by a newer entry for the same page (`quick_cache` reports all three through
+/// `on_evict`). The generation check leaves a newer page in place.
 #[derive(Clone, Debug)]
 struct EmptySlot;
 
-impl quick_cache::Lifecycle<PageKey, Resident> for EmptySlot {
-    type RequestState = ();
+/// Entries let go during one cache operation. Their slots are emptied when the operation is over
+/// (this drops), outside the cache's shard lock.
+#[derive(Debug, Default)]
+struct LetGo(Vec<Resident>);
 
-    fn on_evict(&self, _state: &mut (), _key: PageKey, resident: Resident) {
-        resident.table.set(resident.slot, None);
+impl Drop for LetGo {
+    fn drop(&mut self) {
+        for resident in self.0.drain(..) {
+            resident
+                .table
+                .empty(resident.slot, Some(resident.generation));
+        }
+    }
+}
+
+impl quick_cache::Lifecycle<PageKey, Resident> for EmptySlot {
+    type RequestState = LetGo;
+
+    fn on_evict(&self, state: &mut LetGo, _key: PageKey, resident: Resident) {
+        state.0.push(resident);
     }
 }
 
@@ -123,7 +141,9 @@ impl PageCache {
             return;
         };
         let weight = array.get_array_memory_size() as u64;
-        table.set(slot, Some(array));
+        let Some(generation) = table.fill(slot, array) else {
+            return;
+        };
         self.resident.insert(
             PageKey {
                 segment: table.segment,
@@ -133,6 +153,7 @@ impl PageCache {
             Resident {
                 table: Arc::clone(table),
                 slot,
+                generation,
                 weight,
             },
         );
@@ -161,9 +182,10 @@ impl PageCache {
         self.misses.fetch_add(pages as u64, Ordering::Relaxed);
     }
 
-    /// Lets go of every page of `table` (its reader is closing): their memory is freed and their
-    /// weight no longer counts. Every slot's key is removed, not only the filled slots': an
-    /// eviction racing a re-insert of the same page can leave an entry whose slot is empty.
+    /// Lets go of every page of `table` (its reader is closing): their weight no longer counts,
+    /// and their memory is freed as soon as no reader pinned before can see them. Every slot's
+    /// key is removed, not only the filled slots': an entry can outlive its page for a moment
+    /// (between a racing eviction and re-insert of the same page).
     pub(crate) fn forget(&self, table: &PageTable) {
         for slot in 0..table.len() {
             let (column, page) = table.position(slot);
@@ -172,7 +194,7 @@ impl PageCache {
                 column,
                 page,
             });
-            table.set(slot, None);
+            table.empty(slot, None);
         }
     }
 
@@ -217,6 +239,21 @@ mod tests {
         cache.missed(2);
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses), (1, 2));
+    }
+
+    #[test]
+    fn inserting_a_page_twice_keeps_the_newer_copy_in_its_slot() {
+        // Two reads that miss the same page both decode and insert it; the second entry replaces
+        // the first, and letting the first go must not empty the slot the second filled.
+        let cache = PageCache::new(1 << 20);
+        let table = cache.table(2, 4);
+        cache.insert(&table, 1, 0, page(10));
+        cache.insert(&table, 1, 0, page(20));
+        assert_eq!(table.occupied().count(), 1);
+        assert_eq!(cache.stats().pages, 1);
+        let slot = table.slot(1, 0).expect("a slot");
+        let guard = crossbeam_epoch::pin();
+        assert_eq!(table.get(slot, &guard).map(|a| a.len()), Some(20));
     }
 
     #[test]

@@ -9,10 +9,18 @@
 
 #![allow(unsafe_code)]
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::ArrayRef;
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+
+/// A page in a slot, with the number it was put there under: the cache's entry for it carries
+/// the same number, so evicting or replacing an older entry never empties a newer page's slot.
+#[derive(Debug)]
+struct Page {
+    array: ArrayRef,
+    generation: u64,
+}
 
 /// Slots for every value column's pages of one segment (the key column is never cached here:
 /// the reader keeps it decoded whole).
@@ -21,7 +29,8 @@ pub(crate) struct PageTable {
     /// The cache's number for this reader, part of every [`super::cache::PageKey`] it inserts.
     pub(crate) segment: u64,
     pages: u64,
-    slots: Box<[Atomic<ArrayRef>]>,
+    slots: Box<[Atomic<Page>]>,
+    generations: AtomicU64,
 }
 
 impl PageTable {
@@ -36,6 +45,7 @@ impl PageTable {
             segment,
             pages,
             slots: (0..len).map(|_| Atomic::null()).collect(),
+            generations: AtomicU64::new(0),
         }
     }
 
@@ -52,33 +62,73 @@ impl PageTable {
             .filter(|&slot| slot < self.slots.len())
     }
 
-    /// The page in `slot`, valid while both the table and `guard` are borrowed.
+    /// The page in `slot`, valid while both the table and `guard` (a pin of the default
+    /// collector, `crossbeam_epoch::pin()`) are borrowed.
     pub(crate) fn get<'a>(&'a self, slot: usize, guard: &'a Guard) -> Option<&'a ArrayRef> {
+        // Pages are retired to the default collector: a guard of another would not hold them.
+        debug_assert!(guard.collector() == Some(epoch::default_collector()));
         let shared = self.slots.get(slot)?.load(Ordering::Acquire, guard);
         // SAFETY: a page leaves its slot only through `swap` below, which hands it to
         // `defer_destroy`: it is freed after every thread pinned now (`guard`) has unpinned. The
         // table itself frees its pages only in `drop`, which cannot run while `&'a self` is
         // borrowed.
-        unsafe { shared.as_ref() }
+        unsafe { shared.as_ref() }.map(|page| &page.array)
     }
 
-    /// Puts `page` in `slot` (or empties it with `None`); a page it held is freed once no
-    /// reader can see it.
-    pub(crate) fn set(&self, slot: usize, page: Option<ArrayRef>) {
+    /// Puts `array` in `slot` and returns the generation to empty it by; a page it replaces is
+    /// freed once no reader can see it. `None` if there is no such slot.
+    pub(crate) fn fill(&self, slot: usize, array: ArrayRef) -> Option<u64> {
+        let cell = self.slots.get(slot)?;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let guard = epoch::pin();
+        let old = cell.swap(
+            Owned::new(Page { array, generation }),
+            Ordering::AcqRel,
+            &guard,
+        );
+        Self::retire(old, &guard);
+        Some(generation)
+    }
+
+    /// Empties `slot` if it still holds the page of `generation` (or whatever it holds, with
+    /// `None`).
+    pub(crate) fn empty(&self, slot: usize, generation: Option<u64>) {
         let Some(cell) = self.slots.get(slot) else {
             return;
         };
         let guard = epoch::pin();
-        let new = match page {
-            Some(page) => Owned::new(page).into_shared(&guard),
-            None => Shared::null(),
-        };
-        let old = cell.swap(new, Ordering::AcqRel, &guard);
-        if !old.is_null() {
-            // SAFETY: `old` is no longer in the slot, so no thread that pins from now on can
-            // load it; those pinned now may still read it, and `defer_destroy` waits for them.
-            unsafe { guard.defer_destroy(old) };
+        let current = cell.load(Ordering::Acquire, &guard);
+        // SAFETY: as in `get`: loaded under `guard`, so not freed before it is dropped.
+        let held = unsafe { current.as_ref() }.map(|page| page.generation);
+        if held.is_none() || (generation.is_some() && held != generation) {
+            return;
         }
+        // A page put there since the load is newer than `generation`: leave it.
+        if cell
+            .compare_exchange(
+                current,
+                Shared::null(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                &guard,
+            )
+            .is_ok()
+        {
+            Self::retire(current, &guard);
+        }
+    }
+
+    /// Frees a page taken out of its slot once every thread pinned now has unpinned, and hands
+    /// this thread's retired pages to the collector now rather than when its bag fills (pages
+    /// can be large).
+    fn retire(page: Shared<'_, Page>, guard: &Guard) {
+        if page.is_null() {
+            return;
+        }
+        // SAFETY: `page` is no longer in its slot, so no thread that pins from now on can load
+        // it; those pinned now may still read it, and `defer_destroy` waits for them.
+        unsafe { guard.defer_destroy(page) };
+        guard.flush();
     }
 
     /// Slots, filled or not.
@@ -141,18 +191,27 @@ mod tests {
         assert_eq!(table.position(slot), (2, 3));
         let guard = epoch::pin();
         assert!(table.get(slot, &guard).is_none());
-        table.set(slot, Some(page(10)));
+        let first = table.fill(slot, page(10)).expect("a slot");
         assert_eq!(table.get(slot, &guard).map(|a| a.len()), Some(10));
         assert_eq!(table.occupied().collect::<Vec<_>>(), vec![slot]);
-        table.set(slot, None);
+        let second = table.fill(slot, page(20)).expect("a slot");
+        table.empty(slot, Some(first));
+        assert_eq!(
+            table.get(slot, &guard).map(|a| a.len()),
+            Some(20),
+            "emptying an older generation leaves the newer page"
+        );
+        table.empty(slot, Some(second));
         assert!(table.get(slot, &guard).is_none());
+        table.fill(slot, page(30));
+        table.empty(slot, None);
         assert_eq!(table.occupied().count(), 0);
     }
 
     #[test]
     fn a_page_read_while_it_is_replaced_stays_readable() {
         let table = Arc::new(PageTable::new(0, 2, 1));
-        table.set(0, Some(page(100)));
+        table.fill(0, page(100));
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let table = Arc::clone(&table);
@@ -171,7 +230,12 @@ mod tests {
             })
             .collect();
         for round in 0..20_000u64 {
-            table.set(0, (round % 3 != 0).then(|| page(1 + round % 50)));
+            match round % 3 {
+                0 => table.empty(0, None),
+                _ => {
+                    table.fill(0, page(1 + round % 50));
+                }
+            }
         }
         for reader in readers {
             reader.join().expect("reader");
