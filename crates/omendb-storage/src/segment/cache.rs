@@ -212,13 +212,8 @@ impl PageCache {
 
 #[cfg(test)]
 mod tests {
-    use arrow_array::UInt64Array;
-
+    use super::super::page_table::tests::page;
     use super::*;
-
-    fn page(len: u64) -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(0..len))
-    }
 
     #[test]
     fn the_budget_bounds_the_bytes_held_and_evicted_pages_leave_their_slots() {

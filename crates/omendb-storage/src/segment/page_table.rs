@@ -68,10 +68,10 @@ impl PageTable {
         // Pages are retired to the default collector: a guard of another would not hold them.
         debug_assert!(guard.collector() == Some(epoch::default_collector()));
         let shared = self.slots.get(slot)?.load(Ordering::Acquire, guard);
-        // SAFETY: a page leaves its slot only through `swap` below, which hands it to
-        // `defer_destroy`: it is freed after every thread pinned now (`guard`) has unpinned. The
-        // table itself frees its pages only in `drop`, which cannot run while `&'a self` is
-        // borrowed.
+        // SAFETY: a page taken out of its slot (`fill`'s swap, `empty`'s compare-exchange) goes
+        // to `retire`, which defers its free until every thread pinned now (`guard`) has
+        // unpinned. The table itself frees its pages only in `drop`, which cannot run while
+        // `&'a self` is borrowed.
         unsafe { shared.as_ref() }.map(|page| &page.array)
     }
 
@@ -170,14 +170,15 @@ impl Drop for PageTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use arrow_array::{Array, UInt64Array};
 
     use super::*;
 
-    fn page(len: u64) -> ArrayRef {
+    /// A page of `len` rows holding `0..len` (shared with the cache's tests).
+    pub(crate) fn page(len: u64) -> ArrayRef {
         Arc::new(UInt64Array::from_iter_values(0..len))
     }
 

@@ -380,17 +380,25 @@ impl SegmentReader {
     }
 
     /// A cached page of `column`: the key column's from the decoded keys, the others' from the
-    /// page table.
-    fn cached_page(&self, column: usize, page: u64) -> Option<ArrayRef> {
+    /// page table (valid while `guard` is pinned).
+    fn page_in<'a>(
+        &'a self,
+        column: usize,
+        page: u64,
+        guard: &'a crossbeam_epoch::Guard,
+    ) -> Option<&'a ArrayRef> {
         if column == 0 {
             usize::try_from(page)
                 .ok()
                 .and_then(|page| self.key_pages.get(page))
-                .cloned()
         } else {
-            let slot = self.table.slot(column, page)?;
-            self.table.get(slot, &crossbeam_epoch::pin()).cloned()
+            self.table.get(self.table.slot(column, page)?, guard)
         }
+    }
+
+    /// [`Self::page_in`], owned.
+    fn cached_page(&self, column: usize, page: u64) -> Option<ArrayRef> {
+        self.page_in(column, page, &crossbeam_epoch::pin()).cloned()
     }
 
     /// The full schema: system columns, then value columns.
@@ -528,8 +536,8 @@ impl SegmentReader {
 
     /// Row `position` from cached pages, without copying it: `read` gets the projected
     /// columns' cached pages and the row's offset in them. `Ok(None)` if a page is not cached.
-    /// Allocates nothing, takes no reference count on the key column, and never waits for I/O:
-    /// the point-read path for rows in memory.
+    /// Takes no lock or reference count, allocates nothing for up to 8 projected columns, and
+    /// never waits for I/O: the point-read path for rows in memory.
     pub fn read_cached<T>(
         &self,
         position: u64,
@@ -544,16 +552,7 @@ impl SegmentReader {
         let guard = crossbeam_epoch::pin();
         let mut pages: SmallVec<[&dyn Array; 8]> = SmallVec::new();
         for &column in &projection.columns {
-            let array = if column == 0 {
-                usize::try_from(page)
-                    .ok()
-                    .and_then(|page| self.key_pages.get(page))
-            } else {
-                self.table
-                    .slot(column, page)
-                    .and_then(|slot| self.table.get(slot, &guard))
-            };
-            match array {
+            match self.page_in(column, page, &guard) {
                 Some(array) => pages.push(array.as_ref()),
                 None => return Ok(None),
             }
