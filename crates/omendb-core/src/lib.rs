@@ -64,6 +64,8 @@ pub mod keygen;
 #[cfg(not(loom))]
 pub mod memtable;
 #[cfg(not(loom))]
+mod prefetch;
+#[cfg(not(loom))]
 pub mod segment;
 mod sync;
 #[cfg(not(loom))]

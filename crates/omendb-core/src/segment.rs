@@ -97,6 +97,14 @@ impl Segment {
         self.may_hold(key) && self.filter.may_hold(key)
     }
 
+    /// Starts loading the filter line [`Self::may_contain`] reads for `key`, so a batched read
+    /// can overlap many keys' probes.
+    pub fn prefetch_filter(&self, key: u64) {
+        if self.may_hold(key) {
+            self.filter.prefetch(key);
+        }
+    }
+
     /// Whether the segment's key range meets `range`.
     pub fn overlaps(&self, range: &RangeInclusive<u64>) -> bool {
         matches!((self.entry.key_min, self.entry.key_max),

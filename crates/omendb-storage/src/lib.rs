@@ -8,6 +8,7 @@
 pub mod backend;
 mod error;
 pub mod manifest;
+pub mod prefetch;
 pub mod segment;
 
 pub use backend::{Backend, BackendOptions, Scheme};

@@ -241,6 +241,73 @@ async fn every_supported_type_round_trips_with_nulls() {
         assert_eq!(many.slice(i, 1), expected.slice(position as usize, 1));
     }
 
+    // Many rows from cached pages in one call: answered in the order asked, repeats included;
+    // rows on pages not cached yet are handed back by index, untouched. Rows run far enough
+    // apart that the read-ahead crosses pages and both ends of the list.
+    let fresh_cache = cache();
+    let fresh = SegmentReader::open(
+        Arc::clone(&store),
+        Path::from("seg/all"),
+        Some(&written.seal),
+        Arc::clone(&fresh_cache),
+    )
+    .await
+    .unwrap();
+    for position in [0u64, 150, 1500, rows - 1] {
+        fresh.fetch(position, &all).await.unwrap();
+    }
+    let cached_pages = |p: u64| {
+        [0u64, 150, 1500, rows - 1]
+            .iter()
+            .any(|&c| c / 100 == p / 100)
+    };
+    let picks: Vec<u64> = [1500u64, 5, 399, 150, 1501, 0, 1500, 2100, rows - 1, 99, 160]
+        .into_iter()
+        .cycle()
+        .take(60)
+        .collect();
+    let before = fresh_cache.stats();
+    let mut got = Vec::new();
+    let missing = fresh
+        .read_cached_many(&picks, &all, |i, pages, offset| {
+            let row: Vec<ArrayRef> = pages.iter().map(|page| page.slice(offset, 1)).collect();
+            got.push((i, row));
+        })
+        .unwrap();
+    let want_missing: Vec<usize> = (0..picks.len())
+        .filter(|&i| !cached_pages(picks[i]))
+        .collect();
+    assert_eq!(missing, want_missing);
+    assert_eq!(got.len() + missing.len(), picks.len());
+    for (i, row) in &got {
+        assert!(cached_pages(picks[*i]));
+        let want = expected.slice(picks[*i] as usize, 1);
+        assert_eq!(row.as_slice(), want.columns(), "pick {i}");
+    }
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "in the order asked"
+    );
+    assert_eq!(
+        fresh_cache.stats().hits - before.hits,
+        got.len() as u64,
+        "one hit per row read"
+    );
+    assert!(
+        fresh
+            .read_cached_many(&[], &all, |_, _, _| panic!("no rows"))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        fresh
+            .read_cached_many(&[0, rows], &all, |_, _, _| panic!("refused before any row"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadInput,
+        "a position past the end"
+    );
+
     // Position ranges: within a page, across pages and row groups (through the cache), long
     // ones (decoded uncached, then again once every page is cached), and the empty range.
     for range in [
@@ -302,6 +369,13 @@ async fn every_supported_type_round_trips_with_nulls() {
     assert_eq!(
         reader
             .read_cached(0, &foreign, |_, _| ())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadInput
+    );
+    assert_eq!(
+        reader
+            .read_cached_many(&[0], &foreign, |_, _, _| ())
             .unwrap_err()
             .kind(),
         ErrorKind::BadInput

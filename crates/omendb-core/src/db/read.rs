@@ -150,6 +150,10 @@ pub(crate) type Misses = Vec<(Arc<Segment>, Vec<(usize, usize)>)>;
 /// memtables and cached pages, locating segment rows with the index's batched lookup, and
 /// returns the rows whose pages must be read. `None` if a segment newer than the snapshot means
 /// the general path must be taken.
+///
+/// Each layer is asked about all the keys still undecided at once, and every key's memory is
+/// asked for before any key is probed (filter lines, then the index's windows, then the rows'
+/// cells), so the cache misses of many keys overlap instead of following one another.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn multi_step<T>(
     version: &Version,
@@ -166,13 +170,31 @@ pub(crate) fn multi_step<T>(
     }
     out.clear();
     out.resize_with(keys.len(), || None);
-    let mut undecided: Vec<usize> = Vec::with_capacity(keys.len());
-    for (slot, &key) in keys.iter().enumerate() {
-        match in_memtables(version, table.def.id, overlay, key, snapshot) {
-            Lookup::Found { row, .. } => out[slot] = Some(from_memtable(row)?),
-            Lookup::Deleted { .. } => {}
-            Lookup::Absent => undecided.push(slot),
+    let mut undecided: Vec<usize> = (0..keys.len()).collect();
+    // The transaction's own writes (read at every LSN), then the generations newest first: the
+    // first layer that knows a key decides it, as in `in_memtables`.
+    let generations: Vec<Arc<Memtable>> = version
+        .memtables
+        .iter()
+        .filter_map(|g| g.table(table.def.id))
+        .collect();
+    let layers = overlay
+        .map(|m| (m, Lsn::MAX))
+        .into_iter()
+        .chain(generations.iter().map(|m| (m.as_ref(), snapshot)));
+    for (memtable, at) in layers {
+        undecided
+            .iter()
+            .for_each(|&slot| memtable.prefetch(keys[slot]));
+        let mut still = Vec::with_capacity(undecided.len());
+        for &slot in &undecided {
+            match memtable.get(keys[slot], at) {
+                Lookup::Found { row, .. } => out[slot] = Some(from_memtable(row)?),
+                Lookup::Deleted { .. } => {}
+                Lookup::Absent => still.push(slot),
+            }
         }
+        undecided = still;
     }
     let mut misses: Misses = Vec::new();
     let mut queries = Vec::new();
@@ -182,37 +204,38 @@ pub(crate) fn multi_step<T>(
             break;
         }
         // Only keys the segment's filter passes are looked up in its index.
-        let mut still = Vec::with_capacity(undecided.len());
-        let mut asked = Vec::with_capacity(undecided.len());
-        for &slot in &undecided {
-            if segment.may_contain(keys[slot]) {
-                asked.push(slot);
-            } else {
-                still.push(slot);
-            }
-        }
+        undecided
+            .iter()
+            .for_each(|&slot| segment.prefetch_filter(keys[slot]));
+        let (asked, mut still): (Vec<usize>, Vec<usize>) = undecided
+            .iter()
+            .partition(|&&slot| segment.may_contain(keys[slot]));
         queries.clear();
         queries.extend(asked.iter().map(|&slot| keys[slot]));
         let segment_keys = segment.keys();
         segment
             .index
             .lower_bound_batch(segment_keys, &queries, &mut positions);
-        let mut fetch = Vec::new();
+        let mut found = Vec::with_capacity(asked.len());
         for (&slot, &position) in asked.iter().zip(&positions) {
-            if segment_keys.get(position) != Some(&keys[slot]) {
+            if segment_keys.get(position) == Some(&keys[slot]) {
+                found.push((slot, position));
+            } else {
                 still.push(slot);
-                continue;
-            }
-            match segment
-                .reader
-                .read_cached(position as u64, &segment.row, &read)?
-            {
-                Some(answer) => out[slot] = answer,
-                None => fetch.push((slot, position)),
             }
         }
-        if !fetch.is_empty() {
-            misses.push((Arc::clone(segment), fetch));
+        let rows: Vec<u64> = found.iter().map(|&(_, position)| position as u64).collect();
+        let missing =
+            segment
+                .reader
+                .read_cached_many(&rows, &segment.row, |i, pages, offset| {
+                    out[found[i].0] = read(pages, offset);
+                })?;
+        if !missing.is_empty() {
+            misses.push((
+                Arc::clone(segment),
+                missing.iter().map(|&i| found[i]).collect(),
+            ));
         }
         undecided = still;
     }

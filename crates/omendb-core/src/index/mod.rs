@@ -46,7 +46,6 @@ mod binary;
 mod codec;
 mod error;
 mod pla;
-mod prefetch;
 mod rmi;
 pub mod search;
 

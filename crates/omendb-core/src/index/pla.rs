@@ -20,9 +20,10 @@
 use super::codec::{Reader, Writer};
 use super::search::{self, SCAN_CACHED, SCAN_MAX, lower_bound_in};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position, prefetch,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position,
     search_cost, validate_keys,
 };
+use crate::prefetch;
 
 /// ε values the tuner tries, in order of preference when their costs tie.
 const EPSILONS: [usize; 3] = [32, 16, 64];

@@ -11,9 +11,10 @@
 use super::codec::{Reader, Writer};
 use super::search::{self, SCAN_MAX, lower_bound_in};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position, prefetch,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position,
     search_cost, validate_keys,
 };
+use crate::prefetch;
 
 /// Bytes of one leaf in memory and on disk.
 const LEAF_BYTES: usize = 32;

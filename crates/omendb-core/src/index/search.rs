@@ -6,7 +6,8 @@
 //! contain the answer — which a correctly trained model never produces, but a damaged model or a
 //! mismatched key array could — falls back to a binary search of the whole array.
 
-use super::{Window, prefetch};
+use super::Window;
+use crate::prefetch;
 
 /// Windows of up to this many cache lines are prefetched whole before the bisection.
 const PREFETCH_LINES: usize = 16;

@@ -290,6 +290,14 @@ impl Memtable {
             .max()
     }
 
+    /// Starts loading the filter line [`Self::get`] reads first for `key`, so a batched read can
+    /// overlap many keys' probes.
+    pub fn prefetch(&self, key: u64) {
+        if let Some(filter) = &self.filter {
+            filter.prefetch(key);
+        }
+    }
+
     /// What the memtable says about `key` at `snapshot`.
     pub fn get(&self, key: u64, snapshot: Lsn) -> Lookup {
         if self.ranges.is_empty() && self.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {

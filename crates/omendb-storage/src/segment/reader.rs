@@ -34,6 +34,7 @@ use super::{
     SYSTEM_COLUMNS, SegmentMeta, SegmentSeal, TOMBSTONE_COLUMN, metadata_crc, schema_fingerprint,
 };
 use crate::error::{Error, Result};
+use crate::prefetch;
 
 /// Rows per batch when the reader decodes the key column at open.
 const KEY_BATCH_ROWS: usize = 64 * 1024;
@@ -41,6 +42,11 @@ const KEY_BATCH_ROWS: usize = 64 * 1024;
 /// Pages a [`SegmentReader::fetch_range`] reads through the page cache; a range over more pages
 /// is a long scan, decoded without caching.
 pub const CACHED_RANGE_PAGES: u64 = 2;
+
+/// How many rows ahead of the one it reads a batched cached read asks for the next rows'
+/// cells: enough to keep the CPU's ~10-20 outstanding misses busy (two stages of 8 rows, two
+/// columns each), few enough that the lines are still cached when the row is read.
+const AHEAD: usize = 8;
 
 /// A choice of columns to read, prepared once per schema and reused for every fetch. Columns
 /// come back in schema order.
@@ -545,20 +551,85 @@ impl SegmentReader {
         read: impl FnOnce(&[&dyn Array], usize) -> T,
     ) -> Result<Option<T>> {
         self.check(projection)?;
-        let (page, rows) = self.page_of(position)?;
-        let offset = (position - rows.start) as usize;
         // One pin covers every column's page; the list is on the stack. A short path matters:
         // it lets the CPU overlap consecutive fetches' memory misses.
         let guard = crossbeam_epoch::pin();
-        let mut pages: SmallVec<[&dyn Array; 8]> = SmallVec::new();
+        let mut pages = SmallVec::new();
+        let Some((page, offset)) = self.pages_at(position, projection, &guard, &mut pages)? else {
+            return Ok(None);
+        };
+        self.cache.hit(&self.table, &projection.columns, page);
+        Ok(Some(read(&pages, offset)))
+    }
+
+    /// Rows at `positions` from cached pages: `read(i, pages, offset)` for each `positions[i]`
+    /// whose pages are all cached, in order; returns the indexes `i` of the others. Pins once,
+    /// and asks the CPU for the cells of the rows [`AHEAD`] and `2 * AHEAD` positions on while
+    /// it reads one, so the memory misses of many rows overlap: the batched point-read path.
+    /// Like [`Self::read_cached`], never waits for I/O. A position past the end is refused
+    /// before any row is read.
+    pub fn read_cached_many(
+        &self,
+        positions: &[u64],
+        projection: &Projection,
+        mut read: impl FnMut(usize, &[&dyn Array], usize),
+    ) -> Result<Vec<usize>> {
+        self.check(projection)?;
+        if let Some(&last) = positions.iter().max() {
+            self.page_of(last)?;
+        }
+        let guard = crossbeam_epoch::pin();
+        // Stage one asks for what locates a row's cells, stage two for a variable-width
+        // value's bytes (which needs stage one's lines); a row is read `AHEAD` rows later.
+        let mut ahead_pages = SmallVec::new();
+        let mut stage = |position: u64, load: fn(&dyn Array, usize)| -> Result<()> {
+            let found = self.pages_at(position, projection, &guard, &mut ahead_pages)?;
+            if let Some((_, offset)) = found {
+                ahead_pages.iter().for_each(|page| load(*page, offset));
+            }
+            Ok(())
+        };
+        for &position in positions.iter().take(2 * AHEAD) {
+            stage(position, prefetch::cell)?;
+        }
+        let mut pages = SmallVec::new();
+        let mut missing = Vec::new();
+        for (i, &position) in positions.iter().enumerate() {
+            if let Some(&ahead) = positions.get(i + 2 * AHEAD) {
+                stage(ahead, prefetch::cell)?;
+            }
+            if let Some(&ahead) = positions.get(i + AHEAD) {
+                stage(ahead, prefetch::cell_bytes)?;
+            }
+            match self.pages_at(position, projection, &guard, &mut pages)? {
+                Some((page, offset)) => {
+                    self.cache.hit(&self.table, &projection.columns, page);
+                    read(i, &pages, offset);
+                }
+                None => missing.push(i),
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Fills `pages` with the cached pages of `projection` that hold row `position`; returns
+    /// the page and the row's offset in it, or `None` if one of them is not cached.
+    fn pages_at<'a>(
+        &'a self,
+        position: u64,
+        projection: &Projection,
+        guard: &'a crossbeam_epoch::Guard,
+        pages: &mut SmallVec<[&'a dyn Array; 8]>,
+    ) -> Result<Option<(u64, usize)>> {
+        let (page, rows) = self.page_of(position)?;
+        pages.clear();
         for &column in &projection.columns {
-            match self.page_in(column, page, &guard) {
+            match self.page_in(column, page, guard) {
                 Some(array) => pages.push(array.as_ref()),
                 None => return Ok(None),
             }
         }
-        self.cache.hit(&self.table, &projection.columns, page);
-        Ok(Some(read(&pages, offset)))
+        Ok(Some((page, (position - rows.start) as usize)))
     }
 
     /// Row `position` (one row), reading and caching its page for each projected column that is

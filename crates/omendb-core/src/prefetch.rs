@@ -1,22 +1,8 @@
 //! Software prefetch: asks the CPU to start loading a cache line that a lookup will read soon, so
-//! that the misses of several lookups, or of several lines of one window, overlap.
-//!
-//! The only `unsafe` of the index lives here.
-#![allow(unsafe_code)]
+//! that the misses of several lookups, or of several lines of one window, overlap. The
+//! instruction itself is `omendb_storage::prefetch::line`, shared with the segment reader.
 
-/// Starts loading the cache line that holds `ptr` into all cache levels. Never faults.
-#[inline(always)]
-pub(crate) fn line<T>(ptr: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` is a hint that never dereferences architecturally: it cannot fault,
-    // even for an address outside any allocation, and it does not change memory.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(ptr.cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = ptr;
-}
+pub(crate) use omendb_storage::prefetch::line;
 
 /// Bytes per cache line on the CPUs we run on.
 const LINE_BYTES: usize = 64;
