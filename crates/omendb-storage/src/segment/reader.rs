@@ -43,10 +43,29 @@ const KEY_BATCH_ROWS: usize = 64 * 1024;
 /// is a long scan, decoded without caching.
 pub const CACHED_RANGE_PAGES: u64 = 2;
 
-/// How many rows ahead of the one it reads a batched cached read asks for the next rows'
-/// cells: enough to keep the CPU's ~10-20 outstanding misses busy (two stages of 8 rows, two
-/// columns each), few enough that the lines are still cached when the row is read.
-const AHEAD: usize = 8;
+/// Rows between the stages of a batched cached read ([`Ahead`]): a row is read
+/// `AHEAD * STAGES.len()` rows after its first line was asked for. Four stages of four rows,
+/// one or two columns each, keep the CPU's 10-20 outstanding misses busy, and the lines are
+/// still cached when the row is read.
+const AHEAD: usize = 4;
+
+/// What a batched cached read asks the CPU for ahead of the row it reads, farthest first: each
+/// stage reads the lines the one before asked for, to find the next. A cached page is a chain
+/// of pointers (table slot, page, array, buffer), so a row's cells are three misses deep.
+#[derive(Clone, Copy, Debug)]
+enum Ahead {
+    /// The page that holds the column's array.
+    Page,
+    /// The array itself (its buffers' addresses and lengths).
+    Array,
+    /// The row's validity bit and value, or a variable-width value's start and end.
+    Cell,
+    /// A variable-width value's first bytes.
+    Bytes,
+}
+
+/// The stages in the order a row passes them.
+const STAGES: [Ahead; 4] = [Ahead::Page, Ahead::Array, Ahead::Cell, Ahead::Bytes];
 
 /// A choice of columns to read, prepared once per schema and reused for every fetch. Columns
 /// come back in schema order.
@@ -564,8 +583,8 @@ impl SegmentReader {
 
     /// Rows at `positions` from cached pages: `read(i, pages, offset)` for each `positions[i]`
     /// whose pages are all cached, in order; returns the indexes `i` of the others. Pins once,
-    /// and asks the CPU for the cells of the rows [`AHEAD`] and `2 * AHEAD` positions on while
-    /// it reads one, so the memory misses of many rows overlap: the batched point-read path.
+    /// and asks the CPU for the lines of the next rows' cells in stages ([`Ahead`]) while it
+    /// reads one, so the memory misses of many rows overlap: the batched point-read path.
     /// Like [`Self::read_cached`], never waits for I/O. A position past the end is refused
     /// before any row is read.
     pub fn read_cached_many(
@@ -579,29 +598,23 @@ impl SegmentReader {
             self.page_of(last)?;
         }
         let guard = crossbeam_epoch::pin();
-        // Stage one asks for what locates a row's cells, stage two for a variable-width
-        // value's bytes (which needs stage one's lines); a row is read `AHEAD` rows later.
-        let mut ahead_pages = SmallVec::new();
-        let mut stage = |position: u64, load: fn(&dyn Array, usize)| -> Result<()> {
-            let found = self.pages_at(position, projection, &guard, &mut ahead_pages)?;
-            if let Some((_, offset)) = found {
-                ahead_pages.iter().for_each(|page| load(*page, offset));
-            }
-            Ok(())
-        };
-        for &position in positions.iter().take(2 * AHEAD) {
-            stage(position, prefetch::cell)?;
-        }
+        let mut ahead = SmallVec::new();
         let mut pages = SmallVec::new();
         let mut missing = Vec::new();
-        for (i, &position) in positions.iter().enumerate() {
-            if let Some(&ahead) = positions.get(i + 2 * AHEAD) {
-                stage(ahead, prefetch::cell)?;
+        let depth = AHEAD * STAGES.len();
+        // Step `step` takes row `step - k * AHEAD` through stage `k` and reads row
+        // `step - depth`, so the first rows pass every stage at the same spacing as the rest.
+        for step in 0..positions.len() + depth {
+            for (k, &stage) in STAGES.iter().enumerate() {
+                if let Some(&position) = step.checked_sub(k * AHEAD).and_then(|r| positions.get(r))
+                {
+                    self.ask_ahead(position, projection, &guard, &mut ahead, stage)?;
+                }
             }
-            if let Some(&ahead) = positions.get(i + AHEAD) {
-                stage(ahead, prefetch::cell_bytes)?;
-            }
-            match self.pages_at(position, projection, &guard, &mut pages)? {
+            let Some(i) = step.checked_sub(depth).filter(|&i| i < positions.len()) else {
+                continue;
+            };
+            match self.pages_at(positions[i], projection, &guard, &mut pages)? {
                 Some((page, offset)) => {
                     self.cache.hit(&self.table, &projection.columns, page);
                     read(i, &pages, offset);
@@ -610,6 +623,37 @@ impl SegmentReader {
             }
         }
         Ok(missing)
+    }
+
+    /// Asks the CPU for what `stage` of row `position` needs, in every projected column whose
+    /// page is cached.
+    fn ask_ahead<'a>(
+        &'a self,
+        position: u64,
+        projection: &Projection,
+        guard: &'a crossbeam_epoch::Guard,
+        arrays: &mut SmallVec<[&'a ArrayRef; 8]>,
+        stage: Ahead,
+    ) -> Result<()> {
+        let (page, rows) = self.page_of(position)?;
+        let offset = (position - rows.start) as usize;
+        arrays.clear();
+        arrays.extend(
+            projection
+                .columns
+                .iter()
+                .filter_map(|&column| self.page_in(column, page, guard)),
+        );
+        for &array in arrays.iter() {
+            match stage {
+                // The reference lives in the page; reading it would wait for the line.
+                Ahead::Page => prefetch::line(std::ptr::from_ref(array)),
+                Ahead::Array => prefetch::line(Arc::as_ptr(array).cast::<u8>()),
+                Ahead::Cell => prefetch::cell(array.as_ref(), offset),
+                Ahead::Bytes => prefetch::cell_bytes(array.as_ref(), offset),
+            }
+        }
+        Ok(())
     }
 
     /// Fills `pages` with the cached pages of `projection` that hold row `position`; returns
