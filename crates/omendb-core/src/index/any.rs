@@ -1,6 +1,8 @@
 //! The chooser: which member of the family a key array gets, and the enum the engine stores.
 
 use super::codec;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::rmi::FLOOR_COST;
 use super::{
     BinarySearch, IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MAX_KEYS, Pla, Rmi,
@@ -68,6 +70,10 @@ pub enum AnyIndex {
     Pla(Pla),
 }
 
+/// Key sets from this size on train the chooser's two candidates on two threads; below it a
+/// thread would cost more than it saves.
+const PARALLEL_KEYS: usize = 1 << 19;
+
 impl AnyIndex {
     /// Builds the index `policy` asks for over the sorted `keys`.
     pub fn build(keys: &[u64], policy: &IndexPolicy) -> Result<Self, IndexError> {
@@ -82,19 +88,48 @@ impl AnyIndex {
 
     /// The member with the smallest expected search cost among those within `budget`.
     fn choose(keys: &[u64], budget: usize) -> Result<Self, IndexError> {
+        Self::choose_with(keys, budget, keys.len() >= PARALLEL_KEYS)
+    }
+
+    /// [`Self::choose`], training the candidates on two threads if `parallel`.
+    fn choose_with(keys: &[u64], budget: usize, parallel: bool) -> Result<Self, IndexError> {
         if keys.len() > MAX_KEYS {
             return Ok(AnyIndex::BinarySearch(BinarySearch::build(keys)));
         }
         let mut best = AnyIndex::BinarySearch(BinarySearch::build(keys));
         let mut best_cost = best.stats().expected_cost;
-        let rmi = Rmi::build(keys, budget)?;
-        // An RMI at its floor cost beats any PLA (whose floor is one read higher): skip training
-        // one.
-        let rmi_at_floor = rmi.stats().expected_cost < FLOOR_COST + 0.1;
+        // An RMI at its floor cost beats any PLA (whose floor is one read higher): such an RMI
+        // stops the PLA's training.
+        let at_floor = |rmi: &Rmi| rmi.stats().expected_cost < FLOOR_COST + 0.1;
+        let (rmi, pla) = if parallel {
+            // The two trainings are passes over the keys that share nothing: the PLA's runs on a
+            // second thread, so the choice takes about as long as the slower member alone.
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                let pla = scope
+                    .spawn(|| Pla::build_unless(keys, budget, &|| stop.load(Ordering::Relaxed)));
+                let rmi = Rmi::build(keys, budget);
+                if rmi.as_ref().is_ok_and(at_floor) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                // A panic in the PLA's training is re-raised here, as if it had run on this
+                // thread.
+                let pla = pla
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Ok::<_, IndexError>((rmi?, pla?))
+            })?
+        } else {
+            let rmi = Rmi::build(keys, budget)?;
+            let pla = if at_floor(&rmi) {
+                None
+            } else {
+                Some(Pla::build(keys, budget)?)
+            };
+            (rmi, pla)
+        };
         let mut candidates = vec![AnyIndex::Rmi(rmi)];
-        if !rmi_at_floor {
-            candidates.push(AnyIndex::Pla(Pla::build(keys, budget)?));
-        }
+        candidates.extend(pla.map(AnyIndex::Pla));
         for candidate in candidates {
             let stats = candidate.stats();
             if stats.size_bytes <= budget && stats.expected_cost < best_cost {
@@ -172,5 +207,65 @@ impl LearnedIndex for AnyIndex {
 
     fn encode_payload(&self, out: &mut Vec<u8>) {
         self.as_dyn().encode_payload(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Above [`PARALLEL_KEYS`]: a sequence (the RMI reaches its floor and stops the PLA), random
+    /// keys, and clusters.
+    fn key_sets() -> Vec<Vec<u64>> {
+        let n = (PARALLEL_KEYS + PARALLEL_KEYS / 8) as u64;
+        let seq: Vec<u64> = (0..n).map(|k| k * 7 + 3).collect();
+        let mut x = 42u64;
+        let mut random: Vec<u64> = (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                x >> 8
+            })
+            .collect();
+        random.sort_unstable();
+        let clustered: Vec<u64> = (0..n)
+            .map(|k| (k / 1000) * 1_000_000_000 + (k % 1000) * (k / 1000 % 7 + 1))
+            .collect();
+        vec![seq, random, clustered]
+    }
+
+    #[test]
+    fn training_on_two_threads_chooses_what_one_thread_chooses() {
+        for keys in key_sets() {
+            let budget = IndexPolicy::default().budget_bytes(keys.len());
+            let one = AnyIndex::choose_with(&keys, budget, false).unwrap();
+            let two = AnyIndex::choose_with(&keys, budget, true).unwrap();
+            assert_eq!(one, two);
+            assert_eq!(AnyIndex::choose(&keys, budget).unwrap(), one);
+        }
+        for keys in [vec![], vec![5], vec![1, 1, 1, u64::MAX]] {
+            let one = AnyIndex::choose_with(&keys, 1 << 10, false).unwrap();
+            assert_eq!(AnyIndex::choose_with(&keys, 1 << 10, true).unwrap(), one);
+        }
+        assert!(matches!(
+            AnyIndex::choose_with(&[3, 2], 1 << 10, true),
+            Err(IndexError::Unsorted { at: 1 })
+        ));
+    }
+
+    #[test]
+    fn a_stopped_pla_training_gives_nothing_and_an_unstopped_one_the_built_model() {
+        let keys: Vec<u64> = (0..10_000u64).map(|k| k * k).collect();
+        assert_eq!(Pla::build_unless(&keys, 1 << 16, &|| true).unwrap(), None);
+        assert_eq!(
+            Pla::build_unless(&keys, 1 << 16, &|| false).unwrap(),
+            Some(Pla::build(&keys, 1 << 16).unwrap())
+        );
+        // A budget no ε fits still gets the widened model.
+        assert_eq!(
+            Pla::build_unless(&keys, 0, &|| false).unwrap(),
+            Some(Pla::build(&keys, 0).unwrap())
+        );
     }
 }

@@ -172,8 +172,34 @@ impl Pla {
     /// the smallest expected search cost within `max_bytes`.
     pub fn build(keys: &[u64], max_bytes: usize) -> Result<Self, IndexError> {
         validate_keys(keys)?;
+        Ok(Self::best_epsilon(keys, max_bytes, &|| false)
+            .unwrap_or_else(|| Self::widened(keys, max_bytes)))
+    }
+
+    /// [`Self::build`], unless `stop` returns true before it is done (asked before each of its
+    /// training passes): then `None`. The chooser trains a PLA this way beside an RMI that may
+    /// make it useless.
+    pub(crate) fn build_unless(
+        keys: &[u64],
+        max_bytes: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Self>, IndexError> {
+        validate_keys(keys)?;
+        Ok(match Self::best_epsilon(keys, max_bytes, stop) {
+            Some(pla) => Some(pla),
+            None if stop() => None,
+            None => Some(Self::widened(keys, max_bytes)),
+        })
+    }
+
+    /// The best of ε = 16, 32 and 64 within `max_bytes`; `None` if none fits, or if `stop`
+    /// returned true before a pass.
+    fn best_epsilon(keys: &[u64], max_bytes: usize, stop: &dyn Fn() -> bool) -> Option<Self> {
         let mut best: Option<(f64, Pla)> = None;
         for epsilon in EPSILONS {
+            if stop() {
+                return None;
+            }
             let pla = Self::train(keys, epsilon, max_bytes);
             let stats = pla.stats();
             if stats.size_bytes > max_bytes {
@@ -186,16 +212,17 @@ impl Pla {
                 best = Some((stats.expected_cost, pla));
             }
         }
-        if let Some((_, pla)) = best {
-            return Ok(pla);
-        }
-        // Even ε = 64 is too big: widen until the segments fit (one segment always does).
+        best.map(|(_, pla)| pla)
+    }
+
+    /// Even ε = 64 is too big: widens until the segments fit (one segment always does).
+    fn widened(keys: &[u64], max_bytes: usize) -> Self {
         let mut epsilon = EPSILONS[2];
         loop {
             epsilon = epsilon.saturating_mul(4);
             let pla = Self::train(keys, epsilon, max_bytes);
             if pla.stats().size_bytes <= max_bytes || epsilon >= keys.len() {
-                return Ok(pla);
+                return pla;
             }
         }
     }
