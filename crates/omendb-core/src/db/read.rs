@@ -158,7 +158,7 @@ pub(crate) type Misses = Vec<(Arc<Segment>, Vec<(usize, usize)>)>;
 pub(crate) fn multi_step<T>(
     version: &Version,
     table: &TableState,
-    overlay: Option<&Memtable>,
+    overlay: Option<&Arc<Memtable>>,
     keys: &[u64],
     snapshot: Lsn,
     from_memtable: impl Fn(Bytes) -> Result<T>,
@@ -171,18 +171,8 @@ pub(crate) fn multi_step<T>(
     out.clear();
     out.resize_with(keys.len(), || None);
     let mut undecided: Vec<usize> = (0..keys.len()).collect();
-    // The transaction's own writes (read at every LSN), then the generations newest first: the
-    // first layer that knows a key decides it, as in `in_memtables`.
-    let generations: Vec<Arc<Memtable>> = version
-        .memtables
-        .iter()
-        .filter_map(|g| g.table(table.def.id))
-        .collect();
-    let layers = overlay
-        .map(|m| (m, Lsn::MAX))
-        .into_iter()
-        .chain(generations.iter().map(|m| (m.as_ref(), snapshot)));
-    for (memtable, at) in layers {
+    // The first layer that knows a key decides it, as in `in_memtables`.
+    for (memtable, at) in mem_layers(version, table.def.id, snapshot, overlay) {
         undecided
             .iter()
             .for_each(|&slot| memtable.prefetch(keys[slot]));

@@ -201,7 +201,7 @@ impl View<'_> {
             read::multi_step(
                 &version,
                 table,
-                self.overlay.as_deref(),
+                self.overlay.as_ref(),
                 &stored,
                 snapshot,
                 &from_memtable,

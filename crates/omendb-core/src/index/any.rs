@@ -1,8 +1,8 @@
 //! The chooser: which member of the family a key array gets, and the enum the engine stores.
 
-use super::codec;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::codec;
 use super::rmi::FLOOR_COST;
 use super::{
     BinarySearch, IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MAX_KEYS, Pla, Rmi,
