@@ -83,8 +83,12 @@ pub(crate) async fn locate(
             Lookup::Absent => {}
         }
     }
-    for segment in &table.segments {
-        let rows = segment.rows_of(key);
+    for (segment, last) in table.holding(key) {
+        let rows = if last {
+            segment.search(key)
+        } else {
+            segment.rows_of(key)
+        };
         if let Some(position) = segment.visible_row(rows, snapshot).await? {
             return Ok(Some(Found::Segment(Arc::clone(segment), position)));
         }
@@ -116,19 +120,27 @@ pub(crate) fn point_step<T>(
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
     read: impl FnOnce(&[&dyn Array], usize) -> Option<T>,
 ) -> Result<Step<T>> {
+    // The filter lines of the segments are asked for before anything else is read, so that
+    // their misses overlap each other and the memtables' searches.
+    for (segment, last) in table.holding(key) {
+        if !last {
+            segment.prefetch_filter(key);
+        }
+    }
     match in_memtables(version, table.def.id, overlay, key, snapshot) {
         Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),
         Lookup::Absent => {}
     }
-    for segment in &table.segments {
-        if !segment.may_hold(key) {
-            continue;
-        }
+    for (segment, last) in table.holding(key) {
         if !segment.all_visible_at(snapshot) {
             return Ok(Step::General);
         }
-        let rows = segment.rows_of(key);
+        let rows = if last {
+            segment.search(key)
+        } else {
+            segment.rows_of(key)
+        };
         if rows.is_empty() {
             continue;
         }
@@ -189,17 +201,36 @@ pub(crate) fn multi_step<T>(
     let mut misses: Misses = Vec::new();
     let mut queries = Vec::new();
     let mut positions = Vec::new();
-    for segment in &table.segments {
+    for (i, segment) in table.segments.iter().enumerate() {
         if undecided.is_empty() {
             break;
         }
-        // Only keys the segment's filter passes are looked up in its index.
-        undecided
+        // Keys that no older segment can hold are looked up in this one's index directly (see
+        // `TableState::holding`); the others only if the segment's filter passes them.
+        let older = &table.segments[i + 1..];
+        let mut asked = Vec::with_capacity(undecided.len());
+        let mut filtered = Vec::new();
+        let mut still = Vec::new();
+        for &slot in &undecided {
+            let key = keys[slot];
+            if !segment.may_hold(key) {
+                still.push(slot);
+            } else if older.iter().any(|s| s.may_hold(key)) {
+                filtered.push(slot);
+            } else {
+                asked.push(slot);
+            }
+        }
+        filtered
             .iter()
             .for_each(|&slot| segment.prefetch_filter(keys[slot]));
-        let (asked, mut still): (Vec<usize>, Vec<usize>) = undecided
-            .iter()
-            .partition(|&&slot| segment.may_contain(keys[slot]));
+        for slot in filtered {
+            if segment.may_contain(keys[slot]) {
+                asked.push(slot);
+            } else {
+                still.push(slot);
+            }
+        }
         queries.clear();
         queries.extend(asked.iter().map(|&slot| keys[slot]));
         let segment_keys = segment.keys();

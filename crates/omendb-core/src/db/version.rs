@@ -22,6 +22,19 @@ pub(crate) struct TableState {
     pub(crate) segments: Vec<Arc<Segment>>,
 }
 
+impl TableState {
+    /// The segments whose key range holds `key`, newest first, each with whether it is the
+    /// oldest of them: a point read searches that one without its filter ([`Segment::search`]).
+    pub(crate) fn holding(&self, key: u64) -> impl Iterator<Item = (&Arc<Segment>, bool)> {
+        let last = self.segments.iter().rposition(|s| s.may_hold(key));
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.may_hold(key))
+            .map(move |(i, s)| (s, Some(i) == last))
+    }
+}
+
 /// One consistent state of the database.
 #[derive(Debug)]
 pub(crate) struct Version {
