@@ -123,10 +123,8 @@ impl Segment {
     /// for the oldest segment a read can find the key in, where a key that got this far is
     /// usually present, so the filter would mostly answer "maybe" at the cost of one more cache
     /// miss (RocksDB's `optimize_filters_for_hits` makes the same trade for its last level).
+    /// Exact for any key: one outside the segment's range finds no rows.
     pub fn search(&self, key: u64) -> Range<usize> {
-        if !self.may_hold(key) {
-            return 0..0;
-        }
         let keys = self.keys();
         let start = self.index.lower_bound(keys, key);
         let end = start + keys[start..].iter().take_while(|&&k| k == key).count();

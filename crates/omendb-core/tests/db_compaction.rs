@@ -227,35 +227,30 @@ async fn point_reads_over_overlapping_segments_find_each_newest_version() {
         .unwrap();
     let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
     let mut oracle = BTreeMap::new();
+    let put = async |keys: std::iter::StepBy<std::ops::Range<u64>>,
+                     round: u64,
+                     oracle: &mut BTreeMap<u64, Bytes>| {
+        for key in keys {
+            kv.put_value(key, value(key, round), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+            oracle.insert(key, value(key, round));
+        }
+    };
     // The oldest segment: even keys 0..2000.
-    for key in (0..2_000).step_by(2) {
-        kv.put_value(key, value(key, 0), WriteOptions::BUFFERED)
-            .await
-            .unwrap();
-        oracle.insert(key, value(key, 0));
-    }
+    put((0..2_000).step_by(2), 0, &mut oracle).await;
     db.checkpoint().await.unwrap();
     let before = db.snapshot();
     let old = oracle.clone();
     // A newer one over the same range: every sixth key rewritten, every tenth deleted.
-    for key in (0..2_000).step_by(6) {
-        kv.put_value(key, value(key, 1), WriteOptions::BUFFERED)
-            .await
-            .unwrap();
-        oracle.insert(key, value(key, 1));
-    }
+    put((0..2_000).step_by(6), 1, &mut oracle).await;
     for key in (0..2_000).step_by(10) {
         kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
         oracle.remove(&key);
     }
     db.checkpoint().await.unwrap();
     // The newest over a narrower range, with odd keys the others never had.
-    for key in (501..1_500).step_by(7) {
-        kv.put_value(key, value(key, 2), WriteOptions::BUFFERED)
-            .await
-            .unwrap();
-        oracle.insert(key, value(key, 2));
-    }
+    put((501..1_500).step_by(7), 2, &mut oracle).await;
     db.checkpoint().await.unwrap();
     assert_eq!(kv.explain(0u64..).unwrap().segments_total, 3);
 

@@ -83,13 +83,9 @@ pub(crate) async fn locate(
             Lookup::Absent => {}
         }
     }
-    for (segment, last) in table.holding(key) {
-        let rows = if last {
-            segment.search(key)
-        } else {
-            segment.rows_of(key)
-        };
-        if let Some(position) = segment.visible_row(rows, snapshot).await? {
+    for candidate in table.holding(key) {
+        let segment = candidate.segment;
+        if let Some(position) = segment.visible_row(candidate.rows(key), snapshot).await? {
             return Ok(Some(Found::Segment(Arc::clone(segment), position)));
         }
     }
@@ -122,25 +118,20 @@ pub(crate) fn point_step<T>(
 ) -> Result<Step<T>> {
     // The filter lines of the segments are asked for before anything else is read, so that
     // their misses overlap each other and the memtables' searches.
-    for (segment, last) in table.holding(key) {
-        if !last {
-            segment.prefetch_filter(key);
-        }
+    for candidate in table.holding(key) {
+        candidate.prefetch_filter(key);
     }
     match in_memtables(version, table.def.id, overlay, key, snapshot) {
         Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),
         Lookup::Absent => {}
     }
-    for (segment, last) in table.holding(key) {
+    for candidate in table.holding(key) {
+        let segment = candidate.segment;
         if !segment.all_visible_at(snapshot) {
             return Ok(Step::General);
         }
-        let rows = if last {
-            segment.search(key)
-        } else {
-            segment.rows_of(key)
-        };
+        let rows = candidate.rows(key);
         if rows.is_empty() {
             continue;
         }
@@ -205,9 +196,8 @@ pub(crate) fn multi_step<T>(
         if undecided.is_empty() {
             break;
         }
-        // Keys that no older segment can hold are looked up in this one's index directly (see
-        // `TableState::holding`); the others only if the segment's filter passes them.
-        let older = &table.segments[i + 1..];
+        // Keys whose last candidate this segment is are looked up in its index directly (see
+        // `Candidate::rows`); the others only if the segment's filter passes them.
         let mut asked = Vec::with_capacity(undecided.len());
         let mut filtered = Vec::new();
         let mut still = Vec::new();
@@ -215,7 +205,7 @@ pub(crate) fn multi_step<T>(
             let key = keys[slot];
             if !segment.may_hold(key) {
                 still.push(slot);
-            } else if older.iter().any(|s| s.may_hold(key)) {
+            } else if table.last_holding(key) != Some(i) {
                 filtered.push(slot);
             } else {
                 asked.push(slot);

@@ -23,15 +23,49 @@ pub(crate) struct TableState {
 }
 
 impl TableState {
-    /// The segments whose key range holds `key`, newest first, each with whether it is the
-    /// oldest of them: a point read searches that one without its filter ([`Segment::search`]).
-    pub(crate) fn holding(&self, key: u64) -> impl Iterator<Item = (&Arc<Segment>, bool)> {
-        let last = self.segments.iter().rposition(|s| s.may_hold(key));
+    /// The segments whose key range holds `key`, newest first.
+    pub(crate) fn holding(&self, key: u64) -> impl Iterator<Item = Candidate<'_>> {
+        let last = self.last_holding(key);
         self.segments
             .iter()
             .enumerate()
             .filter(move |(_, s)| s.may_hold(key))
-            .map(move |(i, s)| (s, Some(i) == last))
+            .map(move |(i, segment)| Candidate {
+                segment,
+                last: Some(i) == last,
+            })
+    }
+
+    /// The position of the oldest segment whose key range holds `key`: the one a point read
+    /// searches without its filter ([`Segment::search`]).
+    pub(crate) fn last_holding(&self, key: u64) -> Option<usize> {
+        self.segments.iter().rposition(|s| s.may_hold(key))
+    }
+}
+
+/// A segment a point read of one key may have to search.
+pub(crate) struct Candidate<'a> {
+    pub(crate) segment: &'a Arc<Segment>,
+    /// The oldest candidate: a key that got this far is usually there.
+    last: bool,
+}
+
+impl Candidate<'_> {
+    /// The key's rows in the segment: from its index alone for the last candidate, after its
+    /// filter for the others.
+    pub(crate) fn rows(&self, key: u64) -> std::ops::Range<usize> {
+        if self.last {
+            self.segment.search(key)
+        } else {
+            self.segment.rows_of(key)
+        }
+    }
+
+    /// Starts loading the filter line [`Candidate::rows`] will read, if it reads one.
+    pub(crate) fn prefetch_filter(&self, key: u64) {
+        if !self.last {
+            self.segment.prefetch_filter(key);
+        }
     }
 }
 
