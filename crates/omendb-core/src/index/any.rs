@@ -98,7 +98,7 @@ impl AnyIndex {
         }
         let mut best = AnyIndex::BinarySearch(BinarySearch::build(keys));
         let mut best_cost = best.stats().expected_cost;
-        // An RMI at its floor cost beats any PLA (whose floor is one read higher): such an RMI
+        // An RMI at its floor cost beats any PLA (whose floor is a model read higher): such an RMI
         // stops the PLA's training.
         let at_floor = |rmi: &Rmi| rmi.stats().expected_cost < FLOOR_COST + 0.1;
         let (rmi, pla) = if parallel {

@@ -143,9 +143,10 @@ pub struct IndexStats {
     pub mean_window: f64,
     /// Largest final search window, in keys.
     pub max_window: usize,
-    /// Expected dependent memory reads of one lookup, averaged over stored keys: one per model
-    /// level whose arrays are read, one for the keys, and one per bisection step a window needs
-    /// beyond a counted 16 (`search::SCAN_MAX`) keys. The chooser minimises this.
+    /// Expected cost of one lookup's dependent memory reads, averaged over stored keys, in reads
+    /// of the key array: [`MODEL_READ`] per model level whose arrays are read, one for the keys,
+    /// and one per bisection step a window needs beyond a counted 16 (`search::SCAN_MAX`) keys.
+    /// The chooser minimises this.
     pub expected_cost: f64,
     /// Model levels a lookup walks through (0 for binary search).
     pub levels: usize,
@@ -220,6 +221,16 @@ fn validate_keys(keys: &[u64]) -> Result<(), IndexError> {
 /// Largest key array a learned model accepts: positions are stored as `u32` to keep leaves and
 /// segments small. Larger arrays can use [`BinarySearch`].
 pub const MAX_KEYS: usize = u32::MAX as usize - 1;
+
+/// What a dependent read in a model's own arrays costs in the cost model, against one in the key
+/// array. A model is at most a fiftieth of its keys (the default budget), so its lines mostly stay
+/// in the CPU's caches while the keys' come from DRAM. Measured on the 2 vCPU AMD VM with a
+/// pointer chase: 15 ns per read in 1.6 MB (a 10M-key model), 48 ns in 4 MB, 169 ns in 16 MB (a
+/// 100M-key model), 229 ns in 80 MB (10M keys). Counting model reads as whole key reads made the
+/// chooser pick the RMI on bursty keys, where the PLA's two small-array reads cost less than the
+/// RMI's extra bisection steps in the keys (10M keys: 216 against 258 ns single, 88 against 159 ns
+/// batched). A half sits between the 10M and the 100M case and keeps every other choice we measured.
+pub(crate) const MODEL_READ: f64 = 0.5;
 
 /// Dependent cache-line reads a search of `window` keys costs beyond the first: windows of up to
 /// [`search::SCAN_MAX`] keys are counted with independent loads (one round trip); each halving

@@ -20,7 +20,7 @@
 use super::codec::{Reader, Writer};
 use super::search::{self, SCAN_CACHED, SCAN_MAX, lower_bound_in};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MODEL_READ, Window, measure, position,
     search_cost, validate_keys,
 };
 use crate::prefetch;
@@ -37,8 +37,8 @@ const MAX_RADIX_BITS: u32 = 16;
 /// Queries in flight in one stage of a batched lookup.
 const BATCH: usize = 16;
 /// Expected cost of a lookup whose every search is counted: table entry, segment records and
-/// keys, three dependent reads.
-const FLOOR_COST: f64 = 3.0;
+/// keys, three dependent reads (two of them in the model's arrays).
+const FLOOR_COST: f64 = 2.0 * MODEL_READ + 1.0;
 /// Lines of a window prefetched in a batched lookup.
 const BATCH_PREFETCH_LINES: usize = 16;
 
@@ -652,7 +652,8 @@ impl LearnedIndex for Pla {
             let sub_read = if crowded { 1.0 } else { 0.0 };
             table_cost += f64::from(line.end - line.start) * (sub_read + search_cost(hi - lo + 1));
         }
-        let table_cost = table_cost / n.max(1) as f64;
+        // The sub-table and the first keys are the model's own arrays.
+        let table_cost = MODEL_READ * table_cost / n.max(1) as f64;
         IndexStats {
             size_bytes: self.size_bytes(),
             mean_window: window as f64,

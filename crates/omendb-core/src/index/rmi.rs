@@ -11,7 +11,7 @@
 use super::codec::{Reader, Writer};
 use super::search::{self, SCAN_MAX, lower_bound_in};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, Window, measure, position,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MODEL_READ, Window, measure, position,
     search_cost, validate_keys,
 };
 use crate::prefetch;
@@ -21,7 +21,7 @@ const LEAF_BYTES: usize = 32;
 /// Queries in flight in one stage of a batched lookup.
 const BATCH: usize = 16;
 /// Expected cost of a lookup whose every window is counted: the leaf read and the keys read.
-pub(crate) const FLOOR_COST: f64 = 2.0;
+pub(crate) const FLOOR_COST: f64 = MODEL_READ + 1.0;
 /// Lines of a window prefetched in a batched lookup.
 const BATCH_PREFETCH_LINES: usize = 16;
 
