@@ -118,7 +118,8 @@ pub(crate) fn point_step<T>(
 ) -> Result<Step<T>> {
     // The filter lines of the segments are asked for before anything else is read, so that
     // their misses overlap each other and the memtables' searches.
-    for candidate in table.holding(key) {
+    let candidates = table.holding(key);
+    for candidate in candidates.clone() {
         candidate.prefetch_filter(key);
     }
     match in_memtables(version, table.def.id, overlay, key, snapshot) {
@@ -126,7 +127,7 @@ pub(crate) fn point_step<T>(
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),
         Lookup::Absent => {}
     }
-    for candidate in table.holding(key) {
+    for candidate in candidates {
         let segment = candidate.segment;
         if !segment.all_visible_at(snapshot) {
             return Ok(Step::General);
@@ -189,6 +190,8 @@ pub(crate) fn multi_step<T>(
         }
         undecided = still;
     }
+    // Each key's last candidate, found once rather than once per segment the key passes.
+    let last: Vec<Option<usize>> = keys.iter().map(|&key| table.last_holding(key)).collect();
     let mut misses: Misses = Vec::new();
     let mut queries = Vec::new();
     let mut positions = Vec::new();
@@ -205,7 +208,7 @@ pub(crate) fn multi_step<T>(
             let key = keys[slot];
             if !segment.may_hold(key) {
                 still.push(slot);
-            } else if table.last_holding(key) != Some(i) {
+            } else if last[slot] != Some(i) {
                 filtered.push(slot);
             } else {
                 asked.push(slot);

@@ -23,8 +23,9 @@ pub(crate) struct TableState {
 }
 
 impl TableState {
-    /// The segments whose key range holds `key`, newest first.
-    pub(crate) fn holding(&self, key: u64) -> impl Iterator<Item = Candidate<'_>> {
+    /// The segments whose key range holds `key`, newest first (cloning the iterator walks them
+    /// again without finding the last one again).
+    pub(crate) fn holding(&self, key: u64) -> impl Iterator<Item = Candidate<'_>> + Clone {
         let last = self.last_holding(key);
         self.segments
             .iter()
