@@ -133,8 +133,11 @@ impl FixedFilter {
     pub(crate) fn of(keys: &[u64]) -> Self {
         let distinct =
             usize::from(!keys.is_empty()) + keys.windows(2).filter(|w| w[0] != w[1]).count();
-        let mut blocks = vec![Block::default(); blocks_for(distinct)].into_boxed_slice();
-        let count = blocks.len();
+        let count = blocks_for(distinct);
+        let mut blocks = Vec::with_capacity(count);
+        // Every point read that reaches the segment probes a line of it at random.
+        omendb_storage::huge_pages::before_writing(blocks.spare_capacity_mut());
+        blocks.resize(count, Block::default());
         for &key in keys {
             let hash = hash(key);
             let block = &mut blocks[block_of(hash, count)];
@@ -142,7 +145,10 @@ impl FixedFilter {
                 *word |= mask;
             }
         }
-        Self { blocks }
+        omendb_storage::huge_pages::after_writing(&blocks);
+        Self {
+            blocks: blocks.into_boxed_slice(),
+        }
     }
 
     /// `false` only if `key` is not among the keys.

@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod error;
+pub mod huge_pages;
 pub mod manifest;
 pub mod prefetch;
 pub mod segment;

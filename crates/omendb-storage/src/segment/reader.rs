@@ -347,6 +347,8 @@ impl SegmentReader {
         let rows =
             usize::try_from(self.meta.rows).map_err(|_| corrupt("too many rows".to_owned()))?;
         let mut keys = Vec::with_capacity(rows);
+        // Every point read of the segment lands in this array at random.
+        crate::huge_pages::before_writing(keys.spare_capacity_mut());
         let projection = self.projection_of([0])?;
         let mut batches = self.stream(0..self.meta.rows, &projection, KEY_BATCH_ROWS)?;
         while let Some(batch) = batches.next().await {
@@ -370,6 +372,7 @@ impl SegmentReader {
                 "{KEY_COLUMN} does not match the metadata or is out of order"
             )));
         }
+        crate::huge_pages::after_writing(&keys);
         Ok(keys)
     }
 
