@@ -15,6 +15,11 @@ mod wal;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator of `omendb serve` (see its `main`), so the engine is measured as it is shipped.
+/// Every engine of `db --engine all` runs in this binary, so the peers get it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "omendb-bench", about = "OmenDB benchmarks")]
 struct Cli {

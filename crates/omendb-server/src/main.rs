@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use omendb_server::{Config, Server, telemetry};
 
+/// mimalloc rather than the system allocator: it backs its memory with transparent huge pages,
+/// so a random point read over the cached pages and memtables no longer misses the TLB as well
+/// as the cache, and it allocates the engine's small per-read buffers faster (measured in
+/// docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OmenDB: a database for ordered, integer-keyed data with a learned primary index.
 #[derive(Parser)]
 #[command(name = "omendb", version)]
