@@ -1,7 +1,7 @@
 //! The byte-budgeted cache of decoded pages shared by every segment reader of a process.
 //!
 //! An entry is one column's rows of one page, decoded to an Arrow array; its weight is the
-//! array's memory. The page itself sits in its reader's [`PageTable`], where point reads find it
+//! array's memory but for the buffers it shares with other pages (`shared_buffers`). The page itself sits in its reader's [`PageTable`], where point reads find it
 //! without a lock; this cache holds each page's key and weight and decides which pages stay.
 //! Eviction is `quick_cache`'s (S3-FIFO: one-off scans do not flush the pages that point reads
 //! keep using), and evicting an entry empties its slot.
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow_array::{Array, ArrayRef};
 
 use super::page_table::PageTable;
+use super::shared_buffers::SharedBuffers;
 
 /// Identifies a cached page: which segment (a number the cache hands out per opened reader),
 /// which column, which page.
@@ -99,6 +100,8 @@ pub struct PageCache {
         EmptySlot,
     >,
     budget: u64,
+    /// Buffers equal in many pages (fixed-width offsets, empty tombstone bits), kept once.
+    shared: SharedBuffers,
     next_segment: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -120,6 +123,7 @@ impl PageCache {
                 EmptySlot,
             ),
             budget: budget_bytes,
+            shared: SharedBuffers::default(),
             next_segment: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -140,7 +144,11 @@ impl PageCache {
         let Some(slot) = table.slot(column, page) else {
             return;
         };
-        let weight = array.get_array_memory_size() as u64;
+        // The buffers the page now shares are not its own weight: they are held once for all
+        // pages, bounded by `SharedBuffers`.
+        let whole = array.get_array_memory_size();
+        let (array, shared) = self.shared.share(array);
+        let weight = whole.saturating_sub(shared) as u64;
         let Some(generation) = table.fill(slot, array) else {
             return;
         };

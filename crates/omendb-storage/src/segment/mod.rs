@@ -14,6 +14,7 @@ mod cache;
 mod checksum;
 mod page_table;
 mod reader;
+mod shared_buffers;
 mod writer;
 
 use std::sync::Arc;

@@ -1,0 +1,204 @@
+//! Buffers that many cached pages hold alike, kept once.
+//!
+//! Two buffers of a decoded page are often the same in every page of a column: the offsets of a
+//! variable-width column whose values all have one width (every 16-byte value of a key-value
+//! table: `0, 16, 32, …`), and the bits of a `_tombstone` page without a deletion (all zero).
+//! A point read reads one entry of each at random, and with a buffer per page each is a cache
+//! miss of its own (two of the five or so a `get` pays). Kept once, they stay in the CPU's
+//! caches, and the pages weigh less: 4 bytes a row for the offsets, one bit for the tombstones.
+//!
+//! A page that shares is the same Arrow array as before (same type, same values), so nothing
+//! that reads pages changes; only where its buffers live does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{BinaryType, ByteArrayType, Utf8Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, GenericByteArray};
+use arrow_buffer::{BooleanBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::DataType;
+
+/// Value widths with a shared offsets buffer, at most: a table has a few variable-width columns
+/// of fixed width, not thousands, and this bounds the memory kept whatever the data.
+const MAX_WIDTHS: usize = 64;
+
+/// The shared buffers of one page cache.
+#[derive(Debug, Default)]
+pub(crate) struct SharedBuffers {
+    /// By value width: `0, w, 2w, …` for the most rows a page has had.
+    offsets: Mutex<HashMap<i32, ScalarBuffer<i32>>>,
+    /// All-zero bits, for the most rows a page has had.
+    zeros: Mutex<Option<BooleanBuffer>>,
+}
+
+impl SharedBuffers {
+    /// `page` with its offsets or its bits replaced by the shared copy where they are equal to
+    /// it, and the bytes of the page that are now shared (not the page's own); `page` itself
+    /// where nothing is shared.
+    pub(crate) fn share(&self, page: ArrayRef) -> (ArrayRef, usize) {
+        let shared = match page.data_type() {
+            DataType::Binary => self.share_offsets(page.as_bytes::<BinaryType>()),
+            DataType::Utf8 => self.share_offsets(page.as_bytes::<Utf8Type>()),
+            DataType::Boolean => self.share_zeros(page.as_boolean()),
+            _ => None,
+        };
+        shared.unwrap_or((page, 0))
+    }
+
+    fn share_offsets<T: ByteArrayType<Offset = i32>>(
+        &self,
+        page: &GenericByteArray<T>,
+    ) -> Option<(ArrayRef, usize)> {
+        let offsets = page.value_offsets();
+        let rows = page.len();
+        let width = *offsets.get(1)?;
+        // Equal to the shared buffer only if every value has the same width and the page
+        // starts at the beginning of its bytes (a sliced page does not).
+        let fixed = offsets.iter().enumerate().all(|(i, &offset)| {
+            i32::try_from(i).ok().and_then(|i| i.checked_mul(width)) == Some(offset)
+        });
+        if !fixed {
+            return None;
+        }
+        let shared = {
+            let mut widths = self.offsets.lock().ok()?;
+            let held = widths.get(&width).filter(|held| held.len() > rows);
+            match held {
+                Some(held) => held.slice(0, rows + 1),
+                None if widths.len() < MAX_WIDTHS || widths.contains_key(&width) => {
+                    let whole = ScalarBuffer::from(offsets.to_vec());
+                    widths.insert(width, whole.clone());
+                    whole
+                }
+                None => return None,
+            }
+        };
+        let array = GenericByteArray::<T>::try_new(
+            OffsetBuffer::new(shared),
+            page.values().clone(),
+            page.nulls().cloned(),
+        )
+        .ok()?;
+        Some((Arc::new(array), std::mem::size_of_val(offsets)))
+    }
+
+    fn share_zeros(&self, page: &BooleanArray) -> Option<(ArrayRef, usize)> {
+        let bits = page.values();
+        if bits.count_set_bits() != 0 {
+            return None;
+        }
+        let rows = page.len();
+        let shared = {
+            let mut zeros = self.zeros.lock().ok()?;
+            match zeros.as_ref().filter(|held| held.len() >= rows) {
+                Some(held) => held.slice(0, rows),
+                None => {
+                    let whole = BooleanBuffer::new_unset(rows);
+                    *zeros = Some(whole.clone());
+                    whole
+                }
+            }
+        };
+        let array = BooleanArray::new(shared, page.nulls().cloned());
+        Some((Arc::new(array), bits.inner().len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{BinaryArray, Int64Array, StringArray};
+
+    use super::*;
+
+    fn fixed(rows: usize, width: usize, seed: u8) -> ArrayRef {
+        let values: Vec<Vec<u8>> = (0..rows)
+            .map(|i| (0..width).map(|j| seed ^ (i + j) as u8).collect())
+            .collect();
+        Arc::new(BinaryArray::from_iter_values(values))
+    }
+
+    fn offsets_ptr(page: &ArrayRef) -> *const i32 {
+        page.as_bytes::<BinaryType>().value_offsets().as_ptr()
+    }
+
+    #[test]
+    fn pages_of_one_width_share_their_offsets_and_keep_their_values() {
+        let shared = SharedBuffers::default();
+        let (a, a_shared) = shared.share(fixed(100, 16, 1));
+        let (b, _) = shared.share(fixed(100, 16, 2));
+        let (short, _) = shared.share(fixed(7, 16, 3));
+        assert_eq!(a_shared, 101 * 4);
+        assert_eq!(offsets_ptr(&a), offsets_ptr(&b));
+        assert_eq!(offsets_ptr(&a), offsets_ptr(&short));
+        assert_eq!(a.to_data(), fixed(100, 16, 1).to_data());
+        assert_eq!(b.to_data(), fixed(100, 16, 2).to_data());
+        assert_eq!(short.to_data(), fixed(7, 16, 3).to_data());
+        // A longer page replaces the shared buffer; the pages that hold the old one keep it.
+        let (long, _) = shared.share(fixed(300, 16, 4));
+        assert_eq!(long.to_data(), fixed(300, 16, 4).to_data());
+        assert_eq!(a.to_data(), fixed(100, 16, 1).to_data());
+        let (c, _) = shared.share(fixed(100, 16, 5));
+        assert_eq!(offsets_ptr(&c), offsets_ptr(&long));
+    }
+
+    #[test]
+    fn pages_that_differ_are_left_as_they_are() {
+        let shared = SharedBuffers::default();
+        let mixed: ArrayRef = Arc::new(BinaryArray::from_iter_values([
+            b"ab".as_slice(),
+            b"abc",
+            b"ab",
+        ]));
+        let nulls: ArrayRef = Arc::new(BinaryArray::from_opt_vec(vec![
+            Some(b"ab".as_slice()),
+            None,
+            Some(b"cd"),
+        ]));
+        let sliced = fixed(10, 4, 0).slice(2, 5);
+        let deleted: ArrayRef = Arc::new(BooleanArray::from(vec![false, true, false]));
+        let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        for page in [mixed, nulls, sliced, deleted, numbers] {
+            let (out, bytes) = shared.share(Arc::clone(&page));
+            assert!(Arc::ptr_eq(&out, &page), "{page:?}");
+            assert_eq!(bytes, 0);
+        }
+    }
+
+    #[test]
+    fn strings_share_offsets_and_empty_tombstone_pages_share_their_bits() {
+        let shared = SharedBuffers::default();
+        let strings = |s: &str| -> ArrayRef { Arc::new(StringArray::from(vec![s; 50])) };
+        let (a, _) = shared.share(strings("abcd"));
+        let (b, _) = shared.share(strings("wxyz"));
+        assert_eq!(
+            a.as_string::<i32>().value_offsets().as_ptr(),
+            b.as_string::<i32>().value_offsets().as_ptr()
+        );
+        assert_eq!(b.to_data(), strings("wxyz").to_data());
+        let live = |rows| -> ArrayRef { Arc::new(BooleanArray::from(vec![false; rows])) };
+        let (x, bytes) = shared.share(live(4096));
+        let (y, _) = shared.share(live(100));
+        assert_eq!(bytes, 512);
+        assert_eq!(
+            x.as_boolean().values().inner().as_ptr(),
+            y.as_boolean().values().inner().as_ptr()
+        );
+        assert_eq!(y.to_data(), live(100).to_data());
+        assert_eq!(x.as_boolean().true_count(), 0);
+    }
+
+    #[test]
+    fn widths_beyond_the_bound_are_not_shared() {
+        let shared = SharedBuffers::default();
+        for width in 1..=MAX_WIDTHS {
+            assert_ne!(shared.share(fixed(4, width, 0)).1, 0);
+        }
+        let page = fixed(4, MAX_WIDTHS + 1, 0);
+        let (out, bytes) = shared.share(Arc::clone(&page));
+        assert!(Arc::ptr_eq(&out, &page));
+        assert_eq!(bytes, 0);
+        // A width already held is still shared.
+        assert_ne!(shared.share(fixed(4, 3, 9)).1, 0);
+    }
+}
