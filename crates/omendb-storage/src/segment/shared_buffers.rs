@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{BinaryType, ByteArrayType, Utf8Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, GenericByteArray};
-use arrow_buffer::{BooleanBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBuffer, OffsetBuffer};
 use arrow_schema::DataType;
 
 /// Value widths with a shared offsets buffer, at most: a table has a few variable-width columns
@@ -27,7 +27,7 @@ const MAX_WIDTHS: usize = 64;
 #[derive(Debug, Default)]
 pub(crate) struct SharedBuffers {
     /// By value width: `0, w, 2w, …` for the most rows a page has had.
-    offsets: Mutex<HashMap<i32, ScalarBuffer<i32>>>,
+    offsets: Mutex<HashMap<i32, OffsetBuffer<i32>>>,
     /// All-zero bits, for the most rows a page has had.
     zeros: Mutex<Option<BooleanBuffer>>,
 }
@@ -53,11 +53,9 @@ impl SharedBuffers {
         let offsets = page.value_offsets();
         let rows = page.len();
         let width = *offsets.get(1)?;
-        // Equal to the shared buffer only if every value has the same width and the page
-        // starts at the beginning of its bytes (a sliced page does not).
-        let fixed = offsets.iter().enumerate().all(|(i, &offset)| {
-            i32::try_from(i).ok().and_then(|i| i.checked_mul(width)) == Some(offset)
-        });
+        // Equal to the shared buffer only if the page starts at the beginning of its bytes (a
+        // sliced page does not) and every value has the same width.
+        let fixed = offsets[0] == 0 && offsets.windows(2).all(|w| w[1].wrapping_sub(w[0]) == width);
         if !fixed {
             return None;
         }
@@ -65,21 +63,18 @@ impl SharedBuffers {
             let mut widths = self.offsets.lock().ok()?;
             let held = widths.get(&width).filter(|held| held.len() > rows);
             match held {
-                Some(held) => held.slice(0, rows + 1),
+                Some(held) => held.slice(0, rows),
                 None if widths.len() < MAX_WIDTHS || widths.contains_key(&width) => {
-                    let whole = ScalarBuffer::from(offsets.to_vec());
+                    let whole = page.offsets().clone();
                     widths.insert(width, whole.clone());
                     whole
                 }
                 None => return None,
             }
         };
-        let array = GenericByteArray::<T>::try_new(
-            OffsetBuffer::new(shared),
-            page.values().clone(),
-            page.nulls().cloned(),
-        )
-        .ok()?;
+        let array =
+            GenericByteArray::<T>::try_new(shared, page.values().clone(), page.nulls().cloned())
+                .ok()?;
         Some((Arc::new(array), std::mem::size_of_val(offsets)))
     }
 
