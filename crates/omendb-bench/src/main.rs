@@ -16,7 +16,8 @@ mod wal;
 use clap::{Parser, Subcommand};
 
 /// The allocator of `omendb serve` (see its `main`), so the engine is measured as it is shipped.
-/// Every engine of `db --engine all` runs in this binary, so the peers get it too.
+/// The peers of `db --engine all` run in this binary too: the Rust ones (redb, fjall, sled, heed's
+/// side of LMDB) allocate with it, while LMDB's C and RocksDB's C++ keep the C library's `malloc`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

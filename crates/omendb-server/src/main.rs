@@ -9,7 +9,7 @@ use omendb_server::{Config, Server, telemetry};
 /// mimalloc rather than the system allocator: it backs its memory with transparent huge pages,
 /// so a random point read over the cached pages and memtables no longer misses the TLB as well
 /// as the cache, and it allocates the engine's small per-read buffers faster (measured in
-/// docs/benchmarks.md, "The allocator").
+/// docs/benchmarks.md, "Huge pages, the allocator and shared page buffers").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

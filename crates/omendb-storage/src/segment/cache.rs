@@ -1,10 +1,11 @@
 //! The byte-budgeted cache of decoded pages shared by every segment reader of a process.
 //!
 //! An entry is one column's rows of one page, decoded to an Arrow array; its weight is the
-//! array's memory but for the buffers it shares with other pages (`shared_buffers`). The page itself sits in its reader's [`PageTable`], where point reads find it
-//! without a lock; this cache holds each page's key and weight and decides which pages stay.
-//! Eviction is `quick_cache`'s (S3-FIFO: one-off scans do not flush the pages that point reads
-//! keep using), and evicting an entry empties its slot.
+//! array's memory but for the buffers it shares with other pages (`shared_buffers`). The page
+//! itself sits in its reader's [`PageTable`], where point reads find it without a lock; this
+//! cache holds each page's key and weight and decides which pages stay. Eviction is
+//! `quick_cache`'s (S3-FIFO: one-off scans do not flush the pages that point reads keep using),
+//! and evicting an entry empties its slot.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,6 +258,32 @@ mod tests {
         let slot = table.slot(1, 0).expect("a slot");
         let guard = crossbeam_epoch::pin();
         assert_eq!(table.get(slot, &guard).map(|a| a.len()), Some(20));
+    }
+
+    #[test]
+    fn a_page_is_weighed_without_the_buffers_it_shares() {
+        use arrow_array::BinaryArray;
+        let cache = PageCache::new(1 << 24);
+        let table = cache.table(2, 10);
+        let fixed = |seed: u8| -> ArrayRef {
+            Arc::new(BinaryArray::from_iter_values(
+                (0..1000u32).map(|i| [seed ^ i as u8; 16]),
+            ))
+        };
+        let whole: u64 = (0..10u8)
+            .map(|p| fixed(p).get_array_memory_size() as u64)
+            .sum();
+        for p in 0..10u8 {
+            cache.insert(&table, 1, u64::from(p), fixed(p));
+        }
+        // Each page's 1,001 offsets are shared, so they are not its weight.
+        assert_eq!(cache.stats().bytes, whole - 10 * 1001 * 4);
+        let guard = crossbeam_epoch::pin();
+        for p in 0..10u8 {
+            let slot = table.slot(1, u64::from(p)).expect("a slot");
+            let page = table.get(slot, &guard).expect("cached");
+            assert_eq!(page.to_data(), fixed(p).to_data());
+        }
     }
 
     #[test]

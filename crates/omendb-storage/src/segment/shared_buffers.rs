@@ -38,8 +38,8 @@ impl SharedBuffers {
     /// where nothing is shared.
     pub(crate) fn share(&self, page: ArrayRef) -> (ArrayRef, usize) {
         let shared = match page.data_type() {
-            DataType::Binary => self.share_offsets(page.as_bytes::<BinaryType>()),
-            DataType::Utf8 => self.share_offsets(page.as_bytes::<Utf8Type>()),
+            DataType::Binary => self.share_offsets::<BinaryType>(&page),
+            DataType::Utf8 => self.share_offsets::<Utf8Type>(&page),
             DataType::Boolean => self.share_zeros(page.as_boolean()),
             _ => None,
         };
@@ -48,8 +48,9 @@ impl SharedBuffers {
 
     fn share_offsets<T: ByteArrayType<Offset = i32>>(
         &self,
-        page: &GenericByteArray<T>,
+        array: &ArrayRef,
     ) -> Option<(ArrayRef, usize)> {
+        let page = array.as_bytes::<T>();
         let offsets = page.value_offsets();
         let rows = page.len();
         let width = *offsets.get(1)?;
@@ -59,15 +60,16 @@ impl SharedBuffers {
         if !fixed {
             return None;
         }
+        let bytes = std::mem::size_of_val(offsets);
         let shared = {
             let mut widths = self.offsets.lock().ok()?;
             let held = widths.get(&width).filter(|held| held.len() > rows);
             match held {
                 Some(held) => held.slice(0, rows),
                 None if widths.len() < MAX_WIDTHS || widths.contains_key(&width) => {
-                    let whole = page.offsets().clone();
-                    widths.insert(width, whole.clone());
-                    whole
+                    // This page's own offsets become the shared ones: the page stays as it is.
+                    widths.insert(width, page.offsets().clone());
+                    return Some((Arc::clone(array), bytes));
                 }
                 None => return None,
             }
@@ -75,7 +77,7 @@ impl SharedBuffers {
         let array =
             GenericByteArray::<T>::try_new(shared, page.values().clone(), page.nulls().cloned())
                 .ok()?;
-        Some((Arc::new(array), std::mem::size_of_val(offsets)))
+        Some((Arc::new(array), bytes))
     }
 
     fn share_zeros(&self, page: &BooleanArray) -> Option<(ArrayRef, usize)> {
