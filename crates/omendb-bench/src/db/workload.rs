@@ -234,14 +234,16 @@ async fn checked_scan<E: Engine>(
     let mut wrong = None;
     engine
         .scan(from, limit, &mut |key, value| {
-            let want_key = data.keys.get(first + rows).copied();
+            let want = data.expected_at(first + rows);
+            let want_key = want.map(|(k, _)| k);
             if Some(key) != want_key {
                 bail!(
                     "{workload}: WRONG ANSWER: row {rows} of the scan from {from} is key {key}, \
                      expected {want_key:?}; no figure reported"
                 );
             }
-            if let Err(e) = check(workload, key, Some(value), data.expected(key).as_ref()) {
+            let want_value = want.map(|(_, v)| v);
+            if let Err(e) = check(workload, key, Some(value), want_value.as_ref()) {
                 wrong.get_or_insert(e);
             }
             rows += 1;
