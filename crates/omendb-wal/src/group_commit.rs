@@ -28,14 +28,13 @@ pub struct WalStats {
     pub bytes_written: u64,
 }
 
-/// How far the log has got, as published to async waiters.
+/// An async waiter: the task to wake once `lsn` is durable (or written, without `durable`).
 #[cfg(not(loom))]
-#[derive(Clone, Copy, Debug, Default)]
-struct Progress {
-    durable: Lsn,
-    written: Lsn,
-    /// Poisoned or finished: waiters must look at the state for the outcome.
-    stopped: bool,
+#[derive(Debug)]
+struct AsyncWaiter {
+    lsn: Lsn,
+    durable: bool,
+    waker: std::task::Waker,
 }
 
 /// One batch for the writer: the frames of consecutive records and whether to sync.
@@ -114,8 +113,12 @@ pub(crate) struct Queue {
     done: Condvar,
     max_record_bytes: usize,
     max_buffered_bytes: usize,
+    /// Async waiters, woken by `publish`. A list under a short lock rather than a
+    /// `tokio::sync::watch`: with dozens of appenders a group, each wait there cloned and
+    /// dropped a receiver and took two locks, every one a cache line the two cores passed back
+    /// and forth, on the path between a sync and the next group's appends.
     #[cfg(not(loom))]
-    progress: tokio::sync::watch::Sender<Progress>,
+    async_waiters: std::sync::Mutex<Vec<AsyncWaiter>>,
 }
 
 impl Queue {
@@ -149,11 +152,7 @@ impl Queue {
             max_record_bytes,
             max_buffered_bytes,
             #[cfg(not(loom))]
-            progress: tokio::sync::watch::Sender::new(Progress {
-                durable: last_lsn,
-                written: last_lsn,
-                stopped: false,
-            }),
+            async_waiters: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -438,11 +437,8 @@ impl Queue {
             self.stopped.store(true, Ordering::Release);
         }
         #[cfg(not(loom))]
-        let progress = Progress {
-            durable: st.durable,
-            written: st.written,
-            stopped: st.poison.is_some() || st.finished,
-        };
+        let (durable, written, stopped) =
+            (st.durable, st.written, st.poison.is_some() || st.finished);
         drop(st);
         let waiters = sync::lock(&self.waiters);
         if *waiters > 0 {
@@ -450,7 +446,18 @@ impl Queue {
         }
         drop(waiters);
         #[cfg(not(loom))]
-        self.progress.send_replace(progress);
+        {
+            // Taken after the atomics are updated, so a waiter that registers after this sees
+            // them (see `Progressed::poll`). Woken outside the lock.
+            let woken: Vec<AsyncWaiter> = sync::lock(&self.async_waiters)
+                .extract_if(.., |w| {
+                    stopped || w.lsn <= if w.durable { durable } else { written }
+                })
+                .collect();
+            for waiter in woken {
+                waiter.waker.wake();
+            }
+        }
     }
 }
 
@@ -475,17 +482,17 @@ impl Queue {
         if self.durable.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        // Subscribed after the check: `wait_for` looks at the current value first, and
-        // `publish` sends after updating the atomics, so no completion is missed.
-        let mut progress = self.progress.subscribe();
-        // The sender lives as long as `self`, so this cannot fail while we borrow it.
-        let _ = progress.wait_for(|p| p.durable >= lsn || p.stopped).await;
+        Progressed {
+            queue: self,
+            lsn,
+            durable: true,
+        }
+        .await;
         self.outcome(lsn, |st| st.durable >= lsn)
     }
 
     /// Waits without blocking the thread until records up to `lsn` are written.
     pub(crate) async fn wait_written_async(&self, lsn: Lsn) -> Result<()> {
-        let mut progress = self.progress.subscribe();
         {
             let st = sync::lock(&self.state);
             if st.written >= lsn {
@@ -493,13 +500,66 @@ impl Queue {
             }
             self.check_waitable(&st, lsn)?;
         }
-        let _ = progress.wait_for(|p| p.written >= lsn || p.stopped).await;
+        Progressed {
+            queue: self,
+            lsn,
+            durable: false,
+        }
+        .await;
         let st = sync::lock(&self.state);
         if st.written >= lsn {
             return Ok(());
         }
         self.check_waitable(&st, lsn)?;
         Err(Error::Closed)
+    }
+}
+
+/// Resolves once `lsn` is durable (or written, without `durable`), or the queue stops.
+#[cfg(not(loom))]
+struct Progressed<'a> {
+    queue: &'a Queue,
+    lsn: Lsn,
+    durable: bool,
+}
+
+#[cfg(not(loom))]
+impl Progressed<'_> {
+    fn reached(&self) -> bool {
+        let at = if self.durable {
+            &self.queue.durable
+        } else {
+            &self.queue.written
+        };
+        at.load(Ordering::Acquire) >= self.lsn || self.queue.stopped.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(not(loom))]
+impl std::future::Future for Progressed<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.reached() {
+            return std::task::Poll::Ready(());
+        }
+        let mut waiters = sync::lock(&self.queue.async_waiters);
+        // Checked again under the lock: `publish` updates the atomics before it takes the lock,
+        // so either this sees them, or `publish` finds the waker pushed here.
+        if self.reached() {
+            return std::task::Poll::Ready(());
+        }
+        // A second poll before the wake-up adds a second entry: both are woken and removed
+        // together, so the list holds at most one entry per poll of a pending wait.
+        waiters.push(AsyncWaiter {
+            lsn: self.lsn,
+            durable: self.durable,
+            waker: cx.waker().clone(),
+        });
+        std::task::Poll::Pending
     }
 }
 
@@ -644,5 +704,79 @@ mod loom_tests {
             ));
             assert_eq!(queue.durable(), 0);
         });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn poll<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn waiting(queue: &Queue) -> usize {
+        sync::lock(&queue.async_waiters).len()
+    }
+
+    /// An async wait registers once per poll while pending, resolves once the writer publishes
+    /// its LSN as durable, and leaves nothing registered behind; a wait for a later LSN stays.
+    #[test]
+    fn an_async_wait_resolves_at_its_lsn_and_unregisters() {
+        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let first = queue.enqueue(b"a", true).unwrap();
+        let second = queue.enqueue(b"b", true).unwrap();
+        let mut a = pin!(queue.await_durable_async(first));
+        let mut b = pin!(queue.await_durable_async(second));
+        let mut written = pin!(queue.wait_written_async(first));
+        assert!(poll(a.as_mut()).is_pending());
+        assert!(poll(a.as_mut()).is_pending());
+        assert!(poll(b.as_mut()).is_pending());
+        assert!(poll(written.as_mut()).is_pending());
+        assert_eq!(waiting(&queue), 4);
+
+        // Written but not durable: only the write waiter is released.
+        queue.complete(first, None, Vec::new());
+        assert_eq!(waiting(&queue), 3);
+        assert!(matches!(poll(written.as_mut()), Poll::Ready(Ok(()))));
+        assert!(poll(a.as_mut()).is_pending());
+
+        queue.complete(first, Some(first), Vec::new());
+        assert!(matches!(poll(a.as_mut()), Poll::Ready(Ok(()))));
+        assert!(poll(b.as_mut()).is_pending());
+        assert_eq!(
+            waiting(&queue),
+            2,
+            "the first LSN's two entries went, the second's stayed and re-registered"
+        );
+
+        queue.complete(second, Some(second), Vec::new());
+        assert!(matches!(poll(b.as_mut()), Poll::Ready(Ok(()))));
+        assert_eq!(waiting(&queue), 0);
+    }
+
+    /// A poisoned queue releases every async waiter with the error, including one that was
+    /// abandoned (dropped while pending), whose entry goes too.
+    #[test]
+    fn poison_releases_async_waiters_with_the_error() {
+        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let lsn = queue.enqueue(b"a", true).unwrap();
+        {
+            let mut abandoned = pin!(queue.await_durable_async(lsn));
+            assert!(poll(abandoned.as_mut()).is_pending());
+        }
+        let mut wait = pin!(queue.await_durable_async(lsn));
+        assert!(poll(wait.as_mut()).is_pending());
+        assert_eq!(waiting(&queue), 2);
+        queue.poison(Error::Closed);
+        assert_eq!(waiting(&queue), 0);
+        assert!(matches!(
+            poll(wait.as_mut()),
+            Poll::Ready(Err(Error::Poisoned { .. }))
+        ));
     }
 }
