@@ -77,8 +77,9 @@ impl Generation {
             });
         }
         let mut current: Option<(u32, Arc<Memtable>)> = None;
-        // Bytes the writes added, counted once at the end: an atomic add per write would be a
-        // locked instruction per row on a line every applier shares.
+        // Bytes the writes added (each memtable says what it took, which a look at its total
+        // would not while other appliers write to it), added once at the end: an atomic add per
+        // write would be a locked instruction per row on a line every applier shares.
         let mut added = 0;
         for (n, &i) in order.iter().enumerate() {
             let write = &writes[i];
@@ -98,15 +99,13 @@ impl Generation {
             {
                 memtable.prefetch(*key);
             }
-            let before = memtable.approximate_bytes();
-            match write {
+            added += match write {
                 Write::Put { key, row, .. } => memtable.put(*key, lsn, row.clone()),
                 Write::Delete { key, .. } => memtable.delete(*key, lsn),
                 Write::DeleteRange { first, last, .. } => {
                     memtable.delete_range(*first..=*last, lsn)
                 }
-            }
-            added += memtable.approximate_bytes().saturating_sub(before);
+            };
         }
         self.bytes.fetch_add(added, Ordering::Relaxed);
         true

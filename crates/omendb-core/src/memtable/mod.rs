@@ -199,17 +199,20 @@ impl Memtable {
     }
 
     /// Writes `row` as `key`'s version at `lsn`. A second write of the same key at the same
-    /// LSN (twice in one write batch) replaces the first.
-    pub fn put(&self, key: u64, lsn: Lsn, row: Bytes) {
-        self.bytes
-            .fetch_add(row.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
+    /// LSN (twice in one write batch) replaces the first. Returns the bytes this added to
+    /// [`Memtable::approximate_bytes`].
+    pub fn put(&self, key: u64, lsn: Lsn, row: Bytes) -> usize {
+        let bytes = row.len() + ENTRY_OVERHEAD;
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.insert(key, lsn, Some(row));
+        bytes
     }
 
-    /// Deletes `key` at `lsn`.
-    pub fn delete(&self, key: u64, lsn: Lsn) {
+    /// Deletes `key` at `lsn`. Returns the bytes this added to [`Memtable::approximate_bytes`].
+    pub fn delete(&self, key: u64, lsn: Lsn) -> usize {
         self.bytes.fetch_add(ENTRY_OVERHEAD, Ordering::Relaxed);
         self.insert(key, lsn, None);
+        ENTRY_OVERHEAD
     }
 
     fn insert(&self, key: u64, lsn: Lsn, row: Option<Bytes>) {
@@ -272,13 +275,15 @@ impl Memtable {
     /// Deletes every key in `range` (inclusive, so `u64::MAX` can be covered) at `lsn`.
     /// Versions written at `lsn` itself survive: a write batch, which has one LSN, must not put
     /// into a range it deletes afterwards ([`crate::batch::WriteBatch`] drops such puts).
-    pub fn delete_range(&self, range: RangeInclusive<u64>, lsn: Lsn) {
+    /// Returns the bytes this added to [`Memtable::approximate_bytes`].
+    pub fn delete_range(&self, range: RangeInclusive<u64>, lsn: Lsn) -> usize {
         if range.is_empty() {
-            return;
+            return 0;
         }
         self.bytes.fetch_add(ENTRY_OVERHEAD, Ordering::Relaxed);
         self.ranges
             .insert((Version::new(*range.start(), lsn), *range.end()), ());
+        ENTRY_OVERHEAD
     }
 
     /// The newest LSN ≤ `snapshot` of a range tombstone covering `key`, if any.
@@ -588,15 +593,19 @@ mod tests {
         if shuffle != 0 {
             order.sort_by_key(|&i| (i as u64 ^ shuffle).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         }
+        let before = memtable.approximate_bytes();
+        let mut added = 0;
         for i in order {
             let op = &ops[i];
             let lsn = i as Lsn + 1;
-            match *op {
+            added += match *op {
                 Op::Put(k, v) => memtable.put(k, lsn, Bytes::from(vec![v])),
                 Op::Delete(k) => memtable.delete(k, lsn),
                 Op::DeleteRange(a, b) => memtable.delete_range(a..=b, lsn),
-            }
+            };
         }
+        // What each write says it added is what the memtable counts.
+        assert_eq!(memtable.approximate_bytes(), before + added);
     }
 
     proptest! {
