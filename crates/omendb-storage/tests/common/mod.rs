@@ -64,7 +64,9 @@ impl Kind {
                 } else {
                     "opendal+fs"
                 };
-                let url = format!("{scheme}://{}", dir.path().display());
+                // OpenDAL stages writes in a directory beside its root: a root inside the
+                // temporary directory keeps that one inside it too, removed with it.
+                let url = format!("{scheme}://{}", dir.path().join("store").display());
                 let (scheme, store) = backend::open_raw(&url, &options).unwrap();
                 (store, scheme, Some(dir))
             }
