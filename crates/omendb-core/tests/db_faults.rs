@@ -193,3 +193,68 @@ async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() 
     assert_eq!(db.stats().failure, None);
     db.close().await.unwrap();
 }
+
+/// A `build` whose future is dropped after its first poll: the local WAL is already open and the
+/// manifest is being read from an S3 endpoint where nothing listens, so the build is pending.
+/// Once the future is gone nothing of the open may still run: the WAL's directory is unlocked
+/// (a second open succeeds at once) and no file appears in it afterwards. Before the WAL was
+/// opened in place, the open ran on a detached blocking thread that went on after the drop.
+async fn dropping_a_pending_build_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = omendb_core::BackendOptions::default();
+    options.options = [
+        ("endpoint", "http://127.0.0.1:9"),
+        ("allow_http", "true"),
+        ("region", "us-east-1"),
+        ("access_key_id", "test"),
+        ("secret_access_key", "test"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let build = Db::builder()
+        .url("s3://bucket/db")
+        .backend_options(options)
+        .path(dir.path())
+        .build();
+    let mut build = Box::pin(build);
+    let first = futures::poll!(build.as_mut());
+    assert!(
+        first.is_pending(),
+        "the build finished against a dead endpoint"
+    );
+    drop(build);
+    let wal = dir.path().join("wal");
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(&wal)
+            .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let before = listing();
+    assert!(
+        !before.is_empty(),
+        "the WAL was not opened before the manifest"
+    );
+    FileWal::open(&wal, WalOptions::default())
+        .expect("the WAL is still locked after the build was dropped")
+        .close()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        listing(),
+        before,
+        "files appeared after the build was dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_build_leaves_nothing_running_on_a_multi_thread_runtime() {
+    dropping_a_pending_build_leaves_nothing_running().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_build_leaves_nothing_running_on_a_current_thread_runtime() {
+    dropping_a_pending_build_leaves_nothing_running().await;
+}

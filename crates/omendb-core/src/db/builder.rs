@@ -234,10 +234,11 @@ impl Builder {
             (WalChoice::Default, Some(path)) => {
                 let dir = path.join("wal");
                 let options = self.wal_options.clone();
-                let wal = tokio::task::spawn_blocking(move || FileWal::open(dir, options))
-                    .await
-                    .map_err(|err| Error::Corrupt(format!("opening the WAL failed: {err}")))??;
-                Arc::new(wal)
+                // Opening reads and checks the whole log, which blocks. It runs in place, not on
+                // a detached blocking thread: a caller who stops waiting for `build` (a server
+                // shut down while the database opens) must not leave an open running that
+                // creates and locks files after the future is gone.
+                Arc::new(in_place(move || FileWal::open(dir, options))?)
             }
             (WalChoice::Default | WalChoice::InStore, _) => Arc::new(
                 ObjectWal::open(
@@ -362,4 +363,14 @@ async fn replay(
         }
     }
     Ok(())
+}
+
+/// Runs blocking `work` on this thread: through `block_in_place` on a multi-thread runtime, so
+/// the worker's other tasks move to another thread meanwhile, and directly elsewhere (a
+/// current-thread runtime has no other thread to give them to).
+fn in_place<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
