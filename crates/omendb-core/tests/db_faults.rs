@@ -201,17 +201,19 @@ async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() 
 /// opened in place, the open ran on a detached blocking thread that went on after the drop.
 async fn dropping_a_pending_build_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = omendb_core::BackendOptions::default();
-    options.options = [
-        ("endpoint", "http://127.0.0.1:9"),
-        ("allow_http", "true"),
-        ("region", "us-east-1"),
-        ("access_key_id", "test"),
-        ("secret_access_key", "test"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let options = omendb_core::BackendOptions {
+        options: [
+            ("endpoint", "http://127.0.0.1:9"),
+            ("allow_http", "true"),
+            ("region", "us-east-1"),
+            ("access_key_id", "test"),
+            ("secret_access_key", "test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        ..omendb_core::BackendOptions::default()
+    };
     let build = Db::builder()
         .url("s3://bucket/db")
         .backend_options(options)
