@@ -129,6 +129,7 @@ proptest! {
         if let Ok(index) = AnyIndex::decode(&bytes) {
             let queries = keys.iter().copied().step_by(17).chain(probes);
             for q in queries {
+                index.prefetch(q);
                 prop_assert_eq!(index.lower_bound(&keys, q), keys.partition_point(|&k| k < q));
             }
         }

@@ -116,11 +116,15 @@ pub(crate) fn point_step<T>(
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
     read: impl FnOnce(&[&dyn Array], usize) -> Option<T>,
 ) -> Result<Step<T>> {
-    // The filter lines of the segments are asked for before anything else is read, so that
-    // their misses overlap each other and the memtables' searches.
+    // The first line each layer will read is asked for before anything is read, so that their
+    // misses overlap each other and the memtables' searches: the segments' filter lines (the
+    // last candidate's index model line instead) and the memtables' filter lines.
     let candidates = table.holding(key);
     for candidate in candidates.clone() {
-        candidate.prefetch_filter(key);
+        candidate.prefetch(key);
+    }
+    for generation in &version.memtables {
+        generation.prefetch(table.def.id, key);
     }
     match in_memtables(version, table.def.id, overlay, key, snapshot) {
         Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::index::LearnedIndex;
 use crate::memtable::Generation;
 use crate::segment::Segment;
 use crate::table::TableDef;
@@ -62,9 +63,12 @@ impl Candidate<'_> {
         }
     }
 
-    /// Starts loading the filter line [`Candidate::rows`] will read, if it reads one.
-    pub(crate) fn prefetch_filter(&self, key: u64) {
-        if !self.last {
+    /// Starts loading the first line [`Candidate::rows`] will read: the filter's, or for the
+    /// last candidate the index's model line.
+    pub(crate) fn prefetch(&self, key: u64) {
+        if self.last {
+            self.segment.index.prefetch(key);
+        } else {
             self.segment.prefetch_filter(key);
         }
     }

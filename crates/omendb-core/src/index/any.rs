@@ -189,6 +189,15 @@ impl LearnedIndex for AnyIndex {
     }
 
     #[inline(always)]
+    fn prefetch(&self, key: u64) {
+        match self {
+            AnyIndex::BinarySearch(i) => i.prefetch(key),
+            AnyIndex::Rmi(i) => i.prefetch(key),
+            AnyIndex::Pla(i) => i.prefetch(key),
+        }
+    }
+
+    #[inline(always)]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         match self {
             AnyIndex::BinarySearch(i) => i.lower_bound(keys, key),

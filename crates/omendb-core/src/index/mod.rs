@@ -173,6 +173,12 @@ pub trait LearnedIndex: Send + Sync {
     /// Writes the model's kind-specific payload (see `docs/file-formats.md`).
     fn encode_payload(&self, out: &mut Vec<u8>);
 
+    /// Starts loading the model's first line a lookup of `key` reads (an RMI's leaf, a PLA's
+    /// radix-table entry), so that a point read can overlap that miss with its other work.
+    /// Nothing for a model that lives in cache or has no such line.
+    #[inline]
+    fn prefetch(&self, _key: u64) {}
+
     /// The position of the first key `>= key`, exactly `keys.partition_point(|&k| k < key)`.
     #[inline]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {

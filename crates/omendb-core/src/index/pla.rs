@@ -589,6 +589,13 @@ impl LearnedIndex for Pla {
     }
 
     #[inline(always)]
+    fn prefetch(&self, key: u64) {
+        let d = key.saturating_sub(self.keys.first);
+        let b = bucket(d, self.radix_bits).min(self.table.len().saturating_sub(2));
+        prefetch::line(self.table.as_ptr().wrapping_add(b));
+    }
+
+    #[inline(always)]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         lower_bound_in(keys, self.window(key), key)
     }

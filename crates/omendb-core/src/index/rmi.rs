@@ -348,6 +348,12 @@ impl LearnedIndex for Rmi {
     }
 
     #[inline(always)]
+    fn prefetch(&self, key: u64) {
+        let at = self.leaf_of(key, self.leaves.len());
+        prefetch::line(self.leaves.as_ptr().wrapping_add(at));
+    }
+
+    #[inline(always)]
     fn lower_bound(&self, keys: &[u64], key: u64) -> usize {
         lower_bound_in(keys, self.window(key), key)
     }

@@ -128,6 +128,13 @@ impl Generation {
             .map(|entry| Arc::clone(entry.value()))
     }
 
+    /// Starts loading the filter line of `table`'s memtable that a lookup of `key` reads first.
+    pub fn prefetch(&self, table: u32, key: u64) {
+        if let Some(entry) = self.tables.get(&table) {
+            entry.value().prefetch(key);
+        }
+    }
+
     /// What `table`'s memtable says about `key` at `snapshot` (`Absent` if it has none).
     pub fn lookup(&self, table: u32, key: u64, snapshot: Lsn) -> super::Lookup {
         match self.tables.get(&table) {

@@ -54,7 +54,8 @@ const AHEAD: usize = 4;
 /// of pointers (table slot, page, array, buffer), so a row's cells are three misses deep.
 #[derive(Clone, Copy, Debug)]
 enum Ahead {
-    /// The page that holds the column's array.
+    /// The page that holds the column's array: looked up in the page table once per row (the
+    /// later stages and the read use what was found), and its line asked for.
     Page,
     /// The array itself (its buffers' addresses and lengths).
     Array,
@@ -587,7 +588,9 @@ impl SegmentReader {
     /// Rows at `positions` from cached pages: `read(i, pages, offset)` for each `positions[i]`
     /// whose pages are all cached, in order; returns the indexes `i` of the others. Pins once,
     /// and asks the CPU for the lines of the next rows' cells in stages ([`Ahead`]) while it
-    /// reads one, so the memory misses of many rows overlap: the batched point-read path.
+    /// reads one, so the memory misses of many rows overlap: the batched point-read path. A
+    /// row's pages are looked up once, at its first stage (the pin keeps them readable until
+    /// the read even if they are evicted meanwhile).
     /// Like [`Self::read_cached`], never waits for I/O. A position past the end is refused
     /// before any row is read.
     pub fn read_cached_many(
@@ -601,62 +604,62 @@ impl SegmentReader {
             self.page_of(last)?;
         }
         let guard = crossbeam_epoch::pin();
-        let mut ahead = SmallVec::new();
-        let mut pages = SmallVec::new();
-        let mut missing = Vec::new();
+        let columns = projection.columns.len();
         let depth = AHEAD * STAGES.len();
-        // Step `step` takes row `step - k * AHEAD` through stage `k` and reads row
-        // `step - depth`, so the first rows pass every stage at the same spacing as the rest.
+        // The rows in flight, each in slot `row % depth`: its page, its offset in the page, and
+        // the page's array for each projected column (`None` if not cached).
+        let mut offsets = vec![0usize; depth];
+        let mut page_numbers = vec![0u64; depth];
+        let mut found: Vec<Option<&ArrayRef>> = vec![None; depth * columns];
+        let mut pages: SmallVec<[&dyn Array; 8]> = SmallVec::new();
+        let mut missing = Vec::new();
         for step in 0..positions.len() + depth {
-            for (k, &stage) in STAGES.iter().enumerate() {
-                if let Some(&position) = step.checked_sub(k * AHEAD).and_then(|r| positions.get(r))
-                {
-                    self.ask_ahead(position, projection, &guard, &mut ahead, stage)?;
+            // The row that passed every stage is read first: its slot is the one the row
+            // entering the first stage takes.
+            if let Some(i) = step.checked_sub(depth).filter(|&i| i < positions.len()) {
+                let at = i % depth;
+                let row = &found[at * columns..(at + 1) * columns];
+                if row.iter().all(Option::is_some) {
+                    pages.clear();
+                    pages.extend(row.iter().flatten().map(|&array| array.as_ref()));
+                    self.cache
+                        .hit(&self.table, &projection.columns, page_numbers[at]);
+                    read(i, &pages, offsets[at]);
+                } else {
+                    missing.push(i);
                 }
             }
-            let Some(i) = step.checked_sub(depth).filter(|&i| i < positions.len()) else {
-                continue;
-            };
-            match self.pages_at(positions[i], projection, &guard, &mut pages)? {
-                Some((page, offset)) => {
-                    self.cache.hit(&self.table, &projection.columns, page);
-                    read(i, &pages, offset);
+            // Stage `Page` for the row entering.
+            if let Some(&position) = positions.get(step) {
+                let at = step % depth;
+                let (page, rows) = self.page_of(position)?;
+                offsets[at] = (position - rows.start) as usize;
+                page_numbers[at] = page;
+                for (c, &column) in projection.columns.iter().enumerate() {
+                    let array = self.page_in(column, page, &guard);
+                    if let Some(array) = array {
+                        prefetch::line(std::ptr::from_ref(array));
+                    }
+                    found[at * columns + c] = array;
                 }
-                None => missing.push(i),
+            }
+            // The later stages for the rows ahead of it.
+            for (k, &stage) in STAGES.iter().enumerate().skip(1) {
+                let Some(r) = step.checked_sub(k * AHEAD).filter(|&r| r < positions.len()) else {
+                    continue;
+                };
+                let at = r % depth;
+                for array in found[at * columns..(at + 1) * columns].iter().flatten() {
+                    match stage {
+                        Ahead::Page => {} // done above
+                        Ahead::Array => prefetch::line(Arc::as_ptr(array).cast::<u8>()),
+                        Ahead::Cell => prefetch::cell(array.as_ref(), offsets[at]),
+                        Ahead::Bytes => prefetch::cell_bytes(array.as_ref(), offsets[at]),
+                    }
+                }
             }
         }
         Ok(missing)
-    }
-
-    /// Asks the CPU for what `stage` of row `position` needs, in every projected column whose
-    /// page is cached.
-    fn ask_ahead<'a>(
-        &'a self,
-        position: u64,
-        projection: &Projection,
-        guard: &'a crossbeam_epoch::Guard,
-        arrays: &mut SmallVec<[&'a ArrayRef; 8]>,
-        stage: Ahead,
-    ) -> Result<()> {
-        let (page, rows) = self.page_of(position)?;
-        let offset = (position - rows.start) as usize;
-        arrays.clear();
-        arrays.extend(
-            projection
-                .columns
-                .iter()
-                .filter_map(|&column| self.page_in(column, page, guard)),
-        );
-        for &array in arrays.iter() {
-            match stage {
-                // The reference lives in the page; reading it would wait for the line.
-                Ahead::Page => prefetch::line(std::ptr::from_ref(array)),
-                Ahead::Array => prefetch::line(Arc::as_ptr(array).cast::<u8>()),
-                Ahead::Cell => prefetch::cell(array.as_ref(), offset),
-                Ahead::Bytes => prefetch::cell_bytes(array.as_ref(), offset),
-            }
-        }
-        Ok(())
     }
 
     /// Fills `pages` with the cached pages of `projection` that hold row `position`; returns
