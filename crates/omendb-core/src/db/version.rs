@@ -5,8 +5,10 @@
 //! so a reader that loaded a version reads a consistent set of objects however long it takes.
 //! (`crate::version_cell::VersionCell`, which serializes the updates).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::index::LearnedIndex;
 use crate::memtable::Generation;
@@ -80,7 +82,9 @@ pub(crate) struct Version {
     /// Tables by name.
     pub(crate) tables: BTreeMap<String, Arc<TableState>>,
     /// The same tables by id.
-    pub(crate) by_id: HashMap<u32, Arc<TableState>>,
+    /// Looked up on every read: hashed with `FxHash`, not SipHash (ids are the engine's own,
+    /// so there is no adversary to resist, and SipHash was ~100 instructions of each `get`).
+    pub(crate) by_id: FxHashMap<u32, Arc<TableState>>,
     /// Memtable generations, newest (the active one) first.
     pub(crate) memtables: Vec<Arc<Generation>>,
     /// The highest horizon of a compaction whose output this version holds: versions of keys
