@@ -119,6 +119,12 @@ pub(crate) struct Queue {
     /// and forth, on the path between a sync and the next group's appends.
     #[cfg(not(loom))]
     async_waiters: std::sync::Mutex<Vec<AsyncWaiter>>,
+    /// Reached async waiters that `publish` left for the first woken one to wake (see
+    /// [`Queue::relay`]); `relaying` says the list may be non-empty.
+    #[cfg(not(loom))]
+    relayed: std::sync::Mutex<Vec<std::task::Waker>>,
+    #[cfg(not(loom))]
+    relaying: AtomicBool,
 }
 
 impl Queue {
@@ -153,6 +159,10 @@ impl Queue {
             max_buffered_bytes,
             #[cfg(not(loom))]
             async_waiters: std::sync::Mutex::new(Vec::new()),
+            #[cfg(not(loom))]
+            relayed: std::sync::Mutex::new(Vec::new()),
+            #[cfg(not(loom))]
+            relaying: AtomicBool::new(false),
         }
     }
 
@@ -373,10 +383,18 @@ impl Queue {
                 return Next::Idle;
             }
             st.writer_idle = true;
-            st = match timeout {
+            // Waiters left to a woken task ([`Queue::publish`]) are the writer's to wake if that
+            // task has not run within the grace: its runtime may be stalled, and theirs not.
+            let relay = self.relay_pending().then_some(RELAY_GRACE);
+            st = match timeout.map_or(relay, |t| Some(relay.map_or(t, |g| g.min(t)))) {
                 Some(timeout) => sync::wait_timeout(&self.work, st, timeout),
                 None => sync::wait(&self.work, st),
             };
+            if relay.is_some() {
+                drop(st);
+                self.relay();
+                st = sync::lock(&self.state);
+            }
             waited = true;
         }
     }
@@ -449,20 +467,57 @@ impl Queue {
         {
             // Taken after the atomics are updated, so a waiter that registers after this sees
             // them (see `Progressed::poll`). Woken outside the lock.
-            let woken: Vec<AsyncWaiter> = sync::lock(&self.async_waiters)
+            let mut woken: Vec<_> = sync::lock(&self.async_waiters)
                 .extract_if(.., |w| {
                     stopped || w.lsn <= if w.durable { durable } else { written }
                 })
+                .map(|w| w.waker)
                 .collect();
-            for waiter in woken {
-                waiter.waker.wake();
+            // Only one is woken from here: each wake from a thread outside the runtime takes its
+            // injection lock and may unpark a worker through the kernel, and waking a group of
+            // 64 so kept the writer ~16 us and spread the next group's appends out. That task
+            // wakes the rest from its worker ([`Queue::relay`]), onto the worker's own run queue.
+            if let Some(first) = woken.pop() {
+                if !woken.is_empty() {
+                    sync::lock(&self.relayed).append(&mut woken);
+                    self.relaying.store(true, Ordering::Release);
+                }
+                first.wake();
             }
         }
     }
 }
 
+/// How long waiters left to a woken task ([`Queue::publish`]) may wait for it before the writer
+/// wakes them itself; that task normally runs within tens of microseconds.
+const RELAY_GRACE: Duration = Duration::from_millis(1);
+
+#[cfg(loom)]
+impl Queue {
+    // The model wakes only blocking waiters, so there is never anything to relay.
+    fn relay_pending(&self) -> bool {
+        false
+    }
+
+    fn relay(&self) {}
+}
+
 #[cfg(not(loom))]
 impl Queue {
+    fn relay_pending(&self) -> bool {
+        self.relaying.load(Ordering::Acquire)
+    }
+
+    /// Wakes the waiters `publish` left to the first one it woke.
+    fn relay(&self) {
+        if self.relaying.load(Ordering::Acquire) && self.relaying.swap(false, Ordering::AcqRel) {
+            let wakers = std::mem::take(&mut *sync::lock(&self.relayed));
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+
     /// Waits without blocking the thread until `lsn` is durable, asking for a sync if needed.
     pub(crate) async fn wait_durable_async(&self, lsn: Lsn) -> Result<()> {
         if self.durable.load(Ordering::Acquire) >= lsn {
@@ -548,12 +603,15 @@ impl std::future::Future for Progressed<'_> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         if self.reached() {
+            self.queue.relay();
             return std::task::Poll::Ready(());
         }
         let mut waiters = sync::lock(&self.queue.async_waiters);
         // Checked again under the lock: `publish` updates the atomics before it takes the lock,
         // so either this sees them, or `publish` finds the waker pushed here.
         if self.reached() {
+            drop(waiters);
+            self.queue.relay();
             return std::task::Poll::Ready(());
         }
         // A wait polled again before its wake-up (inside a `select!`, say) is usually still
@@ -573,6 +631,17 @@ impl std::future::Future for Progressed<'_> {
         drop(waiters);
         self.registered = true;
         std::task::Poll::Pending
+    }
+}
+
+/// A wait dropped after its wake-up (a `select!` that took another branch, a cancelled task) may
+/// have been the one `publish` left the others to: it wakes them, or they would wait forever.
+#[cfg(not(loom))]
+impl Drop for Progressed<'_> {
+    fn drop(&mut self) {
+        if self.registered {
+            self.queue.relay();
+        }
     }
 }
 
@@ -774,6 +843,125 @@ mod tests {
         queue.complete(second, Some(second), Vec::new());
         assert!(matches!(poll(b.as_mut()), Poll::Ready(Ok(()))));
         assert_eq!(waiting(&queue), 0);
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn woken(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Three durable records of one group, and a counting waker for each of their waiters.
+    fn group_of_three(queue: &Queue) -> Result<(Lsn, [std::sync::Arc<Count>; 3])> {
+        let mut lsn = 0;
+        for _ in 0..3 {
+            lsn = queue.enqueue(b"r", true)?;
+        }
+        Ok((lsn, Default::default()))
+    }
+
+    /// Publishing a group wakes one of its waiters; that one, once polled, wakes the others.
+    #[test]
+    fn a_group_is_woken_through_one_waiter_that_wakes_the_rest() {
+        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let (lsn, counts) = group_of_three(&queue).unwrap();
+        let mut waits: Vec<_> = (0..3)
+            .map(|_| Box::pin(queue.await_durable_async(lsn)))
+            .collect();
+        for (wait, count) in waits.iter_mut().zip(&counts) {
+            let waker = Waker::from(count.clone());
+            assert!(
+                wait.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        queue.complete(lsn, Some(lsn), Vec::new());
+        let woken: Vec<usize> = counts.iter().map(|c| c.woken()).collect();
+        assert_eq!(
+            woken.iter().sum::<usize>(),
+            1,
+            "one wake from the writer: {woken:?}"
+        );
+        let first = woken.iter().position(|&n| n == 1).unwrap();
+        let waker = Waker::from(counts[first].clone());
+        let polled = waits[first].as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(matches!(polled, Poll::Ready(Ok(()))));
+        assert!(
+            counts.iter().all(|c| c.woken() == 1),
+            "the rest woken by the first"
+        );
+        for (_, wait) in waits.iter_mut().enumerate().filter(|(i, _)| *i != first) {
+            assert!(matches!(poll(wait.as_mut()), Poll::Ready(Ok(()))));
+        }
+    }
+
+    /// The woken waiter dropped before it runs (a cancelled task) still wakes the others.
+    #[test]
+    fn a_woken_waiter_dropped_unpolled_wakes_the_rest() {
+        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let (lsn, counts) = group_of_three(&queue).unwrap();
+        let mut waits: Vec<_> = (0..3)
+            .map(|_| Some(Box::pin(queue.await_durable_async(lsn))))
+            .collect();
+        for (wait, count) in waits.iter_mut().zip(&counts) {
+            let waker = Waker::from(count.clone());
+            let wait = wait.as_mut().unwrap();
+            assert!(
+                wait.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        queue.complete(lsn, Some(lsn), Vec::new());
+        let first = counts.iter().position(|c| c.woken() == 1).unwrap();
+        assert_eq!(counts.iter().map(|c| c.woken()).sum::<usize>(), 1);
+        waits[first] = None;
+        assert!(counts.iter().all(|c| c.woken() == 1));
+    }
+
+    /// A woken waiter whose task never runs (its runtime stalled) delays the others at most by
+    /// the grace: the idle writer wakes them itself.
+    #[test]
+    fn the_writer_wakes_a_group_whose_woken_waiter_never_runs() {
+        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let (lsn, counts) = group_of_three(&queue).unwrap();
+        let mut waits: Vec<_> = (0..3)
+            .map(|_| Box::pin(queue.await_durable_async(lsn)))
+            .collect();
+        for (wait, count) in waits.iter_mut().zip(&counts) {
+            let waker = Waker::from(count.clone());
+            assert!(
+                wait.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        let Next::Batch(batch) = queue.next_batch(None, Duration::ZERO) else {
+            panic!("the three records are a batch");
+        };
+        queue.complete(batch.last, Some(batch.last), batch.bytes);
+        assert_eq!(counts.iter().map(|c| c.woken()).sum::<usize>(), 1);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            queue.next_batch(Some(Duration::from_secs(5)), Duration::ZERO),
+            Next::Idle
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the writer woke the group after the grace, not after its idle timeout"
+        );
+        assert!(counts.iter().all(|c| c.woken() == 1));
     }
 
     /// A poisoned queue releases every async waiter with the error, including one that was
