@@ -24,6 +24,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use omendb_storage::segment::{Projection, TOMBSTONE_COLUMN};
+use smallvec::SmallVec;
 
 use super::options::{Aggregate, ScanOptions};
 use super::version::{TableState, Version};
@@ -123,10 +124,16 @@ pub(crate) fn point_step<T>(
     for candidate in candidates.clone() {
         candidate.prefetch(key);
     }
-    for generation in &version.memtables {
-        generation.prefetch(table.def.id, key);
+    let memtables: SmallVec<[_; 4]> = version
+        .memtables
+        .iter()
+        .filter_map(|generation| generation.memtable(table.def.id))
+        .collect();
+    for memtable in &memtables {
+        memtable.value().prefetch(key);
     }
-    match in_memtables(version, table.def.id, overlay, key, snapshot) {
+    let memtables = memtables.iter().map(|entry| &**entry.value());
+    match in_memtables(overlay, memtables, key, snapshot) {
         Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),
         Lookup::Absent => {}
@@ -261,22 +268,18 @@ pub(crate) fn multi_step<T>(
 }
 
 /// What the memtables say about `key`: the transaction's own writes (`overlay`, read at every
-/// LSN) first, then the generations newest first; the first that knows the key decides.
-fn in_memtables(
-    version: &Version,
-    table: u32,
+/// LSN) first, then the generations' `memtables`, newest first; the first that knows the key
+/// decides.
+fn in_memtables<'a>(
     overlay: Option<&Memtable>,
+    memtables: impl Iterator<Item = &'a Memtable>,
     key: u64,
     snapshot: Lsn,
 ) -> Lookup {
     let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
-    let generations = version
-        .memtables
-        .iter()
-        .map(|g| g.lookup(table, key, snapshot));
     overlay
         .into_iter()
-        .chain(generations)
+        .chain(memtables.map(|m| m.get(key, snapshot)))
         .find(|lookup| !matches!(lookup, Lookup::Absent))
         .unwrap_or(Lookup::Absent)
 }
