@@ -792,12 +792,12 @@ mod loom_tests {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use std::future::Future;
-    use std::pin::pin;
+    use std::pin::{Pin, pin};
     use std::task::{Context, Poll, Waker};
 
     use super::*;
 
-    fn poll<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    fn poll<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
         future.poll(&mut Context::from_waker(Waker::noop()))
     }
 
@@ -861,31 +861,38 @@ mod tests {
         }
     }
 
-    /// Three durable records of one group, and a counting waker for each of their waiters.
-    fn group_of_three(queue: &Queue) -> Result<(Lsn, [std::sync::Arc<Count>; 3])> {
+    /// A counting waker for each of [`waiting_group`]'s waits.
+    type Counts = [std::sync::Arc<Count>; 3];
+
+    /// Waits on a queue, boxed so that a test can hold several and drop one.
+    type Waits<'q> = Vec<Pin<Box<dyn Future<Output = Result<()>> + 'q>>>;
+
+    /// Three durable records of one group and a wait for them each, polled once (so listed)
+    /// with a counting waker of its own.
+    fn waiting_group(queue: &Queue) -> Result<(Lsn, Waits<'_>, Counts)> {
         let mut lsn = 0;
         for _ in 0..3 {
             lsn = queue.enqueue(b"r", true)?;
         }
-        Ok((lsn, Default::default()))
+        let counts: Counts = Default::default();
+        let mut waits: Waits<'_> = (0..3)
+            .map(|_| Box::pin(queue.await_durable_async(lsn)) as Pin<Box<dyn Future<Output = _>>>)
+            .collect();
+        for (wait, count) in waits.iter_mut().zip(&counts) {
+            let waker = Waker::from(count.clone());
+            let polled = wait.as_mut().poll(&mut Context::from_waker(&waker));
+            if polled.is_ready() {
+                return Err(Error::Closed);
+            }
+        }
+        Ok((lsn, waits, counts))
     }
 
     /// Publishing a group wakes one of its waiters; that one, once polled, wakes the others.
     #[test]
     fn a_group_is_woken_through_one_waiter_that_wakes_the_rest() {
         let queue = Queue::new(0, 1 << 20, 1 << 20);
-        let (lsn, counts) = group_of_three(&queue).unwrap();
-        let mut waits: Vec<_> = (0..3)
-            .map(|_| Box::pin(queue.await_durable_async(lsn)))
-            .collect();
-        for (wait, count) in waits.iter_mut().zip(&counts) {
-            let waker = Waker::from(count.clone());
-            assert!(
-                wait.as_mut()
-                    .poll(&mut Context::from_waker(&waker))
-                    .is_pending()
-            );
-        }
+        let (lsn, mut waits, counts) = waiting_group(&queue).unwrap();
         queue.complete(lsn, Some(lsn), Vec::new());
         let woken: Vec<usize> = counts.iter().map(|c| c.woken()).collect();
         assert_eq!(
@@ -910,23 +917,11 @@ mod tests {
     #[test]
     fn a_woken_waiter_dropped_unpolled_wakes_the_rest() {
         let queue = Queue::new(0, 1 << 20, 1 << 20);
-        let (lsn, counts) = group_of_three(&queue).unwrap();
-        let mut waits: Vec<_> = (0..3)
-            .map(|_| Some(Box::pin(queue.await_durable_async(lsn))))
-            .collect();
-        for (wait, count) in waits.iter_mut().zip(&counts) {
-            let waker = Waker::from(count.clone());
-            let wait = wait.as_mut().unwrap();
-            assert!(
-                wait.as_mut()
-                    .poll(&mut Context::from_waker(&waker))
-                    .is_pending()
-            );
-        }
+        let (lsn, mut waits, counts) = waiting_group(&queue).unwrap();
         queue.complete(lsn, Some(lsn), Vec::new());
         let first = counts.iter().position(|c| c.woken() == 1).unwrap();
         assert_eq!(counts.iter().map(|c| c.woken()).sum::<usize>(), 1);
-        waits[first] = None;
+        drop(waits.swap_remove(first));
         assert!(counts.iter().all(|c| c.woken() == 1));
     }
 
@@ -935,18 +930,8 @@ mod tests {
     #[test]
     fn the_writer_wakes_a_group_whose_woken_waiter_never_runs() {
         let queue = Queue::new(0, 1 << 20, 1 << 20);
-        let (lsn, counts) = group_of_three(&queue).unwrap();
-        let mut waits: Vec<_> = (0..3)
-            .map(|_| Box::pin(queue.await_durable_async(lsn)))
-            .collect();
-        for (wait, count) in waits.iter_mut().zip(&counts) {
-            let waker = Waker::from(count.clone());
-            assert!(
-                wait.as_mut()
-                    .poll(&mut Context::from_waker(&waker))
-                    .is_pending()
-            );
-        }
+        // Kept until the end: a dropped wait would pass the wake-ups on itself.
+        let (_, _waits, counts) = waiting_group(&queue).unwrap();
         let Next::Batch(batch) = queue.next_batch(None, Duration::ZERO) else {
             panic!("the three records are a batch");
         };
