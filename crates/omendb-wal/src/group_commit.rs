@@ -477,6 +477,11 @@ impl Queue {
             // injection lock and may unpark a worker through the kernel, and waking a group of
             // 64 so kept the writer ~16 us and spread the next group's appends out. That task
             // wakes the rest from its worker ([`Queue::relay`]), onto the worker's own run queue.
+            // A stopped log wakes them all: its writer is gone or going, and with it the grace
+            // that bounds a relay whose first task never runs.
+            if stopped {
+                woken.drain(..).for_each(std::task::Waker::wake);
+            }
             if let Some(first) = woken.pop() {
                 if !woken.is_empty() {
                     sync::lock(&self.relayed).append(&mut woken);
@@ -947,6 +952,21 @@ mod tests {
             "the writer woke the group after the grace, not after its idle timeout"
         );
         assert!(counts.iter().all(|c| c.woken() == 1));
+    }
+
+    /// A poisoned log wakes every waiter itself: no writer is left to bound a relay.
+    #[test]
+    fn a_poisoned_log_wakes_every_waiter_itself() {
+        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let (_, mut waits, counts) = waiting_group(&queue).unwrap();
+        queue.poison(Error::Closed);
+        assert!(counts.iter().all(|c| c.woken() == 1));
+        for wait in &mut waits {
+            assert!(matches!(
+                poll(wait.as_mut()),
+                Poll::Ready(Err(Error::Poisoned { .. }))
+            ));
+        }
     }
 
     /// A poisoned queue releases every async waiter with the error, including one that was
