@@ -1,6 +1,7 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
-//! index lookup, memtable insert, point read from a segment, buffered WAL append, and scans of
-//! 10k rows from a segment and of 40k rows from the memtable. Instruction counts do not depend on what else the machine is doing, so CI can
+//! index lookup, memtable insert, point read from a segment, buffered WAL append, scans of 10k
+//! rows from a segment and of 40k rows from the memtable, and short scans that merge overlapping
+//! segments and the memtable. Instruction counts do not depend on what else the machine is doing, so CI can
 //! compare them with the baseline committed in `benches/regression-baseline.json`
 //! (`cargo xtask regression` checks, `cargo xtask regression --update` rewrites it).
 //!
@@ -36,6 +37,14 @@ const GETS: usize = 1_000;
 /// Rows of the table the memtable scan reads: enough for the memtable to seal two sorted runs
 /// (it seals every 16,384 versions) besides its live skip list.
 const MEMTABLE_ROWS: usize = 40_000;
+/// Rows of the table the short scans read: [`MERGED_PARTS`] interleaved parts of uniform keys,
+/// all but the last flushed to segments whose key ranges overlap and the last left in the
+/// memtable, the shape a random-order load leaves a table in.
+const MERGED_ROWS: usize = 50_000;
+const MERGED_PARTS: usize = 5;
+/// Short scans per run, and rows per scan (YCSB-E's longest).
+const SHORT_SCANS: usize = 100;
+const SHORT_SCAN_ROWS: usize = 100;
 
 // --- index lookup --------------------------------------------------------------------------
 
@@ -154,34 +163,47 @@ fn memtable_table() -> Loaded {
 
 /// A database in memory whose `kv` table holds `rows` rows of uniform keys, written in one batch.
 fn table_of(rows: usize) -> Loaded {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let keys = Dist::Uniform.generate(rows, 13);
-    let (db, kv) = runtime.block_on(async {
-        let db = Db::builder()
-            .store(Arc::new(InMemory::new()))
-            .wal_in_store()
-            .build()
-            .await
-            .unwrap();
-        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(KEY_COLUMN, DataType::UInt64, false),
-            Field::new(KV_VALUE_COLUMN, DataType::Binary, false),
-        ]));
-        let values: Vec<[u8; 16]> = keys.iter().map(|&k| value_of(k)).collect();
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(UInt64Array::from(keys.clone())),
-                Arc::new(BinaryArray::from_iter_values(values.iter())),
-            ],
-        )
-        .unwrap();
-        kv.put_batch(&batch, WriteOptions::DURABLE).await.unwrap();
-        (db, kv)
+    let (runtime, db, kv) = open_table(4);
+    runtime.block_on(put_rows(&kv, &keys));
+    Loaded {
+        runtime,
+        db,
+        kv,
+        keys,
+    }
+}
+
+/// A table of [`MERGED_ROWS`] rows in [`MERGED_PARTS`] overlapping layers (compaction held off),
+/// every segment page cached.
+fn merged_table() -> Loaded {
+    let keys = Dist::Uniform.generate(MERGED_ROWS, 13);
+    let (runtime, db, kv) = open_table(16);
+    runtime.block_on(async {
+        for part in 0..MERGED_PARTS {
+            let part_keys: Vec<u64> = keys
+                .iter()
+                .skip(part)
+                .step_by(MERGED_PARTS)
+                .copied()
+                .collect();
+            put_rows(&kv, &part_keys).await;
+            if part + 1 < MERGED_PARTS {
+                db.checkpoint().await.unwrap();
+            }
+        }
+        assert_eq!(
+            db.stats().segments,
+            MERGED_PARTS - 1,
+            "the segments were merged"
+        );
+    });
+    // Reading every key caches every page (counting a scan here would count it with the
+    // benchmark: callgrind's collection toggles on the scan's code wherever it runs).
+    runtime.block_on(async {
+        for &key in &keys {
+            assert!(kv.get_value(key).await.unwrap().is_some());
+        }
     });
     Loaded {
         runtime,
@@ -189,6 +211,45 @@ fn table_of(rows: usize) -> Loaded {
         kv,
         keys,
     }
+}
+
+/// A database in memory (segments and WAL in an in-memory object store, compaction once
+/// `compaction_trigger` runs are due) with an empty key-value table `kv`.
+fn open_table(compaction_trigger: usize) -> (Runtime, Db, Table) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (db, kv) = runtime.block_on(async {
+        let db = Db::builder()
+            .store(Arc::new(InMemory::new()))
+            .wal_in_store()
+            .compaction_trigger(compaction_trigger)
+            .build()
+            .await
+            .unwrap();
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        (db, kv)
+    });
+    (runtime, db, kv)
+}
+
+/// Writes `keys` with their [`value_of`] in one batch.
+async fn put_rows(kv: &Table, keys: &[u64]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(KEY_COLUMN, DataType::UInt64, false),
+        Field::new(KV_VALUE_COLUMN, DataType::Binary, false),
+    ]));
+    let values: Vec<[u8; 16]> = keys.iter().map(|&k| value_of(k)).collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(UInt64Array::from(keys.to_vec())),
+            Arc::new(BinaryArray::from_iter_values(values.iter())),
+        ],
+    )
+    .unwrap();
+    kv.put_batch(&batch, WriteOptions::DURABLE).await.unwrap();
 }
 
 #[library_benchmark]
@@ -250,8 +311,55 @@ fn scan_all(f: Loaded) -> (u64, Loaded) {
 }
 
 fn check_scan((sum, f): (u64, Loaded)) {
-    let expected = f.keys.iter().fold(0u64, |s, &k| s.wrapping_add(k));
+    check_sum(sum, &f.keys);
+    close(f);
+}
+
+fn check_sum(sum: u64, keys: &[u64]) {
+    let expected = keys.iter().fold(0u64, |s, &k| s.wrapping_add(k));
     assert_eq!(sum, expected, "the scan answered wrongly");
+}
+
+#[library_benchmark]
+#[bench::hundred_scans_of_100_rows(setup = merged_table, teardown = check_short_scans)]
+fn merged_scan(f: Loaded) -> (u64, Loaded) {
+    let sum = f.runtime.block_on(async {
+        let mut sum = 0u64;
+        for &from in short_scan_starts(&f.keys) {
+            let options = ScanOptions {
+                limit: Some(SHORT_SCAN_ROWS),
+                batch_rows: Some(SHORT_SCAN_ROWS),
+                ..ScanOptions::default()
+            };
+            let mut batches = f.kv.scan(black_box(from).., options).unwrap();
+            while let Some(batch) = batches.try_next().await.unwrap() {
+                let keys = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .unwrap();
+                sum = keys.values().iter().fold(sum, |s, &k| s.wrapping_add(k));
+            }
+        }
+        sum
+    });
+    (sum, f)
+}
+
+/// The first keys of the short scans, spread over the table.
+fn short_scan_starts(keys: &[u64]) -> impl Iterator<Item = &u64> {
+    keys.iter()
+        .step_by(keys.len() / SHORT_SCANS)
+        .take(SHORT_SCANS)
+}
+
+fn check_short_scans((sum, f): (u64, Loaded)) {
+    let step = f.keys.len() / SHORT_SCANS;
+    let expected = (0..SHORT_SCANS)
+        .flat_map(|scan| &f.keys[scan * step..scan * step + SHORT_SCAN_ROWS])
+        .fold(0u64, |s, &k| s.wrapping_add(k));
+    assert_eq!(short_scan_starts(&f.keys).count(), SHORT_SCANS);
+    assert_eq!(sum, expected, "the short scans answered wrongly");
     close(f);
 }
 
@@ -302,7 +410,7 @@ fn check_wal((last, w): (u64, OpenWal)) {
 library_benchmark_group!(
     name = hot_paths;
     benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, memtable_scan,
-        wal_append_buffered
+        merged_scan, wal_append_buffered
 );
 
 main!(library_benchmark_groups = hot_paths);

@@ -8,7 +8,6 @@
 //! version of a key decides. Memtable range deletions are folded in by `Memtable::get`, so a
 //! key only older layers hold is hidden by a newer range deletion.
 
-use std::collections::BinaryHeap;
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
@@ -340,26 +339,37 @@ pub(crate) fn values_from_pages(pages: &[&dyn Array], offset: usize) -> Option<V
 }
 
 /// A key-ordered walk over one segment's rows in a key range, one key (all its rows) at a time.
-struct SegmentCursor {
-    segment: Arc<Segment>,
+struct SegmentCursor<'a> {
+    /// The segment's key column.
+    keys: &'a [u64],
+    /// Whether every row of the segment is visible at the scan's snapshot.
+    visible: bool,
     /// Positions not yet walked.
     left: Range<usize>,
 }
 
-impl SegmentCursor {
-    /// The next key and its rows (newest first), without consuming them.
-    fn peek(&self, reverse: bool) -> Option<(u64, Range<usize>)> {
+impl SegmentCursor<'_> {
+    /// The next key, without consuming it.
+    fn next_key(&self, reverse: bool) -> Option<u64> {
         if self.left.is_empty() {
             return None;
         }
-        let keys = self.segment.keys();
-        let left = &keys[self.left.clone()];
+        let at = if reverse {
+            self.left.end - 1
+        } else {
+            self.left.start
+        };
+        self.keys.get(at).copied()
+    }
+
+    /// The next key and its rows (newest first), without consuming them.
+    fn peek(&self, reverse: bool) -> Option<(u64, Range<usize>)> {
+        let key = self.next_key(reverse)?;
+        let left = &self.keys[self.left.clone()];
         if reverse {
-            let key = keys[self.left.end - 1];
             let start = self.left.start + gallop_back(left, |k| k < key);
             Some((key, start..self.left.end))
         } else {
-            let key = keys[self.left.start];
             let end = self.left.start + gallop(left, |k| k <= key);
             Some((key, self.left.start..end))
         }
@@ -369,7 +379,7 @@ impl SegmentCursor {
     /// another source is nearer), at most `max` of them, ending before the first key that has
     /// more than one row: a run in which every row is its key's only version.
     fn run(&self, bound: Option<u64>, reverse: bool, max: usize) -> Range<usize> {
-        let keys = self.segment.keys();
+        let keys = self.keys;
         let Range { start, end } = self.left.clone();
         if reverse {
             let lowest = bound.map_or(start, |b| {
@@ -444,6 +454,33 @@ fn nearer(a: Option<u64>, b: Option<u64>, reverse: bool) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if reverse { a.max(b) } else { a.min(b) }),
         (a, b) => a.or(b),
+    }
+}
+
+/// The segments' next keys as (rank, segment), ascending, so that the next key in scan order is
+/// the last. A scan merges a handful of segments, for which a sorted list beats a heap: the
+/// next key is taken by a truncation and the one after it is beside it.
+struct Heads(Vec<(u64, usize)>);
+
+impl Heads {
+    /// The next key's rank and segment.
+    fn first(&self) -> Option<(u64, usize)> {
+        self.0.last().copied()
+    }
+
+    /// The rank of the key after the next one (of another segment, or of the same rank).
+    fn second_rank(&self) -> Option<u64> {
+        let at = self.0.len().checked_sub(2)?;
+        self.0.get(at).map(|&(ranked, _)| ranked)
+    }
+
+    fn pop(&mut self) {
+        self.0.pop();
+    }
+
+    fn push(&mut self, head: (u64, usize)) {
+        let at = self.0.partition_point(|h| *h < head);
+        self.0.insert(at, head);
     }
 }
 
@@ -533,25 +570,32 @@ impl Scan {
                 "a projection names a column twice".to_owned(),
             ));
         }
-        let mut fields = vec![def.output.field(0).clone()];
-        fields.extend(columns.iter().map(|&c| def.schema().field(c).clone()));
-        let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
-            .chain(
-                columns
-                    .iter()
-                    .map(|&c| def.schema().field(c).name().as_str()),
-            )
-            .collect();
         let range = range.filter(|_| options.limit != Some(0));
-        // Every column is what a point read fetches: that projection is made once per segment.
-        let projections = table
-            .segments
-            .iter()
-            .map(|s| match options.projection {
-                None => Ok(s.row.clone()),
-                Some(_) => s.reader.projection(&names).map_err(Error::from),
-            })
-            .collect::<Result<_>>()?;
+        // Every column is what a point read fetches: its schema and each segment's projection
+        // are made once, with the table and the segment.
+        let (output, projections) = match options.projection {
+            None => (
+                Arc::clone(&def.output),
+                table.segments.iter().map(|s| s.row.clone()).collect(),
+            ),
+            Some(_) => {
+                let mut fields = vec![def.output.field(0).clone()];
+                fields.extend(columns.iter().map(|&c| def.schema().field(c).clone()));
+                let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
+                    .chain(
+                        columns
+                            .iter()
+                            .map(|&c| def.schema().field(c).name().as_str()),
+                    )
+                    .collect();
+                let projections = table
+                    .segments
+                    .iter()
+                    .map(|s| s.reader.projection(&names).map_err(Error::from))
+                    .collect::<Result<_>>()?;
+                (Arc::new(Schema::new(fields)), projections)
+            }
+        };
         Ok(Self {
             layers: mem_layers(version, def.id, snapshot, overlay),
             table,
@@ -561,7 +605,7 @@ impl Scan {
             remaining: options.limit,
             batch_rows: options.batch_rows.unwrap_or(SCAN_BATCH_ROWS).max(1),
             columns,
-            output: Arc::new(Schema::new(fields)),
+            output,
             projections,
             picks: Vec::new(),
         })
@@ -636,22 +680,22 @@ impl Scan {
             .iter()
             .map(|(m, at)| m.newest(range.clone(), *at, reverse))
             .collect();
-        let mut segments: Vec<SegmentCursor> = self
+        let mut segments: Vec<SegmentCursor<'_>> = self
             .table
             .segments
             .iter()
             .map(|s| SegmentCursor {
-                segment: Arc::clone(s),
+                keys: s.keys(),
+                visible: s.all_visible_at(self.snapshot),
                 left: s.positions(&range),
             })
             .collect();
-        // The segments' next keys in a heap, so that each key costs the logarithm of the
-        // segment count rather than a look at every segment.
-        let mut heads: BinaryHeap<(u64, usize)> = segments
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.peek(reverse).map(|(k, _)| (rank(k, reverse), i)))
-            .collect();
+        let mut heads = Heads(Vec::with_capacity(segments.len()));
+        for (i, cursor) in segments.iter().enumerate() {
+            if let Some(k) = cursor.next_key(reverse) {
+                heads.push((rank(k, reverse), i));
+            }
+        }
         // A memtable's range deletion hides rows of older layers without listing their keys:
         // where none reaches the range, the memtables' walks decide their keys and runs can be
         // taken; otherwise every key asks each memtable.
@@ -671,7 +715,7 @@ impl Scan {
             for it in &mut mem {
                 mem_next = nearer(mem_next, it.peek(), reverse);
             }
-            let segment_next = heads.peek().map(|&(ranked, _)| rank(ranked, reverse));
+            let segment_next = heads.first().map(|(ranked, _)| rank(ranked, reverse));
             let Some(key) = nearer(mem_next, segment_next, reverse) else {
                 return Ok((rows, None));
             };
@@ -767,7 +811,7 @@ impl Scan {
                 }
             }
             holders.clear();
-            while let Some(&(ranked, i)) = heads.peek() {
+            while let Some((ranked, i)) = heads.first() {
                 if rank(ranked, reverse) != key {
                     break;
                 }
@@ -777,21 +821,25 @@ impl Scan {
             // Newest segment first (the table's order): the first visible version decides.
             holders.sort_unstable();
             for &i in &holders {
-                let cursor = &mut segments[i];
+                let (Some(cursor), Some(segment)) =
+                    (segments.get_mut(i), self.table.segments.get(i))
+                else {
+                    return Err(Error::Corrupt("scan lost a segment".to_owned()));
+                };
                 let Some((_, rows)) = cursor.peek(reverse) else {
                     continue;
                 };
                 cursor.consume(&rows, reverse);
                 if found.is_none()
                     && !hidden
-                    && let Some(position) = cursor.segment.visible_row(rows, self.snapshot).await?
+                    && let Some(position) = segment.visible_row(rows, self.snapshot).await?
                 {
                     found = Some(Pick::Rows {
                         segment: i,
                         positions: position..position + 1,
                     });
                 }
-                if let Some((k, _)) = cursor.peek(reverse) {
+                if let Some(k) = cursor.next_key(reverse) {
                     heads.push((rank(k, reverse), i));
                 }
             }
@@ -814,34 +862,32 @@ impl Scan {
     /// key. `None`, with nothing consumed, if there is no such run.
     fn take_run(
         &self,
-        segments: &mut [SegmentCursor],
-        heads: &mut BinaryHeap<(u64, usize)>,
+        segments: &mut [SegmentCursor<'_>],
+        heads: &mut Heads,
         mem_next: Option<u64>,
         max: usize,
     ) -> Option<(usize, Range<usize>, u64)> {
         let reverse = self.reverse;
-        let (ranked, i) = heads.pop()?;
-        let other = heads.peek().map(|&(r, _)| rank(r, reverse));
-        let cursor = &mut segments[i];
-        let rows = if other == Some(rank(ranked, reverse))
-            || !cursor.segment.all_visible_at(self.snapshot)
-        {
-            0..0
-        } else {
-            cursor.run(nearer(mem_next, other, reverse), reverse, max)
-        };
-        if rows.is_empty() {
-            heads.push((ranked, i));
+        let (ranked, i) = heads.first()?;
+        let other = heads.second_rank();
+        let cursor = segments.get_mut(i)?;
+        if other == Some(ranked) || !cursor.visible {
             return None;
         }
-        cursor.consume(&rows, reverse);
-        let keys = cursor.segment.keys();
+        let other = other.map(|r| rank(r, reverse));
+        let rows = cursor.run(nearer(mem_next, other, reverse), reverse, max);
+        if rows.is_empty() {
+            return None;
+        }
         let last = if reverse {
-            keys[rows.start]
+            cursor.keys.get(rows.start)
         } else {
-            keys[rows.end - 1]
+            cursor.keys.get(rows.end - 1)
         };
-        if let Some((k, _)) = cursor.peek(reverse) {
+        let last = *last?;
+        heads.pop();
+        cursor.consume(&rows, reverse);
+        if let Some(k) = cursor.next_key(reverse) {
             heads.push((rank(k, reverse), i));
         }
         Some((i, rows, last))
@@ -892,20 +938,26 @@ impl Scan {
                 .map(|&c| Arc::clone(&decoded[c]))
                 .collect(),
         ];
-        let mut tombstones: Vec<Option<BooleanArray>> = vec![None];
+        // Per segment with picked rows: its source, the first position read and its tombstones.
+        let mut read: Vec<Option<(usize, usize, BooleanArray)>> = vec![None; cover.len()];
         for (i, range) in cover.iter().enumerate() {
             let Some(range) = range else {
-                sources.push(Vec::new());
-                tombstones.push(None);
                 continue;
             };
             let (columns, deleted) = self.segment_rows(i, range.clone()).await?;
+            read[i] = Some((sources.len(), range.start, deleted));
             sources.push(columns);
-            tombstones.push(Some(deleted));
         }
+        let rows = picks
+            .iter()
+            .map(|pick| match pick {
+                Pick::Row(_) => 1,
+                Pick::Rows { positions, .. } => positions.len(),
+            })
+            .sum();
         // Each kept row as (source, row within the source), with its key.
-        let mut keys = Vec::new();
-        let mut kept: Vec<(usize, usize)> = Vec::new();
+        let mut keys = Vec::with_capacity(rows);
+        let mut kept: Vec<(usize, usize)> = Vec::with_capacity(rows);
         let mut mem_row = 0;
         for pick in picks {
             match pick {
@@ -915,11 +967,9 @@ impl Scan {
                     mem_row += 1;
                 }
                 Pick::Rows { segment, positions } => {
-                    let (Some(Some(base)), Some(Some(deleted)), Some(segment_ref)) = (
-                        cover.get(*segment).map(|c| c.as_ref().map(|c| c.start)),
-                        tombstones.get(1 + segment),
-                        self.table.segments.get(*segment),
-                    ) else {
+                    let (Some(Some((source, base, deleted))), Some(segment_ref)) =
+                        (read.get(*segment), self.table.segments.get(*segment))
+                    else {
                         return Err(Error::Corrupt("scan lost a segment".to_owned()));
                     };
                     let segment_keys = segment_ref.keys();
@@ -927,7 +977,7 @@ impl Scan {
                         let row = position - base;
                         if !deleted.value(row) {
                             keys.push(segment_keys[position]);
-                            kept.push((1 + segment, row));
+                            kept.push((*source, row));
                         }
                     };
                     if self.reverse {
@@ -938,22 +988,11 @@ impl Scan {
                 }
             }
         }
-        let used: Vec<usize> = (0..sources.len())
-            .filter(|&s| !sources[s].is_empty())
-            .collect();
-        let mut slot_of = vec![0; sources.len()];
-        for (slot, &s) in used.iter().enumerate() {
-            slot_of[s] = slot;
-        }
-        let kept: Vec<(usize, usize)> = kept.iter().map(|&(s, row)| (slot_of[s], row)).collect();
-        let mut columns = vec![key_array(def.key_type, &keys)?];
-        for (c, field) in self.output.fields().iter().skip(1).enumerate() {
-            let arrays: Vec<&dyn Array> = used.iter().map(|&s| sources[s][c].as_ref()).collect();
-            columns.push(if arrays.is_empty() {
-                arrow_array::new_empty_array(field.data_type())
-            } else {
-                arrow_select::interleave::interleave(&arrays, &kept)?
-            });
+        let mut columns = Vec::with_capacity(1 + self.columns.len());
+        columns.push(key_array(def.key_type, &keys)?);
+        for c in 0..self.columns.len() {
+            let arrays: Vec<&dyn Array> = sources.iter().map(|s| s[c].as_ref()).collect();
+            columns.push(arrow_select::interleave::interleave(&arrays, &kept)?);
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
     }
