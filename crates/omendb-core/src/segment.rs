@@ -34,6 +34,10 @@ pub struct Segment {
     pub index: AnyIndex,
     /// `_tombstone` then every value column: what a point read fetches.
     pub row: Projection,
+    /// Every value column without `_tombstone`, if the segment holds no tombstone (every row
+    /// group's statistics say its largest tombstone flag is false): what a scan reads, skipping
+    /// a column it would only find false.
+    pub values: Option<Projection>,
     /// `_lsn` alone: what a read at an older snapshot checks first.
     pub lsn: Projection,
     /// The keys, so a point read of a key the segment does not hold skips the index.
@@ -70,6 +74,16 @@ impl Segment {
             )));
         }
         let row = reader.projection(&names)?;
+        let no_tombstones = reader.column_stats(TOMBSTONE_COLUMN).is_ok_and(|stats| {
+            let maxes = stats.maxes.as_boolean_opt();
+            stats.maxes.null_count() == 0 && maxes.is_some_and(|m| m.true_count() == 0)
+        });
+        let values = match &names[1..] {
+            value_columns if no_tombstones && !value_columns.is_empty() => {
+                Some(reader.projection(value_columns)?)
+            }
+            _ => None,
+        };
         let lsn = reader.projection(&[LSN_COLUMN])?;
         let filter = FixedFilter::of(reader.keys());
         Ok(Self {
@@ -78,6 +92,7 @@ impl Segment {
             reader,
             index,
             row,
+            values,
             lsn,
         })
     }

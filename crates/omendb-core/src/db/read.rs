@@ -520,6 +520,39 @@ fn push_rows(picks: &mut Vec<Pick>, segment: usize, rows: Range<usize>, reverse:
     });
 }
 
+/// How a scan reads one segment's rows.
+struct SegmentRead {
+    projection: Projection,
+    /// The scan's value columns, by position in a batch read with `projection`.
+    columns: Vec<usize>,
+    /// The tombstones' position in such a batch; `None` if they are not read (the segment
+    /// holds none).
+    tombstones: Option<usize>,
+}
+
+impl SegmentRead {
+    /// Reads with `projection` the value columns named `columns` (and the tombstones if the
+    /// projection has them).
+    fn new(projection: Projection, columns: &[&str]) -> Result<Self> {
+        // `column_with_name`, not `index_of`: a miss is an answer here, not an error to format.
+        let schema = projection.schema();
+        let position = |name: &str| schema.column_with_name(name).map(|(at, _)| at);
+        let columns = columns
+            .iter()
+            .map(|name| {
+                position(name)
+                    .ok_or_else(|| Error::Corrupt(format!("a segment lost column {name:?}")))
+            })
+            .collect::<Result<_>>()?;
+        let tombstones = position(TOMBSTONE_COLUMN);
+        Ok(Self {
+            projection,
+            columns,
+            tombstones,
+        })
+    }
+}
+
 /// A scan in progress.
 pub(crate) struct Scan {
     table: Arc<TableState>,
@@ -533,8 +566,8 @@ pub(crate) struct Scan {
     /// Projected value columns (indexes into the declared schema).
     columns: Vec<usize>,
     output: SchemaRef,
-    /// Per segment: `_tombstone` then the projected columns.
-    projections: Vec<Projection>,
+    /// Per segment: how its rows are read.
+    reads: Vec<SegmentRead>,
     /// The picks of a batch, kept from one batch to the next so that a long scan does not grow
     /// a new list for each.
     picks: Vec<Pick>,
@@ -573,29 +606,36 @@ impl Scan {
         let range = range.filter(|_| options.limit != Some(0));
         // Every column is what a point read fetches: its schema and each segment's projection
         // are made once, with the table and the segment.
-        let (output, projections) = match options.projection {
-            None => (
-                Arc::clone(&def.output),
-                table.segments.iter().map(|s| s.row.clone()).collect(),
-            ),
+        let output = match options.projection {
+            None => Arc::clone(&def.output),
             Some(_) => {
                 let mut fields = vec![def.output.field(0).clone()];
                 fields.extend(columns.iter().map(|&c| def.schema().field(c).clone()));
-                let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
-                    .chain(
-                        columns
-                            .iter()
-                            .map(|&c| def.schema().field(c).name().as_str()),
-                    )
-                    .collect();
-                let projections = table
-                    .segments
-                    .iter()
-                    .map(|s| s.reader.projection(&names).map_err(Error::from))
-                    .collect::<Result<_>>()?;
-                (Arc::new(Schema::new(fields)), projections)
+                Arc::new(Schema::new(fields))
             }
         };
+        let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
+            .chain(
+                columns
+                    .iter()
+                    .map(|&c| def.schema().field(c).name().as_str()),
+            )
+            .collect();
+        let reads = table
+            .segments
+            .iter()
+            .map(|s| {
+                // A segment without tombstones is read without the column, unless the scan
+                // reads no value column (a batch needs one).
+                let projection = match (&options.projection, &s.values) {
+                    (None, Some(values)) => values.clone(),
+                    (None, None) => s.row.clone(),
+                    (Some(_), Some(_)) if names.len() > 1 => s.reader.projection(&names[1..])?,
+                    (Some(_), _) => s.reader.projection(&names)?,
+                };
+                SegmentRead::new(projection, &names[1..])
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             layers: mem_layers(version, def.id, snapshot, overlay),
             table,
@@ -606,7 +646,7 @@ impl Scan {
             batch_rows: options.batch_rows.unwrap_or(SCAN_BATCH_ROWS).max(1),
             columns,
             output,
-            projections,
+            reads,
             picks: Vec::new(),
         })
     }
@@ -939,7 +979,7 @@ impl Scan {
                 .collect(),
         ];
         // Per segment with picked rows: its source, the first position read and its tombstones.
-        let mut read: Vec<Option<(usize, usize, BooleanArray)>> = vec![None; cover.len()];
+        let mut read: Vec<Option<(usize, usize, Option<BooleanArray>)>> = vec![None; cover.len()];
         for (i, range) in cover.iter().enumerate() {
             let Some(range) = range else {
                 continue;
@@ -975,7 +1015,7 @@ impl Scan {
                     let segment_keys = segment_ref.keys();
                     let mut take = |position: usize| {
                         let row = position - base;
-                        if !deleted.value(row) {
+                        if deleted.as_ref().is_none_or(|d| !d.value(row)) {
                             keys.push(segment_keys[position]);
                             kept.push((*source, row));
                         }
@@ -997,39 +1037,41 @@ impl Scan {
         Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
     }
 
-    /// Rows `positions` of segment `i`: the scan's value columns and the tombstones.
+    /// Rows `positions` of segment `i`: the scan's value columns and the tombstones (`None` if
+    /// the segment holds none).
     async fn segment_rows(
         &self,
         i: usize,
         positions: Range<usize>,
-    ) -> Result<(Vec<ArrayRef>, BooleanArray)> {
-        let def = &self.table.def;
-        let (Some(segment), Some(projection)) =
-            (self.table.segments.get(i), self.projections.get(i))
-        else {
+    ) -> Result<(Vec<ArrayRef>, Option<BooleanArray>)> {
+        let (Some(segment), Some(read)) = (self.table.segments.get(i), self.reads.get(i)) else {
             return Err(Error::Corrupt("scan lost a segment".to_owned()));
         };
         let batch = segment
             .reader
-            .fetch_range(positions.start as u64..positions.end as u64, projection)
+            .fetch_range(
+                positions.start as u64..positions.end as u64,
+                &read.projection,
+            )
             .await?;
-        // A segment returns its columns in table order; the scan's may differ.
-        let by_name = |name: &str| {
-            projection
-                .schema()
-                .index_of(name)
-                .map(|c| Arc::clone(batch.column(c)))
-                .map_err(|_| Error::Corrupt(format!("a segment lost column {name:?}")))
+        let column = |c: usize| {
+            batch
+                .columns()
+                .get(c)
+                .cloned()
+                .ok_or_else(|| Error::Corrupt("a segment read lost a column".to_owned()))
         };
-        let columns = self
+        let columns = read
             .columns
             .iter()
-            .map(|&c| by_name(def.schema().field(c).name()))
+            .map(|&c| column(c))
             .collect::<Result<_>>()?;
-        let tombstones = by_name(TOMBSTONE_COLUMN)?
-            .as_boolean_opt()
-            .cloned()
-            .ok_or_else(|| Error::Corrupt("a segment's tombstones are not Boolean".to_owned()))?;
+        let tombstones = match read.tombstones {
+            None => None,
+            Some(c) => Some(column(c)?.as_boolean_opt().cloned().ok_or_else(|| {
+                Error::Corrupt("a segment's tombstones are not Boolean".to_owned())
+            })?),
+        };
         Ok((columns, tombstones))
     }
 
@@ -1046,7 +1088,7 @@ impl Scan {
         let mut piece = vec![key_array(def.key_type, keys)?];
         let (columns, tombstones) = self.segment_rows(i, positions).await?;
         piece.extend(columns);
-        if tombstones.true_count() > 0 {
+        if let Some(tombstones) = tombstones.filter(|t| t.true_count() > 0) {
             let keep = BooleanArray::new(!tombstones.values(), None);
             piece = piece
                 .iter()
@@ -1385,9 +1427,107 @@ pub(crate) fn explain(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt64Type;
+    use futures::TryStreamExt;
+    use object_store::memory::InMemory;
     use proptest::prelude::*;
 
-    use super::{gallop, gallop_back};
+    use super::{Heads, gallop, gallop_back};
+    use crate::{Db, KeyType, ScanOptions, WriteOptions};
+
+    proptest! {
+        #[test]
+        fn heads_give_the_greatest_first_and_the_next_greatest_beside_it(
+            pushes in proptest::collection::vec((0..16u64, 0..8usize), 0..40),
+            pops in proptest::collection::vec(any::<bool>(), 0..60),
+        ) {
+            let mut heads = Heads(Vec::new());
+            let mut oracle: Vec<(u64, usize)> = Vec::new();
+            let mut pushes = pushes.into_iter();
+            for pop in pops {
+                if pop {
+                    heads.pop();
+                    oracle.pop();
+                } else if let Some(head) = pushes.next() {
+                    heads.push(head);
+                    oracle.push(head);
+                    oracle.sort_unstable();
+                }
+                prop_assert_eq!(heads.first(), oracle.last().copied());
+                let second = oracle.len().checked_sub(2).map(|i| oracle[i].0);
+                prop_assert_eq!(heads.second_rank(), second);
+            }
+        }
+    }
+
+    /// A segment that holds no tombstone is scanned without reading the column; one that holds
+    /// one still hides the deleted row.
+    #[tokio::test]
+    async fn a_segment_without_tombstones_is_scanned_without_the_column() {
+        let db = Db::builder()
+            .store(Arc::new(InMemory::new()))
+            .wal_in_store()
+            .build()
+            .await
+            .unwrap();
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        for key in 0..100u64 {
+            kv.put_value(key, key.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        kv.delete(5u64, WriteOptions::BUFFERED).await.unwrap();
+        db.checkpoint().await.unwrap();
+        for key in 100..200u64 {
+            kv.put_value(key, key.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+
+        let version = db.inner.version.load_full();
+        let table = version.by_id.get(&kv.def().id).unwrap();
+        let free: Vec<bool> = table.segments.iter().map(|s| s.values.is_some()).collect();
+        assert_eq!(free.len(), 2, "two flushes, two segments");
+        assert_eq!(
+            free.iter().filter(|&&f| f).count(),
+            1,
+            "only the segment without the deletion is read without tombstones: {free:?}"
+        );
+
+        for options in [
+            ScanOptions::default(),
+            ScanOptions {
+                projection: Some(vec!["value".to_owned()]),
+                batch_rows: Some(7),
+                ..ScanOptions::default()
+            },
+            ScanOptions {
+                reverse: true,
+                ..ScanOptions::default()
+            },
+        ] {
+            let batches: Vec<_> = kv
+                .scan::<u64>(.., options.clone())
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            let mut keys: Vec<u64> = batches
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().values().to_vec())
+                .collect();
+            if options.reverse {
+                keys.reverse();
+            }
+            let expected: Vec<u64> = (0..200).filter(|&k| k != 5).collect();
+            assert_eq!(keys, expected, "{options:?}");
+        }
+        db.close().await.unwrap();
+    }
 
     proptest! {
         #[test]
