@@ -198,8 +198,7 @@ fn merged_table() -> Loaded {
             "the segments were merged"
         );
     });
-    // Reading every key caches every page (counting a scan here would count it with the
-    // benchmark: callgrind's collection toggles on the scan's code wherever it runs).
+    // Reading every key caches every page, as in `cached_table`.
     runtime.block_on(async {
         for &key in &keys {
             assert!(kv.get_value(key).await.unwrap().is_some());
