@@ -1,7 +1,7 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
 //! index lookup, memtable insert, point read from a segment, buffered WAL append, scans of 10k
-//! rows from a segment and of 40k rows from the memtable, and short scans that merge overlapping
-//! segments and the memtable. Instruction counts do not depend on what else the machine is doing, so CI can
+//! rows from a segment and of 40k rows from the memtable, short scans that merge overlapping
+//! segments and the memtable, and a count over the memtable's 40k rows. Instruction counts do not depend on what else the machine is doing, so CI can
 //! compare them with the baseline committed in `benches/regression-baseline.json`
 //! (`cargo xtask regression` checks, `cargo xtask regression --update` rewrites it).
 //!
@@ -22,7 +22,7 @@ use omendb_core::index::{AnyIndex, IndexPolicy, LearnedIndex};
 use omendb_core::keygen::{self, Dist};
 use omendb_core::memtable::Memtable;
 use omendb_core::table::{KEY_COLUMN, KV_VALUE_COLUMN};
-use omendb_core::{Db, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_core::{Aggregate, Db, KeyType, ScanOptions, Table, WriteOptions};
 use omendb_wal::{AppendOptions, FileWal, SyncPolicy, WalOptions};
 use tokio::runtime::Runtime;
 
@@ -314,6 +314,29 @@ fn check_scan((sum, f): (u64, Loaded)) {
     close(f);
 }
 
+#[library_benchmark]
+#[bench::forty_thousand_rows(setup = memtable_table, teardown = check_count)]
+fn memtable_count(f: Loaded) -> (u64, Loaded) {
+    let count = f.runtime.block_on(async {
+        let result =
+            f.kv.aggregate::<u64>(.., KV_VALUE_COLUMN, Aggregate::Count, None)
+                .await
+                .unwrap();
+        result
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap()
+            .value(0)
+    });
+    (count, f)
+}
+
+fn check_count((count, f): (u64, Loaded)) {
+    assert_eq!(count, f.keys.len() as u64, "the count answered wrongly");
+    close(f);
+}
+
 fn check_sum(sum: u64, keys: &[u64]) {
     let expected = keys.iter().fold(0u64, |s, &k| s.wrapping_add(k));
     assert_eq!(sum, expected, "the scan answered wrongly");
@@ -409,7 +432,7 @@ fn check_wal((last, w): (u64, OpenWal)) {
 library_benchmark_group!(
     name = hot_paths;
     benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, memtable_scan,
-        merged_scan, wal_append_buffered
+        merged_scan, memtable_count, wal_append_buffered
 );
 
 main!(library_benchmark_groups = hot_paths);

@@ -568,6 +568,8 @@ pub(crate) struct Scan {
     output: SchemaRef,
     /// Per segment: how its rows are read.
     reads: Vec<SegmentRead>,
+    /// Whether batches carry the key column (first); an aggregate without buckets needs none.
+    keys: bool,
     /// The picks of a batch, kept from one batch to the next so that a long scan does not grow
     /// a new list for each.
     picks: Vec<Pick>,
@@ -647,8 +649,17 @@ impl Scan {
             columns,
             output,
             reads,
+            keys: true,
             picks: Vec::new(),
         })
+    }
+
+    /// The scan with batches of the value columns alone: what an aggregate without buckets
+    /// reads (no key column is built, copied or decoded for it).
+    pub(crate) fn without_keys(mut self) -> Self {
+        self.keys = false;
+        self.output = Arc::new(Schema::new(self.output.fields()[1..].to_vec()));
+        self
     }
 
     /// The scan as a stream of batches (never empty ones).
@@ -945,13 +956,16 @@ impl Scan {
         }
         if picks.iter().all(|pick| matches!(pick, Pick::Row(..))) {
             // Memtable rows alone come decoded in scan order already.
-            let mut keys = Vec::with_capacity(picks.len());
-            keys.extend(picks.iter().filter_map(|pick| match pick {
-                Pick::Row(key) => Some(*key),
-                Pick::Rows { .. } => None,
-            }));
             let decoded = mem_rows.finish()?;
-            let mut columns = vec![key_array(def.key_type, &keys)?];
+            let mut columns = Vec::with_capacity(1 + self.columns.len());
+            if self.keys {
+                let mut keys = Vec::with_capacity(picks.len());
+                keys.extend(picks.iter().filter_map(|pick| match pick {
+                    Pick::Row(key) => Some(*key),
+                    Pick::Rows { .. } => None,
+                }));
+                columns.push(key_array(def.key_type, &keys)?);
+            }
             columns.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
         }
@@ -996,13 +1010,15 @@ impl Scan {
             })
             .sum();
         // Each kept row as (source, row within the source), with its key.
-        let mut keys = Vec::with_capacity(rows);
+        let mut keys = Vec::with_capacity(if self.keys { rows } else { 0 });
         let mut kept: Vec<(usize, usize)> = Vec::with_capacity(rows);
         let mut mem_row = 0;
         for pick in picks {
             match pick {
                 Pick::Row(key) => {
-                    keys.push(*key);
+                    if self.keys {
+                        keys.push(*key);
+                    }
                     kept.push((0, mem_row));
                     mem_row += 1;
                 }
@@ -1016,7 +1032,9 @@ impl Scan {
                     let mut take = |position: usize| {
                         let row = position - base;
                         if deleted.as_ref().is_none_or(|d| !d.value(row)) {
-                            keys.push(segment_keys[position]);
+                            if self.keys {
+                                keys.push(segment_keys[position]);
+                            }
                             kept.push((*source, row));
                         }
                     };
@@ -1029,7 +1047,9 @@ impl Scan {
             }
         }
         let mut columns = Vec::with_capacity(1 + self.columns.len());
-        columns.push(key_array(def.key_type, &keys)?);
+        if self.keys {
+            columns.push(key_array(def.key_type, &keys)?);
+        }
         for c in 0..self.columns.len() {
             let arrays: Vec<&dyn Array> = sources.iter().map(|s| s[c].as_ref()).collect();
             columns.push(arrow_select::interleave::interleave(&arrays, &kept)?);
@@ -1075,7 +1095,7 @@ impl Scan {
         Ok((columns, tombstones))
     }
 
-    /// Rows `positions` of segment `i` as the scan's columns (key first), in scan order,
+    /// Rows `positions` of segment `i` as the scan's columns (key first if it has keys), in scan order,
     /// tombstones dropped: slices of the pages where no row is dropped or reordered.
     async fn segment_piece(&self, i: usize, positions: Range<usize>) -> Result<Vec<ArrayRef>> {
         let def = &self.table.def;
@@ -1085,7 +1105,10 @@ impl Scan {
             .get(i)
             .and_then(|s| s.keys().get(positions.clone()))
             .ok_or_else(|| Error::Corrupt("scan read past a segment's keys".to_owned()))?;
-        let mut piece = vec![key_array(def.key_type, keys)?];
+        let mut piece = Vec::with_capacity(1 + self.columns.len());
+        if self.keys {
+            piece.push(key_array(def.key_type, keys)?);
+        }
         let (columns, tombstones) = self.segment_rows(i, positions).await?;
         piece.extend(columns);
         if let Some(tombstones) = tombstones.filter(|t| t.true_count() > 0) {
@@ -1267,9 +1290,17 @@ pub(crate) async fn aggregate(
         Key::I64(k) => i128::from(k),
     };
     let mut buckets: std::collections::BTreeMap<i128, Acc> = Default::default();
+    // Without buckets the keys are not needed: batches hold the column alone.
+    let (scan, values_at) = match bucket {
+        None => (scan.without_keys(), 0),
+        Some(_) => (scan, 1),
+    };
     let mut stream = scan.into_stream();
     while let Some(batch) = stream.try_next().await? {
-        let values = batch.column(1);
+        let values = batch
+            .columns()
+            .get(values_at)
+            .ok_or_else(|| Error::Corrupt("an aggregate's scan lost its column".to_owned()))?;
         let Some(width) = bucket else {
             buckets.entry(0).or_default().add_rows(
                 function,
