@@ -295,18 +295,19 @@ fn scan_all(f: Loaded) -> (u64, Loaded) {
                 .try_collect()
                 .await
                 .unwrap();
-        let mut sum = 0u64;
-        for batch in &batches {
-            let keys = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .unwrap();
-            sum = keys.values().iter().fold(sum, |s, &k| s.wrapping_add(k));
-        }
-        sum
+        batches.iter().fold(0, key_sum)
     });
     (sum, f)
+}
+
+/// `sum` plus the keys of `batch` (its first column), wrapping.
+fn key_sum(sum: u64, batch: &RecordBatch) -> u64 {
+    let keys = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .unwrap();
+    keys.values().iter().fold(sum, |s, &k| s.wrapping_add(k))
 }
 
 fn check_scan((sum, f): (u64, Loaded)) {
@@ -355,12 +356,7 @@ fn merged_scan(f: Loaded) -> (u64, Loaded) {
             };
             let mut batches = f.kv.scan(black_box(from).., options).unwrap();
             while let Some(batch) = batches.try_next().await.unwrap() {
-                let keys = batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .unwrap();
-                sum = keys.values().iter().fold(sum, |s, &k| s.wrapping_add(k));
+                sum = key_sum(sum, &batch);
             }
         }
         sum
