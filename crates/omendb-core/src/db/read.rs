@@ -658,6 +658,7 @@ impl Scan {
     /// reads (no key column is built, copied or decoded for it).
     pub(crate) fn without_keys(mut self) -> Self {
         self.keys = false;
+        // `Scan::new` puts the key field first in every output schema, so `[1..]` is in range.
         self.output = Arc::new(Schema::new(self.output.fields()[1..].to_vec()));
         self
     }
