@@ -53,7 +53,11 @@ impl Run {
         if reverse {
             taken.reverse();
         }
-        let mut builder = Builder::with_capacity(taken.len(), 0);
+        let row_bytes = taken
+            .iter()
+            .map(|entry| entry.value().as_ref().map_or(0, Bytes::len))
+            .sum();
+        let mut builder = Builder::with_capacity(taken.len(), row_bytes);
         for entry in &taken {
             builder.push_entry(entry);
         }
