@@ -1,9 +1,10 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
 //! index lookup, memtable insert, point read from a segment, buffered WAL append, scans of 10k
 //! rows from a segment and of 40k rows from the memtable, short scans that merge overlapping
-//! segments and the memtable, and a count over the memtable's 40k rows. Instruction counts do not depend on what else the machine is doing, so CI can
-//! compare them with the baseline committed in `benches/regression-baseline.json`
-//! (`cargo xtask regression` checks, `cargo xtask regression --update` rewrites it).
+//! segments and the memtable, and a count over the memtable's 40k rows. Instruction counts do
+//! not depend on what else the machine is doing, so CI can compare them with the baseline
+//! committed in `benches/regression-baseline.json` (`cargo xtask regression` checks, `cargo
+//! xtask regression --update` rewrites it).
 //!
 //! Each benchmark's inputs are built by its `setup` and its answers checked by its `teardown`,
 //! neither of which is counted; a wrong answer fails the run.

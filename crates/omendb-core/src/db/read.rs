@@ -1096,8 +1096,9 @@ impl Scan {
         Ok((columns, tombstones))
     }
 
-    /// Rows `positions` of segment `i` as the scan's columns (key first if it has keys), in scan order,
-    /// tombstones dropped: slices of the pages where no row is dropped or reordered.
+    /// Rows `positions` of segment `i` as the scan's columns (the key first, unless the scan
+    /// goes without keys), in scan order, tombstones dropped: slices of the pages where no row
+    /// is dropped or reordered.
     async fn segment_piece(&self, i: usize, positions: Range<usize>) -> Result<Vec<ArrayRef>> {
         let def = &self.table.def;
         let keys = self
