@@ -311,7 +311,9 @@ async fn aggregates_and_buckets_over_memtables_and_segments() {
 }
 
 /// Every aggregate function, with and without buckets, forward over negative and positive keys,
-/// on a nullable integer column and a string column, matches a fold of the rows written.
+/// on a nullable integer column and a string column, matches a fold of the rows written: rows
+/// in segments, in memtables, rewritten in a memtable over a segment's, deleted one by one and
+/// by a range.
 #[tokio::test]
 async fn aggregates_match_a_fold_of_the_rows_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,11 +332,24 @@ async fn aggregates_match_a_fold_of_the_rows_written() {
         .await
         .unwrap();
     // Keys -600..600 step 3; `n` null every 5th key, `s` null every 4th; the first half is
-    // flushed to segments, the rest stays in memtables; then one key is deleted.
+    // flushed to segments, the rest stays in memtables; then keys -450..=-363 of the flushed
+    // half are written again in the memtable with other values (every 5th key's still null),
+    // one key is deleted and keys 300..=330 are deleted by a range.
     let keys: Vec<i64> = (-600..600).step_by(3).collect();
-    let n = |k: i64| (k % 5 != 0).then_some((k * 7 % 101) as i32);
+    let written = |k: i64, again: bool| {
+        (k % 5 != 0).then_some((k * 7 % 101) as i32 + if again { 1000 } else { 0 })
+    };
+    let rewritten = |k: i64| (-450..=-363).contains(&k);
+    let n = |k: i64| written(k, rewritten(k));
     let s = |k: i64| (k % 4 != 0).then(|| format!("s{k}"));
-    for (i, chunk) in keys.chunks(50).enumerate() {
+    let batches = keys
+        .chunks(50)
+        .map(|chunk| (chunk.to_vec(), false))
+        .chain(std::iter::once((
+            keys.iter().copied().filter(|&k| rewritten(k)).collect(),
+            true,
+        )));
+    for (i, (chunk, again)) in batches.enumerate() {
         let batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("key", DataType::Int64, false),
@@ -344,7 +359,7 @@ async fn aggregates_match_a_fold_of_the_rows_written() {
             vec![
                 Arc::new(Int64Array::from(chunk.to_vec())) as ArrayRef,
                 Arc::new(arrow_array::Int32Array::from(
-                    chunk.iter().map(|&k| n(k)).collect::<Vec<_>>(),
+                    chunk.iter().map(|&k| written(k, again)).collect::<Vec<_>>(),
                 )),
                 Arc::new(StringArray::from(
                     chunk.iter().map(|&k| s(k)).collect::<Vec<_>>(),
@@ -360,9 +375,24 @@ async fn aggregates_match_a_fold_of_the_rows_written() {
     t.delete(Key::I64(-3), WriteOptions::BUFFERED)
         .await
         .unwrap();
-    let live: Vec<i64> = keys.iter().copied().filter(|&k| k != -3).collect();
+    t.delete_range(300i64..=330, WriteOptions::BUFFERED)
+        .await
+        .unwrap();
+    let live: Vec<i64> = keys
+        .iter()
+        .copied()
+        .filter(|&k| k != -3 && !(300..=330).contains(&k))
+        .collect();
 
-    for (first, last) in [(-600, 600), (-100, 100), (-7, -1), (10, 10), (598, 700)] {
+    for (first, last) in [
+        (-600, 600),
+        (-500, -400),
+        (-100, 100),
+        (-7, -1),
+        (10, 10),
+        (290, 340),
+        (598, 700),
+    ] {
         for bucket in [None, Some(1u64), Some(7), Some(250)] {
             for function in [
                 Aggregate::Count,

@@ -7,6 +7,7 @@
 //! LSN appended but never applied. Full generations are frozen and flushed to segments by a
 //! background task; the manifest then records them and the WAL before them is dropped.
 
+mod aggregate;
 mod batch;
 mod builder;
 mod changes;

@@ -12,27 +12,22 @@ use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
-    UInt32Type, UInt64Type,
-};
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, UInt64Array,
-};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array};
+use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 use omendb_storage::segment::{Projection, TOMBSTONE_COLUMN};
 use smallvec::SmallVec;
 
-use super::options::{Aggregate, ScanOptions};
+use super::aggregate::Fold;
+use super::options::ScanOptions;
 use super::version::{TableState, Version};
 use crate::error::{Error, Result};
 use crate::index::LearnedIndex;
 use crate::key::{Key, KeyType};
 use crate::memtable::{Lookup, Lsn, Memtable, Newest};
 use crate::segment::Segment;
-use crate::table::{RowDecoder, TableDef, Value, key_data_type, value_at};
+use crate::table::{RowDecoder, Value, key_data_type, value_at};
 
 /// Default rows per scan batch.
 const SCAN_BATCH_ROWS: usize = 8192;
@@ -520,6 +515,20 @@ fn push_rows(picks: &mut Vec<Pick>, segment: usize, rows: Range<usize>, reverse:
     });
 }
 
+/// Takes a memtable row a scan decided on: folded into `fold` if there is one, else decoded
+/// into `rows` for the batch.
+fn take_row(
+    rows: &mut RowDecoder<'_>,
+    fold: Option<&mut Fold>,
+    key: u64,
+    row: &[u8],
+) -> Result<()> {
+    match fold {
+        Some(fold) => fold.add_row(key, row),
+        None => rows.push(row),
+    }
+}
+
 /// How a scan reads one segment's rows.
 struct SegmentRead {
     projection: Projection,
@@ -656,7 +665,7 @@ impl Scan {
 
     /// The scan with batches of the value columns alone: what an aggregate without buckets
     /// reads (no key column is built, copied or decoded for it).
-    pub(crate) fn without_keys(mut self) -> Self {
+    fn without_keys(mut self) -> Self {
         self.keys = false;
         // `Scan::new` puts the key field first in every output schema, so `[1..]` is in range.
         self.output = Arc::new(Schema::new(self.output.fields()[1..].to_vec()));
@@ -666,13 +675,29 @@ impl Scan {
     /// The scan as a stream of batches (never empty ones).
     pub(crate) fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
         stream::try_unfold(self, |mut scan| async move {
-            let batch = scan.next_batch().await?;
+            let batch = scan.next_batch(None).await?;
             Ok(batch.map(|b| (b, scan)))
         })
         .boxed()
     }
 
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    /// Runs the scan to its end into `fold`: memtable rows are folded where they lie, batches
+    /// of segment rows as they come. (An aggregate's scan has no limit, which folded rows
+    /// would not count against.)
+    pub(crate) async fn fold(self, mut fold: Fold) -> Result<Fold> {
+        let mut scan = if fold.needs_keys() {
+            self
+        } else {
+            self.without_keys()
+        };
+        while let Some(batch) = scan.next_batch(Some(&mut fold)).await? {
+            fold.add_batch(&batch)?;
+        }
+        Ok(fold)
+    }
+
+    /// The next batch; with `fold`, memtable rows go to it instead of the batch.
+    async fn next_batch(&mut self, mut fold: Option<&mut Fold>) -> Result<Option<RecordBatch>> {
         loop {
             let Some(range) = self.left.clone() else {
                 return Ok(None);
@@ -685,7 +710,9 @@ impl Scan {
             }
             let mut picks = std::mem::take(&mut self.picks);
             picks.clear();
-            let (mem_rows, last) = self.decide(range.clone(), want, &mut picks).await?;
+            let (mem_rows, last) = self
+                .decide(range.clone(), want, &mut picks, fold.as_deref_mut())
+                .await?;
             let left = match last {
                 Some(last) if self.reverse => last
                     .checked_sub(1)
@@ -712,7 +739,8 @@ impl Scan {
 
     /// Up to `want` keys of `range` with a visible row (segment rows may still turn out to be
     /// tombstones), pushed to `picks` in scan order; returns the memtable rows among them,
-    /// decoded, and the last key looked at (`None` if the range is done).
+    /// decoded, and the last key looked at (`None` if the range is done). With `fold`, the
+    /// memtable rows are folded into it instead, and not picked.
     ///
     /// Keys are merged one at a time across the memtables and segments, except where the next
     /// keys are one source's alone: a run of them up to the next key of any other source is
@@ -724,6 +752,7 @@ impl Scan {
         range: RangeInclusive<u64>,
         want: usize,
         picks: &mut Vec<Pick>,
+        mut fold: Option<&mut Fold>,
     ) -> Result<(RowDecoder<'_>, Option<u64>)> {
         let reverse = self.reverse;
         // Each memtable's keys with a visible version, and its newest one.
@@ -797,15 +826,28 @@ impl Scan {
                 if let Some(i) = alone
                     && bound != Some(key)
                 {
-                    let last = mem[i].lend(bound, want - taken, |k, row| {
-                        if let Some(row) = row
-                            && failed.is_none()
-                        {
-                            failed = rows.push(row).err();
-                            picks.push(Pick::Row(k));
-                            taken += 1;
-                        }
-                    });
+                    // One walk per destination: the stretch's rows are the most of a
+                    // memtable scan's, and a test of the destination per row was 3% of it.
+                    let max = want - taken;
+                    let last = match fold.as_deref_mut() {
+                        Some(fold) => mem[i].lend(bound, max, |k, row| {
+                            if let Some(row) = row
+                                && failed.is_none()
+                            {
+                                failed = fold.add_row(k, row).err();
+                                taken += 1;
+                            }
+                        }),
+                        None => mem[i].lend(bound, max, |k, row| {
+                            if let Some(row) = row
+                                && failed.is_none()
+                            {
+                                failed = rows.push(row).err();
+                                picks.push(Pick::Row(k));
+                                taken += 1;
+                            }
+                        }),
+                    };
                     if let Some(error) = failed {
                         return Err(error);
                     }
@@ -831,7 +873,7 @@ impl Scan {
                         }
                         match row {
                             Some(row) => {
-                                failed = rows.push(row).err();
+                                failed = take_row(&mut rows, fold.as_deref_mut(), key, row).err();
                                 found = Some(Pick::Row(key));
                             }
                             None => hidden = true,
@@ -845,7 +887,7 @@ impl Scan {
                 for (memtable, at) in &self.layers {
                     match memtable.get(key, *at) {
                         Lookup::Found { row, .. } => {
-                            rows.push(&row)?;
+                            take_row(&mut rows, fold.as_deref_mut(), key, &row)?;
                             found = Some(Pick::Row(key));
                             break;
                         }
@@ -899,6 +941,8 @@ impl Scan {
                 Some(Pick::Rows { segment, positions }) => {
                     push_rows(picks, segment, positions, reverse)
                 }
+                // A folded row was taken, not picked.
+                Some(Pick::Row(_)) if fold.is_some() => {}
                 Some(row) => picks.push(row),
                 None => continue,
             }
@@ -1154,228 +1198,6 @@ pub(crate) fn key_array(key_type: KeyType, keys: &[u64]) -> Result<ArrayRef> {
         }
     };
     Ok(array)
-}
-
-/// One bucket's running aggregate.
-#[derive(Clone, Copy, Debug, Default)]
-struct Acc {
-    count: u64,
-    sum: f64,
-    min: Option<f64>,
-    max: Option<f64>,
-}
-
-impl Acc {
-    /// Folds in `values` (non-null ones), keeping only what `function` needs.
-    fn add_all(&mut self, function: Aggregate, values: impl Iterator<Item = f64>) {
-        match function {
-            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
-                for v in values {
-                    self.count += 1;
-                    self.sum += v;
-                }
-            }
-            Aggregate::Min => {
-                for v in values {
-                    self.min = Some(self.min.map_or(v, |m| m.min(v)));
-                }
-            }
-            Aggregate::Max => {
-                for v in values {
-                    self.max = Some(self.max.map_or(v, |m| m.max(v)));
-                }
-            }
-        }
-    }
-
-    /// Folds in rows `rows` of `values`, a column of a numeric type (any type for a count).
-    fn add_rows(
-        &mut self,
-        function: Aggregate,
-        values: &dyn Array,
-        rows: Range<usize>,
-    ) -> Result<()> {
-        if function == Aggregate::Count {
-            let nulls = values.slice(rows.start, rows.len()).null_count();
-            self.count += (rows.len() - nulls) as u64;
-            return Ok(());
-        }
-        macro_rules! fold_as {
-            ($t:ty) => {{
-                let array = values.as_primitive::<$t>();
-                let slice = &array.values()[rows.clone()];
-                match array.nulls().filter(|n| n.null_count() > 0) {
-                    None => self.add_all(function, slice.iter().map(|&v| v as f64)),
-                    Some(nulls) => self.add_all(
-                        function,
-                        slice
-                            .iter()
-                            .zip(rows.clone())
-                            .filter(|&(_, i)| nulls.is_valid(i))
-                            .map(|(&v, _)| v as f64),
-                    ),
-                }
-            }};
-        }
-        match values.data_type() {
-            DataType::Int8 => fold_as!(Int8Type),
-            DataType::Int16 => fold_as!(Int16Type),
-            DataType::Int32 => fold_as!(Int32Type),
-            DataType::Int64 => fold_as!(Int64Type),
-            DataType::UInt8 => fold_as!(UInt8Type),
-            DataType::UInt16 => fold_as!(UInt16Type),
-            DataType::UInt32 => fold_as!(UInt32Type),
-            DataType::UInt64 => fold_as!(UInt64Type),
-            DataType::Float32 => fold_as!(Float32Type),
-            DataType::Float64 => fold_as!(Float64Type),
-            other => return Err(not_aggregable(other)),
-        }
-        Ok(())
-    }
-
-    fn result(&self, function: Aggregate) -> Option<f64> {
-        match function {
-            Aggregate::Count => Some(self.count as f64),
-            Aggregate::Sum => Some(self.sum),
-            Aggregate::Min => self.min,
-            Aggregate::Max => self.max,
-            Aggregate::Avg => (self.count > 0).then(|| self.sum / self.count as f64),
-        }
-    }
-}
-
-/// Whether a column of `data_type` can be summed, averaged, or have a minimum and maximum.
-fn is_numeric(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Float32
-            | DataType::Float64
-    )
-}
-
-fn not_aggregable(data_type: &DataType) -> Error {
-    Error::BadInput(format!("cannot aggregate a column of type {data_type}"))
-}
-
-/// Aggregates `column` over a scan. With `bucket` (a width in key units), one row per bucket
-/// that holds rows (`bucket` = the bucket's first key), otherwise one row. Each batch is folded
-/// a bucket's rows at a time, over the column's values in place.
-pub(crate) async fn aggregate(
-    scan: Scan,
-    def: &TableDef,
-    column: &str,
-    function: Aggregate,
-    bucket: Option<u64>,
-) -> Result<RecordBatch> {
-    if bucket == Some(0) {
-        return Err(Error::BadInput(
-            "a bucket width must be positive".to_owned(),
-        ));
-    }
-    let field = def
-        .schema()
-        .field_with_name(column)
-        .map_err(|_| Error::BadInput(format!("table {:?} has no column {column:?}", def.name)))?;
-    if function != Aggregate::Count && !is_numeric(field.data_type()) {
-        return Err(not_aggregable(field.data_type()));
-    }
-    let key_of = |stored: u64| match def.key_type.decode(stored) {
-        Key::U64(k) => i128::from(k),
-        Key::I64(k) => i128::from(k),
-    };
-    let mut buckets: std::collections::BTreeMap<i128, Acc> = Default::default();
-    // Without buckets the keys are not needed: batches hold the column alone.
-    let (scan, values_at) = match bucket {
-        None => (scan.without_keys(), 0),
-        Some(_) => (scan, 1),
-    };
-    let mut stream = scan.into_stream();
-    while let Some(batch) = stream.try_next().await? {
-        let values = batch
-            .columns()
-            .get(values_at)
-            .ok_or_else(|| Error::Corrupt("an aggregate's scan lost its column".to_owned()))?;
-        let Some(width) = bucket else {
-            buckets.entry(0).or_default().add_rows(
-                function,
-                values.as_ref(),
-                0..batch.num_rows(),
-            )?;
-            continue;
-        };
-        let width = i128::from(width);
-        // Keys come in order (ascending or descending), so a bucket's rows are adjacent.
-        let stored = super::batch::stored_keys(def.key_type, batch.column(0))?;
-        let mut at = 0;
-        while let Some(&first) = stored.get(at) {
-            let start = key_of(first).div_euclid(width) * width;
-            let len = stored[at..].partition_point(|&s| {
-                let key = key_of(s);
-                start <= key && key < start + width
-            });
-            // A bucket whose rows hold only nulls has no value: it gets no row.
-            if values.slice(at, len).null_count() < len {
-                buckets.entry(start).or_default().add_rows(
-                    function,
-                    values.as_ref(),
-                    at..at + len,
-                )?;
-            }
-            at += len;
-        }
-    }
-    let value_field = match function {
-        Aggregate::Count => Field::new(function.name(), DataType::UInt64, false),
-        _ => Field::new(function.name(), DataType::Float64, true),
-    };
-    let value_array = |accs: Vec<Acc>| -> ArrayRef {
-        match function {
-            Aggregate::Count => Arc::new(UInt64Array::from(
-                accs.iter().map(|a| a.count).collect::<Vec<_>>(),
-            )),
-            _ => Arc::new(Float64Array::from(
-                accs.iter().map(|a| a.result(function)).collect::<Vec<_>>(),
-            )),
-        }
-    };
-    match bucket {
-        None => {
-            let acc = buckets.remove(&0).unwrap_or_default();
-            let schema = Arc::new(Schema::new(vec![value_field]));
-            Ok(RecordBatch::try_new(schema, vec![value_array(vec![acc])])?)
-        }
-        Some(_) => {
-            let starts: Vec<u64> = buckets
-                .keys()
-                .map(|&start| match def.key_type {
-                    // Bucket starts of u64 keys are u64; of signed keys, within i64 (floor
-                    // division moves toward i64::MIN, where the stored form is 0).
-                    KeyType::U64 => u64::try_from(start).unwrap_or(0),
-                    key_type => key_type
-                        .encode(Key::I64(i64::try_from(start).unwrap_or(i64::MIN)))
-                        .unwrap_or(0),
-                })
-                .collect();
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("bucket", key_data_type(def.key_type), false),
-                value_field,
-            ]));
-            let key_column = key_array(def.key_type, &starts)?;
-            let accs = buckets.into_values().collect();
-            Ok(RecordBatch::try_new(
-                schema,
-                vec![key_column, value_array(accs)],
-            )?)
-        }
-    }
 }
 
 /// What a read will touch, as [`crate::Table::explain`] reports it.

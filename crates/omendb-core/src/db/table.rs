@@ -8,6 +8,7 @@ use arrow_array::{Array, RecordBatch};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+use super::aggregate;
 use super::options::{Aggregate, ScanOptions, WriteOptions};
 use super::read::{self, Explain, Scan};
 use super::version::{TableState, Version};
@@ -296,7 +297,7 @@ impl View<'_> {
             ..ScanOptions::default()
         };
         let scan = self.scan_of(def, range, &options)?;
-        read::aggregate(scan, def, column, function, bucket).await
+        aggregate::aggregate(scan, def, column, function, bucket).await
     }
 }
 

@@ -1,0 +1,390 @@
+//! Aggregates: count, sum, min, max or average of a column over a key range, in one row or
+//! one row per bucket of keys.
+//!
+//! A scan feeds the [`Fold`] two ways. Segment rows come as batches, folded over the column's
+//! values in place. Memtable rows come one at a time and are read where they lie, in their
+//! encoded form: decoding them into a batch only to fold it was most of an aggregate's time over
+//! a memtable (a time series' recent rows live there).
+
+use std::collections::BTreeMap;
+use std::ops::{Range, RangeInclusive};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+
+use super::options::Aggregate;
+use super::read::{Scan, key_array};
+use crate::error::{Error, Result};
+use crate::key::{Key, KeyType};
+use crate::table::{RowCodec, TableDef, key_data_type};
+
+/// One bucket's running aggregate.
+#[derive(Clone, Copy, Debug, Default)]
+struct Acc {
+    count: u64,
+    sum: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+impl Acc {
+    /// Folds in one non-null value, keeping only what `function` needs.
+    #[inline]
+    fn add(&mut self, function: Aggregate, v: f64) {
+        match function {
+            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
+                self.count += 1;
+                self.sum += v;
+            }
+            Aggregate::Min => self.min = Some(self.min.map_or(v, |m| m.min(v))),
+            Aggregate::Max => self.max = Some(self.max.map_or(v, |m| m.max(v))),
+        }
+    }
+
+    /// Folds in `values` (non-null ones), choosing the function once, not per value.
+    fn add_all(&mut self, function: Aggregate, values: impl Iterator<Item = f64>) {
+        match function {
+            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
+                for v in values {
+                    self.count += 1;
+                    self.sum += v;
+                }
+            }
+            Aggregate::Min => {
+                for v in values {
+                    self.min = Some(self.min.map_or(v, |m| m.min(v)));
+                }
+            }
+            Aggregate::Max => {
+                for v in values {
+                    self.max = Some(self.max.map_or(v, |m| m.max(v)));
+                }
+            }
+        }
+    }
+
+    /// Folds in rows `rows` of `values`, a column of a numeric type (any type for a count).
+    fn add_rows(
+        &mut self,
+        function: Aggregate,
+        values: &dyn Array,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        if function == Aggregate::Count {
+            let nulls = values.slice(rows.start, rows.len()).null_count();
+            self.count += (rows.len() - nulls) as u64;
+            return Ok(());
+        }
+        macro_rules! fold_as {
+            ($t:ty) => {{
+                let array = values.as_primitive::<$t>();
+                let slice = &array.values()[rows.clone()];
+                match array.nulls().filter(|n| n.null_count() > 0) {
+                    None => self.add_all(function, slice.iter().map(|&v| v as f64)),
+                    Some(nulls) => self.add_all(
+                        function,
+                        slice
+                            .iter()
+                            .zip(rows.clone())
+                            .filter(|&(_, i)| nulls.is_valid(i))
+                            .map(|(&v, _)| v as f64),
+                    ),
+                }
+            }};
+        }
+        match values.data_type() {
+            DataType::Int8 => fold_as!(Int8Type),
+            DataType::Int16 => fold_as!(Int16Type),
+            DataType::Int32 => fold_as!(Int32Type),
+            DataType::Int64 => fold_as!(Int64Type),
+            DataType::UInt8 => fold_as!(UInt8Type),
+            DataType::UInt16 => fold_as!(UInt16Type),
+            DataType::UInt32 => fold_as!(UInt32Type),
+            DataType::UInt64 => fold_as!(UInt64Type),
+            DataType::Float32 => fold_as!(Float32Type),
+            DataType::Float64 => fold_as!(Float64Type),
+            other => return Err(not_aggregable(other)),
+        }
+        Ok(())
+    }
+
+    /// Folds in what `other` folded.
+    fn merge(&mut self, other: &Acc) {
+        self.count += other.count;
+        self.sum += other.sum;
+        for (mine, theirs, pick) in [
+            (&mut self.min, other.min, f64::min as fn(f64, f64) -> f64),
+            (&mut self.max, other.max, f64::max),
+        ] {
+            if let Some(v) = theirs {
+                *mine = Some(mine.map_or(v, |m| pick(m, v)));
+            }
+        }
+    }
+
+    fn result(&self, function: Aggregate) -> Option<f64> {
+        match function {
+            Aggregate::Count => Some(self.count as f64),
+            Aggregate::Sum => Some(self.sum),
+            Aggregate::Min => self.min,
+            Aggregate::Max => self.max,
+            Aggregate::Avg => (self.count > 0).then(|| self.sum / self.count as f64),
+        }
+    }
+}
+
+/// Whether a column of `data_type` can be summed, averaged, or have a minimum and maximum.
+fn is_numeric(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+    )
+}
+
+fn not_aggregable(data_type: &DataType) -> Error {
+    Error::BadInput(format!("cannot aggregate a column of type {data_type}"))
+}
+
+/// An aggregate being folded: a running [`Acc`] per bucket that holds a value (a bucket whose
+/// rows hold only nulls gets no row).
+pub(crate) struct Fold {
+    function: Aggregate,
+    /// The column, by its position in the table's value schema.
+    column: usize,
+    codec: RowCodec,
+    key_type: KeyType,
+    /// The bucket width in key units; `None` for one row over the whole range.
+    width: Option<i128>,
+    /// Bucket start (`0` without buckets) → its aggregate.
+    buckets: BTreeMap<i128, Acc>,
+    /// The bucket memtable rows last folded into, kept out of `buckets` while its rows come (a
+    /// memtable's rows come in key order).
+    open: Option<Open>,
+}
+
+/// A bucket memtable rows are folding into.
+struct Open {
+    /// Its first and last stored keys (stored keys sort as keys do), so that a row's key is
+    /// placed by two comparisons of the key as it comes.
+    stored: RangeInclusive<u64>,
+    start: i128,
+    acc: Acc,
+}
+
+impl Fold {
+    /// The aggregate `function` of `column` of table `def`, per bucket of `bucket` keys if
+    /// given. A missing or (for all but a count) non-numeric column or an empty bucket width
+    /// is [`Error::BadInput`].
+    pub(crate) fn new(
+        def: &TableDef,
+        column: &str,
+        function: Aggregate,
+        bucket: Option<u64>,
+    ) -> Result<Self> {
+        if bucket == Some(0) {
+            return Err(Error::BadInput(
+                "a bucket width must be positive".to_owned(),
+            ));
+        }
+        let (at, field) = def.schema().column_with_name(column).ok_or_else(|| {
+            Error::BadInput(format!("table {:?} has no column {column:?}", def.name))
+        })?;
+        if function != Aggregate::Count && !is_numeric(field.data_type()) {
+            return Err(not_aggregable(field.data_type()));
+        }
+        Ok(Self {
+            function,
+            column: at,
+            codec: def.codec.clone(),
+            key_type: def.key_type,
+            width: bucket.map(i128::from),
+            buckets: BTreeMap::new(),
+            open: None,
+        })
+    }
+
+    /// Whether the batches folded carry the keys (first): only buckets need them.
+    pub(crate) fn needs_keys(&self) -> bool {
+        self.width.is_some()
+    }
+
+    /// The key as a number buckets divide (stored keys of signed types are offset).
+    fn key_of(&self, stored: u64) -> i128 {
+        match self.key_type.decode(stored) {
+            Key::U64(k) => i128::from(k),
+            Key::I64(k) => i128::from(k),
+        }
+    }
+
+    /// The bucket of key `key` for buckets of `width`: its start and the first key after it.
+    fn bucket_of(width: Option<i128>, key: i128) -> (i128, i128) {
+        match width {
+            None => (0, i128::MAX),
+            Some(width) => {
+                let start = key.div_euclid(width) * width;
+                (start, start + width)
+            }
+        }
+    }
+
+    /// Folds in a memtable row of the table (encoded, see [`RowCodec`]) at stored key `key`.
+    /// Inlined into the memtable's walk, which calls it for every row: the call and a bucket
+    /// found by decoding the key were most of the fold's instructions.
+    #[inline]
+    pub(crate) fn add_row(&mut self, key: u64, row: &[u8]) -> Result<()> {
+        let Some(cell) = self.codec.cell(row, self.column)? else {
+            return Ok(());
+        };
+        let value = match self.function {
+            Aggregate::Count => 0.0,
+            _ => self.codec.number(self.column, cell).ok_or_else(|| {
+                Error::Corrupt("an aggregated column's value is not a number".to_owned())
+            })?,
+        };
+        let function = self.function;
+        match &mut self.open {
+            Some(open) if open.stored.contains(&key) => open.acc.add(function, value),
+            _ => self.open_bucket(key).add(function, value),
+        }
+        Ok(())
+    }
+
+    /// Opens the bucket of stored key `key` for memtable rows, putting the open one away.
+    #[cold]
+    fn open_bucket(&mut self, key: u64) -> &mut Acc {
+        if let Some(open) = self.open.take() {
+            self.buckets.entry(open.start).or_default().merge(&open.acc);
+        }
+        let (start, end) = Self::bucket_of(self.width, self.key_of(key));
+        // The bucket's keys within the key type's range, stored.
+        let stored = |k: i128| match self.key_type {
+            KeyType::U64 => u64::try_from(k.max(0)).unwrap_or(u64::MAX),
+            key_type => {
+                let k = i64::try_from(k).unwrap_or(if k < 0 { i64::MIN } else { i64::MAX });
+                key_type.encode(Key::I64(k)).unwrap_or(0)
+            }
+        };
+        let open = self.open.insert(Open {
+            stored: match self.width {
+                None => 0..=u64::MAX,
+                Some(_) => stored(start)..=stored(end - 1),
+            },
+            start,
+            acc: Acc::default(),
+        });
+        &mut open.acc
+    }
+
+    /// Folds in a batch of the scan: the column, after the keys if [`Fold::needs_keys`].
+    pub(crate) fn add_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let values_at = usize::from(self.needs_keys());
+        let values = batch
+            .columns()
+            .get(values_at)
+            .ok_or_else(|| Error::Corrupt("an aggregate's scan lost its column".to_owned()))?;
+        if self.width.is_none() {
+            return self.buckets.entry(0).or_default().add_rows(
+                self.function,
+                values.as_ref(),
+                0..batch.num_rows(),
+            );
+        }
+        // Keys come in order (ascending or descending), so a bucket's rows are adjacent.
+        let stored = super::batch::stored_keys(self.key_type, batch.column(0))?;
+        let mut at = 0;
+        while let Some(&first) = stored.get(at) {
+            let (start, end) = Self::bucket_of(self.width, self.key_of(first));
+            let len = stored[at..].partition_point(|&s| {
+                let key = self.key_of(s);
+                start <= key && key < end
+            });
+            // A bucket whose rows hold only nulls has no value: it gets no row.
+            if values.slice(at, len).null_count() < len {
+                self.buckets.entry(start).or_default().add_rows(
+                    self.function,
+                    values.as_ref(),
+                    at..at + len,
+                )?;
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// The result: one row, or one per bucket that holds a value (`bucket` = its first key).
+    pub(crate) fn finish(mut self) -> Result<RecordBatch> {
+        if let Some(open) = self.open.take() {
+            self.buckets.entry(open.start).or_default().merge(&open.acc);
+        }
+        let function = self.function;
+        let value_field = match function {
+            Aggregate::Count => Field::new(function.name(), DataType::UInt64, false),
+            _ => Field::new(function.name(), DataType::Float64, true),
+        };
+        let value_array = |accs: Vec<Acc>| -> ArrayRef {
+            match function {
+                Aggregate::Count => Arc::new(UInt64Array::from(
+                    accs.iter().map(|a| a.count).collect::<Vec<_>>(),
+                )),
+                _ => Arc::new(Float64Array::from(
+                    accs.iter().map(|a| a.result(function)).collect::<Vec<_>>(),
+                )),
+            }
+        };
+        if self.width.is_none() {
+            let acc = self.buckets.remove(&0).unwrap_or_default();
+            let schema = Arc::new(Schema::new(vec![value_field]));
+            return Ok(RecordBatch::try_new(schema, vec![value_array(vec![acc])])?);
+        }
+        let key_type = self.key_type;
+        let starts: Vec<u64> = self
+            .buckets
+            .keys()
+            .map(|&start| match key_type {
+                // Bucket starts of u64 keys are u64; of signed keys, within i64 (floor
+                // division moves toward i64::MIN, where the stored form is 0).
+                KeyType::U64 => u64::try_from(start).unwrap_or(0),
+                key_type => key_type
+                    .encode(Key::I64(i64::try_from(start).unwrap_or(i64::MIN)))
+                    .unwrap_or(0),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("bucket", key_data_type(key_type), false),
+            value_field,
+        ]));
+        let key_column = key_array(key_type, &starts)?;
+        let accs = self.buckets.into_values().collect();
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![key_column, value_array(accs)],
+        )?)
+    }
+}
+
+/// Aggregates `column` of table `def` over `scan` (see [`Fold::new`] for the arguments).
+pub(crate) async fn aggregate(
+    scan: Scan,
+    def: &TableDef,
+    column: &str,
+    function: Aggregate,
+    bucket: Option<u64>,
+) -> Result<RecordBatch> {
+    let fold = Fold::new(def, column, function, bucket)?;
+    scan.fold(fold).await?.finish()
+}
