@@ -40,6 +40,9 @@ pub struct Segment {
     pub values: Option<Projection>,
     /// `_lsn` alone: what a read at an older snapshot checks first.
     pub lsn: Projection,
+    /// Whether every key has one row (no older version beside it): a scan then takes runs of
+    /// rows without looking for a key's second row.
+    pub unique: bool,
     /// The keys, so a point read of a key the segment does not hold skips the index.
     filter: FixedFilter,
 }
@@ -86,8 +89,10 @@ impl Segment {
         };
         let lsn = reader.projection(&[LSN_COLUMN])?;
         let filter = FixedFilter::of(reader.keys());
+        let unique = reader.keys().windows(2).all(|pair| pair[0] != pair[1]);
         Ok(Self {
             filter,
+            unique,
             entry,
             reader,
             index,

@@ -339,6 +339,8 @@ struct SegmentCursor<'a> {
     keys: &'a [u64],
     /// Whether every row of the segment is visible at the scan's snapshot.
     visible: bool,
+    /// Whether every key has one row ([`Segment::unique`]).
+    unique: bool,
     /// Positions not yet walked.
     left: Range<usize>,
 }
@@ -381,6 +383,9 @@ impl SegmentCursor<'_> {
                 start + gallop_back(&keys[start..end], |k| k <= b)
             });
             let lowest = lowest.max(end.saturating_sub(max));
+            if self.unique {
+                return lowest..end;
+            }
             let mut from = end;
             while from > lowest {
                 let at = from - 1;
@@ -393,6 +398,9 @@ impl SegmentCursor<'_> {
         } else {
             let highest = bound.map_or(end, |b| start + gallop(&keys[start..end], |k| k < b));
             let highest = highest.min(start.saturating_add(max));
+            if self.unique {
+                return start..highest;
+            }
             let mut to = start;
             while to < highest {
                 if to + 1 < end && keys[to + 1] == keys[to] {
@@ -768,6 +776,7 @@ impl Scan {
             .map(|s| SegmentCursor {
                 keys: s.keys(),
                 visible: s.all_visible_at(self.snapshot),
+                unique: s.unique,
                 left: s.positions(&range),
             })
             .collect();
