@@ -24,6 +24,7 @@ use super::options::ScanOptions;
 use super::version::{TableState, Version};
 use crate::error::{Error, Result};
 use crate::index::LearnedIndex;
+use crate::index::search::{gallop, gallop_back};
 use crate::key::{Key, KeyType};
 use crate::memtable::{Lookup, Lsn, Memtable, Newest};
 use crate::segment::Segment;
@@ -421,31 +422,6 @@ impl SegmentCursor<'_> {
     }
 }
 
-/// `keys.partition_point(pred)`, probing 1, 2, 4, … keys from the front before bisecting: a
-/// scan's next boundary is usually a few keys away, and this finds it in as many cache lines.
-fn gallop(keys: &[u64], pred: impl Fn(u64) -> bool) -> usize {
-    let (mut lo, mut step) = (0, 1);
-    // Every key before `lo` satisfies `pred`.
-    while lo + step <= keys.len() && pred(keys[lo + step - 1]) {
-        lo += step;
-        step *= 2;
-    }
-    let end = (lo + step).min(keys.len());
-    lo + keys[lo..end].partition_point(|&k| pred(k))
-}
-
-/// `keys.partition_point(pred)`, probing from the back: [`gallop`] for a reverse scan.
-fn gallop_back(keys: &[u64], pred: impl Fn(u64) -> bool) -> usize {
-    let (mut hi, mut step) = (keys.len(), 1);
-    // No key from `hi` on satisfies `pred`.
-    while hi >= step && !pred(keys[hi - step]) {
-        hi -= step;
-        step *= 2;
-    }
-    let start = hi.saturating_sub(step);
-    start + keys[start..hi].partition_point(|&k| pred(k))
-}
-
 /// A key ranked so that the greatest rank is the next key in scan order: the key itself in a
 /// reverse scan, its complement forward (its own inverse either way).
 fn rank(key: u64, reverse: bool) -> u64 {
@@ -837,24 +813,29 @@ impl Scan {
                 {
                     // One walk per destination: the stretch's rows are the most of a
                     // memtable scan's, and a test of the destination per row was 3% of it.
+                    // Rows come a stretch at a time, each passed over in a loop of its own.
                     let max = want - taken;
                     let last = match fold.as_deref_mut() {
-                        Some(fold) => mem[i].lend(bound, max, |k, row| {
-                            if let Some(row) = row
-                                && failed.is_none()
-                            {
-                                failed = fold.add_row(k, row).err();
-                                taken += 1;
-                            }
+                        Some(fold) => mem[i].lend_rows(bound, max, |lent| {
+                            lent.for_each(|k, row| {
+                                if let Some(row) = row
+                                    && failed.is_none()
+                                {
+                                    failed = fold.add_row(k, row).err();
+                                    taken += 1;
+                                }
+                            })
                         }),
-                        None => mem[i].lend(bound, max, |k, row| {
-                            if let Some(row) = row
-                                && failed.is_none()
-                            {
-                                failed = rows.push(row).err();
-                                picks.push(Pick::Row(k));
-                                taken += 1;
-                            }
+                        None => mem[i].lend_rows(bound, max, |lent| {
+                            lent.for_each(|k, row| {
+                                if let Some(row) = row
+                                    && failed.is_none()
+                                {
+                                    failed = rows.push(row).err();
+                                    picks.push(Pick::Row(k));
+                                    taken += 1;
+                                }
+                            })
                         }),
                     };
                     if let Some(error) = failed {
@@ -1299,7 +1280,7 @@ mod tests {
     use object_store::memory::InMemory;
     use proptest::prelude::*;
 
-    use super::{Heads, gallop, gallop_back};
+    use super::Heads;
     use crate::{Db, KeyType, ScanOptions, WriteOptions};
 
     proptest! {
@@ -1391,21 +1372,5 @@ mod tests {
             assert_eq!(keys, expected, "{options:?}");
         }
         db.close().await.unwrap();
-    }
-
-    proptest! {
-        #[test]
-        fn galloping_finds_the_partition_point(
-            mut keys in proptest::collection::vec(0..64u64, 0..200),
-            bound in 0..70u64,
-        ) {
-            keys.sort_unstable();
-            let below = |k: u64| k < bound;
-            let at_most = |k: u64| k <= bound;
-            prop_assert_eq!(gallop(&keys, below), keys.partition_point(|&k| below(k)));
-            prop_assert_eq!(gallop(&keys, at_most), keys.partition_point(|&k| at_most(k)));
-            prop_assert_eq!(gallop_back(&keys, below), keys.partition_point(|&k| below(k)));
-            prop_assert_eq!(gallop_back(&keys, at_most), keys.partition_point(|&k| at_most(k)));
-        }
     }
 }

@@ -83,6 +83,31 @@ pub(crate) fn bisect_scan<const SCAN: usize>(s: &[u64], key: u64) -> usize {
     base + tail.iter().map(|&k| usize::from(k < key)).sum::<usize>()
 }
 
+/// `keys.partition_point(pred)`, probing 1, 2, 4, … keys from the front before bisecting: a
+/// scan's next boundary is usually a few keys away, and this finds it in as many cache lines.
+pub(crate) fn gallop(keys: &[u64], pred: impl Fn(u64) -> bool) -> usize {
+    let (mut lo, mut step) = (0, 1);
+    // Every key before `lo` satisfies `pred`.
+    while lo + step <= keys.len() && pred(keys[lo + step - 1]) {
+        lo += step;
+        step *= 2;
+    }
+    let end = (lo + step).min(keys.len());
+    lo + keys[lo..end].partition_point(|&k| pred(k))
+}
+
+/// `keys.partition_point(pred)`, probing from the back: [`gallop`] for a reverse scan.
+pub(crate) fn gallop_back(keys: &[u64], pred: impl Fn(u64) -> bool) -> usize {
+    let (mut hi, mut step) = (keys.len(), 1);
+    // No key from `hi` on satisfies `pred`.
+    while hi >= step && !pred(keys[hi - step]) {
+        hi -= step;
+        step *= 2;
+    }
+    let start = hi.saturating_sub(step);
+    start + keys[start..hi].partition_point(|&k| pred(k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +162,24 @@ mod tests {
         let keys: Vec<u64> = vec![5, 6, 7];
         assert_eq!(lower_bound_in(&keys, Window { lo: 10, hi: 20 }, 6), 1);
         assert_eq!(lower_bound_in(&[], Window { lo: 10, hi: 20 }, 6), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn galloping_finds_the_partition_point(
+            mut keys in proptest::collection::vec(0..64u64, 0..200),
+            bound in 0..70u64,
+        ) {
+            keys.sort_unstable();
+            let below = |k: u64| k < bound;
+            let at_most = |k: u64| k <= bound;
+            proptest::prop_assert_eq!(gallop(&keys, below), keys.partition_point(|&k| below(k)));
+            proptest::prop_assert_eq!(gallop(&keys, at_most), keys.partition_point(|&k| at_most(k)));
+            proptest::prop_assert_eq!(gallop_back(&keys, below), keys.partition_point(|&k| below(k)));
+            proptest::prop_assert_eq!(
+                gallop_back(&keys, at_most),
+                keys.partition_point(|&k| at_most(k))
+            );
+        }
     }
 }

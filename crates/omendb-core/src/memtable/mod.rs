@@ -21,6 +21,7 @@ use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
 
 use crate::filter::GrowingFilter;
+use crate::index::search::gallop;
 use crate::sync::{Mutex, RwLock, read};
 
 mod cut;
@@ -464,6 +465,19 @@ impl Newest {
         max: usize,
         mut visit: impl FnMut(u64, Option<&[u8]>),
     ) -> Option<u64> {
+        self.lend_rows(bound, max, |rows| rows.for_each(&mut visit))
+    }
+
+    /// [`Newest::lend`], giving `visit` the rows a stretch at a time where it can: in a forward
+    /// walk, where one run's next versions come before every other source's and are each its
+    /// key's newest visible one (a time series' memtable is such runs), the stretch is lent
+    /// whole, and its consumer passes over it without a call per row.
+    pub fn lend_rows(
+        &mut self,
+        bound: Option<u64>,
+        max: usize,
+        mut visit: impl FnMut(Lent<'_>),
+    ) -> Option<u64> {
         self.next = None;
         let Some(merge) = &mut self.merge else {
             return None;
@@ -474,20 +488,52 @@ impl Newest {
         let mut last = None;
         if !reverse {
             let previous = &mut self.previous;
-            merge.take_while(|version, row| {
-                if version.lsn() > snapshot || Some(version.key) == *previous {
-                    return true;
+            loop {
+                if let Some((cursor, run, positions)) = merge.stretch(snapshot)
+                    && *previous != Some(run.key(positions.start))
+                {
+                    // The stretch up to the bound and the keys still wanted.
+                    let end = positions.end.min(positions.start + (max - given));
+                    let keys = run.keys_at(positions.start..end);
+                    let n = bound.map_or(keys.len(), |b| gallop(keys, |k| k < b));
+                    if n > 0 {
+                        let lent = positions.start..positions.start + n;
+                        let key = run.key(lent.end - 1);
+                        visit(Lent::Rows(run.rows(lent)));
+                        merge.pass(cursor, n);
+                        (*previous, last) = (Some(key), Some(key));
+                        given += n;
+                    }
+                    if n < positions.end - positions.start {
+                        return last;
+                    }
+                    continue;
                 }
-                if given == max || !within(version.key) {
-                    return false;
+                // One key at a time where no stretch can be lent: the next key, with the older
+                // versions of the last one given passed; then back to stretches.
+                let (mut gave, mut stop) = (false, false);
+                merge.take_while(|version, row| {
+                    if version.lsn() > snapshot || Some(version.key) == *previous {
+                        return true;
+                    }
+                    if gave {
+                        return false;
+                    }
+                    if given == max || !within(version.key) {
+                        stop = true;
+                        return false;
+                    }
+                    visit(Lent::One(version.key, row));
+                    *previous = Some(version.key);
+                    last = Some(version.key);
+                    given += 1;
+                    gave = true;
+                    true
+                });
+                if stop || !gave {
+                    return last;
                 }
-                visit(version.key, row);
-                *previous = Some(version.key);
-                last = Some(version.key);
-                given += 1;
-                true
-            });
-            return last;
+            }
         }
         // Backwards, a key is given once its versions are passed: at the next key's first
         // visible version, or at the end. Its newest row so far is copied into `pending`.
@@ -504,7 +550,7 @@ impl Newest {
                     open = Some((key, row.is_some()));
                     return true;
                 }
-                visit(key, present.then_some(pending.as_slice()));
+                visit(Lent::One(key, present.then_some(pending.as_slice())));
                 last = Some(key);
                 given += 1;
                 open = None;
@@ -518,10 +564,29 @@ impl Newest {
             true
         });
         if let Some((key, present)) = open {
-            visit(key, present.then_some(pending.as_slice()));
+            visit(Lent::One(key, present.then_some(pending.as_slice())));
             last = Some(key);
         }
         last
+    }
+}
+
+/// Rows a walk lends (see [`Newest::lend_rows`]): one key's, or a stretch of a run's.
+pub enum Lent<'a> {
+    /// A key and its row (`None` for a deletion).
+    One(u64, Option<&'a [u8]>),
+    /// Keys and rows in walk order.
+    Rows(run::Rows<'a>),
+}
+
+impl Lent<'_> {
+    /// Calls `f` with each key and row, in walk order.
+    #[inline]
+    pub fn for_each(self, mut f: impl FnMut(u64, Option<&[u8]>)) {
+        match self {
+            Lent::One(key, row) => f(key, row),
+            Lent::Rows(rows) => rows.for_each(|(key, row)| f(key, row)),
+        }
     }
 }
 

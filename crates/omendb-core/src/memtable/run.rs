@@ -14,6 +14,7 @@ use bytes::Bytes;
 use crossbeam_skiplist::map::Entry;
 
 use super::{List, Lsn, Version};
+use crate::index::search::gallop;
 
 /// Versions sorted by key ascending, then LSN descending, each version once.
 #[derive(Debug)]
@@ -28,6 +29,12 @@ pub(super) struct Run {
     /// Every [`FENCE`]th key: a search reads this small array, which stays in cache, and then
     /// one block of keys, instead of bisecting the whole key array miss after miss.
     fences: Vec<u64>,
+    /// Whether no key has two versions here (a time series' runs): a walk can then lend a
+    /// stretch of the run whole, each version being its key's newest in the run.
+    unique: bool,
+    /// The newest LSN in the run (0 if empty): a walk at a snapshot at or above it sees every
+    /// version.
+    lsn_max: Lsn,
 }
 
 /// Keys per fence: a block of them is 256 bytes, four cache lines.
@@ -178,9 +185,63 @@ impl Run {
         None
     }
 
+    /// Whether a walk at `snapshot` sees every version, each its key's only one in the run.
+    pub(super) fn plain_at(&self, snapshot: Lsn) -> bool {
+        self.unique && self.lsn_max <= snapshot
+    }
+
+    /// The keys and rows of the versions at `positions`, in order.
+    pub(super) fn rows(&self, positions: std::ops::Range<usize>) -> Rows<'_> {
+        Rows {
+            from: self.row_range(positions.start).start,
+            keys: self.keys[positions.clone()].iter(),
+            ends: &self.ends[positions.clone()],
+            deleted: &self.deleted[positions],
+            rows: &self.rows,
+            at: 0,
+        }
+    }
+
+    /// The keys at `positions`.
+    pub(super) fn keys_at(&self, positions: std::ops::Range<usize>) -> &[u64] {
+        &self.keys[positions]
+    }
+
+    /// The key at position `i`.
+    pub(super) fn key(&self, i: usize) -> u64 {
+        self.keys[i]
+    }
+
     /// The newest LSN of any version of a key in `range`.
     pub(super) fn newest_lsn(&self, range: &RangeInclusive<u64>) -> Option<Lsn> {
         self.lsns[self.positions(range)].iter().copied().max()
+    }
+}
+
+/// Versions of a run in order, as keys and rows (`None` for a deletion): a pass over its
+/// arrays, without a row-end lookup per version.
+pub struct Rows<'a> {
+    keys: std::slice::Iter<'a, u64>,
+    ends: &'a [usize],
+    deleted: &'a [bool],
+    rows: &'a [u8],
+    /// Where the next row starts in `rows`.
+    from: usize,
+    /// The next version's place in `ends` and `deleted`.
+    at: usize,
+}
+
+impl<'a> Iterator for Rows<'a> {
+    type Item = (u64, Option<&'a [u8]>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let &key = self.keys.next()?;
+        // `ends` and `deleted` are as long as `keys`, and row ends ascend within `rows`.
+        let (end, deleted) = (*self.ends.get(self.at)?, *self.deleted.get(self.at)?);
+        let row = self.rows.get(self.from..end)?;
+        (self.from, self.at) = (end, self.at + 1);
+        Some((key, (!deleted).then_some(row)))
     }
 }
 
@@ -238,6 +299,8 @@ impl Builder {
     fn finish(self) -> Run {
         Run {
             fences: self.keys.iter().step_by(FENCE).copied().collect(),
+            unique: self.keys.windows(2).all(|pair| pair[0] != pair[1]),
+            lsn_max: self.lsns.iter().copied().max().unwrap_or(0),
             keys: self.keys,
             lsns: self.lsns,
             ends: self.ends,
@@ -448,6 +511,59 @@ impl Merge {
                 return;
             }
         }
+    }
+
+    /// In a forward walk, the source whose next versions come before every other source's next
+    /// one, if its run is [`Run::plain_at`] `snapshot`: the cursor, its run and the positions
+    /// of those versions, none taken (see [`Merge::pass`]). `None` where two sources hold the
+    /// next version, or the source's run is not plain.
+    pub(super) fn stretch(&self, snapshot: Lsn) -> Option<(usize, &Run, std::ops::Range<usize>)> {
+        debug_assert!(!self.reverse);
+        let mut best: Option<(usize, Version)> = None;
+        let mut others: Option<Version> = None;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            let Some(head) = cursor.head else { continue };
+            match best {
+                Some((_, b)) if head >= b => others = Some(others.map_or(head, |o| o.min(head))),
+                _ => {
+                    if let Some((_, b)) = best {
+                        others = Some(others.map_or(b, |o| o.min(b)));
+                    }
+                    best = Some((i, head));
+                }
+            }
+        }
+        let (cursor, head) = best?;
+        let current = &self.cursors[cursor];
+        let run = current.run.as_ref();
+        if others == Some(head) || !run.plain_at(snapshot) {
+            return None;
+        }
+        let left = current.left.clone();
+        let end = match others {
+            None => left.end,
+            Some(other) => {
+                let keys = &run.keys[left.clone()];
+                let mut n = gallop(keys, |k| k < other.key);
+                // The run's one version of the other's key comes first if it is newer.
+                if keys.get(n) == Some(&other.key) && run.lsns[left.start + n] > other.lsn() {
+                    n += 1;
+                }
+                left.start + n
+            }
+        };
+        Some((cursor, run, left.start..end))
+    }
+
+    /// Takes the first `n` versions of the stretch [`Merge::stretch`] gave for `cursor`.
+    pub(super) fn pass(&mut self, cursor: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let current = &mut self.cursors[cursor];
+        // `advance` takes the last one: it takes the next chunk of a list and sets the head.
+        current.left.start += n - 1;
+        self.advance(cursor);
     }
 
     /// The first of `a` and `b` in this merge's order.
