@@ -22,6 +22,7 @@ use super::options::Aggregate;
 use super::read::{Scan, key_array};
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyType};
+use crate::memtable::Lent;
 use crate::table::{RowCodec, TableDef, key_data_type};
 
 /// One bucket's running aggregate.
@@ -242,11 +243,45 @@ impl Fold {
         }
     }
 
-    /// Folds in a memtable row of the table (encoded, see [`RowCodec`]) at stored key `key`.
-    /// Inlined into the memtable's walk, which calls it for every row: the call and a bucket
-    /// found by decoding the key were most of the fold's instructions.
-    #[inline]
-    pub(crate) fn add_row(&mut self, key: u64, row: &[u8]) -> Result<()> {
+    /// Folds in the memtable rows a walk lent (encoded, see [`RowCodec`]; deletions have no
+    /// row); returns how many rows there were. The function is chosen once per stretch and the
+    /// row's step is inlined into the loop: a call per row and a bucket found by decoding each
+    /// key were most of the fold's instructions.
+    pub(crate) fn add_lent(&mut self, lent: Lent<'_>) -> Result<usize> {
+        match self.function {
+            Aggregate::Count => self.add_lent_with(lent, |acc, _| acc.count += 1),
+            Aggregate::Sum | Aggregate::Avg => self.add_lent_with(lent, |acc, v| {
+                acc.count += 1;
+                acc.sum += v;
+            }),
+            Aggregate::Min => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Min, v)),
+            Aggregate::Max => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Max, v)),
+        }
+    }
+
+    fn add_lent_with(&mut self, lent: Lent<'_>, add: impl Fn(&mut Acc, f64)) -> Result<usize> {
+        let mut rows = 0;
+        match lent {
+            Lent::One(key, Some(row)) => {
+                self.add_row(key, row, &add)?;
+                rows += 1;
+            }
+            Lent::One(_, None) => {}
+            Lent::Rows(lent) => {
+                for (key, row) in lent {
+                    if let Some(row) = row {
+                        self.add_row(key, row, &add)?;
+                        rows += 1;
+                    }
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Folds in one memtable row at stored key `key` with `add`.
+    #[inline(always)]
+    fn add_row(&mut self, key: u64, row: &[u8], add: &impl Fn(&mut Acc, f64)) -> Result<()> {
         let Some(cell) = self.codec.cell(row, self.column)? else {
             return Ok(());
         };
@@ -256,10 +291,9 @@ impl Fold {
                 Error::Corrupt("an aggregated column's value is not a number".to_owned())
             })?,
         };
-        let function = self.function;
         match &mut self.open {
-            Some(open) if open.stored.contains(&key) => open.acc.add(function, value),
-            _ => self.open_bucket(key).add(function, value),
+            Some(open) if open.stored.contains(&key) => add(&mut open.acc, value),
+            _ => add(self.open_bucket(key), value),
         }
         Ok(())
     }

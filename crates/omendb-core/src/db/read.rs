@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::index::LearnedIndex;
 use crate::index::search::{gallop, gallop_back};
 use crate::key::{Key, KeyType};
-use crate::memtable::{Lookup, Lsn, Memtable, Newest};
+use crate::memtable::{Lent, Lookup, Lsn, Memtable, Newest};
 use crate::segment::Segment;
 use crate::table::{RowDecoder, Value, key_data_type, value_at};
 
@@ -508,7 +508,7 @@ fn take_row(
     row: &[u8],
 ) -> Result<()> {
     match fold {
-        Some(fold) => fold.add_row(key, row),
+        Some(fold) => fold.add_lent(Lent::One(key, Some(row))).map(drop),
         None => rows.push(row),
     }
 }
@@ -817,14 +817,12 @@ impl Scan {
                     let max = want - taken;
                     let last = match fold.as_deref_mut() {
                         Some(fold) => mem[i].lend_rows(bound, max, |lent| {
-                            lent.for_each(|k, row| {
-                                if let Some(row) = row
-                                    && failed.is_none()
-                                {
-                                    failed = fold.add_row(k, row).err();
-                                    taken += 1;
+                            if failed.is_none() {
+                                match fold.add_lent(lent) {
+                                    Ok(rows) => taken += rows,
+                                    Err(error) => failed = Some(error),
                                 }
-                            })
+                            }
                         }),
                         None => mem[i].lend_rows(bound, max, |lent| {
                             lent.for_each(|k, row| {
