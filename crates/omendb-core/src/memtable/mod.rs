@@ -29,7 +29,7 @@ mod generation;
 mod run;
 
 pub use generation::Generation;
-use run::{Merge, Run, Source};
+use run::{Merge, Next, Run, Source};
 
 /// A log sequence number: the order of committed write batches.
 pub type Lsn = u64;
@@ -488,35 +488,48 @@ impl Newest {
         let mut last = None;
         if !reverse {
             let previous = &mut self.previous;
+            // Whether keys are taken one at a time to the end of this call.
+            let mut one_by_one = false;
             loop {
-                if let Some((cursor, run, positions)) = merge.stretch(snapshot)
-                    && *previous != Some(run.key(positions.start))
-                {
-                    // The stretch up to the bound and the keys still wanted.
-                    let end = positions.end.min(positions.start + (max - given));
-                    let keys = run.keys_at(positions.start..end);
-                    let n = bound.map_or(keys.len(), |b| gallop(keys, |k| k < b));
-                    if n > 0 {
-                        let lent = positions.start..positions.start + n;
-                        let key = run.key(lent.end - 1);
-                        visit(Lent::Rows(run.rows(lent)));
-                        merge.pass(cursor, n);
-                        (*previous, last) = (Some(key), Some(key));
-                        given += n;
+                let next = if one_by_one {
+                    Next::Mixed
+                } else {
+                    merge.stretch(snapshot)
+                };
+                match next {
+                    Next::Stretch(cursor, run, positions)
+                        if *previous != Some(run.key(positions.start)) =>
+                    {
+                        // The stretch up to the bound and the keys still wanted.
+                        let end = positions.end.min(positions.start + (max - given));
+                        let keys = run.keys_at(positions.start..end);
+                        let n = bound.map_or(keys.len(), |b| gallop(keys, |k| k < b));
+                        if n > 0 {
+                            let lent = positions.start..positions.start + n;
+                            let key = run.key(lent.end - 1);
+                            visit(Lent::Rows(run.rows(lent)));
+                            merge.pass(cursor, n);
+                            (*previous, last) = (Some(key), Some(key));
+                            given += n;
+                        }
+                        if n < positions.end - positions.start {
+                            return last;
+                        }
+                        continue;
                     }
-                    if n < positions.end - positions.start {
-                        return last;
-                    }
-                    continue;
+                    Next::Done => return last,
+                    // Once a source's run is not plain, asking for a stretch before every key
+                    // would only add a look at every source: keys go one at a time to the end.
+                    Next::Mixed => one_by_one = true,
+                    // A tie, or the last key's older version: one key, then stretches again.
+                    Next::Stretch(..) | Next::Tie => {}
                 }
-                // One key at a time where no stretch can be lent: the next key, with the older
-                // versions of the last one given passed; then back to stretches.
                 let (mut gave, mut stop) = (false, false);
                 merge.take_while(|version, row| {
                     if version.lsn() > snapshot || Some(version.key) == *previous {
                         return true;
                     }
-                    if gave {
+                    if gave && !one_by_one {
                         return false;
                     }
                     if given == max || !within(version.key) {

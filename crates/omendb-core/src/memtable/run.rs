@@ -323,6 +323,19 @@ pub(super) enum Source {
 /// keys in the newest 16K versions (a copy of 32 was a tenth of a 100-row scan's time).
 const CHUNKS: (usize, usize) = (4, 4096);
 
+/// What a forward merge gives next ([`Merge::stretch`]).
+pub(super) enum Next<'a> {
+    /// Versions of one source that come before every other source's next one, from a run
+    /// [`Run::plain_at`] the snapshot: the cursor, its run, their positions.
+    Stretch(usize, &'a Run, std::ops::Range<usize>),
+    /// The next version is in two sources (the newer replaced the older's).
+    Tie,
+    /// The next version's run holds a key twice or versions newer than the snapshot.
+    Mixed,
+    /// Nothing: every source is done.
+    Done,
+}
+
 /// One source's place in a merge.
 struct Cursor {
     run: Arc<Run>,
@@ -513,11 +526,10 @@ impl Merge {
         }
     }
 
-    /// In a forward walk, the source whose next versions come before every other source's next
-    /// one, if its run is [`Run::plain_at`] `snapshot`: the cursor, its run and the positions
-    /// of those versions, none taken (see [`Merge::pass`]). `None` where two sources hold the
-    /// next version, or the source's run is not plain.
-    pub(super) fn stretch(&self, snapshot: Lsn) -> Option<(usize, &Run, std::ops::Range<usize>)> {
+    /// In a forward walk, what comes next (see [`Next`]): where it is a stretch, the positions
+    /// of the versions one source gives before every other source's next one, none taken (see
+    /// [`Merge::pass`]).
+    pub(super) fn stretch(&self, snapshot: Lsn) -> Next<'_> {
         debug_assert!(!self.reverse);
         let mut best: Option<(usize, Version)> = None;
         let mut others: Option<Version> = None;
@@ -533,11 +545,16 @@ impl Merge {
                 }
             }
         }
-        let (cursor, head) = best?;
+        let Some((cursor, head)) = best else {
+            return Next::Done;
+        };
         let current = &self.cursors[cursor];
         let run = current.run.as_ref();
-        if others == Some(head) || !run.plain_at(snapshot) {
-            return None;
+        if others == Some(head) {
+            return Next::Tie;
+        }
+        if !run.plain_at(snapshot) {
+            return Next::Mixed;
         }
         let left = current.left.clone();
         let end = match others {
@@ -552,7 +569,7 @@ impl Merge {
                 left.start + n
             }
         };
-        Some((cursor, run, left.start..end))
+        Next::Stretch(cursor, run, left.start..end)
     }
 
     /// Takes the first `n` versions of the stretch [`Merge::stretch`] gave for `cursor`.
