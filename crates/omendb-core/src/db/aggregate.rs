@@ -50,23 +50,13 @@ impl Acc {
 
     /// Folds in `values` (non-null ones), choosing the function once, not per value.
     fn add_all(&mut self, function: Aggregate, values: impl Iterator<Item = f64>) {
+        // Each loop passes `add` a constant, so the match inside it folds away.
         match function {
             Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
-                for v in values {
-                    self.count += 1;
-                    self.sum += v;
-                }
+                values.for_each(|v| self.add(Aggregate::Sum, v));
             }
-            Aggregate::Min => {
-                for v in values {
-                    self.min = Some(self.min.map_or(v, |m| m.min(v)));
-                }
-            }
-            Aggregate::Max => {
-                for v in values {
-                    self.max = Some(self.max.map_or(v, |m| m.max(v)));
-                }
-            }
+            Aggregate::Min => values.for_each(|v| self.add(Aggregate::Min, v)),
+            Aggregate::Max => values.for_each(|v| self.add(Aggregate::Max, v)),
         }
     }
 
@@ -250,10 +240,9 @@ impl Fold {
     pub(crate) fn add_lent(&mut self, lent: Lent<'_>) -> Result<usize> {
         match self.function {
             Aggregate::Count => self.add_lent_with(lent, |acc, _| acc.count += 1),
-            Aggregate::Sum | Aggregate::Avg => self.add_lent_with(lent, |acc, v| {
-                acc.count += 1;
-                acc.sum += v;
-            }),
+            Aggregate::Sum | Aggregate::Avg => {
+                self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Sum, v))
+            }
             Aggregate::Min => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Min, v)),
             Aggregate::Max => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Max, v)),
         }
