@@ -1,5 +1,5 @@
-//! The read path: point reads, scans as a merge of memtables and segments, aggregates and
-//! `explain`.
+//! The read path: point reads, scans as a merge of memtables and segments (which also feed an
+//! aggregate's fold, `db/aggregate.rs`) and `explain`.
 //!
 //! A read fixes its snapshot LSN first and loads the version after, so every write at or below
 //! the snapshot is in that version (in a memtable, or in a segment that replaced it). Layers are
