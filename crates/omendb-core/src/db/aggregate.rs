@@ -391,7 +391,7 @@ impl Fold {
             Field::new("bucket", key_data_type(key_type), false),
             value_field,
         ]));
-        let key_column = key_array(key_type, &starts)?;
+        let key_column = key_array(key_type, starts)?;
         let accs = self.buckets.into_values().collect();
         Ok(RecordBatch::try_new(
             schema,

@@ -458,8 +458,14 @@ impl Heads {
     }
 
     fn push(&mut self, head: (u64, usize)) {
-        let at = self.0.partition_point(|h| *h < head);
-        self.0.insert(at, head);
+        // An insertion step, not `Vec::insert`: the list is a handful long, and moving its
+        // entries one by one costs less than the call to move them as a block.
+        self.0.push(head);
+        let mut at = self.0.len() - 1;
+        while at > 0 && self.0[at - 1] > head {
+            self.0.swap(at - 1, at);
+            at -= 1;
+        }
     }
 }
 
@@ -513,7 +519,9 @@ fn take_row(
     }
 }
 
-/// How a scan reads one segment's rows.
+/// How a scan of some of a table's columns reads one segment's rows. A scan of every column
+/// needs none: it reads with the segment's own projections (see [`Scan::segment_rows`]), so a
+/// short scan does not prepare a projection per segment.
 struct SegmentRead {
     projection: Projection,
     /// The scan's value columns, by position in a batch read with `projection`.
@@ -559,8 +567,8 @@ pub(crate) struct Scan {
     /// Projected value columns (indexes into the declared schema).
     columns: Vec<usize>,
     output: SchemaRef,
-    /// Per segment: how its rows are read.
-    reads: Vec<SegmentRead>,
+    /// Per segment: how its rows are read (`None`: every column, see [`SegmentRead`]).
+    reads: Option<Vec<SegmentRead>>,
     /// Whether batches carry the key column (first); an aggregate without buckets needs none.
     keys: bool,
     /// The picks of a batch, kept from one batch to the next so that a long scan does not grow
@@ -609,28 +617,32 @@ impl Scan {
                 Arc::new(Schema::new(fields))
             }
         };
-        let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
-            .chain(
-                columns
+        let reads = match &options.projection {
+            None => None,
+            Some(_) => {
+                let names: Vec<&str> = std::iter::once(TOMBSTONE_COLUMN)
+                    .chain(
+                        columns
+                            .iter()
+                            .map(|&c| def.schema().field(c).name().as_str()),
+                    )
+                    .collect();
+                let reads = table
+                    .segments
                     .iter()
-                    .map(|&c| def.schema().field(c).name().as_str()),
-            )
-            .collect();
-        let reads = table
-            .segments
-            .iter()
-            .map(|s| {
-                // A segment without tombstones is read without the column, unless the scan
-                // reads no value column (a batch needs one).
-                let projection = match (&options.projection, &s.values) {
-                    (None, Some(values)) => values.clone(),
-                    (None, None) => s.row.clone(),
-                    (Some(_), Some(_)) if names.len() > 1 => s.reader.projection(&names[1..])?,
-                    (Some(_), _) => s.reader.projection(&names)?,
-                };
-                SegmentRead::new(projection, &names[1..])
-            })
-            .collect::<Result<_>>()?;
+                    .map(|s| {
+                        // A segment without tombstones is read without the column, unless the
+                        // scan reads no value column (a batch needs one).
+                        let projection = match &s.values {
+                            Some(_) if names.len() > 1 => s.reader.projection(&names[1..])?,
+                            _ => s.reader.projection(&names)?,
+                        };
+                        SegmentRead::new(projection, &names[1..])
+                    })
+                    .collect::<Result<_>>()?;
+                Some(reads)
+            }
+        };
         Ok(Self {
             layers: mem_layers(version, def.id, snapshot, overlay),
             table,
@@ -694,6 +706,9 @@ impl Scan {
             }
             let mut picks = std::mem::take(&mut self.picks);
             picks.clear();
+            // A short scan's picks fit without growing the list; a long scan's batches, which
+            // mostly take runs, do not reserve one pick per row.
+            picks.reserve(want.min(1024));
             let (mem_rows, last) = self
                 .decide(range.clone(), want, &mut picks, fold.as_deref_mut())
                 .await?;
@@ -785,17 +800,24 @@ impl Scan {
             let Some(key) = nearer(mem_next, segment_next, reverse) else {
                 return Ok((rows, None));
             };
-            if runs
-                && mem_next != Some(key)
-                && let Some((segment, run, last)) =
+            if runs && mem_next != Some(key) {
+                // Segment runs, one after another while they come before the memtables' next
+                // key, which taking them does not move: where segments interleave at every
+                // key (a table loaded in random order), a row costs one step of this loop.
+                let mut took = false;
+                while let Some((segment, run, last)) =
                     self.take_run(&mut segments, &mut heads, mem_next, want - taken)
-            {
-                taken += run.len();
-                push_rows(picks, segment, run, reverse);
-                if taken == want {
-                    return Ok((rows, Some(last)));
+                {
+                    took = true;
+                    taken += run.len();
+                    push_rows(picks, segment, run, reverse);
+                    if taken == want {
+                        return Ok((rows, Some(last)));
+                    }
                 }
-                continue;
+                if took {
+                    continue;
+                }
             }
             if runs && segment_next != Some(key) {
                 // The key is in memtables only: if in one alone, its keys up to the next key
@@ -997,7 +1019,7 @@ impl Scan {
                     Pick::Row(key) => Some(*key),
                     Pick::Rows { .. } => None,
                 }));
-                columns.push(key_array(def.key_type, &keys)?);
+                columns.push(key_array(def.key_type, keys)?);
             }
             columns.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
@@ -1081,7 +1103,7 @@ impl Scan {
         }
         let mut columns = Vec::with_capacity(1 + self.columns.len());
         if self.keys {
-            columns.push(key_array(def.key_type, &keys)?);
+            columns.push(key_array(def.key_type, keys)?);
         }
         for c in 0..self.columns.len() {
             let arrays: Vec<&dyn Array> = sources.iter().map(|s| s[c].as_ref()).collect();
@@ -1097,33 +1119,55 @@ impl Scan {
         i: usize,
         positions: Range<usize>,
     ) -> Result<(Vec<ArrayRef>, Option<BooleanArray>)> {
-        let (Some(segment), Some(read)) = (self.table.segments.get(i), self.reads.get(i)) else {
+        let Some(segment) = self.table.segments.get(i) else {
             return Err(Error::Corrupt("scan lost a segment".to_owned()));
         };
-        let batch = segment
-            .reader
-            .fetch_range(
-                positions.start as u64..positions.end as u64,
-                &read.projection,
-            )
-            .await?;
-        let column = |c: usize| {
-            batch
-                .columns()
-                .get(c)
-                .cloned()
-                .ok_or_else(|| Error::Corrupt("a segment read lost a column".to_owned()))
+        // A scan of every column reads each segment with the segment's own projection: its
+        // value columns (the table's, in the table's order) after the tombstones, or alone
+        // where it holds none.
+        let (projection, picked, tombstones_at) = match &self.reads {
+            None => match &segment.values {
+                Some(values) => (values, None, None),
+                None => (&segment.row, None, Some(0)),
+            },
+            Some(reads) => {
+                let read = reads
+                    .get(i)
+                    .ok_or_else(|| Error::Corrupt("scan lost a segment".to_owned()))?;
+                (&read.projection, Some(&read.columns), read.tombstones)
+            }
         };
-        let columns = read
-            .columns
-            .iter()
-            .map(|&c| column(c))
-            .collect::<Result<_>>()?;
-        let tombstones = match read.tombstones {
+        let mut batch = segment
+            .reader
+            .fetch_range_columns(positions.start as u64..positions.end as u64, projection)
+            .await?;
+        let lost = || Error::Corrupt("a segment read lost a column".to_owned());
+        let tombstones = match tombstones_at {
             None => None,
-            Some(c) => Some(column(c)?.as_boolean_opt().cloned().ok_or_else(|| {
-                Error::Corrupt("a segment's tombstones are not Boolean".to_owned())
-            })?),
+            Some(c) => Some(
+                batch
+                    .get(c)
+                    .ok_or_else(lost)?
+                    .as_boolean_opt()
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Corrupt("a segment's tombstones are not Boolean".to_owned())
+                    })?,
+            ),
+        };
+        let columns = match picked {
+            Some(picked) => picked
+                .iter()
+                .map(|&c| batch.get(c).cloned().ok_or_else(lost))
+                .collect::<Result<_>>()?,
+            None => {
+                let first = usize::from(tombstones_at.is_some());
+                if batch.len() != first + self.columns.len() {
+                    return Err(lost());
+                }
+                batch.drain(..first);
+                batch
+            }
         };
         Ok((columns, tombstones))
     }
@@ -1141,7 +1185,7 @@ impl Scan {
             .ok_or_else(|| Error::Corrupt("scan read past a segment's keys".to_owned()))?;
         let mut piece = Vec::with_capacity(1 + self.columns.len());
         if self.keys {
-            piece.push(key_array(def.key_type, keys)?);
+            piece.push(key_array(def.key_type, keys.to_vec())?);
         }
         let (columns, tombstones) = self.segment_rows(i, positions).await?;
         piece.extend(columns);
@@ -1165,13 +1209,13 @@ impl Scan {
 }
 
 /// A key column of `key_type` holding the stored `keys`.
-pub(crate) fn key_array(key_type: KeyType, keys: &[u64]) -> Result<ArrayRef> {
+pub(crate) fn key_array(key_type: KeyType, keys: Vec<u64>) -> Result<ArrayRef> {
     let array: ArrayRef = match key_type {
-        KeyType::U64 => Arc::new(UInt64Array::from(keys.to_vec())),
+        KeyType::U64 => Arc::new(UInt64Array::from(keys)),
         _ => {
             let signed: Vec<i64> = keys
-                .iter()
-                .map(|&k| match key_type.decode(k) {
+                .into_iter()
+                .map(|k| match key_type.decode(k) {
                     Key::I64(k) => k,
                     Key::U64(k) => k as i64,
                 })

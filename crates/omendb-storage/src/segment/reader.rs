@@ -742,6 +742,20 @@ impl SegmentReader {
         range: Range<u64>,
         projection: &Projection,
     ) -> Result<RecordBatch> {
+        let columns = self.fetch_range_columns(range, projection).await?;
+        Ok(RecordBatch::try_new(
+            Arc::clone(&projection.schema),
+            columns,
+        )?)
+    }
+
+    /// [`Self::fetch_range`]'s columns, without the batch around them: a short scan that gathers
+    /// rows from several segments takes the arrays and skips the batch's checks of them.
+    pub async fn fetch_range_columns(
+        &self,
+        range: Range<u64>,
+        projection: &Projection,
+    ) -> Result<Vec<ArrayRef>> {
         self.check(projection)?;
         if range.start > range.end || range.end > self.meta.rows {
             return Err(Error::BadInput(format!(
@@ -750,9 +764,11 @@ impl SegmentReader {
             )));
         }
         if range.is_empty() {
-            return Ok(RecordBatch::new_empty(Arc::clone(&projection.schema)));
+            return Ok(RecordBatch::new_empty(Arc::clone(&projection.schema))
+                .columns()
+                .to_vec());
         }
-        let (first, _) = self.page_of(range.start)?;
+        let (first, first_rows) = self.page_of(range.start)?;
         let (last, _) = self.page_of(range.end - 1)?;
         let all_cached = || {
             (first..=last).all(|page| {
@@ -767,12 +783,24 @@ impl SegmentReader {
             let batches: Vec<RecordBatch> =
                 self.stream(range, projection, len)?.try_collect().await?;
             return match batches.as_slice() {
-                [one] => Ok(one.clone()),
-                _ => Ok(arrow_select::concat::concat_batches(
-                    &projection.schema,
-                    &batches,
-                )?),
+                [one] => Ok(one.columns().to_vec()),
+                _ => Ok(
+                    arrow_select::concat::concat_batches(&projection.schema, &batches)?
+                        .columns()
+                        .to_vec(),
+                ),
             };
+        }
+        if first == last {
+            // One page, the common case of a short scan: its arrays sliced.
+            let arrays = self
+                .page_arrays(first, first_rows.clone(), projection)
+                .await?;
+            let (offset, len) = (
+                (range.start - first_rows.start) as usize,
+                (range.end - range.start) as usize,
+            );
+            return Ok(arrays.iter().map(|a| a.slice(offset, len)).collect());
         }
         let mut parts: Vec<Vec<ArrayRef>> = Vec::new();
         let mut at = range.start;
@@ -784,19 +812,12 @@ impl SegmentReader {
             parts.push(arrays.iter().map(|a| a.slice(offset, len)).collect());
             at = until;
         }
-        let columns = match parts.len() {
-            1 => parts.swap_remove(0),
-            _ => (0..projection.columns.len())
-                .map(|c| {
-                    let arrays: Vec<&dyn Array> = parts.iter().map(|p| p[c].as_ref()).collect();
-                    arrow_select::concat::concat(&arrays)
-                })
-                .collect::<std::result::Result<_, _>>()?,
-        };
-        Ok(RecordBatch::try_new(
-            Arc::clone(&projection.schema),
-            columns,
-        )?)
+        Ok((0..projection.columns.len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = parts.iter().map(|p| p[c].as_ref()).collect();
+                arrow_select::concat::concat(&arrays)
+            })
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// Every projected column's rows of `page`: cached ones from the cache, the rest decoded
