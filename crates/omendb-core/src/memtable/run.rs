@@ -8,7 +8,7 @@
 //! a search reads only keys and a walk reads memory in order.
 
 use std::ops::{Bound, RangeInclusive};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use crossbeam_skiplist::map::Entry;
@@ -336,12 +336,16 @@ pub(super) enum Next<'a> {
     Done,
 }
 
+/// The run of a cursor that has copied nothing yet.
+static EMPTY: LazyLock<Arc<Run>> = LazyLock::new(|| Arc::new(Builder::default().finish()));
+
 /// One source's place in a merge.
 struct Cursor {
     run: Arc<Run>,
     /// Positions in `run` not yet taken.
     left: std::ops::Range<usize>,
-    /// For a skip list: the list, and the last version its chunk holds while there are more.
+    /// For a skip list: the list, and the last version its chunk holds while there are more;
+    /// or, while `left` is empty (no chunk copied yet), its next version, the head.
     list: Option<(Arc<List>, Version)>,
     chunk: usize,
     /// The next version it gives (`None` once done).
@@ -377,31 +381,79 @@ impl Merge {
             reverse,
         };
         for source in sources {
-            let mut cursor = match source {
-                Source::Run(run) => Cursor {
-                    left: run.positions(&merge.range),
-                    run,
-                    list: None,
-                    chunk: 0,
-                    head: None,
-                },
-                Source::List(list) => merge.chunk(list, None, CHUNKS.0),
+            let cursor = match source {
+                Source::Run(run) => {
+                    let mut cursor = Cursor {
+                        left: run.positions(&merge.range),
+                        run,
+                        list: None,
+                        chunk: 0,
+                        head: None,
+                    };
+                    cursor.head = merge.head_of(&cursor);
+                    cursor
+                }
+                // A list's versions are copied once the walk takes one ([`Merge::fill`]): the
+                // live list holds few keys of a short scan's range, often none, and finding
+                // its head is one search where a copy was ten allocations.
+                Source::List(list) => {
+                    let head = merge.list_head(&list);
+                    Cursor {
+                        run: Arc::clone(&EMPTY),
+                        left: 0..0,
+                        list: head.map(|head| (list, head)),
+                        chunk: CHUNKS.0,
+                        head,
+                    }
+                }
             };
-            cursor.head = merge.head_of(&cursor);
             merge.cursors.push(cursor);
         }
         merge
     }
 
-    /// A cursor over the next `size` versions of `list` after `last` (or from the start).
-    fn chunk(&self, list: Arc<List>, last: Option<Version>, size: usize) -> Cursor {
-        let (first, end) = (*self.range.start(), *self.range.end());
-        let lower = Bound::Included(Version::new(first, Lsn::MAX));
-        let upper = Bound::Included(Version::new(end, 0));
-        let bounds = match (last, self.reverse) {
-            (None, _) => (lower, upper),
-            (Some(last), false) => (Bound::Excluded(last), upper),
-            (Some(last), true) => (lower, Bound::Excluded(last)),
+    /// The version bounds of the merge's key range.
+    fn bounds(&self) -> (Bound<Version>, Bound<Version>) {
+        (
+            Bound::Included(Version::new(*self.range.start(), Lsn::MAX)),
+            Bound::Included(Version::new(*self.range.end(), 0)),
+        )
+    }
+
+    /// The first version of `list` in the merge's range and order.
+    fn list_head(&self, list: &List) -> Option<Version> {
+        let lower = Version::new(*self.range.start(), Lsn::MAX);
+        let upper = Version::new(*self.range.end(), 0);
+        let head = if self.reverse {
+            *list.upper_bound(Bound::Included(&upper))?.key()
+        } else {
+            *list.lower_bound(Bound::Included(&lower))?.key()
+        };
+        (lower <= head && head <= upper).then_some(head)
+    }
+
+    /// Copies the first chunk of a list cursor that holds only its head ([`Merge::new`]).
+    fn fill(&mut self, cursor: usize) {
+        let current = &mut self.cursors[cursor];
+        if !current.left.is_empty() {
+            return;
+        }
+        let Some((list, head)) = current.list.take() else {
+            return;
+        };
+        let size = current.chunk;
+        let mut filled = self.chunk(list, Bound::Included(head), size);
+        filled.head = self.head_of(&filled);
+        self.cursors[cursor] = filled;
+    }
+
+    /// A cursor over the next `size` versions of `list` from `from` on, in the merge's order.
+    fn chunk(&self, list: Arc<List>, from: Bound<Version>, size: usize) -> Cursor {
+        let (lower, upper) = self.bounds();
+        let bounds = if self.reverse {
+            (lower, from)
+        } else {
+            (from, upper)
         };
         let (run, more) = Run::from_list(&list, bounds, size, self.reverse);
         Cursor {
@@ -426,6 +478,7 @@ impl Merge {
     /// Takes `cursor`'s next version (the one its head names), taking the next chunk of its
     /// list if this one is used up.
     fn advance(&mut self, cursor: usize) {
+        self.fill(cursor);
         let current = &mut self.cursors[cursor];
         if self.reverse {
             current.left.end -= 1;
@@ -436,7 +489,7 @@ impl Merge {
             && let Some((list, last)) = current.list.take()
         {
             let size = (current.chunk * 2).min(CHUNKS.1);
-            self.cursors[cursor] = self.chunk(list, Some(last), size);
+            self.cursors[cursor] = self.chunk(list, Bound::Excluded(last), size);
         }
         self.cursors[cursor].head = self.head_of(&self.cursors[cursor]);
     }
@@ -477,6 +530,7 @@ impl Merge {
                 }
             }
             let Some((cursor, head)) = best else { return };
+            self.fill(cursor);
             if others == Some(head) {
                 // An older source holds the same version, which the newer one replaced.
                 let current = &self.cursors[cursor];
@@ -529,7 +583,7 @@ impl Merge {
     /// In a forward walk, what comes next (see [`Next`]): where it is a stretch, the positions
     /// of the versions one source gives before every other source's next one, none taken (see
     /// [`Merge::pass`]).
-    pub(super) fn stretch(&self, snapshot: Lsn) -> Next<'_> {
+    pub(super) fn stretch(&mut self, snapshot: Lsn) -> Next<'_> {
         debug_assert!(!self.reverse);
         let mut best: Option<(usize, Version)> = None;
         let mut others: Option<Version> = None;
@@ -548,6 +602,7 @@ impl Merge {
         let Some((cursor, head)) = best else {
             return Next::Done;
         };
+        self.fill(cursor);
         let current = &self.cursors[cursor];
         let run = current.run.as_ref();
         if others == Some(head) {
@@ -604,6 +659,7 @@ impl Iterator for Merge {
             }
         }
         let (cursor, head) = best?;
+        self.fill(cursor);
         let current = &self.cursors[cursor];
         let i = current.next_at(self.reverse);
         let item = (head.key, head.lsn(), current.run.row(i));
