@@ -14,7 +14,8 @@ use bytes::Bytes;
 use crossbeam_skiplist::map::Entry;
 
 use super::{List, Lsn, Version};
-use crate::index::search::gallop;
+use crate::index::search::{SCAN_CACHED, bisect_scan, gallop};
+use crate::prefetch;
 
 /// Versions sorted by key ascending, then LSN descending, each version once.
 #[derive(Debug)]
@@ -164,13 +165,15 @@ impl Run {
     /// The position of the first key ≥ `key` (the run's length if none is).
     fn first_at_least(&self, key: u64) -> usize {
         // Fences before `block` are < key; the fence at `block` (key `block * FENCE`) is ≥ key.
-        let block = self.fences.partition_point(|&k| k < key);
+        let block = bisect_scan::<SCAN_CACHED>(&self.fences, key);
         if block == 0 {
             return 0;
         }
         let low = (block - 1) * FENCE + 1;
         let high = (block * FENCE).min(self.len());
-        low + self.keys[low..high].partition_point(|&k| k < key)
+        // The block's keys are counted, not bisected: its four lines, which a large run's
+        // search misses, load in parallel instead of one bisection step after another.
+        low + bisect_scan::<FENCE>(self.keys.get(low..high).unwrap_or_default(), key)
     }
 
     /// `key`'s newest version with an LSN ≤ `snapshot`: its LSN and row.
@@ -382,16 +385,28 @@ impl Merge {
         };
         for source in sources {
             let cursor = match source {
+                // Heads are read once every cursor is placed (below), so that the miss on a
+                // large run's LSN line overlaps the other runs' searches.
                 Source::Run(run) => {
-                    let mut cursor = Cursor {
-                        left: run.positions(&merge.range),
+                    let left = run.positions(&merge.range);
+                    let next = if reverse {
+                        left.end.checked_sub(1)
+                    } else {
+                        Some(left.start)
+                    };
+                    if let Some(lsn) = next
+                        .filter(|&at| left.contains(&at))
+                        .and_then(|at| run.lsns.get(at))
+                    {
+                        prefetch::line(std::ptr::from_ref(lsn));
+                    }
+                    Cursor {
+                        left,
                         run,
                         list: None,
                         chunk: 0,
                         head: None,
-                    };
-                    cursor.head = merge.head_of(&cursor);
-                    cursor
+                    }
                 }
                 // A list's versions are copied once the walk takes one ([`Merge::fill`]): the
                 // live list holds few keys of a short scan's range, often none, and finding
@@ -408,6 +423,11 @@ impl Merge {
                 }
             };
             merge.cursors.push(cursor);
+        }
+        for i in 0..merge.cursors.len() {
+            if merge.cursors[i].list.is_none() {
+                merge.cursors[i].head = merge.head_of(&merge.cursors[i]);
+            }
         }
         merge
     }
