@@ -1,7 +1,7 @@
 //! Software prefetch: asks the CPU to start loading a cache line that a read will need soon, so
 //! that the memory misses of many reads overlap instead of following one another. Batched point
 //! reads ([`crate::segment::SegmentReader::read_cached_many`]) prefetch the cells of rows a few
-//! ahead; `omendb-core`'s index and filters use [`line`] the same way.
+//! ahead; `omendb-core`'s index and filters use [`line()`] the same way.
 //!
 //! The only `unsafe` here is the prefetch instruction itself, which cannot fault.
 #![allow(unsafe_code)]

@@ -144,8 +144,9 @@ pub struct IndexStats {
     /// Largest final search window, in keys.
     pub max_window: usize,
     /// Expected cost of one lookup's dependent memory reads, averaged over stored keys, in reads
-    /// of the key array: [`MODEL_READ`] per model level whose arrays are read, one for the keys,
-    /// and one per bisection step a window needs beyond a counted 16 (`search::SCAN_MAX`) keys.
+    /// of the key array: `MODEL_READ` (half a read) per model level whose arrays are read, one
+    /// for the keys, and one per bisection step a window needs beyond a counted 16
+    /// (`search::SCAN_MAX`) keys.
     /// The chooser minimises this.
     pub expected_cost: f64,
     /// Model levels a lookup walks through (0 for binary search).

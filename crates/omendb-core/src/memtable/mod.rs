@@ -2,9 +2,9 @@
 //! snapshot while writers go on (see `docs/rfcs/0001-engine.md`).
 //!
 //! Writes go into a lock-free skip list (`crossbeam-skiplist`) kept small enough to stay in
-//! cache; once it holds [`SEAL_ENTRIES`] versions it is sealed, a fresh one takes the writes, and
+//! cache; once it holds `SEAL_ENTRIES` versions it is sealed, a fresh one takes the writes, and
 //! the sealed one is copied into a sorted run that merges with older runs of similar size
-//! ([`run`]). Readers load the current layers (skip list, sealed list, runs) through an
+//! (`run`). Readers load the current layers (skip list, sealed list, runs) through an
 //! `ArcSwap` and never wait for writers. Rows are opaque bytes here (the engine encodes them); a
 //! deletion is a tombstone version of the key, and a range deletion a separate tombstone that
 //! hides every older version of the keys it covers. A read at snapshot `s` sees exactly the

@@ -5,7 +5,7 @@
 //! - [`rows`]: put (JSON or Arrow IPC), get, multi-get, delete, delete-range.
 //! - [`query`]: scan (paged, streamed), aggregate, explain.
 //! - [`batch`]: an atomic write across tables.
-//! - [`column`] and [`row`]: the JSON forms of definitions, rows and keys.
+//! - [`column`](mod@column) and [`row`]: the JSON forms of definitions, rows and keys.
 
 pub mod batch;
 pub mod column;

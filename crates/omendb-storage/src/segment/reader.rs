@@ -587,7 +587,7 @@ impl SegmentReader {
 
     /// Rows at `positions` from cached pages: `read(i, pages, offset)` for each `positions[i]`
     /// whose pages are all cached, in order; returns the indexes `i` of the others. Pins once,
-    /// and asks the CPU for the lines of the next rows' cells in stages ([`Ahead`]) while it
+    /// and asks the CPU for the lines of the next rows' cells in stages (`Ahead`) while it
     /// reads one, so the memory misses of many rows overlap: the batched point-read path. A
     /// row's pages are looked up once, at its first stage (the pin keeps them readable until
     /// the read even if they are evicted meanwhile).
