@@ -424,6 +424,7 @@ impl Merge {
             };
             merge.cursors.push(cursor);
         }
+        // The runs' heads (a list's cursor holds its head, found above, in `list`).
         for i in 0..merge.cursors.len() {
             if merge.cursors[i].list.is_none() {
                 merge.cursors[i].head = merge.head_of(&merge.cursors[i]);
@@ -432,18 +433,17 @@ impl Merge {
         merge
     }
 
-    /// The version bounds of the merge's key range.
-    fn bounds(&self) -> (Bound<Version>, Bound<Version>) {
+    /// The first and the last version the merge's key range can hold.
+    fn extent(&self) -> (Version, Version) {
         (
-            Bound::Included(Version::new(*self.range.start(), Lsn::MAX)),
-            Bound::Included(Version::new(*self.range.end(), 0)),
+            Version::new(*self.range.start(), Lsn::MAX),
+            Version::new(*self.range.end(), 0),
         )
     }
 
     /// The first version of `list` in the merge's range and order.
     fn list_head(&self, list: &List) -> Option<Version> {
-        let lower = Version::new(*self.range.start(), Lsn::MAX);
-        let upper = Version::new(*self.range.end(), 0);
+        let (lower, upper) = self.extent();
         let head = if self.reverse {
             *list.upper_bound(Bound::Included(&upper))?.key()
         } else {
@@ -469,11 +469,11 @@ impl Merge {
 
     /// A cursor over the next `size` versions of `list` from `from` on, in the merge's order.
     fn chunk(&self, list: Arc<List>, from: Bound<Version>, size: usize) -> Cursor {
-        let (lower, upper) = self.bounds();
+        let (lower, upper) = self.extent();
         let bounds = if self.reverse {
-            (lower, from)
+            (Bound::Included(lower), from)
         } else {
-            (from, upper)
+            (from, Bound::Included(upper))
         };
         let (run, more) = Run::from_list(&list, bounds, size, self.reverse);
         Cursor {
