@@ -457,6 +457,20 @@ impl Heads {
         self.0.pop();
     }
 
+    /// Replaces the next key's entry with `head`, the same segment's key after it (which ranks
+    /// lower): one pass down the list, where a pop and a push would shrink and grow it.
+    fn replace_first(&mut self, head: (u64, usize)) {
+        let heads = &mut self.0;
+        let Some(mut at) = heads.len().checked_sub(1) else {
+            return;
+        };
+        while at > 0 && heads[at - 1] > head {
+            heads[at] = heads[at - 1];
+            at -= 1;
+        }
+        heads[at] = head;
+    }
+
     fn push(&mut self, head: (u64, usize)) {
         // An insertion step, not `Vec::insert`: the list is a handful long, and moving its
         // entries one by one costs less than the call to move them as a block.
@@ -991,10 +1005,10 @@ impl Scan {
             cursor.keys.get(rows.end - 1)
         };
         let last = *last?;
-        heads.pop();
         cursor.consume(&rows, reverse);
-        if let Some(k) = cursor.next_key(reverse) {
-            heads.push((rank(k, reverse), i));
+        match cursor.next_key(reverse) {
+            Some(k) => heads.replace_first((rank(k, reverse), i)),
+            None => heads.pop(),
         }
         Some((i, rows, last))
     }
@@ -1329,18 +1343,29 @@ mod tests {
         #[test]
         fn heads_give_the_greatest_first_and_the_next_greatest_beside_it(
             pushes in proptest::collection::vec((0..16u64, 0..8usize), 0..40),
-            pops in proptest::collection::vec(any::<bool>(), 0..60),
+            ops in proptest::collection::vec(0..3u8, 0..60),
         ) {
             let mut heads = Heads(Vec::new());
             let mut oracle: Vec<(u64, usize)> = Vec::new();
             let mut pushes = pushes.into_iter();
-            for pop in pops {
-                if pop {
+            for op in ops {
+                if op == 0 {
                     heads.pop();
                     oracle.pop();
                 } else if let Some(head) = pushes.next() {
-                    heads.push(head);
-                    oracle.push(head);
+                    // A replacement ranks no higher than the entry it replaces, as a
+                    // segment's next key does.
+                    match oracle.last_mut() {
+                        Some(first) if op == 2 => {
+                            let head = (*first).min(head);
+                            heads.replace_first(head);
+                            *first = head;
+                        }
+                        _ => {
+                            heads.push(head);
+                            oracle.push(head);
+                        }
+                    }
                     oracle.sort_unstable();
                 }
                 prop_assert_eq!(heads.first(), oracle.last().copied());
