@@ -532,24 +532,9 @@ impl Merge {
     /// single run) costs a pass over its arrays, not a comparison of every source per version.
     pub(super) fn take_while(&mut self, mut take: impl FnMut(Version, Option<&[u8]>) -> bool) {
         loop {
-            // The source with the next version, and the next version of every other source.
-            let mut best: Option<(usize, Version)> = None;
-            let mut others: Option<Version> = None;
-            for (i, cursor) in self.cursors.iter().enumerate() {
-                let Some(head) = cursor.head else { continue };
-                match best {
-                    Some((_, b)) if !self.before(head, b) => {
-                        others = Some(others.map_or(head, |o| self.first(o, head)));
-                    }
-                    _ => {
-                        if let Some((_, b)) = best {
-                            others = Some(others.map_or(b, |o| self.first(o, b)));
-                        }
-                        best = Some((i, head));
-                    }
-                }
-            }
-            let Some((cursor, head)) = best else { return };
+            let Some((cursor, head, others)) = self.next_source() else {
+                return;
+            };
             self.fill(cursor);
             if others == Some(head) {
                 // An older source holds the same version, which the newer one replaced.
@@ -605,21 +590,7 @@ impl Merge {
     /// [`Merge::pass`]).
     pub(super) fn stretch(&mut self, snapshot: Lsn) -> Next<'_> {
         debug_assert!(!self.reverse);
-        let mut best: Option<(usize, Version)> = None;
-        let mut others: Option<Version> = None;
-        for (i, cursor) in self.cursors.iter().enumerate() {
-            let Some(head) = cursor.head else { continue };
-            match best {
-                Some((_, b)) if head >= b => others = Some(others.map_or(head, |o| o.min(head))),
-                _ => {
-                    if let Some((_, b)) = best {
-                        others = Some(others.map_or(b, |o| o.min(b)));
-                    }
-                    best = Some((i, head));
-                }
-            }
-        }
-        let Some((cursor, head)) = best else {
+        let Some((cursor, head, others)) = self.next_source() else {
             return Next::Done;
         };
         self.fill(cursor);
@@ -658,6 +629,29 @@ impl Merge {
         self.advance(cursor);
     }
 
+    /// The cursor with the next version, that version, and the first of every other cursor's
+    /// next versions (`None` if no other cursor has one). The first cursor with the next
+    /// version wins a tie: it is the newer source.
+    fn next_source(&self) -> Option<(usize, Version, Option<Version>)> {
+        let mut best: Option<(usize, Version)> = None;
+        let mut others: Option<Version> = None;
+        for (i, cursor) in self.cursors.iter().enumerate() {
+            let Some(head) = cursor.head else { continue };
+            match best {
+                Some((_, b)) if !self.before(head, b) => {
+                    others = Some(others.map_or(head, |o| self.first(o, head)));
+                }
+                _ => {
+                    if let Some((_, b)) = best {
+                        others = Some(others.map_or(b, |o| self.first(o, b)));
+                    }
+                    best = Some((i, head));
+                }
+            }
+        }
+        best.map(|(cursor, head)| (cursor, head, others))
+    }
+
     /// The first of `a` and `b` in this merge's order.
     fn first(&self, a: Version, b: Version) -> Version {
         if self.before(a, b) { a } else { b }
@@ -669,16 +663,7 @@ impl Iterator for Merge {
     type Item = (u64, Lsn, Option<Bytes>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        // The first cursor with the next version wins a tie: it is the newer source.
-        let mut best: Option<(usize, Version)> = None;
-        for (i, cursor) in self.cursors.iter().enumerate() {
-            if let Some(head) = cursor.head
-                && best.is_none_or(|(_, b)| self.before(head, b))
-            {
-                best = Some((i, head));
-            }
-        }
-        let (cursor, head) = best?;
+        let (cursor, head, _) = self.next_source()?;
         self.fill(cursor);
         let current = &self.cursors[cursor];
         let i = current.next_at(self.reverse);
