@@ -25,7 +25,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use omendb_core::{Aggregate, Db, ErrorKind, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_core::{
+    Aggregate, Db, ErrorKind, KeyType, ReadCompaction, ScanOptions, Table, WriteOptions,
+};
 use omendb_storage::backend::{Layered, Retry, RetryPolicy};
 use omendb_storage::segment::SegmentWriterOptions;
 use omendb_wal::{FileWal, WalOptions};
@@ -332,6 +334,13 @@ impl Sim {
             .store(retried)
             .memtable_bytes(6 * 1024)
             .compaction_trigger(3)
+            // Reads pay for merges within a few reads, so that merges they start meet the
+            // faults and crashes too.
+            .read_compaction(Some(ReadCompaction {
+                probe: Duration::from_millis(1),
+                switch: Duration::from_millis(1),
+                rewrite_bytes_per_second: 1 << 30,
+            }))
             .gc_grace(Duration::ZERO)
             .backpressure(64 * 1024, 4, Duration::from_secs(2))
             .limits(4 * 1024, 16 * 1024)

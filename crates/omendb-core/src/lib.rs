@@ -83,7 +83,7 @@ mod memtable {
 #[cfg(not(loom))]
 pub use db::{
     Aggregate, BackendOptions, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain,
-    Isolation, ScanOptions, Snapshot, Table, Transaction, WriteOptions,
+    Isolation, ReadCompaction, ScanOptions, Snapshot, Table, Transaction, WriteOptions,
 };
 #[cfg(not(loom))]
 pub use error::{Error, ErrorKind, Result};

@@ -435,3 +435,257 @@ async fn close_abandons_a_merge_in_progress() {
     check(&kv, &oracle, 30_001).await;
     db.close().await.unwrap();
 }
+
+/// Bytes of the segment objects under `dir` (what a merge of all of them is priced by).
+fn segment_bytes(dir: &Path) -> u64 {
+    walkdir(&dir.join("data"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("segments"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A database whose reads pay for merges: 1 ms per filter probe and per switch between
+/// segments, merges priced at `price` for the `bytes` of segments there are; no merge is ever
+/// due for the writes alone.
+async fn open_paying(dir: &Path, bytes: u64, price: Duration) -> Db {
+    Db::builder()
+        .path(dir)
+        .memtable_bytes(1 << 30)
+        .compaction_trigger(64)
+        .gc_grace(Duration::ZERO)
+        .read_compaction(Some(omendb_core::ReadCompaction {
+            probe: Duration::from_millis(1),
+            switch: Duration::from_millis(1),
+            // Rounded up, so that the price is at most `price`, never a nanosecond above.
+            rewrite_bytes_per_second: (bytes as f64 / price.as_secs_f64()).ceil() as u64,
+        }))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Writes `keys` (with `round`'s values) and flushes them into a run of their own.
+async fn flushed_run(db: &Db, kv: &Table, keys: impl Iterator<Item = u64>, round: u64) {
+    for key in keys {
+        kv.put_value(key, value(key, round), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+    }
+    db.checkpoint().await.unwrap();
+}
+
+/// Waits for background work the reads may have started to finish.
+async fn settle(db: &Db) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    compactions_reach(db, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_reads_over_two_runs_pay_for_one_merge_of_them_and_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut oracle = BTreeMap::new();
+    {
+        let db = open(dir.path(), 1 << 30).await;
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        // Two runs over the same key range: even keys, then every third key rewritten.
+        flushed_run(&db, &kv, (0..2_000).step_by(2), 0).await;
+        flushed_run(&db, &kv, (0..2_000).step_by(3), 1).await;
+        db.close().await.unwrap();
+    }
+    for key in (0..2_000).step_by(2) {
+        oracle.insert(key, value(key, 0));
+    }
+    for key in (0..2_000).step_by(3) {
+        oracle.insert(key, value(key, 1));
+    }
+    let price = Duration::from_millis(100);
+    let db = open_paying(dir.path(), segment_bytes(dir.path()), price).await;
+    let kv = db.table("kv").unwrap();
+    assert_eq!(db.stats().segments, 2);
+
+    // A key of the older run alone probes the newer run's filter first: 1 ms each.
+    let old_only: Vec<u64> = (0..2_000).step_by(2).filter(|k| k % 3 != 0).collect();
+    for &key in &old_only[..90] {
+        assert_eq!(kv.get_value(key).await.unwrap(), oracle.get(&key).cloned());
+    }
+    settle(&db).await;
+    let stats = db.stats();
+    assert_eq!(stats.read_charged, Duration::from_millis(90), "{stats:?}");
+    assert_eq!(
+        (stats.read_compactions, stats.segments),
+        (0, 2),
+        "90 ms of a 100 ms price"
+    );
+
+    // Past the price (and the next multiple of the background task's 16.8 ms wake-up), the
+    // two runs become one.
+    let mut reads = 90;
+    while db.stats().read_compactions == 0 {
+        let key = old_only[reads];
+        assert_eq!(kv.get_value(key).await.unwrap(), oracle.get(&key).cloned());
+        let stats = db.stats();
+        assert!(
+            stats.read_compactions == 0 || stats.read_charged >= price,
+            "merged at {:?} of charge, below the price {price:?}",
+            stats.read_charged
+        );
+        reads += 1;
+        assert!(reads < old_only.len(), "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    settle(&db).await;
+    let stats = db.stats();
+    assert_eq!(
+        (stats.read_compactions, stats.compactions, stats.segments),
+        (1, 1, 1)
+    );
+
+    // One run: no read probes a filter it would not have to, so nothing more is charged.
+    let charged = stats.read_charged;
+    check(&kv, &oracle, 2_100).await;
+    let keys: Vec<u64> = (0..2_100).collect();
+    let got = kv.multi_get_values(&keys).await.unwrap();
+    assert!(
+        keys.iter()
+            .zip(got)
+            .all(|(k, v)| v == oracle.get(k).cloned())
+    );
+    settle(&db).await;
+    let stats = db.stats();
+    assert_eq!(stats.read_charged, charged);
+    assert_eq!(stats.read_compactions, 1);
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_that_interleave_two_runs_pay_for_their_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path(), 1 << 30).await;
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        // Even keys, then odd keys: a scan moves between the runs at every key.
+        flushed_run(&db, &kv, (0..1_000).step_by(2), 0).await;
+        flushed_run(&db, &kv, (1..1_000).step_by(2), 0).await;
+        db.close().await.unwrap();
+    }
+    let oracle: BTreeMap<u64, Bytes> = (0..1_000).map(|k| (k, value(k, 0))).collect();
+    // A scan of keys 0..100 switches 99 times (99 ms); the price, three such scans.
+    let price = Duration::from_millis(297);
+    let db = open_paying(dir.path(), segment_bytes(dir.path()), price).await;
+    let kv = db.table("kv").unwrap();
+    let scan = async || {
+        let batches: Vec<_> = kv
+            .scan(0u64..100, ScanOptions::default())
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+    };
+    scan().await;
+    scan().await;
+    settle(&db).await;
+    let stats = db.stats();
+    assert_eq!(stats.read_charged, Duration::from_millis(198));
+    assert_eq!((stats.read_compactions, stats.segments), (0, 2));
+    scan().await;
+    compactions_reach(&db, 1).await;
+    let stats = db.stats();
+    assert_eq!((stats.read_compactions, stats.segments), (1, 1));
+    scan().await;
+    assert_eq!(db.stats().read_charged, Duration::from_millis(297));
+    check(&kv, &oracle, 1_100).await;
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_nobody_reads_or_that_never_overlap_are_not_merged_for_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_paying(dir.path(), 1, Duration::from_nanos(1)).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let series = db.create_table("series", KeyType::U64, None).await.unwrap();
+    // Overlapping runs, only written.
+    for round in 0..3 {
+        flushed_run(&db, &kv, (0..500).step_by(2 + round as usize), round).await;
+    }
+    // Runs of a time series: each after the one before.
+    for round in 0..3 {
+        flushed_run(&db, &series, round * 500..(round + 1) * 500, round).await;
+    }
+    settle(&db).await;
+    let stats = db.stats();
+    assert_eq!(stats.read_charged, Duration::ZERO);
+    assert_eq!((stats.compactions, stats.segments), (0, 6));
+    // Reading the whole series crosses its segments twice: charged, but there is nothing to
+    // merge.
+    let batches: Vec<_> = series
+        .scan(0u64.., ScanOptions::default())
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1_500);
+    for key in (0..1_500).step_by(7) {
+        assert_eq!(
+            series.get_value(key).await.unwrap(),
+            Some(value(key, key / 500))
+        );
+    }
+    settle(&db).await;
+    let stats = db.stats();
+    assert_eq!(stats.read_charged, Duration::from_millis(2));
+    assert_eq!((stats.compactions, stats.segments), (0, 6));
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn reads_charge_nothing_when_read_compaction_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .memtable_bytes(1 << 30)
+        .compaction_trigger(64)
+        .read_compaction(None)
+        .build()
+        .await
+        .unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    flushed_run(&db, &kv, (0..200).step_by(2), 0).await;
+    flushed_run(&db, &kv, (1..200).step_by(2), 0).await;
+    for key in 0..200 {
+        assert_eq!(kv.get_value(key).await.unwrap(), Some(value(key, 0)));
+    }
+    let stats = db.stats();
+    assert_eq!(
+        (stats.read_charged, stats.read_compactions),
+        (Duration::ZERO, 0)
+    );
+    let err = Db::builder()
+        .path(dir.path().join("other"))
+        .read_compaction(Some(omendb_core::ReadCompaction {
+            rewrite_bytes_per_second: 0,
+            ..Default::default()
+        }))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("rewrite_bytes_per_second"),
+        "{err}"
+    );
+    db.close().await.unwrap();
+}

@@ -42,6 +42,14 @@ async fn open(place: &Place) -> Db {
     let builder = Db::builder()
         .memtable_bytes(6 * 1024)
         .compaction_trigger(3)
+        // Reads pay for merges within a few reads (1 ms a probe or switch, merges of these
+        // few-kilobyte tables priced at microseconds), so that merges started by reads
+        // interleave with every other operation.
+        .read_compaction(Some(omendb_core::ReadCompaction {
+            probe: Duration::from_millis(1),
+            switch: Duration::from_millis(1),
+            rewrite_bytes_per_second: 1 << 30,
+        }))
         .gc_grace(Duration::ZERO)
         .segment_options(SegmentWriterOptions {
             rows_per_page: 8,
@@ -86,7 +94,8 @@ async fn scan_all(
     out
 }
 
-async fn run(seed: u64, ops: usize, place: Place) {
+/// Runs `ops` random operations; returns how many merges reads paid for.
+async fn run(seed: u64, ops: usize, place: Place) -> u64 {
     // Each place gets its own stream of operations from the same seed.
     let place_number = match &place {
         Place::Files(_) => 0,
@@ -99,6 +108,8 @@ async fn run(seed: u64, ops: usize, place: Place) {
     let mut oracle = Oracle::new();
     let mut snapshots: Vec<(omendb_core::Snapshot, Oracle)> = Vec::new();
     let mut most_segments = 0;
+    // Merges that reads paid for, over every open of the run.
+    let mut read_merges = 0;
     for step in 0..ops {
         most_segments = most_segments.max(db.stats().segments);
         let what = rng.random_range(0..100);
@@ -270,6 +281,7 @@ async fn run(seed: u64, ops: usize, place: Place) {
             }
             _ => {
                 snapshots.clear();
+                read_merges += db.stats().read_compactions;
                 db.close().await.unwrap();
                 db = open(&place).await;
                 kv = db.table("kv").unwrap();
@@ -283,6 +295,7 @@ async fn run(seed: u64, ops: usize, place: Place) {
         ops < 200 || most_segments > 1,
         "seed {seed}: the run never read from segments"
     );
+    read_merges += db.stats().read_compactions;
     snapshots.clear();
     db.close().await.unwrap();
     let db = open(&place).await;
@@ -290,6 +303,16 @@ async fn run(seed: u64, ops: usize, place: Place) {
     let everything = scan_all(kv.scan(0u64.., ScanOptions::default()).unwrap()).await;
     assert_eq!(everything, expected, "seed {seed}: final scan after reopen");
     db.close().await.unwrap();
+    read_merges
+}
+
+/// Checks that merges started by reads were among the operations the seeds ran (one seed may
+/// close before its reads pay for one; two or more together have not).
+fn assert_reads_merged(read_merges: u64, seeds: usize) {
+    assert!(
+        ops() < 200 || seeds < 2 || read_merges > 0,
+        "no merge paid for by reads ran in any seed"
+    );
 }
 
 fn seeds() -> Vec<u64> {
@@ -306,26 +329,32 @@ fn ops() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_on_local_files_match_a_map() {
+    let mut read_merges = 0;
     for seed in seeds() {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        run(seed, ops(), Place::Files(dir)).await;
+        read_merges += run(seed, ops(), Place::Files(dir)).await;
     }
+    assert_reads_merged(read_merges, seeds().len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_on_the_memory_store_match_a_map() {
+    let mut read_merges = 0;
     for seed in seeds() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        run(seed, ops(), Place::Memory(store)).await;
+        read_merges += run(seed, ops(), Place::Memory(store)).await;
     }
+    assert_reads_merged(read_merges, seeds().len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_on_s3_match_a_map() {
     let moto = Arc::new(moto::Moto::start());
     // Every request goes to a local server in another process: fewer operations.
+    let mut read_merges = 0;
     for seed in seeds().into_iter().take(2) {
         let bucket = moto.bucket();
-        run(seed, ops() / 2, Place::S3(Arc::clone(&moto), bucket)).await;
+        read_merges += run(seed, ops() / 2, Place::S3(Arc::clone(&moto), bucket)).await;
     }
+    assert_reads_merged(read_merges, seeds().len().min(2));
 }

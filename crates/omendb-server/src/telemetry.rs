@@ -134,6 +134,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Compactions since start.",
     ),
     (
+        "omendb_read_compactions_total",
+        Kind::Counter,
+        "Compactions since start that reads paid for (merges of overlapping runs).",
+    ),
+    (
+        "omendb_read_charged_seconds",
+        Kind::Gauge,
+        "Estimated time reads spent on overlapping runs since start (what read compactions spend).",
+    ),
+    (
         "omendb_compaction_duration_seconds",
         Kind::Histogram,
         "One compaction of a group of overlapping segments.",

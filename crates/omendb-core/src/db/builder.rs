@@ -17,10 +17,11 @@ use omendb_storage::{Backend, BackendOptions};
 use omendb_wal::{FileWal, ObjectWal, Wal, WalOptions};
 use tokio::sync::Notify;
 
+use super::charge::ReadCharge;
 use super::flush::run_background;
-use super::options::{Durability, Settings};
+use super::options::{Durability, ReadCompaction, Settings};
 use super::version::{TableState, Version};
-use super::{Db, Inner};
+use super::{Counters, Db, Inner};
 use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
 use crate::index::IndexPolicy;
@@ -171,6 +172,13 @@ impl Builder {
         self
     }
 
+    /// Merge a table's overlapping runs once reads have paid for it (`None`: only the
+    /// write-driven size-tiered policy merges; default [`ReadCompaction::default`]).
+    pub fn read_compaction(mut self, read_compaction: Option<ReadCompaction>) -> Self {
+        self.settings.read_compaction = read_compaction;
+        self
+    }
+
     /// Largest encoded row and write batch accepted.
     pub fn limits(mut self, max_row_bytes: usize, max_batch_bytes: usize) -> Self {
         self.settings.max_row_bytes = max_row_bytes;
@@ -189,6 +197,14 @@ impl Builder {
                 "memtable_bytes and segment_target_bytes must be positive and compaction_trigger \
                  at least 2"
                     .to_owned(),
+            ));
+        }
+        if settings
+            .read_compaction
+            .is_some_and(|r| r.rewrite_bytes_per_second == 0)
+        {
+            return Err(Error::BadInput(
+                "read_compaction's rewrite_bytes_per_second must be positive".to_owned(),
             ));
         }
         if chrono::Duration::from_std(settings.gc_grace).is_err() {
@@ -253,6 +269,7 @@ impl Builder {
         let data = writer.current().map(|m| m.data.clone()).unwrap_or_default();
         let cache = Arc::new(PageCache::new(settings.cache_bytes));
 
+        let flush_wanted = Arc::new(Notify::new());
         let mut tables = Vec::with_capacity(data.tables.len());
         for (name, entry) in &data.tables {
             let key_type = KeyType::from_name(&entry.key_type).ok_or_else(|| {
@@ -269,7 +286,12 @@ impl Builder {
                 ));
             }
             segments.sort_by_key(|s| std::cmp::Reverse(s.entry.lsn_max));
-            tables.push(TableState { def, segments });
+            let charge = ReadCharge::new(settings.read_compaction, Arc::clone(&flush_wanted));
+            tables.push(TableState {
+                def,
+                segments,
+                charge: Arc::new(charge),
+            });
         }
 
         let last = wal.last_lsn().unwrap_or(0);
@@ -295,7 +317,6 @@ impl Builder {
         )
         .await?;
 
-        let flush_wanted = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
             store,
             prefix,
@@ -316,7 +337,7 @@ impl Builder {
             compaction: Mutex::new(None),
             last_gc: Mutex::new(None),
             background_error: Mutex::new(None),
-            counters: Mutex::new((0, 0)),
+            counters: Mutex::new(Counters::default()),
             retired: Mutex::new(Vec::new()),
         });
         let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));

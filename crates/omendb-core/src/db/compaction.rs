@@ -164,41 +164,52 @@ impl Inner {
                     table: Arc::clone(table),
                     segments: table.segments.clone(),
                     older: Vec::new(),
+                    reads: false,
                 });
             }
-            for component in components(&table.segments) {
-                let spans: Vec<Span> = component.iter().map(|s| Span::of(s)).collect();
-                let trigger = if whole {
-                    2
-                } else {
-                    self.settings.compaction_trigger
-                };
-                let Some(chosen) = pick(&spans, trigger, whole) else {
-                    continue;
-                };
-                let top = chosen.iter().map(|&i| spans[i].lsns.1).max().unwrap_or(0);
-                let older = (0..component.len())
-                    .filter(|i| !chosen.contains(i) && spans[*i].lsns.0 <= top)
-                    .map(|i| Arc::clone(&component[i]))
-                    .collect();
-                let segments = chosen.iter().map(|&i| Arc::clone(&component[i])).collect();
-                return Some(Window {
-                    table: Arc::clone(table),
-                    segments,
-                    older,
-                });
+            let trigger = if whole {
+                2
+            } else {
+                self.settings.compaction_trigger
+            };
+            if let Some(window) = components(&table.segments)
+                .iter()
+                .find_map(|component| Window::pick(table, component, trigger, whole))
+            {
+                return Some(window);
             }
         }
-        None
+        if whole {
+            return None;
+        }
+        // No merge is due for the writes: one that reads have paid for, if any. A table's
+        // charge pays for all of its components' merges at once, which then run one after
+        // another, each spending its price.
+        version.tables.values().find_map(|table| {
+            let windows: Vec<Window> = components(&table.segments)
+                .iter()
+                .filter_map(|component| Window::pick(table, component, 2, true))
+                .collect();
+            let bytes = windows.iter().map(Window::bytes).sum();
+            if windows.is_empty() || !table.charge.pays_for(bytes) {
+                return None;
+            }
+            windows.into_iter().next().map(|window| Window {
+                reads: true,
+                ..window
+            })
+        })
     }
 
     #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %window.table.def.name, segments = window.segments.len()))]
     async fn compact_window(self: &Arc<Self>, window: Window) -> Result<()> {
         let horizon = self.visibility.horizon();
+        let bytes = window.bytes();
         let Window {
             table,
             segments: window,
             older,
+            reads,
         } = window;
         let written = Merge::new(self, &table, &window, older, horizon)
             .run()
@@ -229,7 +240,10 @@ impl Inner {
         crash_point!("compaction.after_manifest");
         self.retire(&window);
         self.swap_segments(&added, &removed, None, horizon);
-        self.counters.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        table.charge.spend(bytes);
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.compactions += 1;
+        counters.read_compactions += u64::from(reads);
         Ok(())
     }
 }
@@ -241,6 +255,38 @@ struct Window {
     /// The segments outside the window that are not newer than all of it: what may still hold
     /// an older version of a key the window deletes.
     older: Vec<Arc<Segment>>,
+    /// Whether reads paid for the merge (no write-driven one was due).
+    reads: bool,
+}
+
+impl Window {
+    /// The window `pick` chooses in `component` of `table`, if one is due.
+    fn pick(
+        table: &Arc<TableState>,
+        component: &[Arc<Segment>],
+        trigger: usize,
+        whole: bool,
+    ) -> Option<Self> {
+        let spans: Vec<Span> = component.iter().map(|s| Span::of(s)).collect();
+        let chosen = pick(&spans, trigger, whole)?;
+        let top = chosen.iter().map(|&i| spans[i].lsns.1).max().unwrap_or(0);
+        let older = (0..component.len())
+            .filter(|i| !chosen.contains(i) && spans[*i].lsns.0 <= top)
+            .map(|i| Arc::clone(&component[i]))
+            .collect();
+        let segments = chosen.iter().map(|&i| Arc::clone(&component[i])).collect();
+        Some(Window {
+            table: Arc::clone(table),
+            segments,
+            older,
+            reads: false,
+        })
+    }
+
+    /// Bytes of the segments merged.
+    fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.entry.seal.size).sum()
+    }
 }
 
 /// Components of two or more segments whose key ranges overlap transitively.

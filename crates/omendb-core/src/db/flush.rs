@@ -207,7 +207,10 @@ impl Inner {
         self.flushed.notify_waiters();
         crash_point!("flush.before_wal_truncate");
         self.wal.truncate_before(upto + 1).await?;
-        self.counters.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flushes += 1;
         metrics::histogram!("omendb_flush_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(true)
@@ -252,6 +255,7 @@ impl Inner {
                     Arc::new(TableState {
                         def: table.def.clone(),
                         segments,
+                        charge: Arc::clone(&table.charge),
                     })
                 })
                 .collect();

@@ -11,6 +11,7 @@ mod aggregate;
 mod batch;
 mod builder;
 mod changes;
+mod charge;
 mod compaction;
 mod flush;
 mod options;
@@ -32,13 +33,15 @@ use omendb_storage::segment::PageCache;
 use omendb_wal::{AppendOptions, Wal};
 use tokio::sync::Notify;
 
+use charge::ReadCharge;
+
 pub use batch::Batch;
 pub use builder::Builder;
 pub use changes::{Change, ChangedRow};
 /// The options of a backend named by URL ([`Builder::url`]), re-exported so that callers of the
 /// engine need not depend on `omendb-storage`.
 pub use omendb_storage::BackendOptions;
-pub use options::{Aggregate, Durability, ScanOptions, Settings, WriteOptions};
+pub use options::{Aggregate, Durability, ReadCompaction, ScanOptions, Settings, WriteOptions};
 pub use read::{Explain, SegmentPlan};
 pub use snapshot::Snapshot;
 pub use table::Table;
@@ -77,6 +80,11 @@ pub struct DbStats {
     pub flushes: u64,
     /// Compactions since open.
     pub compactions: u64,
+    /// Of those, merges that reads paid for ([`ReadCompaction`]).
+    pub read_compactions: u64,
+    /// What overlapping runs have cost reads since open, as [`ReadCompaction`] estimates it,
+    /// over the tables there are.
+    pub read_charged: std::time::Duration,
     /// Whether a compaction is running.
     pub compacting: bool,
     /// Why writes are refused, if an earlier failure poisoned the database.
@@ -89,6 +97,14 @@ pub struct DbStats {
     pub cache_misses: u64,
     /// Bytes the page cache holds.
     pub cache_bytes: u64,
+}
+
+/// What the background work has done since open.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    flushes: u64,
+    compactions: u64,
+    read_compactions: u64,
 }
 
 #[derive(Debug)]
@@ -120,7 +136,7 @@ pub(crate) struct Inner {
     last_gc: Mutex<Option<Instant>>,
     /// The last compaction or garbage-collection failure that did not poison writes.
     background_error: Mutex<Option<String>>,
-    counters: Mutex<(u64, u64)>,
+    counters: Mutex<Counters>,
     /// Segments that left the current version (compacted or dropped) by object path, while a
     /// reader may still hold them: garbage collection keeps an object as long as its segment
     /// is alive here, however short the grace period.
@@ -174,6 +190,10 @@ impl Db {
         let state = Arc::new(TableState {
             def,
             segments: Vec::new(),
+            charge: Arc::new(ReadCharge::new(
+                inner.settings.read_compaction,
+                Arc::clone(&inner.flush_wanted),
+            )),
         });
         inner.swap_tables(|tables| tables.push(Arc::clone(&state)));
         Ok(Table::new(Arc::clone(inner), state.def.clone()))
@@ -451,7 +471,7 @@ impl Inner {
 
     fn stats(&self) -> DbStats {
         let version = self.version.load();
-        let (flushes, compactions) = *self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let counters = *self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let cache = self.cache.stats();
         DbStats {
             visible_lsn: self.visibility.visible(),
@@ -466,8 +486,10 @@ impl Inner {
                 .map(|g| g.approximate_bytes())
                 .sum(),
             segments: version.tables.values().map(|t| t.segments.len()).sum(),
-            flushes,
-            compactions,
+            flushes: counters.flushes,
+            compactions: counters.compactions,
+            read_compactions: counters.read_compactions,
+            read_charged: version.tables.values().map(|t| t.charge.charged()).sum(),
             compacting: self
                 .compaction
                 .lock()

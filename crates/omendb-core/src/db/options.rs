@@ -111,6 +111,40 @@ pub struct Settings {
     pub segment_target_bytes: u64,
     /// How long replaced manifests and unreferenced segments are kept before deletion.
     pub gc_grace: Duration,
+    /// Merging overlapping runs that reads pay for; `None` merges only by the write-driven
+    /// policy above.
+    pub read_compaction: Option<ReadCompaction>,
+}
+
+/// Compaction that reads pay for (`docs/rfcs/0002-read-triggered-compaction.md`). Reads charge
+/// a table for the work its overlapping sorted runs cost them, which one run would not; once
+/// the charge not yet spent reaches what merging those runs costs, the runs are merged. So the
+/// time spent on such merges never exceeds the time reads lost to the runs, and a table no one
+/// reads (or whose segments never overlap, as time series') is never rewritten for reads.
+///
+/// The costs are estimates measured on the machine the defaults were set on
+/// (`docs/operations.md`, "Compaction that reads pay for"); they are knobs, not guarantees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadCompaction {
+    /// What a point read pays for each filter of a run it probes besides the key's last
+    /// candidate: a probe one run would not make.
+    pub probe: Duration,
+    /// What a scan pays each time its next rows come from another segment than the rows
+    /// before them: a merge step between runs, which one run takes once per segment boundary.
+    pub switch: Duration,
+    /// How fast a merge rewrites segments, in bytes of its input segments per second: a merge
+    /// of `b` bytes is priced at `b / rewrite_bytes_per_second`.
+    pub rewrite_bytes_per_second: u64,
+}
+
+impl Default for ReadCompaction {
+    fn default() -> Self {
+        Self {
+            probe: Duration::from_nanos(50),
+            switch: Duration::from_nanos(60),
+            rewrite_bytes_per_second: 100 << 20,
+        }
+    }
 }
 
 impl Settings {
@@ -137,6 +171,7 @@ impl Default for Settings {
             compaction_trigger: 4,
             segment_target_bytes: 256 << 20,
             gc_grace: Duration::from_secs(3600),
+            read_compaction: Some(ReadCompaction::default()),
         }
     }
 }

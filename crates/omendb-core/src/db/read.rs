@@ -79,13 +79,18 @@ pub(crate) async fn locate(
             Lookup::Absent => {}
         }
     }
+    let mut probes = 0;
+    let mut found = None;
     for candidate in table.holding(key) {
+        probes += u64::from(candidate.filtered());
         let segment = candidate.segment;
         if let Some(position) = segment.visible_row(candidate.rows(key), snapshot).await? {
-            return Ok(Some(Found::Segment(Arc::clone(segment), position)));
+            found = Some(Found::Segment(Arc::clone(segment), position));
+            break;
         }
     }
-    Ok(None)
+    table.charge.probes(probes);
+    Ok(found)
 }
 
 /// A point read's first, synchronous step: what memtables and cached pages decide without
@@ -133,24 +138,30 @@ pub(crate) fn point_step<T>(
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),
         Lookup::Absent => {}
     }
+    let mut probes = 0;
+    let mut step = Step::Done(None);
     for candidate in candidates {
         let segment = candidate.segment;
         if !segment.all_visible_at(snapshot) {
+            // The general path charges its own probes.
             return Ok(Step::General);
         }
+        probes += u64::from(candidate.filtered());
         let rows = candidate.rows(key);
         if rows.is_empty() {
             continue;
         }
-        return match segment
+        step = match segment
             .reader
             .read_cached(rows.start as u64, &segment.row, read)?
         {
-            Some(answer) => Ok(Step::Done(answer)),
-            None => Ok(Step::Fetch(Arc::clone(segment), rows.start)),
+            Some(answer) => Step::Done(answer),
+            None => Step::Fetch(Arc::clone(segment), rows.start),
         };
+        break;
     }
-    Ok(Step::Done(None))
+    table.charge.probes(probes);
+    Ok(step)
 }
 
 /// Rows of one segment a batched read still has to fetch: (answer slot, row position).
@@ -199,6 +210,7 @@ pub(crate) fn multi_step<T>(
     // Each key's last candidate, found once rather than once per segment the key passes.
     let last: Vec<Option<usize>> = keys.iter().map(|&key| table.last_holding(key)).collect();
     let mut misses: Misses = Vec::new();
+    let mut probes = 0;
     let mut queries = Vec::new();
     let mut positions = Vec::new();
     for (i, segment) in table.segments.iter().enumerate() {
@@ -223,6 +235,7 @@ pub(crate) fn multi_step<T>(
         filtered
             .iter()
             .for_each(|&slot| segment.prefetch_filter(keys[slot]));
+        probes += filtered.len() as u64;
         for slot in filtered {
             if segment.may_contain(keys[slot]) {
                 asked.push(slot);
@@ -259,6 +272,7 @@ pub(crate) fn multi_step<T>(
         }
         undecided = still;
     }
+    table.charge.probes(probes);
     Ok(Some(misses))
 }
 
@@ -494,6 +508,20 @@ enum Pick {
         segment: usize,
         positions: Range<usize>,
     },
+}
+
+/// How many times `picks` move from one segment's rows to another's: the merge steps between
+/// runs that reads pay for ([`super::charge::ReadCharge`]).
+fn switches(picks: &[Pick]) -> u64 {
+    let mut last = None;
+    let mut switches = 0;
+    for pick in picks {
+        if let Pick::Rows { segment, .. } = pick {
+            switches += u64::from(last.is_some_and(|last| last != *segment));
+            last = Some(*segment);
+        }
+    }
+    switches
 }
 
 /// Appends segment rows to `picks`, joining them to the last pick when they continue it.
@@ -737,6 +765,9 @@ impl Scan {
                     .map(|start| start..=*range.end()),
                 None => None,
             };
+            if self.table.segments.len() > 1 {
+                self.table.charge.switches(switches(&picks));
+            }
             // The memtable rows are decoded in `decide`'s decoder, which borrows the scan.
             let batch = self.materialize(&picks, mem_rows).await?;
             self.left = left;

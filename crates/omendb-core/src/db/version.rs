@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use super::charge::ReadCharge;
 use crate::index::LearnedIndex;
 use crate::memtable::Generation;
 use crate::segment::Segment;
@@ -23,6 +24,8 @@ pub(crate) struct TableState {
     /// Live segments, newest first (by their highest LSN). Segments that share keys never
     /// share LSNs, so for any key the first segment with a visible version decides.
     pub(crate) segments: Vec<Arc<Segment>>,
+    /// What its overlapping runs have cost reads, kept from one version to the next.
+    pub(crate) charge: Arc<ReadCharge>,
 }
 
 impl TableState {
@@ -63,6 +66,12 @@ impl Candidate<'_> {
         } else {
             self.segment.rows_of(key)
         }
+    }
+
+    /// Whether [`Candidate::rows`] probes the segment's filter: a probe of a run besides the
+    /// key's last, which reads pay for in [`ReadCharge`].
+    pub(crate) fn filtered(&self) -> bool {
+        !self.last
     }
 
     /// Starts loading the first line [`Candidate::rows`] will read: the filter's, or for the
