@@ -71,8 +71,9 @@ impl ReadCharge {
     /// Charges `n` filter probes of point reads.
     #[inline]
     pub(crate) fn probes(&self, n: u64) {
-        if let Some(costs) = &self.costs
-            && n > 0
+        // The count first: most reads meet one run, and their count is in a register.
+        if n > 0
+            && let Some(costs) = &self.costs
         {
             self.add(n.saturating_mul(costs.probe_ns));
         }
@@ -81,8 +82,9 @@ impl ReadCharge {
     /// Charges `n` moves of a scan from one segment's rows to another's.
     #[inline]
     pub(crate) fn switches(&self, n: u64) {
-        if let Some(costs) = &self.costs
-            && n > 0
+        // The count first: most reads meet one run, and their count is in a register.
+        if n > 0
+            && let Some(costs) = &self.costs
         {
             self.add(n.saturating_mul(costs.switch_ns));
         }

@@ -140,9 +140,9 @@ pub struct ReadCompaction {
 impl Default for ReadCompaction {
     fn default() -> Self {
         Self {
-            probe: Duration::from_nanos(50),
+            probe: Duration::from_nanos(30),
             switch: Duration::from_nanos(60),
-            rewrite_bytes_per_second: 100 << 20,
+            rewrite_bytes_per_second: 200 << 20,
         }
     }
 }

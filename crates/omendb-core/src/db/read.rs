@@ -139,7 +139,6 @@ pub(crate) fn point_step<T>(
         Lookup::Absent => {}
     }
     let mut probes = 0;
-    let mut step = Step::Done(None);
     for candidate in candidates {
         let segment = candidate.segment;
         if !segment.all_visible_at(snapshot) {
@@ -151,17 +150,17 @@ pub(crate) fn point_step<T>(
         if rows.is_empty() {
             continue;
         }
-        step = match segment
+        table.charge.probes(probes);
+        return match segment
             .reader
             .read_cached(rows.start as u64, &segment.row, read)?
         {
-            Some(answer) => Step::Done(answer),
-            None => Step::Fetch(Arc::clone(segment), rows.start),
+            Some(answer) => Ok(Step::Done(answer)),
+            None => Ok(Step::Fetch(Arc::clone(segment), rows.start)),
         };
-        break;
     }
     table.charge.probes(probes);
-    Ok(step)
+    Ok(Step::Done(None))
 }
 
 /// Rows of one segment a batched read still has to fetch: (answer slot, row position).

@@ -301,11 +301,14 @@ impl Engine for OmenDb {
         let took = settle(&self.db).await?;
         let stats = self.db.stats();
         Ok(format!(
-            "background work settled in {:.2} s: {} flushes, {} compactions, {} segments; {} \
-             writes retried after Overloaded",
+            "background work settled in {:.2} s: {} flushes, {} compactions ({} paid for by \
+             reads, which were charged {:.3} s for overlapping runs), {} segments; {} writes \
+             retried after Overloaded",
             took.as_secs_f64(),
             stats.flushes,
             stats.compactions,
+            stats.read_compactions,
+            stats.read_charged.as_secs_f64(),
             stats.segments,
             self.retries.load(Ordering::Relaxed)
         ))
