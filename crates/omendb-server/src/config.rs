@@ -129,14 +129,24 @@ pub struct EngineConfig {
     pub cache_mb: u64,
     /// The default durability of writes; a request may ask for another.
     pub durability: DurabilityConfig,
+    /// Merge a window of this many sorted runs of overlapping segments (at least 2).
+    pub compaction_trigger: usize,
+    /// How fast merges rewrite segments, in MiB/s: what prices a merge of overlapping runs
+    /// that reads pay for; 0 turns such merges off.
+    pub read_compaction_mib_per_s: u64,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        let engine = omendb_core::db::Settings::default();
         Self {
             memtable_mb: 64,
             cache_mb: 256,
             durability: DurabilityConfig::Durable,
+            compaction_trigger: engine.compaction_trigger,
+            read_compaction_mib_per_s: engine
+                .read_compaction
+                .map_or(0, |r| r.rewrite_bytes_per_second >> 20),
         }
     }
 }
@@ -278,6 +288,11 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{key} must be positive")));
             }
+        }
+        if self.engine.compaction_trigger < 2 {
+            return Err(ConfigError(
+                "engine.compaction_trigger must be at least 2".to_owned(),
+            ));
         }
         if self.limits.max_inflight_write_bytes < self.limits.max_body_bytes {
             return Err(ConfigError(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use omendb_core::{BackendOptions, Db, Durability};
+use omendb_core::{BackendOptions, Db, Durability, ReadCompaction};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -181,6 +181,14 @@ async fn open(config: &Config) -> anyhow::Result<Db> {
     let mut builder = Db::builder()
         .memtable_bytes(config.engine.memtable_mb << 20)
         .cache_bytes(config.engine.cache_mb << 20)
+        .compaction_trigger(config.engine.compaction_trigger)
+        .read_compaction(match config.engine.read_compaction_mib_per_s {
+            0 => None,
+            mib => Some(ReadCompaction {
+                rewrite_bytes_per_second: mib.saturating_mul(1 << 20),
+                ..ReadCompaction::default()
+            }),
+        })
         .durability(match config.engine.durability {
             DurabilityConfig::Durable => Durability::Durable,
             DurabilityConfig::Buffered => Durability::Buffered,

@@ -110,6 +110,13 @@ fn a_bad_configuration_is_an_error_at_start_that_names_the_key() {
             "durability",
         ),
         (
+            omendb(
+                dir.path(),
+                &["serve", "--set", "engine.compaction_trigger=1"],
+            ),
+            "engine.compaction_trigger",
+        ),
+        (
             omendb(dir.path(), &["serve", "--listen", "not-an-address"]),
             "server.listen",
         ),
