@@ -130,9 +130,9 @@ pub(crate) fn point_step<T>(
         .filter_map(|generation| generation.memtable(table.def.id))
         .collect();
     for memtable in &memtables {
-        memtable.value().prefetch(key);
+        memtable.prefetch(key);
     }
-    let memtables = memtables.iter().map(|entry| &**entry.value());
+    let memtables = memtables.iter().map(|memtable| &**memtable);
     match in_memtables(overlay, memtables, key, snapshot) {
         Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),

@@ -6,8 +6,8 @@
 //! holds everything up to `end - 1` and nothing after, which is what the manifest's flushed LSN
 //! and the WAL truncation rely on.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_skiplist::SkipMap;
 use crossbeam_skiplist::map::Entry;
@@ -22,7 +22,15 @@ pub struct Generation {
     /// Which LSNs it takes; appliers hold their entry while they apply, so once rotation has
     /// closed it no later LSN gets in.
     cut: Cut,
-    tables: SkipMap<u32, Arc<Memtable>>,
+    /// The memtables of the first tables written, each in a slot, filled in order (under
+    /// `adding`): a point read finds its table's by looking at the slots up to the first empty
+    /// one, an acquire load each. A skip map's lookup pinned an epoch and counted a reference
+    /// on the node, writes to lines both cores read, on every read.
+    slots: [OnceLock<(u32, Arc<Memtable>)>; SLOTS],
+    /// The memtables of the tables written after the slots were full.
+    more: SkipMap<u32, Arc<Memtable>>,
+    /// Serializes adding a table, so that two appliers of one new table make one memtable.
+    adding: Mutex<()>,
     bytes: AtomicUsize,
     /// Keys each table's memtable filter is sized for.
     expected_keys: usize,
@@ -31,13 +39,48 @@ pub struct Generation {
 /// Writes ahead of the one being applied whose filter line [`Generation::apply`] requests.
 const FILTER_AHEAD: usize = 8;
 
+/// Tables whose memtables a generation keeps in slots: more than most databases write at once.
+const SLOTS: usize = 16;
+
+/// A table's memtable in a generation, borrowed: from its slot, or from the skip map's entry
+/// (which pins its node) for a table beyond the slots.
+pub enum MemtableRef<'a> {
+    /// In a slot.
+    Slot(&'a Arc<Memtable>),
+    /// In the skip map.
+    More(Entry<'a, u32, Arc<Memtable>>),
+}
+
+impl MemtableRef<'_> {
+    /// The memtable, owned.
+    pub fn to_arc(&self) -> Arc<Memtable> {
+        match self {
+            MemtableRef::Slot(memtable) => Arc::clone(memtable),
+            MemtableRef::More(entry) => Arc::clone(entry.value()),
+        }
+    }
+}
+
+impl std::ops::Deref for MemtableRef<'_> {
+    type Target = Memtable;
+
+    fn deref(&self) -> &Memtable {
+        match self {
+            MemtableRef::Slot(memtable) => memtable,
+            MemtableRef::More(entry) => entry.value(),
+        }
+    }
+}
+
 impl Generation {
     /// An active generation starting at `first`, whose memtables' filters are sized for
     /// `expected_keys`.
     pub fn new(first: Lsn, expected_keys: usize) -> Self {
         Self {
             cut: Cut::new(first),
-            tables: SkipMap::new(),
+            slots: Default::default(),
+            more: SkipMap::new(),
+            adding: Mutex::new(()),
             bytes: AtomicUsize::new(0),
             expected_keys,
         }
@@ -113,35 +156,57 @@ impl Generation {
     }
 
     fn table_or_create(&self, table: u32) -> Arc<Memtable> {
-        Arc::clone(
-            self.tables
-                .get_or_insert_with(table, || {
-                    Arc::new(Memtable::with_filter(self.expected_keys))
-                })
-                .value(),
-        )
+        if let Some(memtable) = self.memtable(table) {
+            return memtable.to_arc();
+        }
+        // Whatever a panicking holder did, the slots and the map are consistent: each is set
+        // whole or not at all.
+        let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(memtable) = self.memtable(table) {
+            return memtable.to_arc();
+        }
+        let memtable = Arc::new(Memtable::with_filter(self.expected_keys));
+        match self.slots.iter().find(|slot| slot.get().is_none()) {
+            Some(slot) => {
+                // Under `adding`, so the slot is still empty.
+                let _ = slot.set((table, Arc::clone(&memtable)));
+            }
+            None => {
+                self.more.insert(table, Arc::clone(&memtable));
+            }
+        }
+        memtable
     }
 
     /// The memtable of `table`, if it was written.
     pub fn table(&self, table: u32) -> Option<Arc<Memtable>> {
-        self.tables
-            .get(&table)
-            .map(|entry| Arc::clone(entry.value()))
+        self.memtable(table).map(|memtable| memtable.to_arc())
     }
 
-    /// The memtable of `table`, if it was written, borrowed through the map's entry (which pins
-    /// its node) rather than an `Arc` clone: a point read holds it from its prefetch to its
-    /// lookup, where two searches of this map were a tenth of a cached `get`.
-    pub fn memtable(&self, table: u32) -> Option<Entry<'_, u32, Arc<Memtable>>> {
-        self.tables.get(&table)
+    /// The memtable of `table`, if it was written, borrowed rather than an `Arc` clone (a count
+    /// on a line every reader writes): a point read holds it from its prefetch to its lookup.
+    pub fn memtable(&self, table: u32) -> Option<MemtableRef<'_>> {
+        for slot in &self.slots {
+            match slot.get() {
+                Some((id, memtable)) if *id == table => return Some(MemtableRef::Slot(memtable)),
+                Some(_) => {}
+                // Slots fill in order: no later one is set either.
+                None => return None,
+            }
+        }
+        self.more.get(&table).map(MemtableRef::More)
     }
 
     /// Every table's memtable, by table id.
     pub fn tables(&self) -> Vec<(u32, Arc<Memtable>)> {
-        self.tables
+        let slots = self.slots.iter().map_while(OnceLock::get).cloned();
+        let more = self
+            .more
             .iter()
-            .map(|entry| (*entry.key(), Arc::clone(entry.value())))
-            .collect()
+            .map(|entry| (*entry.key(), Arc::clone(entry.value())));
+        let mut tables: Vec<_> = slots.chain(more).collect();
+        tables.sort_unstable_by_key(|(id, _)| *id);
+        tables
     }
 
     /// Approximate bytes held by all its memtables.
@@ -214,6 +279,74 @@ mod tests {
                     panic!("key {key}: {found:?}");
                 };
                 assert_eq!(row, Bytes::from(vec![key as u8; 8]));
+            }
+        }
+    }
+
+    /// Tables beyond the slots go to the skip map: every table, in a slot or not, is found by
+    /// `table`, `memtable` and `tables`, and a table never written by none.
+    #[test]
+    fn tables_beyond_the_slots_are_found_as_those_in_them() {
+        let generation = Generation::new(1, 1_000);
+        let count = SLOTS as u32 * 2 + 3;
+        // Written in descending id order, so the slots do not hold the lowest ids.
+        for (lsn, table) in (0..count).rev().enumerate() {
+            let mut batch = WriteBatch::new();
+            batch.put(
+                table * 10,
+                u64::from(table),
+                Bytes::from(vec![table as u8; 4]),
+            );
+            assert!(generation.apply(lsn as Lsn + 1, &batch, |_| true));
+        }
+        for table in 0..count {
+            let id = table * 10;
+            let row = Bytes::from(vec![table as u8; 4]);
+            let found = generation
+                .memtable(id)
+                .unwrap()
+                .get(u64::from(table), Lsn::MAX);
+            assert!(
+                matches!(&found, Lookup::Found { row: r, .. } if *r == row),
+                "{found:?}"
+            );
+            assert!(Arc::ptr_eq(
+                &generation.table(id).unwrap(),
+                &generation.memtable(id).unwrap().to_arc()
+            ));
+            assert!(generation.table(id + 1).is_none());
+        }
+        let ids: Vec<u32> = generation.tables().iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (0..count).map(|t| t * 10).collect::<Vec<_>>());
+    }
+
+    /// Appliers racing to write a table first share one memtable: no write is lost in another.
+    #[test]
+    fn appliers_racing_to_a_new_table_share_its_memtable() {
+        for round in 0..20u32 {
+            let generation = Arc::new(Generation::new(1, 1_000));
+            let threads: Vec<_> = (0..4u64)
+                .map(|thread| {
+                    let generation = Arc::clone(&generation);
+                    std::thread::spawn(move || {
+                        for table in 0..SLOTS as u32 + 4 {
+                            let mut batch = WriteBatch::new();
+                            batch.put(table, thread, Bytes::from_static(b"v"));
+                            assert!(generation.apply(thread + 1, &batch, |_| true));
+                        }
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            let tables = generation.tables();
+            assert_eq!(tables.len(), SLOTS + 4, "round {round}");
+            for (id, memtable) in tables {
+                for thread in 0..4u64 {
+                    assert!(
+                        matches!(memtable.get(thread, Lsn::MAX), Lookup::Found { .. }),
+                        "round {round}: table {id} lost thread {thread}'s write"
+                    );
+                }
             }
         }
     }

@@ -28,7 +28,7 @@ mod cut;
 mod generation;
 mod run;
 
-pub use generation::Generation;
+pub use generation::{Generation, MemtableRef};
 use run::{Merge, Next, Run, Source};
 
 /// A log sequence number: the order of committed write batches.
