@@ -1,7 +1,8 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
 //! index lookup, memtable insert, point read from a segment, buffered WAL append, scans of 10k
 //! rows from a segment and of 40k rows from the memtable, short scans that merge overlapping
-//! segments and the memtable, and a count over the memtable's 40k rows. Instruction counts do
+//! segments and the memtable, a count over the memtable's 40k rows and a sum over a time
+//! series' 40k rows in a segment. Instruction counts do
 //! not depend on what else the machine is doing, so CI can compare them with the baseline
 //! committed in `benches/regression-baseline.json` (`cargo xtask regression` checks, `cargo
 //! xtask regression --update` rewrites it).
@@ -13,7 +14,9 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use arrow_array::{BinaryArray, RecordBatch, UInt64Array};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
+use arrow_array::{BinaryArray, Float64Array, Int64Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -46,6 +49,8 @@ const MERGED_PARTS: usize = 5;
 /// Short scans per run, and rows per scan (YCSB-E's longest).
 const SHORT_SCANS: usize = 100;
 const SHORT_SCAN_ROWS: usize = 100;
+/// Rows of the time series the segment aggregate folds: ten pages of a segment.
+const SERIES_ROWS: usize = 40_000;
 
 // --- index lookup --------------------------------------------------------------------------
 
@@ -386,6 +391,82 @@ fn close(f: Loaded) {
     f.runtime.block_on(f.db.close()).unwrap();
 }
 
+/// A database in memory with a time series `ts` (i64 keys, one f64 column `v`) of
+/// [`SERIES_ROWS`] rows appended in key order and flushed to one segment, every page cached.
+struct Series {
+    runtime: Runtime,
+    db: Db,
+    ts: Table,
+}
+
+fn series() -> Series {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (db, ts) = runtime.block_on(async {
+        let db = Db::builder()
+            .store(Arc::new(InMemory::new()))
+            .wal_in_store()
+            .build()
+            .await
+            .unwrap();
+        let values = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+        let ts = db
+            .create_table("ts", KeyType::I64, Some(values))
+            .await
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(KEY_COLUMN, DataType::Int64, false),
+            Field::new("v", DataType::Float64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..SERIES_ROWS as i64)),
+                Arc::new(Float64Array::from_iter_values(
+                    (0..SERIES_ROWS).map(|i| i as f64),
+                )),
+            ],
+        )
+        .unwrap();
+        ts.put_batch(&batch, WriteOptions::DURABLE).await.unwrap();
+        db.checkpoint().await.unwrap();
+        assert_eq!(db.stats().segments, 1, "the series is not in one segment");
+        (db, ts)
+    });
+    let f = Series { runtime, db, ts };
+    // One sum first caches the pages, as in `cached_table`.
+    assert_eq!(series_sum(&f), expected_series_sum());
+    f
+}
+
+fn series_sum(f: &Series) -> f64 {
+    f.runtime.block_on(async {
+        let result =
+            f.ts.aggregate::<i64>(black_box(..), "v", Aggregate::Sum, None)
+                .await
+                .unwrap();
+        result.column(0).as_primitive::<Float64Type>().value(0)
+    })
+}
+
+/// The sum of `0..SERIES_ROWS` (exact in f64: every partial sum is an integer below 2^53).
+fn expected_series_sum() -> f64 {
+    (SERIES_ROWS * (SERIES_ROWS - 1) / 2) as f64
+}
+
+#[library_benchmark]
+#[bench::forty_thousand_rows(setup = series, teardown = check_series_sum)]
+fn segment_sum(f: Series) -> (f64, Series) {
+    (series_sum(&f), f)
+}
+
+fn check_series_sum((sum, f): (f64, Series)) {
+    assert_eq!(sum, expected_series_sum(), "the sum answered wrongly");
+    f.runtime.block_on(f.db.close()).unwrap();
+}
+
 // --- buffered WAL append -------------------------------------------------------------------
 
 struct OpenWal {
@@ -429,7 +510,7 @@ fn check_wal((last, w): (u64, OpenWal)) {
 library_benchmark_group!(
     name = hot_paths;
     benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, memtable_scan,
-        merged_scan, memtable_count, wal_append_buffered
+        merged_scan, memtable_count, segment_sum, wal_append_buffered
 );
 
 main!(library_benchmark_groups = hot_paths);
