@@ -142,7 +142,7 @@ impl Default for ReadCompaction {
         Self {
             probe: Duration::from_nanos(30),
             switch: Duration::from_nanos(60),
-            rewrite_bytes_per_second: 200 << 20,
+            rewrite_bytes_per_second: 110 << 20,
         }
     }
 }
