@@ -105,9 +105,9 @@ pub(crate) enum Step<T> {
 }
 
 /// The synchronous part of a point read of `key` at `snapshot`: memtables (newest first, after
-/// `overlay`), then segments whose rows are all visible at the snapshot, reading the row from
-/// cached pages with `read` (`None` from `read` means a tombstone). Allocates nothing and takes
-/// no reference counts on the way.
+/// `overlay`), then segments whose rows are all visible at the snapshot, reading the row's value
+/// columns from cached pages with `read` ([`Segment::row_in`]: a tombstone is `None` without a
+/// call). Allocates nothing and takes no reference counts on the way.
 pub(crate) fn point_step<T>(
     version: &Version,
     table: &TableState,
@@ -151,10 +151,11 @@ pub(crate) fn point_step<T>(
             continue;
         }
         table.charge.probes(probes);
-        return match segment
-            .reader
-            .read_cached(rows.start as u64, &segment.row, read)?
-        {
+        return match segment.reader.read_cached(
+            rows.start as u64,
+            segment.point_read(),
+            |pages, offset| segment.row_in(pages, offset, read),
+        )? {
             Some(answer) => Ok(Step::Done(answer)),
             None => Ok(Step::Fetch(Arc::clone(segment), rows.start)),
         };
@@ -260,8 +261,8 @@ pub(crate) fn multi_step<T>(
         let missing =
             segment
                 .reader
-                .read_cached_many(&rows, &segment.row, |i, pages, offset| {
-                    out[found[i].0] = read(pages, offset);
+                .read_cached_many(&rows, segment.point_read(), |i, pages, offset| {
+                    out[found[i].0] = segment.row_in(pages, offset, &read);
                 })?;
         if !missing.is_empty() {
             misses.push((
@@ -292,12 +293,9 @@ fn in_memtables<'a>(
         .unwrap_or(Lookup::Absent)
 }
 
-/// Reads a key-value row's value from a segment's row pages (`_tombstone`, `value`).
+/// Reads a key-value row's value from its value page (see [`Segment::row_in`]).
 pub(crate) fn kv_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Bytes> {
-    if pages[0].as_boolean().value(offset) {
-        return None;
-    }
-    let values = pages[1].as_binary_opt::<i32>()?;
+    let values = pages.first()?.as_binary_opt::<i32>()?;
     Some(Bytes::copy_from_slice(values.value(offset)))
 }
 
@@ -311,15 +309,19 @@ pub(crate) async fn answer<T>(
     match found {
         Found::Row(row) => from_memtable(row).map(Some),
         Found::Segment(segment, position) => {
+            let read = |pages: &[&dyn Array], offset| segment.row_in(pages, offset, &from_pages);
             if let Some(answer) =
                 segment
                     .reader
-                    .read_cached(position as u64, &segment.row, &from_pages)?
+                    .read_cached(position as u64, segment.point_read(), read)?
             {
                 return Ok(answer);
             }
-            let batch = segment.reader.fetch(position as u64, &segment.row).await?;
-            Ok(from_pages(&columns_of(&batch), 0))
+            let batch = segment
+                .reader
+                .fetch(position as u64, segment.point_read())
+                .await?;
+            Ok(read(&columns_of(&batch), 0))
         }
     }
 }
@@ -333,18 +335,9 @@ pub(crate) fn columns_of(batch: &RecordBatch) -> Vec<&dyn Array> {
         .collect()
 }
 
-/// A row's values from a segment's row pages (`_tombstone`, then the value columns); `None`
-/// for a tombstone.
+/// A row's values from its value columns' pages (see [`Segment::row_in`]).
 pub(crate) fn values_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Vec<Value>> {
-    if pages[0].as_boolean().value(offset) {
-        return None;
-    }
-    Some(
-        pages[1..]
-            .iter()
-            .map(|page| value_at(*page, offset))
-            .collect(),
-    )
+    Some(pages.iter().map(|page| value_at(*page, offset)).collect())
 }
 
 /// A key-ordered walk over one segment's rows in a key range, one key (all its rows) at a time.

@@ -105,7 +105,8 @@ impl View<'_> {
     }
 
     /// One point read: rows from memtables become the answer through `from_memtable`, rows from
-    /// segment pages through `from_pages` (`None`: a tombstone).
+    /// segment pages through `from_pages`, which gets the pages of the value columns (tombstones
+    /// are answered before it, see `Segment::row_in`).
     async fn point<T>(
         &self,
         def: &TableDef,
@@ -197,7 +198,7 @@ impl View<'_> {
     }
 
     /// Many point reads at one snapshot: rows from memtables become answers through
-    /// `from_memtable`, rows from segment pages through `from_pages` (`None`: a tombstone).
+    /// `from_memtable`, rows from segment pages through `from_pages`, as in [`Self::point`].
     async fn multi<T>(
         &self,
         def: &TableDef,
@@ -243,10 +244,13 @@ impl View<'_> {
         };
         for (segment, rows) in misses {
             let positions: Vec<u64> = rows.iter().map(|&(_, p)| p as u64).collect();
-            let batch = segment.reader.fetch_many(&positions, &segment.row).await?;
+            let batch = segment
+                .reader
+                .fetch_many(&positions, segment.point_read())
+                .await?;
             let columns = read::columns_of(&batch);
             for (i, &(slot, _)) in rows.iter().enumerate() {
-                out[slot] = from_pages(&columns, i);
+                out[slot] = segment.row_in(&columns, i, &from_pages);
             }
         }
         Ok(out)
