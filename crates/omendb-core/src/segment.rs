@@ -32,11 +32,12 @@ pub struct Segment {
     pub reader: SegmentReader,
     /// The learned index over [`SegmentReader::keys`].
     pub index: AnyIndex,
-    /// `_tombstone` then every value column: what a point read fetches.
+    /// `_tombstone` then every value column: what a point read fetches where the segment holds
+    /// tombstones ([`Self::point_read`]).
     pub row: Projection,
     /// Every value column without `_tombstone`, if the segment holds no tombstone (every row
-    /// group's statistics say its largest tombstone flag is false): what a scan reads, skipping
-    /// a column it would only find false.
+    /// group's statistics say its largest tombstone flag is false) and has a value column: what
+    /// a scan or a point read fetches, skipping a column it would only find false.
     pub values: Option<Projection>,
     /// `_lsn` alone: what a read at an older snapshot checks first.
     pub lsn: Projection,
