@@ -20,7 +20,7 @@ use omendb_storage::segment::{LSN_COLUMN, PageCache, Projection, SegmentReader, 
 
 use crate::error::{Error, Result};
 use crate::filter::FixedFilter;
-use crate::index::{AnyIndex, LearnedIndex};
+use crate::index::{AnyIndex, LearnedIndex, search};
 use crate::memtable::Lsn;
 
 /// A live segment.
@@ -191,6 +191,26 @@ impl Segment {
         start..end.max(start)
     }
 
+    /// Starts loading the model lines [`Segment::positions`] reads first for `range`: the first
+    /// of two steps ([`Segment::prefetch_keys`] is the second) that a scan takes for every
+    /// segment before it searches any, so that the segments' misses overlap.
+    pub fn prefetch_model(&self, range: &RangeInclusive<u64>) {
+        if self.overlaps(range) {
+            bounds(range, |key| self.index.prefetch(key));
+        }
+    }
+
+    /// Starts loading the key windows [`Segment::positions`] searches for `range`: reads the
+    /// model, whose lines [`Segment::prefetch_model`] asked for.
+    pub fn prefetch_keys(&self, range: &RangeInclusive<u64>) {
+        if self.overlaps(range) {
+            let keys = self.keys();
+            bounds(range, |key| {
+                search::prefetch_window(keys, self.index.window(key))
+            });
+        }
+    }
+
     /// Whether every row is visible at `snapshot` (the common case: no LSN needs reading).
     pub fn all_visible_at(&self, snapshot: Lsn) -> bool {
         self.entry.lsn_max.is_none_or(|max| max <= snapshot)
@@ -220,5 +240,14 @@ impl Segment {
             )));
         }
         Ok(column.value(0))
+    }
+}
+
+/// Calls `search` with the keys whose lower bounds give the positions of `range`'s rows: its
+/// start, and the key after its end unless the range runs to `u64::MAX`.
+fn bounds(range: &RangeInclusive<u64>, mut search: impl FnMut(u64)) {
+    search(*range.start());
+    if let Some(next) = range.end().checked_add(1) {
+        search(next);
     }
 }

@@ -791,6 +791,15 @@ impl Scan {
         mut fold: Option<&mut Fold>,
     ) -> Result<(RowDecoder<'_>, Option<u64>)> {
         let reverse = self.reverse;
+        // Every segment's search for the range is asked for before any is made, a step at a
+        // time (the models' lines, then the key windows they give), so that the segments'
+        // misses overlap each other and the memtables' seeks, which come first.
+        for segment in &self.table.segments {
+            segment.prefetch_model(&range);
+        }
+        for segment in &self.table.segments {
+            segment.prefetch_keys(&range);
+        }
         // Each memtable's keys with a visible version, and its newest one.
         let mut mem: Vec<Newest> = self
             .layers

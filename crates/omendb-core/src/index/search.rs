@@ -15,17 +15,27 @@ const PREFETCH_LINES: usize = 16;
 /// Exactly `keys.partition_point(|&k| k < key)`, searching `window` first.
 #[inline(always)]
 pub fn lower_bound_in(keys: &[u64], window: Window, key: u64) -> usize {
+    prefetch_window(keys, window);
     let n = keys.len();
     let hi = window.hi.min(n);
     let lo = window.lo.min(hi);
-    if hi - lo > 8 {
-        prefetch::window(keys, lo, hi, PREFETCH_LINES);
-    }
     let pos = lo + bisect_scan::<SCAN_MAX>(&keys[lo..hi], key);
     if verified(keys, lo, hi, pos, key) {
         pos
     } else {
         keys.partition_point(|&k| k < key)
+    }
+}
+
+/// Starts loading the lines of `window` that [`lower_bound_in`] will search (a window of more
+/// than eight keys, its first [`PREFETCH_LINES`] lines): called ahead of the search, it lets the
+/// misses of several searches overlap.
+#[inline(always)]
+pub(crate) fn prefetch_window(keys: &[u64], window: Window) {
+    let hi = window.hi.min(keys.len());
+    let lo = window.lo.min(hi);
+    if hi - lo > 8 {
+        prefetch::window(keys, lo, hi, PREFETCH_LINES);
     }
 }
 

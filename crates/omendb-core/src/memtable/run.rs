@@ -40,6 +40,8 @@ pub(super) struct Run {
 
 /// Keys per fence: a block of them is 256 bytes, four cache lines.
 const FENCE: usize = 32;
+/// Cache lines of a block of keys.
+const FENCE_LINES: usize = FENCE * size_of::<u64>() / 64;
 
 impl Run {
     /// Up to `limit` versions of `list` within `range` (version bounds): the first ones, or the
@@ -152,28 +154,50 @@ impl Run {
 
     /// The positions of the versions of keys in `range`.
     fn positions(&self, range: &RangeInclusive<u64>) -> std::ops::Range<usize> {
-        let start = self.first_at_least(*range.start());
-        let end = match range.end().checked_add(1) {
-            Some(after) if self.keys.last().is_some_and(|&last| last >= after) => {
-                self.first_at_least(after)
-            }
-            _ => self.len(),
-        };
+        let (first, after) = self.bounds(range);
+        let start = self.first_at_least(first);
+        let end = after.map_or(self.len(), |after| self.first_at_least(after));
         start..end.max(start)
+    }
+
+    /// The keys whose first positions delimit `range`'s versions: its start, and the key after
+    /// its end if the run holds a key that high (otherwise the run's end delimits them).
+    fn bounds(&self, range: &RangeInclusive<u64>) -> (u64, Option<u64>) {
+        let after = range
+            .end()
+            .checked_add(1)
+            .filter(|&after| self.keys.last().is_some_and(|&last| last >= after));
+        (*range.start(), after)
+    }
+
+    /// Starts loading the key blocks [`Run::positions`] counts for `range` (the fence searches
+    /// it repeats then hit the cache).
+    fn prefetch_positions(&self, range: &RangeInclusive<u64>) {
+        let (first, after) = self.bounds(range);
+        for key in std::iter::once(first).chain(after) {
+            if let Some(block) = self.block_of(key) {
+                prefetch::window(&self.keys, block.start, block.end, FENCE_LINES);
+            }
+        }
     }
 
     /// The position of the first key ≥ `key` (the run's length if none is).
     fn first_at_least(&self, key: u64) -> usize {
-        // Fences before `block` are < key; the fence at `block` (key `block * FENCE`) is ≥ key.
-        let block = bisect_scan::<SCAN_CACHED>(&self.fences, key);
-        if block == 0 {
+        let Some(block) = self.block_of(key) else {
             return 0;
-        }
-        let low = (block - 1) * FENCE + 1;
-        let high = (block * FENCE).min(self.len());
+        };
         // The block's keys are counted, not bisected: its four lines, which a large run's
         // search misses, load in parallel instead of one bisection step after another.
-        low + bisect_scan::<FENCE>(self.keys.get(low..high).unwrap_or_default(), key)
+        let keys = self.keys.get(block.clone()).unwrap_or_default();
+        block.start + bisect_scan::<FENCE>(keys, key)
+    }
+
+    /// The positions whose keys [`Run::first_at_least`] counts for `key`, found from the fences;
+    /// `None` if the first key is already ≥ `key`.
+    fn block_of(&self, key: u64) -> Option<std::ops::Range<usize>> {
+        // Fences before `block` are < key; the fence at `block` (key `block * FENCE`) is ≥ key.
+        let block = bisect_scan::<SCAN_CACHED>(&self.fences, key);
+        (block > 0).then(|| (block - 1) * FENCE + 1..(block * FENCE).min(self.len()))
     }
 
     /// `key`'s newest version with an LSN ≤ `snapshot`: its LSN and row.
@@ -383,6 +407,13 @@ impl Merge {
             range,
             reverse,
         };
+        // Every run's key blocks are asked for before any run (or the list) is searched, so that
+        // their misses overlap each other and the list's search.
+        for source in &sources {
+            if let Source::Run(run) = source {
+                run.prefetch_positions(&merge.range);
+            }
+        }
         for source in sources {
             let cursor = match source {
                 // Heads are read once every cursor is placed (below), so that the miss on a
