@@ -689,3 +689,184 @@ async fn reads_charge_nothing_when_read_compaction_is_off() {
     );
     db.close().await.unwrap();
 }
+
+/// A database that does its idle work once it has had no write for `after`: memtables of 1 MiB
+/// (so 64 KiB is enough for an idle flush), no merge for the writes or the reads.
+async fn open_idle(dir: &Path, after: Option<Duration>) -> Db {
+    Db::builder()
+        .path(dir)
+        .memtable_bytes(1 << 20)
+        .compaction_trigger(64)
+        .read_compaction(None)
+        .idle_compaction(after)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Writes `keys` with `round`'s values into the memtable, recording them in `oracle`.
+async fn put_all(
+    kv: &Table,
+    oracle: &mut BTreeMap<u64, Bytes>,
+    keys: impl Iterator<Item = u64>,
+    round: u64,
+) {
+    for key in keys {
+        kv.put_value(key, value(key, round), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+        oracle.insert(key, value(key, round));
+    }
+}
+
+/// Waits until an idle merge has run and the idle work is done.
+async fn idle_work_done(db: &Db) {
+    let start = Instant::now();
+    loop {
+        let stats = db.stats();
+        assert!(stats.background_error.is_none(), "{stats:?}");
+        if stats.idle_compactions > 0 && !stats.compacting && !stats.idle_work_due {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_stops_receiving_writes_settles_into_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_idle(dir.path(), Some(Duration::from_millis(300))).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut oracle = BTreeMap::new();
+    // Three overlapping runs of similar sizes, then a memtable of more than 64 KiB.
+    for (round, step) in [2, 3, 5].into_iter().enumerate() {
+        put_all(&kv, &mut oracle, (0..3_000).step_by(step), round as u64).await;
+        db.checkpoint().await.unwrap();
+    }
+    put_all(&kv, &mut oracle, (1..3_000).step_by(2), 3).await;
+    let stats = db.stats();
+    assert!(stats.idle_work_due, "{stats:?}");
+    assert!(stats.memtable_bytes >= 64 << 10, "{stats:?}");
+    assert_eq!((stats.segments, stats.compactions), (3, 0), "{stats:?}");
+
+    idle_work_done(&db).await;
+    let stats = db.stats();
+    assert_eq!(
+        (stats.idle_compactions, stats.compactions, stats.segments),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.flushed_lsn, stats.visible_lsn,
+        "the memtable was flushed first"
+    );
+    check(&kv, &oracle, 3_000).await;
+
+    // Once per idle period, and nothing is left to do.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let later = db.stats();
+    assert_eq!(
+        (later.idle_compactions, later.flushes, later.idle_work_due),
+        (1, stats.flushes, false),
+        "{later:?}"
+    );
+    db.close().await.unwrap();
+
+    // What the idle work wrote is what reopening reads.
+    let db = open_idle(dir.path(), None).await;
+    check(&db.table("kv").unwrap(), &oracle, 3_000).await;
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbalanced_table_or_one_still_written_is_not_merged_for_idleness() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_idle(dir.path(), Some(Duration::from_millis(300))).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut oracle = BTreeMap::new();
+    // A large run and a small one over the same keys: merging them would rewrite the large one
+    // for a little new data. The memtable holds too little to flush.
+    put_all(&kv, &mut oracle, 0..3_000, 0).await;
+    db.checkpoint().await.unwrap();
+    put_all(&kv, &mut oracle, (0..3_000).step_by(50), 1).await;
+    db.checkpoint().await.unwrap();
+    put_all(&kv, &mut oracle, 0..10, 2).await;
+    assert!(!db.stats().idle_work_due, "{:?}", db.stats());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let stats = db.stats();
+    assert_eq!(
+        (
+            stats.idle_compactions,
+            stats.compactions,
+            stats.segments,
+            stats.flushes
+        ),
+        (0, 0, 2, 2),
+        "{stats:?}"
+    );
+
+    // A second large run makes the merge balanced, but writes keep coming: no merge while
+    // they do, one once they stop.
+    put_all(&kv, &mut oracle, (1..3_000).step_by(2), 3).await;
+    db.checkpoint().await.unwrap();
+    let writing = Instant::now();
+    let mut round = 4;
+    while writing.elapsed() < Duration::from_millis(1_200) {
+        put_all(&kv, &mut oracle, round % 3_000..round % 3_000 + 1, round).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = db.stats();
+    assert_eq!(
+        (stats.idle_compactions, stats.segments),
+        (0, 3),
+        "{stats:?}"
+    );
+    assert!(stats.idle_work_due, "{stats:?}");
+    idle_work_done(&db).await;
+    let stats = db.stats();
+    assert_eq!(
+        (stats.idle_compactions, stats.segments),
+        (1, 1),
+        "{stats:?}"
+    );
+    check(&kv, &oracle, 3_000).await;
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idle_compaction_nothing_merges_and_a_zero_delay_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_idle(dir.path(), None).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut oracle = BTreeMap::new();
+    for (round, step) in [2, 3].into_iter().enumerate() {
+        put_all(&kv, &mut oracle, (0..3_000).step_by(step), round as u64).await;
+        db.checkpoint().await.unwrap();
+    }
+    put_all(&kv, &mut oracle, (0..3_000).step_by(7), 2).await;
+    assert!(!db.stats().idle_work_due);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let stats = db.stats();
+    assert_eq!(
+        (
+            stats.idle_compactions,
+            stats.compactions,
+            stats.segments,
+            stats.flushes
+        ),
+        (0, 0, 2, 2),
+        "{stats:?}"
+    );
+    check(&kv, &oracle, 3_000).await;
+    db.close().await.unwrap();
+
+    let err = Db::builder()
+        .path(dir.path().join("other"))
+        .idle_compaction(Some(Duration::ZERO))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("idle_compaction"), "{err}");
+}

@@ -148,6 +148,7 @@ fn record_state(state: &Shared) {
     metrics::counter!("omendb_flushes_total").absolute(stats.flushes);
     metrics::counter!("omendb_compactions_total").absolute(stats.compactions);
     metrics::counter!("omendb_read_compactions_total").absolute(stats.read_compactions);
+    metrics::counter!("omendb_idle_compactions_total").absolute(stats.idle_compactions);
     metrics::gauge!("omendb_read_charged_seconds").set(stats.read_charged.as_secs_f64());
     metrics::gauge!("omendb_failed").set(if stats.failure.is_some() { 1.0 } else { 0.0 });
     metrics::counter!("omendb_cache_hits_total").absolute(stats.cache_hits);

@@ -134,6 +134,9 @@ pub struct EngineConfig {
     /// How fast merges rewrite segments, in MiB/s: what prices a merge of overlapping runs
     /// that reads pay for; 0 turns such merges off.
     pub read_compaction_mib_per_s: u64,
+    /// Seconds without a write after which the engine flushes and merges a table's overlapping
+    /// runs for its reads (see `docs/operations.md`); 0 never does.
+    pub idle_compaction_s: u64,
 }
 
 impl Default for EngineConfig {
@@ -147,6 +150,7 @@ impl Default for EngineConfig {
             read_compaction_mib_per_s: engine
                 .read_compaction
                 .map_or(0, |r| r.rewrite_bytes_per_second >> 20),
+            idle_compaction_s: engine.idle_compaction.map_or(0, |after| after.as_secs()),
         }
     }
 }

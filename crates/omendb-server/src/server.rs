@@ -189,6 +189,10 @@ async fn open(config: &Config) -> anyhow::Result<Db> {
                 ..ReadCompaction::default()
             }),
         })
+        .idle_compaction(match config.engine.idle_compaction_s {
+            0 => None,
+            seconds => Some(std::time::Duration::from_secs(seconds)),
+        })
         .durability(match config.engine.durability {
             DurabilityConfig::Durable => Durability::Durable,
             DurabilityConfig::Buffered => Durability::Buffered,

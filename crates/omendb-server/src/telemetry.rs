@@ -139,6 +139,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Compactions since start that reads paid for (merges of overlapping runs).",
     ),
     (
+        "omendb_idle_compactions_total",
+        Kind::Counter,
+        "Compactions since start that merged a table's overlapping runs once writes had stopped.",
+    ),
+    (
         "omendb_read_charged_seconds",
         Kind::Gauge,
         "Estimated time reads spent on overlapping runs since start (what read compactions spend).",

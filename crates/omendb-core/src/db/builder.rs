@@ -4,7 +4,7 @@
 //! checked against its seal, then replay the WAL after the manifest's flushed LSN into a fresh
 //! memtable generation. The database is returned only after replay.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use super::charge::ReadCharge;
 use super::flush::run_background;
 use super::options::{Durability, ReadCompaction, Settings};
 use super::version::{TableState, Version};
-use super::{Counters, Db, Inner};
+use super::{Counters, Db, Inner, NOT_IDLE};
 use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
 use crate::index::IndexPolicy;
@@ -179,6 +179,13 @@ impl Builder {
         self
     }
 
+    /// Flush and merge for reads once the database has taken no write for this long (`None`:
+    /// never; default 10 s; see [`Settings::idle_compaction`]).
+    pub fn idle_compaction(mut self, after: Option<Duration>) -> Self {
+        self.settings.idle_compaction = after;
+        self
+    }
+
     /// Largest encoded row and write batch accepted.
     pub fn limits(mut self, max_row_bytes: usize, max_batch_bytes: usize) -> Self {
         self.settings.max_row_bytes = max_row_bytes;
@@ -205,6 +212,14 @@ impl Builder {
         {
             return Err(Error::BadInput(
                 "read_compaction's rewrite_bytes_per_second must be positive".to_owned(),
+            ));
+        }
+        if settings
+            .idle_compaction
+            .is_some_and(|after| after.is_zero())
+        {
+            return Err(Error::BadInput(
+                "idle_compaction must be a positive duration (or None)".to_owned(),
             ));
         }
         if chrono::Duration::from_std(settings.gc_grace).is_err() {
@@ -338,9 +353,14 @@ impl Builder {
             last_gc: Mutex::new(None),
             background_error: Mutex::new(None),
             counters: Mutex::new(Counters::default()),
+            idle_lsn: AtomicU64::new(NOT_IDLE),
             retired: Mutex::new(Vec::new()),
         });
-        let handle = tokio::spawn(run_background(Arc::downgrade(&inner), flush_wanted));
+        let handle = tokio::spawn(run_background(
+            Arc::downgrade(&inner),
+            flush_wanted,
+            inner.settings.idle_compaction,
+        ));
         *inner.background.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         inner.maybe_rotate(false);
         Ok(Db { inner })

@@ -164,7 +164,7 @@ impl Inner {
                     table: Arc::clone(table),
                     segments: table.segments.clone(),
                     older: Vec::new(),
-                    reads: false,
+                    cause: Cause::Policy,
                 });
             }
             let trigger = if whole {
@@ -185,20 +185,49 @@ impl Inner {
         // No merge is due for the writes: one that reads have paid for, if any. A table's
         // charge pays for all of its components' merges at once, which then run one after
         // another, each spending its price.
-        version.tables.values().find_map(|table| {
-            let windows: Vec<Window> = components(&table.segments)
-                .iter()
-                .filter_map(|component| Window::pick(table, component, 2, true))
-                .collect();
-            let bytes = windows.iter().map(Window::bytes).sum();
-            if windows.is_empty() || !table.charge.pays_for(bytes) {
-                return None;
-            }
-            windows.into_iter().next().map(|window| Window {
-                reads: true,
-                ..window
+        version
+            .tables
+            .values()
+            .find_map(|table| {
+                let windows: Vec<Window> = components(&table.segments)
+                    .iter()
+                    .filter_map(|component| Window::pick(table, component, 2, true))
+                    .collect();
+                let bytes = windows.iter().map(Window::bytes).sum();
+                if windows.is_empty() || !table.charge.pays_for(bytes) {
+                    return None;
+                }
+                windows.into_iter().next().map(|window| Window {
+                    cause: Cause::Reads,
+                    ..window
+                })
             })
-        })
+            .or_else(|| {
+                // Nor for reads: if the database is idle, a balanced merge.
+                if !self.is_idle() {
+                    return None;
+                }
+                version.tables.values().find_map(idle_window)
+            })
+    }
+
+    /// Whether the database is idle: the background work found the WAL's last LSN standing
+    /// still for [`super::Settings::idle_compaction`], and no write has followed.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle_lsn.load(std::sync::atomic::Ordering::Relaxed) == self.wal.last_lsn().unwrap_or(0)
+    }
+
+    /// Whether there is work the database does once idle that has not been done: a memtable
+    /// of at least [`super::Settings::idle_flush_bytes`], or a merge [`idle_window`] finds.
+    pub(crate) fn idle_work_due(&self) -> bool {
+        if self.settings.idle_compaction.is_none() || self.is_idle() {
+            return false;
+        }
+        let version = self.version.load();
+        version
+            .active()
+            .is_some_and(|g| g.approximate_bytes() >= self.settings.idle_flush_bytes())
+            || version.tables.values().any(|t| idle_window(t).is_some())
     }
 
     #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %window.table.def.name, segments = window.segments.len()))]
@@ -209,7 +238,7 @@ impl Inner {
             table,
             segments: window,
             older,
-            reads,
+            cause,
         } = window;
         let written = Merge::new(self, &table, &window, older, horizon)
             .run()
@@ -243,7 +272,11 @@ impl Inner {
         table.charge.spend(bytes);
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         counters.compactions += 1;
-        counters.read_compactions += u64::from(reads);
+        match cause {
+            Cause::Policy => {}
+            Cause::Reads => counters.read_compactions += 1,
+            Cause::Idle => counters.idle_compactions += 1,
+        }
         Ok(())
     }
 }
@@ -255,8 +288,19 @@ struct Window {
     /// The segments outside the window that are not newer than all of it: what may still hold
     /// an older version of a key the window deletes.
     older: Vec<Arc<Segment>>,
-    /// Whether reads paid for the merge (no write-driven one was due).
-    reads: bool,
+    /// What the merge is for.
+    cause: Cause,
+}
+
+/// Why a window is merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The size-tiered policy (writes added runs), or `Db::compact`.
+    Policy,
+    /// Reads paid for it.
+    Reads,
+    /// The database is idle and the merge is balanced ([`idle_window`]).
+    Idle,
 }
 
 impl Window {
@@ -279,7 +323,7 @@ impl Window {
             table: Arc::clone(table),
             segments,
             older,
-            reads: false,
+            cause: Cause::Policy,
         })
     }
 
@@ -287,6 +331,33 @@ impl Window {
     fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.entry.seal.size).sum()
     }
+}
+
+/// The merge an idle database makes in `table`, if any: the newest runs (up to `MAX_RUNS`) of a
+/// component whose merge is [`balanced`].
+fn idle_window(table: &Arc<TableState>) -> Option<Window> {
+    components(&table.segments).iter().find_map(|component| {
+        let window = Window::pick(table, component, 2, true)?;
+        balanced(&window.segments).then_some(Window {
+            cause: Cause::Idle,
+            ..window
+        })
+    })
+}
+
+/// Whether merging `segments` is worth it before any read has paid for it: the runs besides
+/// the largest hold at least half as many bytes as it. The merge then rewrites at most three
+/// times what the smaller runs hold, so a table that is one large run plus a little new data is
+/// left to the size-tiered policy and to reads, which would pay to rewrite the large run.
+fn balanced(segments: &[Arc<Segment>]) -> bool {
+    let spans: Vec<Span> = segments.iter().map(|s| Span::of(s)).collect();
+    let sizes: Vec<u64> = runs(&spans)
+        .iter()
+        .map(|run| run.iter().map(|&i| spans[i].bytes).sum())
+        .collect();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let rest = sizes.iter().sum::<u64>() - largest;
+    sizes.len() >= 2 && rest.saturating_mul(2) >= largest
 }
 
 /// Components of two or more segments whose key ranges overlap transitively.

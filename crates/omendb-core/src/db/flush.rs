@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
@@ -393,11 +395,23 @@ fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
     })
 }
 
-/// The background task: flushes frozen generations as they appear and starts compactions.
-/// Holds only a weak reference, so dropping every [`super::Db`] ends it.
-pub(crate) async fn run_background(inner: Weak<Inner>, wake: Arc<Notify>) {
+/// The background task: flushes frozen generations as they appear and starts compactions;
+/// with `idle_after` ([`super::Settings::idle_compaction`]), also does the idle work
+/// ([`Inner::idle_tick`]). Holds only a weak reference, so dropping every [`super::Db`] ends it.
+pub(crate) async fn run_background(
+    inner: Weak<Inner>,
+    wake: Arc<Notify>,
+    idle_after: Option<Duration>,
+) {
+    // The WAL's last LSN, since when it has stood still, and whether its idle work was done.
+    let mut still = None;
     loop {
-        wake.notified().await;
+        match idle_after {
+            // Woken by work, or by a tick often enough to find the database idle within a
+            // quarter of the delay.
+            Some(after) => drop(tokio::time::timeout(after / 4, wake.notified()).await),
+            None => wake.notified().await,
+        }
         loop {
             let Some(db) = inner.upgrade() else {
                 return;
@@ -413,12 +427,61 @@ pub(crate) async fn run_background(inner: Weak<Inner>, wake: Arc<Notify>) {
             db.spawn_compaction();
             match flushed {
                 Ok(true) => continue,
-                Ok(false) => break,
+                Ok(false) => {
+                    if let Some(after) = idle_after
+                        && let Err(err) = db.idle_tick(&mut still, after).await
+                    {
+                        db.fail(err);
+                    }
+                    break;
+                }
                 Err(err) => {
                     db.fail(err);
                     break;
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// Watches the WAL's last LSN (`still`: the last one seen, since when, and whether its idle
+    /// work was done): once it has stood still for `after`, does the idle work, once per idle
+    /// period. Flushes a memtable of at least [`super::Settings::idle_flush_bytes`], and only
+    /// then lets compactions make the merges idleness allows ([`Inner::is_idle`]), so that the
+    /// flushed run is merged with the others instead of after them.
+    async fn idle_tick(
+        self: &Arc<Self>,
+        still: &mut Option<(Lsn, Instant, bool)>,
+        after: Duration,
+    ) -> Result<()> {
+        let lsn = self.wal.last_lsn().unwrap_or(0);
+        let since = match still {
+            Some((seen, since, done)) if *seen == lsn => {
+                if *done {
+                    return Ok(());
+                }
+                *since
+            }
+            _ => {
+                *still = Some((lsn, Instant::now(), false));
+                return Ok(());
+            }
+        };
+        if since.elapsed() < after {
+            return Ok(());
+        }
+        *still = Some((lsn, since, true));
+        let flush = self
+            .version
+            .load()
+            .active()
+            .is_some_and(|g| g.approximate_bytes() >= self.settings.idle_flush_bytes());
+        if flush && self.maybe_rotate(true) {
+            while self.flush_oldest().await? {}
+        }
+        self.idle_lsn.store(lsn, Ordering::Relaxed);
+        self.spawn_compaction();
+        Ok(())
     }
 }

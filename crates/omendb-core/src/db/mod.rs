@@ -21,7 +21,7 @@ mod table;
 mod transaction;
 mod version;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -85,8 +85,15 @@ pub struct DbStats {
     /// What overlapping runs have cost reads since open, as [`ReadCompaction`] estimates it,
     /// over the tables there are.
     pub read_charged: std::time::Duration,
+    /// Of those, merges of a table that had stopped receiving writes
+    /// ([`Settings::idle_compaction`]).
+    pub idle_compactions: u64,
     /// Whether a compaction is running.
     pub compacting: bool,
+    /// Whether the database holds work it does once it is idle ([`Settings::idle_compaction`]):
+    /// a memtable large enough to flush, or a balanced merge of overlapping runs. It stays due
+    /// while writes keep coming.
+    pub idle_work_due: bool,
     /// Why writes are refused, if an earlier failure poisoned the database.
     pub failure: Option<String>,
     /// The last compaction or garbage-collection failure (retried; writes go on).
@@ -105,7 +112,11 @@ struct Counters {
     flushes: u64,
     compactions: u64,
     read_compactions: u64,
+    idle_compactions: u64,
 }
+
+/// [`Inner::idle_lsn`] while the database is not idle.
+pub(crate) const NOT_IDLE: Lsn = Lsn::MAX;
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -141,6 +152,9 @@ pub(crate) struct Inner {
     /// reader may still hold them: garbage collection keeps an object as long as its segment
     /// is alive here, however short the grace period.
     retired: Mutex<Vec<(String, std::sync::Weak<Segment>)>>,
+    /// The WAL's last LSN when the background work found the database idle
+    /// ([`Settings::idle_compaction`]), or [`NOT_IDLE`]: it is idle while no LSN follows.
+    idle_lsn: AtomicU64,
 }
 
 impl Db {
@@ -489,6 +503,8 @@ impl Inner {
             flushes: counters.flushes,
             compactions: counters.compactions,
             read_compactions: counters.read_compactions,
+            idle_compactions: counters.idle_compactions,
+            idle_work_due: self.idle_work_due(),
             read_charged: version.tables.values().map(|t| t.charge.charged()).sum(),
             compacting: self
                 .compaction

@@ -114,6 +114,12 @@ pub struct Settings {
     /// Merging overlapping runs that reads pay for; `None` merges only by the write-driven
     /// policy above.
     pub read_compaction: Option<ReadCompaction>,
+    /// Once the database has taken no write for this long, its background work flushes each
+    /// memtable that holds at least a sixteenth of `memtable_bytes` and merges the overlapping
+    /// runs of every table where the merge is balanced (the runs besides the largest hold at
+    /// least half as many bytes as it; see `db::compaction`): a table that stopped receiving
+    /// writes settles into one run for its reads. Once per idle period; `None` never.
+    pub idle_compaction: Option<Duration>,
 }
 
 /// Compaction that reads pay for (`docs/rfcs/0002-read-triggered-compaction.md`). Reads charge
@@ -153,6 +159,12 @@ impl Settings {
     pub(crate) fn memtable_keys(&self) -> usize {
         (self.memtable_bytes / 80).max(1024)
     }
+
+    /// The smallest memtable an idle database flushes ([`Settings::idle_compaction`]): smaller
+    /// ones cost reads little, and flushing each would leave a tiny segment per idle period.
+    pub(crate) fn idle_flush_bytes(&self) -> usize {
+        self.memtable_bytes / 16
+    }
 }
 
 impl Default for Settings {
@@ -172,6 +184,7 @@ impl Default for Settings {
             segment_target_bytes: 256 << 20,
             gc_grace: Duration::from_secs(3600),
             read_compaction: Some(ReadCompaction::default()),
+            idle_compaction: Some(Duration::from_secs(10)),
         }
     }
 }
