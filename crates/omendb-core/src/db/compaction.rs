@@ -346,18 +346,24 @@ fn idle_window(table: &Arc<TableState>) -> Option<Window> {
 }
 
 /// Whether merging `segments` is worth it before any read has paid for it: the runs besides
-/// the largest hold at least half as many bytes as it. The merge then rewrites at most three
-/// times what the smaller runs hold, so a table that is one large run plus a little new data is
-/// left to the size-tiered policy and to reads, which would pay to rewrite the large run.
+/// the largest hold at least a quarter as many bytes as it. The merge then rewrites at most five
+/// times what the smaller runs hold (less than a leveled LSM's write amplification), and a table
+/// that is one large run plus a little new data is left to the size-tiered policy and to reads,
+/// which would pay to rewrite the large run.
 fn balanced(segments: &[Arc<Segment>]) -> bool {
     let spans: Vec<Span> = segments.iter().map(|s| Span::of(s)).collect();
-    let sizes: Vec<u64> = runs(&spans)
+    balanced_runs(&spans)
+}
+
+/// [`balanced`] over the segments' spans.
+fn balanced_runs(spans: &[Span]) -> bool {
+    let sizes: Vec<u64> = runs(spans)
         .iter()
         .map(|run| run.iter().map(|&i| spans[i].bytes).sum())
         .collect();
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let rest = sizes.iter().sum::<u64>() - largest;
-    sizes.len() >= 2 && rest.saturating_mul(2) >= largest
+    sizes.len() >= 2 && rest.saturating_mul(4) >= largest
 }
 
 /// Components of two or more segments whose key ranges overlap transitively.
@@ -731,6 +737,25 @@ mod tests {
         (0..n)
             .map(|i| span((0, 1000), (i * 10 + 1, i * 10 + 10), bytes))
             .collect()
+    }
+
+    #[test]
+    fn an_idle_merge_needs_the_smaller_runs_to_hold_a_quarter_of_the_largest() {
+        // Runs of 400 (merged earlier, two key-disjoint segments of one LSN range) and 100.
+        let mut spans = vec![
+            span((0, 499), (1, 10), 200),
+            span((500, 1000), (1, 10), 200),
+            span((0, 1000), (11, 20), 100),
+        ];
+        assert!(balanced_runs(&spans));
+        spans[2].bytes = 99;
+        assert!(!balanced_runs(&spans));
+        // Two runs that add up to a quarter.
+        spans.push(span((0, 1000), (21, 30), 1));
+        assert!(balanced_runs(&spans));
+        // One run, however cut, has nothing to merge.
+        assert!(!balanced_runs(&spans[..2]));
+        assert!(!balanced_runs(&[]));
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub struct Settings {
     /// Once the database has taken no write for this long, its background work flushes each
     /// memtable that holds at least a sixteenth of `memtable_bytes` and merges the overlapping
     /// runs of every table where the merge is balanced (the runs besides the largest hold at
-    /// least half as many bytes as it; see `db::compaction`): a table that stopped receiving
+    /// least a quarter of its bytes; see `db::compaction`): a table that stopped receiving
     /// writes settles into one run for its reads. Once per idle period; `None` never.
     pub idle_compaction: Option<Duration>,
 }
