@@ -341,6 +341,9 @@ impl Sim {
                 switch: Duration::from_millis(1),
                 rewrite_bytes_per_second: 1 << 30,
             }))
+            // Idle work after a pause of a millisecond, so that its flushes and merges meet
+            // the faults and crashes too (a 300-seed run makes 20-40 idle merges).
+            .idle_compaction(Some(Duration::from_millis(1)))
             .gc_grace(Duration::ZERO)
             .backpressure(64 * 1024, 4, Duration::from_secs(2))
             .limits(4 * 1024, 16 * 1024)

@@ -406,39 +406,59 @@ pub(crate) async fn run_background(
     // The WAL's last LSN, since when it has stood still, and whether its idle work was done.
     let mut still = None;
     loop {
-        match idle_after {
-            // Woken by work, or by a tick often enough to find the database idle within a
-            // quarter of the delay.
-            Some(after) => drop(tokio::time::timeout(after / 4, wake.notified()).await),
-            None => wake.notified().await,
+        // Woken by work, or by a tick often enough to find the database idle within a quarter
+        // of the delay; a tick only looks for idleness.
+        let woken = match idle_after {
+            Some(after) => tokio::time::timeout(after / 4, wake.notified())
+                .await
+                .is_ok(),
+            None => {
+                wake.notified().await;
+                true
+            }
+        };
+        if woken && !flush_frozen(&inner).await {
+            return;
         }
-        loop {
-            let Some(db) = inner.upgrade() else {
-                return;
-            };
-            if db.closed.load(Ordering::Acquire) {
-                return;
-            }
-            if db.failure.get().is_some() {
-                break;
-            }
-            // Compaction runs in a task of its own, so a long merge never holds up a flush.
-            let flushed = db.flush_oldest().await;
-            db.spawn_compaction();
-            match flushed {
-                Ok(true) => continue,
-                Ok(false) => {
-                    if let Some(after) = idle_after
-                        && let Err(err) = db.idle_tick(&mut still, after).await
-                    {
-                        db.fail(err);
-                    }
-                    break;
-                }
-                Err(err) => {
-                    db.fail(err);
-                    break;
-                }
+        let Some(after) = idle_after else {
+            continue;
+        };
+        let Some(db) = inner.upgrade() else {
+            return;
+        };
+        if db.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if db.failure.get().is_none()
+            && let Err(err) = db.idle_tick(&mut still, after).await
+        {
+            db.fail(err);
+        }
+    }
+}
+
+/// Flushes the frozen generations one after another, starting a compaction after each;
+/// `false` if the database is gone or closed.
+async fn flush_frozen(inner: &Weak<Inner>) -> bool {
+    loop {
+        let Some(db) = inner.upgrade() else {
+            return false;
+        };
+        if db.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if db.failure.get().is_some() {
+            return true;
+        }
+        // Compaction runs in a task of its own, so a long merge never holds up a flush.
+        let flushed = db.flush_oldest().await;
+        db.spawn_compaction();
+        match flushed {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(err) => {
+                db.fail(err);
+                return true;
             }
         }
     }
