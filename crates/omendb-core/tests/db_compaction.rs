@@ -719,6 +719,17 @@ async fn put_all(
     }
 }
 
+/// Checks that no idle work is due, and that none is done in a second of idleness: the
+/// database keeps its `runs` flushed runs, unmerged.
+async fn nothing_done_while_idle(db: &Db, runs: u64) {
+    assert!(!db.stats().idle_work_due, "{:?}", db.stats());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let stats = db.stats();
+    let done = (stats.idle_compactions, stats.compactions, stats.flushes);
+    assert_eq!(done, (0, 0, runs), "{stats:?}");
+    assert_eq!(stats.segments as u64, runs, "{stats:?}");
+}
+
 /// Waits until an idle merge has run and the idle work is done.
 async fn idle_work_done(db: &Db) {
     let start = Instant::now();
@@ -792,19 +803,7 @@ async fn an_unbalanced_table_or_one_still_written_is_not_merged_for_idleness() {
     put_all(&kv, &mut oracle, (0..3_000).step_by(50), 1).await;
     db.checkpoint().await.unwrap();
     put_all(&kv, &mut oracle, 0..10, 2).await;
-    assert!(!db.stats().idle_work_due, "{:?}", db.stats());
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let stats = db.stats();
-    assert_eq!(
-        (
-            stats.idle_compactions,
-            stats.compactions,
-            stats.segments,
-            stats.flushes
-        ),
-        (0, 0, 2, 2),
-        "{stats:?}"
-    );
+    nothing_done_while_idle(&db, 2).await;
 
     // A second large run makes the merge balanced, but writes keep coming: no merge while
     // they do, one once they stop.
@@ -846,19 +845,7 @@ async fn without_idle_compaction_nothing_merges_and_a_zero_delay_is_refused() {
         db.checkpoint().await.unwrap();
     }
     put_all(&kv, &mut oracle, (0..3_000).step_by(7), 2).await;
-    assert!(!db.stats().idle_work_due);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let stats = db.stats();
-    assert_eq!(
-        (
-            stats.idle_compactions,
-            stats.compactions,
-            stats.segments,
-            stats.flushes
-        ),
-        (0, 0, 2, 2),
-        "{stats:?}"
-    );
+    nothing_done_while_idle(&db, 2).await;
     check(&kv, &oracle, 3_000).await;
     db.close().await.unwrap();
 
