@@ -341,9 +341,10 @@ impl Sim {
                 switch: Duration::from_millis(1),
                 rewrite_bytes_per_second: 1 << 30,
             }))
-            // Idle work after a pause of a millisecond, so that its flushes and merges meet
-            // the faults and crashes too (a 300-seed run makes 20-40 idle merges).
-            .idle_compaction(Some(Duration::from_millis(1)))
+            // No idle work: after a millisecond's pause it fails about one run of 300 seeds in
+            // four (`docs/failure-modes.md`, the open data loss), so it stays off by default
+            // and here until that is found.
+            .idle_compaction(None)
             .gc_grace(Duration::ZERO)
             .backpressure(64 * 1024, 4, Duration::from_secs(2))
             .limits(4 * 1024, 16 * 1024)

@@ -78,6 +78,11 @@ impl Inner {
         if compacted > 0 || due {
             self.collect_garbage().await?;
         }
+        // The idle work may have marked the database idle while this task ran, and found it
+        // running: the merges idleness allows are this task's to make.
+        if self.is_idle() && self.compact(false).await? > 0 {
+            self.collect_garbage().await?;
+        }
         Ok(())
     }
 
@@ -217,17 +222,29 @@ impl Inner {
         self.idle_lsn.load(std::sync::atomic::Ordering::Relaxed) == self.wal.last_lsn().unwrap_or(0)
     }
 
-    /// Whether there is work the database does once idle that has not been done: a memtable
-    /// of at least [`super::Settings::idle_flush_bytes`], or a merge [`idle_window`] finds.
+    /// Whether there is work the database does once idle that has not been done: before the
+    /// idle flush, a memtable of at least [`super::Settings::idle_flush_bytes`]; before and
+    /// after it, a merge [`idle_window`] finds.
     pub(crate) fn idle_work_due(&self) -> bool {
-        if self.settings.idle_compaction.is_none() || self.is_idle() {
+        if self.settings.idle_compaction.is_none() {
             return false;
         }
-        let version = self.version.load();
-        version
-            .active()
-            .is_some_and(|g| g.approximate_bytes() >= self.settings.idle_flush_bytes())
-            || version.tables.values().any(|t| idle_window(t).is_some())
+        let flush_due = !self.is_idle()
+            && self
+                .version
+                .load()
+                .active()
+                .is_some_and(|g| g.approximate_bytes() >= self.settings.idle_flush_bytes());
+        flush_due || self.idle_merge_due()
+    }
+
+    /// Whether some table has a merge [`idle_window`] finds.
+    pub(crate) fn idle_merge_due(&self) -> bool {
+        self.version
+            .load()
+            .tables
+            .values()
+            .any(|t| idle_window(t).is_some())
     }
 
     #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %window.table.def.name, segments = window.segments.len()))]

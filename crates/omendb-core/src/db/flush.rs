@@ -397,7 +397,8 @@ fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
 
 /// The background task: flushes frozen generations as they appear and starts compactions;
 /// with `idle_after` ([`super::Settings::idle_compaction`]), also does the idle work
-/// ([`Inner::idle_tick`]). Holds only a weak reference, so dropping every [`super::Db`] ends it.
+/// ([`Inner::idle_tick`]). Holds only a weak reference, so once every [`super::Db`] is dropped
+/// it ends at its next wake-up (with idle work, the next tick).
 pub(crate) async fn run_background(
     inner: Weak<Inner>,
     wake: Arc<Notify>,
@@ -409,7 +410,7 @@ pub(crate) async fn run_background(
         // Woken by work, or by a tick often enough to find the database idle within a quarter
         // of the delay; a tick only looks for idleness.
         let woken = match idle_after {
-            Some(after) => tokio::time::timeout(after / 4, wake.notified())
+            Some(after) => tokio::time::timeout(tick(after), wake.notified())
                 .await
                 .is_ok(),
             None => {
@@ -435,6 +436,12 @@ pub(crate) async fn run_background(
             db.fail(err);
         }
     }
+}
+
+/// How often the background task looks for idleness: a quarter of the delay, and no more often
+/// than every millisecond.
+fn tick(after: Duration) -> Duration {
+    (after / 4).max(Duration::from_millis(1))
 }
 
 /// Flushes the frozen generations one after another, starting a compaction after each;
@@ -465,11 +472,12 @@ async fn flush_frozen(inner: &Weak<Inner>) -> bool {
 }
 
 impl Inner {
-    /// Watches the WAL's last LSN (`still`: the last one seen, since when, and whether its idle
-    /// work was done): once it has stood still for `after`, does the idle work, once per idle
-    /// period. Flushes a memtable of at least [`super::Settings::idle_flush_bytes`], and only
-    /// then lets compactions make the merges idleness allows ([`Inner::is_idle`]), so that the
-    /// flushed run is merged with the others instead of after them.
+    /// Watches the WAL's last LSN (`still`: the last one seen, since when, and whether the idle
+    /// flush was done): once it has stood still for `after`, does the idle work. Flushes the
+    /// active memtable if it holds at least [`super::Settings::idle_flush_bytes`], and only then
+    /// marks the database idle ([`Inner::is_idle`]), so that the flushed run is merged with the
+    /// others instead of after them, and starts the compaction task, which makes the merges
+    /// idleness allows (a task already running looks for them again before it ends).
     async fn idle_tick(
         self: &Arc<Self>,
         still: &mut Option<(Lsn, Instant, bool)>,
@@ -477,8 +485,8 @@ impl Inner {
     ) -> Result<()> {
         let lsn = self.wal.last_lsn().unwrap_or(0);
         let since = match still {
-            Some((seen, since, done)) if *seen == lsn => {
-                if *done {
+            Some((seen, since, flushed)) if *seen == lsn => {
+                if *flushed {
                     return Ok(());
                 }
                 *since
@@ -498,7 +506,15 @@ impl Inner {
             .active()
             .is_some_and(|g| g.approximate_bytes() >= self.settings.idle_flush_bytes());
         if flush && self.maybe_rotate(true) {
-            while self.flush_oldest().await? {}
+            // Like `close`'s, an idle flush stops at the generation it is in: the rest wait for
+            // the next open's replay.
+            while !self.closed.load(Ordering::Acquire) {
+                match self.flush_oldest().await {
+                    Ok(true) => {}
+                    Ok(false) | Err(Error::Closed) => break,
+                    Err(err) => return Err(err),
+                }
+            }
         }
         self.idle_lsn.store(lsn, Ordering::Relaxed);
         self.spawn_compaction();

@@ -80,19 +80,19 @@ pub struct DbStats {
     pub flushes: u64,
     /// Compactions since open.
     pub compactions: u64,
-    /// Of those, merges that reads paid for ([`ReadCompaction`]).
+    /// Of those compactions, merges that reads paid for ([`ReadCompaction`]).
     pub read_compactions: u64,
     /// What overlapping runs have cost reads since open, as [`ReadCompaction`] estimates it,
     /// over the tables there are.
     pub read_charged: std::time::Duration,
-    /// Of those, merges of a table that had stopped receiving writes
+    /// Of the compactions, merges made while the database took no writes
     /// ([`Settings::idle_compaction`]).
     pub idle_compactions: u64,
     /// Whether a compaction is running.
     pub compacting: bool,
-    /// Whether the database holds work it does once it is idle ([`Settings::idle_compaction`]):
-    /// a memtable large enough to flush, or a balanced merge of overlapping runs. It stays due
-    /// while writes keep coming.
+    /// Whether the database holds work it does once it is idle ([`Settings::idle_compaction`])
+    /// that is not done: a memtable large enough to flush (until the idle flush), or a balanced
+    /// merge of overlapping runs (until it is made). It stays due while writes keep coming.
     pub idle_work_due: bool,
     /// Why writes are refused, if an earlier failure poisoned the database.
     pub failure: Option<String>,

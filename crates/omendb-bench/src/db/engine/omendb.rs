@@ -192,12 +192,15 @@ impl Engine for OmenDb {
         };
         format!(
             "{durability}; memtable {} MiB, page cache {} MiB, size-tiered compaction of {} \
-             sorted runs, and once idle for {:?} a flush and a balanced merge of overlapping \
-             runs; other settings the engine's defaults",
+             sorted runs{}; other settings the engine's defaults",
             settings.memtable_bytes >> 20,
             settings.cache_bytes >> 20,
             DbSettings::default().compaction_trigger,
-            DbSettings::default().idle_compaction.unwrap_or_default(),
+            DbSettings::default()
+                .idle_compaction
+                .map_or(String::new(), |after| format!(
+                    ", and once idle for {after:?} a flush and a balanced merge of overlapping runs"
+                )),
         )
     }
 
