@@ -12,8 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
@@ -21,6 +19,7 @@ use bytes::Bytes;
 use omendb_storage::manifest::SegmentEntry;
 use omendb_storage::segment::SegmentWriter;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::version::{TableState, Version};
 use super::{Inner, current_data};
