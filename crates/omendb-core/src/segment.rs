@@ -183,11 +183,9 @@ impl Segment {
             return 0..0;
         }
         let keys = self.keys();
-        let start = self.index.lower_bound(keys, *range.start());
-        let end = match range.end().checked_add(1) {
-            Some(next) => self.index.lower_bound(keys, next),
-            None => keys.len(),
-        };
+        let (first, after) = bounds(range);
+        let start = self.index.lower_bound(keys, first);
+        let end = after.map_or(keys.len(), |after| self.index.lower_bound(keys, after));
         start..end.max(start)
     }
 
@@ -196,7 +194,10 @@ impl Segment {
     /// segment before it searches any, so that the segments' misses overlap.
     pub fn prefetch_model(&self, range: &RangeInclusive<u64>) {
         if self.overlaps(range) {
-            bounds(range, |key| self.index.prefetch(key));
+            let (first, after) = bounds(range);
+            for key in std::iter::once(first).chain(after) {
+                self.index.prefetch(key);
+            }
         }
     }
 
@@ -204,10 +205,10 @@ impl Segment {
     /// model, whose lines [`Segment::prefetch_model`] asked for.
     pub fn prefetch_keys(&self, range: &RangeInclusive<u64>) {
         if self.overlaps(range) {
-            let keys = self.keys();
-            bounds(range, |key| {
-                search::prefetch_window(keys, self.index.window(key))
-            });
+            let (first, after) = bounds(range);
+            for key in std::iter::once(first).chain(after) {
+                search::prefetch_window(self.keys(), self.index.window(key));
+            }
         }
     }
 
@@ -243,11 +244,8 @@ impl Segment {
     }
 }
 
-/// Calls `search` with the keys whose lower bounds give the positions of `range`'s rows: its
-/// start, and the key after its end unless the range runs to `u64::MAX`.
-fn bounds(range: &RangeInclusive<u64>, mut search: impl FnMut(u64)) {
-    search(*range.start());
-    if let Some(next) = range.end().checked_add(1) {
-        search(next);
-    }
+/// The keys whose lower bounds delimit the positions of `range`'s rows: its start, and the key
+/// after its end unless the range runs to `u64::MAX` (the key column's end delimits them then).
+fn bounds(range: &RangeInclusive<u64>) -> (u64, Option<u64>) {
+    (*range.start(), range.end().checked_add(1))
 }
