@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
 use omendb_core::{Db, Error, ErrorKind, KeyType, WriteOptions};
 use omendb_wal::{AppendOptions, FileWal, Lsn, Record, RecoveryReport, Wal, WalOptions, WalStats};
 
@@ -259,4 +261,47 @@ async fn a_dropped_build_leaves_nothing_running_on_a_multi_thread_runtime() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_dropped_build_leaves_nothing_running_on_a_current_thread_runtime() {
     dropping_a_pending_build_leaves_nothing_running().await;
+}
+
+/// A database in an object store opened by a new writer while the previous one still runs (a
+/// process presumed dead, with its last upload in flight): the previous writer cannot add a write
+/// after the open, so what the new writer read at open is the whole history before its own
+/// writes, and a later open reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_writer_adds_nothing_after_the_next_open() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let open = || Db::builder().store(Arc::clone(&store)).build();
+    let old = open().await.unwrap();
+    let old_kv = old.create_table("kv", KeyType::U64, None).await.unwrap();
+    old_kv
+        .put_value(1u64, "one", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+
+    let new = open().await.unwrap();
+    let late = old_kv.put_value(2u64, "late", WriteOptions::DURABLE).await;
+    assert!(
+        late.is_err(),
+        "the previous writer's write was acknowledged"
+    );
+    let new_kv = new.table("kv").unwrap();
+    assert_eq!(new_kv.get_value(2u64).await.unwrap(), None);
+    new_kv
+        .put_value(3u64, "three", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    new.close().await.unwrap();
+    drop((old_kv, old));
+
+    let again = open().await.unwrap();
+    let kv = again.table("kv").unwrap();
+    assert_eq!(
+        kv.get_value(1u64).await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert_eq!(kv.get_value(2u64).await.unwrap(), None);
+    assert_eq!(
+        kv.get_value(3u64).await.unwrap().as_deref(),
+        Some(&b"three"[..])
+    );
 }

@@ -125,6 +125,16 @@ impl Error {
         }
     }
 
+    /// Whether another writer's object stood in the way ([`Error::Fenced`]), directly or as
+    /// the cause that poisoned the log.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            Error::Fenced { .. } => true,
+            Error::Poisoned { cause } => cause.is_fenced(),
+            _ => false,
+        }
+    }
+
     /// Builds an [`Error::Io`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -459,4 +459,11 @@ impl Wal for ObjectWal {
     fn close(&self) -> Result<()> {
         ObjectWal::close(self)
     }
+
+    /// Takes the next LSN's object name with an empty record: the batch of an earlier writer
+    /// that was in flight when this one opened can only have that name (its uploads run one at
+    /// a time, in LSN order), so it can no longer land.
+    fn claim(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.append(&[], AppendOptions::DURABLE).await.map(|_| ()) })
+    }
 }

@@ -65,6 +65,17 @@ pub trait Wal: Send + Sync + fmt::Debug {
 
     /// Stops accepting appends, writes and syncs everything queued, and stops the writer.
     fn close(&self) -> Result<()>;
+
+    /// Makes the log this writer's alone from here on, for a log that cannot shut out other
+    /// writers when it opens: a writer that had it before (a process presumed dead, whose last
+    /// upload may still be in flight) can add nothing after this returns, so the log read at
+    /// open stays the whole log before this writer's records. An object-store log does it with
+    /// one durable record with an empty payload; one that locks its storage while open has
+    /// nothing to do. Fails with [`crate::Error::Fenced`] if such an upload landed first:
+    /// reopen the log (it then holds that upload) and claim again.
+    fn claim(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// `Some(lsn)` unless it is 0, the "no record" LSN.

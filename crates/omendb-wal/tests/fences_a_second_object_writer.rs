@@ -10,18 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{Backend, read_all};
-use omendb_wal::{AppendOptions, Error, Lsn, Wal, WalOptions};
+use omendb_wal::{AppendOptions, Lsn, Wal, WalOptions};
 
 const TASKS: u64 = 8;
 const APPENDS: u64 = 30;
-
-fn fenced(err: &Error) -> bool {
-    match err {
-        Error::Fenced { .. } => true,
-        Error::Poisoned { cause } => matches!(cause.as_ref(), Error::Fenced { .. }),
-        _ => false,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_win_each_lsn_exactly_once() {
@@ -57,7 +49,7 @@ async fn racing_writers_win_each_lsn_exactly_once() {
                     assert!(earlier.is_none(), "{context}: LSN {lsn} acknowledged twice");
                 }
                 for e in &errors {
-                    assert!(fenced(e), "{context}: unexpected error {e}");
+                    assert!(e.is_fenced(), "{context}: unexpected error {e}");
                     fenced_writers[writer as usize] = true;
                 }
             }
@@ -106,12 +98,12 @@ async fn a_writer_opened_behind_another_is_fenced_at_its_first_batch() {
             .append(b"two (old)", AppendOptions::DURABLE)
             .await
             .unwrap_err();
-        assert!(fenced(&err), "{name}: {err}");
+        assert!(err.is_fenced(), "{name}: {err}");
         let err = old
             .append(b"three (old)", AppendOptions::DURABLE)
             .await
             .unwrap_err();
-        assert!(fenced(&err), "{name}: {err}");
+        assert!(err.is_fenced(), "{name}: {err}");
         assert_eq!(
             new.append(b"three (new)", AppendOptions::DURABLE)
                 .await
@@ -129,4 +121,69 @@ async fn a_writer_opened_behind_another_is_fenced_at_its_first_batch() {
             ]
         );
     }
+}
+
+/// A writer that claims the log at open shuts out the batch an earlier writer had in flight: the
+/// log it read at open stays the whole log before its own records. If that batch lands between
+/// the open and the claim, the claim fails and a reopen takes the batch in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_log_takes_no_late_batch_from_an_earlier_writer() {
+    for backend in [Backend::memory(), Backend::local()] {
+        let name = backend.name();
+        let old = backend.open(WalOptions::default()).await.unwrap();
+        old.append(b"one", AppendOptions::DURABLE).await.unwrap();
+
+        // Claimed before the old writer's next batch: the batch cannot land.
+        let new = backend.open(WalOptions::default()).await.unwrap();
+        new.claim().await.unwrap();
+        assert_eq!(new.last_lsn(), Some(2), "{name}: the claim takes LSN 2");
+        let err = old
+            .append(b"late (old)", AppendOptions::DURABLE)
+            .await
+            .unwrap_err();
+        assert!(err.is_fenced(), "{name}: {err}");
+        assert_eq!(
+            new.append(b"three (new)", AppendOptions::DURABLE)
+                .await
+                .unwrap(),
+            3
+        );
+        let records = read_all(new.as_ref(), 1).await;
+        let payloads: Vec<_> = records.iter().map(|r| r.payload.to_vec()).collect();
+        assert_eq!(
+            payloads,
+            vec![b"one".to_vec(), Vec::new(), b"three (new)".to_vec()],
+            "{name}"
+        );
+        new.close().unwrap();
+        drop((old, new));
+
+        // The old writer's batch lands between the open and the claim: the claim is fenced.
+        let old = backend.open(WalOptions::default()).await.unwrap();
+        let new = backend.open(WalOptions::default()).await.unwrap();
+        assert_eq!(
+            old.append(b"four (old)", AppendOptions::DURABLE)
+                .await
+                .unwrap(),
+            4
+        );
+        let err = new.claim().await.unwrap_err();
+        assert!(err.is_fenced(), "{name}: {err}");
+        drop((old, new));
+        let reopened = backend.open(WalOptions::default()).await.unwrap();
+        reopened.claim().await.unwrap();
+        let records = read_all(reopened.as_ref(), 4).await;
+        let payloads: Vec<_> = records.iter().map(|r| r.payload.to_vec()).collect();
+        assert_eq!(payloads, vec![b"four (old)".to_vec(), Vec::new()], "{name}");
+    }
+}
+
+/// A local log shuts out other writers by its lock, so claiming it writes nothing.
+#[tokio::test]
+async fn claiming_a_local_log_writes_nothing() {
+    let backend = Backend::file();
+    let wal = backend.open(WalOptions::default()).await.unwrap();
+    wal.append(b"one", AppendOptions::DURABLE).await.unwrap();
+    wal.claim().await.unwrap();
+    assert_eq!(wal.last_lsn(), Some(1));
 }

@@ -261,7 +261,10 @@ impl Builder {
         // The WAL first: a local one locks its directory, so a second process fails here
         // before it could fence the running writer by opening the manifest.
         let wal: Arc<dyn Wal> = match (self.wal, &self.path) {
-            (WalChoice::Given(wal), _) => wal,
+            (WalChoice::Given(wal), _) => {
+                wal.claim().await?;
+                wal
+            }
             (WalChoice::Default, Some(path)) => {
                 let dir = path.join("wal");
                 let options = self.wal_options.clone();
@@ -272,12 +275,7 @@ impl Builder {
                 Arc::new(in_place(move || FileWal::open(dir, options))?)
             }
             (WalChoice::Default | WalChoice::InStore, _) => Arc::new(
-                ObjectWal::open(
-                    Arc::clone(&store),
-                    prefix.clone().join("wal"),
-                    self.wal_options.clone(),
-                )
-                .await?,
+                open_object_wal(&store, prefix.clone().join("wal"), &self.wal_options).await?,
             ),
         };
         let writer = manifests.open_writer(Default::default()).await?;
@@ -367,6 +365,28 @@ impl Builder {
     }
 }
 
+/// How often [`open_object_wal`] reopens a log whose claim a late batch beat.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// Opens and claims ([`Wal::claim`]) the log in the store: a batch that the previous writer
+/// had in flight can land after the open read the log, and the claim shuts it out. If it landed
+/// first the claim fails, and the log opened again holds it.
+async fn open_object_wal(
+    store: &Arc<dyn ObjectStore>,
+    prefix: Path,
+    options: &WalOptions,
+) -> Result<ObjectWal> {
+    let mut attempt = 1;
+    loop {
+        let wal = ObjectWal::open(Arc::clone(store), prefix.clone(), options.clone()).await?;
+        match wal.claim().await {
+            Ok(()) => return Ok(wal),
+            Err(err) if attempt < CLAIM_ATTEMPTS && err.is_fenced() => attempt += 1,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(path)
         .and_then(|()| std::path::absolute(path))
@@ -385,6 +405,10 @@ async fn replay(
     let mut records = wal.read_from(flushed + 1);
     while let Some(record) = records.next().await {
         let record = record?;
+        // An object-store log's claim: no writes.
+        if record.payload.is_empty() {
+            continue;
+        }
         let batch = WriteBatch::decode(record.payload)
             .map_err(|err| Error::Corrupt(format!("WAL record {}: {err}", record.lsn)))?;
         for write in batch.writes() {

@@ -110,6 +110,10 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
                     break;
                 }
                 state.next = record.lsn + 1;
+                // An object-store log's claim (`Wal::claim`) changed nothing.
+                if record.payload.is_empty() {
+                    continue;
+                }
                 let batch = WriteBatch::decode(record.payload)
                     .map_err(|err| Error::Corrupt(format!("WAL record {}: {err}", record.lsn)))?;
                 let mut writes = Vec::with_capacity(batch.len());
