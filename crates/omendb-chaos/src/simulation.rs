@@ -36,7 +36,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::disk::{DiskFaults, SimDisk};
 use crate::store::{Fault, FaultyObjectStore, StoreFaults};
-use crate::workload::{KEYS, State, Step, Write};
+use crate::workload::{KEYS, PAUSE, State, Step, Write};
 
 /// Where the simulated database keeps its WAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,10 +341,9 @@ impl Sim {
                 switch: Duration::from_millis(1),
                 rewrite_bytes_per_second: 1 << 30,
             }))
-            // No idle work: after a millisecond's pause it fails about one run of 300 seeds in
-            // four (`docs/failure-modes.md`, the open data loss), so it stays off by default
-            // and here until that is found.
-            .idle_compaction(None)
+            // Idle work after a millisecond without writes, so that its flushes and merges
+            // meet the faults and crashes too (`Step::Pause` leaves time for it).
+            .idle_compaction(Some(Duration::from_millis(1)))
             .gc_grace(Duration::ZERO)
             .backpressure(64 * 1024, 4, Duration::from_secs(2))
             .limits(4 * 1024, 16 * 1024)
@@ -645,6 +644,7 @@ impl Sim {
                 }
             }
             Step::Reopen => self.reopen_clean().await?,
+            Step::Pause => tokio::time::sleep(PAUSE).await,
         }
         Ok(())
     }

@@ -96,7 +96,12 @@ pub enum Step {
     Compact,
     /// A clean close and reopen.
     Reopen,
+    /// No request for [`PAUSE`]: long enough for the database to find itself idle.
+    Pause,
 }
+
+/// How long a [`Step::Pause`] lasts.
+pub const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn value(rng: &mut StdRng) -> Bytes {
     let len = rng.random_range(0..24);
@@ -141,8 +146,9 @@ impl Step {
                 batch_rows: rng.random_range(1..16),
             },
             85..=88 => Step::Count(range(rng)),
-            89..=92 => Step::Checkpoint,
-            93..=96 => Step::Compact,
+            89..=91 => Step::Checkpoint,
+            92..=94 => Step::Compact,
+            95..=96 => Step::Pause,
             _ => Step::Reopen,
         }
     }

@@ -179,8 +179,8 @@ impl Builder {
         self
     }
 
-    /// Flush and merge for reads once the database has taken no write for this long (`None`,
-    /// the default: never; see [`Settings::idle_compaction`]).
+    /// Flush and merge for reads once the database has taken no write for this long (`None`:
+    /// never; default 10 s; see [`Settings::idle_compaction`]).
     pub fn idle_compaction(mut self, after: Option<Duration>) -> Self {
         self.settings.idle_compaction = after;
         self

@@ -119,8 +119,8 @@ pub struct Settings {
     /// then merges the overlapping runs of every table where the merge is balanced (the runs
     /// besides the largest hold at least a quarter of its bytes; see `db::compaction`), so that
     /// tables read after their writes stop are read from as few runs as that allows. The flush
-    /// happens once per idle period, the merges while balanced ones are left; `None` (the
-    /// default, see `docs/failure-modes.md`) never.
+    /// happens once per idle period, the merges while balanced ones are left; `None` never.
+    /// Default 10 s.
     pub idle_compaction: Option<Duration>,
 }
 
@@ -186,9 +186,7 @@ impl Default for Settings {
             segment_target_bytes: 256 << 20,
             gc_grace: Duration::from_secs(3600),
             read_compaction: Some(ReadCompaction::default()),
-            // Off until the data loss that compactions started at other moments than after a
-            // flush expose in the simulation is found (`docs/failure-modes.md`).
-            idle_compaction: None,
+            idle_compaction: Some(Duration::from_secs(10)),
         }
     }
 }
