@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{Backend, read_all};
+use common::{Backend, payloads, read_all};
 use omendb_wal::{AppendOptions, Lsn, Wal, WalOptions};
 
 const TASKS: u64 = 8;
@@ -110,10 +110,8 @@ async fn a_writer_opened_behind_another_is_fenced_at_its_first_batch() {
                 .unwrap(),
             3
         );
-        let records = read_all(new.as_ref(), 1).await;
-        let payloads: Vec<_> = records.iter().map(|r| r.payload.to_vec()).collect();
         assert_eq!(
-            payloads,
+            payloads(new.as_ref(), 1).await,
             vec![
                 b"one".to_vec(),
                 b"two (new)".to_vec(),
@@ -148,10 +146,8 @@ async fn a_claimed_log_takes_no_late_batch_from_an_earlier_writer() {
                 .unwrap(),
             3
         );
-        let records = read_all(new.as_ref(), 1).await;
-        let payloads: Vec<_> = records.iter().map(|r| r.payload.to_vec()).collect();
         assert_eq!(
-            payloads,
+            payloads(new.as_ref(), 1).await,
             vec![b"one".to_vec(), Vec::new(), b"three (new)".to_vec()],
             "{name}"
         );
@@ -172,9 +168,11 @@ async fn a_claimed_log_takes_no_late_batch_from_an_earlier_writer() {
         drop((old, new));
         let reopened = backend.open(WalOptions::default()).await.unwrap();
         reopened.claim().await.unwrap();
-        let records = read_all(reopened.as_ref(), 4).await;
-        let payloads: Vec<_> = records.iter().map(|r| r.payload.to_vec()).collect();
-        assert_eq!(payloads, vec![b"four (old)".to_vec(), Vec::new()], "{name}");
+        assert_eq!(
+            payloads(reopened.as_ref(), 4).await,
+            vec![b"four (old)".to_vec(), Vec::new()],
+            "{name}"
+        );
     }
 }
 

@@ -223,6 +223,15 @@ pub async fn read_all(wal: &dyn Wal, from: Lsn) -> Vec<Record> {
     wal.read_from(from).try_collect().await.unwrap()
 }
 
+/// The payloads of the records from `from` on.
+pub async fn payloads(wal: &dyn Wal, from: Lsn) -> Vec<Vec<u8>> {
+    read_all(wal, from)
+        .await
+        .into_iter()
+        .map(|r| r.payload.to_vec())
+        .collect()
+}
+
 /// The LSNs of `records`.
 pub fn lsns(records: &[Record]) -> Vec<Lsn> {
     records.iter().map(|r| r.lsn).collect()
