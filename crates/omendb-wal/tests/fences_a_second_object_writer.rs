@@ -88,28 +88,10 @@ async fn a_writer_opened_behind_another_is_fenced_at_its_first_batch() {
         old.append(b"one", AppendOptions::DURABLE).await.unwrap();
         // A new writer takes over (it recovers LSN 1); the old one, a zombie, keeps writing.
         let new = backend.open(WalOptions::default()).await.unwrap();
-        assert_eq!(
-            new.append(b"two (new)", AppendOptions::DURABLE)
-                .await
-                .unwrap(),
-            2
-        );
-        let err = old
-            .append(b"two (old)", AppendOptions::DURABLE)
-            .await
-            .unwrap_err();
-        assert!(err.is_fenced(), "{name}: {err}");
-        let err = old
-            .append(b"three (old)", AppendOptions::DURABLE)
-            .await
-            .unwrap_err();
-        assert!(err.is_fenced(), "{name}: {err}");
-        assert_eq!(
-            new.append(b"three (new)", AppendOptions::DURABLE)
-                .await
-                .unwrap(),
-            3
-        );
+        assert_eq!(durable(new.as_ref(), b"two (new)").await, 2, "{name}");
+        assert_fenced(old.as_ref(), b"two (old)", name).await;
+        assert_fenced(old.as_ref(), b"three (old)", name).await;
+        assert_eq!(durable(new.as_ref(), b"three (new)").await, 3, "{name}");
         assert_eq!(
             payloads(new.as_ref(), 1).await,
             vec![
@@ -135,17 +117,8 @@ async fn a_claimed_log_takes_no_late_batch_from_an_earlier_writer() {
         let new = backend.open(WalOptions::default()).await.unwrap();
         new.claim().await.unwrap();
         assert_eq!(new.last_lsn(), Some(2), "{name}: the claim takes LSN 2");
-        let err = old
-            .append(b"late (old)", AppendOptions::DURABLE)
-            .await
-            .unwrap_err();
-        assert!(err.is_fenced(), "{name}: {err}");
-        assert_eq!(
-            new.append(b"three (new)", AppendOptions::DURABLE)
-                .await
-                .unwrap(),
-            3
-        );
+        assert_fenced(old.as_ref(), b"late (old)", name).await;
+        assert_eq!(durable(new.as_ref(), b"three (new)").await, 3, "{name}");
         assert_eq!(
             payloads(new.as_ref(), 1).await,
             vec![b"one".to_vec(), Vec::new(), b"three (new)".to_vec()],
@@ -157,12 +130,7 @@ async fn a_claimed_log_takes_no_late_batch_from_an_earlier_writer() {
         // The old writer's batch lands between the open and the claim: the claim is fenced.
         let old = backend.open(WalOptions::default()).await.unwrap();
         let new = backend.open(WalOptions::default()).await.unwrap();
-        assert_eq!(
-            old.append(b"four (old)", AppendOptions::DURABLE)
-                .await
-                .unwrap(),
-            4
-        );
+        assert_eq!(durable(old.as_ref(), b"four (old)").await, 4, "{name}");
         let err = new.claim().await.unwrap_err();
         assert!(err.is_fenced(), "{name}: {err}");
         drop((old, new));
@@ -184,4 +152,18 @@ async fn claiming_a_local_log_writes_nothing() {
     wal.append(b"one", AppendOptions::DURABLE).await.unwrap();
     wal.claim().await.unwrap();
     assert_eq!(wal.last_lsn(), Some(1));
+}
+
+/// Appends `payload` durably; its LSN.
+async fn durable(wal: &dyn Wal, payload: &[u8]) -> Lsn {
+    wal.append(payload, AppendOptions::DURABLE).await.unwrap()
+}
+
+/// Appends `payload` durably and checks that another writer's object refused it.
+async fn assert_fenced(wal: &dyn Wal, payload: &[u8], backend: &str) {
+    let err = wal
+        .append(payload, AppendOptions::DURABLE)
+        .await
+        .unwrap_err();
+    assert!(err.is_fenced(), "{backend}: {err}");
 }
