@@ -10,8 +10,10 @@ pub(crate) const HEADER_LEN: usize = 32;
 pub(crate) const FRAME_HEADER_LEN: usize = 16;
 /// Identifies an OmenDB WAL segment or object.
 const MAGIC: [u8; 8] = *b"OMENWAL\0";
-/// The format version this code writes and reads.
-const VERSION: u32 = 1;
+/// The format version this code writes: 2 carries the writer's token in the header.
+const VERSION: u32 = 2;
+/// The first version, still read: flags where version 2 has its token, no token.
+const VERSION_1: u32 = 1;
 
 /// Bytes a record with a payload of `payload_len` bytes occupies in the log.
 pub(crate) fn frame_len(payload_len: usize) -> usize {
@@ -43,29 +45,35 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, lsn: Lsn, payload: &[u8], payload_
     buf.extend_from_slice(payload);
 }
 
-/// The header of a segment file or object whose first record has LSN `base_lsn`.
-pub(crate) fn encode_header(base_lsn: Lsn) -> [u8; HEADER_LEN] {
+/// The header of a segment file or object whose first record has LSN `base_lsn`, written by the
+/// writer whose token is `token` (an object-store writer's random token, by which it recognises
+/// its own object when an upload's answer was lost; 0 in a local segment file).
+pub(crate) fn encode_header(base_lsn: Lsn, token: u64) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[..8].copy_from_slice(&MAGIC);
     header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    // Bytes 12..16 are flags, zero in version 1.
-    header[16..24].copy_from_slice(&base_lsn.to_le_bytes());
-    let crc = crc32c::crc32c(&header[..24]);
-    header[24..28].copy_from_slice(&crc.to_le_bytes());
-    // Bytes 28..32 are reserved, zero.
+    header[12..20].copy_from_slice(&token.to_le_bytes());
+    header[20..28].copy_from_slice(&base_lsn.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..28]);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
     header
 }
 
-/// The base LSN of a valid header at the start of `buf`, or `None` if it is missing or damaged.
+/// The base LSN of a valid header (version 2, or version 1) at the start of `buf`, or `None` if
+/// it is missing or damaged.
 pub(crate) fn decode_header(buf: &[u8]) -> Option<Lsn> {
     let header = buf.get(..HEADER_LEN)?;
-    if header[..8] != MAGIC
-        || u32_at(header, 8) != VERSION
-        || u32_at(header, 24) != crc32c::crc32c(&header[..24])
-    {
+    if header[..8] != MAGIC {
         return None;
     }
-    Some(u64_at(header, 16))
+    match u32_at(header, 8) {
+        VERSION if u32_at(header, 28) == crc32c::crc32c(&header[..28]) => Some(u64_at(header, 20)),
+        // Version 1: flags (12..16), base LSN (16..24), CRC32C of bytes 0..24, reserved.
+        VERSION_1 if u32_at(header, 24) == crc32c::crc32c(&header[..24]) => {
+            Some(u64_at(header, 16))
+        }
+        _ => None,
+    }
 }
 
 /// One decoded frame.
@@ -252,7 +260,7 @@ mod tests {
     use super::*;
 
     fn log(payloads: &[&[u8]], base: Lsn) -> Vec<u8> {
-        let mut buf = encode_header(base).to_vec();
+        let mut buf = encode_header(base, 0).to_vec();
         for (i, p) in payloads.iter().enumerate() {
             encode_frame(&mut buf, base + i as u64, p, payload_crc(p));
         }
@@ -261,11 +269,34 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_damage() {
-        let mut header = encode_header(42);
+        let header = encode_header(42, 0xfeed_beef_0bad_f00d);
         assert_eq!(decode_header(&header), Some(42));
+        // A flip anywhere in the header, token included, is damage.
+        for byte in 0..HEADER_LEN {
+            let mut damaged = header;
+            damaged[byte] ^= 1;
+            assert_eq!(decode_header(&damaged), None, "byte {byte}");
+        }
+        assert_eq!(decode_header(&header[..10]), None);
+    }
+
+    #[test]
+    fn version_1_headers_are_still_read() {
+        // Bytes as version 1 wrote them (docs/file-formats.md): magic, version, flags, base
+        // LSN, CRC32C of bytes 0..24, reserved.
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(b"OMENWAL\0");
+        header[8..12].copy_from_slice(&1u32.to_le_bytes());
+        header[16..24].copy_from_slice(&77u64.to_le_bytes());
+        let crc = crc32c::crc32c(&header[..24]);
+        header[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&header), Some(77));
         header[17] ^= 1;
         assert_eq!(decode_header(&header), None);
-        assert_eq!(decode_header(&header[..10]), None);
+        // An unknown version is not a header.
+        let mut future = encode_header(5, 1);
+        future[8] = 3;
+        assert_eq!(decode_header(&future), None);
     }
 
     #[test]

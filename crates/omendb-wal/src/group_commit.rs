@@ -660,7 +660,7 @@ mod loom_tests {
     /// The writer of the model: appends every batch to an in-memory "file"; `fail` poisons the
     /// queue at the first batch instead, as a failed write or sync would.
     fn writer(queue: Arc<Queue>, fail: bool) -> Vec<u8> {
-        let mut file = encode_header(1).to_vec();
+        let mut file = encode_header(1, 0).to_vec();
         loop {
             // A gather wait, so loom also explores the adaptive wait and its wake-up.
             match queue.next_batch(None, Duration::from_millis(1)) {
@@ -752,7 +752,7 @@ mod loom_tests {
             let file = w.join().unwrap();
             let mut scan_file = file.clone();
             // The model file's header says 1; rewrite it to the recovered base of 6.
-            scan_file[..HEADER_LEN].copy_from_slice(&encode_header(6));
+            scan_file[..HEADER_LEN].copy_from_slice(&encode_header(6, 0));
             let mut scan = Scanner::new(&scan_file, 6, 16);
             let mut lsns = Vec::new();
             while let Step::Record { lsn, .. } = scan.step() {

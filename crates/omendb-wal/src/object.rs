@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rand::RngExt;
 
 use crate::error::{Error, Result};
 use crate::format::{self, HEADER_LEN};
@@ -37,7 +38,10 @@ const CORRUPT_EXT: &str = ".corrupt";
 /// [`PutMode::Create`]: a batch is durable once its upload returns, so every append is effectively
 /// [`Durability::Durable`] once the batch is uploaded and the [`crate::SyncPolicy`] does not
 /// apply. If the object already exists another writer owns the log: this one is fenced and
-/// poisoned ([`Error::Fenced`]).
+/// poisoned ([`Error::Fenced`]). Each writer puts a random token of its own in the header of
+/// every object it writes, so that an object it finds under its batch's name that is byte for
+/// byte its own batch (an upload that landed but whose answer was lost, resent by the store's
+/// retry layer) counts as uploaded, not as another writer's.
 ///
 /// The log is as durable as the store: on `object_store`'s `LocalFileSystem`, build the store
 /// `with_fsync(true)`.
@@ -132,6 +136,45 @@ async fn put_new(store: &dyn ObjectStore, path: &Path, payload: PutPayload) -> R
         .map_err(store_error("put", path))
 }
 
+/// Uploads `payload`, the batch whose first LSN is `base`, as a new object at `path`. An object
+/// already there that holds exactly
+/// `payload` is this upload's own earlier attempt, whose answer was lost: the upload succeeded.
+/// The header's token makes a batch's bytes unique to its writer, so another writer's object
+/// under the name never matches (even a claim, whose record is the same for every writer).
+async fn upload(
+    store: &dyn ObjectStore,
+    path: &Path,
+    base: Lsn,
+    payload: PutPayload,
+) -> Result<()> {
+    match put_new(store, path, payload.clone()).await {
+        Err(Error::ObjectStore {
+            source: object_store::Error::AlreadyExists { .. },
+            ..
+        }) => {
+            let found = get(store, path).await?;
+            let ours = found.len() == payload.content_length()
+                && payload
+                    .iter()
+                    .scan(0, |at, part| {
+                        let start = *at;
+                        *at += part.len();
+                        Some(found.get(start..*at) == Some(part.as_ref()))
+                    })
+                    .all(|same| same);
+            if ours {
+                Ok(())
+            } else {
+                Err(Error::Fenced {
+                    lsn: base,
+                    object: path.to_string(),
+                })
+            }
+        }
+        outcome => outcome,
+    }
+}
+
 async fn delete(store: &dyn ObjectStore, path: &Path) -> Result<()> {
     store
         .delete(path)
@@ -222,13 +265,15 @@ impl ObjectWal {
             Ok(handle) => Runner::Tokio(handle),
             Err(_) => Runner::Local,
         };
+        // Random, so that no two writers' objects are alike (see [`upload`]).
+        let token = rand::rng().random::<u64>();
         let handle = {
             let queue = queue.clone();
             let store = store.clone();
             let prefix = prefix.clone();
             std::thread::Builder::new()
                 .name("omendb-wal-uploader".to_owned())
-                .spawn(move || run_writer(&queue, store.as_ref(), &prefix, &runner))
+                .spawn(move || run_writer(&queue, store.as_ref(), &prefix, token, &runner))
                 .map_err(|e| Error::io("spawn writer", "", e))?
         };
         Ok(ObjectWal {
@@ -288,8 +333,8 @@ impl ObjectWal {
     }
 }
 
-/// The writer thread: uploads each batch as one object.
-fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Runner) {
+/// The writer thread: uploads each batch as one object whose header carries `token`.
+fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, token: u64, runner: &Runner) {
     // How long the last upload took: the most the next batch waits to gather appenders.
     let mut upload_cost = Duration::ZERO;
     loop {
@@ -307,31 +352,22 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, runner: &Ru
                     batch.bytes.len(),
                 );
                 let payload: PutPayload = [
-                    Bytes::copy_from_slice(&format::encode_header(batch.first)),
+                    Bytes::copy_from_slice(&format::encode_header(batch.first, token)),
                     Bytes::from(batch.bytes),
                 ]
                 .into_iter()
                 .collect();
                 let start = Instant::now();
-                let put = runner.block_on(put_new(store, &path, payload));
+                let put = runner.block_on(upload(store, &path, batch.first, payload));
                 upload_cost = start.elapsed();
                 crate::telemetry::synced("object", upload_cost);
                 match put {
                     // The buffer now belongs to the payload; the queue allocates a new one.
                     Ok(()) => queue.complete(batch.last, Some(batch.last), Vec::new()),
-                    Err(Error::ObjectStore {
-                        source: object_store::Error::AlreadyExists { .. },
-                        ..
-                    }) => {
-                        queue.poison(Error::Fenced {
-                            lsn: batch.first,
-                            object: path.to_string(),
-                        });
-                        break;
-                    }
                     Err(e) => {
-                        // The upload may or may not have landed; either way it is not known
-                        // durable, so nothing in it is acknowledged.
+                        // Fenced by another writer's object, or an upload that may or may not
+                        // have landed: either way nothing in it is known durable, so nothing
+                        // is acknowledged.
                         queue.poison(e);
                         break;
                     }

@@ -75,7 +75,7 @@ pub(crate) fn create(
     let path = dir.join(file_name(base));
     let tmp = dir.join(format!("{base:020}{TMP_EXT}"));
     let mut file = io.create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    let header = format::encode_header(base);
+    let header = format::encode_header(base, 0);
     let written = file
         .write_at(0, &header)
         .map_err(|e| Error::io("write", &tmp, e))?;

@@ -1,0 +1,107 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+//! The object-store WAL behind the store's retry layer, over a store whose puts land but lose
+//! their answer: the retry finds the object its first attempt wrote, and the log must take it
+//! for its own upload, while another writer's object under the same name still fences it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use omendb_chaos::store::{Fault, FaultyObjectStore, StoreFaults};
+use omendb_storage::backend::{Layered, Op, Retry, RetryPolicy};
+use omendb_wal::{AppendOptions, ObjectWal, Wal, WalOptions};
+
+/// Every put lands, then answers with a transient error, behind a retry layer that sends it
+/// again: the second attempt of a create-if-absent put reports `AlreadyExists`.
+fn losing_answers(
+    objects: &Arc<InMemory>,
+) -> (Arc<FaultyObjectStore<InMemory>>, Arc<dyn ObjectStore>) {
+    let faulty = Arc::new(FaultyObjectStore::new(
+        Arc::clone(objects),
+        StoreFaults {
+            lost_answer: 1.0,
+            ops: Some(vec![Op::Put]),
+            ..StoreFaults::none()
+        },
+        7,
+    ));
+    let policy = RetryPolicy {
+        max_retries: 3,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+    };
+    let retrying = Arc::new(Layered::new(Retry::new(policy), Arc::clone(&faulty)));
+    (faulty, retrying)
+}
+
+async fn payloads(wal: &dyn Wal) -> Vec<Vec<u8>> {
+    let records: Vec<_> = wal.read_from(1).try_collect().await.unwrap();
+    records.into_iter().map(|r| r.payload.to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_answer_was_lost_counts_as_uploaded() {
+    let objects = Arc::new(InMemory::new());
+    let (faulty, store) = losing_answers(&objects);
+    let wal = ObjectWal::open(store, "wal", WalOptions::default())
+        .await
+        .unwrap();
+    let written: Vec<Vec<u8>> = (0..20u32)
+        .map(|i| format!("record {i}").into_bytes())
+        .collect();
+    for (i, payload) in written.iter().enumerate() {
+        let lsn = wal.append(payload, AppendOptions::DURABLE).await.unwrap();
+        assert_eq!(lsn, i as u64 + 1);
+    }
+    assert!(
+        faulty.injected_of(Fault::LostAnswer) >= 20,
+        "every upload lost its answer"
+    );
+    wal.close().unwrap();
+
+    // Everything is there, once, in order, read straight from the store.
+    let reopened = ObjectWal::open(objects, "wal", WalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(payloads(&reopened).await, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_is_its_own_and_fences_a_rival_claim() {
+    let objects = Arc::new(InMemory::new());
+    let plain: Arc<dyn ObjectStore> = objects.clone();
+    let first = ObjectWal::open(plain.clone(), "wal", WalOptions::default())
+        .await
+        .unwrap();
+    first
+        .append(b"before", AppendOptions::DURABLE)
+        .await
+        .unwrap();
+    first.close().unwrap();
+
+    // Two writers open the same log and both claim LSN 2 with a record of no bytes: the same
+    // record, so only the writers' tokens tell their objects apart.
+    let (_faulty, store) = losing_answers(&objects);
+    let winner = ObjectWal::open(store, "wal", WalOptions::default())
+        .await
+        .unwrap();
+    let rival = ObjectWal::open(plain, "wal", WalOptions::default())
+        .await
+        .unwrap();
+    winner.claim().await.unwrap();
+    let err = rival.claim().await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+
+    let lsn = winner
+        .append(b"after", AppendOptions::DURABLE)
+        .await
+        .unwrap();
+    assert_eq!(lsn, 3);
+    assert_eq!(
+        payloads(&winner).await,
+        vec![b"before".to_vec(), Vec::new(), b"after".to_vec()]
+    );
+}
