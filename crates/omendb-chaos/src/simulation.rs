@@ -826,8 +826,8 @@ mod tests {
     /// simulated crash" at a reopen after every crash point had been removed. A killed life's
     /// thread that had just reached its crash point as the point was removed could still fire
     /// it (the `fail` registry does not wait for a running callback), crashing the disk under
-    /// the next life's open. A disarmed crasher must not fire, even on the hit that was its
-    /// turn.
+    /// the next life's open (the one way found for that failure, which never recurred). A
+    /// disarmed crasher must not fire, even on the hit that was its turn.
     #[test]
     fn seed_111_a_disarmed_crasher_never_fires() {
         let disk = SimDisk::new(111);
