@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use object_store::ObjectStore;
 use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use omendb_chaos::store::{Fault, FaultyObjectStore, StoreFaults};
 use omendb_storage::backend::{Layered, Op, Retry, RetryPolicy};
 use omendb_wal::{AppendOptions, ObjectWal, Wal, WalOptions};
@@ -104,4 +105,49 @@ async fn a_claim_whose_answer_was_lost_is_its_own_and_fences_a_rival_claim() {
         payloads(&winner).await,
         vec![b"before".to_vec(), Vec::new(), b"after".to_vec()]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_rewrite_whose_answer_was_lost_counts_as_written() {
+    let objects = Arc::new(InMemory::new());
+    let plain: Arc<dyn ObjectStore> = objects.clone();
+    let wal = ObjectWal::open(plain.clone(), "wal", WalOptions::default())
+        .await
+        .unwrap();
+    for payload in [b"one", b"two"] {
+        wal.append(payload, AppendOptions::DURABLE).await.unwrap();
+    }
+    wal.close().unwrap();
+
+    // A torn record after the newest object's intact one: recovery deletes the object and
+    // writes its intact prefix back under the same name, through a store that loses the answer.
+    let newest = Path::from("wal/00000000000000000002.wal");
+    let mut bytes = objects
+        .get(&newest)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let intact = bytes.len();
+    bytes.extend_from_slice(&[9, 0, 0, 0, 1]);
+    objects.put(&newest, bytes.into()).await.unwrap();
+
+    let (faulty, store) = losing_answers(&objects);
+    let recovered = ObjectWal::open(store, "wal", WalOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        faulty.injected_of(Fault::LostAnswer) >= 1,
+        "the rewrite lost its answer"
+    );
+    assert!(recovered.recovery_report().torn_tail.is_some());
+    assert_eq!(recovered.recovery_report().bytes_truncated, 5);
+    assert_eq!(
+        payloads(&recovered).await,
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    let rewritten = objects.get(&newest).await.unwrap().bytes().await.unwrap();
+    assert_eq!(rewritten.len(), intact);
 }

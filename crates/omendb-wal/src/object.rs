@@ -214,7 +214,7 @@ async fn recover(
                     // prefix too; the next recovery then sees the log end one object earlier.
                     delete(store, path).await?;
                     if cut > HEADER_LEN {
-                        put_new(store, path, buf.slice(..cut).into()).await?;
+                        upload(store, path, *base, buf.slice(..cut).into()).await?;
                     }
                 }
                 if stop {
