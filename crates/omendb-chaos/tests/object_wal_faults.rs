@@ -38,6 +38,11 @@ fn losing_answers(
     (faulty, retrying)
 }
 
+async fn object(objects: &InMemory, path: &Path) -> Vec<u8> {
+    let got = objects.get(path).await.unwrap();
+    got.bytes().await.unwrap().to_vec()
+}
+
 async fn payloads(wal: &dyn Wal) -> Vec<Vec<u8>> {
     let records: Vec<_> = wal.read_from(1).try_collect().await.unwrap();
     records.into_iter().map(|r| r.payload.to_vec()).collect()
@@ -122,14 +127,7 @@ async fn a_recovery_rewrite_whose_answer_was_lost_counts_as_written() {
     // A torn record after the newest object's intact one: recovery deletes the object and
     // writes its intact prefix back under the same name, through a store that loses the answer.
     let newest = Path::from("wal/00000000000000000002.wal");
-    let mut bytes = objects
-        .get(&newest)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let mut bytes = object(&objects, &newest).await;
     let intact = bytes.len();
     bytes.extend_from_slice(&[9, 0, 0, 0, 1]);
     objects.put(&newest, bytes.into()).await.unwrap();
@@ -148,6 +146,6 @@ async fn a_recovery_rewrite_whose_answer_was_lost_counts_as_written() {
         payloads(&recovered).await,
         vec![b"one".to_vec(), b"two".to_vec()]
     );
-    let rewritten = objects.get(&newest).await.unwrap().bytes().await.unwrap();
+    let rewritten = object(&objects, &newest).await;
     assert_eq!(rewritten.len(), intact);
 }
