@@ -17,7 +17,7 @@ use rand::RngExt;
 use crate::error::{Error, Result};
 use crate::format::{self, HEADER_LEN};
 use crate::group_commit::{Next, Queue};
-use crate::recovery::{Verdict, examine};
+use crate::recovery::{Verdict, confirm, examine};
 use crate::replay::{Window, replay};
 use crate::wal::some_lsn;
 use crate::{
@@ -203,8 +203,17 @@ async fn recover(
             &mut expected,
             &mut report,
         )?;
+        if verdict.rests_on_damage() {
+            let again = get(store, path).await?;
+            confirm(&buf, &again, path.as_ref()).map_err(|e| {
+                store_error("get", path)(object_store::Error::Generic {
+                    store: "omendb-wal",
+                    source: Box::new(e),
+                })
+            })?;
+        }
         match verdict {
-            Verdict::Keep { cut, stop } => {
+            Verdict::Keep { cut, stop, .. } => {
                 if let Some(cut) = cut {
                     // Objects are immutable, so the intact prefix replaces the object: deleted
                     // first because `Create` needs the name free. A crash in between loses the

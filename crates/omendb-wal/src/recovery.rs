@@ -106,6 +106,9 @@ pub(crate) enum Verdict {
         cut: Option<usize>,
         /// Drop every later segment.
         stop: bool,
+        /// Whether damage was found in it (a torn tail, a stop, skipped records), as opposed to
+        /// a clean segment or one that only ends in zeros written ahead of its records.
+        damaged: bool,
     },
     /// Take it out of the log. With `stop` it and every later segment are deleted
     /// (point-in-time); without, it is set aside under another name for inspection
@@ -114,6 +117,32 @@ pub(crate) enum Verdict {
         /// Delete it and every later segment.
         stop: bool,
     },
+}
+
+impl Verdict {
+    /// Whether the verdict rests on damage found in the bytes read. Acting on such a verdict
+    /// removes records for good, so the caller reads the bytes a second time first and acts only
+    /// if both reads agree ([`confirm`]): damage that only one read saw (a bit flipped on the way
+    /// from the disk or the store) must not cut a record that was acknowledged as durable.
+    pub(crate) fn rests_on_damage(&self) -> bool {
+        match self {
+            Verdict::Keep { damaged, .. } => *damaged,
+            Verdict::Drop { .. } => true,
+        }
+    }
+}
+
+/// Whether a second read `again` of a segment or object agrees with the first, `first`, on which
+/// a damage verdict rests; if not, the damage is not confirmed and nothing may be cut.
+pub(crate) fn confirm(first: &[u8], again: &[u8], location: &str) -> std::io::Result<()> {
+    if first == again {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "two reads of {location} disagree: the damage the first showed is not confirmed, \
+             so nothing was cut (open again to retry)"
+        )))
+    }
 }
 
 /// Verifies one whole segment or object `buf` whose name says `base`, records what it finds in
@@ -130,6 +159,7 @@ pub(crate) fn examine(
 ) -> crate::Result<Verdict> {
     use crate::format::{self, Scanner, Step};
     let mode = report.mode;
+    let skipped_before = report.skipped.len();
     report.segments += 1;
     report.bytes_read += buf.len() as u64;
     let damage = |offset: usize, len: usize, kind: DamageKind| Damage {
@@ -189,6 +219,7 @@ pub(crate) fn examine(
     let mut verdict = Verdict::Keep {
         cut: None,
         stop: false,
+        damaged: false,
     };
     loop {
         let step = scan.step();
@@ -206,6 +237,7 @@ pub(crate) fn examine(
                     verdict = Verdict::Keep {
                         cut: Some(scan.offset()),
                         stop: false,
+                        damaged: false,
                     };
                 }
                 break;
@@ -225,6 +257,7 @@ pub(crate) fn examine(
                         verdict = Verdict::Keep {
                             cut: Some(offset),
                             stop: false,
+                            damaged: true,
                         };
                         break;
                     }
@@ -243,6 +276,7 @@ pub(crate) fn examine(
                         verdict = Verdict::Keep {
                             cut: Some(offset),
                             stop: true,
+                            damaged: true,
                         };
                         break;
                     }
@@ -252,5 +286,72 @@ pub(crate) fn examine(
         }
     }
     *expected = Some(scan.next_lsn());
+    if report.skipped.len() > skipped_before
+        && let Verdict::Keep { damaged, .. } = &mut verdict
+    {
+        *damaged = true;
+    }
     Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+    use super::*;
+    use crate::format::{encode_frame, encode_header, payload_crc};
+
+    /// A segment of three records from LSN 1, with `zeros` zero bytes after them.
+    fn segment(zeros: usize) -> Vec<u8> {
+        let mut buf = encode_header(1, 0).to_vec();
+        for (i, p) in [&b"one"[..], b"two", b"three"].iter().enumerate() {
+            encode_frame(&mut buf, i as u64 + 1, p, payload_crc(p));
+        }
+        buf.resize(buf.len() + zeros, 0);
+        buf
+    }
+
+    fn verdict(buf: &[u8], mode: RecoveryMode) -> Verdict {
+        let mut report = RecoveryReport {
+            mode,
+            ..RecoveryReport::default()
+        };
+        examine(buf, 1, "seg", true, 1 << 20, &mut None, &mut report).unwrap()
+    }
+
+    #[test]
+    fn only_damage_needs_a_second_read() {
+        let clean = segment(0);
+        assert!(!verdict(&clean, RecoveryMode::TolerateTornTail).rests_on_damage());
+        // Zeros written ahead of the records are cut, but they are not damage.
+        let zeros = segment(100);
+        let cut = verdict(&zeros, RecoveryMode::TolerateTornTail);
+        assert!(matches!(cut, Verdict::Keep { cut: Some(_), .. }));
+        assert!(!cut.rests_on_damage());
+
+        let mut torn = segment(100);
+        let last = clean.len() - 1;
+        torn[last] ^= 1;
+        for mode in [
+            RecoveryMode::TolerateTornTail,
+            RecoveryMode::PointInTime,
+            RecoveryMode::SkipCorrupt,
+        ] {
+            assert!(verdict(&torn, mode).rests_on_damage(), "{mode:?}");
+        }
+
+        // A damaged middle record that SkipCorrupt skips: the segment is kept, on damage.
+        let mut middle = segment(0);
+        middle[crate::format::HEADER_LEN + 20] ^= 1;
+        let skipped = verdict(&middle, RecoveryMode::SkipCorrupt);
+        assert!(matches!(skipped, Verdict::Keep { cut: None, .. }));
+        assert!(skipped.rests_on_damage());
+    }
+
+    #[test]
+    fn reads_that_disagree_confirm_nothing() {
+        assert!(confirm(b"abc", b"abc", "seg").is_ok());
+        let err = confirm(b"abc", b"abd", "seg").unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
 }

@@ -8,7 +8,7 @@ use super::segment::{self, CORRUPT_EXT, Segment};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::io::{self, FileIo, IoFile};
-use crate::recovery::{Verdict, examine};
+use crate::recovery::{Verdict, confirm, examine};
 use crate::{Lsn, RecoveryReport, WalOptions};
 
 /// A recovered log, ready for the writer.
@@ -44,17 +44,23 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
             .map_err(|e| Error::io("open", &seg.path, e))?;
         let len = file.len().map_err(|e| Error::io("stat", &seg.path, e))?;
         let buf = io::read_all(file.as_ref(), len).map_err(|e| Error::io("read", &seg.path, e))?;
+        let location = seg.path.display().to_string();
         let verdict = examine(
             &buf,
             seg.base,
-            &seg.path.display().to_string(),
+            &location,
             i + 1 == found.len(),
             options.max_record_bytes,
             &mut expected,
             &mut report,
         )?;
+        if verdict.rests_on_damage() {
+            let again =
+                io::read_all(file.as_ref(), len).map_err(|e| Error::io("read", &seg.path, e))?;
+            confirm(&buf, &again, &location).map_err(|e| Error::io("read", &seg.path, e))?;
+        }
         match verdict {
-            Verdict::Keep { cut, stop } => {
+            Verdict::Keep { cut, stop, .. } => {
                 if let Some(cut) = cut {
                     file.truncate(cut as u64)
                         .map_err(|e| Error::io("truncate", &seg.path, e))?;

@@ -6,8 +6,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
@@ -259,6 +259,9 @@ pub struct Faults {
     pub syncs: AtomicU64,
     /// Appends attempted so far.
     pub appends: AtomicU64,
+    /// The next read that covers this file offset comes back with bit 0 of that byte flipped
+    /// (as from a flaky cable or controller: the bytes on the disk are intact).
+    pub flip_read: Mutex<Option<u64>>,
 }
 
 /// A [`FileIo`] that wraps [`StdIo`] and fails on purpose.
@@ -303,7 +306,15 @@ impl IoFile for FaultyFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read_at(offset, buf)
+        let n = self.inner.read_at(offset, buf)?;
+        let mut flip = self.faults.flip_read.lock().unwrap();
+        if let Some(at) = *flip
+            && (offset..offset + n as u64).contains(&at)
+        {
+            buf[(at - offset) as usize] ^= 1;
+            *flip = None;
+        }
+        Ok(n)
     }
 
     fn len(&self) -> io::Result<u64> {
