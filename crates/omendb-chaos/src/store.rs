@@ -50,6 +50,10 @@ pub struct StoreFaults {
     /// A get whose body ends early while its metadata gives the full size, or a `get_ranges`
     /// with one range cut short.
     pub truncated_get: f64,
+    /// A get whose body comes back with one bit flipped (the object in the store intact), as
+    /// from a faulty network path that the transport's checks missed. Drawn for after the other
+    /// faults, so a seed replays them the same whether this one is used or not.
+    pub flipped_get: f64,
     /// The requests faults apply to; `None` for all of them.
     pub ops: Option<Vec<Op>>,
 }
@@ -81,12 +85,14 @@ pub enum Fault {
     DeadMultipart,
     /// A read cut short ([`StoreFaults::truncated_get`]).
     TruncatedGet,
+    /// A read with one bit flipped ([`StoreFaults::flipped_get`]).
+    FlippedGet,
     /// A request refused because the wrapper was killed ([`FaultyObjectStore::kill`]).
     Killed,
 }
 
 impl Fault {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 
     fn index(self) -> usize {
         match self {
@@ -97,6 +103,7 @@ impl Fault {
             Fault::DeadMultipart => 4,
             Fault::TruncatedGet => 5,
             Fault::Killed => 6,
+            Fault::FlippedGet => 7,
         }
     }
 }
@@ -110,6 +117,7 @@ impl fmt::Display for Fault {
             Fault::LostAnswer => "lost answer (the request landed, its answer timed out)",
             Fault::DeadMultipart => "dead multipart upload",
             Fault::TruncatedGet => "truncated get",
+            Fault::FlippedGet => "flipped bit in a get",
             Fault::Killed => "kill (the process is gone)",
         })
     }
@@ -228,7 +236,15 @@ impl Shared {
         let fault = candidates
             .into_iter()
             .find(|&(_, p)| rng.random::<f64>() < p)
-            .map(|(fault, _)| fault);
+            .map(|(fault, _)| fault)
+            .or_else(|| {
+                let p = if op == Op::Get {
+                    faults.flipped_get
+                } else {
+                    0.0
+                };
+                (p > 0.0 && rng.random::<f64>() < p).then_some(Fault::FlippedGet)
+            });
         let draw = rng.random();
         if delay.is_some() {
             self.count(Fault::Latency);
@@ -496,6 +512,44 @@ fn truncate(shared: &Shared, result: GetResult, draw: u64) -> GetResult {
     }
 }
 
+/// Flips bit `draw % bits` of the body of `result`; an empty body is left as it is.
+fn flip(shared: &Shared, result: GetResult, draw: u64) -> GetResult {
+    let len = result.range.end - result.range.start;
+    if len == 0 {
+        return result;
+    }
+    shared.count(Fault::FlippedGet);
+    let bit = draw % (len * 8);
+    let meta = result.meta.clone();
+    let range = result.range.clone();
+    let attributes = result.attributes.clone();
+    let extensions = result.extensions.clone();
+    // `at`: the body's offset where the next chunk starts.
+    let body = result.into_stream().scan(0u64, move |at, chunk| {
+        let chunk = chunk.map(|chunk| {
+            let start = *at;
+            *at += chunk.len() as u64;
+            if (start * 8..*at * 8).contains(&bit) {
+                let mut flipped = chunk.to_vec();
+                if let Some(byte) = flipped.get_mut(((bit / 8) - start) as usize) {
+                    *byte ^= 1 << (bit % 8);
+                }
+                Bytes::from(flipped)
+            } else {
+                chunk
+            }
+        });
+        futures::future::ready(Some(chunk))
+    });
+    GetResult {
+        payload: GetResultPayload::Stream(body.boxed()),
+        meta,
+        range,
+        attributes,
+        extensions,
+    }
+}
+
 /// Cuts one non-empty range of `ranges`, chosen by `draw`, to fewer bytes than asked for.
 fn truncate_ranges(shared: &Shared, ranges: &mut [Bytes], draw: u64) {
     let nonempty: Vec<usize> = (0..ranges.len())
@@ -557,6 +611,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for FaultyObjectStore<S> {
         let result = self.shared.send(op, path, &plan, request).await?;
         Ok(match plan.fault {
             Some(Fault::TruncatedGet) => truncate(&self.shared, result, plan.draw),
+            Some(Fault::FlippedGet) => flip(&self.shared, result, plan.draw),
             _ => result,
         })
     }

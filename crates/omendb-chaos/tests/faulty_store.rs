@@ -224,6 +224,47 @@ async fn a_put_whose_answer_is_lost_lands_anyway() {
 }
 
 #[tokio::test]
+async fn a_flipped_get_changes_one_bit_of_the_body() {
+    let store = faulty(
+        only(
+            &[Op::Get],
+            StoreFaults {
+                flipped_get: 1.0,
+                ..StoreFaults::none()
+            },
+        ),
+        6,
+    );
+    let body = vec![0u8; 300];
+    store
+        .inner()
+        .put(&Path::from("f"), body.clone().into())
+        .await
+        .unwrap();
+    let got = store
+        .get(&Path::from("f"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.len(), body.len());
+    let flipped: u32 = got.iter().map(|b| b.count_ones()).sum();
+    assert_eq!(flipped, 1, "exactly one bit differs");
+    assert_eq!(store.injected_of(Fault::FlippedGet), 1);
+    // The object itself is intact.
+    let stored = store
+        .inner()
+        .get(&Path::from("f"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored.as_ref(), body.as_slice());
+}
+
+#[tokio::test]
 async fn a_multipart_upload_that_dies_leaves_no_object() {
     // A part dies: the upload accepts nothing more.
     let store = faulty(

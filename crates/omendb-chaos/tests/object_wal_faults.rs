@@ -149,3 +149,43 @@ async fn a_recovery_rewrite_whose_answer_was_lost_counts_as_written() {
     let rewritten = object(&objects, &newest).await;
     assert_eq!(rewritten.len(), intact);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_read_of_the_last_object_cuts_nothing() {
+    let objects = Arc::new(InMemory::new());
+    let plain: Arc<dyn ObjectStore> = objects.clone();
+    let wal = ObjectWal::open(plain.clone(), "wal", WalOptions::default())
+        .await
+        .unwrap();
+    let record = vec![7u8; 2000];
+    wal.append(&record, AppendOptions::DURABLE).await.unwrap();
+    wal.close().unwrap();
+    let only = Path::from("wal/00000000000000000001.wal");
+    let stored = object(&objects, &only).await;
+
+    // Every get flips a bit of its body, a different one each time: the first read of the
+    // newest object shows a damaged record, the second disagrees, and nothing is cut.
+    let faulty = Arc::new(FaultyObjectStore::new(
+        Arc::clone(&objects),
+        StoreFaults {
+            flipped_get: 1.0,
+            ops: Some(vec![Op::Get]),
+            ..StoreFaults::none()
+        },
+        11,
+    ));
+    let err = ObjectWal::open(faulty.clone(), "wal", WalOptions::default())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("disagree"), "{err:?}");
+    assert_eq!(faulty.injected_of(Fault::FlippedGet), 2);
+    assert_eq!(object(&objects, &only).await, stored);
+
+    faulty.disable();
+    let reopened = ObjectWal::open(faulty, "wal", WalOptions::default())
+        .await
+        .unwrap();
+    assert!(reopened.recovery_report().torn_tail.is_none());
+    assert_eq!(payloads(&reopened).await, vec![record]);
+}
