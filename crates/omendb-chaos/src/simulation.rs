@@ -287,6 +287,7 @@ impl Sim {
                 lost_answer: self.rng.random_range(0.0..0.01),
                 dead_multipart: self.rng.random_range(0.0..0.05),
                 truncated_get: self.rng.random_range(0.0..0.02),
+                flipped_get: self.rng.random_range(0.0..0.02),
                 ..StoreFaults::none()
             }
         };
