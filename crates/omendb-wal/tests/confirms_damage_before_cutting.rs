@@ -6,25 +6,34 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{FaultyIo, frames, payload, payloads, segment_paths};
 use omendb_wal::{AppendOptions, Error, ErrorKind, FileWal, Wal, WalOptions};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_read_of_the_last_record_cuts_nothing() {
+/// A log of three durable records in a fresh directory, opened through `io`: the directory,
+/// the segment's path and bytes, and where its last record's frame starts and how long it is.
+fn three_records(io: &FaultyIo) -> (tempfile::TempDir, PathBuf, Vec<u8>, (usize, usize)) {
     let dir = tempfile::tempdir().unwrap();
-    let io = FaultyIo::new();
-    let open = || FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default());
-    let wal = open().unwrap();
+    let wal =
+        FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default()).unwrap();
     for i in 1..=3 {
         wal.append(&payload(i), AppendOptions::DURABLE).unwrap();
     }
     wal.close().unwrap();
     drop(wal);
     let segment = segment_paths(dir.path()).pop().unwrap();
-    let on_disk = std::fs::read(&segment).unwrap();
-    let &(start, len) = frames(&on_disk).last().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let last = *frames(&bytes).last().unwrap();
+    (dir, segment, bytes, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_read_of_the_last_record_cuts_nothing() {
+    let io = FaultyIo::new();
+    let (dir, segment, on_disk, (start, len)) = three_records(&io);
+    let open = || FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default());
 
     // Every byte of the last record, flipped in one read: the first read looks like a torn
     // tail, the second does not agree, and the open fails without cutting anything.
@@ -51,22 +60,13 @@ async fn a_flipped_read_of_the_last_record_cuts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_both_reads_see_is_still_cut() {
-    let dir = tempfile::tempdir().unwrap();
     let io = FaultyIo::new();
-    let open = || FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default());
-    let wal = open().unwrap();
-    for i in 1..=3 {
-        wal.append(&payload(i), AppendOptions::DURABLE).unwrap();
-    }
-    wal.close().unwrap();
-    drop(wal);
-    let segment = segment_paths(dir.path()).pop().unwrap();
-    let mut on_disk = std::fs::read(&segment).unwrap();
-    let &(start, len) = frames(&on_disk).last().unwrap();
+    let (dir, segment, mut on_disk, (start, len)) = three_records(&io);
     on_disk[start + len - 1] ^= 1;
     std::fs::write(&segment, &on_disk).unwrap();
 
-    let wal = open().unwrap();
+    let wal =
+        FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default()).unwrap();
     let torn = Wal::recovery_report(&wal).torn_tail.clone().unwrap();
     assert_eq!(torn.offset, start as u64);
     let expected: Vec<Vec<u8>> = (1..=2).map(payload).collect();
