@@ -472,6 +472,24 @@ impl<S: ObjectStore + ?Sized> fmt::Display for FaultyObjectStore<S> {
     }
 }
 
+/// The body of a get, as a stream of chunks.
+type Body = BoxStream<'static, object_store::Result<Bytes>>;
+
+/// `result` with its body replaced by `change` of it; metadata, range and attributes kept.
+fn with_body(result: GetResult, change: impl FnOnce(Body) -> Body) -> GetResult {
+    let meta = result.meta.clone();
+    let range = result.range.clone();
+    let attributes = result.attributes.clone();
+    let extensions = result.extensions.clone();
+    GetResult {
+        payload: GetResultPayload::Stream(change(result.into_stream())),
+        meta,
+        range,
+        attributes,
+        extensions,
+    }
+}
+
 /// `result` with its body cut to fewer bytes than its range, chosen by `draw`; its metadata and
 /// range still give the full size, as when a connection closes early without an error. An empty
 /// body cannot be cut and is returned as it is.
@@ -482,13 +500,8 @@ fn truncate(shared: &Shared, result: GetResult, draw: u64) -> GetResult {
     }
     shared.count(Fault::TruncatedGet);
     let keep = draw % len;
-    let meta = result.meta.clone();
-    let range = result.range.clone();
-    let attributes = result.attributes.clone();
-    let extensions = result.extensions.clone();
-    let body = futures::stream::unfold(
-        (result.into_stream(), keep),
-        |(mut body, left)| async move {
+    with_body(result, |body| {
+        futures::stream::unfold((body, keep), |(mut body, left)| async move {
             if left == 0 {
                 return None;
             }
@@ -500,19 +513,14 @@ fn truncate(shared: &Shared, result: GetResult, draw: u64) -> GetResult {
                 }
                 Err(err) => Some((Err(err), (body, 0))),
             }
-        },
-    );
-    GetResult {
+        })
         // Fused: `GetResult::bytes` polls again after an empty first answer.
-        payload: GetResultPayload::Stream(body.fuse().boxed()),
-        meta,
-        range,
-        attributes,
-        extensions,
-    }
+        .fuse()
+        .boxed()
+    })
 }
 
-/// Flips bit `draw % bits` of the body of `result`; an empty body is left as it is.
+/// `result` with bit `draw % bits` of its body flipped; an empty body is returned as it is.
 fn flip(shared: &Shared, result: GetResult, draw: u64) -> GetResult {
     let len = result.range.end - result.range.start;
     if len == 0 {
@@ -520,34 +528,25 @@ fn flip(shared: &Shared, result: GetResult, draw: u64) -> GetResult {
     }
     shared.count(Fault::FlippedGet);
     let bit = draw % (len * 8);
-    let meta = result.meta.clone();
-    let range = result.range.clone();
-    let attributes = result.attributes.clone();
-    let extensions = result.extensions.clone();
-    // `at`: the body's offset where the next chunk starts.
-    let body = result.into_stream().scan(0u64, move |at, chunk| {
-        let chunk = chunk.map(|chunk| {
-            let start = *at;
-            *at += chunk.len() as u64;
-            if (start * 8..*at * 8).contains(&bit) {
+    with_body(result, |body| {
+        // `at`: the body's offset where the next chunk starts.
+        body.scan(0u64, move |at, chunk| {
+            let chunk = chunk.map(|chunk| {
+                let start = *at;
+                *at += chunk.len() as u64;
+                if !(start * 8..*at * 8).contains(&bit) {
+                    return chunk;
+                }
                 let mut flipped = chunk.to_vec();
                 if let Some(byte) = flipped.get_mut(((bit / 8) - start) as usize) {
                     *byte ^= 1 << (bit % 8);
                 }
                 Bytes::from(flipped)
-            } else {
-                chunk
-            }
-        });
-        futures::future::ready(Some(chunk))
-    });
-    GetResult {
-        payload: GetResultPayload::Stream(body.boxed()),
-        meta,
-        range,
-        attributes,
-        extensions,
-    }
+            });
+            futures::future::ready(Some(chunk))
+        })
+        .boxed()
+    })
 }
 
 /// Cuts one non-empty range of `ranges`, chosen by `draw`, to fewer bytes than asked for.

@@ -124,42 +124,31 @@ async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
     Ok(bytes)
 }
 
-async fn put_new(store: &dyn ObjectStore, path: &Path, payload: PutPayload) -> Result<()> {
-    let options = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    store
-        .put_opts(path, payload, options)
-        .await
-        .map(|_| ())
-        .map_err(store_error("put", path))
-}
-
-/// Uploads `payload`, the batch whose first LSN is `base`, as a new object at `path`. An object
-/// already there that holds exactly `payload` is this upload's own earlier attempt, whose answer
-/// was lost: the upload succeeded. The header's token makes a batch's bytes unique to its
-/// writer, so another writer's object under the name never matches (not even a claim, whose
-/// record is the same for every writer).
+/// Uploads `payload`, the batch whose first LSN is `base`, as a new object at `path`
+/// ([`PutMode::Create`]). An object already there that holds exactly `payload` is this upload's
+/// own earlier attempt, whose answer was lost: the upload succeeded. The header's token makes a
+/// batch's bytes unique to its writer, so another writer's object under the name never matches
+/// (not even a claim, whose record is the same for every writer).
 async fn upload(
     store: &dyn ObjectStore,
     path: &Path,
     base: Lsn,
     payload: PutPayload,
 ) -> Result<()> {
-    match put_new(store, path, payload.clone()).await {
-        Err(Error::ObjectStore {
-            source: object_store::Error::AlreadyExists { .. },
-            ..
-        }) => {
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store.put_opts(path, payload.clone(), create).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => {
             let found = get(store, path).await?;
             // The parts joined into one copy: this path is rare.
             let sent: Vec<u8> = payload
                 .iter()
                 .flat_map(|part| part.iter().copied())
                 .collect();
-            let ours = found == sent;
-            if ours {
+            if found == sent {
                 Ok(())
             } else {
                 Err(Error::Fenced {
@@ -168,7 +157,7 @@ async fn upload(
                 })
             }
         }
-        outcome => outcome,
+        Err(source) => Err(store_error("put", path)(source)),
     }
 }
 
