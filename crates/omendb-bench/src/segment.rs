@@ -238,10 +238,12 @@ async fn measure(
         for &position in group {
             let checked = reader.read_cached(position, &projection, |pages, offset| {
                 let k = pages[0]
+                    .array()
                     .as_any()
                     .downcast_ref::<UInt64Array>()
                     .map(|a| a.value(offset));
                 let v = pages[1]
+                    .array()
                     .as_any()
                     .downcast_ref::<Float64Array>()
                     .map(|a| a.value(offset));

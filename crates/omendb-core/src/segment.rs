@@ -16,7 +16,9 @@ use arrow_array::types::UInt64Type;
 use object_store::ObjectStore;
 use object_store::path::Path;
 use omendb_storage::manifest::SegmentEntry;
-use omendb_storage::segment::{LSN_COLUMN, PageCache, Projection, SegmentReader, TOMBSTONE_COLUMN};
+use omendb_storage::segment::{
+    LSN_COLUMN, Page, PageCache, Projection, SegmentReader, TOMBSTONE_COLUMN,
+};
 
 use crate::error::{Error, Result};
 use crate::filter::FixedFilter;
@@ -113,16 +115,16 @@ impl Segment {
     /// pages, or `None` for a tombstone.
     pub fn row_in<T>(
         &self,
-        pages: &[&dyn Array],
+        pages: &[&Page],
         offset: usize,
-        read: impl FnOnce(&[&dyn Array], usize) -> Option<T>,
+        read: impl FnOnce(&[&Page], usize) -> Option<T>,
     ) -> Option<T> {
         if self.values.is_some() {
             return read(pages, offset);
         }
         // `row` puts the Boolean `_tombstone` first (the segment's schema is checked at open).
         let (tombstones, values) = pages.split_first()?;
-        if tombstones.as_boolean().value(offset) {
+        if tombstones.array().as_boolean().value(offset) {
             return None;
         }
         read(values, offset)

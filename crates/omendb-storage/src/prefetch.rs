@@ -8,8 +8,10 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{BinaryType, ByteArrayType, LargeBinaryType, LargeUtf8Type, Utf8Type};
-use arrow_array::{Array, GenericByteArray, downcast_primitive_array};
+use arrow_array::{GenericByteArray, downcast_primitive_array};
 use arrow_schema::DataType;
+
+use crate::segment::Page;
 
 /// Starts loading the cache line that holds `ptr` into all cache levels. Never faults.
 #[inline(always)]
@@ -25,11 +27,27 @@ pub fn line<T>(ptr: *const T) {
     let _ = ptr;
 }
 
-/// Starts loading what locates row `offset` of `page`: its validity bit, and its value for a
-/// fixed-width type, or its start and end for a variable-width one (whose bytes [`cell_bytes`]
-/// asks for once those are in cache). Other types are left alone.
+/// Starts loading `page`'s array (its buffers' addresses and lengths), which [`cell`] reads;
+/// nothing for a page of one width, whose reads do not go through its array.
 #[inline]
-pub fn cell(page: &dyn Array, offset: usize) {
+pub fn array(page: &Page) {
+    if page.width().is_none() {
+        line(std::sync::Arc::as_ptr(page.array_ref()).cast::<u8>());
+    }
+}
+
+/// Starts loading what locates row `offset` of `page`: its validity bit, and its value for a
+/// fixed-width type, or for a variable-width one its start and end (whose bytes [`cell_bytes`]
+/// asks for once those are in cache), or its bytes directly where the page's values have one
+/// width. Other types are left alone.
+#[inline]
+pub fn cell(page: &Page, offset: usize) {
+    // A page of one width has no nulls and its bytes' place at hand: its array is not read.
+    if let Some(bytes) = page.bytes_at(offset) {
+        line(bytes);
+        return;
+    }
+    let page = page.array();
     if offset >= page.len() {
         return;
     }
@@ -53,9 +71,14 @@ pub fn cell(page: &dyn Array, offset: usize) {
 }
 
 /// Starts loading the first bytes of row `offset`'s value in a variable-width `page`: call it
-/// after [`cell`] had the row's start loaded, or it waits for that line itself.
+/// after [`cell`] had the row's start loaded, or it waits for that line itself. Nothing for a
+/// page of one width, whose bytes [`cell`] asked for.
 #[inline]
-pub fn cell_bytes(page: &dyn Array, offset: usize) {
+pub fn cell_bytes(page: &Page, offset: usize) {
+    if page.width().is_some() {
+        return;
+    }
+    let page = page.array();
     if offset >= page.len() {
         return;
     }
@@ -106,18 +129,22 @@ mod tests {
                 None,
                 Some(b""),
             ])),
+            Arc::new(BinaryArray::from_iter_values([b"ab", b"cd", b"ef"])),
             Arc::new(StringArray::from(vec!["x", "yz", ""])),
             Arc::new(LargeStringArray::from(vec!["x", "yz", ""])),
             Arc::new(arrow_array::NullArray::new(3)),
         ];
         for page in &pages {
             let before = page.to_data();
-            let sliced = page.slice(1, 2);
+            let whole = Page::new(Arc::clone(page));
+            let sliced = Page::new(page.slice(1, 2));
+            array(&whole);
+            array(&sliced);
             for offset in [0, 1, 2, 3, usize::MAX] {
-                cell(page.as_ref(), offset);
-                cell_bytes(page.as_ref(), offset);
-                cell(sliced.as_ref(), offset);
-                cell_bytes(sliced.as_ref(), offset);
+                cell(&whole, offset);
+                cell_bytes(&whole, offset);
+                cell(&sliced, offset);
+                cell_bytes(&sliced, offset);
             }
             assert_eq!(page.to_data(), before);
         }

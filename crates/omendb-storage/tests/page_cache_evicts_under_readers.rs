@@ -74,11 +74,13 @@ fn cached_reads_stay_right_while_a_small_cache_evicts_under_them() {
                     let read = reader
                         .read_cached(position, &projection, |pages, offset| {
                             let key = pages[0]
+                                .array()
                                 .as_any()
                                 .downcast_ref::<UInt64Array>()
                                 .unwrap()
                                 .value(offset);
                             let v = pages[1]
+                                .array()
                                 .as_any()
                                 .downcast_ref::<Float64Array>()
                                 .unwrap()

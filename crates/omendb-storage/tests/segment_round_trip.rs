@@ -226,7 +226,7 @@ async fn every_supported_type_round_trips_with_nulls() {
             .read_cached(position, &all, |pages, offset| {
                 pages
                     .iter()
-                    .map(|page| page.slice(offset, 1))
+                    .map(|page| page.array().slice(offset, 1))
                     .collect::<Vec<_>>()
             })
             .unwrap()
@@ -270,7 +270,10 @@ async fn every_supported_type_round_trips_with_nulls() {
     let mut got = Vec::new();
     let missing = fresh
         .read_cached_many(&picks, &all, |i, pages, offset| {
-            let row: Vec<ArrayRef> = pages.iter().map(|page| page.slice(offset, 1)).collect();
+            let row: Vec<ArrayRef> = pages
+                .iter()
+                .map(|page| page.array().slice(offset, 1))
+                .collect();
             got.push((i, row));
         })
         .unwrap();

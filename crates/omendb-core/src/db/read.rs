@@ -16,7 +16,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use omendb_storage::segment::{Projection, TOMBSTONE_COLUMN};
+use omendb_storage::segment::{Page, Projection, TOMBSTONE_COLUMN};
 use smallvec::SmallVec;
 
 use super::aggregate::Fold;
@@ -115,7 +115,7 @@ pub(crate) fn point_step<T>(
     key: u64,
     snapshot: Lsn,
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
-    read: impl FnOnce(&[&dyn Array], usize) -> Option<T>,
+    read: impl FnOnce(&[&Page], usize) -> Option<T>,
 ) -> Result<Step<T>> {
     // The first line each layer will read is asked for before anything is read, so that their
     // misses overlap each other and the memtables' searches: the segments' filter lines (the
@@ -183,7 +183,7 @@ pub(crate) fn multi_step<T>(
     keys: &[u64],
     snapshot: Lsn,
     from_memtable: impl Fn(Bytes) -> Result<T>,
-    read: impl Fn(&[&dyn Array], usize) -> Option<T>,
+    read: impl Fn(&[&Page], usize) -> Option<T>,
     out: &mut Vec<Option<T>>,
 ) -> Result<Option<Misses>> {
     if table.segments.iter().any(|s| !s.all_visible_at(snapshot)) {
@@ -294,9 +294,8 @@ fn in_memtables<'a>(
 }
 
 /// Reads a key-value row's value from its value page (see [`Segment::row_in`]).
-pub(crate) fn kv_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Bytes> {
-    let values = pages.first()?.as_binary_opt::<i32>()?;
-    Some(Bytes::copy_from_slice(values.value(offset)))
+pub(crate) fn kv_from_pages(pages: &[&Page], offset: usize) -> Option<Bytes> {
+    pages.first()?.binary(offset).map(Bytes::copy_from_slice)
 }
 
 /// The answer for a found row: `from_memtable` of a memtable's row, `from_pages` of a segment's
@@ -304,12 +303,12 @@ pub(crate) fn kv_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Bytes
 pub(crate) async fn answer<T>(
     found: Found,
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
-    from_pages: impl Fn(&[&dyn Array], usize) -> Option<T>,
+    from_pages: impl Fn(&[&Page], usize) -> Option<T>,
 ) -> Result<Option<T>> {
     match found {
         Found::Row(row) => from_memtable(row).map(Some),
         Found::Segment(segment, position) => {
-            let read = |pages: &[&dyn Array], offset| segment.row_in(pages, offset, &from_pages);
+            let read = |pages: &[&Page], offset| segment.row_in(pages, offset, &from_pages);
             if let Some(answer) =
                 segment
                     .reader
@@ -321,23 +320,25 @@ pub(crate) async fn answer<T>(
                 .reader
                 .fetch(position as u64, segment.point_read())
                 .await?;
-            Ok(read(&columns_of(&batch), 0))
+            let pages = pages_of(&batch);
+            Ok(read(&pages.iter().collect::<Vec<_>>(), 0))
         }
     }
 }
 
-/// A batch's columns as the page list the `from_pages` readers take.
-pub(crate) fn columns_of(batch: &RecordBatch) -> Vec<&dyn Array> {
-    batch
-        .columns()
-        .iter()
-        .map(|column| column.as_ref())
-        .collect()
+/// A batch's columns as the pages the `from_pages` readers take.
+pub(crate) fn pages_of(batch: &RecordBatch) -> Vec<Page> {
+    batch.columns().iter().cloned().map(Page::new).collect()
 }
 
 /// A row's values from its value columns' pages (see [`Segment::row_in`]).
-pub(crate) fn values_from_pages(pages: &[&dyn Array], offset: usize) -> Option<Vec<Value>> {
-    Some(pages.iter().map(|page| value_at(*page, offset)).collect())
+pub(crate) fn values_from_pages(pages: &[&Page], offset: usize) -> Option<Vec<Value>> {
+    Some(
+        pages
+            .iter()
+            .map(|page| value_at(page.array(), offset))
+            .collect(),
+    )
 }
 
 /// A key-ordered walk over one segment's rows in a key range, one key (all its rows) at a time.

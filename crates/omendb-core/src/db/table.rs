@@ -4,9 +4,10 @@
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch};
+use arrow_array::RecordBatch;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use omendb_storage::segment::Page;
 
 use super::aggregate;
 use super::options::{Aggregate, ScanOptions, WriteOptions};
@@ -112,7 +113,7 @@ impl View<'_> {
         def: &TableDef,
         key: Key,
         from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_pages: impl Fn(&[&dyn Array], usize) -> Option<T>,
+        from_pages: impl Fn(&[&Page], usize) -> Option<T>,
     ) -> Result<Option<T>> {
         let stored = def.key_type.encode(key)?;
         self.inner.check_open()?;
@@ -148,7 +149,7 @@ impl View<'_> {
         key: Key,
         step: read::Step<T>,
         from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_pages: impl Fn(&[&dyn Array], usize) -> Option<T>,
+        from_pages: impl Fn(&[&Page], usize) -> Option<T>,
     ) -> Result<Option<T>> {
         let found = match step {
             read::Step::Done(answer) => return Ok(answer),
@@ -204,7 +205,7 @@ impl View<'_> {
         def: &TableDef,
         keys: &[Key],
         from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_pages: impl Fn(&[&dyn Array], usize) -> Option<T>,
+        from_pages: impl Fn(&[&Page], usize) -> Option<T>,
     ) -> Result<Vec<Option<T>>> {
         let stored = keys
             .iter()
@@ -248,9 +249,10 @@ impl View<'_> {
                 .reader
                 .fetch_many(&positions, segment.point_read())
                 .await?;
-            let columns = read::columns_of(&batch);
+            let pages = read::pages_of(&batch);
+            let pages: Vec<&Page> = pages.iter().collect();
             for (i, &(slot, _)) in rows.iter().enumerate() {
-                out[slot] = segment.row_in(&columns, i, &from_pages);
+                out[slot] = segment.row_in(&pages, i, &from_pages);
             }
         }
         Ok(out)

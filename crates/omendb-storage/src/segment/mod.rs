@@ -12,6 +12,7 @@
 
 mod cache;
 mod checksum;
+mod page;
 mod page_table;
 mod reader;
 mod shared_buffers;
@@ -23,6 +24,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, PageCache};
+pub use page::Page;
 pub use reader::{CACHED_RANGE_PAGES, ColumnStats, Projection, SegmentReader};
 pub use writer::{SegmentWriter, SegmentWriterOptions, WrittenSegment};
 

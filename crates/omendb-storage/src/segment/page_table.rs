@@ -11,14 +11,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow_array::ArrayRef;
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+
+use super::page::Page;
 
 /// A page in a slot, with the number it was put there under: the cache's entry for it carries
 /// the same number, so evicting or replacing an older entry never empties a newer page's slot.
+/// 32 bytes: the page's array, its width and the number share one cache line.
 #[derive(Debug)]
-struct Page {
-    array: ArrayRef,
+struct Held {
+    page: Page,
     generation: u64,
 }
 
@@ -29,7 +31,7 @@ pub(crate) struct PageTable {
     /// The cache's number for this reader, part of every [`super::cache::PageKey`] it inserts.
     pub(crate) segment: u64,
     pages: u64,
-    slots: Box<[Atomic<Page>]>,
+    slots: Box<[Atomic<Held>]>,
     generations: AtomicU64,
 }
 
@@ -64,7 +66,7 @@ impl PageTable {
 
     /// The page in `slot`, valid while both the table and `guard` (a pin of the default
     /// collector, `crossbeam_epoch::pin()`) are borrowed.
-    pub(crate) fn get<'a>(&'a self, slot: usize, guard: &'a Guard) -> Option<&'a ArrayRef> {
+    pub(crate) fn get<'a>(&'a self, slot: usize, guard: &'a Guard) -> Option<&'a Page> {
         // Pages are retired to the default collector: a guard of another would not hold them.
         debug_assert!(guard.collector() == Some(epoch::default_collector()));
         let shared = self.slots.get(slot)?.load(Ordering::Acquire, guard);
@@ -72,17 +74,17 @@ impl PageTable {
         // to `retire`, which defers its free until every thread pinned now (`guard`) has
         // unpinned. The table itself frees its pages only in `drop`, which cannot run while
         // `&'a self` is borrowed.
-        unsafe { shared.as_ref() }.map(|page| &page.array)
+        unsafe { shared.as_ref() }.map(|held| &held.page)
     }
 
-    /// Puts `array` in `slot` and returns the generation to empty it by; a page it replaces is
+    /// Puts `page` in `slot` and returns the generation to empty it by; a page it replaces is
     /// freed once no reader can see it. `None` if there is no such slot.
-    pub(crate) fn fill(&self, slot: usize, array: ArrayRef) -> Option<u64> {
+    pub(crate) fn fill(&self, slot: usize, page: Page) -> Option<u64> {
         let cell = self.slots.get(slot)?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let guard = epoch::pin();
         let old = cell.swap(
-            Owned::new(Page { array, generation }),
+            Owned::new(Held { page, generation }),
             Ordering::AcqRel,
             &guard,
         );
@@ -99,7 +101,7 @@ impl PageTable {
         let guard = epoch::pin();
         let current = cell.load(Ordering::Acquire, &guard);
         // SAFETY: as in `get`: loaded under `guard`, so not freed before it is dropped.
-        let held = unsafe { current.as_ref() }.map(|page| page.generation);
+        let held = unsafe { current.as_ref() }.map(|held| held.generation);
         if held.is_none() || (generation.is_some() && held != generation) {
             return;
         }
@@ -121,7 +123,7 @@ impl PageTable {
     /// Frees a page taken out of its slot once every thread pinned now has unpinned, and hands
     /// this thread's retired pages to the collector now rather than when its bag fills (pages
     /// can be large).
-    fn retire(page: Shared<'_, Page>, guard: &Guard) {
+    fn retire(page: Shared<'_, Held>, guard: &Guard) {
         if page.is_null() {
             return;
         }
@@ -173,7 +175,7 @@ impl Drop for PageTable {
 pub(super) mod tests {
     use std::sync::Arc;
 
-    use arrow_array::{Array, UInt64Array};
+    use arrow_array::{ArrayRef, UInt64Array};
 
     use super::*;
 
@@ -192,19 +194,19 @@ pub(super) mod tests {
         assert_eq!(table.position(slot), (2, 3));
         let guard = epoch::pin();
         assert!(table.get(slot, &guard).is_none());
-        let first = table.fill(slot, page(10)).expect("a slot");
-        assert_eq!(table.get(slot, &guard).map(|a| a.len()), Some(10));
+        let first = table.fill(slot, page(10).into()).expect("a slot");
+        assert_eq!(table.get(slot, &guard).map(|a| a.array().len()), Some(10));
         assert_eq!(table.occupied().collect::<Vec<_>>(), vec![slot]);
-        let second = table.fill(slot, page(20)).expect("a slot");
+        let second = table.fill(slot, page(20).into()).expect("a slot");
         table.empty(slot, Some(first));
         assert_eq!(
-            table.get(slot, &guard).map(|a| a.len()),
+            table.get(slot, &guard).map(|a| a.array().len()),
             Some(20),
             "emptying an older generation leaves the newer page"
         );
         table.empty(slot, Some(second));
         assert!(table.get(slot, &guard).is_none());
-        table.fill(slot, page(30));
+        table.fill(slot, page(30).into());
         table.empty(slot, None);
         assert_eq!(table.occupied().count(), 0);
     }
@@ -212,7 +214,7 @@ pub(super) mod tests {
     #[test]
     fn a_page_read_while_it_is_replaced_stays_readable() {
         let table = Arc::new(PageTable::new(0, 2, 1));
-        table.fill(0, page(100));
+        table.fill(0, page(100).into());
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let table = Arc::clone(&table);
@@ -221,6 +223,7 @@ pub(super) mod tests {
                         let guard = epoch::pin();
                         if let Some(page) = table.get(0, &guard) {
                             let values = page
+                                .array()
                                 .as_any()
                                 .downcast_ref::<UInt64Array>()
                                 .expect("u64 page");
@@ -234,7 +237,7 @@ pub(super) mod tests {
             match round % 3 {
                 0 => table.empty(0, None),
                 _ => {
-                    table.fill(0, page(1 + round % 50));
+                    table.fill(0, page(1 + round % 50).into());
                 }
             }
         }

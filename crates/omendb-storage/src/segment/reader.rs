@@ -28,6 +28,7 @@ use smallvec::SmallVec;
 
 use super::cache::PageCache;
 use super::checksum::{self, Checksums};
+use super::page::Page;
 use super::page_table::PageTable;
 use super::{
     CHECKSUMS_KEY, CRC_KEY, FORMAT_VERSION, INDEX_KEY, KEY_COLUMN, LSN_COLUMN, META_KEY,
@@ -51,17 +52,19 @@ const AHEAD: usize = 4;
 
 /// What a batched cached read asks the CPU for ahead of the row it reads, farthest first: each
 /// stage reads the lines the one before asked for, to find the next. A cached page is a chain
-/// of pointers (table slot, page, array, buffer), so a row's cells are three misses deep.
+/// of pointers (table slot, page, array, buffer), so a row's cells are three misses deep (two
+/// for a [`Page`] of one width, read without its array).
 #[derive(Clone, Copy, Debug)]
 enum Ahead {
     /// The page that holds the column's array: looked up in the page table once per row (the
     /// later stages and the read use what was found), and its line asked for.
     Page,
-    /// The array itself (its buffers' addresses and lengths).
+    /// The array itself (its buffers' addresses and lengths); nothing for a page of one width.
     Array,
-    /// The row's validity bit and value, or a variable-width value's start and end.
+    /// The row's validity bit and value, or a variable-width value's start and end, or its
+    /// bytes where the page's values have one width ([`Page::width`]).
     Cell,
-    /// A variable-width value's first bytes.
+    /// A variable-width value's first bytes (nothing for a page of one width).
     Bytes,
 }
 
@@ -113,7 +116,7 @@ pub struct SegmentReader {
     keys: UInt64Array,
     /// The key column cut into pages (views of `keys`, no copies): served to point reads
     /// instead of caching the key column a second time in the page cache.
-    key_pages: Vec<ArrayRef>,
+    key_pages: Vec<Page>,
     /// First row of each row group, and the row count after the last.
     row_group_starts: Vec<u64>,
     /// First page number of each row group (pages are numbered across the segment).
@@ -393,7 +396,7 @@ impl SegmentReader {
     }
 
     /// Views of the decoded key column, one per page, in page order.
-    fn cut_key_pages(&self) -> Result<Vec<ArrayRef>> {
+    fn cut_key_pages(&self) -> Result<Vec<Page>> {
         let per_page = u64::from(self.meta.rows_per_page);
         let mut pages = Vec::new();
         for group in 0..self.row_group_starts.len().saturating_sub(1) {
@@ -401,7 +404,9 @@ impl SegmentReader {
             let mut at = start;
             while at < end {
                 let len = per_page.min(end - at);
-                pages.push(Arc::new(self.keys.slice(at as usize, len as usize)) as ArrayRef);
+                pages.push(Page::new(Arc::new(
+                    self.keys.slice(at as usize, len as usize),
+                )));
                 at += len;
             }
         }
@@ -415,7 +420,7 @@ impl SegmentReader {
         column: usize,
         page: u64,
         guard: &'a crossbeam_epoch::Guard,
-    ) -> Option<&'a ArrayRef> {
+    ) -> Option<&'a Page> {
         if column == 0 {
             usize::try_from(page)
                 .ok()
@@ -427,7 +432,8 @@ impl SegmentReader {
 
     /// [`Self::page_in`], owned.
     fn cached_page(&self, column: usize, page: u64) -> Option<ArrayRef> {
-        self.page_in(column, page, &crossbeam_epoch::pin()).cloned()
+        self.page_in(column, page, &crossbeam_epoch::pin())
+            .map(|page| Arc::clone(page.array_ref()))
     }
 
     /// The full schema: system columns, then value columns.
@@ -556,7 +562,10 @@ impl SegmentReader {
         projection: &Projection,
     ) -> Result<Option<RecordBatch>> {
         self.read_cached(position, projection, |pages, offset| {
-            let row = pages.iter().map(|page| page.slice(offset, 1)).collect();
+            let row = pages
+                .iter()
+                .map(|page| page.array().slice(offset, 1))
+                .collect();
             RecordBatch::try_new(Arc::clone(&projection.schema), row)
         })?
         .transpose()
@@ -571,7 +580,7 @@ impl SegmentReader {
         &self,
         position: u64,
         projection: &Projection,
-        read: impl FnOnce(&[&dyn Array], usize) -> T,
+        read: impl FnOnce(&[&Page], usize) -> T,
     ) -> Result<Option<T>> {
         self.check(projection)?;
         // One pin covers every column's page; the list is on the stack. A short path matters:
@@ -597,7 +606,7 @@ impl SegmentReader {
         &self,
         positions: &[u64],
         projection: &Projection,
-        mut read: impl FnMut(usize, &[&dyn Array], usize),
+        mut read: impl FnMut(usize, &[&Page], usize),
     ) -> Result<Vec<usize>> {
         self.check(projection)?;
         if let Some(&last) = positions.iter().max() {
@@ -610,8 +619,8 @@ impl SegmentReader {
         // the page's array for each projected column (`None` if not cached).
         let mut offsets = vec![0usize; depth];
         let mut page_numbers = vec![0u64; depth];
-        let mut found: Vec<Option<&ArrayRef>> = vec![None; depth * columns];
-        let mut pages: SmallVec<[&dyn Array; 8]> = SmallVec::new();
+        let mut found: Vec<Option<&Page>> = vec![None; depth * columns];
+        let mut pages: SmallVec<[&Page; 8]> = SmallVec::new();
         let mut missing = Vec::new();
         for step in 0..positions.len() + depth {
             // The row that passed every stage is read first: its slot is the one the row
@@ -621,7 +630,7 @@ impl SegmentReader {
                 let row = &found[at * columns..(at + 1) * columns];
                 if row.iter().all(Option::is_some) {
                     pages.clear();
-                    pages.extend(row.iter().flatten().map(|&array| array.as_ref()));
+                    pages.extend(row.iter().flatten().copied());
                     self.cache
                         .hit(&self.table, &projection.columns, page_numbers[at]);
                     read(i, &pages, offsets[at]);
@@ -636,11 +645,11 @@ impl SegmentReader {
                 offsets[at] = (position - rows.start) as usize;
                 page_numbers[at] = page;
                 for (c, &column) in projection.columns.iter().enumerate() {
-                    let array = self.page_in(column, page, &guard);
-                    if let Some(array) = array {
-                        prefetch::line(std::ptr::from_ref(array));
+                    let cached = self.page_in(column, page, &guard);
+                    if let Some(cached) = cached {
+                        prefetch::line(std::ptr::from_ref(cached));
                     }
-                    found[at * columns + c] = array;
+                    found[at * columns + c] = cached;
                 }
             }
             // The later stages for the rows ahead of it.
@@ -649,12 +658,12 @@ impl SegmentReader {
                     continue;
                 };
                 let at = r % depth;
-                for array in found[at * columns..(at + 1) * columns].iter().flatten() {
+                for &page in found[at * columns..(at + 1) * columns].iter().flatten() {
                     match stage {
                         Ahead::Page => {} // done above
-                        Ahead::Array => prefetch::line(Arc::as_ptr(array).cast::<u8>()),
-                        Ahead::Cell => prefetch::cell(array.as_ref(), offsets[at]),
-                        Ahead::Bytes => prefetch::cell_bytes(array.as_ref(), offsets[at]),
+                        Ahead::Array => prefetch::array(page),
+                        Ahead::Cell => prefetch::cell(page, offsets[at]),
+                        Ahead::Bytes => prefetch::cell_bytes(page, offsets[at]),
                     }
                 }
             }
@@ -669,13 +678,13 @@ impl SegmentReader {
         position: u64,
         projection: &Projection,
         guard: &'a crossbeam_epoch::Guard,
-        pages: &mut SmallVec<[&'a dyn Array; 8]>,
+        pages: &mut SmallVec<[&'a Page; 8]>,
     ) -> Result<Option<(u64, usize)>> {
         let (page, rows) = self.page_of(position)?;
         pages.clear();
         for &column in &projection.columns {
             match self.page_in(column, page, guard) {
-                Some(array) => pages.push(array.as_ref()),
+                Some(page) => pages.push(page),
                 None => return Ok(None),
             }
         }

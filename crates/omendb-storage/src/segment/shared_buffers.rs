@@ -19,6 +19,8 @@ use arrow_array::{Array, ArrayRef, BooleanArray, GenericByteArray};
 use arrow_buffer::{BooleanBuffer, OffsetBuffer};
 use arrow_schema::DataType;
 
+use super::page::fixed_width;
+
 /// Value widths with a shared offsets buffer, at most: a table has a few variable-width columns
 /// of fixed width, not thousands, and this bounds the memory kept whatever the data.
 const MAX_WIDTHS: usize = 64;
@@ -51,16 +53,11 @@ impl SharedBuffers {
         array: &ArrayRef,
     ) -> Option<(ArrayRef, usize)> {
         let page = array.as_bytes::<T>();
-        let offsets = page.value_offsets();
         let rows = page.len();
-        let width = *offsets.get(1)?;
         // Equal to the shared buffer only if the page starts at the beginning of its bytes (a
         // sliced page does not) and every value has the same width.
-        let fixed = offsets[0] == 0 && offsets.windows(2).all(|w| w[1].wrapping_sub(w[0]) == width);
-        if !fixed {
-            return None;
-        }
-        let bytes = std::mem::size_of_val(offsets);
+        let width = i32::try_from(fixed_width(page)?).ok()?;
+        let bytes = std::mem::size_of_val(page.value_offsets());
         let shared = {
             let mut widths = self.offsets.lock().ok()?;
             let held = widths.get(&width).filter(|held| held.len() > rows);
