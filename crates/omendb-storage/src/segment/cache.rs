@@ -149,9 +149,9 @@ impl PageCache {
         // The buffers the page now shares are not its own weight: they are held once for all
         // pages, bounded by `SharedBuffers`.
         let whole = array.get_array_memory_size();
-        let (array, shared) = self.shared.share(array);
+        let (decoded, shared) = self.shared.share(Page::new(array));
         let weight = whole.saturating_sub(shared) as u64;
-        let Some(generation) = table.fill(slot, Page::new(array)) else {
+        let Some(generation) = table.fill(slot, decoded) else {
             return;
         };
         self.resident.insert(

@@ -64,6 +64,16 @@ impl Page {
         self.fixed.as_ref().map(|fixed| fixed.width)
     }
 
+    /// The page with its array replaced by `array`, which must hold the same values (the page
+    /// with buffers the cache shares): what was found about the values stays true.
+    pub(crate) fn holding(self, array: ArrayRef) -> Self {
+        debug_assert_eq!(array.to_data(), self.array.to_data());
+        Self {
+            array,
+            fixed: self.fixed,
+        }
+    }
+
     /// Row `row`'s bytes in a `Binary` page: what `as_binary::<i32>().value(row)` returns,
     /// read without the array or its offsets when the page has one width. `None` for another
     /// type or a row past the end. Like `value`, a null row gives the bytes its offsets span.

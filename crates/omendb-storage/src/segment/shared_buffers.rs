@@ -19,7 +19,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, GenericByteArray};
 use arrow_buffer::{BooleanBuffer, OffsetBuffer};
 use arrow_schema::DataType;
 
-use super::page::fixed_width;
+use super::page::{Page, fixed_width};
 
 /// Value widths with a shared offsets buffer, at most: a table has a few variable-width columns
 /// of fixed width, not thousands, and this bounds the memory kept whatever the data.
@@ -38,25 +38,33 @@ impl SharedBuffers {
     /// `page` with its offsets or its bits replaced by the shared copy where they are equal to
     /// it, and the bytes of the page that are now shared (not the page's own); `page` itself
     /// where nothing is shared.
-    pub(crate) fn share(&self, page: ArrayRef) -> (ArrayRef, usize) {
-        let shared = match page.data_type() {
-            DataType::Binary => self.share_offsets::<BinaryType>(&page),
-            DataType::Utf8 => self.share_offsets::<Utf8Type>(&page),
-            DataType::Boolean => self.share_zeros(page.as_boolean()),
+    pub(crate) fn share(&self, page: Page) -> (Page, usize) {
+        let array = page.array_ref();
+        let shared = match array.data_type() {
+            // A Binary page's width was found when the page was made (without nulls only).
+            DataType::Binary => page
+                .width()
+                .and_then(|width| self.share_offsets::<BinaryType>(array, width)),
+            DataType::Utf8 => fixed_width(array.as_string::<i32>())
+                .and_then(|width| self.share_offsets::<Utf8Type>(array, width)),
+            DataType::Boolean => self.share_zeros(array.as_boolean()),
             _ => None,
         };
-        shared.unwrap_or((page, 0))
+        match shared {
+            Some((array, bytes)) => (page.holding(array), bytes),
+            None => (page, 0),
+        }
     }
 
+    /// `array` (whose offsets are `0, width, 2·width, …`) with the shared offsets of `width`.
     fn share_offsets<T: ByteArrayType<Offset = i32>>(
         &self,
         array: &ArrayRef,
+        width: u32,
     ) -> Option<(ArrayRef, usize)> {
         let page = array.as_bytes::<T>();
         let rows = page.len();
-        // Equal to the shared buffer only if the page starts at the beginning of its bytes (a
-        // sliced page does not) and every value has the same width.
-        let width = i32::try_from(fixed_width(page)?).ok()?;
+        let width = i32::try_from(width).ok()?;
         let bytes = std::mem::size_of_val(page.value_offsets());
         let shared = {
             let mut widths = self.offsets.lock().ok()?;
@@ -112,6 +120,12 @@ mod tests {
         Arc::new(BinaryArray::from_iter_values(values))
     }
 
+    /// [`SharedBuffers::share`] of `array` made a page, as an array.
+    fn share(shared: &SharedBuffers, array: ArrayRef) -> (ArrayRef, usize) {
+        let (page, bytes) = shared.share(Page::new(array));
+        (Arc::clone(page.array_ref()), bytes)
+    }
+
     fn offsets_ptr(page: &ArrayRef) -> *const i32 {
         page.as_bytes::<BinaryType>().value_offsets().as_ptr()
     }
@@ -119,9 +133,9 @@ mod tests {
     #[test]
     fn pages_of_one_width_share_their_offsets_and_keep_their_values() {
         let shared = SharedBuffers::default();
-        let (a, a_shared) = shared.share(fixed(100, 16, 1));
-        let (b, _) = shared.share(fixed(100, 16, 2));
-        let (short, _) = shared.share(fixed(7, 16, 3));
+        let (a, a_shared) = share(&shared, fixed(100, 16, 1));
+        let (b, _) = share(&shared, fixed(100, 16, 2));
+        let (short, _) = share(&shared, fixed(7, 16, 3));
         assert_eq!(a_shared, 101 * 4);
         assert_eq!(offsets_ptr(&a), offsets_ptr(&b));
         assert_eq!(offsets_ptr(&a), offsets_ptr(&short));
@@ -129,11 +143,18 @@ mod tests {
         assert_eq!(b.to_data(), fixed(100, 16, 2).to_data());
         assert_eq!(short.to_data(), fixed(7, 16, 3).to_data());
         // A longer page replaces the shared buffer; the pages that hold the old one keep it.
-        let (long, _) = shared.share(fixed(300, 16, 4));
+        let (long, _) = share(&shared, fixed(300, 16, 4));
         assert_eq!(long.to_data(), fixed(300, 16, 4).to_data());
         assert_eq!(a.to_data(), fixed(100, 16, 1).to_data());
-        let (c, _) = shared.share(fixed(100, 16, 5));
+        let (c, _) = share(&shared, fixed(100, 16, 5));
         assert_eq!(offsets_ptr(&c), offsets_ptr(&long));
+        // A page that shares keeps what was found about its values.
+        let (page, _) = shared.share(Page::new(fixed(100, 16, 6)));
+        assert_eq!(page.width(), Some(16));
+        assert_eq!(
+            page.binary(99),
+            fixed(100, 16, 6).as_binary::<i32>().value(99).into()
+        );
     }
 
     #[test]
@@ -153,7 +174,7 @@ mod tests {
         let deleted: ArrayRef = Arc::new(BooleanArray::from(vec![false, true, false]));
         let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
         for page in [mixed, nulls, sliced, deleted, numbers] {
-            let (out, bytes) = shared.share(Arc::clone(&page));
+            let (out, bytes) = share(&shared, Arc::clone(&page));
             assert!(Arc::ptr_eq(&out, &page), "{page:?}");
             assert_eq!(bytes, 0);
         }
@@ -163,16 +184,16 @@ mod tests {
     fn strings_share_offsets_and_empty_tombstone_pages_share_their_bits() {
         let shared = SharedBuffers::default();
         let strings = |s: &str| -> ArrayRef { Arc::new(StringArray::from(vec![s; 50])) };
-        let (a, _) = shared.share(strings("abcd"));
-        let (b, _) = shared.share(strings("wxyz"));
+        let (a, _) = share(&shared, strings("abcd"));
+        let (b, _) = share(&shared, strings("wxyz"));
         assert_eq!(
             a.as_string::<i32>().value_offsets().as_ptr(),
             b.as_string::<i32>().value_offsets().as_ptr()
         );
         assert_eq!(b.to_data(), strings("wxyz").to_data());
         let live = |rows| -> ArrayRef { Arc::new(BooleanArray::from(vec![false; rows])) };
-        let (x, bytes) = shared.share(live(4096));
-        let (y, _) = shared.share(live(100));
+        let (x, bytes) = share(&shared, live(4096));
+        let (y, _) = share(&shared, live(100));
         assert_eq!(bytes, 512);
         assert_eq!(
             x.as_boolean().values().inner().as_ptr(),
@@ -186,13 +207,13 @@ mod tests {
     fn widths_beyond_the_bound_are_not_shared() {
         let shared = SharedBuffers::default();
         for width in 1..=MAX_WIDTHS {
-            assert_ne!(shared.share(fixed(4, width, 0)).1, 0);
+            assert_ne!(share(&shared, fixed(4, width, 0)).1, 0);
         }
         let page = fixed(4, MAX_WIDTHS + 1, 0);
-        let (out, bytes) = shared.share(Arc::clone(&page));
+        let (out, bytes) = share(&shared, Arc::clone(&page));
         assert!(Arc::ptr_eq(&out, &page));
         assert_eq!(bytes, 0);
         // A width already held is still shared.
-        assert_ne!(shared.share(fixed(4, 3, 9)).1, 0);
+        assert_ne!(share(&shared, fixed(4, 3, 9)).1, 0);
     }
 }
