@@ -25,6 +25,11 @@ use crate::filter::FixedFilter;
 use crate::index::{AnyIndex, LearnedIndex, search};
 use crate::memtable::Lsn;
 
+/// The widest index window whose rows' values a point read asks for before it searches the
+/// window ([`Segment::search`]): 64 rows of 16-byte values are 16 lines, of which the
+/// middle 8 are asked for.
+const READ_AHEAD_ROWS: usize = 64;
+
 /// A live segment.
 #[derive(Debug)]
 pub struct Segment {
@@ -172,11 +177,22 @@ impl Segment {
     /// usually present, so the filter would mostly answer "maybe" at the cost of one more cache
     /// miss (RocksDB's `optimize_filters_for_hits` makes the same trade for its last level).
     /// Exact for any key: one outside the segment's range finds no rows.
+    ///
+    /// Point reads search this way, and read the row they find: so the value cells of the rows
+    /// the index's window spans are asked for before the window is searched (where their pages
+    /// are cached and of one width), and the miss on the value overlaps the search's misses
+    /// instead of following them. Windows wider than [`READ_AHEAD_ROWS`] are searched without.
     pub fn search(&self, key: u64) -> Range<usize> {
         let keys = self.keys();
-        let start = self.index.lower_bound(keys, key);
-        let end = start + keys[start..].iter().take_while(|&&k| k == key).count();
-        start..end
+        let window = self.index.window(key);
+        let start = if window.len() <= READ_AHEAD_ROWS {
+            self.reader
+                .prefetch_cells(window.lo as u64..window.hi as u64 + 1, self.point_read());
+            search::lower_bound_in(keys, window, key)
+        } else {
+            self.index.lower_bound(keys, key)
+        };
+        start..start + keys[start..].iter().take_while(|&&k| k == key).count()
     }
 
     /// The positions of the rows whose keys are in `range`.

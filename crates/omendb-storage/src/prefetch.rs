@@ -27,6 +27,32 @@ pub fn line<T>(ptr: *const T) {
     let _ = ptr;
 }
 
+/// Bytes per cache line on the CPUs we run on.
+const LINE_BYTES: usize = 64;
+
+/// Lines [`cells`] asks for at most: a point read's window of candidate rows is a few dozen rows.
+const MAX_CELL_LINES: usize = 8;
+
+/// Starts loading the bytes of rows `rows` of a page of one width (at most [`MAX_CELL_LINES`]
+/// lines, from the middle of the range, where a model's prediction lies); nothing for another
+/// page, whose cells cannot be found without reading it.
+#[inline]
+pub fn cells(page: &Page, rows: std::ops::Range<usize>) {
+    let (Some(width), Some(first)) = (page.width(), page.bytes_at(rows.start)) else {
+        return;
+    };
+    let bytes = rows.len().saturating_mul(width as usize);
+    if bytes == 0 {
+        return;
+    }
+    let lines = (bytes - 1) / LINE_BYTES + 1;
+    let skip = lines.saturating_sub(MAX_CELL_LINES) / 2;
+    let start = (first as usize & !(LINE_BYTES - 1)) + skip * LINE_BYTES;
+    for at in 0..lines.min(MAX_CELL_LINES) {
+        line((start + at * LINE_BYTES) as *const u8);
+    }
+}
+
 /// Starts loading `page`'s array (its buffers' addresses and lengths), which [`cell`] reads;
 /// nothing for a page of one width, whose reads do not go through its array.
 #[inline]
@@ -140,6 +166,10 @@ mod tests {
             let sliced = Page::new(page.slice(1, 2));
             array(&whole);
             array(&sliced);
+            for rows in [0..0, 0..1, 1..3, 2..usize::MAX, usize::MAX..usize::MAX] {
+                cells(&whole, rows.clone());
+                cells(&sliced, rows);
+            }
             for offset in [0, 1, 2, 3, usize::MAX] {
                 cell(&whole, offset);
                 cell_bytes(&whole, offset);

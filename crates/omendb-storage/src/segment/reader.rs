@@ -671,6 +671,32 @@ impl SegmentReader {
         Ok(missing)
     }
 
+    /// Starts loading the cells of rows `rows` in `projection`'s cached pages of one width
+    /// ([`Page::width`]): a point read that knows the few rows its answer lies in asks for them
+    /// while it searches its key among them, so the miss on the value overlaps the search's.
+    /// Nothing for other pages, pages not cached, or rows past the end; never waits for I/O.
+    pub fn prefetch_cells(&self, rows: Range<u64>, projection: &Projection) {
+        let rows = rows.start..rows.end.min(self.meta.rows);
+        if rows.is_empty() || self.check(projection).is_err() {
+            return;
+        }
+        let guard = crossbeam_epoch::pin();
+        let mut at = rows.start;
+        while at < rows.end {
+            let Ok((page, in_page)) = self.page_of(at) else {
+                return;
+            };
+            let until = rows.end.min(in_page.end);
+            let cells = (at - in_page.start) as usize..(until - in_page.start) as usize;
+            for &column in &projection.columns {
+                if let Some(cached) = self.page_in(column, page, &guard) {
+                    prefetch::cells(cached, cells.clone());
+                }
+            }
+            at = until;
+        }
+    }
+
     /// Fills `pages` with the cached pages of `projection` that hold row `position`; returns
     /// the page and the row's offset in it, or `None` if one of them is not cached.
     fn pages_at<'a>(
