@@ -186,6 +186,9 @@ impl Segment {
         let keys = self.keys();
         let window = self.index.window(key);
         let start = if window.len() <= READ_AHEAD_ROWS {
+            // The key window's lines first: their misses are on their way while the value's
+            // page is looked up.
+            crate::prefetch::window(keys, window.lo, window.hi + 1, search::PREFETCH_LINES);
             self.reader
                 .prefetch_cells(window.lo as u64..window.hi as u64 + 1, self.point_read());
             search::lower_bound_in(keys, window, key)

@@ -10,7 +10,7 @@ use super::Window;
 use crate::prefetch;
 
 /// Windows of up to this many cache lines are prefetched whole before the bisection.
-const PREFETCH_LINES: usize = 16;
+pub(crate) const PREFETCH_LINES: usize = 16;
 
 /// Exactly `keys.partition_point(|&k| k < key)`, searching `window` first.
 #[inline(always)]
