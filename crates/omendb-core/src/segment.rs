@@ -191,7 +191,7 @@ impl Segment {
             crate::prefetch::window(keys, window.lo, window.hi + 1, search::PREFETCH_LINES);
             self.reader
                 .prefetch_cells(window.lo as u64..window.hi as u64 + 1, self.point_read());
-            search::lower_bound_in(keys, window, key)
+            search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key)
         } else {
             self.index.lower_bound(keys, key)
         };
