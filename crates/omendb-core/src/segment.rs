@@ -188,9 +188,11 @@ impl Segment {
         let start = if window.len() <= READ_AHEAD_ROWS {
             // The key window's lines first: their misses are on their way while the value's
             // page is looked up.
-            crate::prefetch::window(keys, window.lo, window.hi + 1, search::PREFETCH_LINES);
+            // `hi` is a candidate too (the window is `lo..=hi`).
+            let after = window.hi.saturating_add(1);
+            crate::prefetch::window(keys, window.lo, after, search::PREFETCH_LINES);
             self.reader
-                .prefetch_cells(window.lo as u64..window.hi as u64 + 1, self.point_read());
+                .prefetch_cells(window.lo as u64..after as u64, self.point_read());
             search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key)
         } else {
             self.index.lower_bound(keys, key)
