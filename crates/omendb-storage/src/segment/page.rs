@@ -103,20 +103,16 @@ impl Page {
     }
 }
 
-impl From<ArrayRef> for Page {
-    fn from(array: ArrayRef) -> Self {
-        Self::new(array)
-    }
-}
-
 /// `w` if `page`'s offsets are `0, w, 2w, …`: every value `w` bytes, the first at the start of
 /// its bytes. An empty page has none.
 pub(crate) fn fixed_width<T: ByteArrayType<Offset = i32>>(
     page: &GenericByteArray<T>,
 ) -> Option<u32> {
     let offsets = page.value_offsets();
+    // `width` is the second offset itself, so the first step equals it only if the first
+    // offset is 0 (a sliced page's is not).
     let width = *offsets.get(1)?;
-    let fixed = offsets[0] == 0 && offsets.windows(2).all(|w| w[1].wrapping_sub(w[0]) == width);
+    let fixed = offsets.windows(2).all(|w| w[1].wrapping_sub(w[0]) == width);
     fixed.then(|| u32::try_from(width).ok()).flatten()
 }
 

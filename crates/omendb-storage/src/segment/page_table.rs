@@ -194,10 +194,10 @@ pub(super) mod tests {
         assert_eq!(table.position(slot), (2, 3));
         let guard = epoch::pin();
         assert!(table.get(slot, &guard).is_none());
-        let first = table.fill(slot, page(10).into()).expect("a slot");
+        let first = table.fill(slot, Page::new(page(10))).expect("a slot");
         assert_eq!(table.get(slot, &guard).map(|a| a.array().len()), Some(10));
         assert_eq!(table.occupied().collect::<Vec<_>>(), vec![slot]);
-        let second = table.fill(slot, page(20).into()).expect("a slot");
+        let second = table.fill(slot, Page::new(page(20))).expect("a slot");
         table.empty(slot, Some(first));
         assert_eq!(
             table.get(slot, &guard).map(|a| a.array().len()),
@@ -206,7 +206,7 @@ pub(super) mod tests {
         );
         table.empty(slot, Some(second));
         assert!(table.get(slot, &guard).is_none());
-        table.fill(slot, page(30).into());
+        table.fill(slot, Page::new(page(30)));
         table.empty(slot, None);
         assert_eq!(table.occupied().count(), 0);
     }
@@ -214,7 +214,7 @@ pub(super) mod tests {
     #[test]
     fn a_page_read_while_it_is_replaced_stays_readable() {
         let table = Arc::new(PageTable::new(0, 2, 1));
-        table.fill(0, page(100).into());
+        table.fill(0, Page::new(page(100)));
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let table = Arc::clone(&table);
@@ -237,7 +237,7 @@ pub(super) mod tests {
             match round % 3 {
                 0 => table.empty(0, None),
                 _ => {
-                    table.fill(0, page(1 + round % 50).into());
+                    table.fill(0, Page::new(page(1 + round % 50)));
                 }
             }
         }
