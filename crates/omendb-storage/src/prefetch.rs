@@ -11,7 +11,7 @@ use arrow_array::types::{BinaryType, ByteArrayType, LargeBinaryType, LargeUtf8Ty
 use arrow_array::{GenericByteArray, downcast_primitive_array};
 use arrow_schema::DataType;
 
-use crate::segment::Page;
+use crate::segment::{Cells, Page};
 
 /// Starts loading the cache line that holds `ptr` into all cache levels. Never faults.
 #[inline(always)]
@@ -34,20 +34,17 @@ const LINE_BYTES: usize = 64;
 const MAX_CELL_LINES: usize = 8;
 
 /// Starts loading the bytes of rows `rows` of a page of one width (at most [`MAX_CELL_LINES`]
-/// lines, from the middle of the range, where a model's prediction lies); nothing for another
-/// page, whose cells cannot be found without reading it.
+/// lines, from the middle of the range, where a model's prediction lies).
 #[inline]
-pub fn cells(page: &Page, rows: std::ops::Range<usize>) {
-    let (Some(width), Some(first)) = (page.width(), page.bytes_at(rows.start)) else {
-        return;
-    };
-    let bytes = rows.len().saturating_mul(width as usize);
+pub fn cells(cells: Cells<'_>, rows: std::ops::Range<usize>) {
+    let rows = rows.start..rows.end.min(cells.rows());
+    let bytes = rows.len().saturating_mul(cells.width());
     if bytes == 0 {
         return;
     }
     let lines = (bytes - 1) / LINE_BYTES + 1;
     let skip = lines.saturating_sub(MAX_CELL_LINES) / 2;
-    let start = (first as usize & !(LINE_BYTES - 1)) + skip * LINE_BYTES;
+    let start = (cells.at(rows.start) as usize & !(LINE_BYTES - 1)) + skip * LINE_BYTES;
     for at in 0..lines.min(MAX_CELL_LINES) {
         line((start + at * LINE_BYTES) as *const u8);
     }
@@ -69,8 +66,8 @@ pub fn array(page: &Page) {
 #[inline]
 pub fn cell(page: &Page, offset: usize) {
     // A page of one width has no nulls and its bytes' place at hand: its array is not read.
-    if let Some(bytes) = page.bytes_at(offset) {
-        line(bytes);
+    if let Some(cells) = page.cells() {
+        line(cells.at(offset));
         return;
     }
     let page = page.array();
@@ -167,8 +164,11 @@ mod tests {
             array(&whole);
             array(&sliced);
             for rows in [0..0, 0..1, 1..3, 2..usize::MAX, usize::MAX..usize::MAX] {
-                cells(&whole, rows.clone());
-                cells(&sliced, rows);
+                for page in [&whole, &sliced] {
+                    if let Some(page) = page.cells() {
+                        cells(page, rows.clone());
+                    }
+                }
             }
             for offset in [0, 1, 2, 3, usize::MAX] {
                 cell(&whole, offset);

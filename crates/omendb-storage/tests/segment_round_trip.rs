@@ -908,3 +908,142 @@ async fn writer_options_that_overflow_are_refused() {
         assert_eq!(err.kind(), ErrorKind::BadInput, "{options:?}");
     }
 }
+
+/// Row `i`'s value in the one-width test: 16 bytes on even pages of 100 rows, a width that
+/// varies by row on odd ones.
+fn value_of(i: u64) -> Vec<u8> {
+    if (i / 100).is_multiple_of(2) {
+        [i.to_le_bytes(), (!i).to_le_bytes()].concat()
+    } else {
+        vec![i as u8; (i % 5) as usize]
+    }
+}
+
+#[tokio::test]
+async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let value_schema = Schema::new(vec![
+        Field::new("v", DataType::Binary, false),
+        Field::new("n", DataType::Int64, false),
+    ]);
+    let rows = 1_000u64;
+    let batch = RecordBatch::try_new(
+        segment_schema(&value_schema).unwrap(),
+        vec![
+            Arc::new(UInt64Array::from_iter_values((0..rows).map(|i| i * 2))),
+            Arc::new(UInt64Array::from(vec![1; rows as usize])),
+            Arc::new(BooleanArray::from(vec![false; rows as usize])),
+            Arc::new(arrow_array::BinaryArray::from_iter_values(
+                (0..rows).map(value_of),
+            )),
+            Arc::new(arrow_array::Int64Array::from_iter_values(
+                (0..rows as i64).map(|i| -i),
+            )),
+        ],
+    )
+    .unwrap();
+    let written = write(&store, "seg/width", &value_schema, &[batch], small_pages()).await;
+    let cache = cache();
+    let reader = SegmentReader::open(
+        Arc::clone(&store),
+        Path::from("seg/width"),
+        Some(&written.seal),
+        Arc::clone(&cache),
+    )
+    .await
+    .unwrap();
+    let v = reader.projection(&["v"]).unwrap();
+    let both = reader.projection(&["v", "n"]).unwrap();
+    let all: Vec<u64> = (0..rows).collect();
+    let even_page = |i: u64| (i / 100).is_multiple_of(2);
+
+    // Nothing cached: nothing read.
+    assert_eq!(
+        reader.read_cached_bytes(5, &v, <[u8]>::to_vec).unwrap(),
+        None
+    );
+    let left = reader
+        .read_cached_bytes_many(&all, &v, |_, _| panic!("nothing is cached"))
+        .unwrap();
+    assert_eq!(left.len(), all.len());
+
+    // Every page cached (one fetch per page).
+    for page in 0..rows / 100 {
+        reader.fetch(page * 100, &both).await.unwrap();
+    }
+    let before = cache.stats();
+    for i in 0..rows {
+        let slot = reader.read_cached_bytes(i, &v, <[u8]>::to_vec).unwrap();
+        let page = reader
+            .read_cached(i, &v, |pages, offset| {
+                pages[0].binary(offset).map(<[u8]>::to_vec)
+            })
+            .unwrap();
+        assert_eq!(page, Some(Some(value_of(i))), "row {i} through its page");
+        if even_page(i) {
+            assert_eq!(slot, Some(value_of(i)), "row {i} from its slot");
+        } else {
+            assert_eq!(
+                slot, None,
+                "row {i}: its page's values have more than one width"
+            );
+        }
+    }
+    let served = (0..rows).filter(|&i| even_page(i)).count() as u64;
+    assert_eq!(
+        cache.stats().hits - before.hits,
+        rows + served,
+        "one hit per row read, by either path"
+    );
+    // Two columns are not read this way; a position past the end is refused.
+    assert_eq!(
+        reader.read_cached_bytes(0, &both, <[u8]>::to_vec).unwrap(),
+        None
+    );
+    assert_eq!(
+        reader
+            .read_cached_bytes(rows, &v, <[u8]>::to_vec)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadInput
+    );
+
+    // Many rows, out of order and repeated: the even pages' rows read in the order asked, the
+    // others handed back by index.
+    let picks: Vec<u64> = (0..3 * rows).map(|i| (i * 7_919) % rows).collect();
+    let mut got = Vec::new();
+    let left = reader
+        .read_cached_bytes_many(&picks, &v, |i, bytes| got.push((i, bytes.to_vec())))
+        .unwrap();
+    let want_left: Vec<usize> = (0..picks.len()).filter(|&i| !even_page(picks[i])).collect();
+    assert_eq!(left, want_left);
+    assert_eq!(got.len() + left.len(), picks.len());
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "in the order asked"
+    );
+    for (i, bytes) in &got {
+        assert_eq!(bytes, &value_of(picks[*i]), "pick {i}");
+    }
+    assert_eq!(
+        reader
+            .read_cached_bytes_many(&picks, &both, |_, _| panic!("two columns"))
+            .unwrap()
+            .len(),
+        picks.len()
+    );
+    assert_eq!(
+        reader
+            .read_cached_bytes_many(&[0, rows], &v, |_, _| panic!("refused before any row"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadInput
+    );
+    // Asking for cells ahead reads nothing and counts nothing, from slots as from pages.
+    let before = cache.stats();
+    for cells in [0..0, 0..rows + 10, 150..170, 90..310, rows - 1..u64::MAX] {
+        reader.prefetch_cells(cells.clone(), &v);
+        reader.prefetch_cells(cells, &both);
+    }
+    assert_eq!(cache.stats(), before);
+}

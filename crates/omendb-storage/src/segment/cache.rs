@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow_array::{Array, ArrayRef};
 
 use super::page::Page;
-use super::page_table::PageTable;
+use super::page_table::{PageRows, PageTable};
 use super::shared_buffers::SharedBuffers;
 
 /// Identifies a cached page: which segment (a number the cache hands out per opened reader),
@@ -135,9 +135,14 @@ impl PageCache {
     /// An empty page table for a newly opened reader, under a number no other reader of this
     /// cache uses (so readers of different objects, or of one object opened twice, never share
     /// entries by mistake).
-    pub(crate) fn table(&self, columns: usize, pages: u64) -> Arc<PageTable> {
+    pub(crate) fn table(
+        &self,
+        columns: usize,
+        pages: u64,
+        rows: Option<PageRows>,
+    ) -> Arc<PageTable> {
         let segment = self.next_segment.fetch_add(1, Ordering::Relaxed);
-        Arc::new(PageTable::new(segment, columns, pages))
+        Arc::new(PageTable::new(segment, columns, pages, rows))
     }
 
     /// Puts a decoded page in its reader's table and accounts for it. The slot is filled before
@@ -228,7 +233,7 @@ mod tests {
     #[test]
     fn the_budget_bounds_the_bytes_held_and_evicted_pages_leave_their_slots() {
         let cache = PageCache::new(1 << 20);
-        let table = cache.table(2, 200);
+        let table = cache.table(2, 200, None);
         for p in 0..200 {
             cache.insert(&table, 1, p, page(1024));
         }
@@ -251,7 +256,7 @@ mod tests {
         // Two reads that miss the same page both decode and insert it; the second entry replaces
         // the first, and letting the first go must not empty the slot the second filled.
         let cache = PageCache::new(1 << 20);
-        let table = cache.table(2, 4);
+        let table = cache.table(2, 4, None);
         cache.insert(&table, 1, 0, page(10));
         cache.insert(&table, 1, 0, page(20));
         assert_eq!(table.occupied().count(), 1);
@@ -265,7 +270,7 @@ mod tests {
     fn a_page_is_weighed_without_the_buffers_it_shares() {
         use arrow_array::BinaryArray;
         let cache = PageCache::new(1 << 24);
-        let table = cache.table(2, 10);
+        let table = cache.table(2, 10, None);
         let fixed = |seed: u8| -> ArrayRef {
             Arc::new(BinaryArray::from_iter_values(
                 (0..1000u32).map(|i| [seed ^ i as u8; 16]),
@@ -293,7 +298,7 @@ mod tests {
     #[test]
     fn a_page_larger_than_the_budget_is_not_kept() {
         let cache = PageCache::new(1 << 12);
-        let table = cache.table(2, 1);
+        let table = cache.table(2, 1, None);
         cache.insert(&table, 1, 0, page(10_000));
         assert_eq!(table.occupied().count(), 0);
         assert_eq!(cache.stats().bytes, 0);
@@ -302,8 +307,8 @@ mod tests {
     #[test]
     fn forgetting_a_table_frees_its_pages_and_their_weight() {
         let cache = PageCache::new(1 << 24);
-        let table = cache.table(3, 10);
-        let other = cache.table(3, 10);
+        let table = cache.table(3, 10, None);
+        let other = cache.table(3, 10, None);
         for p in 0..10 {
             cache.insert(&table, 1, p, page(100));
             cache.insert(&table, 2, p, page(100));

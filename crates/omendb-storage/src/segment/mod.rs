@@ -24,7 +24,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, PageCache};
-pub use page::Page;
+pub use page::{Cells, Page};
 pub use reader::{CACHED_RANGE_PAGES, ColumnStats, Projection, SegmentReader};
 pub use writer::{SegmentWriter, SegmentWriterOptions, WrittenSegment};
 

@@ -78,28 +78,69 @@ impl Page {
     /// read without the array or its offsets when the page has one width. `None` for another
     /// type or a row past the end. Like `value`, a null row gives the bytes its offsets span.
     pub fn binary(&self, row: usize) -> Option<&[u8]> {
-        if let Some(fixed) = &self.fixed {
-            if row >= fixed.rows as usize {
-                return None;
-            }
-            let width = fixed.width as usize;
-            let start = row.checked_mul(width)?;
-            return fixed.values.get(start..start.checked_add(width)?);
+        if let Some(cells) = self.cells() {
+            return cells.row(row);
         }
         let page = self.array.as_binary_opt::<i32>()?;
         (row < page.len()).then(|| page.value(row))
     }
 
-    /// Where row `row`'s bytes begin in a page with one width (`None` otherwise): the address a
-    /// batched read prefetches in place of the array and the row's offsets.
-    pub(crate) fn bytes_at(&self, row: usize) -> Option<*const u8> {
+    /// The values of a page of one width (`None` for another page).
+    pub fn cells(&self) -> Option<Cells<'_>> {
         let fixed = self.fixed.as_ref()?;
-        Some(
-            fixed
-                .values
-                .as_ptr()
-                .wrapping_add(row.wrapping_mul(fixed.width as usize)),
-        )
+        let (width, rows) = (fixed.width as usize, fixed.rows as usize);
+        // The offsets `0, w, …, rows·w` are within the values buffer (Arrow checks them).
+        let bytes = fixed.values.get(..width.checked_mul(rows)?)?;
+        Some(Cells { bytes, width, rows })
+    }
+}
+
+/// The values of a page of one width: row `i`'s value is bytes `i·w .. (i+1)·w`. A point read
+/// finds them through the page ([`Page::cells`]) or straight from its page-table slot, which
+/// keeps their place beside the page.
+#[derive(Clone, Copy, Debug)]
+pub struct Cells<'a> {
+    bytes: &'a [u8],
+    width: usize,
+    rows: usize,
+}
+
+impl<'a> Cells<'a> {
+    /// `rows` values of `width` bytes each, which `bytes` holds exactly.
+    pub(crate) fn new(bytes: &'a [u8], width: usize, rows: usize) -> Option<Self> {
+        (width.checked_mul(rows)? == bytes.len()).then_some(Self { bytes, width, rows })
+    }
+
+    /// Row `row`'s value; `None` past the last row.
+    pub fn row(&self, row: usize) -> Option<&'a [u8]> {
+        if row >= self.rows {
+            return None;
+        }
+        let start = row * self.width;
+        self.bytes.get(start..start + self.width)
+    }
+
+    /// Every value's width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The values' bytes, row after row.
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Where row `row`'s bytes begin (past the end for a row past the end): the address a
+    /// prefetch asks for.
+    pub(crate) fn at(&self, row: usize) -> *const u8 {
+        self.bytes
+            .as_ptr()
+            .wrapping_add(row.wrapping_mul(self.width))
     }
 }
 

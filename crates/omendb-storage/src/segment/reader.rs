@@ -28,8 +28,8 @@ use smallvec::SmallVec;
 
 use super::cache::PageCache;
 use super::checksum::{self, Checksums};
-use super::page::Page;
-use super::page_table::PageTable;
+use super::page::{Cells, Page};
+use super::page_table::{PageRows, PageTable};
 use super::{
     CHECKSUMS_KEY, CRC_KEY, FORMAT_VERSION, INDEX_KEY, KEY_COLUMN, LSN_COLUMN, META_KEY,
     SYSTEM_COLUMNS, SegmentMeta, SegmentSeal, TOMBSTONE_COLUMN, metadata_crc, schema_fingerprint,
@@ -321,6 +321,10 @@ impl SegmentReader {
         let pages_aligned = row_group_starts
             .iter()
             .all(|&start| start.is_multiple_of(rows_per_page) || start == meta.rows);
+        let page_rows = pages_aligned.then_some(PageRows {
+            per_page: rows_per_page,
+            rows: meta.rows,
+        });
         let mut reader = Self {
             store,
             path,
@@ -334,7 +338,7 @@ impl SegmentReader {
             pages_aligned,
             row_group_starts,
             row_group_pages,
-            table: cache.table(schema_columns, pages_so_far),
+            table: cache.table(schema_columns, pages_so_far, page_rows),
             cache,
         };
         reader.keys = UInt64Array::from(reader.decode_keys().await?);
@@ -671,6 +675,56 @@ impl SegmentReader {
         Ok(missing)
     }
 
+    /// Rows at `positions` of `projection`'s one column, each `read(i, bytes)` from its cached
+    /// page where that page's values have one width, found from the page table's slots alone
+    /// (see [`Self::read_cached_bytes`]), in order; returns the indexes `i` of the others, for
+    /// [`Self::read_cached_many`]. Each row's bytes are asked for when its slot is read, some
+    /// rows ahead of its read, so the misses of many rows overlap. A position past the end is
+    /// refused before any row is read.
+    pub fn read_cached_bytes_many(
+        &self,
+        positions: &[u64],
+        projection: &Projection,
+        mut read: impl FnMut(usize, &[u8]),
+    ) -> Result<Vec<usize>> {
+        self.check(projection)?;
+        if let Some(&last) = positions.iter().max() {
+            self.page_of(last)?;
+        }
+        let &[column] = projection.columns.as_slice() else {
+            return Ok((0..positions.len()).collect());
+        };
+        let guard = crossbeam_epoch::pin();
+        let depth = AHEAD * STAGES.len();
+        // The rows in flight, each in slot `row % depth`: its page's values if packed, its
+        // offset in the page and the page's number.
+        let mut ahead: Vec<Option<(Cells<'_>, usize, u64)>> = vec![None; depth];
+        let mut left = Vec::new();
+        for step in 0..positions.len() + depth {
+            if let Some(i) = step.checked_sub(depth).filter(|&i| i < positions.len()) {
+                let row = ahead[i % depth]
+                    .and_then(|(cells, offset, page)| Some((cells.row(offset)?, page)));
+                match row {
+                    Some((bytes, page)) => {
+                        self.cache.hit(&self.table, &projection.columns, page);
+                        read(i, bytes);
+                    }
+                    None => left.push(i),
+                }
+            }
+            if let Some(&position) = positions.get(step) {
+                let (page, rows) = self.page_of(position)?;
+                let offset = (position - rows.start) as usize;
+                let cells = self.cells_in(column, page, &guard);
+                if let Some(cells) = cells {
+                    prefetch::line(cells.at(offset));
+                }
+                ahead[step % depth] = cells.map(|cells| (cells, offset, page));
+            }
+        }
+        Ok(left)
+    }
+
     /// Starts loading the cells of rows `rows` in `projection`'s cached pages of one width
     /// ([`Page::width`]): a point read that knows the few rows its answer lies in asks for them
     /// while it searches its key among them, so the miss on the value overlaps the search's.
@@ -689,12 +743,53 @@ impl SegmentReader {
             let until = rows.end.min(in_page.end);
             let cells = (at - in_page.start) as usize..(until - in_page.start) as usize;
             for &column in &projection.columns {
-                if let Some(cached) = self.page_in(column, page, &guard) {
+                if let Some(cached) = self.cells_in(column, page, &guard) {
                     prefetch::cells(cached, cells.clone());
                 }
             }
             at = until;
         }
+    }
+
+    /// Row `position`'s value in `projection`'s one column, `read` from its cached page if that
+    /// page's values have one width: found from the page table's slot alone, without a load of
+    /// the page. `Ok(None)` for another projection or page, which [`Self::read_cached`] reads.
+    /// Like it, never waits for I/O.
+    pub fn read_cached_bytes<T>(
+        &self,
+        position: u64,
+        projection: &Projection,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>> {
+        self.check(projection)?;
+        let &[column] = projection.columns.as_slice() else {
+            return Ok(None);
+        };
+        let (page, rows) = self.page_of(position)?;
+        let guard = crossbeam_epoch::pin();
+        let Some(bytes) = self
+            .cells_in(column, page, &guard)
+            .and_then(|cells| cells.row((position - rows.start) as usize))
+        else {
+            return Ok(None);
+        };
+        self.cache.hit(&self.table, &projection.columns, page);
+        Ok(Some(read(bytes)))
+    }
+
+    /// The values of `column`'s cached `page` if they have one width: from the page table's
+    /// slot where the page's place is packed there, else through the page (valid while `guard`
+    /// is pinned).
+    fn cells_in<'a>(
+        &'a self,
+        column: usize,
+        page: u64,
+        guard: &'a crossbeam_epoch::Guard,
+    ) -> Option<Cells<'a>> {
+        let slot = self.table.slot(column, page)?;
+        self.table
+            .cells(slot, guard)
+            .or_else(|| self.table.get(slot, guard).and_then(Page::cells))
     }
 
     /// Fills `pages` with the cached pages of `projection` that hold row `position`; returns
