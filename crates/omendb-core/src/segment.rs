@@ -135,6 +135,60 @@ impl Segment {
         read(values, offset)
     }
 
+    /// Row `position`'s value, `read` from its cached page, where the segment holds no
+    /// tombstone and its one value column's page has values of one width (a key-value table's,
+    /// usually): see [`SegmentReader::read_cached_bytes`]. `Ok(None)` otherwise, and
+    /// [`SegmentReader::read_cached`] with [`Self::row_in`] reads the row.
+    pub fn value_cached<T>(
+        &self,
+        position: usize,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>> {
+        let Some(values) = &self.values else {
+            return Ok(None);
+        };
+        Ok(self
+            .reader
+            .read_cached_bytes(position as u64, values, read)?)
+    }
+
+    /// Rows at `positions` from cached pages, `put(i, answer)` for each one served: read with
+    /// `from_bytes`, if given, from value pages of one width as in [`Self::value_cached`], the
+    /// others with `read` as in [`Self::row_in`]. Returns the indexes `i` of the rows whose pages
+    /// are not cached.
+    pub fn rows_cached<T>(
+        &self,
+        positions: &[u64],
+        from_bytes: Option<fn(&[u8]) -> T>,
+        read: impl Fn(&[&Page], usize) -> Option<T>,
+        mut put: impl FnMut(usize, Option<T>),
+    ) -> Result<Vec<usize>> {
+        let (Some(from_bytes), Some(values)) = (from_bytes, &self.values) else {
+            return Ok(self.reader.read_cached_many(
+                positions,
+                self.point_read(),
+                |i, pages, offset| {
+                    put(i, self.row_in(pages, offset, &read));
+                },
+            )?);
+        };
+        let left = self
+            .reader
+            .read_cached_bytes_many(positions, values, |i, bytes| {
+                put(i, Some(from_bytes(bytes)));
+            })?;
+        if left.is_empty() {
+            return Ok(left);
+        }
+        let again: Vec<u64> = left.iter().map(|&i| positions[i]).collect();
+        let missing = self
+            .reader
+            .read_cached_many(&again, values, |j, pages, offset| {
+                put(left[j], self.row_in(pages, offset, &read));
+            })?;
+        Ok(missing.iter().map(|&j| left[j]).collect())
+    }
+
     /// The decoded key column.
     pub fn keys(&self) -> &[u64] {
         self.reader.keys()

@@ -857,3 +857,63 @@ async fn without_idle_compaction_nothing_merges_and_a_zero_delay_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("idle_compaction"), "{err}");
 }
+
+/// A key-value table whose values all have one width is read from its value pages' slots
+/// (`SegmentReader::read_cached_bytes`), a segment with tombstones and a page whose widths
+/// differ through the pages: every path answers as the oracle does, before the pages are cached
+/// and after, one key at a time and many at once.
+#[tokio::test]
+async fn values_of_one_width_are_read_as_written_by_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1 << 30).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let sixteen =
+        |key: u64, round: u64| Bytes::from([key.to_le_bytes(), round.to_le_bytes()].concat());
+    let mut oracle = BTreeMap::new();
+    // The oldest segment: 16-byte values, but keys 300..316 (one page of 16 rows) of another
+    // width.
+    for key in 0..1_000u64 {
+        let value = if (300..316).contains(&key) {
+            Bytes::from(vec![key as u8; (key % 3) as usize])
+        } else {
+            sixteen(key, 0)
+        };
+        kv.put_value(key, value.clone(), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+        oracle.insert(key, value);
+    }
+    db.checkpoint().await.unwrap();
+    // A newer one with tombstones (read with the tombstone column, through the pages).
+    for key in (0..1_000u64).step_by(9) {
+        kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+        oracle.remove(&key);
+    }
+    for key in (1..1_000u64).step_by(13) {
+        kv.put_value(key, sixteen(key, 1), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+        oracle.insert(key, sixteen(key, 1));
+    }
+    db.checkpoint().await.unwrap();
+    assert_eq!(kv.explain(0u64..).unwrap().segments_total, 2);
+    let keys: Vec<u64> = (0..1_050).rev().collect();
+    for pass in ["cold", "cached"] {
+        for &key in &keys {
+            assert_eq!(
+                kv.get_value(key).await.unwrap(),
+                oracle.get(&key).cloned(),
+                "{pass}: key {key}"
+            );
+        }
+        let got = kv.multi_get_values(&keys).await.unwrap();
+        for (key, got) in keys.iter().zip(got) {
+            assert_eq!(
+                got,
+                oracle.get(key).cloned(),
+                "{pass}: multi_get of key {key}"
+            );
+        }
+    }
+    db.close().await.unwrap();
+}

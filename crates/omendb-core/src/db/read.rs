@@ -107,7 +107,12 @@ pub(crate) enum Step<T> {
 /// The synchronous part of a point read of `key` at `snapshot`: memtables (newest first, after
 /// `overlay`), then segments whose rows are all visible at the snapshot, reading the row's value
 /// columns from cached pages with `read` ([`Segment::row_in`]: a tombstone is `None` without a
-/// call). Allocates nothing and takes no reference counts on the way.
+/// call), or with `from_bytes`, if given, from a value page of one width
+/// ([`Segment::value_cached`]). Allocates nothing and takes no reference counts on the way.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one point read's inputs, passed through"
+)]
 pub(crate) fn point_step<T>(
     version: &Version,
     table: &TableState,
@@ -115,6 +120,7 @@ pub(crate) fn point_step<T>(
     key: u64,
     snapshot: Lsn,
     from_memtable: impl FnOnce(Bytes) -> Result<T>,
+    from_bytes: Option<fn(&[u8]) -> T>,
     read: impl FnOnce(&[&Page], usize) -> Option<T>,
 ) -> Result<Step<T>> {
     // The first line each layer will read is asked for before anything is read, so that their
@@ -151,6 +157,11 @@ pub(crate) fn point_step<T>(
             continue;
         }
         table.charge.probes(probes);
+        if let Some(from_bytes) = from_bytes
+            && let Some(answer) = segment.value_cached(rows.start, from_bytes)?
+        {
+            return Ok(Step::Done(Some(answer)));
+        }
         return match segment.reader.read_cached(
             rows.start as u64,
             segment.point_read(),
@@ -183,6 +194,7 @@ pub(crate) fn multi_step<T>(
     keys: &[u64],
     snapshot: Lsn,
     from_memtable: impl Fn(Bytes) -> Result<T>,
+    from_bytes: Option<fn(&[u8]) -> T>,
     read: impl Fn(&[&Page], usize) -> Option<T>,
     out: &mut Vec<Option<T>>,
 ) -> Result<Option<Misses>> {
@@ -258,12 +270,9 @@ pub(crate) fn multi_step<T>(
             }
         }
         let rows: Vec<u64> = found.iter().map(|&(_, position)| position as u64).collect();
-        let missing =
-            segment
-                .reader
-                .read_cached_many(&rows, segment.point_read(), |i, pages, offset| {
-                    out[found[i].0] = segment.row_in(pages, offset, &read);
-                })?;
+        let missing = segment.rows_cached(&rows, from_bytes, &read, |i, answer| {
+            out[found[i].0] = answer;
+        })?;
         if !missing.is_empty() {
             misses.push((
                 Arc::clone(segment),

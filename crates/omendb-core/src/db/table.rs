@@ -83,6 +83,7 @@ impl View<'_> {
             def,
             key,
             |row| def.codec.decode_values(&row),
+            None,
             read::values_from_pages,
         )
         .await
@@ -100,6 +101,7 @@ impl View<'_> {
             def,
             key,
             |row| crate::table::RowCodec::kv_value(&row),
+            Some(Bytes::copy_from_slice),
             read::kv_from_pages,
         )
         .await
@@ -107,12 +109,14 @@ impl View<'_> {
 
     /// One point read: rows from memtables become the answer through `from_memtable`, rows from
     /// segment pages through `from_pages`, which gets the pages of the value columns (tombstones
-    /// are answered before it, see `Segment::row_in`).
+    /// are answered before it, see `Segment::row_in`), or through `from_bytes`, if given, from
+    /// a cached value page of one width.
     async fn point<T>(
         &self,
         def: &TableDef,
         key: Key,
         from_memtable: impl Fn(Bytes) -> Result<T>,
+        from_bytes: Option<fn(&[u8]) -> T>,
         from_pages: impl Fn(&[&Page], usize) -> Option<T>,
     ) -> Result<Option<T>> {
         let stored = def.key_type.encode(key)?;
@@ -131,6 +135,7 @@ impl View<'_> {
                 stored,
                 snapshot,
                 &from_memtable,
+                from_bytes,
                 &from_pages,
             )?
         };
@@ -172,6 +177,7 @@ impl View<'_> {
             def,
             keys,
             |row| def.codec.decode_values(&row),
+            None,
             read::values_from_pages,
         )
         .await
@@ -193,18 +199,21 @@ impl View<'_> {
             def,
             keys,
             |row| crate::table::RowCodec::kv_value(&row),
+            Some(Bytes::copy_from_slice),
             read::kv_from_pages,
         )
         .await
     }
 
     /// Many point reads at one snapshot: rows from memtables become answers through
-    /// `from_memtable`, rows from segment pages through `from_pages`, as in [`Self::point`].
+    /// `from_memtable`, rows from segment pages through `from_bytes` or `from_pages`, as in
+    /// [`Self::point`].
     async fn multi<T>(
         &self,
         def: &TableDef,
         keys: &[Key],
         from_memtable: impl Fn(Bytes) -> Result<T>,
+        from_bytes: Option<fn(&[u8]) -> T>,
         from_pages: impl Fn(&[&Page], usize) -> Option<T>,
     ) -> Result<Vec<Option<T>>> {
         let stored = keys
@@ -226,6 +235,7 @@ impl View<'_> {
                 &stored,
                 snapshot,
                 &from_memtable,
+                from_bytes,
                 &from_pages,
                 &mut out,
             )?
