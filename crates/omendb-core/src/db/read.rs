@@ -28,7 +28,7 @@ use crate::index::search::{gallop, gallop_back};
 use crate::key::{Key, KeyType};
 use crate::memtable::{Lent, Lookup, Lsn, Memtable, Newest};
 use crate::segment::Segment;
-use crate::table::{RowDecoder, Value, key_data_type, value_at};
+use crate::table::{RowDecoder, TableDef, Value, key_data_type, value_at};
 
 /// Default rows per scan batch.
 const SCAN_BATCH_ROWS: usize = 8192;
@@ -106,23 +106,18 @@ pub(crate) enum Step<T> {
 
 /// The synchronous part of a point read of `key` at `snapshot`: memtables (newest first, after
 /// `overlay`), then segments whose rows are all visible at the snapshot, reading the row's value
-/// columns from cached pages with `read` ([`Segment::row_in`]: a tombstone is `None` without a
-/// call), or with `from_bytes`, if given, from a value page of one width
-/// ([`Segment::value_cached`]). Allocates nothing and takes no reference counts on the way.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one point read's inputs, passed through"
-)]
-pub(crate) fn point_step<T>(
+/// columns from cached pages (a value of one width from its page-table slot,
+/// [`Segment::value_cached`], where `answer` reads one; otherwise through the pages,
+/// [`Segment::row_in`]: a tombstone is `None` without a call). Allocates nothing and takes no
+/// reference counts on the way.
+pub(crate) fn point_step<A: Answer>(
     version: &Version,
     table: &TableState,
     overlay: Option<&Memtable>,
     key: u64,
     snapshot: Lsn,
-    from_memtable: impl FnOnce(Bytes) -> Result<T>,
-    from_bytes: Option<fn(&[u8]) -> T>,
-    read: impl FnOnce(&[&Page], usize) -> Option<T>,
-) -> Result<Step<T>> {
+    answer: &A,
+) -> Result<Step<A::Output>> {
     // The first line each layer will read is asked for before anything is read, so that their
     // misses overlap each other and the memtables' searches: the segments' filter lines (the
     // last candidate's index model line instead) and the memtables' filter lines.
@@ -140,7 +135,7 @@ pub(crate) fn point_step<T>(
     }
     let memtables = memtables.iter().map(|memtable| &**memtable);
     match in_memtables(overlay, memtables, key, snapshot) {
-        Lookup::Found { row, .. } => return Ok(Step::Done(Some(from_memtable(row)?))),
+        Lookup::Found { row, .. } => return Ok(Step::Done(Some(answer.row(row)?))),
         Lookup::Deleted { .. } => return Ok(Step::Done(None)),
         Lookup::Absent => {}
     }
@@ -157,15 +152,15 @@ pub(crate) fn point_step<T>(
             continue;
         }
         table.charge.probes(probes);
-        if let Some(from_bytes) = from_bytes
-            && let Some(answer) = segment.value_cached(rows.start, from_bytes)?
+        if let Some(from_bytes) = answer.value()
+            && let Some(value) = segment.value_cached(rows.start, from_bytes)?
         {
-            return Ok(Step::Done(Some(answer)));
+            return Ok(Step::Done(Some(value)));
         }
         return match segment.reader.read_cached(
             rows.start as u64,
             segment.point_read(),
-            |pages, offset| segment.row_in(pages, offset, read),
+            |pages, offset| segment.row_in(pages, offset, |p, o| answer.pages(p, o)),
         )? {
             Some(answer) => Ok(Step::Done(answer)),
             None => Ok(Step::Fetch(Arc::clone(segment), rows.start)),
@@ -186,17 +181,14 @@ pub(crate) type Misses = Vec<(Arc<Segment>, Vec<(usize, usize)>)>;
 /// Each layer is asked about all the keys still undecided at once, and every key's memory is
 /// asked for before any key is probed (filter lines, then the index's windows, then the rows'
 /// cells), so the cache misses of many keys overlap instead of following one another.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn multi_step<T>(
+pub(crate) fn multi_step<A: Answer>(
     version: &Version,
     table: &TableState,
     overlay: Option<&Arc<Memtable>>,
     keys: &[u64],
     snapshot: Lsn,
-    from_memtable: impl Fn(Bytes) -> Result<T>,
-    from_bytes: Option<fn(&[u8]) -> T>,
-    read: impl Fn(&[&Page], usize) -> Option<T>,
-    out: &mut Vec<Option<T>>,
+    answer: &A,
+    out: &mut Vec<Option<A::Output>>,
 ) -> Result<Option<Misses>> {
     if table.segments.iter().any(|s| !s.all_visible_at(snapshot)) {
         return Ok(None);
@@ -212,7 +204,7 @@ pub(crate) fn multi_step<T>(
         let mut still = Vec::with_capacity(undecided.len());
         for &slot in &undecided {
             match memtable.get(keys[slot], at) {
-                Lookup::Found { row, .. } => out[slot] = Some(from_memtable(row)?),
+                Lookup::Found { row, .. } => out[slot] = Some(answer.row(row)?),
                 Lookup::Deleted { .. } => {}
                 Lookup::Absent => still.push(slot),
             }
@@ -270,8 +262,9 @@ pub(crate) fn multi_step<T>(
             }
         }
         let rows: Vec<u64> = found.iter().map(|&(_, position)| position as u64).collect();
-        let missing = segment.rows_cached(&rows, from_bytes, &read, |i, answer| {
-            out[found[i].0] = answer;
+        let read = |pages: &[&Page], offset| answer.pages(pages, offset);
+        let missing = segment.rows_cached(&rows, answer.value(), read, |i, row| {
+            out[found[i].0] = row;
         })?;
         if !missing.is_empty() {
             misses.push((
@@ -302,28 +295,83 @@ fn in_memtables<'a>(
         .unwrap_or(Lookup::Absent)
 }
 
-/// Reads a key-value row's value from its value page (see [`Segment::row_in`]).
-pub(crate) fn kv_from_pages(pages: &[&Page], offset: usize) -> Option<Bytes> {
-    pages.first()?.binary(offset).map(Bytes::copy_from_slice)
+/// How an answer is made from a value alone (see [`Answer::value`]).
+pub(crate) type ValueOf<T> = fn(&[u8]) -> T;
+
+/// How a point read turns the row it finds into its answer: a key-value table's value
+/// ([`KvValue`]) or a row's value columns ([`RowValues`]).
+pub(crate) trait Answer {
+    type Output;
+
+    /// The answer from a memtable's encoded row.
+    fn row(&self, row: Bytes) -> Result<Self::Output>;
+
+    /// How to answer from a value alone, read from a page of one width without the page
+    /// ([`Segment::value_cached`]); `None` if the answer needs more than that value.
+    fn value(&self) -> Option<ValueOf<Self::Output>>;
+
+    /// The answer from the value columns' pages at `offset`, tombstones answered already (see
+    /// [`Segment::row_in`]).
+    fn pages(&self, pages: &[&Page], offset: usize) -> Option<Self::Output>;
 }
 
-/// The answer for a found row: `from_memtable` of a memtable's row, `from_pages` of a segment's
-/// (read from cached pages, or its pages read); `None` for a tombstone.
-pub(crate) async fn answer<T>(
-    found: Found,
-    from_memtable: impl FnOnce(Bytes) -> Result<T>,
-    from_pages: impl Fn(&[&Page], usize) -> Option<T>,
-) -> Result<Option<T>> {
+/// A key-value table's value.
+pub(crate) struct KvValue;
+
+impl Answer for KvValue {
+    type Output = Bytes;
+
+    fn row(&self, row: Bytes) -> Result<Bytes> {
+        crate::table::RowCodec::kv_value(&row)
+    }
+
+    fn value(&self) -> Option<ValueOf<Bytes>> {
+        Some(Bytes::copy_from_slice)
+    }
+
+    fn pages(&self, pages: &[&Page], offset: usize) -> Option<Bytes> {
+        pages.first()?.binary(offset).map(Bytes::copy_from_slice)
+    }
+}
+
+/// A row's value columns, decoded as the table defines them.
+pub(crate) struct RowValues<'a>(pub(crate) &'a TableDef);
+
+impl Answer for RowValues<'_> {
+    type Output = Vec<Value>;
+
+    fn row(&self, row: Bytes) -> Result<Vec<Value>> {
+        self.0.codec.decode_values(&row)
+    }
+
+    fn value(&self) -> Option<ValueOf<Vec<Value>>> {
+        None
+    }
+
+    fn pages(&self, pages: &[&Page], offset: usize) -> Option<Vec<Value>> {
+        Some(
+            pages
+                .iter()
+                .map(|page| value_at(page.array(), offset))
+                .collect(),
+        )
+    }
+}
+
+/// The answer for a found row, from a memtable's row or a segment's (read from cached pages,
+/// or its pages read); `None` for a tombstone.
+pub(crate) async fn answer_found<A: Answer>(found: Found, answer: &A) -> Result<Option<A::Output>> {
     match found {
-        Found::Row(row) => from_memtable(row).map(Some),
+        Found::Row(row) => answer.row(row).map(Some),
         Found::Segment(segment, position) => {
-            let read = |pages: &[&Page], offset| segment.row_in(pages, offset, &from_pages);
-            if let Some(answer) =
+            let read =
+                |pages: &[&Page], offset| segment.row_in(pages, offset, |p, o| answer.pages(p, o));
+            if let Some(row) =
                 segment
                     .reader
                     .read_cached(position as u64, segment.point_read(), read)?
             {
-                return Ok(answer);
+                return Ok(row);
             }
             let batch = segment
                 .reader
@@ -335,19 +383,9 @@ pub(crate) async fn answer<T>(
     }
 }
 
-/// A batch's columns as the pages the `from_pages` readers take.
+/// A batch's columns as the pages [`Answer::pages`] takes.
 pub(crate) fn pages_of(batch: &RecordBatch) -> Vec<Page> {
     batch.columns().iter().cloned().map(Page::new).collect()
-}
-
-/// A row's values from its value columns' pages (see [`Segment::row_in`]).
-pub(crate) fn values_from_pages(pages: &[&Page], offset: usize) -> Option<Vec<Value>> {
-    Some(
-        pages
-            .iter()
-            .map(|page| value_at(page.array(), offset))
-            .collect(),
-    )
 }
 
 /// A key-ordered walk over one segment's rows in a key range, one key (all its rows) at a time.

@@ -79,14 +79,7 @@ impl View<'_> {
 
     #[tracing::instrument(level = "debug", name = "db.get", skip_all, fields(table = %def.name))]
     pub(crate) async fn get(&self, def: &TableDef, key: Key) -> Result<Option<Vec<Value>>> {
-        self.point(
-            def,
-            key,
-            |row| def.codec.decode_values(&row),
-            None,
-            read::values_from_pages,
-        )
-        .await
+        self.point(def, key, read::RowValues(def)).await
     }
 
     #[tracing::instrument(level = "debug", name = "db.get", skip_all, fields(table = %def.name))]
@@ -97,28 +90,16 @@ impl View<'_> {
                 def.name
             )));
         }
-        self.point(
-            def,
-            key,
-            |row| crate::table::RowCodec::kv_value(&row),
-            Some(Bytes::copy_from_slice),
-            read::kv_from_pages,
-        )
-        .await
+        self.point(def, key, read::KvValue).await
     }
 
-    /// One point read: rows from memtables become the answer through `from_memtable`, rows from
-    /// segment pages through `from_pages`, which gets the pages of the value columns (tombstones
-    /// are answered before it, see `Segment::row_in`), or through `from_bytes`, if given, from
-    /// a cached value page of one width.
-    async fn point<T>(
+    /// One point read, its row made into the `answer`.
+    async fn point<A: read::Answer>(
         &self,
         def: &TableDef,
         key: Key,
-        from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_bytes: Option<fn(&[u8]) -> T>,
-        from_pages: impl Fn(&[&Page], usize) -> Option<T>,
-    ) -> Result<Option<T>> {
+        answer: A,
+    ) -> Result<Option<A::Output>> {
         let stored = def.key_type.encode(key)?;
         self.inner.check_open()?;
         // The common case never waits: memtables and cached pages, under a version guard.
@@ -134,28 +115,25 @@ impl View<'_> {
                 self.overlay.as_deref(),
                 stored,
                 snapshot,
-                &from_memtable,
-                from_bytes,
-                &from_pages,
+                &answer,
             )?
         };
         match step {
             read::Step::Done(answer) => Ok(answer),
             // Boxed: the paths that wait would make every read's future large, and a future is
             // built and moved on each call (a 1,000-byte one was a tenth of a cached `get`).
-            step => Box::pin(self.point_waiting(def, key, step, from_memtable, from_pages)).await,
+            step => Box::pin(self.point_waiting(def, key, step, &answer)).await,
         }
     }
 
     /// What [`View::point`] left to do: read the row's page, or take the general path.
-    async fn point_waiting<T>(
+    async fn point_waiting<A: read::Answer>(
         &self,
         def: &TableDef,
         key: Key,
-        step: read::Step<T>,
-        from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_pages: impl Fn(&[&Page], usize) -> Option<T>,
-    ) -> Result<Option<T>> {
+        step: read::Step<A::Output>,
+        answer: &A,
+    ) -> Result<Option<A::Output>> {
         let found = match step {
             read::Step::Done(answer) => return Ok(answer),
             read::Step::Fetch(segment, position) => read::Found::Segment(segment, position),
@@ -164,7 +142,7 @@ impl View<'_> {
                 None => return Ok(None),
             },
         };
-        read::answer(found, from_memtable, from_pages).await
+        read::answer_found(found, answer).await
     }
 
     #[tracing::instrument(level = "debug", name = "db.multi_get", skip_all, fields(table = %def.name, keys = keys.len()))]
@@ -173,14 +151,7 @@ impl View<'_> {
         def: &TableDef,
         keys: &[Key],
     ) -> Result<Vec<Option<Vec<Value>>>> {
-        self.multi(
-            def,
-            keys,
-            |row| def.codec.decode_values(&row),
-            None,
-            read::values_from_pages,
-        )
-        .await
+        self.multi(def, keys, read::RowValues(def)).await
     }
 
     #[tracing::instrument(level = "debug", name = "db.multi_get", skip_all, fields(table = %def.name, keys = keys.len()))]
@@ -195,27 +166,16 @@ impl View<'_> {
                 def.name
             )));
         }
-        self.multi(
-            def,
-            keys,
-            |row| crate::table::RowCodec::kv_value(&row),
-            Some(Bytes::copy_from_slice),
-            read::kv_from_pages,
-        )
-        .await
+        self.multi(def, keys, read::KvValue).await
     }
 
-    /// Many point reads at one snapshot: rows from memtables become answers through
-    /// `from_memtable`, rows from segment pages through `from_bytes` or `from_pages`, as in
-    /// [`Self::point`].
-    async fn multi<T>(
+    /// Many point reads at one snapshot, each row made into the `answer`.
+    async fn multi<A: read::Answer>(
         &self,
         def: &TableDef,
         keys: &[Key],
-        from_memtable: impl Fn(Bytes) -> Result<T>,
-        from_bytes: Option<fn(&[u8]) -> T>,
-        from_pages: impl Fn(&[&Page], usize) -> Option<T>,
-    ) -> Result<Vec<Option<T>>> {
+        answer: A,
+    ) -> Result<Vec<Option<A::Output>>> {
         let stored = keys
             .iter()
             .map(|&k| def.key_type.encode(k))
@@ -234,9 +194,7 @@ impl View<'_> {
                 self.overlay.as_ref(),
                 &stored,
                 snapshot,
-                &from_memtable,
-                from_bytes,
-                &from_pages,
+                &answer,
                 &mut out,
             )?
         };
@@ -247,7 +205,7 @@ impl View<'_> {
             let mut out = Vec::with_capacity(keys.len());
             for key in stored {
                 out.push(match read::locate(&layers, &table, key, snapshot).await? {
-                    Some(found) => read::answer(found, &from_memtable, &from_pages).await?,
+                    Some(found) => read::answer_found(found, &answer).await?,
                     None => None,
                 });
             }
@@ -262,7 +220,7 @@ impl View<'_> {
             let pages = read::pages_of(&batch);
             let pages: Vec<&Page> = pages.iter().collect();
             for (i, &(slot, _)) in rows.iter().enumerate() {
-                out[slot] = segment.row_in(&pages, i, &from_pages);
+                out[slot] = segment.row_in(&pages, i, |p, o| answer.pages(p, o));
             }
         }
         Ok(out)

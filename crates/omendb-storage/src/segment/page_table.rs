@@ -7,10 +7,10 @@
 //! that leaves a slot (evicted or replaced) is freed by `crossbeam-epoch` once no pinned thread
 //! can still be reading it.
 //!
-//! A slot also keeps, in one word beside the page's pointer, where the values of a page of one
-//! width lie ([`Cells`]): a point read of such a page goes from the slot to the value's bytes,
-//! without a load of the page itself, whose line is usually a cache miss of its own (the slots
-//! of a segment are a few kilobytes that stay in cache; the pages they point to are scattered).
+//! A slot also keeps, in a word of a second array, where the values of a page of one width lie
+//! ([`Cells`]): a point read of such a page goes from the word to the value's bytes, without a
+//! load of the page itself, whose line is usually a cache miss of its own (a segment's words are
+//! a few kilobytes that stay in cache; the pages they point to are scattered).
 
 #![allow(unsafe_code)]
 
@@ -142,13 +142,15 @@ impl PageTable {
         let width = (packed >> ADDRESS_BITS) as usize;
         let address = (packed & ((1 << ADDRESS_BITS) - 1)) as usize;
         let bytes: *const u8 = std::ptr::with_exposed_provenance(address);
-        // SAFETY: a nonzero word was stored by `fill` for the page it put in this slot, whose
-        // values are `rows · width` bytes from `address` (`fill` packs a page only if it has
-        // exactly the rows `self.rows` gives its slot, which is what `rows` is here). The word
-        // is cleared before that page leaves the slot and is retired, so a load that saw it
-        // came before the page was retired, and `guard`, pinned before the load, keeps the
-        // page, and the values buffer it owns, alive while `'a` lasts (as in `get`). The bytes
-        // are never written after the page is made.
+        // SAFETY: in bounds: a nonzero word was stored by `fill` for the page it put in this
+        // slot, whose values are `rows · width` bytes from `address` (`fill` packs a page only
+        // if it has exactly the rows `self.rows` gives its slot, and `rows` here is that same,
+        // unchanging, figure). Alive: the writer clears the word before it retires the page
+        // (`fill`, `empty`), and retiring seals the page in the collector's bag behind a SeqCst
+        // fence; `guard`'s pin put a SeqCst fence before this load. So if this load still saw
+        // the word, the pin came first in that order, and the collector frees the page (and the
+        // buffer it owns) only after `guard` is dropped, when `'a` has ended. The bytes are
+        // never written after the page is made.
         let bytes = unsafe { std::slice::from_raw_parts(bytes, rows.checked_mul(width)?) };
         Cells::new(bytes, width, rows)
     }
@@ -159,7 +161,6 @@ impl PageTable {
         let (Some(held_in), Some(cells_in)) = (self.held.get(slot), self.cells.get(slot)) else {
             return None;
         };
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         // Only a page with the rows its slot is read with is packed (see `cells`).
         let packed = match (self.rows, page.cells()) {
             (Some(rows), Some(cells)) if rows.of(self.position(slot).1) == cells.rows() as u64 => {
@@ -167,7 +168,9 @@ impl PageTable {
             }
             _ => 0,
         };
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Numbered under the lock, so a slot's generations rise in the order its pages arrive.
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let guard = epoch::pin();
         // The old page's word goes before the old page; the new page's comes after it.
         cells_in.store(0, Ordering::Release);
@@ -176,6 +179,9 @@ impl PageTable {
         // The packed word points into the page now held (its buffer moved with it, not its
         // bytes), which stays until a later `fill` or `empty`, both behind `writer`.
         cells_in.store(packed, Ordering::Release);
+        // Both of the old page's words are unlinked: retiring it (which may free other pages)
+        // does not hold up the table's other writers.
+        drop(writer);
         Self::retire(old, &guard);
         Some(generation)
     }
@@ -186,7 +192,7 @@ impl PageTable {
         let (Some(held_in), Some(cells_in)) = (self.held.get(slot), self.cells.get(slot)) else {
             return;
         };
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let guard = epoch::pin();
         let current = held_in.load(Ordering::Acquire, &guard);
         // SAFETY: as in `get`: loaded under `guard`, so not freed before it is dropped.
@@ -197,6 +203,7 @@ impl PageTable {
         // No other writer changes the slot meanwhile (`writer` is held).
         cells_in.store(0, Ordering::Release);
         held_in.store(Shared::null(), Ordering::Release);
+        drop(writer);
         Self::retire(current, &guard);
     }
 
@@ -403,16 +410,21 @@ pub(super) mod tests {
         });
         let table = Arc::new(PageTable::new(0, 2, 1, rows));
         table.fill(0, one_width(64, 16, 0));
-        // The readers read until the writer is done, so they overlap all of its rounds however
-        // the threads are scheduled.
+        // The writer starts once both readers have, and they read until it is done (and once
+        // more after), so they overlap its rounds however the threads are scheduled.
+        let started = Arc::new(std::sync::Barrier::new(3));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let table = Arc::clone(&table);
+                let started = Arc::clone(&started);
                 let done = Arc::clone(&done);
                 std::thread::spawn(move || {
+                    started.wait();
                     let mut read = 0u64;
-                    while !done.load(Ordering::Acquire) {
+                    let mut last = false;
+                    while !last {
+                        last = done.load(Ordering::Acquire);
                         let guard = epoch::pin();
                         let Some(cells) = table.cells(0, &guard) else {
                             continue;
@@ -432,6 +444,7 @@ pub(super) mod tests {
                 })
             })
             .collect();
+        started.wait();
         for round in 0..20_000u64 {
             match round % 3 {
                 0 => table.empty(0, None),

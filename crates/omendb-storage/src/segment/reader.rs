@@ -743,7 +743,10 @@ impl SegmentReader {
             let until = rows.end.min(in_page.end);
             let cells = (at - in_page.start) as usize..(until - in_page.start) as usize;
             for &column in &projection.columns {
-                if let Some(cached) = self.cells_in(column, page, &guard) {
+                let cached = self
+                    .cells_in(column, page, &guard)
+                    .or_else(|| self.page_in(column, page, &guard).and_then(Page::cells));
+                if let Some(cached) = cached {
                     prefetch::cells(cached, cells.clone());
                 }
             }
@@ -777,19 +780,16 @@ impl SegmentReader {
         Ok(Some(read(bytes)))
     }
 
-    /// The values of `column`'s cached `page` if they have one width: from the page table's
-    /// slot where the page's place is packed there, else through the page (valid while `guard`
-    /// is pinned).
+    /// The values of `column`'s cached `page` if they have one width, from the page table's
+    /// word alone, without loading the page (valid while `guard` is pinned). `None` for a page
+    /// not packed there: a read then goes through the page, whose load this path exists to skip.
     fn cells_in<'a>(
         &'a self,
         column: usize,
         page: u64,
         guard: &'a crossbeam_epoch::Guard,
     ) -> Option<Cells<'a>> {
-        let slot = self.table.slot(column, page)?;
-        self.table
-            .cells(slot, guard)
-            .or_else(|| self.table.get(slot, guard).and_then(Page::cells))
+        self.table.cells(self.table.slot(column, page)?, guard)
     }
 
     /// Fills `pages` with the cached pages of `projection` that hold row `position`; returns
