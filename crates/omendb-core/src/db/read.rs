@@ -11,7 +11,6 @@
 use std::ops::{Range, RangeInclusive};
 use std::sync::Arc;
 
-use arrow_array::builder::BinaryBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt64Array};
 use arrow_schema::{Schema, SchemaRef};
@@ -1119,10 +1118,6 @@ impl Scan {
             columns.extend(self.columns.iter().map(|&c| Arc::clone(&decoded[c])));
             return Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
         }
-        let decoded = mem_rows.finish()?;
-        if let Some(batch) = self.kv_batch(picks, &decoded)? {
-            return Ok(batch);
-        }
         // Source 0: the memtable rows; source 1 + i: segment i's covering range.
         let mut cover: Vec<Option<Range<usize>>> = vec![None; self.table.segments.len()];
         for pick in picks {
@@ -1139,6 +1134,7 @@ impl Scan {
                 }
             }
         }
+        let decoded = mem_rows.finish()?;
         let mut sources: Vec<Vec<ArrayRef>> = vec![
             self.columns
                 .iter()
@@ -1208,76 +1204,6 @@ impl Scan {
             columns.push(arrow_select::interleave::interleave(&arrays, &kept)?);
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
-    }
-
-    /// The batch of `picks` for a key-value table whose picked segments hold no tombstone, built
-    /// straight from the memtable rows (`decoded`) and the values' bytes in cached pages of one
-    /// width (found from the page table's words): no covering range of pages is read and nothing
-    /// is interleaved. `None` where that does not hold, for the general path.
-    fn kv_batch(&self, picks: &[Pick], decoded: &[ArrayRef]) -> Result<Option<RecordBatch>> {
-        let def = &self.table.def;
-        if !self.keys || !def.is_key_value() || self.columns.len() != 1 {
-            return Ok(None);
-        }
-        let Some(memtable_values) = decoded
-            .get(self.columns[0])
-            .and_then(|values| values.as_binary_opt::<i32>())
-        else {
-            return Ok(None);
-        };
-        let rows: usize = picks
-            .iter()
-            .map(|pick| match pick {
-                Pick::Row(_) => 1,
-                Pick::Rows { positions, .. } => positions.len(),
-            })
-            .sum();
-        let mut keys = Vec::with_capacity(rows);
-        let mut values = BinaryBuilder::with_capacity(rows, memtable_values.values().len());
-        let mut mem_row = 0;
-        for pick in picks {
-            match pick {
-                Pick::Row(key) => {
-                    if mem_row >= memtable_values.len() {
-                        return Err(Error::Corrupt("scan lost a memtable row".to_owned()));
-                    }
-                    keys.push(*key);
-                    values.append_value(memtable_values.value(mem_row));
-                    mem_row += 1;
-                }
-                Pick::Rows { segment, positions } => {
-                    let Some(segment) = self.table.segments.get(*segment) else {
-                        return Err(Error::Corrupt("scan lost a segment".to_owned()));
-                    };
-                    let Some(projection) = &segment.values else {
-                        return Ok(None);
-                    };
-                    let read = segment.reader.read_cached_bytes_range(
-                        positions.start as u64..positions.end as u64,
-                        projection,
-                        self.reverse,
-                        |bytes| values.append_value(bytes),
-                    )?;
-                    if !read {
-                        return Ok(None);
-                    }
-                    let segment_keys = segment.keys().get(positions.clone()).ok_or_else(|| {
-                        Error::Corrupt("scan read past a segment's keys".to_owned())
-                    })?;
-                    if self.reverse {
-                        keys.extend(segment_keys.iter().rev());
-                    } else {
-                        keys.extend(segment_keys);
-                    }
-                }
-            }
-        }
-        let columns: Vec<ArrayRef> =
-            vec![key_array(def.key_type, keys)?, Arc::new(values.finish())];
-        Ok(Some(RecordBatch::try_new(
-            Arc::clone(&self.output),
-            columns,
-        )?))
     }
 
     /// Rows `positions` of segment `i`: the scan's value columns and the tombstones (`None` if
