@@ -1039,49 +1039,6 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
             .kind(),
         ErrorKind::BadInput
     );
-    // Ranges of rows, both ways: within and across the even pages (rows 0..100 and 200..300
-    // are pages 0 and 2), whole; one that meets an odd page, refused with nothing read.
-    for (range, reverse) in [
-        (5..95, false),
-        (0..100, true),
-        (210..300, true),
-        (200..201, false),
-    ] {
-        let mut got = Vec::new();
-        let read = reader
-            .read_cached_bytes_range(range.clone(), &v, reverse, |bytes| got.push(bytes.to_vec()))
-            .unwrap();
-        let mut want: Vec<Vec<u8>> = range.clone().map(value_of).collect();
-        if reverse {
-            want.reverse();
-        }
-        assert!(read, "{range:?}");
-        assert_eq!(got, want, "{range:?} reverse {reverse}");
-    }
-    for range in [90..110, 150..160, 0..rows] {
-        let read = reader
-            .read_cached_bytes_range(range.clone(), &v, false, |_| panic!("nothing is read"))
-            .unwrap();
-        assert!(!read, "{range:?} meets a page of more than one width");
-    }
-    assert!(
-        reader
-            .read_cached_bytes_range(7..7, &v, false, |_| panic!("an empty range"))
-            .unwrap()
-    );
-    assert!(
-        !reader
-            .read_cached_bytes_range(0..10, &both, false, |_| panic!("two columns"))
-            .unwrap()
-    );
-    assert_eq!(
-        reader
-            .read_cached_bytes_range(rows - 1..rows + 1, &v, false, |_| panic!("past the end"))
-            .unwrap_err()
-            .kind(),
-        ErrorKind::BadInput
-    );
-
     // Asking for cells ahead reads nothing and counts nothing, from slots as from pages.
     let before = cache.stats();
     for cells in [0..0, 0..rows + 10, 150..170, 90..310, rows - 1..u64::MAX] {

@@ -725,66 +725,6 @@ impl SegmentReader {
         Ok(left)
     }
 
-    /// Rows `positions` of `projection`'s one column, each `read(bytes)` in order (descending if
-    /// `reverse`) from cached pages whose values have one width, found from the page table's
-    /// words: what a scan's batch copies without reading its pages' arrays. `Ok(false)`, having
-    /// read nothing, if a page is not so cached or the projection has more than one column; a
-    /// range past the end is `BadInput`.
-    pub fn read_cached_bytes_range(
-        &self,
-        positions: Range<u64>,
-        projection: &Projection,
-        reverse: bool,
-        mut read: impl FnMut(&[u8]),
-    ) -> Result<bool> {
-        self.check(projection)?;
-        let &[column] = projection.columns.as_slice() else {
-            return Ok(false);
-        };
-        if positions.is_empty() {
-            return Ok(true);
-        }
-        self.page_of(positions.end - 1)?;
-        let guard = crossbeam_epoch::pin();
-        // Every page's values first, so that a page not cached leaves nothing read.
-        let mut pieces: SmallVec<[(Cells<'_>, Range<usize>, u64); 4]> = SmallVec::new();
-        let mut at = positions.start;
-        while at < positions.end {
-            let (page, rows) = self.page_of(at)?;
-            let Some(cells) = self.cells_in(column, page, &guard) else {
-                return Ok(false);
-            };
-            let until = positions.end.min(rows.end);
-            pieces.push((
-                cells,
-                (at - rows.start) as usize..(until - rows.start) as usize,
-                page,
-            ));
-            at = until;
-        }
-        let lost = || Error::Corrupt {
-            object: self.path.to_string(),
-            reason: "a cached page holds fewer rows than its place says".to_owned(),
-        };
-        let mut one = |cells: &Cells<'_>, row: usize| -> Result<()> {
-            read(cells.row(row).ok_or_else(lost)?);
-            Ok(())
-        };
-        if reverse {
-            for (cells, rows, _) in pieces.iter().rev() {
-                rows.clone().rev().try_for_each(|row| one(cells, row))?;
-            }
-        } else {
-            for (cells, rows, _) in &pieces {
-                rows.clone().try_for_each(|row| one(cells, row))?;
-            }
-        }
-        for &(_, _, page) in &pieces {
-            self.cache.hit(&self.table, &projection.columns, page);
-        }
-        Ok(true)
-    }
-
     /// Starts loading the cells of rows `rows` in `projection`'s cached pages of one width
     /// ([`Page::width`]): a point read that knows the few rows its answer lies in asks for them
     /// while it searches its key among them, so the miss on the value overlaps the search's.
