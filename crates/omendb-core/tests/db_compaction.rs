@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_array::cast::AsArray;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::stream::BoxStream;
@@ -859,9 +860,10 @@ async fn without_idle_compaction_nothing_merges_and_a_zero_delay_is_refused() {
 }
 
 /// A key-value table whose values all have one width is read from its value pages' slots
-/// (`SegmentReader::read_cached_bytes`), a segment with tombstones and a page whose widths
-/// differ through the pages: every path answers as the oracle does, before the pages are cached
-/// and after, one key at a time and many at once.
+/// (`SegmentReader::read_cached_bytes`), a segment with
+/// tombstones and a page whose widths differ through the pages: every path answers as the
+/// oracle does, before the pages are cached and after, one key at a time, many at once, and in
+/// scans both ways over the memtable and the segments.
 #[tokio::test]
 async fn values_of_one_width_are_read_as_written_by_every_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -884,11 +886,7 @@ async fn values_of_one_width_are_read_as_written_by_every_path() {
         oracle.insert(key, value);
     }
     db.checkpoint().await.unwrap();
-    // A newer one with tombstones (read with the tombstone column, through the pages).
-    for key in (0..1_000u64).step_by(9) {
-        kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
-        oracle.remove(&key);
-    }
+    // A newer one over the whole range, without tombstones.
     for key in (1..1_000u64).step_by(13) {
         kv.put_value(key, sixteen(key, 1), WriteOptions::BUFFERED)
             .await
@@ -896,9 +894,80 @@ async fn values_of_one_width_are_read_as_written_by_every_path() {
         oracle.insert(key, sixteen(key, 1));
     }
     db.checkpoint().await.unwrap();
-    assert_eq!(kv.explain(0u64..).unwrap().segments_total, 2);
+    // A newest one with tombstones, over keys 800..900 only (read with the tombstone column,
+    // through the pages).
+    for key in (800..900u64).step_by(9) {
+        kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+        oracle.remove(&key);
+    }
+    db.checkpoint().await.unwrap();
+    assert_eq!(kv.explain(0u64..).unwrap().segments_total, 3);
+    // And a memtable over them all, with deletions: scans merge its rows with the segments'.
+    for key in (2..1_000u64).step_by(11) {
+        kv.put_value(key, sixteen(key, 2), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+        oracle.insert(key, sixteen(key, 2));
+    }
+    for key in (5..1_000u64).step_by(17) {
+        kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+        oracle.remove(&key);
+    }
     let keys: Vec<u64> = (0..1_050).rev().collect();
     for pass in ["cold", "cached"] {
+        for (from, limit, reverse) in [
+            (0u64, 2_000, false),
+            (0, 2_000, true),
+            (450, 37, false),
+            (290, 60, false),
+            (330, 45, true),
+            (997, 10, false),
+            (100, 150, false),
+            (280, 150, true),
+            (600, 190, false),
+            (790, 100, true),
+        ] {
+            let options = ScanOptions {
+                limit: Some(limit),
+                reverse,
+                ..ScanOptions::default()
+            };
+            let range = if reverse { 0..=from } else { from..=u64::MAX };
+            let batches: Vec<_> = kv
+                .scan(range.clone(), options)
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            for batch in &batches {
+                let keys = batch
+                    .column(0)
+                    .as_primitive::<arrow_array::types::UInt64Type>();
+                let values = batch.column(1).as_binary::<i32>();
+                for row in 0..batch.num_rows() {
+                    got.push((keys.value(row), Bytes::copy_from_slice(values.value(row))));
+                }
+            }
+            let want: Vec<(u64, Bytes)> = if reverse {
+                oracle
+                    .range(range)
+                    .rev()
+                    .take(limit)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            } else {
+                oracle
+                    .range(range)
+                    .take(limit)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            };
+            assert_eq!(
+                got, want,
+                "{pass}: scan from {from}, {limit} rows, reverse {reverse}"
+            );
+        }
         for &key in &keys {
             assert_eq!(
                 kv.get_value(key).await.unwrap(),
