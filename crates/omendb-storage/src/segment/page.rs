@@ -90,14 +90,13 @@ impl Page {
         let fixed = self.fixed.as_ref()?;
         let (width, rows) = (fixed.width as usize, fixed.rows as usize);
         // The offsets `0, w, …, rows·w` are within the values buffer (Arrow checks them).
-        let bytes = fixed.values.get(..width.checked_mul(rows)?)?;
-        Some(Cells { bytes, width, rows })
+        Cells::new(fixed.values.get(..width.checked_mul(rows)?)?, width, rows)
     }
 }
 
 /// The values of a page of one width: row `i`'s value is bytes `i·w .. (i+1)·w`. A point read
-/// finds them through the page ([`Page::cells`]) or straight from its page-table slot, which
-/// keeps their place beside the page.
+/// finds them through the page ([`Page::cells`]) or straight from the word its page-table slot
+/// keeps of their place, without loading the page.
 #[derive(Clone, Copy, Debug)]
 pub struct Cells<'a> {
     bytes: &'a [u8],
