@@ -22,13 +22,22 @@ use omendb_storage::segment::{
 
 use crate::error::{Error, Result};
 use crate::filter::FixedFilter;
-use crate::index::{AnyIndex, LearnedIndex, search};
+use crate::index::{AnyIndex, LearnedIndex, Window, search};
 use crate::memtable::Lsn;
 
 /// The widest index window whose rows' values a point read asks for before it searches the
 /// window ([`Segment::search`]): 64 rows of 16-byte values are 16 lines, of which the
 /// middle 8 are asked for.
 const READ_AHEAD_ROWS: usize = 64;
+
+/// What a point read's search of a segment found ([`Segment::search_value`]).
+#[derive(Debug)]
+pub enum Searched<T> {
+    /// The key's newest row's value, read.
+    Value(T),
+    /// The key's rows, newest first (empty if it has none), whose value is still to be read.
+    Rows(Range<usize>),
+}
 
 /// A live segment.
 #[derive(Debug)]
@@ -135,25 +144,8 @@ impl Segment {
         read(values, offset)
     }
 
-    /// Row `position`'s value, `read` from its cached page, where the segment holds no
-    /// tombstone and its one value column's page has values of one width (a key-value table's,
-    /// usually): see [`SegmentReader::read_cached_bytes`]. `Ok(None)` otherwise, and
-    /// [`SegmentReader::read_cached`] with [`Self::row_in`] reads the row.
-    pub fn value_cached<T>(
-        &self,
-        position: usize,
-        read: impl FnOnce(&[u8]) -> T,
-    ) -> Result<Option<T>> {
-        let Some(values) = &self.values else {
-            return Ok(None);
-        };
-        Ok(self
-            .reader
-            .read_cached_bytes(position as u64, values, read)?)
-    }
-
     /// Rows at `positions` from cached pages, `put(i, answer)` for each one served: read with
-    /// `from_bytes`, if given, from value pages of one width as in [`Self::value_cached`], the
+    /// `from_bytes`, if given, from value pages of one width as in [`Self::search_value`], the
     /// others with `read` as in [`Self::row_in`]. Returns the indexes `i` of the rows whose pages
     /// are not cached.
     pub fn rows_cached<T>(
@@ -239,18 +231,60 @@ impl Segment {
     pub fn search(&self, key: u64) -> Range<usize> {
         let keys = self.keys();
         let window = self.index.window(key);
-        let start = if window.len() <= READ_AHEAD_ROWS {
-            // The key window's lines first: their misses are on their way while the value's
-            // page is looked up.
-            // `hi` is a candidate too (the window is `lo..=hi`).
-            let after = window.hi.saturating_add(1);
-            crate::prefetch::window(keys, window.lo, after, search::PREFETCH_LINES);
-            self.reader
-                .prefetch_cells(window.lo as u64..after as u64, self.point_read());
-            search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key)
-        } else {
-            self.index.lower_bound(keys, key)
+        if window.len() > READ_AHEAD_ROWS {
+            return self.rows_from(self.index.lower_bound(keys, key), key);
+        }
+        // The key window's lines first: their misses are on their way while the value's page
+        // is looked up.
+        let after = self.prefetch_window(window);
+        self.reader
+            .prefetch_cells(window.lo as u64..after as u64, self.point_read());
+        self.rows_from(
+            search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key),
+            key,
+        )
+    }
+
+    /// [`Self::search`] that also reads the value of the key's newest row with `read`, where
+    /// the segment holds no tombstone and that row's cached page has values of one width (a
+    /// key-value table's, usually): the page is found once, under one epoch pin, for the value
+    /// lines asked for ahead of the search and for the value read after it
+    /// ([`SegmentReader::with_point_cells`]). Otherwise the rows, whose value is read another
+    /// way.
+    pub fn search_value<T>(&self, key: u64, read: impl FnOnce(&[u8]) -> T) -> Searched<T> {
+        let window = self.index.window(key);
+        let Some(values) = &self.values else {
+            return Searched::Rows(self.search(key));
         };
+        if window.len() > READ_AHEAD_ROWS {
+            return Searched::Rows(self.search(key));
+        }
+        let keys = self.keys();
+        let after = self.prefetch_window(window);
+        self.reader
+            .with_point_cells(window.lo as u64..after as u64, values, |cells| {
+                let rows = self.rows_from(
+                    search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key),
+                    key,
+                );
+                match cells.value(rows.start as u64) {
+                    Some(bytes) if !rows.is_empty() => Searched::Value(read(bytes)),
+                    _ => Searched::Rows(rows),
+                }
+            })
+    }
+
+    /// Starts loading the lines of the key column `window` spans (it is `lo..=hi`); returns
+    /// the position after it.
+    fn prefetch_window(&self, window: Window) -> usize {
+        let after = window.hi.saturating_add(1);
+        crate::prefetch::window(self.keys(), window.lo, after, search::PREFETCH_LINES);
+        after
+    }
+
+    /// The rows of `key` from `start`, its lower bound: empty if the key there is another.
+    fn rows_from(&self, start: usize, key: u64) -> Range<usize> {
+        let keys = self.keys();
         start..start + keys[start..].iter().take_while(|&&k| k == key).count()
     }
 

@@ -995,6 +995,40 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
         rows + served,
         "one hit per row read, by either path"
     );
+    // A point read's page, found once for the rows it will search: the values of those rows
+    // on that page (each a hit); nothing for a row on the next page, a page of more than one
+    // width, two columns, or rows past the end.
+    let before = cache.stats();
+    let mut served = 0;
+    for i in 0..rows {
+        let window = i.saturating_sub(3)..i + 4;
+        let (value, next_page) = reader.with_point_cells(window.clone(), &v, |cells| {
+            let next_page = (window.start / 100 + 1) * 100;
+            (
+                cells.value(i).map(<[u8]>::to_vec),
+                cells.value(next_page).map(<[u8]>::to_vec),
+            )
+        });
+        assert_eq!(
+            next_page, None,
+            "window from {}: the next page",
+            window.start
+        );
+        if even_page(window.start) && i / 100 == window.start / 100 {
+            assert_eq!(value, Some(value_of(i)), "row {i} from its window's page");
+            served += 1;
+        } else {
+            assert_eq!(value, None, "row {i}, window from {}", window.start);
+        }
+        assert!(reader.with_point_cells(window, &both, |cells| cells.value(i).is_none()));
+    }
+    assert_eq!(
+        cache.stats().hits - before.hits,
+        served,
+        "one hit per value read"
+    );
+    assert!(reader.with_point_cells(rows..rows + 5, &v, |cells| cells.value(rows).is_none()));
+
     // Two columns are not read this way; a position past the end is refused.
     assert_eq!(
         reader.read_cached_bytes(0, &both, <[u8]>::to_vec).unwrap(),

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 use super::charge::ReadCharge;
 use crate::index::LearnedIndex;
 use crate::memtable::Generation;
-use crate::segment::Segment;
+use crate::segment::{Searched, Segment};
 use crate::table::TableDef;
 
 /// A table and its live segments.
@@ -65,6 +65,16 @@ impl Candidate<'_> {
             self.segment.search(key)
         } else {
             self.segment.rows_of(key)
+        }
+    }
+
+    /// [`Candidate::rows`] that also reads the newest row's value with `read` where its page
+    /// allows ([`Segment::search_value`]).
+    pub(crate) fn search_value<T>(&self, key: u64, read: impl FnOnce(&[u8]) -> T) -> Searched<T> {
+        if self.last || self.segment.may_contain(key) {
+            self.segment.search_value(key, read)
+        } else {
+            Searched::Rows(0..0)
         }
     }
 

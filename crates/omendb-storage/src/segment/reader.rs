@@ -137,6 +137,28 @@ impl Drop for SegmentReader {
     }
 }
 
+/// One page's values of one width, found for a point read ([`SegmentReader::with_point_cells`]);
+/// valid while the epoch pin it was found under is held.
+pub struct PointCells<'a> {
+    reader: &'a SegmentReader,
+    columns: &'a [usize],
+    /// The page, its first row and its values; `None` if they were not found.
+    page: Option<(u64, u64, Cells<'a>)>,
+}
+
+impl<'a> PointCells<'a> {
+    /// Row `position`'s value if it is on this page (a read served from the cache, counted as
+    /// one); `None` otherwise.
+    pub fn value(&self, position: u64) -> Option<&'a [u8]> {
+        let (page, first, cells) = self.page.as_ref()?;
+        let bytes = cells.row(usize::try_from(position.checked_sub(*first)?).ok()?)?;
+        self.reader
+            .cache
+            .hit(&self.reader.table, self.columns, *page);
+        Some(bytes)
+    }
+}
+
 impl SegmentReader {
     /// Opens the segment at `path`: reads the footer and page index, checks the metadata, and
     /// decodes the key column. A damaged or truncated object gives [`Error::Corrupt`] (or
@@ -752,6 +774,41 @@ impl SegmentReader {
             }
             at = until;
         }
+    }
+
+    /// Runs `f` with the cached values of the page holding row `rows.start` in `projection`'s
+    /// one column, where that page's values have one width: a point read that will search its
+    /// key among `rows` and read the row it finds looks the page up once, under one epoch pin,
+    /// for both. The values of `rows` on that page are asked for before `f` runs, so their miss
+    /// overlaps the search's. `f` gets no value ([`PointCells::value`] is `None`) for another
+    /// projection, a page not cached or not of one width, or a row on another page; a read then
+    /// goes through [`Self::read_cached`]. Never waits for I/O.
+    pub fn with_point_cells<R>(
+        &self,
+        rows: Range<u64>,
+        projection: &Projection,
+        f: impl FnOnce(&PointCells<'_>) -> R,
+    ) -> R {
+        let guard = crossbeam_epoch::pin();
+        let mut point = PointCells {
+            reader: self,
+            columns: &projection.columns,
+            page: None,
+        };
+        if let (Ok(()), &[column]) = (self.check(projection), projection.columns.as_slice())
+            && let Ok((page, in_page)) = self.page_of(rows.start)
+            && let Some(cells) = self.cells_in(column, page, &guard)
+        {
+            let until = rows.end.min(in_page.end);
+            // Both within the page: `rows.start` is on it and `until` at most its end.
+            let first = (rows.start - in_page.start) as usize;
+            prefetch::cells(
+                cells,
+                first..(until.max(rows.start) - in_page.start) as usize,
+            );
+            point.page = Some((page, in_page.start, cells));
+        }
+        f(&point)
     }
 
     /// Row `position`'s value in `projection`'s one column, `read` from its cached page if that
