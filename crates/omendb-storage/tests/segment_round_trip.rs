@@ -1046,9 +1046,15 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
     // others handed back by index.
     let picks: Vec<u64> = (0..3 * rows).map(|i| (i * 7_919) % rows).collect();
     let mut got = Vec::new();
+    let before = cache.stats();
     let left = reader
         .read_cached_bytes_many(&picks, &v, |i, bytes| got.push((i, bytes.to_vec())))
         .unwrap();
+    assert_eq!(
+        cache.stats().hits - before.hits,
+        got.len() as u64,
+        "one hit per value read"
+    );
     let want_left: Vec<usize> = (0..picks.len()).filter(|&i| !even_page(picks[i])).collect();
     assert_eq!(left, want_left);
     assert_eq!(got.len() + left.len(), picks.len());

@@ -43,6 +43,8 @@ pub struct TableDef {
     pub stored: SchemaRef,
     /// The key column followed by the value columns: the schema of batches read from the table.
     pub output: SchemaRef,
+    /// Whether this is a key-value table: asked on every key-value read, so decided once.
+    key_value: bool,
 }
 
 impl TableDef {
@@ -97,6 +99,10 @@ impl TableDef {
         ));
         let mut output = vec![Field::new(KEY_COLUMN, key_data_type(key_type), false)];
         output.extend(schema.fields().iter().map(|f| f.as_ref().clone()));
+        let fields = schema.fields();
+        let key_value = fields.len() == 1
+            && fields[0].name() == KV_VALUE_COLUMN
+            && fields[0].data_type() == &DataType::Binary;
         Ok(Self {
             id,
             name: name.to_owned(),
@@ -104,6 +110,7 @@ impl TableDef {
             codec: RowCodec::new(schema)?,
             stored,
             output: Arc::new(Schema::new(output)),
+            key_value,
         })
     }
 
@@ -114,10 +121,7 @@ impl TableDef {
 
     /// Whether this is a key-value table.
     pub fn is_key_value(&self) -> bool {
-        let fields = self.schema().fields();
-        fields.len() == 1
-            && fields[0].name() == KV_VALUE_COLUMN
-            && fields[0].data_type() == &DataType::Binary
+        self.key_value
     }
 }
 

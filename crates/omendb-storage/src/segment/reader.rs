@@ -648,6 +648,7 @@ impl SegmentReader {
         let mut found: Vec<Option<&Page>> = vec![None; depth * columns];
         let mut pages: SmallVec<[&Page; 8]> = SmallVec::new();
         let mut missing = Vec::new();
+        let mut hits = self.cache.hits(&self.table, &projection.columns);
         for step in 0..positions.len() + depth {
             // The row that passed every stage is read first: its slot is the one the row
             // entering the first stage takes.
@@ -657,8 +658,7 @@ impl SegmentReader {
                 if row.iter().all(Option::is_some) {
                     pages.clear();
                     pages.extend(row.iter().flatten().copied());
-                    self.cache
-                        .hit(&self.table, &projection.columns, page_numbers[at]);
+                    hits.hit(page_numbers[at]);
                     read(i, &pages, offsets[at]);
                 } else {
                     missing.push(i);
@@ -722,13 +722,14 @@ impl SegmentReader {
         // offset in the page and the page's number.
         let mut ahead: Vec<Option<(Cells<'_>, usize, u64)>> = vec![None; depth];
         let mut left = Vec::new();
+        let mut hits = self.cache.hits(&self.table, &projection.columns);
         for step in 0..positions.len() + depth {
             if let Some(i) = step.checked_sub(depth).filter(|&i| i < positions.len()) {
                 let row = ahead[i % depth]
                     .and_then(|(cells, offset, page)| Some((cells.row(offset)?, page)));
                 match row {
                     Some((bytes, page)) => {
-                        self.cache.hit(&self.table, &projection.columns, page);
+                        hits.hit(page);
                         read(i, bytes);
                     }
                     None => left.push(i),
