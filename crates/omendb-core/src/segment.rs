@@ -252,14 +252,25 @@ impl Segment {
     /// ([`SegmentReader::with_point_cells`]). Otherwise the rows, whose value is read another
     /// way.
     pub fn search_value<T>(&self, key: u64, read: impl FnOnce(&[u8]) -> T) -> Searched<T> {
-        let window = self.index.window(key);
         let Some(values) = &self.values else {
             return Searched::Rows(self.search(key));
         };
-        if window.len() > READ_AHEAD_ROWS {
-            return Searched::Rows(self.search(key));
-        }
         let keys = self.keys();
+        let window = self.index.window(key);
+        if window.len() > READ_AHEAD_ROWS {
+            // Too wide to ask for ahead: search, then read the value from the slot.
+            let rows = self.rows_from(self.index.lower_bound(keys, key), key);
+            if rows.is_empty() {
+                return Searched::Rows(rows);
+            }
+            let at = rows.start as u64;
+            return self.reader.with_point_cells(at..at + 1, values, |cells| {
+                match cells.value(at) {
+                    Some(bytes) => Searched::Value(read(bytes)),
+                    None => Searched::Rows(rows),
+                }
+            });
+        }
         let after = self.prefetch_window(window);
         self.reader
             .with_point_cells(window.lo as u64..after as u64, values, |cells| {
@@ -267,9 +278,13 @@ impl Segment {
                     search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key),
                     key,
                 );
+                // An absent key reads no value (and counts no cache hit).
+                if rows.is_empty() {
+                    return Searched::Rows(rows);
+                }
                 match cells.value(rows.start as u64) {
-                    Some(bytes) if !rows.is_empty() => Searched::Value(read(bytes)),
-                    _ => Searched::Rows(rows),
+                    Some(bytes) => Searched::Value(read(bytes)),
+                    None => Searched::Rows(rows),
                 }
             })
     }

@@ -16,6 +16,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::{ObjectMeta, ObjectStore};
+use omendb_core::index::{IndexPolicy, KindChoice};
 use omendb_core::{Db, KeyType, ScanOptions, Table, WriteOptions};
 use omendb_storage::backend::{Idempotence, Layer, Layered, ListStart, Op};
 use omendb_storage::segment::SegmentWriterOptions;
@@ -860,7 +861,7 @@ async fn without_idle_compaction_nothing_merges_and_a_zero_delay_is_refused() {
 }
 
 /// A key-value table whose values all have one width is read from its value pages' slots
-/// (`SegmentReader::read_cached_bytes`), a segment with
+/// (`Segment::search_value`), a segment with
 /// tombstones and a page whose widths differ through the pages: every path answers as the
 /// oracle does, before the pages are cached and after, one key at a time, many at once, and in
 /// scans both ways over the memtable and the segments.
@@ -985,4 +986,71 @@ async fn values_of_one_width_are_read_as_written_by_every_path() {
         }
     }
     db.close().await.unwrap();
+}
+
+/// A key-value read served from a cached page counts one page-cache hit, and a read of an
+/// absent key none, whether the index's window is narrow enough for the value to be asked for
+/// ahead (the chooser's model) or not (binary search, whose window is the whole segment): the
+/// hit count is "reads answered from cached pages".
+#[tokio::test]
+async fn a_cached_get_counts_one_hit_and_an_absent_key_none() {
+    // Even keys with gaps of 4 to 28, so that the model's windows vary.
+    let keys: Vec<u64> = (0..2_000u64).map(|i| i * 16 + (i * i) % 7 * 2).collect();
+    let value = |key: u64| Bytes::from(key.to_le_bytes().repeat(2));
+    for kind in [KindChoice::Auto, KindChoice::BinarySearch] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::builder()
+            .path(dir.path())
+            .memtable_bytes(1 << 30)
+            .index_policy(IndexPolicy {
+                kind,
+                ..IndexPolicy::default()
+            })
+            .segment_options(SegmentWriterOptions {
+                rows_per_page: 16,
+                pages_per_row_group: 4,
+                ..SegmentWriterOptions::default()
+            })
+            .build()
+            .await
+            .unwrap();
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        for &key in &keys {
+            kv.put_value(key, value(key), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+        // Every page cached.
+        for &key in &keys {
+            assert!(kv.get_value(key).await.unwrap().is_some());
+        }
+        let before = db.stats().cache_hits;
+        for &key in &keys {
+            assert_eq!(
+                kv.get_value(key).await.unwrap(),
+                Some(value(key)),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            db.stats().cache_hits - before,
+            keys.len() as u64,
+            "{kind:?}: one hit a get"
+        );
+        let before = db.stats().cache_hits;
+        for key in (0..keys[keys.len() - 1]).filter(|k| k % 2 == 1) {
+            assert_eq!(
+                kv.get_value(key).await.unwrap(),
+                None,
+                "{kind:?}: key {key}"
+            );
+        }
+        assert_eq!(
+            db.stats().cache_hits - before,
+            0,
+            "{kind:?}: no hit for an absent key"
+        );
+        db.close().await.unwrap();
+    }
 }

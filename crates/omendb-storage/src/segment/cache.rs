@@ -76,7 +76,7 @@ impl quick_cache::Lifecycle<PageKey, Resident> for EmptySlot {
 /// would cost a lock per read; one in eight still marks the pages reads keep coming back to.
 const TOUCH_EVERY: u64 = 8;
 
-/// A batched read's hits ([`PageCache::hits`]).
+/// A batched read's hits ([`PageCache::batch_hits`]).
 pub(crate) struct Hits<'a> {
     cache: &'a PageCache,
     table: &'a PageTable,
@@ -213,10 +213,11 @@ impl PageCache {
         }
     }
 
-    /// The hits of one batched read, counted as [`Self::hit`] counts them but added to the
-    /// shared count once, when it is dropped: an atomic add per row was a locked instruction
-    /// per key of a `multi_get`.
-    pub(crate) fn hits<'a>(&'a self, table: &'a PageTable, columns: &'a [usize]) -> Hits<'a> {
+    /// The hits of one batched read, each counted as [`Self::hit`] counts one but added to
+    /// the shared count once, when it is dropped (an atomic add per row was a locked
+    /// instruction per key of a `multi_get`); the eviction policy hears of one in
+    /// [`TOUCH_EVERY`] of each batch's, its first included.
+    pub(crate) fn batch_hits<'a>(&'a self, table: &'a PageTable, columns: &'a [usize]) -> Hits<'a> {
         Hits {
             cache: self,
             table,

@@ -648,7 +648,7 @@ impl SegmentReader {
         let mut found: Vec<Option<&Page>> = vec![None; depth * columns];
         let mut pages: SmallVec<[&Page; 8]> = SmallVec::new();
         let mut missing = Vec::new();
-        let mut hits = self.cache.hits(&self.table, &projection.columns);
+        let mut hits = self.cache.batch_hits(&self.table, &projection.columns);
         for step in 0..positions.len() + depth {
             // The row that passed every stage is read first: its slot is the one the row
             // entering the first stage takes.
@@ -722,7 +722,7 @@ impl SegmentReader {
         // offset in the page and the page's number.
         let mut ahead: Vec<Option<(Cells<'_>, usize, u64)>> = vec![None; depth];
         let mut left = Vec::new();
-        let mut hits = self.cache.hits(&self.table, &projection.columns);
+        let mut hits = self.cache.batch_hits(&self.table, &projection.columns);
         for step in 0..positions.len() + depth {
             if let Some(i) = step.checked_sub(depth).filter(|&i| i < positions.len()) {
                 let row = ahead[i % depth]
