@@ -24,8 +24,14 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 async fn open(dir: &Path, segment_target_bytes: u64) -> Db {
+    open_indexed(dir, segment_target_bytes, IndexPolicy::default()).await
+}
+
+/// [`open`] with segments indexed as `policy` says.
+async fn open_indexed(dir: &Path, segment_target_bytes: u64, policy: IndexPolicy) -> Db {
     Db::builder()
         .path(dir)
+        .index_policy(policy)
         // Flushes happen at checkpoints only, so each test decides the runs.
         .memtable_bytes(1 << 30)
         .compaction_trigger(4)
@@ -999,21 +1005,11 @@ async fn a_cached_get_counts_one_hit_and_an_absent_key_none() {
     let value = |key: u64| Bytes::from(key.to_le_bytes().repeat(2));
     for kind in [KindChoice::Auto, KindChoice::BinarySearch] {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::builder()
-            .path(dir.path())
-            .memtable_bytes(1 << 30)
-            .index_policy(IndexPolicy {
-                kind,
-                ..IndexPolicy::default()
-            })
-            .segment_options(SegmentWriterOptions {
-                rows_per_page: 16,
-                pages_per_row_group: 4,
-                ..SegmentWriterOptions::default()
-            })
-            .build()
-            .await
-            .unwrap();
+        let policy = IndexPolicy {
+            kind,
+            ..IndexPolicy::default()
+        };
+        let db = open_indexed(dir.path(), 1 << 30, policy).await;
         let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
         for &key in &keys {
             kv.put_value(key, value(key), WriteOptions::BUFFERED)
