@@ -17,7 +17,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use omendb_storage::manifest::SegmentEntry;
 use omendb_storage::segment::{
-    LSN_COLUMN, Page, PageCache, Projection, SegmentReader, TOMBSTONE_COLUMN,
+    LSN_COLUMN, Page, PageCache, PointCells, Projection, SegmentReader, TOMBSTONE_COLUMN,
 };
 
 use crate::error::{Error, Result};
@@ -37,6 +37,24 @@ pub enum Searched<T> {
     Value(T),
     /// The key's rows, newest first (empty if it has none), whose value is still to be read.
     Rows(Range<usize>),
+}
+
+/// The value of `rows`' first (newest) row from `cells`, `read`; the rows if it is not there. An
+/// absent key (no rows) reads no value, so it counts no cache hit.
+fn read_newest<T>(
+    cells: &PointCells<'_>,
+    rows: Range<usize>,
+    read: impl FnOnce(&[u8]) -> T,
+) -> Searched<T> {
+    let value = if rows.is_empty() {
+        None
+    } else {
+        cells.value(rows.start as u64)
+    };
+    match value {
+        Some(bytes) => Searched::Value(read(bytes)),
+        None => Searched::Rows(rows),
+    }
 }
 
 /// A live segment.
@@ -264,12 +282,9 @@ impl Segment {
                 return Searched::Rows(rows);
             }
             let at = rows.start as u64;
-            return self.reader.with_point_cells(at..at + 1, values, |cells| {
-                match cells.value(at) {
-                    Some(bytes) => Searched::Value(read(bytes)),
-                    None => Searched::Rows(rows),
-                }
-            });
+            return self
+                .reader
+                .with_point_cells(at..at + 1, values, |cells| read_newest(cells, rows, read));
         }
         let after = self.prefetch_window(window);
         self.reader
@@ -278,14 +293,7 @@ impl Segment {
                     search::lower_bound_prefetched::<{ search::SCAN_MAX }>(keys, window, key),
                     key,
                 );
-                // An absent key reads no value (and counts no cache hit).
-                if rows.is_empty() {
-                    return Searched::Rows(rows);
-                }
-                match cells.value(rows.start as u64) {
-                    Some(bytes) => Searched::Value(read(bytes)),
-                    None => Searched::Rows(rows),
-                }
+                read_newest(cells, rows, read)
             })
     }
 

@@ -822,20 +822,14 @@ impl SegmentReader {
         projection: &Projection,
         read: impl FnOnce(&[u8]) -> T,
     ) -> Result<Option<T>> {
+        // The errors `with_point_cells` leaves to its caller's fallback are reported here.
         self.check(projection)?;
-        let &[column] = projection.columns.as_slice() else {
-            return Ok(None);
-        };
-        let (page, rows) = self.page_of(position)?;
-        let guard = crossbeam_epoch::pin();
-        let Some(bytes) = self
-            .cells_in(column, page, &guard)
-            .and_then(|cells| cells.row((position - rows.start) as usize))
-        else {
-            return Ok(None);
-        };
-        self.cache.hit(&self.table, &projection.columns, page);
-        Ok(Some(read(bytes)))
+        self.page_of(position)?;
+        Ok(
+            self.with_point_cells(position..position + 1, projection, |cells| {
+                cells.value(position).map(read)
+            }),
+        )
     }
 
     /// The values of `column`'s cached `page` if they have one width, from the page table's
