@@ -61,6 +61,13 @@ impl Wal for SwitchedWal {
         self.inner.append(payload, options)
     }
 
+    fn append_buffered_now(&self, payload: &[u8]) -> Option<omendb_wal::Result<Lsn>> {
+        if self.fail_appends.load(Ordering::SeqCst) {
+            return Some(Err(Self::injected()));
+        }
+        Wal::append_buffered_now(&self.inner, payload)
+    }
+
     fn wait_durable(&self, lsn: Lsn) -> BoxFuture<'_, omendb_wal::Result<()>> {
         Box::pin(async move {
             while self.stall_durability.load(Ordering::SeqCst) {
@@ -105,6 +112,17 @@ impl Wal for SwitchedWal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_poisons_writes_while_reads_go_on_until_reopen() {
+    a_failed_append_poisons(WriteOptions::DURABLE).await;
+}
+
+/// A buffered write appends on the caller's task (`Wal::append_buffered_now`), not in a task of
+/// its own: its failure poisons the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_buffered_append_poisons_writes_while_reads_go_on_until_reopen() {
+    a_failed_append_poisons(WriteOptions::BUFFERED).await;
+}
+
+async fn a_failed_append_poisons(failing: WriteOptions) {
     let dir = tempfile::tempdir().unwrap();
     let wal = SwitchedWal::open(&dir.path().join("wal"));
     let db = Db::builder()
@@ -119,7 +137,7 @@ async fn a_failed_append_poisons_writes_while_reads_go_on_until_reopen() {
         .unwrap();
 
     wal.fail_appends.store(true, Ordering::SeqCst);
-    let failed = t.put_value(2u64, "lost", WriteOptions::DURABLE).await;
+    let failed = t.put_value(2u64, "lost", failing).await;
     assert!(failed.is_err());
     wal.fail_appends.store(false, Ordering::SeqCst);
     // Even with the WAL healthy again, the database refuses writes until it is reopened.

@@ -451,6 +451,10 @@ impl Wal for ObjectWal {
         Ok(lsn)
     }
 
+    fn append_buffered_now(&self, payload: &[u8]) -> Option<Result<Lsn>> {
+        Some(self.queue.enqueue(payload, false))
+    }
+
     fn wait_durable(&self, lsn: Lsn) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.queue.wait_durable_async(lsn))
     }

@@ -37,6 +37,17 @@ pub trait Wal: Send + Sync + fmt::Debug {
     /// [`Wal::append`] for a plain thread: blocks instead of awaiting.
     fn append_blocking(&self, payload: &[u8], options: AppendOptions) -> Result<Lsn>;
 
+    /// Appends one record under [`crate::Durability::Buffered`] on the caller's thread, for a log
+    /// whose buffered appends need no future: `Some` with what [`Wal::append`] would return, or
+    /// `None` (nothing appended; use `append`) for a log that would wait for something else. Like
+    /// `append`, it waits only while the log's buffer is full. A caller that must not leave an
+    /// append half done (an LSN taken and then dropped by a cancelled future) uses it to append
+    /// and act on the LSN without an await in between, and so without a task of its own.
+    fn append_buffered_now(&self, payload: &[u8]) -> Option<Result<Lsn>> {
+        let _ = payload;
+        None
+    }
+
     /// Waits until every record up to `lsn` is durable, syncing if nobody has asked yet.
     fn wait_durable(&self, lsn: Lsn) -> BoxFuture<'_, Result<()>>;
 

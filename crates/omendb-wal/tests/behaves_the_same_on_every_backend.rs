@@ -143,3 +143,47 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing() {
     assert!(matches!(err, Error::InvalidOptions(_)), "{err}");
     assert_eq!(err.kind(), ErrorKind::BadInput);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_made_now_share_the_lsns_and_rules_of_buffered_appends() {
+    for backend in backends() {
+        let name = backend.name();
+        let options = WalOptions::default().max_record_bytes(1000);
+        let wal = backend.open(options.clone()).await.unwrap();
+        for i in 1..=6 {
+            let lsn = if i % 3 == 0 {
+                wal.append(&payload(i), AppendOptions::BUFFERED)
+                    .await
+                    .unwrap()
+            } else {
+                let appended = wal.append_buffered_now(&payload(i));
+                appended
+                    .expect("both logs append buffered records now")
+                    .unwrap()
+            };
+            assert_eq!(lsn, i, "{name}");
+        }
+        // Bad input: a typed error, no LSN taken.
+        let err = wal.append_buffered_now(&[0u8; 1001]).unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::RecordTooLarge { len: 1001, .. }),
+            "{name}: {err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::BadInput);
+        // A buffered record made now becomes durable like any other.
+        wal.wait_durable(6).await.unwrap();
+        let records = read_all(wal.as_ref(), 1).await;
+        assert_eq!(lsns(&records), (1..=6).collect::<Vec<_>>(), "{name}");
+        for r in &records {
+            assert_eq!(&r.payload[..], &payload(r.lsn)[..], "{name}");
+        }
+        wal.close().unwrap();
+        let err = wal.append_buffered_now(b"late").unwrap().unwrap_err();
+        assert!(matches!(err, Error::Closed), "{name}: {err}");
+        drop(wal);
+
+        let wal = backend.open(options).await.unwrap();
+        assert_eq!(wal.recovery_report().last_lsn, Some(6), "{name}");
+        assert_eq!(lsns(&read_all(wal.as_ref(), 1).await).len(), 6, "{name}");
+    }
+}

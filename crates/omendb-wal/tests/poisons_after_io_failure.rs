@@ -57,6 +57,8 @@ fn a_failed_durable_append_is_never_acknowledged_and_poisons_the_log() {
         // Every later append is refused, durable or not, and touches no file.
         assert_poisoned(wal.append(&payload(5), AppendOptions::DURABLE), &context);
         assert_poisoned(wal.append(&payload(5), AppendOptions::BUFFERED), &context);
+        let now = Wal::append_buffered_now(&wal, &payload(5)).expect("a file log appends now");
+        assert_poisoned(now, &context);
         assert!(wal.wait_durable(4).is_err(), "{context}");
         let err = wal.close().unwrap_err();
         assert!(matches!(err, Error::Poisoned { .. }), "{context}: {err}");

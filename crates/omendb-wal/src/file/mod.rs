@@ -241,6 +241,10 @@ impl Wal for FileWal {
         FileWal::append(self, payload, options)
     }
 
+    fn append_buffered_now(&self, payload: &[u8]) -> Option<Result<Lsn>> {
+        Some(self.queue.enqueue(payload, false))
+    }
+
     fn wait_durable(&self, lsn: Lsn) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.queue.wait_durable_async(lsn))
     }
