@@ -408,7 +408,12 @@ impl Inner {
             self.wal.append_buffered_now(&payload).map(|appended| {
                 let lsn = self.appended(appended)?;
                 crash_point!("commit.after_wal");
-                self.apply(lsn, &batch);
+                // As in the spawned task below: applying cannot panic on any input; if it did,
+                // the LSN would stay appended but unapplied, so writes are refused until reopen.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(lsn, &batch)))
+                    .map_err(|_| {
+                        self.fail(Error::Corrupt("applying a write panicked".to_owned()))
+                    })?;
                 Ok::<_, Error>(lsn)
             })
         } else {
