@@ -407,13 +407,21 @@ impl Inner {
         let now = if durability == Durability::Buffered {
             self.wal.append_buffered_now(&payload).map(|appended| {
                 let lsn = self.appended(appended)?;
-                crash_point!("commit.after_wal");
-                // As in the spawned task below: applying cannot panic on any input; if it did,
+                // As in the spawned task below: nothing from here on panics on any input (the
+                // crash point included, which the simulation arms with callbacks); if it did,
                 // the LSN would stay appended but unapplied, so writes are refused until reopen.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(lsn, &batch)))
-                    .map_err(|_| {
-                        self.fail(Error::Corrupt("applying a write panicked".to_owned()))
-                    })?;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crash_point!("commit.after_wal");
+                    self.apply(lsn, &batch);
+                }))
+                .map_err(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    self.fail(Error::Corrupt(format!("applying a write panicked: {why}")))
+                })?;
                 Ok::<_, Error>(lsn)
             })
         } else {
