@@ -63,11 +63,7 @@ impl View<'_> {
     fn resolve(&self, def: &TableDef) -> Result<(Lsn, Arc<Version>, Arc<TableState>)> {
         self.inner.check_open()?;
         let (snapshot, version) = self.pick();
-        let table = version
-            .by_id
-            .get(&def.id)
-            .cloned()
-            .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+        let table = Arc::clone(table_of(&version, def)?);
         Ok((snapshot, Loaded::into_inner(version), table))
     }
 
@@ -132,10 +128,7 @@ impl View<'_> {
         let stored = def.key_type.encode(key)?;
         self.inner.check_open()?;
         let (snapshot, version) = self.pick();
-        let table = version
-            .by_id
-            .get(&def.id)
-            .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+        let table = table_of(&version, def)?;
         read::point_step(
             &version,
             table,
@@ -204,10 +197,7 @@ impl View<'_> {
         let mut out = Vec::new();
         let misses = {
             let (snapshot, version) = self.pick();
-            let table = version
-                .by_id
-                .get(&def.id)
-                .ok_or_else(|| Error::UnknownTable(def.name.clone()))?;
+            let table = table_of(&version, def)?;
             read::multi_step(
                 &version,
                 table,
@@ -430,4 +420,13 @@ impl Table {
         let (snapshot, version, table) = view.resolve(&self.def)?;
         Ok(read::explain(&version, &table, stored, snapshot))
     }
+}
+
+/// `def`'s state in `version` (borrowed: point reads take no reference count on it).
+#[inline]
+fn table_of<'v>(version: &'v Version, def: &TableDef) -> Result<&'v Arc<TableState>> {
+    version
+        .by_id
+        .get(&def.id)
+        .ok_or_else(|| Error::UnknownTable(def.name.clone()))
 }
