@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
 use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
+use std::ops::{ControlFlow, RangeInclusive};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use omendb_core::{Aggregate, Db, Error, KeyType, ScanOptions, WriteOptions};
+use omendb_core::{Aggregate, Db, Error, Key, KeyType, ScanOptions, WriteOptions};
 use omendb_storage::segment::SegmentWriterOptions;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -92,6 +92,25 @@ async fn scan_all(
         }
     }
     out
+}
+
+/// A visitor for `scan_values` that collects what it is lent, and breaks once it holds
+/// `stop` rows if given.
+fn collect_into(
+    out: &mut Vec<(u64, Bytes)>,
+    stop: Option<usize>,
+) -> impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send + '_ {
+    move |key, value| {
+        let Key::U64(key) = key else {
+            panic!("a u64 table lent {key:?}")
+        };
+        out.push((key, Bytes::copy_from_slice(value)));
+        if stop.is_some_and(|stop| out.len() >= stop) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
 }
 
 /// Runs `ops` random operations; returns how many merges reads paid for.
@@ -190,6 +209,27 @@ async fn run(seed: u64, ops: usize, place: Place) -> u64 {
                     got, expected,
                     "{ctx}: scan {r:?} reverse {reverse} limit {limit:?}"
                 );
+                // The same scan lending its rows, sometimes broken off by the visitor.
+                let stop = rng.random_bool(0.2).then(|| rng.random_range(1..5));
+                let mut lent = Vec::new();
+                let options = ScanOptions {
+                    reverse,
+                    limit,
+                    batch_rows: Some(rng.random_range(1..16)),
+                    ..ScanOptions::default()
+                };
+                let seen = kv
+                    .scan_values(r.clone(), options, collect_into(&mut lent, stop))
+                    .await
+                    .unwrap();
+                if let Some(stop) = stop {
+                    expected.truncate(stop);
+                }
+                assert_eq!(seen, lent.len(), "{ctx}: scan_values' count");
+                assert_eq!(
+                    lent, expected,
+                    "{ctx}: scan_values {r:?} reverse {reverse} limit {limit:?} stop {stop:?}"
+                );
             }
             78..=79 => {
                 let r = range(&mut rng);
@@ -226,6 +266,22 @@ async fn run(seed: u64, ops: usize, place: Place) -> u64 {
                         "{ctx}: snapshot {} scan {r:?}",
                         snapshot.lsn()
                     );
+                    let mut lent = Vec::new();
+                    snapshot
+                        .scan_values(
+                            &kv,
+                            r.clone(),
+                            ScanOptions::default(),
+                            collect_into(&mut lent, None),
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        lent,
+                        expected,
+                        "{ctx}: snapshot {} scan_values {r:?}",
+                        snapshot.lsn()
+                    );
                     let key = rng.random_range(0..KEYS);
                     assert_eq!(
                         snapshot.get_value(&kv, key).await.unwrap(),
@@ -256,6 +312,21 @@ async fn run(seed: u64, ops: usize, place: Place) -> u64 {
                     Some(v),
                     "{ctx}: read your writes"
                 );
+                let around = key.saturating_sub(3)..=key + 3;
+                let mut lent = Vec::new();
+                txn.scan_values(
+                    &kv,
+                    around.clone(),
+                    ScanOptions::default(),
+                    collect_into(&mut lent, None),
+                )
+                .await
+                .unwrap();
+                let expected: Vec<(u64, Bytes)> = mine
+                    .range(around.clone())
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect();
+                assert_eq!(lent, expected, "{ctx}: txn scan_values {around:?}");
                 let interfere = rng.random_bool(0.3);
                 if interfere {
                     let other = value(&mut rng);

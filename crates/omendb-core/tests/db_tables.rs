@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -585,6 +586,24 @@ async fn serializable_transactions_also_conflict_on_what_they_read() {
         Err(Error::Conflict { .. })
     ));
     assert_eq!(t.get_value(3u64).await.unwrap(), None);
+    // So does a range lent by `scan_values`.
+    let mut txn = db.begin_with(Isolation::Serializable);
+    let seen = txn
+        .scan_values(&t, 30u64..40, ScanOptions::default(), |_, _| {
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 0);
+    t.put_value(35u64, "z", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    txn.put_value(&t, 4u64, "w").unwrap();
+    assert!(matches!(
+        txn.commit(WriteOptions::DURABLE).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(t.get_value(4u64).await.unwrap(), None);
     db.close().await.unwrap();
 }
 
@@ -706,6 +725,105 @@ async fn scan_projection_in_any_order_over_segments_and_memtables() {
         ..ScanOptions::default()
     };
     assert!(matches!(t.scan(0u64.., twice), Err(Error::BadInput(_))));
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_lend() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let kv = db.create_table("signed", KeyType::I64, None).await.unwrap();
+    for key in [-7i64, -1, 4] {
+        kv.put_value(key, format!("v{key}"), WriteOptions::DURABLE)
+            .await
+            .unwrap();
+    }
+    db.checkpoint().await.unwrap();
+    // After the flush: 0 and 9 in the memtable, -1 deleted there, -7 and 4 in a segment.
+    kv.put_value(0i64, "v0", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    kv.put_value(9i64, "v9", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    kv.delete(-1i64, WriteOptions::DURABLE).await.unwrap();
+    let lend = |options: ScanOptions, stop: usize| {
+        let kv = &kv;
+        async move {
+            let mut lent = Vec::new();
+            let seen = kv
+                .scan_values(-100i64.., options, |key, value| {
+                    lent.push((key, String::from_utf8(value.to_vec()).unwrap()));
+                    if lent.len() == stop {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .await
+                .unwrap();
+            assert_eq!(seen, lent.len());
+            lent
+        }
+    };
+    let row = |key: i64| (Key::I64(key), format!("v{key}"));
+    assert_eq!(
+        lend(ScanOptions::default(), usize::MAX).await,
+        [row(-7), row(0), row(4), row(9)]
+    );
+    let reverse = ScanOptions {
+        reverse: true,
+        batch_rows: Some(1),
+        ..ScanOptions::default()
+    };
+    assert_eq!(
+        lend(reverse.clone(), usize::MAX).await,
+        [row(9), row(4), row(0), row(-7)]
+    );
+    // The visitor's break ends the scan at once, as a limit does.
+    assert_eq!(lend(reverse, 2).await, [row(9), row(4)]);
+    let limited = ScanOptions {
+        limit: Some(3),
+        ..ScanOptions::default()
+    };
+    assert_eq!(lend(limited, usize::MAX).await, [row(-7), row(0), row(4)]);
+
+    // A projection, a typed table and a key of the wrong type are refused before any row.
+    let mut visited = 0;
+    let projected = ScanOptions {
+        projection: Some(vec!["value".into()]),
+        ..ScanOptions::default()
+    };
+    let refused = kv
+        .scan_values(0i64.., projected, |_, _| {
+            visited += 1;
+            ControlFlow::Continue(())
+        })
+        .await;
+    assert!(matches!(refused, Err(Error::BadInput(_))));
+    let wrong_key = kv
+        .scan_values(0u64.., ScanOptions::default(), |_, _| {
+            visited += 1;
+            ControlFlow::Continue(())
+        })
+        .await;
+    assert!(matches!(wrong_key, Err(Error::KeyType(_))));
+    let typed = db
+        .create_table("metrics", KeyType::I64, Some(schema()))
+        .await
+        .unwrap();
+    typed
+        .put(1, &[Value::Float(1.0), Value::Null], WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    let not_kv = typed
+        .scan_values(0i64.., ScanOptions::default(), |_, _| {
+            visited += 1;
+            ControlFlow::Continue(())
+        })
+        .await;
+    assert!(matches!(not_kv, Err(Error::BadInput(_))));
+    assert_eq!(visited, 0);
     db.close().await.unwrap();
 }
 

@@ -1,6 +1,6 @@
 //! [`Snapshot`]: reads at one LSN, kept readable until dropped.
 
-use std::ops::RangeBounds;
+use std::ops::{ControlFlow, RangeBounds};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -60,6 +60,20 @@ impl Snapshot {
         options: ScanOptions,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         self.view().scan(table.def(), key_bounds(&range), &options)
+    }
+
+    /// The rows in `range` of a key-value `table`, lent to `visit` (see
+    /// [`Table::scan_values`]).
+    pub async fn scan_values<K: Into<Key> + Copy>(
+        &self,
+        table: &Table,
+        range: impl RangeBounds<K>,
+        options: ScanOptions,
+        mut visit: impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send,
+    ) -> Result<usize> {
+        self.view()
+            .scan_values(table.def(), key_bounds(&range), &options, &mut visit)
+            .await
     }
 
     /// `function` of `column` over `range` of `table` (see [`Table::aggregate`]).

@@ -1,7 +1,7 @@
 //! [`Table`]: a handle to one table's writes and reads, and the read view shared by tables,
 //! snapshots and transactions.
 
-use std::ops::RangeBounds;
+use std::ops::{ControlFlow, RangeBounds};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -264,6 +264,28 @@ impl View<'_> {
         Ok(self.scan_of(def, range, options)?.into_stream())
     }
 
+    #[tracing::instrument(level = "debug", name = "db.scan", skip_all, fields(table = %def.name))]
+    pub(crate) async fn scan_values(
+        &self,
+        def: &TableDef,
+        range: (std::ops::Bound<Key>, std::ops::Bound<Key>),
+        options: &ScanOptions,
+        visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
+    ) -> Result<usize> {
+        if !def.is_key_value() {
+            return Err(Error::BadInput(format!(
+                "table {:?} is not a key-value table; use scan",
+                def.name
+            )));
+        }
+        if options.projection.is_some() {
+            return Err(Error::BadInput(
+                "a scan of values takes no projection: the value is the one column".to_owned(),
+            ));
+        }
+        self.scan_of(def, range, options)?.lend_values(visit).await
+    }
+
     #[tracing::instrument(level = "debug", name = "db.aggregate", skip_all, fields(table = %def.name))]
     pub(crate) async fn aggregate(
         &self,
@@ -397,6 +419,23 @@ impl Table {
         options: ScanOptions,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         self.view().scan(&self.def, key_bounds(&range), &options)
+    }
+
+    /// The rows in `range` of a key-value table, at the snapshot of the call, each lent to
+    /// `visit` as its key and value in scan order until `visit` breaks: a scan that builds no
+    /// batch, for a caller that reads the values where they lie. `options` give the limit, the
+    /// order and the rows read per step; a projection is `BadInput`, as is a typed table.
+    /// Returns how many rows `visit` saw. `visit` runs between the steps' reads, holding no
+    /// lock a writer waits for.
+    pub async fn scan_values<K: Into<Key> + Copy>(
+        &self,
+        range: impl RangeBounds<K>,
+        options: ScanOptions,
+        mut visit: impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send,
+    ) -> Result<usize> {
+        self.view()
+            .scan_values(&self.def, key_bounds(&range), &options, &mut visit)
+            .await
     }
 
     /// `function` of `column` over the rows in `range`; per bucket of `bucket` key units if

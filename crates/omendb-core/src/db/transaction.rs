@@ -7,7 +7,7 @@
 //! WAL record, applied and made visible before the lock is released.
 
 use std::collections::HashMap;
-use std::ops::{RangeBounds, RangeInclusive};
+use std::ops::{ControlFlow, RangeBounds, RangeInclusive};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,6 +196,26 @@ impl Transaction {
         let stream = self.view(table).scan(table.def(), bounds, &options)?;
         self.note_read(table, stored);
         Ok(stream)
+    }
+
+    /// The rows in `range` of a key-value `table`, lent to `visit` (see
+    /// [`Table::scan_values`]), seeing this transaction's own writes. A serializable
+    /// transaction records the whole range as read, as [`Transaction::scan`] does.
+    pub async fn scan_values<K: Into<Key> + Copy>(
+        &mut self,
+        table: &Table,
+        range: impl RangeBounds<K>,
+        options: ScanOptions,
+        mut visit: impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send,
+    ) -> Result<usize> {
+        let bounds = key_bounds(&range);
+        let stored = table.def().key_type.stored_range(bounds)?;
+        let rows = self
+            .view(table)
+            .scan_values(table.def(), bounds, &options, &mut visit)
+            .await?;
+        self.note_read(table, stored);
+        Ok(rows)
     }
 
     /// Commits: `Conflict` if another transaction committed a write this one must not
