@@ -1,7 +1,7 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
 //! index lookup, memtable insert, point read from a segment, buffered WAL append, scans of 10k
 //! rows from a segment and of 40k rows from the memtable, short scans that merge overlapping
-//! segments and the memtable, a count over the memtable's 40k rows and a sum over a time
+//! segments and the memtable (as batches, and lent by `scan_values`), a count over the memtable's 40k rows and a sum over a time
 //! series' 40k rows in a segment. Instruction counts do
 //! not depend on what else the machine is doing, so CI can compare them with the baseline
 //! committed in `benches/regression-baseline.json` (`cargo xtask regression` checks, `cargo
@@ -12,6 +12,7 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used, clippy::panic)] // bench harness code: a failure is the point
 
 use std::hint::black_box;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -26,7 +27,7 @@ use omendb_core::index::{AnyIndex, IndexPolicy, LearnedIndex};
 use omendb_core::keygen::{self, Dist};
 use omendb_core::memtable::Memtable;
 use omendb_core::table::{KEY_COLUMN, KV_VALUE_COLUMN};
-use omendb_core::{Aggregate, Db, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_core::{Aggregate, Db, Key, KeyType, ScanOptions, Table, WriteOptions};
 use omendb_wal::{AppendOptions, FileWal, SyncPolicy, WalOptions};
 use tokio::runtime::Runtime;
 
@@ -385,6 +386,32 @@ fn merged_scan(f: Loaded) -> (u64, Loaded) {
     (sum, f)
 }
 
+// The short scans of `merged_scan`, their rows lent by `scan_values` instead of batched.
+#[library_benchmark]
+#[bench::hundred_scans_of_100_rows(setup = merged_table, teardown = check_short_scans)]
+fn merged_scan_values(f: Loaded) -> (u64, Loaded) {
+    let sum = f.runtime.block_on(async {
+        let mut sum = 0u64;
+        for &from in short_scan_starts(&f.keys) {
+            let options = ScanOptions {
+                limit: Some(SHORT_SCAN_ROWS),
+                batch_rows: Some(SHORT_SCAN_ROWS),
+                ..ScanOptions::default()
+            };
+            f.kv.scan_values(black_box(from).., options, |key, _| {
+                if let Key::U64(key) = key {
+                    sum = sum.wrapping_add(key);
+                }
+                ControlFlow::Continue(())
+            })
+            .await
+            .unwrap();
+        }
+        sum
+    });
+    (sum, f)
+}
+
 /// The first keys of the short scans, spread over the table.
 fn short_scan_starts(keys: &[u64]) -> impl Iterator<Item = &u64> {
     keys.iter()
@@ -517,7 +544,7 @@ fn check_wal((last, w): (u64, OpenWal)) {
 library_benchmark_group!(
     name = hot_paths;
     benchmarks = index_lookup, memtable_insert, segment_get, segment_scan, memtable_scan,
-        merged_scan, memtable_count, segment_sum, wal_append_buffered
+        merged_scan, merged_scan_values, memtable_count, segment_sum, wal_append_buffered
 );
 
 main!(library_benchmark_groups = hot_paths);

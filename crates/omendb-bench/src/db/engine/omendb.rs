@@ -1,21 +1,21 @@
 //! OmenDB's embedded engine (`omendb_core::Db`) on local files.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, UInt64Type};
+use arrow_array::types::Float64Type;
 use arrow_array::{Array, BinaryArray, Float64Array, Int64Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use futures::StreamExt;
 use omendb_core::db::Settings as DbSettings;
 use omendb_core::table::{KEY_COLUMN, KV_VALUE_COLUMN};
-use omendb_core::{Aggregate, Db, ErrorKind, KeyType, ScanOptions, Table, WriteOptions};
+use omendb_core::{Aggregate, Db, ErrorKind, Key, KeyType, ScanOptions, Table, WriteOptions};
 
 use super::{Durability, Engine, Settings, Value};
 
@@ -249,29 +249,29 @@ impl Engine for OmenDb {
             batch_rows: Some(limit.max(1)),
             ..ScanOptions::default()
         };
-        let mut stream = self.kv.scan(from.., options)?;
-        let mut rows = 0;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            ensure!(
-                batch.num_columns() == 2,
-                "a scan returned {} columns, not key and value",
-                batch.num_columns()
-            );
-            let keys = batch
-                .column(0)
-                .as_primitive_opt::<UInt64Type>()
-                .context("the key column is not UInt64")?;
-            let values = batch
-                .column(1)
-                .as_binary_opt::<i32>()
-                .context("the value column is not Binary")?;
-            for (key, value) in keys.values().iter().zip(values.iter()) {
-                visit(*key, value.context("a null value")?)?;
-                rows += 1;
-            }
+        // The key-value scan that lends each row where it lies, as the peers' cursors do; the
+        // first error of `visit` stops it.
+        let mut failed = None;
+        let rows = self
+            .kv
+            .scan_values(from.., options, |key, value| {
+                let result = match key {
+                    Key::U64(key) => visit(key, value),
+                    Key::I64(_) => Err(anyhow!("a u64 table gave an i64 key")),
+                };
+                match result {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(error) => {
+                        failed = Some(error);
+                        ControlFlow::Break(())
+                    }
+                }
+            })
+            .await?;
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(rows),
         }
-        Ok(rows)
     }
 
     async fn ts_append(&self, rows: &[(i64, f64)]) -> Result<()> {
