@@ -1,8 +1,8 @@
 //! Instruction-count regression benchmarks of the hot paths, run under callgrind by gungraun:
 //! index lookup, memtable insert, point read from a segment, buffered WAL append, scans of 10k
 //! rows from a segment and of 40k rows from the memtable, short scans that merge overlapping
-//! segments and the memtable (as batches, and lent by `scan_values`), a count over the memtable's 40k rows and a sum over a time
-//! series' 40k rows in a segment. Instruction counts do
+//! segments and the memtable (as batches, and lent by `scan_values`), a count over the
+//! memtable's 40k rows and a sum over a time series' 40k rows in a segment. Instruction counts do
 //! not depend on what else the machine is doing, so CI can compare them with the baseline
 //! committed in `benches/regression-baseline.json` (`cargo xtask regression` checks, `cargo
 //! xtask regression --update` rewrites it).
@@ -399,9 +399,10 @@ fn merged_scan_values(f: Loaded) -> (u64, Loaded) {
                 ..ScanOptions::default()
             };
             f.kv.scan_values(black_box(from).., options, |key, _| {
-                if let Key::U64(key) = key {
-                    sum = sum.wrapping_add(key);
-                }
+                let Key::U64(key) = key else {
+                    panic!("a u64 table lent {key:?}")
+                };
+                sum = sum.wrapping_add(key);
                 ControlFlow::Continue(())
             })
             .await

@@ -733,13 +733,13 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).await.unwrap();
     let kv = db.create_table("signed", KeyType::I64, None).await.unwrap();
-    for key in [-7i64, -1, 4] {
+    for key in [-20i64, -10, -7, -1, 4] {
         kv.put_value(key, format!("v{key}"), WriteOptions::DURABLE)
             .await
             .unwrap();
     }
     db.checkpoint().await.unwrap();
-    // After the flush: 0 and 9 in the memtable, -1 deleted there, -7 and 4 in a segment.
+    // After the flush: 0 and 9 in the memtable, -1 deleted there, the others in a segment.
     kv.put_value(0i64, "v0", WriteOptions::DURABLE)
         .await
         .unwrap();
@@ -769,7 +769,16 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
     let row = |key: i64| (Key::I64(key), format!("v{key}"));
     assert_eq!(
         lend(ScanOptions::default(), usize::MAX).await,
-        [row(-7), row(0), row(4), row(9)]
+        [row(-20), row(-10), row(-7), row(0), row(4), row(9)]
+    );
+    // One step of every row, -7 to -20 one pick of the segment's: its rows walked backwards.
+    let reverse_in_one_step = ScanOptions {
+        reverse: true,
+        ..ScanOptions::default()
+    };
+    assert_eq!(
+        lend(reverse_in_one_step, usize::MAX).await,
+        [row(9), row(4), row(0), row(-7), row(-10), row(-20)]
     );
     let reverse = ScanOptions {
         reverse: true,
@@ -778,7 +787,7 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
     };
     assert_eq!(
         lend(reverse.clone(), usize::MAX).await,
-        [row(9), row(4), row(0), row(-7)]
+        [row(9), row(4), row(0), row(-7), row(-10), row(-20)]
     );
     // The visitor's break ends the scan at once, as a limit does.
     assert_eq!(lend(reverse, 2).await, [row(9), row(4)]);
@@ -786,7 +795,10 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
         limit: Some(3),
         ..ScanOptions::default()
     };
-    assert_eq!(lend(limited, usize::MAX).await, [row(-7), row(0), row(4)]);
+    assert_eq!(
+        lend(limited, usize::MAX).await,
+        [row(-20), row(-10), row(-7)]
+    );
 
     // A projection, a typed table and a key of the wrong type are refused before any row.
     let mut visited = 0;
@@ -824,6 +836,34 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
         .await;
     assert!(matches!(not_kv, Err(Error::BadInput(_))));
     assert_eq!(visited, 0);
+    // A value column declared nullable makes a key-value table that can hold a null, which
+    // has no bytes to lend: refused when reached, with the rows before it lent.
+    let nullable = Schema::new(vec![Field::new("value", DataType::Binary, true)]);
+    let maybe = db
+        .create_table("maybe", KeyType::U64, Some(nullable))
+        .await
+        .unwrap();
+    maybe
+        .put_value(1u64, "one", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    maybe
+        .put(2u64, &[Value::Null], WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    let one_step = ScanOptions {
+        batch_rows: Some(1),
+        ..ScanOptions::default()
+    };
+    let mut lent = Vec::new();
+    let null = maybe
+        .scan_values(0u64.., one_step, |key, value| {
+            lent.push((key, value.to_vec()));
+            ControlFlow::Continue(())
+        })
+        .await;
+    assert!(matches!(null, Err(Error::BadInput(_))), "{null:?}");
+    assert_eq!(lent, [(Key::U64(1), b"one".to_vec())]);
     db.close().await.unwrap();
 }
 

@@ -645,18 +645,48 @@ impl SegmentRead {
 
 /// The rows a scan step reads from one segment: the range that covers its picks.
 struct Covered {
-    /// The scan's value columns over the range.
+    /// The scan's value columns over the range, each of the range's length (checked when read).
     columns: Vec<ArrayRef>,
-    /// The range's first position.
-    base: usize,
-    /// The range's tombstones (`None`: the segment holds none).
+    /// The positions read.
+    range: Range<usize>,
+    /// The range's tombstones (`None`: the segment holds none), of the range's length.
     deleted: Option<BooleanArray>,
 }
 
 impl Covered {
-    /// Whether row `row` of the range is a row, not a tombstone.
-    fn keeps(&self, row: usize) -> bool {
-        self.deleted.as_ref().is_none_or(|d| !d.value(row))
+    /// Calls `take` with the key and the row (within the covered range) of each of `positions`
+    /// that is a row, not a tombstone, in scan order (descending if `reverse`), until it breaks.
+    /// `keys` are the segment's keys. Positions outside the covered range, or keys the segment
+    /// does not hold, are `Corrupt`. Called once per pick, which in a merge of interleaved
+    /// segments is one row: inlined, so that its checks are a few instructions.
+    #[inline(always)]
+    fn walk(
+        &self,
+        keys: &[u64],
+        positions: &Range<usize>,
+        reverse: bool,
+        mut take: impl FnMut(u64, usize) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>> {
+        let lost = || Error::Corrupt("a scan step lost its segment rows".to_owned());
+        if positions.start < self.range.start || positions.end > self.range.end {
+            return Err(lost());
+        }
+        let keys = keys.get(positions.clone()).ok_or_else(lost)?;
+        let first = positions.start - self.range.start;
+        // `first + i` is below the range's length, checked above, which every column and the
+        // tombstones have (checked where they are read).
+        let mut each = |(i, &key): (usize, &u64)| {
+            let row = first + i;
+            match &self.deleted {
+                Some(deleted) if deleted.value(row) => ControlFlow::Continue(()),
+                _ => take(key, row),
+            }
+        };
+        Ok(if reverse {
+            keys.iter().enumerate().rev().try_for_each(&mut each)
+        } else {
+            keys.iter().enumerate().try_for_each(&mut each)
+        })
     }
 }
 
@@ -859,6 +889,8 @@ impl Scan {
         picks
     }
 
+    /// Charges the moves between segments a step's `picks` made to the table's read charge,
+    /// where there is more than one segment to move between.
     fn charge_switches(&self, picks: &[Pick]) {
         if self.table.segments.len() > 1 {
             self.table.charge.switches(switches(picks));
@@ -1229,20 +1261,14 @@ impl Scan {
                     let (cover, segment_keys) = self.cover_of(&covered, *segment)?;
                     // `cover_of` found the segment in `covered`, which `source_of` matches.
                     let source = source_of[*segment];
-                    let mut take = |position: usize| {
-                        let row = position - cover.base;
-                        if cover.keeps(row) {
+                    let _always_continues =
+                        cover.walk(segment_keys, positions, self.reverse, |key, row| {
                             if self.keys {
-                                keys.push(segment_keys[position]);
+                                keys.push(key);
                             }
                             kept.push((source, row));
-                        }
-                    };
-                    if self.reverse {
-                        positions.clone().rev().for_each(&mut take);
-                    } else {
-                        positions.clone().for_each(&mut take);
-                    }
+                            ControlFlow::Continue(())
+                        })?;
                 }
             }
         }
@@ -1260,6 +1286,9 @@ impl Scan {
     /// Per segment, the rows of the one position range that covers its picks (`None` for a
     /// segment with none).
     async fn covered(&self, picks: &[Pick]) -> Result<Vec<Option<Covered>>> {
+        if !picks.iter().any(|pick| matches!(pick, Pick::Rows { .. })) {
+            return Ok(Vec::new());
+        }
         let mut cover: Vec<Option<Range<usize>>> = vec![None; self.table.segments.len()];
         for pick in picks {
             if let Pick::Rows { segment, positions } = pick {
@@ -1277,9 +1306,17 @@ impl Scan {
             covered.push(match range {
                 Some(range) => {
                     let (columns, deleted) = self.segment_rows(i, range.clone()).await?;
+                    let len = range.len();
+                    if columns.iter().any(|c| c.len() != len)
+                        || deleted.as_ref().is_some_and(|d| d.len() != len)
+                    {
+                        return Err(Error::Corrupt(
+                            "a segment read gave other rows than asked".to_owned(),
+                        ));
+                    }
                     Some(Covered {
                         columns,
-                        base: range.start,
+                        range,
                         deleted,
                     })
                 }
@@ -1304,7 +1341,7 @@ impl Scan {
     }
 
     /// Lends the picked rows' keys and values to `visit`, in scan order, tombstones dropped;
-    /// returns how many it was lent and whether it broke off. The scan is of a key-value
+    /// returns how many rows it lent and whether `visit` broke off. The scan is of a key-value
     /// table: its one value column is `Binary`.
     async fn lend(
         &self,
@@ -1319,46 +1356,46 @@ impl Scan {
         } else {
             Vec::new()
         };
-        let mem_values = match decoded.is_empty() {
-            true => None,
-            false => Some(kv_values(&decoded)?),
+        let mem_values = if decoded.is_empty() {
+            None
+        } else {
+            Some(kv_values(&decoded)?)
         };
         let covered = self.covered(picks).await?;
         let mut lent = 0;
         let mut mem_row = 0;
         for pick in picks {
-            match pick {
+            let flow = match pick {
                 Pick::Row(key) => {
-                    let value = mem_values
+                    let values = mem_values
                         .filter(|values| mem_row < values.len())
-                        .map(|values| values.value(mem_row))
                         .ok_or_else(|| Error::Corrupt("scan lost a memtable row".to_owned()))?;
+                    let value = lendable(values, mem_row).ok_or_else(null_value)?;
                     mem_row += 1;
                     lent += 1;
-                    if visit(key_type.decode(*key), value).is_break() {
-                        return Ok((lent, ControlFlow::Break(())));
-                    }
+                    visit(key_type.decode(*key), value)
                 }
                 Pick::Rows { segment, positions } => {
                     let (cover, keys) = self.cover_of(&covered, *segment)?;
                     let values = kv_values(&cover.columns)?;
-                    let mut each = |position: usize| {
-                        let row = position - cover.base;
-                        if !cover.keeps(row) {
-                            return ControlFlow::Continue(());
-                        }
+                    let mut null = false;
+                    // `walk` gives rows within the covered range, the length of `values`.
+                    let flow = cover.walk(keys, positions, self.reverse, |key, row| {
+                        let Some(value) = lendable(values, row) else {
+                            null = true;
+                            return ControlFlow::Break(());
+                        };
                         lent += 1;
-                        visit(key_type.decode(keys[position]), values.value(row))
-                    };
-                    let flow = if self.reverse {
-                        positions.clone().rev().try_for_each(&mut each)
-                    } else {
-                        positions.clone().try_for_each(&mut each)
-                    };
-                    if flow.is_break() {
-                        return Ok((lent, flow));
+                        visit(key_type.decode(key), value)
+                    })?;
+                    if null {
+                        return Err(null_value());
                     }
+                    flow
                 }
+            };
+            if flow.is_break() {
+                return Ok((lent, flow));
             }
         }
         Ok((lent, ControlFlow::Continue(())))
@@ -1466,6 +1503,20 @@ fn kv_values(columns: &[ArrayRef]) -> Result<&BinaryArray> {
         .first()
         .and_then(|c| c.as_binary_opt::<i32>())
         .ok_or_else(|| Error::Corrupt("a key-value table's values are not Binary".to_owned()))
+}
+
+/// Row `row`'s value, to be lent as bytes: `None` for a null (a key-value table whose value
+/// column was declared nullable may hold one), which has none. Tombstones' values are null
+/// too, but they are dropped before their values are asked for.
+#[inline(always)]
+fn lendable(values: &BinaryArray, row: usize) -> Option<&[u8]> {
+    (!values.is_null(row)).then(|| values.value(row))
+}
+
+fn null_value() -> Error {
+    Error::BadInput(
+        "scan_values met a null value, which it cannot lend as bytes; use scan".to_owned(),
+    )
 }
 
 /// A key column of `key_type` holding the stored `keys`.

@@ -264,7 +264,7 @@ impl View<'_> {
         Ok(self.scan_of(def, range, options)?.into_stream())
     }
 
-    #[tracing::instrument(level = "debug", name = "db.scan", skip_all, fields(table = %def.name))]
+    #[tracing::instrument(level = "debug", name = "db.scan_values", skip_all, fields(table = %def.name))]
     pub(crate) async fn scan_values(
         &self,
         def: &TableDef,
@@ -421,12 +421,14 @@ impl Table {
         self.view().scan(&self.def, key_bounds(&range), &options)
     }
 
-    /// The rows in `range` of a key-value table, at the snapshot of the call, each lent to
-    /// `visit` as its key and value in scan order until `visit` breaks: a scan that builds no
-    /// batch, for a caller that reads the values where they lie. `options` give the limit, the
-    /// order and the rows read per step; a projection is `BadInput`, as is a typed table.
-    /// Returns how many rows `visit` saw. `visit` runs between the steps' reads, holding no
-    /// lock a writer waits for.
+    /// The rows in `range` of a key-value table, at the snapshot taken when the scan starts
+    /// (its first poll), each lent to `visit` as its key and value in scan order until `visit`
+    /// breaks: a scan that builds no batch, for a caller that reads each value once. `options`
+    /// give the limit, the order and the rows read per step; a projection is `BadInput`, as is
+    /// a typed table, or a null value (a value column declared nullable), which has no bytes to
+    /// lend. Returns how many rows `visit` saw. `visit` runs after each step's merge, holding no
+    /// lock a writer waits for (the step's memtables and segments stay referenced until the
+    /// scan ends).
     pub async fn scan_values<K: Into<Key> + Copy>(
         &self,
         range: impl RangeBounds<K>,

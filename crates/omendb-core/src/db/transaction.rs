@@ -200,7 +200,8 @@ impl Transaction {
 
     /// The rows in `range` of a key-value `table`, lent to `visit` (see
     /// [`Table::scan_values`]), seeing this transaction's own writes. A serializable
-    /// transaction records the whole range as read, as [`Transaction::scan`] does.
+    /// transaction records the whole range as read, before any row is lent, as
+    /// [`Transaction::scan`] does.
     pub async fn scan_values<K: Into<Key> + Copy>(
         &mut self,
         table: &Table,
@@ -210,12 +211,12 @@ impl Transaction {
     ) -> Result<usize> {
         let bounds = key_bounds(&range);
         let stored = table.def().key_type.stored_range(bounds)?;
-        let rows = self
-            .view(table)
-            .scan_values(table.def(), bounds, &options, &mut visit)
-            .await?;
+        // Noted before any row is lent: `visit` may act on rows of a scan that then fails, or
+        // whose future is dropped, and the commit must still check the range.
         self.note_read(table, stored);
-        Ok(rows)
+        self.view(table)
+            .scan_values(table.def(), bounds, &options, &mut visit)
+            .await
     }
 
     /// Commits: `Conflict` if another transaction committed a write this one must not
