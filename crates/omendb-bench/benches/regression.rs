@@ -371,12 +371,7 @@ fn merged_scan(f: Loaded) -> (u64, Loaded) {
     let sum = f.runtime.block_on(async {
         let mut sum = 0u64;
         for &from in short_scan_starts(&f.keys) {
-            let options = ScanOptions {
-                limit: Some(SHORT_SCAN_ROWS),
-                batch_rows: Some(SHORT_SCAN_ROWS),
-                ..ScanOptions::default()
-            };
-            let mut batches = f.kv.scan(black_box(from).., options).unwrap();
+            let mut batches = f.kv.scan(black_box(from).., short_scan()).unwrap();
             while let Some(batch) = batches.try_next().await.unwrap() {
                 sum = key_sum(sum, &batch);
             }
@@ -393,12 +388,7 @@ fn merged_scan_values(f: Loaded) -> (u64, Loaded) {
     let sum = f.runtime.block_on(async {
         let mut sum = 0u64;
         for &from in short_scan_starts(&f.keys) {
-            let options = ScanOptions {
-                limit: Some(SHORT_SCAN_ROWS),
-                batch_rows: Some(SHORT_SCAN_ROWS),
-                ..ScanOptions::default()
-            };
-            f.kv.scan_values(black_box(from).., options, |key, _| {
+            f.kv.scan_values(black_box(from).., short_scan(), |key, _| {
                 let Key::U64(key) = key else {
                     panic!("a u64 table lent {key:?}")
                 };
@@ -411,6 +401,15 @@ fn merged_scan_values(f: Loaded) -> (u64, Loaded) {
         sum
     });
     (sum, f)
+}
+
+/// A short scan's options: [`SHORT_SCAN_ROWS`] rows, in one step.
+fn short_scan() -> ScanOptions {
+    ScanOptions {
+        limit: Some(SHORT_SCAN_ROWS),
+        batch_rows: Some(SHORT_SCAN_ROWS),
+        ..ScanOptions::default()
+    }
 }
 
 /// The first keys of the short scans, spread over the table.
