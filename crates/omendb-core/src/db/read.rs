@@ -1505,18 +1505,16 @@ fn kv_values(columns: &[ArrayRef]) -> Result<&BinaryArray> {
         .ok_or_else(|| Error::Corrupt("a key-value table's values are not Binary".to_owned()))
 }
 
-/// Row `row`'s value, to be lent as bytes: `None` for a null (a key-value table whose value
-/// column was declared nullable may hold one), which has none. Tombstones' values are null
-/// too, but they are dropped before their values are asked for.
+/// Row `row`'s value, to be lent as bytes: `None` for a null, which a key-value table's
+/// non-nullable column holds only if damaged. Tombstones' values are null, but they are
+/// dropped before their values are asked for.
 #[inline(always)]
 fn lendable(values: &BinaryArray, row: usize) -> Option<&[u8]> {
     (!values.is_null(row)).then(|| values.value(row))
 }
 
 fn null_value() -> Error {
-    Error::BadInput(
-        "scan_values met a null value, which it cannot lend as bytes; use scan".to_owned(),
-    )
+    Error::Corrupt("a key-value table's row holds a null value".to_owned())
 }
 
 /// A key column of `key_type` holding the stored `keys`.

@@ -425,8 +425,7 @@ impl Table {
     /// (its first poll), each lent to `visit` as its key and value in scan order until `visit`
     /// breaks: a scan that builds no batch, for a caller that reads each value once. `options`
     /// give the limit, the order and the rows read per step; a projection is `BadInput`, as is
-    /// a typed table, or a null value (a value column declared nullable), which has no bytes to
-    /// lend. Returns how many rows `visit` saw. `visit` runs after each step's merge, holding no
+    /// a typed table. Returns how many rows `visit` saw. `visit` runs after each step's merge, holding no
     /// lock a writer waits for (the step's memtables and segments stay referenced until the
     /// scan ends).
     pub async fn scan_values<K: Into<Key> + Copy>(

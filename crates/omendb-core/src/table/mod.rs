@@ -100,9 +100,12 @@ impl TableDef {
         let mut output = vec![Field::new(KEY_COLUMN, key_data_type(key_type), false)];
         output.extend(schema.fields().iter().map(|f| f.as_ref().clone()));
         let fields = schema.fields();
+        // Non-nullable too: a key-value read answers bytes, and a null has none (a table whose
+        // one `value` column may hold nulls is read as the typed table it is).
         let key_value = fields.len() == 1
             && fields[0].name() == KV_VALUE_COLUMN
-            && fields[0].data_type() == &DataType::Binary;
+            && fields[0].data_type() == &DataType::Binary
+            && !fields[0].is_nullable();
         Ok(Self {
             id,
             name: name.to_owned(),
@@ -150,6 +153,19 @@ mod tests {
     fn definitions_refuse_bad_names_and_columns() {
         let kv = TableDef::new(1, "kv", KeyType::U64, None).unwrap();
         assert!(kv.is_key_value());
+        let value = |nullable| {
+            let schema = Schema::new(vec![Field::new(
+                KV_VALUE_COLUMN,
+                DataType::Binary,
+                nullable,
+            )]);
+            TableDef::new(1, "kv", KeyType::U64, Some(schema)).unwrap()
+        };
+        assert!(value(false).is_key_value());
+        assert!(
+            !value(true).is_key_value(),
+            "a nullable value is read as a typed table"
+        );
         assert_eq!(kv.output.field(0).name(), KEY_COLUMN);
         for name in ["", "a b", "x/y", &"n".repeat(256)] {
             assert!(
