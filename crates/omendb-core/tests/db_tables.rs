@@ -807,17 +807,11 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
         ..ScanOptions::default()
     };
     let refused = kv
-        .scan_values(0i64.., projected, |_, _| {
-            visited += 1;
-            ControlFlow::Continue(())
-        })
+        .scan_values(0i64.., projected, counting(&mut visited))
         .await;
     assert!(matches!(refused, Err(Error::BadInput(_))));
     let wrong_key = kv
-        .scan_values(0u64.., ScanOptions::default(), |_, _| {
-            visited += 1;
-            ControlFlow::Continue(())
-        })
+        .scan_values(0u64.., ScanOptions::default(), counting(&mut visited))
         .await;
     assert!(matches!(wrong_key, Err(Error::KeyType(_))));
     let typed = db
@@ -829,10 +823,7 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
         .await
         .unwrap();
     let not_kv = typed
-        .scan_values(0i64.., ScanOptions::default(), |_, _| {
-            visited += 1;
-            ControlFlow::Continue(())
-        })
+        .scan_values(0i64.., ScanOptions::default(), counting(&mut visited))
         .await;
     assert!(matches!(not_kv, Err(Error::BadInput(_))));
     assert_eq!(visited, 0);
@@ -854,14 +845,19 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
         Err(Error::BadInput(_))
     ));
     let refused = maybe
-        .scan_values(0u64.., ScanOptions::default(), |_, _| {
-            visited += 1;
-            ControlFlow::Continue(())
-        })
+        .scan_values(0u64.., ScanOptions::default(), counting(&mut visited))
         .await;
     assert!(matches!(refused, Err(Error::BadInput(_))));
     assert_eq!(visited, 0);
     db.close().await.unwrap();
+}
+
+/// A visitor for `scan_values` that counts the rows it is lent (none, where a scan is refused).
+fn counting(visited: &mut usize) -> impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send + '_ {
+    move |_, _| {
+        *visited += 1;
+        ControlFlow::Continue(())
+    }
 }
 
 /// Found by review: a grace period too long for object times made every background garbage
