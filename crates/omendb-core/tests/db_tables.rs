@@ -852,6 +852,103 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
     db.close().await.unwrap();
 }
 
+/// Segment rows on a cached page whose values have one width are lent from the page itself
+/// (`Scan::lend`); others are read first. Both, in one scan and in either direction, lend what
+/// the table holds: a scan of two interleaved segments, a third with tombstones and the
+/// memtable, first with nothing cached, then warm.
+#[tokio::test]
+async fn a_scan_of_values_lends_cached_rows_in_either_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    // Every value 16 bytes: the pages have one width.
+    let value = |key: u64, version: u64| format!("{version:02}-{key:013}");
+    let mut want = std::collections::BTreeMap::new();
+    // Segment 1: even keys; segment 2: odd keys and every tenth key again; segment 3: more
+    // versions and tombstones; then the memtable.
+    let steps: [(Vec<u64>, Option<u64>); 4] = [
+        ((0..3_000).step_by(2).collect(), Some(1)),
+        (
+            (1..3_000)
+                .step_by(2)
+                .chain((0..3_000).step_by(10))
+                .collect(),
+            Some(2),
+        ),
+        ((0..3_000).step_by(7).collect(), Some(3)),
+        ((3..3_000).step_by(13).collect(), None),
+    ];
+    for (i, (keys, version)) in steps.into_iter().enumerate() {
+        for key in keys {
+            match version {
+                Some(version) => {
+                    kv.put_value(key, value(key, version), WriteOptions::BUFFERED)
+                        .await
+                        .unwrap();
+                    want.insert(key, value(key, version));
+                }
+                None => {
+                    kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+                    want.remove(&key);
+                }
+            }
+        }
+        if i != 2 {
+            db.checkpoint().await.unwrap();
+        }
+    }
+    for key in (5..3_000).step_by(17) {
+        kv.put_value(key, value(key, 4), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+        want.insert(key, value(key, 4));
+    }
+    let scan = async |from: u64, limit: usize, reverse: bool| {
+        let range = if reverse { 0..=from } else { from..=u64::MAX };
+        let options = ScanOptions {
+            reverse,
+            limit: Some(limit),
+            ..ScanOptions::default()
+        };
+        let mut lent = Vec::new();
+        kv.scan_values(range, options, |key, value| {
+            lent.push((key, String::from_utf8(value.to_vec()).unwrap()));
+            ControlFlow::Continue(())
+        })
+        .await
+        .unwrap();
+        lent
+    };
+    for round in ["cold", "warm"] {
+        for from in (0..3_100).step_by(97) {
+            for limit in [1, 9, 60] {
+                let forward: Vec<(Key, String)> = want
+                    .range(from..)
+                    .take(limit)
+                    .map(|(&k, v)| (Key::U64(k), v.clone()))
+                    .collect();
+                assert_eq!(
+                    scan(from, limit, false).await,
+                    forward,
+                    "{round}: {limit} rows from {from}"
+                );
+                let backward: Vec<(Key, String)> = want
+                    .range(..=from)
+                    .rev()
+                    .take(limit)
+                    .map(|(&k, v)| (Key::U64(k), v.clone()))
+                    .collect();
+                assert_eq!(
+                    scan(from, limit, true).await,
+                    backward,
+                    "{round}: {limit} rows back from {from}"
+                );
+            }
+        }
+    }
+    db.close().await.unwrap();
+}
+
 /// A visitor for `scan_values` that counts the rows it is lent (none, where a scan is refused).
 fn counting(visited: &mut usize) -> impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send + '_ {
     move |_, _| {

@@ -50,6 +50,26 @@ pub fn cells(cells: Cells<'_>, rows: std::ops::Range<usize>) {
     }
 }
 
+/// Lines [`run`] asks for at most: the hardware prefetcher follows a longer run read in order.
+const MAX_RUN_LINES: usize = 32;
+
+/// Starts loading the bytes of rows `rows` of a page of one width, from the first (at most
+/// [`MAX_RUN_LINES`] lines): rows a scan reads next, in order.
+#[inline]
+pub fn run(cells: Cells<'_>, rows: std::ops::Range<usize>) {
+    let rows = rows.start..rows.end.min(cells.rows());
+    let bytes = rows.len().saturating_mul(cells.width());
+    if bytes == 0 {
+        return;
+    }
+    let start = cells.at(rows.start) as usize & !(LINE_BYTES - 1);
+    let end = cells.at(rows.start) as usize + bytes;
+    let lines = (end - start).div_ceil(LINE_BYTES);
+    for at in 0..lines.min(MAX_RUN_LINES) {
+        line((start + at * LINE_BYTES) as *const u8);
+    }
+}
+
 /// Starts loading `page`'s array (its buffers' addresses and lengths), which [`cell`] reads;
 /// nothing for a page of one width, whose reads do not go through its array.
 #[inline]

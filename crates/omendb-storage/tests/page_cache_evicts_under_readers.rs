@@ -1,18 +1,19 @@
 //! Point reads through a page cache far smaller than the segment: readers on several threads
 //! fetch and read cached rows while other fetches evict the pages they read. Every row read must
 //! be the row written, the cache must stay within its budget, and closing a reader must free its
-//! pages.
+//! pages. Values borrowed from a page under a pin stay the values written while other threads
+//! evict that page.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 
-use arrow_array::{Array, BooleanArray, Float64Array, RecordBatch, UInt64Array};
+use arrow_array::{Array, BinaryArray, BooleanArray, Float64Array, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use omendb_storage::segment::{
-    PageCache, SegmentReader, SegmentWriter, SegmentWriterOptions, segment_schema,
+    CachePin, PageCache, SegmentReader, SegmentWriter, SegmentWriterOptions, segment_schema,
 };
 
 const ROWS: u64 = 64 * 1024;
@@ -22,8 +23,33 @@ fn value(position: u64) -> f64 {
 }
 
 async fn written(cache: Arc<PageCache>) -> SegmentReader {
-    let store = Arc::new(InMemory::new());
     let values = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+    let column = Arc::new(Float64Array::from_iter_values((0..ROWS).map(value)));
+    written_with(cache, values, column).await
+}
+
+/// Row `position`'s bytes in the segment of [`bytes_written`]: 16 of them, so every page has
+/// one width.
+fn bytes_of(position: u64) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&position.to_le_bytes());
+    bytes[8..].copy_from_slice(&(!position).to_le_bytes());
+    bytes
+}
+
+async fn bytes_written(cache: Arc<PageCache>) -> SegmentReader {
+    let values = Schema::new(vec![Field::new("v", DataType::Binary, false)]);
+    let column = Arc::new(BinaryArray::from_iter_values((0..ROWS).map(bytes_of)));
+    written_with(cache, values, column).await
+}
+
+/// A segment of [`ROWS`] rows (keys `0, 2, 4, …`) holding `column`, small pages.
+async fn written_with(
+    cache: Arc<PageCache>,
+    values: Schema,
+    column: Arc<dyn Array>,
+) -> SegmentReader {
+    let store = Arc::new(InMemory::new());
     let options = SegmentWriterOptions {
         rows_per_page: 256,
         pages_per_row_group: 16,
@@ -37,7 +63,7 @@ async fn written(cache: Arc<PageCache>) -> SegmentReader {
             Arc::new(UInt64Array::from_iter_values((0..ROWS).map(|i| i * 2))),
             Arc::new(UInt64Array::from_iter_values((0..ROWS).map(|i| i + 1))),
             Arc::new(BooleanArray::from(vec![false; ROWS as usize])),
-            Arc::new(Float64Array::from_iter_values((0..ROWS).map(value))),
+            column,
         ],
     )
     .unwrap();
@@ -141,4 +167,77 @@ fn cached_reads_stay_right_while_a_small_cache_evicts_under_them() {
         (0, 0),
         "a closed reader's pages are let go"
     );
+}
+
+#[test]
+fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
+    // 256 rows of 16 bytes decode to about 5 KiB: the budget holds a few of the 256 pages.
+    let budget = 32 * 1024;
+    let cache = Arc::new(PageCache::new(budget));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reader = Arc::new(runtime.block_on(bytes_written(Arc::clone(&cache))));
+    let projection = Arc::new(reader.projection(&["v"]).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let (reader, projection) = (Arc::clone(&reader), Arc::clone(&projection));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let (mut borrowed, mut fetched) = (0u64, 0u64);
+                let mut state = thread * 7919 + 1;
+                for _ in 0..5_000 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let start = state % ROWS;
+                    let rows = start..(start + 1 + state % 40).min(ROWS);
+                    let pin = CachePin::new();
+                    match reader.page_cells(rows.clone(), &projection, &pin) {
+                        Some((page, cells)) => {
+                            borrowed += 1;
+                            // Other threads' fetches evict pages meanwhile: under the pin, the
+                            // bytes borrowed are still the page's.
+                            for _ in 0..3 {
+                                for position in rows.clone() {
+                                    let row = (position - page.start) as usize;
+                                    assert_eq!(
+                                        cells.row(row),
+                                        Some(&bytes_of(position)[..]),
+                                        "row {position}"
+                                    );
+                                }
+                                std::thread::yield_now();
+                            }
+                        }
+                        None => {
+                            fetched += 1;
+                            drop(pin);
+                            let batch =
+                                runtime
+                                    .block_on(reader.fetch_range_columns(
+                                        rows.start..rows.start + 1,
+                                        &projection,
+                                    ))
+                                    .unwrap();
+                            let got = batch[0].as_any().downcast_ref::<BinaryArray>().unwrap();
+                            assert_eq!(got.value(0), &bytes_of(rows.start)[..]);
+                        }
+                    }
+                }
+                (borrowed, fetched)
+            })
+        })
+        .collect();
+    let (mut borrowed, mut fetched) = (0, 0);
+    for thread in threads {
+        let (b, f) = thread.join().unwrap();
+        borrowed += b;
+        fetched += f;
+    }
+    assert!(
+        borrowed > 0 && fetched > 0,
+        "{borrowed} borrowed, {fetched} fetched"
+    );
+    assert!(cache.stats().bytes <= budget, "{:?}", cache.stats());
 }

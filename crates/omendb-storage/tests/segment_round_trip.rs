@@ -17,8 +17,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use omendb_storage::segment::{
-    PageCache, SegmentReader, SegmentSeal, SegmentWriter, SegmentWriterOptions, WrittenSegment,
-    segment_schema,
+    CachePin, PageCache, SegmentReader, SegmentSeal, SegmentWriter, SegmentWriterOptions,
+    WrittenSegment, segment_schema,
 };
 use omendb_storage::{Error, ErrorKind};
 
@@ -966,6 +966,10 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
         .read_cached_bytes_many(&all, &v, |_, _| panic!("nothing is cached"))
         .unwrap();
     assert_eq!(left.len(), all.len());
+    assert!(
+        reader.page_cells(0..10, &v, &CachePin::new()).is_none(),
+        "nothing is cached"
+    );
 
     // Every page cached (one fetch per page).
     for page in 0..rows / 100 {
@@ -1028,6 +1032,51 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
         "one hit per value read"
     );
     assert!(reader.with_point_cells(rows..rows + 5, &v, |cells| cells.value(rows).is_none()));
+
+    // A scan step's rows, borrowed from their page where they all lie on one of one width
+    // (one hit a step); nothing for rows across two pages, a page of more than one width, two
+    // columns, no rows or rows past the end.
+    let before = cache.stats();
+    let mut served = 0;
+    for start in (0..rows).step_by(7) {
+        for len in [1, 5, 40] {
+            let step = start..(start + len).min(rows);
+            let pin = CachePin::new();
+            let found = reader.page_cells(step.clone(), &v, &pin);
+            let one_page = (step.end - 1) / 100 == start / 100;
+            if even_page(start) && one_page {
+                let (page, cells) = found.expect("the step's rows are on one cached page");
+                assert_eq!(page, start / 100 * 100..start / 100 * 100 + 100);
+                for i in step.clone() {
+                    assert_eq!(
+                        cells.row((i - page.start) as usize),
+                        Some(&value_of(i)[..]),
+                        "row {i}"
+                    );
+                }
+                assert_eq!(cells.row(100), None, "past the page");
+                served += 1;
+            } else {
+                assert!(found.is_none(), "rows {step:?}");
+            }
+            assert!(
+                reader.page_cells(step, &both, &pin).is_none(),
+                "two columns"
+            );
+        }
+    }
+    assert_eq!(cache.stats().hits - before.hits, served, "one hit a step");
+    let pin = CachePin::new();
+    assert!(reader.page_cells(4..4, &v, &pin).is_none(), "no rows");
+    assert!(
+        reader.page_cells(rows..rows + 1, &v, &pin).is_none(),
+        "past the end"
+    );
+    assert!(
+        reader.page_cells(rows - 1..rows + 1, &v, &pin).is_none(),
+        "past the end"
+    );
+    drop(pin);
 
     // Two columns are not read this way; a position past the end is refused.
     assert_eq!(

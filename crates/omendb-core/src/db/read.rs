@@ -18,7 +18,7 @@ use arrow_array::{
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use omendb_storage::segment::{Page, Projection, TOMBSTONE_COLUMN};
+use omendb_storage::segment::{CachePin, Page, Projection, TOMBSTONE_COLUMN};
 
 use super::aggregate::Fold;
 use super::options::ScanOptions;
@@ -654,40 +654,69 @@ struct Covered {
 }
 
 impl Covered {
-    /// Calls `take` with the key and the row (within the covered range) of each of `positions`
-    /// that is a row, not a tombstone, in scan order (descending if `reverse`), until it breaks.
-    /// `keys` are the segment's keys. Positions outside the covered range, or keys the segment
-    /// does not hold, are `Corrupt`. Called once per pick, which in a merge of interleaved
-    /// segments is one row: inlined, so that its checks are a few instructions.
+    /// [`walk_rows`] over the covered rows and their tombstones.
     #[inline(always)]
     fn walk(
         &self,
         keys: &[u64],
         positions: &Range<usize>,
         reverse: bool,
-        mut take: impl FnMut(u64, usize) -> ControlFlow<()>,
+        take: impl FnMut(u64, usize) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>> {
-        let lost = || Error::Corrupt("a scan step lost its segment rows".to_owned());
-        if positions.start < self.range.start || positions.end > self.range.end {
-            return Err(lost());
-        }
-        let keys = keys.get(positions.clone()).ok_or_else(lost)?;
-        let first = positions.start - self.range.start;
-        // `first + i` is below the range's length, checked above, which every column and the
-        // tombstones have (checked where they are read).
-        let mut each = |(i, &key): (usize, &u64)| {
-            let row = first + i;
-            match &self.deleted {
-                Some(deleted) if deleted.value(row) => ControlFlow::Continue(()),
-                _ => take(key, row),
-            }
-        };
-        Ok(if reverse {
-            keys.iter().enumerate().rev().try_for_each(&mut each)
-        } else {
-            keys.iter().enumerate().try_for_each(&mut each)
-        })
+        walk_rows(
+            keys,
+            positions,
+            &self.range,
+            self.deleted.as_ref(),
+            reverse,
+            take,
+        )
     }
+}
+
+/// Calls `take` with the key and the row (within `covered`, the positions a step read or
+/// borrowed) of each of `positions` that is a row, not a tombstone (`deleted`, over `covered`),
+/// in scan order (descending if `reverse`), until it breaks. `keys` are the segment's keys.
+/// Positions outside `covered`, or keys the segment does not hold, are `Corrupt`. Called once
+/// per pick, which in a merge of interleaved segments is one row: inlined, so that its checks
+/// are a few instructions.
+#[inline(always)]
+fn walk_rows(
+    keys: &[u64],
+    positions: &Range<usize>,
+    covered: &Range<usize>,
+    deleted: Option<&BooleanArray>,
+    reverse: bool,
+    mut take: impl FnMut(u64, usize) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>> {
+    let lost = || Error::Corrupt("a scan step lost its segment rows".to_owned());
+    if positions.start < covered.start || positions.end > covered.end {
+        return Err(lost());
+    }
+    let keys = keys.get(positions.clone()).ok_or_else(lost)?;
+    let first = positions.start - covered.start;
+    // `first + i` is below `covered`'s length, checked above, which the tombstones have
+    // (checked where they are read).
+    let mut each = |(i, &key): (usize, &u64)| {
+        let row = first + i;
+        match deleted {
+            Some(deleted) if deleted.value(row) => ControlFlow::Continue(()),
+            _ => take(key, row),
+        }
+    };
+    Ok(if reverse {
+        keys.iter().enumerate().rev().try_for_each(&mut each)
+    } else {
+        keys.iter().enumerate().try_for_each(&mut each)
+    })
+}
+
+/// What [`Scan::lend_picks`] did with a step's picks.
+enum Lending {
+    /// Lent this many rows; whether the visitor broke off.
+    Lent(usize, ControlFlow<()>),
+    /// Lent none: these segments' rows are not on cached pages of one width, and are read.
+    Uncached(Vec<usize>),
 }
 
 /// A scan in progress.
@@ -1286,6 +1315,20 @@ impl Scan {
     /// Per segment, the rows of the one position range that covers its picks (`None` for a
     /// segment with none).
     async fn covered(&self, picks: &[Pick]) -> Result<Vec<Option<Covered>>> {
+        let ranges = self.cover_ranges(picks)?;
+        let mut covered = Vec::with_capacity(ranges.len());
+        for (i, range) in ranges.into_iter().enumerate() {
+            covered.push(match range {
+                Some(range) => Some(self.read_cover(i, range).await?),
+                None => None,
+            });
+        }
+        Ok(covered)
+    }
+
+    /// Per segment, the one position range that covers its picks (`None` for a segment with
+    /// none); empty if no pick is of segment rows.
+    fn cover_ranges(&self, picks: &[Pick]) -> Result<Vec<Option<Range<usize>>>> {
         if !picks.iter().any(|pick| matches!(pick, Pick::Rows { .. })) {
             return Ok(Vec::new());
         }
@@ -1301,29 +1344,25 @@ impl Scan {
                 });
             }
         }
-        let mut covered = Vec::with_capacity(cover.len());
-        for (i, range) in cover.into_iter().enumerate() {
-            covered.push(match range {
-                Some(range) => {
-                    let (columns, deleted) = self.segment_rows(i, range.clone()).await?;
-                    let len = range.len();
-                    if columns.iter().any(|c| c.len() != len)
-                        || deleted.as_ref().is_some_and(|d| d.len() != len)
-                    {
-                        return Err(Error::Corrupt(
-                            "a segment read gave other rows than asked".to_owned(),
-                        ));
-                    }
-                    Some(Covered {
-                        columns,
-                        range,
-                        deleted,
-                    })
-                }
-                None => None,
-            });
+        Ok(cover)
+    }
+
+    /// Rows `range` of segment `i`, read.
+    async fn read_cover(&self, i: usize, range: Range<usize>) -> Result<Covered> {
+        let (columns, deleted) = self.segment_rows(i, range.clone()).await?;
+        let len = range.len();
+        if columns.iter().any(|c| c.len() != len)
+            || deleted.as_ref().is_some_and(|d| d.len() != len)
+        {
+            return Err(Error::Corrupt(
+                "a segment read gave other rows than asked".to_owned(),
+            ));
         }
-        Ok(covered)
+        Ok(Covered {
+            columns,
+            range,
+            deleted,
+        })
     }
 
     /// Segment `i`'s covered rows and its keys. Called once per pick of segment rows: inlined,
@@ -1343,13 +1382,17 @@ impl Scan {
     /// Lends the picked rows' keys and values to `visit`, in scan order, tombstones dropped;
     /// returns how many rows it lent and whether `visit` broke off. The scan is of a key-value
     /// table: its one value column is `Binary`.
+    ///
+    /// A segment's picked rows are lent from its cached page where they all lie on one whose
+    /// values have one width (a short scan's, as a rule): borrowed under a pin of the cache,
+    /// with no array made or shared. The others are read first (which may wait for I/O); then
+    /// every row is lent under one pin, so `visit` runs while evicted pages wait to be freed.
     async fn lend(
         &self,
         picks: &[Pick],
         mem_rows: RowDecoder<'_>,
         visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
     ) -> Result<(usize, ControlFlow<()>)> {
-        let key_type = self.table.def.key_type;
         // Most steps of a short scan pick segment rows alone: their decoder is not finished.
         let decoded = if picks.iter().any(|pick| matches!(pick, Pick::Row(_))) {
             mem_rows.finish()?
@@ -1361,7 +1404,66 @@ impl Scan {
         } else {
             Some(kv_values(&decoded)?)
         };
-        let covered = self.covered(picks).await?;
+        let ranges = self.cover_ranges(picks)?;
+        let mut read: Vec<Option<Covered>> = Vec::with_capacity(ranges.len());
+        read.resize_with(ranges.len(), || None);
+        loop {
+            match self.lend_picks(picks, mem_values, &ranges, &read, visit)? {
+                Lending::Lent(lent, flow) => return Ok((lent, flow)),
+                // Rows not on a cached page of one width (or evicted since): read, then lent
+                // with the rest. A segment read once is not asked for again, so this ends.
+                Lending::Uncached(uncached) => {
+                    for i in uncached {
+                        if let (Some(Some(range)), Some(slot)) = (ranges.get(i), read.get_mut(i)) {
+                            *slot = Some(self.read_cover(i, range.clone()).await?);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Scan::lend`]'s lending, under one pin of the cache: the rows of segments without a
+    /// `read` cover are borrowed from their cached pages. If one's are not there, nothing is
+    /// lent ([`Lending::Uncached`]).
+    fn lend_picks(
+        &self,
+        picks: &[Pick],
+        mem_values: Option<&BinaryArray>,
+        ranges: &[Option<Range<usize>>],
+        read: &[Option<Covered>],
+        visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
+    ) -> Result<Lending> {
+        let key_type = self.table.def.key_type;
+        let pin = CachePin::new();
+        let mut cells = Vec::with_capacity(ranges.len());
+        let mut uncached = Vec::new();
+        for (i, range) in ranges.iter().enumerate() {
+            let found = match (range, read.get(i), self.table.segments.get(i)) {
+                (Some(range), Some(None), Some(segment)) => {
+                    let found = segment
+                        .values
+                        .as_ref()
+                        .filter(|_| self.reads.is_none())
+                        .and_then(|values| {
+                            segment.reader.page_cells(
+                                range.start as u64..range.end as u64,
+                                values,
+                                &pin,
+                            )
+                        });
+                    if found.is_none() {
+                        uncached.push(i);
+                    }
+                    found
+                }
+                _ => None,
+            };
+            cells.push(found);
+        }
+        if !uncached.is_empty() {
+            return Ok(Lending::Uncached(uncached));
+        }
         let mut lent = 0;
         let mut mem_row = 0;
         for pick in picks {
@@ -1376,29 +1478,66 @@ impl Scan {
                     visit(key_type.decode(*key), value)
                 }
                 Pick::Rows { segment, positions } => {
-                    let (cover, keys) = self.cover_of(&covered, *segment)?;
-                    let values = kv_values(&cover.columns)?;
-                    let mut null = false;
-                    // `walk` gives rows within the covered range, the length of `values`.
-                    let flow = cover.walk(keys, positions, self.reverse, |key, row| {
-                        let Some(value) = lendable(values, row) else {
-                            null = true;
-                            return ControlFlow::Break(());
-                        };
-                        lent += 1;
-                        visit(key_type.decode(key), value)
-                    })?;
-                    if null {
-                        return Err(null_value());
+                    let keys = self
+                        .table
+                        .segments
+                        .get(*segment)
+                        .map(|s| s.keys())
+                        .ok_or_else(|| Error::Corrupt("scan lost a segment".to_owned()))?;
+                    match (cells.get(*segment), read.get(*segment)) {
+                        (Some(Some((page, cells))), _) => {
+                            let page = page.start as usize..page.end as usize;
+                            let mut lost = false;
+                            // A segment lent from its page holds no tombstones (it is read with
+                            // its values alone), and `walk_rows` gives rows within the page.
+                            let flow = walk_rows(
+                                keys,
+                                positions,
+                                &page,
+                                None,
+                                self.reverse,
+                                |key, row| {
+                                    let Some(value) = cells.row(row) else {
+                                        lost = true;
+                                        return ControlFlow::Break(());
+                                    };
+                                    lent += 1;
+                                    visit(key_type.decode(key), value)
+                                },
+                            )?;
+                            if lost {
+                                return Err(Error::Corrupt(
+                                    "a scan step lost its segment rows".to_owned(),
+                                ));
+                            }
+                            flow
+                        }
+                        (_, Some(Some(cover))) => {
+                            let values = kv_values(&cover.columns)?;
+                            let mut null = false;
+                            // `walk` gives rows within the covered range, the length of `values`.
+                            let flow = cover.walk(keys, positions, self.reverse, |key, row| {
+                                let Some(value) = lendable(values, row) else {
+                                    null = true;
+                                    return ControlFlow::Break(());
+                                };
+                                lent += 1;
+                                visit(key_type.decode(key), value)
+                            })?;
+                            if null {
+                                return Err(null_value());
+                            }
+                            flow
+                        }
+                        _ => return Err(Error::Corrupt("scan lost a segment".to_owned())),
                     }
-                    flow
                 }
             };
             if flow.is_break() {
-                return Ok((lent, flow));
+                return Ok(Lending::Lent(lent, flow));
             }
         }
-        Ok((lent, ControlFlow::Continue(())))
+        Ok(Lending::Lent(lent, ControlFlow::Continue(())))
     }
 
     /// Rows `positions` of segment `i`: the scan's value columns and the tombstones (`None` if

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheStats, PageCache};
 pub use page::{Cells, Page};
-pub use reader::{CACHED_RANGE_PAGES, ColumnStats, PointCells, Projection, SegmentReader};
+pub use reader::{
+    CACHED_RANGE_PAGES, CachePin, ColumnStats, PointCells, Projection, SegmentReader,
+};
 pub use writer::{SegmentWriter, SegmentWriterOptions, WrittenSegment};
 
 use crate::error::{Error, Result};

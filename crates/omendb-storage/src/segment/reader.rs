@@ -1,6 +1,7 @@
 //! [`SegmentReader`]: opens a segment (footer, metadata, decoded key column) and reads rows by
 //! position, one page at a time through the shared [`PageCache`], or scans position ranges.
 
+use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -156,6 +157,31 @@ impl<'a> PointCells<'a> {
             .cache
             .hit(&self.reader.table, self.columns, *page);
         Some(bytes)
+    }
+}
+
+/// A pin of the memory cached pages live in. Values borrowed under it
+/// ([`SegmentReader::page_cells`]) stay valid while it is held, even if the cache evicts their
+/// page meanwhile: an evicted page is freed only once every pin taken before its eviction is
+/// dropped. So hold one briefly (a step of a scan), or evicted pages wait for it.
+pub struct CachePin(crossbeam_epoch::Guard);
+
+impl CachePin {
+    /// Pins the current thread (not `Send`: the pin belongs to it).
+    pub fn new() -> Self {
+        Self(crossbeam_epoch::pin())
+    }
+}
+
+impl Default for CachePin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CachePin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CachePin")
     }
 }
 
@@ -810,6 +836,36 @@ impl SegmentReader {
             point.page = Some((page, in_page.start, cells));
         }
         f(&point)
+    }
+
+    /// The values of rows `rows` in `projection`'s one column, if they all lie on one cached
+    /// page whose values have one width: that page's rows and values, borrowed under `pin`, the
+    /// rows' lines asked for (a scan step's rows, read in order next). Counted as one cache hit.
+    /// `None` for another projection, rows across pages or past the end, a page not cached or
+    /// not of one width: the rows are then read through [`Self::fetch_range_columns`], which
+    /// also reports what was wrong. Never waits for I/O.
+    pub fn page_cells<'a>(
+        &'a self,
+        rows: Range<u64>,
+        projection: &'a Projection,
+        pin: &'a CachePin,
+    ) -> Option<(Range<u64>, Cells<'a>)> {
+        let &[column] = projection.columns.as_slice() else {
+            return None;
+        };
+        self.check(projection).ok()?;
+        let (page, in_page) = self.page_of(rows.start).ok()?;
+        if rows.end > in_page.end || rows.is_empty() {
+            return None;
+        }
+        let cells = self.cells_in(column, page, &pin.0)?;
+        // Both within the page, checked above.
+        prefetch::run(
+            cells,
+            (rows.start - in_page.start) as usize..(rows.end - in_page.start) as usize,
+        );
+        self.cache.hit(&self.table, &projection.columns, page);
+        Some((in_page, cells))
     }
 
     /// Row `position`'s value in `projection`'s one column, `read` from its cached page if that
