@@ -29,7 +29,7 @@ use crate::index::search::{gallop, gallop_back};
 use crate::key::{Key, KeyType};
 use crate::memtable::{Lent, Lookup, Lsn, Memtable, Newest};
 use crate::segment::{Searched, Segment};
-use crate::table::{RowDecoder, TableDef, Value, key_data_type, value_at};
+use crate::table::{RowCodec, RowDecoder, TableDef, Value, key_data_type, value_at};
 
 /// Default rows per scan batch.
 const SCAN_BATCH_ROWS: usize = 8192;
@@ -596,15 +596,58 @@ fn push_rows(picks: &mut Vec<Pick>, segment: usize, rows: Range<usize>, reverse:
 
 /// Takes a memtable row a scan decided on: folded into `fold` if there is one, else decoded
 /// into `rows` for the batch.
-fn take_row(
-    rows: &mut RowDecoder<'_>,
-    fold: Option<&mut Fold>,
-    key: u64,
-    row: &[u8],
-) -> Result<()> {
+fn take_row(rows: &mut impl StepRows, fold: Option<&mut Fold>, key: u64, row: &[u8]) -> Result<()> {
     match fold {
         Some(fold) => fold.add_lent(Lent::One(key, Some(row))).map(drop),
         None => rows.push(row),
+    }
+}
+
+/// Where a scan step puts the memtable rows it decides on, in scan order.
+trait StepRows {
+    /// Takes the next row (encoded); one that does not decode is `Corrupt`.
+    fn push(&mut self, row: &[u8]) -> Result<()>;
+}
+
+/// Decoded into columns, for a batch.
+impl StepRows for RowDecoder<'_> {
+    fn push(&mut self, row: &[u8]) -> Result<()> {
+        RowDecoder::push(self, row)
+    }
+}
+
+/// A key-value table's memtable values of a scan step, end to end, which `scan_values` lends:
+/// copied once, with no array built (a decoder's builders and their finish were most of what a
+/// short scan's memtable rows cost). Kept from step to step.
+#[derive(Debug, Default)]
+struct KvValues {
+    bytes: Vec<u8>,
+    /// Value `i` is `bytes[ends[i - 1]..ends[i]]` (from 0 for the first).
+    ends: Vec<usize>,
+}
+
+impl KvValues {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Value `i`; `None` past the last.
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = match i.checked_sub(1) {
+            Some(before) => *self.ends.get(before)?,
+            None => 0,
+        };
+        self.bytes.get(start..end)
+    }
+}
+
+impl StepRows for KvValues {
+    fn push(&mut self, row: &[u8]) -> Result<()> {
+        self.bytes.extend_from_slice(RowCodec::kv_value_of(row)?);
+        self.ends.push(self.bytes.len());
+        Ok(())
     }
 }
 
@@ -861,8 +904,15 @@ impl Scan {
     async fn next_batch(&mut self, mut fold: Option<&mut Fold>) -> Result<Option<RecordBatch>> {
         while let Some((range, want)) = self.next_want() {
             let mut picks = self.take_picks(want);
-            let (mem_rows, last) = self
-                .decide(range.clone(), want, &mut picks, fold.as_deref_mut())
+            let mut mem_rows = self.table.def.codec.decoder();
+            let last = self
+                .decide(
+                    range.clone(),
+                    want,
+                    &mut picks,
+                    fold.as_deref_mut(),
+                    &mut mem_rows,
+                )
                 .await?;
             self.charge_switches(&picks);
             // The memtable rows are decoded in `decide`'s decoder, which borrows the scan.
@@ -884,11 +934,15 @@ impl Scan {
         visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
     ) -> Result<usize> {
         let mut visited = 0;
+        let mut mem_values = KvValues::default();
         while let Some((range, want)) = self.next_want() {
             let mut picks = self.take_picks(want);
-            let (mem_rows, last) = self.decide(range.clone(), want, &mut picks, None).await?;
+            mem_values.clear();
+            let last = self
+                .decide(range.clone(), want, &mut picks, None, &mut mem_values)
+                .await?;
             self.charge_switches(&picks);
-            let (lent, flow) = self.lend(&picks, mem_rows, visit).await?;
+            let (lent, flow) = self.lend(&picks, &mem_values, visit).await?;
             visited += lent;
             if flow.is_break() {
                 break;
@@ -953,22 +1007,23 @@ impl Scan {
     }
 
     /// Up to `want` keys of `range` with a visible row (segment rows may still turn out to be
-    /// tombstones), pushed to `picks` in scan order; returns the memtable rows among them,
-    /// decoded, and the last key looked at (`None` if the range is done). With `fold`, the
-    /// memtable rows are folded into it instead, and not picked.
+    /// tombstones), pushed to `picks` in scan order, the memtable rows among them to `mem_rows`;
+    /// returns the last key looked at (`None` if the range is done). With `fold`, the memtable
+    /// rows are folded into it instead, and not picked.
     ///
     /// Keys are merged one at a time across the memtables and segments, except where the next
     /// keys are one source's alone: a run of them up to the next key of any other source is
     /// taken whole, without a look at each key. A segment's run costs a copy of its pages, a
     /// memtable's a pass over its versions; so a scan of one source's rows, the common case,
     /// pays no merge step per key.
-    async fn decide(
+    async fn decide<R: StepRows + Send>(
         &self,
         range: RangeInclusive<u64>,
         want: usize,
         picks: &mut Vec<Pick>,
         mut fold: Option<&mut Fold>,
-    ) -> Result<(RowDecoder<'_>, Option<u64>)> {
+        mem_rows: &mut R,
+    ) -> Result<Option<u64>> {
         let reverse = self.reverse;
         // Every segment's search for the range is asked for before any is made, a step at a
         // time (the models' lines, then the key windows they give), so that the segments'
@@ -1012,7 +1067,6 @@ impl Scan {
                 .all(|(deleted, _)| deleted.end() < range.start() || range.end() < deleted.start())
         });
         let mut holders: Vec<usize> = Vec::new();
-        let mut rows = self.table.def.codec.decoder();
         // A row that does not decode, lent to a closure that cannot return it.
         let mut failed = None;
         let mut taken = 0;
@@ -1023,7 +1077,7 @@ impl Scan {
             }
             let segment_next = heads.first().map(|(ranked, _)| rank(ranked, reverse));
             let Some(key) = nearer(mem_next, segment_next, reverse) else {
-                return Ok((rows, None));
+                return Ok(None);
             };
             if runs && mem_next != Some(key) {
                 // Segment runs, one after another while they come before the memtables' next
@@ -1037,7 +1091,7 @@ impl Scan {
                     taken += run.len();
                     push_rows(picks, segment, run, reverse);
                     if taken == want {
-                        return Ok((rows, Some(last)));
+                        return Ok(Some(last));
                     }
                 }
                 if took {
@@ -1076,7 +1130,7 @@ impl Scan {
                                 if let Some(row) = row
                                     && failed.is_none()
                                 {
-                                    failed = rows.push(row).err();
+                                    failed = mem_rows.push(row).err();
                                     picks.push(Pick::Row(k));
                                     taken += 1;
                                 }
@@ -1087,7 +1141,7 @@ impl Scan {
                         return Err(error);
                     }
                     if taken == want {
-                        return Ok((rows, last));
+                        return Ok(last);
                     }
                     continue;
                 }
@@ -1108,7 +1162,7 @@ impl Scan {
                         }
                         match row {
                             Some(row) => {
-                                failed = take_row(&mut rows, fold.as_deref_mut(), key, row).err();
+                                failed = take_row(mem_rows, fold.as_deref_mut(), key, row).err();
                                 found = Some(Pick::Row(key));
                             }
                             None => hidden = true,
@@ -1122,7 +1176,7 @@ impl Scan {
                 for (memtable, at) in &self.layers {
                     match memtable.get(key, *at) {
                         Lookup::Found { row, .. } => {
-                            take_row(&mut rows, fold.as_deref_mut(), key, &row)?;
+                            take_row(mem_rows, fold.as_deref_mut(), key, &row)?;
                             found = Some(Pick::Row(key));
                             break;
                         }
@@ -1183,7 +1237,7 @@ impl Scan {
             }
             taken += 1;
             if taken == want {
-                return Ok((rows, Some(key)));
+                return Ok(Some(key));
             }
         }
     }
@@ -1390,20 +1444,9 @@ impl Scan {
     async fn lend(
         &self,
         picks: &[Pick],
-        mem_rows: RowDecoder<'_>,
+        mem_values: &KvValues,
         visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
     ) -> Result<(usize, ControlFlow<()>)> {
-        // Most steps of a short scan pick segment rows alone: their decoder is not finished.
-        let decoded = if picks.iter().any(|pick| matches!(pick, Pick::Row(_))) {
-            mem_rows.finish()?
-        } else {
-            Vec::new()
-        };
-        let mem_values = if decoded.is_empty() {
-            None
-        } else {
-            Some(kv_values(&decoded)?)
-        };
         let ranges = self.cover_ranges(picks)?;
         let mut read: Vec<Option<Covered>> = Vec::with_capacity(ranges.len());
         read.resize_with(ranges.len(), || None);
@@ -1429,7 +1472,7 @@ impl Scan {
     fn lend_picks(
         &self,
         picks: &[Pick],
-        mem_values: Option<&BinaryArray>,
+        mem_values: &KvValues,
         ranges: &[Option<Range<usize>>],
         read: &[Option<Covered>],
         visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
@@ -1469,10 +1512,9 @@ impl Scan {
         for pick in picks {
             let flow = match pick {
                 Pick::Row(key) => {
-                    let values = mem_values
-                        .filter(|values| mem_row < values.len())
+                    let value = mem_values
+                        .get(mem_row)
                         .ok_or_else(|| Error::Corrupt("scan lost a memtable row".to_owned()))?;
-                    let value = lendable(values, mem_row).ok_or_else(null_value)?;
                     mem_row += 1;
                     lent += 1;
                     visit(key_type.decode(*key), value)

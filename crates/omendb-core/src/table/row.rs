@@ -282,13 +282,22 @@ impl RowCodec {
 
     /// The single binary value of a key-value table's row, without copying it.
     pub fn kv_value(row: &Bytes) -> Result<Bytes> {
-        match row.first() {
-            Some(&PRESENT) if row.len() >= 5 => {
-                let len = u32::from_le_bytes([row[1], row[2], row[3], row[4]]) as usize;
-                if row.len() != 5 + len {
+        let len = Self::kv_value_of(row)?.len();
+        // The value is the row's last `len` bytes.
+        Ok(row.slice(row.len() - len..))
+    }
+
+    /// The single binary value of a key-value table's row, borrowed.
+    pub fn kv_value_of(row: &[u8]) -> Result<&[u8]> {
+        match row.split_first() {
+            Some((&PRESENT, rest)) => {
+                let (len, value) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| corrupt("key-value row length"))?;
+                if value.len() != u32::from_le_bytes(*len) as usize {
                     return Err(corrupt("key-value row length"));
                 }
-                Ok(row.slice(5..))
+                Ok(value)
             }
             _ => Err(corrupt("key-value row without a value")),
         }
@@ -812,6 +821,28 @@ mod tests {
             .unwrap();
         let row = Bytes::from(out);
         assert_eq!(RowCodec::kv_value(&row).unwrap(), "hello");
+        assert_eq!(RowCodec::kv_value_of(&row).unwrap(), b"hello");
+        let mut empty = Vec::new();
+        codec
+            .encode_values(&[Value::Bytes(Bytes::new())], &mut empty)
+            .unwrap();
+        assert_eq!(RowCodec::kv_value_of(&empty).unwrap(), b"");
+        // Truncated anywhere, one byte too many, a null or no row at all: damage, not a value.
+        for bad in [
+            &row[..4],
+            &row[..1],
+            &row[..row.len() - 1],
+            &[][..],
+            &[NULL][..],
+        ] {
+            assert!(
+                matches!(RowCodec::kv_value_of(bad), Err(Error::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
+        let mut longer = row.to_vec();
+        longer.push(0);
+        assert!(RowCodec::kv_value_of(&longer).is_err());
         assert!(RowCodec::kv_value(&row.slice(..4)).is_err());
     }
 }
