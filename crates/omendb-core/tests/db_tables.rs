@@ -19,6 +19,7 @@ use omendb_core::{
     Aggregate, ChangedRow, Db, Error, ErrorKind, Isolation, Key, KeyType, ScanOptions, TimeUnit,
     Value, WriteOptions,
 };
+use omendb_storage::segment::SegmentWriterOptions;
 
 fn schema() -> Schema {
     Schema::new(vec![
@@ -853,13 +854,32 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
 }
 
 /// Segment rows on a cached page whose values have one width are lent from the page itself
-/// (`Scan::lend`); others are read first. Both, in one scan and in either direction, lend what
-/// the table holds: a scan of two interleaved segments, a third with tombstones and the
-/// memtable, first with nothing cached, then warm.
+/// (`Scan::lend`); others (rows across pages, pages not cached, a segment with tombstones) are
+/// read first. Both, in one scan and in either direction, lend what the table holds: a scan of
+/// two interleaved segments, a third with tombstones and the memtable, over pages of 64 rows,
+/// first with nothing cached, then warm, with a cache that holds every page and with one that
+/// holds a few.
 #[tokio::test]
 async fn a_scan_of_values_lends_cached_rows_in_either_direction() {
+    for cache_bytes in [64 << 20, 16 << 10] {
+        lend_cached_rows(cache_bytes).await;
+    }
+}
+
+async fn lend_cached_rows(cache_bytes: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path()).await.unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .cache_bytes(cache_bytes)
+        .idle_compaction(None)
+        .segment_options(SegmentWriterOptions {
+            rows_per_page: 64,
+            pages_per_row_group: 8,
+            ..SegmentWriterOptions::default()
+        })
+        .build()
+        .await
+        .unwrap();
     let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
     // Every value 16 bytes: the pages have one width.
     let value = |key: u64, version: u64| format!("{version:02}-{key:013}");
@@ -930,7 +950,7 @@ async fn a_scan_of_values_lends_cached_rows_in_either_direction() {
                 assert_eq!(
                     scan(from, limit, false).await,
                     forward,
-                    "{round}: {limit} rows from {from}"
+                    "{round}, cache of {cache_bytes}: {limit} rows from {from}"
                 );
                 let backward: Vec<(Key, String)> = want
                     .range(..=from)
@@ -941,7 +961,7 @@ async fn a_scan_of_values_lends_cached_rows_in_either_direction() {
                 assert_eq!(
                     scan(from, limit, true).await,
                     backward,
-                    "{round}: {limit} rows back from {from}"
+                    "{round}, cache of {cache_bytes}: {limit} rows back from {from}"
                 );
             }
         }

@@ -53,19 +53,25 @@ pub fn cells(cells: Cells<'_>, rows: std::ops::Range<usize>) {
 /// Lines [`run`] asks for at most: the hardware prefetcher follows a longer run read in order.
 const MAX_RUN_LINES: usize = 32;
 
-/// Starts loading the bytes of rows `rows` of a page of one width, from the first (at most
-/// [`MAX_RUN_LINES`] lines): rows a scan reads next, in order.
+/// Starts loading the bytes of rows `rows` of a page of one width, rows a scan reads next in
+/// order: at most [`MAX_RUN_LINES`] lines from the first row, or from the last if `reverse`.
 #[inline]
-pub fn run(cells: Cells<'_>, rows: std::ops::Range<usize>) {
+pub fn run(cells: Cells<'_>, rows: std::ops::Range<usize>, reverse: bool) {
     let rows = rows.start..rows.end.min(cells.rows());
     let bytes = rows.len().saturating_mul(cells.width());
     if bytes == 0 {
         return;
     }
-    let start = cells.at(rows.start) as usize & !(LINE_BYTES - 1);
+    let first = cells.at(rows.start) as usize & !(LINE_BYTES - 1);
     let end = cells.at(rows.start) as usize + bytes;
-    let lines = (end - start).div_ceil(LINE_BYTES);
-    for at in 0..lines.min(MAX_RUN_LINES) {
+    let lines = (end - first).div_ceil(LINE_BYTES).min(MAX_RUN_LINES);
+    let start = if reverse {
+        // The line of the last byte and the `lines - 1` before it.
+        ((end - 1) & !(LINE_BYTES - 1)) - (lines - 1) * LINE_BYTES
+    } else {
+        first
+    };
+    for at in 0..lines {
         line((start + at * LINE_BYTES) as *const u8);
     }
 }

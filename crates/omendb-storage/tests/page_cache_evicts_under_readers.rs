@@ -13,7 +13,7 @@ use arrow_schema::{DataType, Field, Schema};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use omendb_storage::segment::{
-    CachePin, PageCache, SegmentReader, SegmentWriter, SegmentWriterOptions, segment_schema,
+    CachePin, Cells, PageCache, SegmentReader, SegmentWriter, SegmentWriterOptions, segment_schema,
 };
 
 const ROWS: u64 = 64 * 1024;
@@ -184,7 +184,7 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .unwrap();
-                let (mut borrowed, mut fetched) = (0u64, 0u64);
+                let (mut borrowed, mut fetched, mut evicted) = (0u64, 0u64, 0u64);
                 let mut state = thread * 7919 + 1;
                 for _ in 0..5_000 {
                     state ^= state << 13;
@@ -193,9 +193,10 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
                     let start = state % ROWS;
                     let rows = start..(start + 1 + state % 40).min(ROWS);
                     let pin = CachePin::new();
-                    match reader.page_cells(rows.clone(), &projection, &pin) {
-                        Some((page, cells)) => {
+                    match reader.page_cells(rows.clone(), &projection, false, &pin) {
+                        Some(found) => {
                             borrowed += 1;
+                            let (page, cells) = (found.rows(), found.cells());
                             // Other threads' fetches evict pages meanwhile: under the pin, the
                             // bytes borrowed are still the page's.
                             for _ in 0..3 {
@@ -208,6 +209,14 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
                                     );
                                 }
                                 std::thread::yield_now();
+                            }
+                            // Whether the page was evicted while it was read: gone from the
+                            // cache, or cached again elsewhere.
+                            let address = |cells: Cells<'_>| cells.row(0).map(<[u8]>::as_ptr);
+                            let fresh = CachePin::new();
+                            let now = reader.page_cells(rows, &projection, false, &fresh);
+                            if now.is_none_or(|now| address(now.cells()) != address(cells)) {
+                                evicted += 1;
                             }
                         }
                         None => {
@@ -225,19 +234,20 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
                         }
                     }
                 }
-                (borrowed, fetched)
+                (borrowed, fetched, evicted)
             })
         })
         .collect();
-    let (mut borrowed, mut fetched) = (0, 0);
+    let (mut borrowed, mut fetched, mut evicted) = (0, 0, 0);
     for thread in threads {
-        let (b, f) = thread.join().unwrap();
+        let (b, f, e) = thread.join().unwrap();
         borrowed += b;
         fetched += f;
+        evicted += e;
     }
     assert!(
-        borrowed > 0 && fetched > 0,
-        "{borrowed} borrowed, {fetched} fetched"
+        borrowed > 0 && fetched > 0 && evicted > 0,
+        "{borrowed} borrowed ({evicted} of their pages evicted while read), {fetched} fetched"
     );
     assert!(cache.stats().bytes <= budget, "{:?}", cache.stats());
 }

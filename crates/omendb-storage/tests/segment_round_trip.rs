@@ -967,7 +967,9 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
         .unwrap();
     assert_eq!(left.len(), all.len());
     assert!(
-        reader.page_cells(0..10, &v, &CachePin::new()).is_none(),
+        reader
+            .page_cells(0..10, &v, false, &CachePin::new())
+            .is_none(),
         "nothing is cached"
     );
 
@@ -1033,20 +1035,22 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
     );
     assert!(reader.with_point_cells(rows..rows + 5, &v, |cells| cells.value(rows).is_none()));
 
-    // A scan step's rows, borrowed from their page where they all lie on one of one width
-    // (one hit a step); nothing for rows across two pages, a page of more than one width, two
-    // columns, no rows or rows past the end.
+    // A scan step's rows, borrowed from their page where they all lie on one of one width (a
+    // hit once the step says it read them, not before); nothing for rows across two pages, a
+    // page of more than one width, two columns, no rows or rows past the end.
     let before = cache.stats();
     let mut served = 0;
     for start in (0..rows).step_by(7) {
-        for len in [1, 5, 40] {
+        for (len, reverse) in [(1, false), (5, true), (40, false), (40, true)] {
             let step = start..(start + len).min(rows);
             let pin = CachePin::new();
-            let found = reader.page_cells(step.clone(), &v, &pin);
+            let found = reader.page_cells(step.clone(), &v, reverse, &pin);
             let one_page = (step.end - 1) / 100 == start / 100;
             if even_page(start) && one_page {
-                let (page, cells) = found.expect("the step's rows are on one cached page");
+                let found = found.expect("the step's rows are on one cached page");
+                let page = found.rows();
                 assert_eq!(page, start / 100 * 100..start / 100 * 100 + 100);
+                let cells = found.cells();
                 for i in step.clone() {
                     assert_eq!(
                         cells.row((i - page.start) as usize),
@@ -1055,25 +1059,37 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
                     );
                 }
                 assert_eq!(cells.row(100), None, "past the page");
-                served += 1;
+                if start % 2 == 0 {
+                    found.served();
+                    served += 1;
+                }
             } else {
                 assert!(found.is_none(), "rows {step:?}");
             }
             assert!(
-                reader.page_cells(step, &both, &pin).is_none(),
+                reader.page_cells(step, &both, reverse, &pin).is_none(),
                 "two columns"
             );
         }
     }
-    assert_eq!(cache.stats().hits - before.hits, served, "one hit a step");
+    assert_eq!(
+        cache.stats().hits - before.hits,
+        served,
+        "one hit for each step served, none for a lookup dropped"
+    );
     let pin = CachePin::new();
-    assert!(reader.page_cells(4..4, &v, &pin).is_none(), "no rows");
     assert!(
-        reader.page_cells(rows..rows + 1, &v, &pin).is_none(),
+        reader.page_cells(4..4, &v, false, &pin).is_none(),
+        "no rows"
+    );
+    assert!(
+        reader.page_cells(rows..rows + 1, &v, false, &pin).is_none(),
         "past the end"
     );
     assert!(
-        reader.page_cells(rows - 1..rows + 1, &v, &pin).is_none(),
+        reader
+            .page_cells(rows - 1..rows + 1, &v, false, &pin)
+            .is_none(),
         "past the end"
     );
     drop(pin);

@@ -18,7 +18,7 @@ use arrow_array::{
 use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use omendb_storage::segment::{CachePin, Page, Projection, TOMBSTONE_COLUMN};
+use omendb_storage::segment::{CachePin, Cells, Page, PageCells, Projection, TOMBSTONE_COLUMN};
 
 use super::aggregate::Fold;
 use super::options::ScanOptions;
@@ -594,25 +594,16 @@ fn push_rows(picks: &mut Vec<Pick>, segment: usize, rows: Range<usize>, reverse:
     });
 }
 
-/// Takes a memtable row a scan decided on: folded into `fold` if there is one, else decoded
-/// into `rows` for the batch.
-fn take_row(rows: &mut impl StepRows, fold: Option<&mut Fold>, key: u64, row: &[u8]) -> Result<()> {
+/// Where a scan step puts the memtable rows it decides on, in scan order (a row that does not
+/// decode is `Corrupt`): into a decoder for a batch, or a key-value table's values to lend.
+type TakeRow<'a> = dyn FnMut(&[u8]) -> Result<()> + Send + 'a;
+
+/// Takes a memtable row a scan decided on: folded into `fold` if there is one, else given to
+/// `rows`.
+fn take_row(rows: &mut TakeRow<'_>, fold: Option<&mut Fold>, key: u64, row: &[u8]) -> Result<()> {
     match fold {
         Some(fold) => fold.add_lent(Lent::One(key, Some(row))).map(drop),
-        None => rows.push(row),
-    }
-}
-
-/// Where a scan step puts the memtable rows it decides on, in scan order.
-trait StepRows {
-    /// Takes the next row (encoded); one that does not decode is `Corrupt`.
-    fn push(&mut self, row: &[u8]) -> Result<()>;
-}
-
-/// Decoded into columns, for a batch.
-impl StepRows for RowDecoder<'_> {
-    fn push(&mut self, row: &[u8]) -> Result<()> {
-        RowDecoder::push(self, row)
+        None => rows(row),
     }
 }
 
@@ -632,6 +623,13 @@ impl KvValues {
         self.ends.clear();
     }
 
+    /// Takes the value of a key-value table's row (encoded).
+    fn push(&mut self, row: &[u8]) -> Result<()> {
+        self.bytes.extend_from_slice(RowCodec::kv_value_of(row)?);
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
     /// Value `i`; `None` past the last.
     fn get(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)?;
@@ -640,14 +638,6 @@ impl KvValues {
             None => 0,
         };
         self.bytes.get(start..end)
-    }
-}
-
-impl StepRows for KvValues {
-    fn push(&mut self, row: &[u8]) -> Result<()> {
-        self.bytes.extend_from_slice(RowCodec::kv_value_of(row)?);
-        self.ends.push(self.bytes.len());
-        Ok(())
     }
 }
 
@@ -752,6 +742,28 @@ fn walk_rows(
     } else {
         keys.iter().enumerate().try_for_each(&mut each)
     })
+}
+
+/// Where a lending step reads a segment's values.
+enum StepValues<'a> {
+    /// Its cached page of one width (row = row within the page).
+    Page(Cells<'a>),
+    /// Its covering range, read (row = row within the range).
+    Read(&'a BinaryArray),
+}
+
+impl<'a> StepValues<'a> {
+    /// Row `row`'s value. A row past the end, or a null in a key-value table's non-nullable
+    /// value column, is damage.
+    #[inline(always)]
+    fn get(&self, row: usize) -> Result<&'a [u8]> {
+        match self {
+            Self::Page(cells) => cells
+                .row(row)
+                .ok_or_else(|| Error::Corrupt("a scan step lost its segment rows".to_owned())),
+            Self::Read(values) => lendable(values, row).ok_or_else(null_value),
+        }
+    }
 }
 
 /// What [`Scan::lend_picks`] did with a step's picks.
@@ -911,11 +923,10 @@ impl Scan {
                     want,
                     &mut picks,
                     fold.as_deref_mut(),
-                    &mut mem_rows,
+                    &mut |row| mem_rows.push(row),
                 )
                 .await?;
             self.charge_switches(&picks);
-            // The memtable rows are decoded in `decide`'s decoder, which borrows the scan.
             let batch = self.materialize(&picks, mem_rows).await?;
             self.advance(&range, last, picks, batch.num_rows());
             if batch.num_rows() > 0 {
@@ -927,8 +938,9 @@ impl Scan {
 
     /// Runs the scan of a key-value table to its end, or until `visit` breaks, lending each
     /// row's key and value to `visit` in scan order; returns the rows visited. The same steps
-    /// as [`Scan::next_batch`], but the picked rows are read where they lie (the memtable rows'
-    /// decoded column, the segments' pages) instead of being gathered into a batch.
+    /// as [`Scan::next_batch`], but the picked rows are read where they lie (the segments'
+    /// cached pages; the memtable rows' values copied end to end) instead of being gathered into
+    /// a batch.
     pub(crate) async fn lend_values(
         mut self,
         visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
@@ -939,7 +951,9 @@ impl Scan {
             let mut picks = self.take_picks(want);
             mem_values.clear();
             let last = self
-                .decide(range.clone(), want, &mut picks, None, &mut mem_values)
+                .decide(range.clone(), want, &mut picks, None, &mut |row| {
+                    mem_values.push(row)
+                })
                 .await?;
             self.charge_switches(&picks);
             let (lent, flow) = self.lend(&picks, &mem_values, visit).await?;
@@ -1016,13 +1030,13 @@ impl Scan {
     /// taken whole, without a look at each key. A segment's run costs a copy of its pages, a
     /// memtable's a pass over its versions; so a scan of one source's rows, the common case,
     /// pays no merge step per key.
-    async fn decide<R: StepRows + Send>(
+    async fn decide(
         &self,
         range: RangeInclusive<u64>,
         want: usize,
         picks: &mut Vec<Pick>,
         mut fold: Option<&mut Fold>,
-        mem_rows: &mut R,
+        mem_rows: &mut TakeRow<'_>,
     ) -> Result<Option<u64>> {
         let reverse = self.reverse;
         // Every segment's search for the range is asked for before any is made, a step at a
@@ -1130,7 +1144,7 @@ impl Scan {
                                 if let Some(row) = row
                                     && failed.is_none()
                                 {
-                                    failed = mem_rows.push(row).err();
+                                    failed = mem_rows(row).err();
                                     picks.push(Pick::Row(k));
                                     taken += 1;
                                 }
@@ -1466,9 +1480,9 @@ impl Scan {
         }
     }
 
-    /// [`Scan::lend`]'s lending, under one pin of the cache: the rows of segments without a
-    /// `read` cover are borrowed from their cached pages. If one's are not there, nothing is
-    /// lent ([`Lending::Uncached`]).
+    /// [`Scan::lend`]'s lending: the rows of segments without a `read` cover are borrowed from
+    /// their cached pages, under one pin of the cache taken only then. If one's are not there,
+    /// nothing is lent ([`Lending::Uncached`]).
     fn lend_picks(
         &self,
         picks: &[Pick],
@@ -1477,14 +1491,19 @@ impl Scan {
         read: &[Option<Covered>],
         visit: &mut (dyn FnMut(Key, &[u8]) -> ControlFlow<()> + Send),
     ) -> Result<Lending> {
-        let key_type = self.table.def.key_type;
-        let pin = CachePin::new();
-        let mut cells = Vec::with_capacity(ranges.len());
+        let lost_segment = || Error::Corrupt("scan lost a segment".to_owned());
+        let unread = |i: usize| {
+            ranges.get(i).is_some_and(Option::is_some) && read.get(i).is_some_and(Option::is_none)
+        };
+        // A pin holds back the freeing of every page the cache evicts meanwhile, so a step
+        // that borrows nothing (memtable rows, or segment rows read) runs its visits without.
+        let pin = (0..ranges.len()).any(unread).then(CachePin::new);
+        let mut pages = Vec::with_capacity(ranges.len());
         let mut uncached = Vec::new();
         for (i, range) in ranges.iter().enumerate() {
-            let found = match (range, read.get(i), self.table.segments.get(i)) {
-                (Some(range), Some(None), Some(segment)) => {
-                    let found = segment
+            let page = match (range, &pin, self.table.segments.get(i)) {
+                (Some(range), Some(pin), Some(segment)) if unread(i) => {
+                    let page = segment
                         .values
                         .as_ref()
                         .filter(|_| self.reads.is_none())
@@ -1492,21 +1511,25 @@ impl Scan {
                             segment.reader.page_cells(
                                 range.start as u64..range.end as u64,
                                 values,
-                                &pin,
+                                self.reverse,
+                                pin,
                             )
                         });
-                    if found.is_none() {
+                    if page.is_none() {
                         uncached.push(i);
                     }
-                    found
+                    page
                 }
                 _ => None,
             };
-            cells.push(found);
+            pages.push(page);
         }
         if !uncached.is_empty() {
             return Ok(Lending::Uncached(uncached));
         }
+        // Every page found is read from below.
+        pages.iter().flatten().for_each(PageCells::served);
+        let key_type = self.table.def.key_type;
         let mut lent = 0;
         let mut mem_row = 0;
         for pick in picks {
@@ -1525,54 +1548,47 @@ impl Scan {
                         .segments
                         .get(*segment)
                         .map(|s| s.keys())
-                        .ok_or_else(|| Error::Corrupt("scan lost a segment".to_owned()))?;
-                    match (cells.get(*segment), read.get(*segment)) {
-                        (Some(Some((page, cells))), _) => {
-                            let page = page.start as usize..page.end as usize;
-                            let mut lost = false;
-                            // A segment lent from its page holds no tombstones (it is read with
-                            // its values alone), and `walk_rows` gives rows within the page.
-                            let flow = walk_rows(
-                                keys,
-                                positions,
-                                &page,
-                                None,
-                                self.reverse,
-                                |key, row| {
-                                    let Some(value) = cells.row(row) else {
-                                        lost = true;
-                                        return ControlFlow::Break(());
-                                    };
-                                    lent += 1;
-                                    visit(key_type.decode(key), value)
-                                },
-                            )?;
-                            if lost {
-                                return Err(Error::Corrupt(
-                                    "a scan step lost its segment rows".to_owned(),
-                                ));
-                            }
-                            flow
+                        .ok_or_else(lost_segment)?;
+                    // The rows come from the page (whose segment holds no tombstones: it is
+                    // read with its values alone) or from the covering range read.
+                    let (values, covered, deleted) = match (pages.get(*segment), read.get(*segment))
+                    {
+                        (Some(Some(page)), _) => {
+                            let rows = page.rows();
+                            let covered = rows.start as usize..rows.end as usize;
+                            (StepValues::Page(page.cells()), covered, None)
                         }
-                        (_, Some(Some(cover))) => {
-                            let values = kv_values(&cover.columns)?;
-                            let mut null = false;
-                            // `walk` gives rows within the covered range, the length of `values`.
-                            let flow = cover.walk(keys, positions, self.reverse, |key, row| {
-                                let Some(value) = lendable(values, row) else {
-                                    null = true;
-                                    return ControlFlow::Break(());
-                                };
+                        (_, Some(Some(cover))) => (
+                            StepValues::Read(kv_values(&cover.columns)?),
+                            cover.range.clone(),
+                            cover.deleted.as_ref(),
+                        ),
+                        _ => return Err(lost_segment()),
+                    };
+                    let mut missing = None;
+                    // `walk_rows` gives rows within `covered`: the page's, or the covering
+                    // range's, which is the length of its values.
+                    let flow = walk_rows(
+                        keys,
+                        positions,
+                        &covered,
+                        deleted,
+                        self.reverse,
+                        |key, row| match values.get(row) {
+                            Ok(value) => {
                                 lent += 1;
                                 visit(key_type.decode(key), value)
-                            })?;
-                            if null {
-                                return Err(null_value());
                             }
-                            flow
-                        }
-                        _ => return Err(Error::Corrupt("scan lost a segment".to_owned())),
+                            Err(error) => {
+                                missing = Some(error);
+                                ControlFlow::Break(())
+                            }
+                        },
+                    )?;
+                    if let Some(error) = missing {
+                        return Err(error);
                     }
+                    flow
                 }
             };
             if flow.is_break() {

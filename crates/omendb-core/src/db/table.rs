@@ -425,9 +425,11 @@ impl Table {
     /// (its first poll), each lent to `visit` as its key and value in scan order until `visit`
     /// breaks: a scan that builds no batch, for a caller that reads each value once. `options`
     /// give the limit, the order and the rows read per step; a projection is `BadInput`, as is
-    /// a typed table. Returns how many rows `visit` saw. `visit` runs after each step's merge, holding no
-    /// lock a writer waits for (the step's memtables and segments stay referenced until the
-    /// scan ends).
+    /// a typed table. Returns how many rows `visit` saw. `visit` runs after each step's merge,
+    /// holding no lock a writer waits for (the step's memtables and segments stay referenced
+    /// until the scan ends). Where a step lends values from cached pages, its visits run under
+    /// an epoch pin of the page cache, during which no page the cache evicts is freed: a
+    /// `visit` that blocks lets the cache's memory grow past its budget until it returns.
     pub async fn scan_values<K: Into<Key> + Copy>(
         &self,
         range: impl RangeBounds<K>,

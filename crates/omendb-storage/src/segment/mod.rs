@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::{CacheStats, PageCache};
 pub use page::{Cells, Page};
 pub use reader::{
-    CACHED_RANGE_PAGES, CachePin, ColumnStats, PointCells, Projection, SegmentReader,
+    CACHED_RANGE_PAGES, CachePin, ColumnStats, PageCells, PointCells, Projection, SegmentReader,
 };
 pub use writer::{SegmentWriter, SegmentWriterOptions, WrittenSegment};
 

@@ -160,6 +160,38 @@ impl<'a> PointCells<'a> {
     }
 }
 
+/// A cached page's values of one width, found for a scan step ([`SegmentReader::page_cells`]);
+/// valid while the [`CachePin`] it was found under is held.
+#[derive(Debug)]
+pub struct PageCells<'a> {
+    reader: &'a SegmentReader,
+    columns: &'a [usize],
+    page: u64,
+    rows: Range<u64>,
+    cells: Cells<'a>,
+}
+
+impl<'a> PageCells<'a> {
+    /// The segment's rows the page holds.
+    pub fn rows(&self) -> Range<u64> {
+        self.rows.clone()
+    }
+
+    /// The page's values.
+    pub fn cells(&self) -> Cells<'a> {
+        self.cells
+    }
+
+    /// Counts the read of the page's rows as a cache hit: called once the rows are read from
+    /// it, so that a lookup whose result is dropped (another segment of the same step must be
+    /// read first) is not counted, as the read that replaces it will be.
+    pub fn served(&self) {
+        self.reader
+            .cache
+            .hit(&self.reader.table, self.columns, self.page);
+    }
+}
+
 /// A pin of the memory cached pages live in. Values borrowed under it
 /// ([`SegmentReader::page_cells`]) stay valid while it is held, even if the cache evicts their
 /// page meanwhile: an evicted page is freed only once every pin taken before its eviction is
@@ -822,10 +854,7 @@ impl SegmentReader {
             columns: &projection.columns,
             page: None,
         };
-        if let (Ok(()), &[column]) = (self.check(projection), projection.columns.as_slice())
-            && let Ok((page, in_page)) = self.page_of(rows.start)
-            && let Some(cells) = self.cells_in(column, page, &guard)
-        {
+        if let Some((page, in_page, cells)) = self.one_width_page(rows.start, projection, &guard) {
             let until = rows.end.min(in_page.end);
             // Both within the page: `rows.start` is on it and `until` at most its end.
             let first = (rows.start - in_page.start) as usize;
@@ -839,33 +868,53 @@ impl SegmentReader {
     }
 
     /// The values of rows `rows` in `projection`'s one column, if they all lie on one cached
-    /// page whose values have one width: that page's rows and values, borrowed under `pin`, the
-    /// rows' lines asked for (a scan step's rows, read in order next). Counted as one cache hit.
+    /// page whose values have one width: that page's values, borrowed under `pin`, with the
+    /// rows' lines asked for from the end a scan reads first (the last row if `reverse`).
     /// `None` for another projection, rows across pages or past the end, a page not cached or
     /// not of one width: the rows are then read through [`Self::fetch_range_columns`], which
-    /// also reports what was wrong. Never waits for I/O.
+    /// also reports what was wrong. Counted as a cache hit once [`PageCells::served`] says the
+    /// rows were read from it. Never waits for I/O.
     pub fn page_cells<'a>(
         &'a self,
         rows: Range<u64>,
         projection: &'a Projection,
+        reverse: bool,
         pin: &'a CachePin,
-    ) -> Option<(Range<u64>, Cells<'a>)> {
-        let &[column] = projection.columns.as_slice() else {
-            return None;
-        };
-        self.check(projection).ok()?;
-        let (page, in_page) = self.page_of(rows.start).ok()?;
+    ) -> Option<PageCells<'a>> {
+        let (page, in_page, cells) = self.one_width_page(rows.start, projection, &pin.0)?;
         if rows.end > in_page.end || rows.is_empty() {
             return None;
         }
-        let cells = self.cells_in(column, page, &pin.0)?;
         // Both within the page, checked above.
         prefetch::run(
             cells,
             (rows.start - in_page.start) as usize..(rows.end - in_page.start) as usize,
+            reverse,
         );
-        self.cache.hit(&self.table, &projection.columns, page);
-        Some((in_page, cells))
+        Some(PageCells {
+            reader: self,
+            columns: &projection.columns,
+            page,
+            rows: in_page,
+            cells,
+        })
+    }
+
+    /// The page holding row `position` in `projection`'s one column, if it is cached and its
+    /// values have one width: its number, its rows and its values (valid while `guard` is
+    /// pinned). `None` for another projection or a position past the end.
+    fn one_width_page<'a>(
+        &'a self,
+        position: u64,
+        projection: &Projection,
+        guard: &'a crossbeam_epoch::Guard,
+    ) -> Option<(u64, Range<u64>, Cells<'a>)> {
+        let &[column] = projection.columns.as_slice() else {
+            return None;
+        };
+        self.check(projection).ok()?;
+        let (page, in_page) = self.page_of(position).ok()?;
+        Some((page, in_page, self.cells_in(column, page, guard)?))
     }
 
     /// Row `position`'s value in `projection`'s one column, `read` from its cached page if that
