@@ -18,6 +18,14 @@ use omendb_storage::segment::{
 
 const ROWS: u64 = 64 * 1024;
 
+/// The next number of a xorshift walk: a different, repeatable walk per thread.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 fn value(position: u64) -> f64 {
     position as f64 * 0.25
 }
@@ -92,11 +100,7 @@ fn cached_reads_stay_right_while_a_small_cache_evicts_under_them() {
                 let (mut cached, mut fetched) = (0u64, 0u64);
                 let mut state = thread * 7919 + 1;
                 for _ in 0..20_000 {
-                    // xorshift: a different, repeatable walk per thread
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let position = state % ROWS;
+                    let position = xorshift(&mut state) % ROWS;
                     let read = reader
                         .read_cached(position, &projection, |pages, offset| {
                             let key = pages[0]
@@ -187,10 +191,7 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
                 let (mut borrowed, mut fetched, mut evicted) = (0u64, 0u64, 0u64);
                 let mut state = thread * 7919 + 1;
                 for _ in 0..5_000 {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let start = state % ROWS;
+                    let start = xorshift(&mut state) % ROWS;
                     let rows = start..(start + 1 + state % 40).min(ROWS);
                     let pin = CachePin::new();
                     match reader.page_cells(rows.clone(), &projection, false, &pin) {
