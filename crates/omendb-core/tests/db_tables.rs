@@ -866,6 +866,16 @@ async fn a_scan_of_values_lends_cached_rows_in_either_direction() {
     }
 }
 
+/// The first `limit` of `rows` as a scan of values lends them.
+fn oracle<'a>(
+    rows: impl Iterator<Item = (&'a u64, &'a String)>,
+    limit: usize,
+) -> Vec<(Key, String)> {
+    rows.take(limit)
+        .map(|(&k, v)| (Key::U64(k), v.clone()))
+        .collect()
+}
+
 async fn lend_cached_rows(cache_bytes: u64) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::builder()
@@ -942,27 +952,18 @@ async fn lend_cached_rows(cache_bytes: u64) {
     for round in ["cold", "warm"] {
         for from in (0..3_100).step_by(97) {
             for limit in [1, 9, 60] {
-                let forward: Vec<(Key, String)> = want
-                    .range(from..)
-                    .take(limit)
-                    .map(|(&k, v)| (Key::U64(k), v.clone()))
-                    .collect();
-                assert_eq!(
-                    scan(from, limit, false).await,
-                    forward,
-                    "{round}, cache of {cache_bytes}: {limit} rows from {from}"
-                );
-                let backward: Vec<(Key, String)> = want
-                    .range(..=from)
-                    .rev()
-                    .take(limit)
-                    .map(|(&k, v)| (Key::U64(k), v.clone()))
-                    .collect();
-                assert_eq!(
-                    scan(from, limit, true).await,
-                    backward,
-                    "{round}, cache of {cache_bytes}: {limit} rows back from {from}"
-                );
+                let forward = want.range(from..);
+                let backward = want.range(..=from).rev();
+                for (reverse, rows) in [
+                    (false, oracle(forward, limit)),
+                    (true, oracle(backward, limit)),
+                ] {
+                    assert_eq!(
+                        scan(from, limit, reverse).await,
+                        rows,
+                        "{round}, cache of {cache_bytes}: {limit} rows from {from}, reverse {reverse}"
+                    );
+                }
             }
         }
     }

@@ -13,7 +13,8 @@ use arrow_schema::{DataType, Field, Schema};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use omendb_storage::segment::{
-    CachePin, Cells, PageCache, SegmentReader, SegmentWriter, SegmentWriterOptions, segment_schema,
+    CachePin, Cells, PageCache, Projection, SegmentReader, SegmentWriter, SegmentWriterOptions,
+    segment_schema,
 };
 
 const ROWS: u64 = 64 * 1024;
@@ -82,6 +83,27 @@ async fn written_with(
         .unwrap()
 }
 
+/// Runs `walk` on four threads at once, each given its number, the reader, the projection and a
+/// runtime of its own; returns what each returned.
+fn on_four_threads<T: Send + 'static>(
+    reader: &Arc<SegmentReader>,
+    projection: &Arc<Projection>,
+    walk: fn(u64, &SegmentReader, &Projection, &tokio::runtime::Runtime) -> T,
+) -> Vec<T> {
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let (reader, projection) = (Arc::clone(reader), Arc::clone(projection));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                walk(thread, &reader, &projection, &runtime)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 #[test]
 fn cached_reads_stay_right_while_a_small_cache_evicts_under_them() {
     // 256 f64 rows decode to about 2 KiB: the budget holds a few dozen of the 256 pages.
@@ -90,58 +112,53 @@ fn cached_reads_stay_right_while_a_small_cache_evicts_under_them() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reader = Arc::new(runtime.block_on(written(Arc::clone(&cache))));
     let projection = Arc::new(reader.projection(&["_key", "v"]).unwrap());
-    let threads: Vec<_> = (0..4u64)
-        .map(|thread| {
-            let (reader, projection) = (Arc::clone(&reader), Arc::clone(&projection));
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .build()
+    let counts = on_four_threads(
+        &reader,
+        &projection,
+        |thread, reader, projection, runtime| {
+            let (mut cached, mut fetched) = (0u64, 0u64);
+            let mut state = thread * 7919 + 1;
+            for _ in 0..20_000 {
+                let position = xorshift(&mut state) % ROWS;
+                let read = reader
+                    .read_cached(position, projection, |pages, offset| {
+                        let key = pages[0]
+                            .array()
+                            .as_any()
+                            .downcast_ref::<UInt64Array>()
+                            .unwrap()
+                            .value(offset);
+                        let v = pages[1]
+                            .array()
+                            .as_any()
+                            .downcast_ref::<Float64Array>()
+                            .unwrap()
+                            .value(offset);
+                        (key, v)
+                    })
                     .unwrap();
-                let (mut cached, mut fetched) = (0u64, 0u64);
-                let mut state = thread * 7919 + 1;
-                for _ in 0..20_000 {
-                    let position = xorshift(&mut state) % ROWS;
-                    let read = reader
-                        .read_cached(position, &projection, |pages, offset| {
-                            let key = pages[0]
-                                .array()
-                                .as_any()
-                                .downcast_ref::<UInt64Array>()
-                                .unwrap()
-                                .value(offset);
-                            let v = pages[1]
-                                .array()
-                                .as_any()
-                                .downcast_ref::<Float64Array>()
-                                .unwrap()
-                                .value(offset);
-                            (key, v)
-                        })
-                        .unwrap();
-                    let (key, v) = match read {
-                        Some(row) => {
-                            cached += 1;
-                            row
-                        }
-                        None => {
-                            fetched += 1;
-                            let row = runtime
-                                .block_on(reader.fetch(position, &projection))
-                                .unwrap();
-                            let key = row.column(0).as_any().downcast_ref::<UInt64Array>();
-                            let v = row.column(1).as_any().downcast_ref::<Float64Array>();
-                            (key.unwrap().value(0), v.unwrap().value(0))
-                        }
-                    };
-                    assert_eq!((key, v), (position * 2, value(position)), "row {position}");
-                }
-                (cached, fetched)
-            })
-        })
-        .collect();
+                let (key, v) = match read {
+                    Some(row) => {
+                        cached += 1;
+                        row
+                    }
+                    None => {
+                        fetched += 1;
+                        let row = runtime
+                            .block_on(reader.fetch(position, projection))
+                            .unwrap();
+                        let key = row.column(0).as_any().downcast_ref::<UInt64Array>();
+                        let v = row.column(1).as_any().downcast_ref::<Float64Array>();
+                        (key.unwrap().value(0), v.unwrap().value(0))
+                    }
+                };
+                assert_eq!((key, v), (position * 2, value(position)), "row {position}");
+            }
+            (cached, fetched)
+        },
+    );
     let (mut cached, mut fetched) = (0, 0);
-    for thread in threads {
-        let (c, f) = thread.join().unwrap();
+    for (c, f) in counts {
         cached += c;
         fetched += f;
     }
@@ -181,67 +198,60 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reader = Arc::new(runtime.block_on(bytes_written(Arc::clone(&cache))));
     let projection = Arc::new(reader.projection(&["v"]).unwrap());
-    let threads: Vec<_> = (0..4u64)
-        .map(|thread| {
-            let (reader, projection) = (Arc::clone(&reader), Arc::clone(&projection));
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                let (mut borrowed, mut fetched, mut evicted) = (0u64, 0u64, 0u64);
-                let mut state = thread * 7919 + 1;
-                for _ in 0..5_000 {
-                    let start = xorshift(&mut state) % ROWS;
-                    let rows = start..(start + 1 + state % 40).min(ROWS);
-                    let pin = CachePin::new();
-                    match reader.page_cells(rows.clone(), &projection, false, &pin) {
-                        Some(found) => {
-                            borrowed += 1;
-                            let (page, cells) = (found.rows(), found.cells());
-                            // Other threads' fetches evict pages meanwhile: under the pin, the
-                            // bytes borrowed are still the page's.
-                            for _ in 0..3 {
-                                for position in rows.clone() {
-                                    let row = (position - page.start) as usize;
-                                    assert_eq!(
-                                        cells.row(row),
-                                        Some(&bytes_of(position)[..]),
-                                        "row {position}"
-                                    );
-                                }
-                                std::thread::yield_now();
+    let counts = on_four_threads(
+        &reader,
+        &projection,
+        |thread, reader, projection, runtime| {
+            let (mut borrowed, mut fetched, mut evicted) = (0u64, 0u64, 0u64);
+            let mut state = thread * 7919 + 1;
+            for _ in 0..5_000 {
+                let start = xorshift(&mut state) % ROWS;
+                let rows = start..(start + 1 + state % 40).min(ROWS);
+                let pin = CachePin::new();
+                match reader.page_cells(rows.clone(), projection, false, &pin) {
+                    Some(found) => {
+                        borrowed += 1;
+                        let (page, cells) = (found.rows(), found.cells());
+                        // Other threads' fetches evict pages meanwhile: under the pin, the
+                        // bytes borrowed are still the page's.
+                        for _ in 0..3 {
+                            for position in rows.clone() {
+                                let row = (position - page.start) as usize;
+                                assert_eq!(
+                                    cells.row(row),
+                                    Some(&bytes_of(position)[..]),
+                                    "row {position}"
+                                );
                             }
-                            // Whether the page was evicted while it was read: gone from the
-                            // cache, or cached again elsewhere.
-                            let address = |cells: Cells<'_>| cells.row(0).map(<[u8]>::as_ptr);
-                            let fresh = CachePin::new();
-                            let now = reader.page_cells(rows, &projection, false, &fresh);
-                            if now.is_none_or(|now| address(now.cells()) != address(cells)) {
-                                evicted += 1;
-                            }
+                            std::thread::yield_now();
                         }
-                        None => {
-                            fetched += 1;
-                            drop(pin);
-                            let batch =
-                                runtime
-                                    .block_on(reader.fetch_range_columns(
-                                        rows.start..rows.start + 1,
-                                        &projection,
-                                    ))
-                                    .unwrap();
-                            let got = batch[0].as_any().downcast_ref::<BinaryArray>().unwrap();
-                            assert_eq!(got.value(0), &bytes_of(rows.start)[..]);
+                        // Whether the page was evicted while it was read: gone from the
+                        // cache, or cached again elsewhere.
+                        let address = |cells: Cells<'_>| cells.row(0).map(<[u8]>::as_ptr);
+                        let fresh = CachePin::new();
+                        let now = reader.page_cells(rows, projection, false, &fresh);
+                        if now.is_none_or(|now| address(now.cells()) != address(cells)) {
+                            evicted += 1;
                         }
                     }
+                    None => {
+                        fetched += 1;
+                        drop(pin);
+                        let batch = runtime
+                            .block_on(
+                                reader.fetch_range_columns(rows.start..rows.start + 1, projection),
+                            )
+                            .unwrap();
+                        let got = batch[0].as_any().downcast_ref::<BinaryArray>().unwrap();
+                        assert_eq!(got.value(0), &bytes_of(rows.start)[..]);
+                    }
                 }
-                (borrowed, fetched, evicted)
-            })
-        })
-        .collect();
+            }
+            (borrowed, fetched, evicted)
+        },
+    );
     let (mut borrowed, mut fetched, mut evicted) = (0, 0, 0);
-    for thread in threads {
-        let (b, f, e) = thread.join().unwrap();
+    for (b, f, e) in counts {
         borrowed += b;
         fetched += f;
         evicted += e;
