@@ -505,6 +505,109 @@ async fn a_dropped_table_stays_gone_and_a_new_one_of_its_name_starts_empty() {
 }
 
 #[tokio::test]
+async fn writes_to_a_dropped_table_are_refused_and_append_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let old = db.create_table("old", KeyType::U64, None).await.unwrap();
+    let kept = db.create_table("kept", KeyType::U64, None).await.unwrap();
+    old.put_value(1u64, "a", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    // A batch made before the drop and committed after it.
+    let mut batch = db.batch();
+    batch.put_value(&kept, 7u64, "k").unwrap();
+    batch.put_value(&old, 2u64, "b").unwrap();
+    let mut txn = db.begin();
+    txn.put_value(&old, 3u64, "c").unwrap();
+    db.drop_table("old").await.unwrap();
+    let before = db.snapshot().lsn();
+
+    let refused = |result: omendb_core::Result<u64>| match result {
+        Err(Error::UnknownTable(name)) => assert_eq!(name, "old"),
+        other => panic!("expected UnknownTable(\"old\"), got {other:?}"),
+    };
+    refused(old.put_value(4u64, "d", WriteOptions::DURABLE).await);
+    refused(old.delete(1u64, WriteOptions::BUFFERED).await);
+    refused(old.delete_range(0u64..10, WriteOptions::DURABLE).await);
+    refused(db.write(batch, WriteOptions::DURABLE).await);
+    refused(txn.commit(WriteOptions::DURABLE).await);
+    assert_eq!(db.snapshot().lsn(), before, "a refused write took an LSN");
+    // The refused batch's write to a live table was not applied either: all or nothing.
+    assert_eq!(kept.get_value(7u64).await.unwrap(), None);
+    db.close().await.unwrap();
+
+    let db = Db::open(dir.path()).await.unwrap();
+    assert_eq!(db.list_tables(), ["kept"]);
+    assert_eq!(db.snapshot().lsn(), before);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_table_of_another_database_is_refused_by_writes_and_reads() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = Db::open(dir_a.path()).await.unwrap();
+    let b = Db::open(dir_b.path()).await.unwrap();
+    // `a`'s third table has an id `b` never gave out; `b`'s only table shares `a`'s first id.
+    let a_first = a.create_table("first", KeyType::U64, None).await.unwrap();
+    a.create_table("second", KeyType::U64, None).await.unwrap();
+    let a_third = a.create_table("third", KeyType::U64, None).await.unwrap();
+    let b_only = b.create_table("only", KeyType::U64, None).await.unwrap();
+    b_only
+        .put_value(1u64, "b's", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    let before = b.snapshot().lsn();
+
+    let foreign = |what: &str, result: omendb_core::Result<()>| match result {
+        Err(Error::BadInput(message)) => {
+            assert!(message.contains("another database"), "{what}: {message}")
+        }
+        other => panic!("{what}: expected BadInput, got {other:?}"),
+    };
+    for table in [&a_first, &a_third] {
+        let mut batch = b.batch();
+        foreign("batch put", batch.put_value(table, 1u64, "a's").map(drop));
+        foreign("batch delete", batch.delete(table, 1u64).map(drop));
+        foreign("batch range", batch.delete_range(table, 0u64..9).map(drop));
+        assert!(batch.is_empty());
+        let mut txn = b.begin();
+        foreign("transaction put", txn.put_value(table, 1u64, "a's"));
+        foreign(
+            "transaction get",
+            txn.get_value(table, 1u64).await.map(drop),
+        );
+        let snapshot = b.snapshot();
+        foreign(
+            "snapshot get",
+            snapshot.get_value(table, 1u64).await.map(drop),
+        );
+        foreign(
+            "snapshot scan",
+            snapshot
+                .scan(table, 0u64.., ScanOptions::default())
+                .map(drop),
+        );
+    }
+    assert_eq!(b.snapshot().lsn(), before, "a refused write took an LSN");
+    assert_eq!(b_only.get_value(1u64).await.unwrap().unwrap(), "b's");
+    b.close().await.unwrap();
+    // Nothing of `a` reached `b`'s log: it replays.
+    let b = Db::open(dir_b.path()).await.unwrap();
+    assert_eq!(
+        b.table("only")
+            .unwrap()
+            .get_value(1u64)
+            .await
+            .unwrap()
+            .unwrap(),
+        "b's"
+    );
+    b.close().await.unwrap();
+    a.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_change_stream_lists_commits_in_order_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).await.unwrap();

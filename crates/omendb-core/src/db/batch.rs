@@ -9,30 +9,53 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use bytes::Bytes;
 
-use super::Table;
+use super::{Inner, Table};
 use crate::batch::WriteBatch;
 use crate::error::{Error, Result};
 use crate::key::{Key, KeyType, key_bounds};
 use crate::table::{KEY_COLUMN, TableDef, Value, key_data_type};
 
-/// Writes to commit together. Every call validates its input and either adds all of it or
-/// nothing (returning the error).
+/// Writes to commit together, to tables of the database that made the batch. Every call
+/// validates its input and either adds all of it or nothing (returning the error).
 #[derive(Debug)]
 pub struct Batch {
+    db: Arc<Inner>,
     writes: WriteBatch,
+    /// Each table written, once: the commit refuses the batch if one was dropped since.
+    tables: Vec<(u32, String)>,
     max_row_bytes: usize,
 }
 
 impl Batch {
-    pub(crate) fn new(max_row_bytes: usize) -> Self {
+    pub(crate) fn new(db: Arc<Inner>) -> Self {
+        let max_row_bytes = db.settings.max_row_bytes;
         Self {
+            db,
             writes: WriteBatch::new(),
+            tables: Vec::new(),
             max_row_bytes,
         }
     }
 
-    pub(crate) fn into_inner(self) -> WriteBatch {
-        self.writes
+    /// The writes, and the tables they write (id and name).
+    pub(crate) fn into_parts(self) -> (WriteBatch, Vec<(u32, String)>) {
+        (self.writes, self.tables)
+    }
+
+    /// `table`'s definition, once it is known to be a table of this batch's database: another
+    /// database's table has ids and encodings of its own, and its writes, appended to this log,
+    /// would land in whatever table here has that id, or stop the log's replay.
+    fn of<'t>(&self, table: &'t Table) -> Result<&'t TableDef> {
+        self.db.own(table)?;
+        Ok(table.def())
+    }
+
+    /// Notes that a write to `def`'s table was added.
+    fn wrote(&mut self, def: &TableDef) -> &mut Self {
+        if !self.tables.iter().any(|(id, _)| *id == def.id) {
+            self.tables.push((def.id, def.name.clone()));
+        }
+        self
     }
 
     /// The write added last.
@@ -57,13 +80,13 @@ impl Batch {
         key: impl Into<Key>,
         values: &[Value],
     ) -> Result<&mut Self> {
-        let def = table.def();
+        let def = self.of(table)?;
         let stored = def.key_type.encode(key.into())?;
         let mut row = Vec::new();
         def.codec.encode_values(values, &mut row)?;
         self.check_row(row.len())?;
         self.writes.put(def.id, stored, Bytes::from(row));
-        Ok(self)
+        Ok(self.wrote(def))
     }
 
     /// `value` becomes `key`'s value in a key-value table.
@@ -79,7 +102,7 @@ impl Batch {
     /// Every row of `rows` — a [`KEY_COLUMN`] column of the table's key type and the table's
     /// value columns by name, in any order — is put.
     pub fn put_batch(&mut self, table: &Table, rows: &RecordBatch) -> Result<&mut Self> {
-        let def = table.def();
+        let def = self.of(table)?;
         let (keys, columns) = split_batch(def, rows)?;
         let storage = def.codec.storage_columns(&columns)?;
         // All rows in one buffer, each a slice of it: one allocation per batch, not per row.
@@ -97,15 +120,18 @@ impl Batch {
             self.writes.put(def.id, key, buffer.slice(start..end));
             start = end;
         }
-        Ok(self)
+        if keys.is_empty() {
+            return Ok(self);
+        }
+        Ok(self.wrote(def))
     }
 
     /// `key` is deleted from `table`.
     pub fn delete(&mut self, table: &Table, key: impl Into<Key>) -> Result<&mut Self> {
-        let def = table.def();
+        let def = self.of(table)?;
         let stored = def.key_type.encode(key.into())?;
         self.writes.delete(def.id, stored);
-        Ok(self)
+        Ok(self.wrote(def))
     }
 
     /// Every key of `range` is deleted from `table`.
@@ -114,9 +140,10 @@ impl Batch {
         table: &Table,
         range: impl RangeBounds<K>,
     ) -> Result<&mut Self> {
-        let def = table.def();
+        let def = self.of(table)?;
         if let Some(range) = def.key_type.stored_range(key_bounds(&range))? {
             self.writes.delete_range(def.id, range);
+            self.wrote(def);
         }
         Ok(self)
     }

@@ -252,12 +252,12 @@ impl Db {
 
     /// An empty write batch; writes across tables in one batch commit atomically.
     pub fn batch(&self) -> Batch {
-        Batch::new(self.inner.settings.max_row_bytes)
+        Batch::new(Arc::clone(&self.inner))
     }
 
     /// Commits `batch` atomically and returns its LSN.
     pub async fn write(&self, batch: Batch, options: WriteOptions) -> Result<Lsn> {
-        self.inner.commit(batch.into_inner(), options).await
+        self.inner.commit(batch, options).await
     }
 
     /// A consistent view at the visible LSN, kept readable (compaction keeps what it sees)
@@ -380,11 +380,36 @@ impl Inner {
 
     /// Validated writes in, LSN out: append, apply, publish.
     #[tracing::instrument(level = "debug", name = "db.commit", skip_all)]
-    async fn commit(self: &Arc<Self>, batch: WriteBatch, options: WriteOptions) -> Result<Lsn> {
+    /// This database, if `table` is one of its tables: a snapshot or transaction of one
+    /// database reading another's table would read this one's table of the same id.
+    pub(crate) fn own(self: &Arc<Self>, table: &Table) -> Result<&Arc<Self>> {
+        if table.belongs_to(self) {
+            Ok(self)
+        } else {
+            Err(Error::BadInput(format!(
+                "table {:?} belongs to another database (or to an earlier opening of this one)",
+                table.name()
+            )))
+        }
+    }
+
+    async fn commit(self: &Arc<Self>, batch: Batch, options: WriteOptions) -> Result<Lsn> {
         self.check_writable()?;
+        let (batch, tables) = batch.into_parts();
         if batch.is_empty() {
             return Ok(self.visibility.visible());
         }
+        // A table dropped since its writes were added: refused here, before the log takes
+        // them. (A drop that lands between this check and the apply drops the write with the
+        // table, as if the write had come just before the drop.)
+        let version = self.version.load();
+        if let Some((_, name)) = tables
+            .iter()
+            .find(|(id, _)| !version.by_id.contains_key(id))
+        {
+            return Err(Error::UnknownTable(name.clone()));
+        }
+        drop(version);
         let limit = self.settings.max_batch_bytes;
         if batch.encoded_len() > limit {
             return Err(Error::TooLarge {

@@ -34,22 +34,22 @@ impl Snapshot {
         self.lsn
     }
 
-    fn view(&self) -> View<'_> {
-        View {
-            inner: &self.inner,
+    fn view(&self, table: &Table) -> Result<View<'_>> {
+        Ok(View {
+            inner: self.inner.own(table)?,
             snapshot: Some(self.lsn),
             overlay: None,
-        }
+        })
     }
 
     /// The row at `key` in `table`.
     pub async fn get(&self, table: &Table, key: impl Into<Key>) -> Result<Option<Vec<Value>>> {
-        self.view().get(table.def(), key.into()).await
+        self.view(table)?.get(table.def(), key.into()).await
     }
 
     /// The value at `key` in a key-value `table`.
     pub async fn get_value(&self, table: &Table, key: impl Into<Key>) -> Result<Option<Bytes>> {
-        self.view().get_value(table.def(), key.into()).await
+        self.view(table)?.get_value(table.def(), key.into()).await
     }
 
     /// The rows in `range` of `table`.
@@ -59,7 +59,8 @@ impl Snapshot {
         range: impl RangeBounds<K>,
         options: ScanOptions,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        self.view().scan(table.def(), key_bounds(&range), &options)
+        self.view(table)?
+            .scan(table.def(), key_bounds(&range), &options)
     }
 
     /// The rows in `range` of a key-value `table`, lent to `visit` (see
@@ -71,7 +72,7 @@ impl Snapshot {
         options: ScanOptions,
         mut visit: impl FnMut(Key, &[u8]) -> ControlFlow<()> + Send,
     ) -> Result<usize> {
-        self.view()
+        self.view(table)?
             .scan_values(table.def(), key_bounds(&range), &options, &mut visit)
             .await
     }
@@ -85,7 +86,7 @@ impl Snapshot {
         function: Aggregate,
         bucket: Option<u64>,
     ) -> Result<RecordBatch> {
-        self.view()
+        self.view(table)?
             .aggregate(table.def(), key_bounds(&range), column, function, bucket)
             .await
     }

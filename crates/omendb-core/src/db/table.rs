@@ -322,6 +322,11 @@ impl Table {
         &self.def.name
     }
 
+    /// Whether this is a table of the database `db` (this opening of it).
+    pub(crate) fn belongs_to(&self, db: &Arc<Inner>) -> bool {
+        Arc::ptr_eq(&self.inner, db)
+    }
+
     fn view(&self) -> View<'_> {
         View {
             inner: &self.inner,
@@ -335,9 +340,9 @@ impl Table {
         build: impl FnOnce(&mut Batch) -> Result<()>,
         options: WriteOptions,
     ) -> Result<Lsn> {
-        let mut batch = Batch::new(self.inner.settings.max_row_bytes);
+        let mut batch = Batch::new(Arc::clone(&self.inner));
         build(&mut batch)?;
-        self.inner.commit(batch.into_inner(), options).await
+        self.inner.commit(batch, options).await
     }
 
     /// Puts one row (`values` in column order) at `key`; returns the write's LSN.

@@ -59,7 +59,7 @@ pub struct Transaction {
 impl Transaction {
     pub(crate) fn new(inner: Arc<Inner>, isolation: Isolation) -> Self {
         let snapshot = Snapshot::new(Arc::clone(&inner));
-        let batch = Batch::new(inner.settings.max_row_bytes);
+        let batch = Batch::new(Arc::clone(&inner));
         Self {
             inner,
             snapshot,
@@ -149,12 +149,12 @@ impl Transaction {
         Ok(())
     }
 
-    fn view(&self, table: &Table) -> View<'_> {
-        View {
-            inner: &self.inner,
+    fn view(&self, table: &Table) -> Result<View<'_>> {
+        Ok(View {
+            inner: self.inner.own(table)?,
             snapshot: Some(self.snapshot.lsn()),
             overlay: self.overlays.get(&table.def().id).cloned(),
-        }
+        })
     }
 
     fn note_read(&mut self, table: &Table, range: Option<RangeInclusive<u64>>) {
@@ -170,7 +170,7 @@ impl Transaction {
     pub async fn get(&mut self, table: &Table, key: impl Into<Key>) -> Result<Option<Vec<Value>>> {
         let key = key.into();
         let stored = table.def().key_type.encode(key)?;
-        let row = self.view(table).get(table.def(), key).await?;
+        let row = self.view(table)?.get(table.def(), key).await?;
         self.note_read(table, Some(stored..=stored));
         Ok(row)
     }
@@ -179,7 +179,7 @@ impl Transaction {
     pub async fn get_value(&mut self, table: &Table, key: impl Into<Key>) -> Result<Option<Bytes>> {
         let key = key.into();
         let stored = table.def().key_type.encode(key)?;
-        let value = self.view(table).get_value(table.def(), key).await?;
+        let value = self.view(table)?.get_value(table.def(), key).await?;
         self.note_read(table, Some(stored..=stored));
         Ok(value)
     }
@@ -193,7 +193,7 @@ impl Transaction {
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let bounds = key_bounds(&range);
         let stored = table.def().key_type.stored_range(bounds)?;
-        let stream = self.view(table).scan(table.def(), bounds, &options)?;
+        let stream = self.view(table)?.scan(table.def(), bounds, &options)?;
         self.note_read(table, stored);
         Ok(stream)
     }
@@ -214,7 +214,7 @@ impl Transaction {
         // Noted before any row is lent: `visit` may act on rows of a scan that then fails, or
         // whose future is dropped, and the commit must still check the range.
         self.note_read(table, stored);
-        self.view(table)
+        self.view(table)?
             .scan_values(table.def(), bounds, &options, &mut visit)
             .await
     }
@@ -247,7 +247,7 @@ impl Transaction {
                 });
             }
         }
-        let lsn = inner.commit(self.batch.into_inner(), options).await?;
+        let lsn = inner.commit(self.batch, options).await?;
         while !inner.visibility.wait_for(lsn, Duration::from_secs(1)).await {
             inner.check_writable()?;
         }
