@@ -189,3 +189,56 @@ async fn a_flipped_read_of_the_last_object_cuts_nothing() {
     assert!(reopened.recovery_report().torn_tail.is_none());
     assert_eq!(payloads(&reopened).await, vec![record]);
 }
+
+/// An append that finds the log's buffer full blocks its thread until the writer takes the
+/// buffer. On a runtime with one worker that is the thread whose runtime the writer's uploads
+/// run on (here every upload waits on one of its timers): the uploads must still finish, or
+/// the space never comes. (Suspected by a review of the write path; measured not to happen
+/// with this tokio: the timers fire while the only worker is blocked.)
+#[test]
+fn appends_waiting_for_buffer_space_do_not_starve_the_upload_that_frees_it() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // Every upload waits on a timer of this runtime.
+            let slow = Arc::new(FaultyObjectStore::new(
+                Arc::new(InMemory::new()),
+                StoreFaults {
+                    latency: 1.0,
+                    max_latency: Duration::from_millis(40),
+                    ..StoreFaults::none()
+                },
+                7,
+            ));
+            let options = WalOptions {
+                max_buffered_bytes: 4096,
+                ..WalOptions::default()
+            };
+            let wal = ObjectWal::open(slow, "wal", options).await.unwrap();
+            let record = [7u8; 1024];
+            // 64 appends through each path: ~1 KiB records fill the 4 KiB buffer every four.
+            let mut last = 0;
+            for _ in 0..64 {
+                last = wal.append(&record, AppendOptions::BUFFERED).await.unwrap();
+            }
+            let mut now = 0;
+            for _ in 0..64 {
+                if let Some(lsn) = wal.append_buffered_now(&record) {
+                    now = lsn.unwrap();
+                }
+            }
+            wal.wait_durable(now.max(last)).await.unwrap();
+            let read: Vec<_> = wal.read_from(1).try_collect().await.unwrap();
+            assert_eq!(read.len() as u64, now.max(last));
+            done.send(()).unwrap();
+        });
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("appends waiting for buffer space hung the runtime");
+}
