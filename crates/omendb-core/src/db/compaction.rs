@@ -117,10 +117,13 @@ impl Inner {
         *self.last_gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let segments = self.prefix.clone().join("segments");
         crash_point!("gc.before");
+        let mut writer = self.writer.lock().await;
+        // Taken under the manifest writer's lock, which `drop_table` holds until it has retired
+        // its table's segments: a set taken before the lock could miss a dropped table's
+        // segments that a scan of this process still reads, and the collection would then
+        // delete them as unreferenced (found by a review: the gap between the two).
         let in_use = self.segments_in_use();
-        self.writer
-            .lock()
-            .await
+        writer
             .collect_garbage(&segments, &in_use, chrono::Utc::now())
             .await?;
         crash_point!("gc.after");

@@ -378,8 +378,6 @@ impl Inner {
         retired.iter().map(|(path, _)| path.clone()).collect()
     }
 
-    /// Validated writes in, LSN out: append, apply, publish.
-    #[tracing::instrument(level = "debug", name = "db.commit", skip_all)]
     /// This database, if `table` is one of its tables: a snapshot or transaction of one
     /// database reading another's table would read this one's table of the same id.
     pub(crate) fn own(self: &Arc<Self>, table: &Table) -> Result<&Arc<Self>> {
@@ -393,6 +391,8 @@ impl Inner {
         }
     }
 
+    /// Validated writes in, LSN out: append, apply, publish.
+    #[tracing::instrument(level = "debug", name = "db.commit", skip_all)]
     async fn commit(self: &Arc<Self>, batch: Batch, options: WriteOptions) -> Result<Lsn> {
         self.check_writable()?;
         let (batch, tables) = batch.into_parts();
