@@ -64,6 +64,16 @@ impl StoreFaults {
         Self::default()
     }
 
+    /// Only latency: every request waits up to `max` (a uniform draw) before it is sent, on the
+    /// runtime's timer.
+    pub fn slow(max: Duration) -> Self {
+        Self {
+            latency: 1.0,
+            max_latency: max,
+            ..Self::default()
+        }
+    }
+
     fn applies_to(&self, op: Op) -> bool {
         self.ops.as_ref().is_none_or(|ops| ops.contains(&op))
     }

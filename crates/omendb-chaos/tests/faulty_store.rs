@@ -335,14 +335,7 @@ async fn a_truncated_get_returns_fewer_bytes_than_its_metadata_says() {
 
 #[tokio::test]
 async fn latency_delays_requests() {
-    let store = faulty(
-        StoreFaults {
-            latency: 1.0,
-            max_latency: Duration::from_millis(20),
-            ..StoreFaults::none()
-        },
-        7,
-    );
+    let store = faulty(StoreFaults::slow(Duration::from_millis(20)), 7);
     let started = tokio::time::Instant::now();
     for i in 0..20 {
         store
@@ -480,11 +473,7 @@ async fn kill_fails_every_later_request() {
     let listing = store.list(None);
 
     // A request waiting out its latency when the process dies never reaches the store.
-    store.set_faults(StoreFaults {
-        latency: 1.0,
-        max_latency: Duration::from_millis(300),
-        ..StoreFaults::none()
-    });
+    store.set_faults(StoreFaults::slow(Duration::from_millis(300)));
     let in_flight = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.put(&Path::from("late"), payload("v")).await }

@@ -208,11 +208,7 @@ fn appends_waiting_for_buffer_space_do_not_starve_the_upload_that_frees_it() {
             // Every upload waits on a timer of this runtime.
             let slow = Arc::new(FaultyObjectStore::new(
                 Arc::new(InMemory::new()),
-                StoreFaults {
-                    latency: 1.0,
-                    max_latency: Duration::from_millis(40),
-                    ..StoreFaults::none()
-                },
+                StoreFaults::slow(Duration::from_millis(40)),
                 7,
             ));
             let options = WalOptions {

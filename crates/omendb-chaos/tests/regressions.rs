@@ -199,11 +199,7 @@ fn dropping_an_object_wal_on_a_runtime_thread_does_not_hang() {
         runtime.block_on(async {
             let slow = Arc::new(FaultyObjectStore::new(
                 Arc::new(InMemory::new()),
-                StoreFaults {
-                    latency: 1.0,
-                    max_latency: Duration::from_millis(50),
-                    ..StoreFaults::none()
-                },
+                StoreFaults::slow(Duration::from_millis(50)),
                 1,
             ));
             let wal = ObjectWal::open(slow, "wal", WalOptions::default())
