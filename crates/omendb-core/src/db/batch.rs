@@ -23,17 +23,14 @@ pub struct Batch {
     writes: WriteBatch,
     /// Each table written, once: the commit refuses the batch if one was dropped since.
     tables: Vec<(u32, String)>,
-    max_row_bytes: usize,
 }
 
 impl Batch {
     pub(crate) fn new(db: Arc<Inner>) -> Self {
-        let max_row_bytes = db.settings.max_row_bytes;
         Self {
             db,
             writes: WriteBatch::new(),
             tables: Vec::new(),
-            max_row_bytes,
         }
     }
 
@@ -149,11 +146,12 @@ impl Batch {
     }
 
     fn check_row(&self, bytes: usize) -> Result<()> {
-        if bytes > self.max_row_bytes {
+        let limit = self.db.settings.max_row_bytes;
+        if bytes > limit {
             return Err(Error::TooLarge {
                 what: "row",
                 bytes,
-                limit: self.max_row_bytes,
+                limit,
             });
         }
         Ok(())
