@@ -402,8 +402,16 @@ impl ObjectWal {
             .windows(2)
             .take_while(|pair| pair[1].0 <= lsn)
             .count();
+        // Oldest first, so a failure in the middle leaves a contiguous suffix of the log; an
+        // object already gone (a truncation repeated after a lost answer) counts as deleted.
         for (_, path) in &objects[..dead] {
-            delete(self.store.as_ref(), path).await?;
+            match delete(self.store.as_ref(), path).await {
+                Err(Error::ObjectStore {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => {}
+                other => other?,
+            }
         }
         Ok(())
     }

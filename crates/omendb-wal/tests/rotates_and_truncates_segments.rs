@@ -7,8 +7,9 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use common::{FRAME_HEADER_LEN, HEADER_LEN, frames, payload, segment_paths};
+use common::{FRAME_HEADER_LEN, FaultyIo, HEADER_LEN, frames, payload, segment_paths};
 use omendb_wal::{AppendOptions, DamageKind, Error, FileWal, Lsn, RecoveryMode, Wal, WalOptions};
 
 const RECORDS: u64 = 300;
@@ -119,6 +120,44 @@ fn truncation_drops_whole_segments_below_the_lsn_and_survives_reopen() {
 }
 
 /// Damages the last record of the first segment: a tail, but not the log's tail.
+/// A delete that fails in the middle of a truncation: the segments deleted before it leave the
+/// log (a reader skips them, it does not fail on them), the log stays a contiguous suffix that
+/// reads and reopens, and repeating the truncation finishes it.
+#[test]
+fn a_truncation_that_fails_midway_leaves_a_readable_suffix_and_can_be_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let before = segment_paths(dir.path());
+    let io = FaultyIo::new();
+    let wal = FileWal::open_with_io(Arc::new(io.clone()), dir.path(), small_segments()).unwrap();
+    *io.faults.fail_delete.lock().unwrap() = Some(3);
+    let failed = wal.truncate_before(RECORDS);
+    assert!(
+        matches!(failed, Err(Error::Io { op: "delete", .. })),
+        "{failed:?}"
+    );
+    let after = segment_paths(dir.path());
+    assert_eq!(after[..], before[2..], "the two oldest segments go first");
+    let first_base: Lsn = after[0]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(read(&wal, 1), (first_base..=RECORDS).collect::<Vec<_>>());
+
+    wal.truncate_before(RECORDS).unwrap();
+    let last = segment_paths(dir.path());
+    assert!(last.len() < after.len(), "{last:?}");
+    let tail = read(&wal, 1);
+    assert!(tail.contains(&RECORDS) && tail.windows(2).all(|w| w[1] == w[0] + 1));
+    wal.close().unwrap();
+    drop(wal);
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(read(&wal, 1), tail);
+}
+
 fn damage_end_of_first_segment(dir: &Path) {
     let first = &segment_paths(dir)[0];
     let mut bytes = std::fs::read(first).unwrap();

@@ -167,14 +167,27 @@ impl FileWal {
         if dead == 0 {
             return Ok(());
         }
-        // Oldest first, so a crash in the middle leaves a contiguous suffix of the log.
+        // Oldest first, so a crash or a failure in the middle leaves a contiguous suffix of the
+        // log. The segments already deleted leave the list even when a later delete fails (a
+        // reader would fail on them and the next truncation would stop at them again), and a
+        // segment already gone counts as deleted, so a truncation that failed can be repeated.
+        let mut deleted = 0;
+        let mut failure = None;
         for seg in &list[..dead] {
-            self.io
-                .delete(&seg.path)
-                .map_err(|e| Error::io("delete", &seg.path, e))?;
+            match self.io.delete(&seg.path) {
+                Ok(()) => deleted += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted += 1,
+                Err(e) => {
+                    failure = Some(Error::io("delete", &seg.path, e));
+                    break;
+                }
+            }
         }
-        list.drain(..dead);
+        list.drain(..deleted);
         drop(list);
+        if let Some(err) = failure {
+            return Err(err);
+        }
         self.io
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("sync_dir", &self.dir, e))

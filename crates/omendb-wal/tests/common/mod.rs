@@ -262,6 +262,10 @@ pub struct Faults {
     /// The next read that covers this file offset comes back with bit 0 of that byte flipped
     /// (as from a flaky cable or controller: the bytes on the disk are intact).
     pub flip_read: Mutex<Option<u64>>,
+    /// Deletes attempted so far.
+    pub deletes: AtomicU64,
+    /// The delete with this number (counting from 1 in `deletes`) fails without deleting.
+    pub fail_delete: Mutex<Option<u64>>,
 }
 
 /// A [`FileIo`] that wraps [`StdIo`] and fails on purpose.
@@ -358,6 +362,10 @@ impl FileIo for FaultyIo {
     }
 
     fn delete(&self, path: &Path) -> io::Result<()> {
+        let number = self.faults.deletes.fetch_add(1, Ordering::SeqCst) + 1;
+        if *self.faults.fail_delete.lock().unwrap() == Some(number) {
+            return Err(io::Error::other("injected delete failure"));
+        }
         StdIo.delete(path)
     }
 
