@@ -285,6 +285,15 @@ impl ManifestWriter {
         self.current.as_ref()
     }
 
+    /// Whether a publish of unknown outcome (its commit failed with an error other than
+    /// [`Error::Fenced`]) is not settled yet: the next [`ManifestWriter::commit`] or
+    /// [`ManifestWriter::collect_garbage`] settles it, and if it landed it becomes the
+    /// current version. A caller that keeps a view of the data (the engine) publishes its
+    /// view again rather than let a collection settle it under that view.
+    pub fn is_unsettled(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Publishes `data` as the next version. Fails with [`Error::Fenced`] if another writer
     /// has published since (this writer may not publish again). If it fails with another
     /// error, the version may or may not have landed; the next call finds out.
@@ -375,7 +384,16 @@ impl ManifestWriter {
     /// the slot it created (collection never deletes the newest version): then it is fenced,
     /// and its version, below the newest, is never read.
     async fn confirm(&mut self, manifest: Manifest) -> Result<()> {
-        let versions = self.manifests.list().await?;
+        let versions = match self.manifests.list().await {
+            Ok(versions) => versions,
+            Err(err) => {
+                // The version landed but is not confirmed: settled like a lost answer. Without
+                // this the next commit would find its own version in the slot it takes and
+                // report `Fenced` with no other writer.
+                self.pending = Some((manifest.sequence, manifest.token));
+                return Err(err);
+            }
+        };
         if let Some((&newest, _)) = versions.iter().next_back()
             && newest > manifest.sequence
         {

@@ -415,6 +415,40 @@ async fn a_publish_whose_answer_was_lost_is_recognised() {
     assert_eq!(check_chain(&store).await, 5);
 }
 
+/// The listing that confirms a publish fails after the version landed: the commit reports the
+/// error and the next commit finds the version its own. It used to take the landed version for
+/// another writer's and report `Fenced` with no other writer.
+#[tokio::test]
+async fn a_publish_whose_confirmation_listing_failed_is_recognised() {
+    let faults = Faults {
+        list_cut: Some(0),
+        ..Faults::default()
+    };
+    faults.cut_done.store(true, Ordering::SeqCst);
+    let lossy = faults.over_memory();
+    let store: Arc<dyn ObjectStore> = Arc::clone(&lossy) as _;
+    let manifests = manifests_in(&store);
+    let mut writer = manifests.open_writer(data(1, &[])).await.unwrap();
+
+    lossy.layer().cut_done.store(false, Ordering::SeqCst);
+    let err = writer.commit(data(2, &[])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Retry, "{err}");
+    assert!(writer.is_unsettled());
+    assert_eq!(
+        manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
+        2,
+        "it landed"
+    );
+    let published = writer.commit(data(3, &[])).await.unwrap();
+    assert_eq!(
+        (published.sequence, published.data.flushed_lsn),
+        (3, 3),
+        "no fence, no gap"
+    );
+    assert!(!writer.is_unsettled());
+    assert_eq!(check_chain(&store).await, 3);
+}
+
 fn lossy_set(store: &Layered<Faults, InMemory>, failures: u32) {
     store
         .layer()
