@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -22,6 +22,9 @@ struct SwitchedWal {
     inner: FileWal,
     fail_appends: AtomicBool,
     stall_durability: AtomicBool,
+    fail_truncations: AtomicBool,
+    /// The LSN of the last truncation that was passed on to the log.
+    truncated_before: AtomicU64,
 }
 
 impl SwitchedWal {
@@ -30,6 +33,8 @@ impl SwitchedWal {
             inner: FileWal::open(dir, WalOptions::default()).unwrap(),
             fail_appends: AtomicBool::new(false),
             stall_durability: AtomicBool::new(false),
+            fail_truncations: AtomicBool::new(false),
+            truncated_before: AtomicU64::new(0),
         })
     }
 
@@ -86,6 +91,16 @@ impl Wal for SwitchedWal {
     }
 
     fn truncate_before(&self, lsn: Lsn) -> BoxFuture<'_, omendb_wal::Result<()>> {
+        if self.fail_truncations.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(omendb_wal::Error::Io {
+                    op: "delete",
+                    path: "injected".into(),
+                    source: std::io::Error::other("injected delete failure"),
+                })
+            });
+        }
+        self.truncated_before.store(lsn, Ordering::SeqCst);
         Wal::truncate_before(&self.inner, lsn)
     }
 
@@ -164,6 +179,123 @@ async fn a_failed_append_poisons(failing: WriteOptions) {
     t.put_value(4u64, "after", WriteOptions::DURABLE)
         .await
         .unwrap();
+    db.close().await.unwrap();
+}
+
+/// Truncating the WAL after a published flush is cleanup: when it fails, the flush still
+/// succeeds, writes go on (the database is not poisoned), the failure is reported in
+/// `background_error`, and the next flush's truncation covers the records the failed one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wal_truncation_after_a_flush_is_reported_and_poisons_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = SwitchedWal::open(&dir.path().join("wal"));
+    let db = Db::builder()
+        .path(dir.path())
+        .wal(wal.clone())
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let first = t
+        .put_value(1u64, "flushed", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+
+    wal.fail_truncations.store(true, Ordering::SeqCst);
+    db.checkpoint().await.unwrap();
+    let stats = db.stats();
+    assert_eq!(stats.failure, None);
+    assert!(
+        stats
+            .background_error
+            .as_deref()
+            .is_some_and(|e| e.contains("injected delete failure")),
+        "{stats:?}"
+    );
+    assert_eq!(stats.segments, 1, "{stats:?}");
+    assert!(wal.truncated_before.load(Ordering::SeqCst) <= first);
+    let second = t
+        .put_value(2u64, "after", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+
+    wal.fail_truncations.store(false, Ordering::SeqCst);
+    db.checkpoint().await.unwrap();
+    assert_eq!(wal.truncated_before.load(Ordering::SeqCst), second + 1);
+    db.close().await.unwrap();
+    drop(db);
+
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.table("kv").unwrap();
+    assert_eq!(t.get_value(1u64).await.unwrap().unwrap(), "flushed");
+    assert_eq!(t.get_value(2u64).await.unwrap().unwrap(), "after");
+    db.close().await.unwrap();
+}
+
+/// The newest manifest deleted by hand after the WAL was truncated to its flushed LSN: the
+/// older manifest's flushed LSN is below where the WAL now starts, and the writes in between
+/// are in neither. The open is refused (`Corrupt`) instead of replaying with the gap; with
+/// `SkipCorrupt` the operator accepts the loss and it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_starts_after_the_flushed_lsn_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = WalOptions::default()
+        .segment_bytes(8 << 10)
+        .max_record_bytes(1 << 10);
+    let open = |options: WalOptions| {
+        Db::builder()
+            .path(dir.path())
+            .wal_options(options)
+            .limits(512, 1 << 10)
+            .build()
+    };
+    let db = open(small.clone()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    for round in 0..2u64 {
+        for key in round * 1000..round * 1000 + 300 {
+            t.put_value(key, vec![1u8; 64], WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+    }
+    db.close().await.unwrap();
+    drop(db);
+    let wal_dir = dir.path().join("wal");
+    let first_segment = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".wal")?.parse::<u64>().ok())
+        .min()
+        .unwrap();
+    assert!(
+        first_segment > 300,
+        "the first round's segments were truncated"
+    );
+    let manifests = dir.path().join("data/db/manifest");
+    let newest = std::fs::read_dir(&manifests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    std::fs::remove_file(newest).unwrap();
+
+    let refused = open(small.clone()).await;
+    match refused {
+        Err(err @ Error::Corrupt(_)) => {
+            assert!(err.to_string().contains("the WAL starts at LSN"), "{err}");
+        }
+        other => panic!("opened over a gap: {:?}", other.map(|_| ())),
+    }
+    let db = open(small.recovery_mode(omendb_wal::RecoveryMode::SkipCorrupt))
+        .await
+        .unwrap();
+    let t = db.table("kv").unwrap();
+    assert!(
+        t.get_value(0u64).await.unwrap().is_some(),
+        "the first round"
+    );
+    assert!(t.get_value(1299u64).await.unwrap().is_some(), "in the WAL");
     db.close().await.unwrap();
 }
 

@@ -315,7 +315,6 @@ impl Builder {
                 data.flushed_lsn
             )));
         }
-
         let generation = Arc::new(Generation::new(
             data.flushed_lsn + 1,
             settings.memtable_keys(),
@@ -402,9 +401,23 @@ async fn replay(
     flushed: u64,
     next_table_id: u32,
 ) -> Result<()> {
+    // Replay must start right after the flushed LSN: a log that starts later lost the records
+    // in between (a first segment or a newest manifest deleted by hand). Only a log recovered
+    // with `SkipCorrupt` may skip records, by the operator's choice.
+    let gaps_allowed = wal.recovery_report().mode == omendb_wal::RecoveryMode::SkipCorrupt;
+    let gap = |first: u64| {
+        Error::Corrupt(format!(
+            "the WAL starts at LSN {first} but the manifest says only LSN {flushed} was \
+             flushed: the records in between are missing"
+        ))
+    };
     let mut records = wal.read_from(flushed + 1);
+    let mut first = true;
     while let Some(record) = records.next().await {
         let record = record?;
+        if std::mem::take(&mut first) && record.lsn > flushed + 1 && !gaps_allowed {
+            return Err(gap(record.lsn));
+        }
         // An object-store log's claim: no writes.
         if record.payload.is_empty() {
             continue;
@@ -426,6 +439,12 @@ async fn replay(
                 record.lsn
             )));
         }
+    }
+    // No record after the flushed LSN, yet the log's next LSN is further on: its records
+    // were deleted (a local log keeps its newest segment, named by the LSN it starts at).
+    let last = wal.last_lsn().unwrap_or(0);
+    if first && last > flushed && !gaps_allowed {
+        return Err(gap(last + 1));
     }
     Ok(())
 }

@@ -100,11 +100,17 @@ impl Inner {
         if err.kind() == crate::ErrorKind::Fatal {
             self.fail(err);
         } else {
-            *self
-                .background_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+            self.report_background(&err);
         }
+    }
+
+    /// Records a failure of work that changes no data (it is retried later) in `stats()`.
+    pub(crate) fn report_background(&self, err: &Error) {
+        tracing::warn!(error = %err, "background work failed; it is retried");
+        *self
+            .background_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
     }
 
     async fn collect_garbage(&self) -> Result<()> {
@@ -118,6 +124,13 @@ impl Inner {
         let segments = self.prefix.clone().join("segments");
         crash_point!("gc.before");
         let mut writer = self.writer.lock().await;
+        if writer.is_unsettled() {
+            // A publish of unknown outcome (a merge's, whose answer was lost): settling it here
+            // would make a landed version current that this process's view does not hold (its
+            // outputs instead of the inputs it reads), and the next publish would build on it.
+            // The next flush or merge settles it and publishes this process's view over it.
+            return Ok(());
+        }
         // Taken under the manifest writer's lock, which `drop_table` holds until it has retired
         // its table's segments: a set taken before the lock could miss a dropped table's
         // segments that a scan of this process still reads, and the collection would then

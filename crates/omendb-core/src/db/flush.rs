@@ -207,7 +207,12 @@ impl Inner {
         drop(writer);
         self.flushed.notify_waiters();
         crash_point!("flush.before_wal_truncate");
-        self.wal.truncate_before(upto + 1).await?;
+        // The flush is published: truncating is only cleanup, so its failure (whatever its
+        // kind) must not poison writes. It is reported, and the next flush's truncation covers
+        // these records too; until then replay at open starts after `flushed_lsn`.
+        if let Err(err) = self.wal.truncate_before(upto + 1).await {
+            self.report_background(&Error::from(err));
+        }
         self.counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -96,7 +96,7 @@ pub struct DbStats {
     pub idle_work_due: bool,
     /// Why writes are refused, if an earlier failure poisoned the database.
     pub failure: Option<String>,
-    /// The last compaction or garbage-collection failure (retried; writes go on).
+    /// The last compaction, garbage-collection or WAL-truncation failure (retried; writes go on).
     pub background_error: Option<String>,
     /// Page cache lookups answered from memory since open.
     pub cache_hits: u64,
@@ -371,11 +371,19 @@ impl Inner {
         );
     }
 
-    /// The object paths of retired segments a reader still holds.
+    /// The object paths of the segments this process reads: the current version's, and
+    /// retired ones a reader still holds. (The current version's are in the manifest too,
+    /// unless the two disagree after a failure; garbage collection must not be the judge.)
     pub(crate) fn segments_in_use(&self) -> std::collections::BTreeSet<String> {
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.retain(|(_, segment)| segment.strong_count() > 0);
-        retired.iter().map(|(path, _)| path.clone()).collect()
+        let mut in_use: std::collections::BTreeSet<String> =
+            retired.iter().map(|(path, _)| path.clone()).collect();
+        drop(retired);
+        for table in self.version.load().tables.values() {
+            in_use.extend(table.segments.iter().map(|s| s.entry.path.clone()));
+        }
+        in_use
     }
 
     /// This database, if `table` is one of its tables: a snapshot or transaction of one
