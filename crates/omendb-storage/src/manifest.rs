@@ -269,8 +269,8 @@ pub struct ManifestWriter {
     id: String,
     epoch: u64,
     current: Option<Manifest>,
-    /// A publish whose outcome is unknown (its answer was an error): the version and token
-    /// to look for before publishing again.
+    /// A publish whose outcome is unknown (its answer was an error, or its caller stopped
+    /// waiting for it): the version and token to look for before publishing again.
     pending: Option<(u64, String)>,
 }
 
@@ -308,17 +308,16 @@ impl ManifestWriter {
 
     /// Settles a publish whose answer was lost: if it landed, it becomes the current version.
     async fn resolve_pending(&mut self) -> Result<()> {
-        let Some((sequence, token)) = self.pending.take() else {
+        // Cleared only once settled: a caller that stops waiting leaves it pending.
+        let Some((sequence, token)) = self.pending.clone() else {
             return Ok(());
         };
-        match self.manifests.read(sequence).await {
-            Ok(Some(manifest)) if manifest.token == token => self.current = Some(manifest),
-            Ok(Some(other)) => return Err(self.fenced(other.epoch)),
-            Ok(None) => {}
-            Err(err) => {
-                self.pending = Some((sequence, token));
-                return Err(err);
-            }
+        let found = self.manifests.read(sequence).await?;
+        self.pending = None;
+        match found {
+            Some(manifest) if manifest.token == token => self.current = Some(manifest),
+            Some(other) => return Err(self.fenced(other.epoch)),
+            None => {}
         }
         Ok(())
     }
@@ -350,6 +349,10 @@ impl ManifestWriter {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
+        // Recorded before the request and cleared once its outcome is known: a caller that
+        // stops waiting (a cancelled future) leaves a publish of unknown outcome, settled by
+        // the next call like a lost answer instead of taken for another writer's.
+        self.pending = Some((sequence, manifest.token.clone()));
         match self
             .manifests
             .store
@@ -362,20 +365,18 @@ impl ManifestWriter {
                 // layer resends it), else by another writer.
                 match self.manifests.read(sequence).await {
                     Ok(Some(found)) if found.token == manifest.token => self.confirm(found).await,
-                    Ok(Some(found)) => Err(self.fenced(found.epoch)),
+                    Ok(Some(found)) => {
+                        self.pending = None;
+                        Err(self.fenced(found.epoch))
+                    }
                     Ok(None) | Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {
+                        self.pending = None;
                         Err(self.fenced(self.epoch))
                     }
-                    Err(err) => {
-                        self.pending = Some((sequence, manifest.token));
-                        Err(err)
-                    }
+                    Err(err) => Err(err),
                 }
             }
-            Err(err) => {
-                self.pending = Some((sequence, manifest.token));
-                Err(Error::from_store("put", &path, err))
-            }
+            Err(err) => Err(Error::from_store("put", &path, err)),
         }
     }
 
@@ -384,16 +385,11 @@ impl ManifestWriter {
     /// the slot it created (collection never deletes the newest version): then it is fenced,
     /// and its version, below the newest, is never read.
     async fn confirm(&mut self, manifest: Manifest) -> Result<()> {
-        let versions = match self.manifests.list().await {
-            Ok(versions) => versions,
-            Err(err) => {
-                // The version landed but is not confirmed: settled like a lost answer. Without
-                // this the next commit would find its own version in the slot it takes and
-                // report `Fenced` with no other writer.
-                self.pending = Some((manifest.sequence, manifest.token));
-                return Err(err);
-            }
-        };
+        // A failed listing leaves the publish pending: the version landed but is not
+        // confirmed, and is settled like a lost answer (taking the next slot instead would find
+        // this very version there and report `Fenced` with no other writer).
+        let versions = self.manifests.list().await?;
+        self.pending = None;
         if let Some((&newest, _)) = versions.iter().next_back()
             && newest > manifest.sequence
         {

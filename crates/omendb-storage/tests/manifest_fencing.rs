@@ -449,6 +449,35 @@ async fn a_publish_whose_confirmation_listing_failed_is_recognised() {
     assert_eq!(check_chain(&store).await, 3);
 }
 
+/// A commit whose caller stops waiting after the version landed (a cancelled request): the
+/// next commit finds the version its own. It used to take the landed version for another
+/// writer's and report `Fenced` with no other writer.
+#[tokio::test]
+async fn a_publish_whose_caller_stopped_waiting_is_recognised() {
+    let lossy = Faults::default().over_memory();
+    let store: Arc<dyn ObjectStore> = Arc::clone(&lossy) as _;
+    let manifests = manifests_in(&store);
+    let mut writer = manifests.open_writer(data(1, &[])).await.unwrap();
+
+    lossy.layer().hang_after_put.store(1, Ordering::SeqCst);
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), writer.commit(data(2, &[]))).await;
+    assert!(cancelled.is_err(), "the commit was answered");
+    assert!(writer.is_unsettled());
+    assert_eq!(
+        manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
+        2,
+        "it landed"
+    );
+    let published = writer.commit(data(3, &[])).await.unwrap();
+    assert_eq!(
+        (published.sequence, published.data.flushed_lsn),
+        (3, 3),
+        "no fence, no gap"
+    );
+    assert_eq!(check_chain(&store).await, 3);
+}
+
 fn lossy_set(store: &Layered<Faults, InMemory>, failures: u32) {
     store
         .layer()

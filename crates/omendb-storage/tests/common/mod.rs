@@ -133,6 +133,7 @@ impl Kind {
 /// - `land_then_fail`: puts that land and then answer with a transient error (a timeout after
 ///   the request reached the server);
 /// - `stall`: attempts that hang for an hour before they are sent;
+/// - `hang_after_put`: puts that land and then hang for an hour (the caller gives up);
 /// - `list_cut`: the first listing fails after that many objects.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -140,6 +141,7 @@ pub struct Faults {
     pub definite: bool,
     pub land_then_fail: AtomicU32,
     pub stall: AtomicU32,
+    pub hang_after_put: AtomicU32,
     pub list_cut: Option<usize>,
     pub cut_done: std::sync::atomic::AtomicBool,
     /// Every attempt seen.
@@ -198,6 +200,7 @@ impl Layer for Faults {
         });
         let lose_answer = op == Op::Put && take(&self.land_then_fail);
         let stall = take(&self.stall);
+        let hang = op == Op::Put && take(&self.hang_after_put);
         let request = attempt();
         async move {
             if stall {
@@ -207,6 +210,9 @@ impl Layer for Faults {
                 return Err(error);
             }
             let outcome = request.await;
+            if hang && outcome.is_ok() {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
             if lose_answer && outcome.is_ok() {
                 return Err(transient("answer lost"));
             }
