@@ -176,63 +176,20 @@ impl Db {
         key_type: KeyType,
         schema: Option<Schema>,
     ) -> Result<Table> {
-        let inner = &self.inner;
-        inner.check_writable()?;
-        let mut writer = inner.writer.lock().await;
-        let mut data = current_data(&writer);
-        if data.tables.contains_key(name) {
-            return Err(Error::TableExists(name.to_owned()));
-        }
-        let id = data.next_table_id.max(1);
-        let def = TableDef::new(id, name, key_type, schema)?;
-        data.next_table_id = id
-            .checked_add(1)
-            .ok_or_else(|| Error::InvalidTable("table ids are exhausted".to_owned()))?;
-        data.tables.insert(
-            name.to_owned(),
-            TableEntry {
-                id,
-                key_type: key_type.name().to_owned(),
-                schema: def.schema().as_ref().clone(),
-                segments: Vec::new(),
-            },
-        );
-        writer
-            .commit(data)
+        let inner = Arc::clone(&self.inner);
+        let name = name.to_owned();
+        self.inner
+            .to_end(async move { inner.create_table(&name, key_type, schema).await })
             .await
-            .map_err(|e| inner.fail(e.into()))?;
-        let state = Arc::new(TableState {
-            def,
-            segments: Vec::new(),
-            charge: Arc::new(ReadCharge::new(
-                inner.settings.read_compaction,
-                Arc::clone(&inner.flush_wanted),
-            )),
-        });
-        inner.swap_tables(|tables| tables.push(Arc::clone(&state)));
-        Ok(Table::new(Arc::clone(inner), state.def.clone()))
     }
 
     /// Drops a table with its rows. Its segments are deleted after the grace period.
     pub async fn drop_table(&self, name: &str) -> Result<()> {
-        let inner = &self.inner;
-        inner.check_writable()?;
-        let mut writer = inner.writer.lock().await;
-        let mut data = current_data(&writer);
-        if data.tables.remove(name).is_none() {
-            return Err(Error::UnknownTable(name.to_owned()));
-        }
-        writer
-            .commit(data)
+        let inner = Arc::clone(&self.inner);
+        let name = name.to_owned();
+        self.inner
+            .to_end(async move { inner.drop_table(&name).await })
             .await
-            .map_err(|e| inner.fail(e.into()))?;
-        inner.swap_tables(|tables| {
-            for table in tables.iter().filter(|t| t.def.name == name) {
-                inner.retire(&table.segments);
-            }
-            tables.retain(|t| t.def.name != name);
-        });
-        Ok(())
     }
 
     /// The tables' names, in order.
@@ -279,12 +236,18 @@ impl Db {
     /// Flushes every memtable to segments and returns the flushed LSN: after it, reopening
     /// replays nothing written before the call.
     pub async fn checkpoint(&self) -> Result<Lsn> {
-        self.inner.checkpoint().await
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .to_end(async move { inner.checkpoint().await })
+            .await
     }
 
     /// Compacts every table whose segments overlap, and collects garbage past its grace.
     pub async fn compact(&self) -> Result<()> {
-        self.inner.compact_all().await
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .to_end(async move { inner.compact_all().await })
+            .await
     }
 
     /// The committed changes from `from` on, in LSN order, while the WAL still holds them.
@@ -326,6 +289,78 @@ fn current_data(writer: &ManifestWriter) -> ManifestData {
 }
 
 impl Inner {
+    /// Runs `work` to its end in a task of its own and waits for it. Work that publishes a
+    /// manifest version and then changes the in-memory version must not be cut off between the
+    /// two by a caller that stops waiting (a cancelled request): the manifest and this
+    /// process's view would disagree. The task cannot panic on any input; if it did, the two
+    /// may disagree, so writes are refused until reopen, as on the write path.
+    async fn to_end<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        tokio::spawn(work)
+            .await
+            .map_err(|err| self.fail(Error::Corrupt(format!("a task failed: {err}"))))?
+    }
+
+    /// [`Db::create_table`]'s work (run by [`Inner::to_end`]).
+    async fn create_table(
+        self: &Arc<Self>,
+        name: &str,
+        key_type: KeyType,
+        schema: Option<Schema>,
+    ) -> Result<Table> {
+        self.check_writable()?;
+        let mut writer = self.writer.lock().await;
+        let mut data = current_data(&writer);
+        if data.tables.contains_key(name) {
+            return Err(Error::TableExists(name.to_owned()));
+        }
+        let id = data.next_table_id.max(1);
+        let def = TableDef::new(id, name, key_type, schema)?;
+        data.next_table_id = id
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidTable("table ids are exhausted".to_owned()))?;
+        data.tables.insert(
+            name.to_owned(),
+            TableEntry {
+                id,
+                key_type: key_type.name().to_owned(),
+                schema: def.schema().as_ref().clone(),
+                segments: Vec::new(),
+            },
+        );
+        writer.commit(data).await.map_err(|e| self.fail(e.into()))?;
+        let state = Arc::new(TableState {
+            def,
+            segments: Vec::new(),
+            charge: Arc::new(ReadCharge::new(
+                self.settings.read_compaction,
+                Arc::clone(&self.flush_wanted),
+            )),
+        });
+        self.swap_tables(|tables| tables.push(Arc::clone(&state)));
+        Ok(Table::new(Arc::clone(self), state.def.clone()))
+    }
+
+    /// [`Db::drop_table`]'s work (run by [`Inner::to_end`]).
+    async fn drop_table(self: &Arc<Self>, name: &str) -> Result<()> {
+        self.check_writable()?;
+        let mut writer = self.writer.lock().await;
+        let mut data = current_data(&writer);
+        if data.tables.remove(name).is_none() {
+            return Err(Error::UnknownTable(name.to_owned()));
+        }
+        writer.commit(data).await.map_err(|e| self.fail(e.into()))?;
+        self.swap_tables(|tables| {
+            for table in tables.iter().filter(|t| t.def.name == name) {
+                self.retire(&table.segments);
+            }
+            tables.retain(|t| t.def.name != name);
+        });
+        Ok(())
+    }
+
     fn check_writable(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);

@@ -142,8 +142,9 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// Answers 503 `timeout` when a request runs longer than `limits.request_timeout_ms` (its work
-/// is cancelled); a streamed scan also stops at the deadline.
+/// Answers 503 `timeout` when a request runs longer than `limits.request_timeout_ms`. A read's
+/// work is cancelled; a write, DDL or checkpoint already handed to the engine runs to its end
+/// there, so its outcome is unknown to the client. A streamed scan also stops at the deadline.
 async fn timeout(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     request: Request,

@@ -1,0 +1,83 @@
+//! Calls whose caller stops waiting (a request cancelled by its client or by its timeout) over a
+//! slow store. DDL, checkpoints and compactions publish a manifest version and then change the
+//! in-memory version; cut off between the two, the manifest and the process's view disagreed
+//! (a table created in the manifest but unknown to the process, and the next publish fenced by
+//! the writer's own version). They run to their end in a task of their own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use omendb_chaos::store::{FaultyObjectStore, StoreFaults};
+use omendb_core::{Db, KeyType, WriteOptions};
+use omendb_storage::backend::Op;
+use omendb_wal::{FileWal, WalOptions};
+
+/// Waits (up to ten seconds) for `check` to hold.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_and_checkpoints_whose_callers_stop_waiting_run_to_their_end() {
+    let objects = Arc::new(InMemory::new());
+    let faulty = Arc::new(FaultyObjectStore::new(
+        Arc::clone(&objects),
+        StoreFaults::none(),
+        7,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let open = |store: Arc<dyn ObjectStore>| {
+        let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
+        Db::builder().store(store).wal(Arc::new(wal)).build()
+    };
+    let db = open(faulty.clone()).await.unwrap();
+    // Every put and listing (a manifest publish is both) waits up to 400 ms before it is sent:
+    // a caller that gives up after a millisecond stops waiting in the middle of a publish.
+    faulty.set_faults(StoreFaults {
+        latency: 1.0,
+        max_latency: Duration::from_millis(400),
+        ops: Some(vec![Op::Put, Op::List]),
+        ..StoreFaults::none()
+    });
+    let cut = Duration::from_millis(1);
+
+    let _ = tokio::time::timeout(cut, db.create_table("kv", KeyType::U64, None)).await;
+    eventually("the table is created", || db.table("kv").is_ok()).await;
+    let kv = db.table("kv").unwrap();
+    kv.put_value(1u64, "one", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(cut, db.checkpoint()).await;
+    eventually("the checkpoint flushes", || db.stats().segments == 1).await;
+    // The next publishes are this writer's own, not fenced.
+    kv.put_value(2u64, "two", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.checkpoint().await.unwrap();
+    db.create_table("gone", KeyType::U64, None).await.unwrap();
+    let _ = tokio::time::timeout(cut, db.drop_table("gone")).await;
+    eventually("the table is dropped", || db.table("gone").is_err()).await;
+    assert_eq!(db.stats().failure, None);
+    db.create_table("after", KeyType::U64, None).await.unwrap();
+    faulty.set_faults(StoreFaults::none());
+    db.close().await.unwrap();
+    drop((kv, db));
+
+    let db = open(faulty).await.unwrap();
+    assert_eq!(db.list_tables(), ["after", "kv"]);
+    let kv = db.table("kv").unwrap();
+    assert_eq!(kv.get_value(1u64).await.unwrap().unwrap(), "one");
+    assert_eq!(kv.get_value(2u64).await.unwrap().unwrap(), "two");
+    db.close().await.unwrap();
+}
