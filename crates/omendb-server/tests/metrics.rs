@@ -81,6 +81,31 @@ async fn metrics_cover_every_layer_and_pass_promtool() {
     assert!(sample(&metrics, "omendb_cache_misses_total").unwrap() >= 1.0);
     assert_eq!(sample(&metrics, "omendb_ready"), Some(1.0));
 
+    // Made-up methods share one label value: a client cannot add series without bound.
+    for method in ["FROB", "FROB2", "XYZZY"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = server
+            .client
+            .request(method, server.url("/v1/tables"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics.contains("FROB") && !metrics.contains("XYZZY"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "omendb_http_requests_total{route=\"/v1/tables\",method=\"_OTHER\",status=\"405\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -160,6 +160,17 @@ async fn timeout(
     }
 }
 
+/// A request's method as a label and span field: a standard method by its name, any other as
+/// `_OTHER` (OpenTelemetry's name for it), so that clients sending made-up methods cannot add
+/// metric series without bound.
+fn method_label(method: &axum::http::Method) -> &str {
+    match method.as_str() {
+        name @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "CONNECT"
+        | "TRACE") => name,
+        _ => "_OTHER",
+    }
+}
+
 /// Runs each request in a span (a child of the client's W3C `traceparent`, if any, so the
 /// engine's spans join the client's trace), and counts requests by route, method and status
 /// and their latency by route.
@@ -168,7 +179,7 @@ async fn measure(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
     });
