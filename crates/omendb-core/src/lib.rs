@@ -83,7 +83,8 @@ mod memtable {
 #[cfg(not(loom))]
 pub use db::{
     Aggregate, BackendOptions, Batch, Change, ChangedRow, Db, DbStats, Durability, Explain,
-    Isolation, ReadCompaction, ScanOptions, Snapshot, Table, Transaction, WriteOptions,
+    Isolation, MAX_AGGREGATE_BUCKETS, ReadCompaction, ScanOptions, Snapshot, Table, Transaction,
+    WriteOptions,
 };
 #[cfg(not(loom))]
 pub use error::{Error, ErrorKind, Result};

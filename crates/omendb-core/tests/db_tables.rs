@@ -16,8 +16,8 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, TimeUnit as ArrowUnit};
 use futures::TryStreamExt;
 use omendb_core::{
-    Aggregate, ChangedRow, Db, Error, ErrorKind, Isolation, Key, KeyType, ScanOptions, TimeUnit,
-    Value, WriteOptions,
+    Aggregate, ChangedRow, Db, Error, ErrorKind, Isolation, Key, KeyType, MAX_AGGREGATE_BUCKETS,
+    ScanOptions, TimeUnit, Value, WriteOptions,
 };
 use omendb_storage::segment::SegmentWriterOptions;
 
@@ -201,6 +201,48 @@ async fn typed_rows_round_trip_and_bad_input_changes_nothing() {
         },
     );
     assert!(matches!(unknown, Err(Error::BadInput(_))));
+    db.close().await.unwrap();
+}
+
+/// Buckets one key wide over more rows than [`MAX_AGGREGATE_BUCKETS`]: refused (`BadInput`) from
+/// the memtable and from segments alike, instead of one bucket per row in memory; half as many
+/// buckets are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_past_the_bucket_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let rows = MAX_AGGREGATE_BUCKETS as u64 + 10;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::UInt64, false),
+        Field::new("value", DataType::Binary, false),
+    ]));
+    for start in (0..rows).step_by(100_000) {
+        let keys: Vec<u64> = (start..(start + 100_000).min(rows)).collect();
+        let values = arrow_array::BinaryArray::from_iter_values(keys.iter().map(|_| b"v"));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(UInt64Array::from(keys)), Arc::new(values)],
+        )
+        .unwrap();
+        t.put_batch(&batch, WriteOptions::BUFFERED).await.unwrap();
+    }
+    for place in ["memtable", "segments"] {
+        let refused = t
+            .aggregate(0u64.., "value", Aggregate::Count, Some(1))
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::BadInput(m)) if m.contains("buckets")),
+            "{place}: {:?}",
+            refused.map(|b| b.num_rows())
+        );
+        let halves = t
+            .aggregate(0u64.., "value", Aggregate::Count, Some(2))
+            .await
+            .unwrap();
+        assert_eq!(halves.num_rows() as u64, rows / 2, "{place}");
+        db.checkpoint().await.unwrap();
+    }
     db.close().await.unwrap();
 }
 

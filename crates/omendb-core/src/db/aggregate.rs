@@ -151,6 +151,10 @@ fn not_aggregable(data_type: &DataType) -> Error {
     Error::BadInput(format!("cannot aggregate a column of type {data_type}"))
 }
 
+/// The most buckets an aggregate returns: each costs memory while it is folded and a row in
+/// the answer, and a bucket width of one key over a large table would make one per row.
+pub const MAX_BUCKETS: usize = 1 << 20;
+
 /// An aggregate being folded: a running [`Acc`] per bucket that holds a value (a bucket whose
 /// rows hold only nulls gets no row).
 pub(crate) struct Fold {
@@ -238,14 +242,28 @@ impl Fold {
     /// row's step is inlined into the loop: a call per row and a bucket found by decoding each
     /// key were most of the fold's instructions.
     pub(crate) fn add_lent(&mut self, lent: Lent<'_>) -> Result<usize> {
-        match self.function {
+        let rows = match self.function {
             Aggregate::Count => self.add_lent_with(lent, |acc, _| acc.count += 1),
             Aggregate::Sum | Aggregate::Avg => {
                 self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Sum, v))
             }
             Aggregate::Min => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Min, v)),
             Aggregate::Max => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Max, v)),
+        }?;
+        self.check_buckets()?;
+        Ok(rows)
+    }
+
+    /// Refuses an aggregate past [`MAX_BUCKETS`] (checked after each batch or lent stretch, so
+    /// the map holds at most one batch's or memtable's rows more).
+    fn check_buckets(&self) -> Result<()> {
+        if self.buckets.len() > MAX_BUCKETS {
+            return Err(Error::BadInput(format!(
+                "the aggregate has more than {MAX_BUCKETS} buckets: use a wider bucket or a \
+                 narrower range"
+            )));
         }
+        Ok(())
     }
 
     fn add_lent_with(&mut self, lent: Lent<'_>, add: impl Fn(&mut Acc, f64)) -> Result<usize> {
@@ -346,7 +364,7 @@ impl Fold {
             }
             at += len;
         }
-        Ok(())
+        self.check_buckets()
     }
 
     /// The result: one row, or one per bucket that holds a value (`bucket` = its first key).

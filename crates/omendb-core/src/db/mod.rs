@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 use charge::ReadCharge;
 
+pub use aggregate::MAX_BUCKETS as MAX_AGGREGATE_BUCKETS;
 pub use batch::Batch;
 pub use builder::Builder;
 pub use changes::{Change, ChangedRow};
