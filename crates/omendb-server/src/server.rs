@@ -133,21 +133,29 @@ impl Server {
         let _ = stop_tx.send(true);
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let abort = api_task.abort_handle();
-        match tokio::time::timeout(grace, api_task).await {
-            Ok(served) => served.context("the client API task failed")??,
+        let served = match tokio::time::timeout(grace, api_task).await {
+            Ok(joined) => joined
+                .context("the client API task failed")
+                .and_then(|served| served.context("the client API failed")),
             Err(_) => {
+                // Stops accepting; a request still running keeps its connection's task and
+                // gets `Closed` (503) once the database closes under it.
                 tracing::warn!(
                     ?grace,
-                    "requests still running after the grace period are cancelled"
+                    "requests still running after the grace period fail as the database closes"
                 );
                 abort.abort();
+                Ok(())
             }
-        }
+        };
+        // Closed however the API ended: closing syncs the WAL, which holds acknowledged
+        // `Buffered` writes.
         if let Some(db) = state.open_db() {
             db.close().await.context("closing the database")?;
             tracing::info!("the database is closed");
         }
         admin_task.await.context("the admin task failed")??;
+        served?;
         result
     }
 }
