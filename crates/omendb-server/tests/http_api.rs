@@ -566,8 +566,18 @@ async fn a_scan_stops_at_the_request_timeout() {
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut body = Vec::from(stream.next().await.unwrap().unwrap());
-    // A reader slower than the deadline: the server ends the body instead of finishing it.
+    // A reader slower than the deadline: the server ends the body instead of finishing it, and
+    // gives up the scan's query slot at the deadline although nothing reads the body (it used
+    // to hold it for as long as the connection stayed open).
     tokio::time::sleep(Duration::from_millis(600)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while queries_in_flight(&server.metrics().await) != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a scan whose body is not read holds its query slot past the request's deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut failed = false;
     while let Some(chunk) = stream.next().await {
         match chunk {

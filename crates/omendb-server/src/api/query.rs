@@ -317,17 +317,56 @@ pub async fn scan(
     }
     let mut more = false;
     let first = read.next_batch(&mut more).await?;
-    let body = futures::stream::unfold(JsonPage::Head(read, first, more), |page| async move {
-        page.next().await
-    });
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        Body::from_stream(body),
+        Body::from_stream(stream_page(JsonPage::Head(read, first, more))),
     )
         .into_response())
+}
+
+/// The chunks of a JSON page, made by a task of their own. A response body runs only while the
+/// client reads it: one that stopped reading (its connection open, its socket full) would hold
+/// the scan, its snapshot and its query slot for good. The task gives them up at the request's
+/// deadline, when a chunk still finds no room; the body then ends with an error.
+fn stream_page(page: JsonPage) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let deadline = page.deadline();
+    let (chunks, received) = tokio::sync::mpsc::channel(2);
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::clone(&finished);
+    tokio::spawn(async move {
+        let mut page = Some(page);
+        while let Some((chunk, next)) = match page.take() {
+            Some(current) => current.next().await,
+            None => None,
+        } {
+            page = Some(next);
+            match tokio::time::timeout_at(deadline, chunks.send(chunk)).await {
+                Ok(Ok(())) => {}
+                // The client went away, or stopped reading past the deadline.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    futures::stream::unfold(Some(received), move |received| {
+        let finished = Arc::clone(&finished);
+        async move {
+            let mut received = received?;
+            match received.recv().await {
+                Some(chunk) => Some((chunk, Some(received))),
+                None if finished.load(std::sync::atomic::Ordering::Acquire) => None,
+                None => Some((
+                    Err(std::io::Error::other(
+                        "the scan ran longer than limits.request_timeout_ms",
+                    )),
+                    None,
+                )),
+            }
+        }
+    })
 }
 
 /// The schema of a scan's batches with `projection`.
@@ -476,6 +515,14 @@ fn write_rows(out: &mut Vec<u8>, batch: &RecordBatch, mut first: bool) {
 }
 
 impl JsonPage {
+    /// The deadline of the request the page answers (`now` once it is done).
+    fn deadline(&self) -> tokio::time::Instant {
+        match self {
+            JsonPage::Head(read, ..) | JsonPage::Rows(read, _) => read.deadline,
+            JsonPage::Done => tokio::time::Instant::now(),
+        }
+    }
+
     /// The tail: the continuation token, and the slow-log entry of the finished page.
     fn tail(read: &PageRead, more: bool, out: &mut Vec<u8>) {
         read.finish();
