@@ -142,7 +142,38 @@ fn store_error_kind(err: &object_store::Error) -> ErrorKind {
         match err {
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => ErrorKind::Fatal,
+            // Objects are read by the names a manifest or a log listing gave: one that is gone
+            // is stored data out of step with its references (deleted by hand, or collected
+            // under a reader older than the grace period), not the caller's bad input.
+            object_store::Error::NotFound { .. } => ErrorKind::Corrupt,
             _ => ErrorKind::BadInput,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_object_is_corrupt_not_bad_input() {
+        let missing = Error::from_store(
+            "get",
+            "db/segments/1/x.parquet",
+            object_store::Error::NotFound {
+                path: "db/segments/1/x.parquet".to_owned(),
+                source: "gone".into(),
+            },
+        );
+        assert_eq!(missing.kind(), ErrorKind::Corrupt);
+        let transient = Error::from_store(
+            "get",
+            "x",
+            object_store::Error::Generic {
+                store: "s3",
+                source: "reset".into(),
+            },
+        );
+        assert_eq!(transient.kind(), ErrorKind::Retry);
     }
 }
