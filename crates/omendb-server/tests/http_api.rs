@@ -230,6 +230,18 @@ async fn bad_writes_get_typed_errors_and_change_nothing() {
     assert_eq!(response.status(), 415);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unsupported_media_type");
+    // A batch is JSON too: another content type is refused before the body is read.
+    let response = server
+        .client
+        .post(server.url("/v1/batch"))
+        .header("content-type", "application/vnd.apache.arrow.stream")
+        .body(r#"{"writes": [{"put": {"table": "cpu", "rows": [{"key": 1}]}}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
     let (status, body) = server.post("/v1/tables/cpu/rows", rows(0..5_000)).await;
     assert_error(status, &body, 413, "too_large");
     let (status, body) = server

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 use utoipa::ToSchema;
 
 use super::query::KeyRange;
 use super::row::{JsonKey, key_from_json};
-use super::rows::{WriteResult, add_json_rows};
+use super::rows::{WriteResult, add_json_rows, expect_json};
 use super::{Json, Query};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{State as Shared, WriteParams};
@@ -74,8 +75,10 @@ pub struct WriteBatch {
 pub async fn write_batch(
     State(state): State<Arc<Shared>>,
     Query(params): Query<WriteParams>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<WriteResult>> {
+    expect_json(&headers)?;
     let body = body?;
     let _permit = state.write_permit(body.len())?;
     let request: WriteBatch = serde_json::from_slice::<serde_json::Value>(&body)

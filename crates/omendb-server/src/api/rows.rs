@@ -46,6 +46,28 @@ pub struct MultiGetResult {
     pub rows: Vec<Option<JsonRow>>,
 }
 
+/// Refuses a body whose `Content-Type` is given and is not JSON (415); a body without one is
+/// taken as JSON, as a put's is.
+pub fn expect_json(headers: &HeaderMap) -> ApiResult<()> {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        Some(content_type) if !content_type.starts_with("application/json") => Err(unsupported(
+            format!("the body is application/json, not {content_type:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn unsupported(message: String) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        message,
+    )
+}
+
 /// Adds the rows of a put body to `batch`: a JSON array of rows, or an Arrow IPC stream when
 /// the content type says so.
 pub fn add_put_body(
@@ -70,11 +92,9 @@ pub fn add_put_body(
         return Ok(rows);
     }
     if !content_type.starts_with("application/json") {
-        return Err(ApiError::new(
-            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("a put body is application/json or {ARROW_STREAM}, not {content_type}"),
-        ));
+        return Err(unsupported(format!(
+            "a put body is application/json or {ARROW_STREAM}, not {content_type}"
+        )));
     }
     let rows: Vec<JsonValue> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_input(format!("a put body is a JSON array of rows: {e}")))?;
