@@ -47,7 +47,7 @@ pub struct MultiGetResult {
 }
 
 /// Refuses a body whose `Content-Type` is given and is not JSON (415); a body without one is
-/// taken as JSON, as a put's is.
+/// taken as JSON, as a put's is (the routes that take `Json` need the header).
 pub fn expect_json(headers: &HeaderMap) -> ApiResult<()> {
     match headers
         .get(header::CONTENT_TYPE)
