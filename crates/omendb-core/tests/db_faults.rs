@@ -125,6 +125,19 @@ impl Wal for SwitchedWal {
     }
 }
 
+/// A database in `dir` over a [`SwitchedWal`], with a key-value table `kv`.
+async fn open_switched(dir: &std::path::Path) -> (Arc<SwitchedWal>, Db, omendb_core::Table) {
+    let wal = SwitchedWal::open(&dir.join("wal"));
+    let db = Db::builder()
+        .path(dir)
+        .wal(wal.clone())
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    (wal, db, t)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_append_poisons_writes_while_reads_go_on_until_reopen() {
     a_failed_append_poisons(WriteOptions::DURABLE).await;
@@ -139,14 +152,7 @@ async fn a_failed_buffered_append_poisons_writes_while_reads_go_on_until_reopen(
 
 async fn a_failed_append_poisons(failing: WriteOptions) {
     let dir = tempfile::tempdir().unwrap();
-    let wal = SwitchedWal::open(&dir.path().join("wal"));
-    let db = Db::builder()
-        .path(dir.path())
-        .wal(wal.clone())
-        .build()
-        .await
-        .unwrap();
-    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let (wal, db, t) = open_switched(dir.path()).await;
     t.put_value(1u64, "kept", WriteOptions::DURABLE)
         .await
         .unwrap();
@@ -188,14 +194,7 @@ async fn a_failed_append_poisons(failing: WriteOptions) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_wal_truncation_after_a_flush_is_reported_and_poisons_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = SwitchedWal::open(&dir.path().join("wal"));
-    let db = Db::builder()
-        .path(dir.path())
-        .wal(wal.clone())
-        .build()
-        .await
-        .unwrap();
-    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let (wal, db, t) = open_switched(dir.path()).await;
     let first = t
         .put_value(1u64, "flushed", WriteOptions::DURABLE)
         .await

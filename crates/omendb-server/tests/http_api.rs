@@ -219,29 +219,27 @@ async fn bad_writes_get_typed_errors_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    let response = server
-        .client
-        .post(server.url("/v1/tables/cpu/rows"))
-        .header("content-type", "text/csv")
-        .body("1,2")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 415);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unsupported_media_type");
+    let refused_as = |path: &'static str, content_type: &'static str, body: &'static str| {
+        let request = server
+            .client
+            .post(server.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_error(status, &body, 415, "unsupported_media_type");
+        }
+    };
+    refused_as("/v1/tables/cpu/rows", "text/csv", "1,2").await;
     // A batch is JSON too: another content type is refused before the body is read.
-    let response = server
-        .client
-        .post(server.url("/v1/batch"))
-        .header("content-type", "application/vnd.apache.arrow.stream")
-        .body(r#"{"writes": [{"put": {"table": "cpu", "rows": [{"key": 1}]}}]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 415);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "unsupported_media_type");
+    refused_as(
+        "/v1/batch",
+        "application/vnd.apache.arrow.stream",
+        r#"{"writes": [{"put": {"table": "cpu", "rows": [{"key": 1}]}}]}"#,
+    )
+    .await;
     let (status, body) = server.post("/v1/tables/cpu/rows", rows(0..5_000)).await;
     assert_error(status, &body, 413, "too_large");
     let (status, body) = server
@@ -517,6 +515,18 @@ fn queries_in_flight(metrics: &str) -> f64 {
         .unwrap()
 }
 
+/// Waits up to `limit` for the in-flight query gauge to read 0.
+async fn no_query_in_flight_within(server: &TestServer, limit: Duration, what: &str) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while queries_in_flight(&server.metrics().await) != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} still holds its query slot after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_query_limit_answers_429_and_a_client_that_leaves_cancels_its_query() {
     let server = TestServer::start(|config| {
@@ -544,14 +554,7 @@ async fn the_query_limit_answers_429_and_a_client_that_leaves_cancels_its_query(
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"{\"rows\":["));
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while queries_in_flight(&server.metrics().await) != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the abandoned scan was never cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    no_query_in_flight_within(&server, Duration::from_secs(10), "the abandoned scan").await;
     assert_eq!(server.get("/v1/tables/cpu/rows/1").await.0, 200);
     server.stop().await.unwrap();
 }
@@ -582,14 +585,12 @@ async fn a_scan_stops_at_the_request_timeout() {
     // gives up the scan's query slot at the deadline although nothing reads the body (it used
     // to hold it for as long as the connection stayed open).
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while queries_in_flight(&server.metrics().await) != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a scan whose body is not read holds its query slot past the request's deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    no_query_in_flight_within(
+        &server,
+        Duration::from_secs(5),
+        "a scan whose body is not read",
+    )
+    .await;
     let mut failed = false;
     while let Some(chunk) = stream.next().await {
         match chunk {

@@ -20,7 +20,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use omendb_storage::backend::{Layered, Retry, RetryPolicy};
 use omendb_storage::manifest::{
-    ManifestData, ManifestOptions, Manifests, SegmentEntry, TableEntry,
+    ManifestData, ManifestOptions, ManifestWriter, Manifests, SegmentEntry, TableEntry,
 };
 use omendb_storage::segment::SegmentSeal;
 use omendb_storage::{Error, ErrorKind};
@@ -384,17 +384,7 @@ async fn a_publish_whose_answer_was_lost_is_recognised() {
     lossy_set(&lossy, 1);
     let err = writer.commit(data(2, &[])).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Retry, "{err}");
-    assert_eq!(
-        manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
-        2,
-        "it landed"
-    );
-    let published = writer.commit(data(3, &[])).await.unwrap();
-    assert_eq!(
-        (published.sequence, published.data.flushed_lsn),
-        (3, 3),
-        "no fence, no gap"
-    );
+    the_next_commit_settles_the_landed_version(&manifests, &mut writer).await;
 
     // With the retry layer the resent create finds its own version and succeeds at once.
     let retried: Arc<dyn ObjectStore> = Arc::new(Layered::new(
@@ -433,19 +423,7 @@ async fn a_publish_whose_confirmation_listing_failed_is_recognised() {
     lossy.layer().cut_done.store(false, Ordering::SeqCst);
     let err = writer.commit(data(2, &[])).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Retry, "{err}");
-    assert!(writer.is_unsettled());
-    assert_eq!(
-        manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
-        2,
-        "it landed"
-    );
-    let published = writer.commit(data(3, &[])).await.unwrap();
-    assert_eq!(
-        (published.sequence, published.data.flushed_lsn),
-        (3, 3),
-        "no fence, no gap"
-    );
-    assert!(!writer.is_unsettled());
+    the_next_commit_settles_the_landed_version(&manifests, &mut writer).await;
     assert_eq!(check_chain(&store).await, 3);
 }
 
@@ -463,6 +441,16 @@ async fn a_publish_whose_caller_stopped_waiting_is_recognised() {
     let cancelled =
         tokio::time::timeout(Duration::from_millis(200), writer.commit(data(2, &[]))).await;
     assert!(cancelled.is_err(), "the commit was answered");
+    the_next_commit_settles_the_landed_version(&manifests, &mut writer).await;
+    assert_eq!(check_chain(&store).await, 3);
+}
+
+/// After a commit of `data(2)` whose outcome the writer does not know although it landed: the
+/// writer holds it unsettled, and the next commit takes it for its own (no fence, no gap).
+async fn the_next_commit_settles_the_landed_version(
+    manifests: &Manifests,
+    writer: &mut ManifestWriter,
+) {
     assert!(writer.is_unsettled());
     assert_eq!(
         manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
@@ -475,7 +463,7 @@ async fn a_publish_whose_caller_stopped_waiting_is_recognised() {
         (3, 3),
         "no fence, no gap"
     );
-    assert_eq!(check_chain(&store).await, 3);
+    assert!(!writer.is_unsettled());
 }
 
 fn lossy_set(store: &Layered<Faults, InMemory>, failures: u32) {

@@ -35,6 +35,11 @@ fn fill(dir: &Path) {
     wal.close().unwrap();
 }
 
+/// The LSN a segment file starts at (its name).
+fn base_of(path: &Path) -> Lsn {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 fn read(wal: &FileWal, from: Lsn) -> Vec<Lsn> {
     wal.reader(from)
         .unwrap()
@@ -57,8 +62,7 @@ fn segments_rotate_at_their_size_and_every_record_reads_back() {
         let bytes = std::fs::read(path).unwrap();
         assert!(bytes.len() <= 2048, "{path:?} is {} bytes", bytes.len());
         // Each segment is named by the LSN of its first record.
-        let name = path.file_stem().unwrap().to_str().unwrap();
-        assert_eq!(name.parse::<Lsn>().unwrap(), next);
+        assert_eq!(base_of(path), next);
         next += frames(&bytes).len() as u64;
         assert!(
             frames(&bytes)
@@ -83,21 +87,9 @@ fn truncation_drops_whole_segments_below_the_lsn_and_survives_reopen() {
     wal.truncate_before(150).unwrap();
     let after = segment_paths(dir.path());
     assert!(after.len() < before.len());
-    let first_base: Lsn = after[0]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first_base = base_of(&after[0]);
     assert!(first_base <= 150, "a segment holding LSN 150 was deleted");
-    let second_base: Lsn = after[1]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second_base = base_of(&after[1]);
     assert!(second_base > 150, "a segment entirely below 150 survived");
     assert_eq!(read(&wal, 1), (first_base..=RECORDS).collect::<Vec<_>>());
     assert_eq!(read(&wal, 150), (150..=RECORDS).collect::<Vec<_>>());
@@ -138,13 +130,7 @@ fn a_truncation_that_fails_midway_leaves_a_readable_suffix_and_can_be_repeated()
     );
     let after = segment_paths(dir.path());
     assert_eq!(after[..], before[2..], "the two oldest segments go first");
-    let first_base: Lsn = after[0]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first_base = base_of(&after[0]);
     assert_eq!(read(&wal, 1), (first_base..=RECORDS).collect::<Vec<_>>());
 
     wal.truncate_before(RECORDS).unwrap();
@@ -205,20 +191,8 @@ fn a_missing_middle_segment_is_a_gap_every_mode_sees() {
     fill(dir.path());
     let segments = segment_paths(dir.path());
     let missing = &segments[2];
-    let missing_base: Lsn = missing
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let next_base: Lsn = segments[3]
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let missing_base = base_of(missing);
+    let next_base = base_of(&segments[3]);
     std::fs::remove_file(missing).unwrap();
 
     for mode in [
@@ -266,13 +240,7 @@ fn a_damaged_segment_header_is_never_a_torn_tail() {
         fill(dir.path());
         let segments = segment_paths(dir.path());
         let victim = &segments[1];
-        let victim_base: Lsn = victim
-            .file_stem()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let victim_base = base_of(victim);
         let mut bytes = std::fs::read(victim).unwrap();
         bytes[HEADER_LEN / 2] ^= 0x40;
         std::fs::write(victim, &bytes).unwrap();
@@ -289,13 +257,7 @@ fn a_damaged_segment_header_is_never_a_torn_tail() {
             }
             RecoveryMode::SkipCorrupt => {
                 let wal = opened.unwrap();
-                let next_base: Lsn = segments[2]
-                    .file_stem()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let next_base = base_of(&segments[2]);
                 let expected: Vec<Lsn> = (1..victim_base).chain(next_base..=RECORDS).collect();
                 assert_eq!(read(&wal, 1), expected);
                 // Set aside, not deleted.
