@@ -315,6 +315,7 @@ impl Builder {
                 data.flushed_lsn
             )));
         }
+
         let generation = Arc::new(Generation::new(
             data.flushed_lsn + 1,
             settings.memtable_keys(),
