@@ -4,6 +4,8 @@
 //! their answer: the retry finds the object its first attempt wrote, and the log must take it
 //! for its own upload, while another writer's object under the same name still fences it.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,14 +199,10 @@ async fn a_flipped_read_of_the_last_object_cuts_nothing() {
 /// with this tokio: the timers fire while the only worker is blocked.)
 #[test]
 fn appends_waiting_for_buffer_space_do_not_starve_the_upload_that_frees_it() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+    support::on_one_worker_within(
+        Duration::from_secs(60),
+        "appends waiting for buffer space hung the runtime",
+        || async {
             // Every upload waits on a timer of this runtime.
             let slow = Arc::new(FaultyObjectStore::new(
                 Arc::new(InMemory::new()),
@@ -231,10 +229,6 @@ fn appends_waiting_for_buffer_space_do_not_starve_the_upload_that_frees_it() {
             wal.wait_durable(now.max(last)).await.unwrap();
             let read: Vec<_> = wal.read_from(1).try_collect().await.unwrap();
             assert_eq!(read.len() as u64, now.max(last));
-            done.send(()).unwrap();
-        });
-    });
-    finished
-        .recv_timeout(Duration::from_secs(60))
-        .expect("appends waiting for buffer space hung the runtime");
+        },
+    );
 }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,14 +191,10 @@ async fn seed_10_gc_keeps_the_segments_a_running_scan_reads() {
 /// the timers of the very runtime it blocked. Dropping must not wait.
 #[test]
 fn dropping_an_object_wal_on_a_runtime_thread_does_not_hang() {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+    support::on_one_worker_within(
+        Duration::from_secs(20),
+        "dropping the WAL hung the runtime",
+        || async {
             let slow = Arc::new(FaultyObjectStore::new(
                 Arc::new(InMemory::new()),
                 StoreFaults::slow(Duration::from_millis(50)),
@@ -212,10 +210,6 @@ fn dropping_an_object_wal_on_a_runtime_thread_does_not_hang() {
             }
             // Dropped on the runtime's only worker thread.
             tokio::spawn(async move { drop(wal) }).await.unwrap();
-        });
-        done.send(()).unwrap();
-    });
-    finished
-        .recv_timeout(Duration::from_secs(20))
-        .expect("dropping the WAL hung the runtime");
+        },
+    );
 }
