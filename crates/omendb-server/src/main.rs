@@ -126,6 +126,9 @@ fn serve(config: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("{e:#}"))
     });
+    // The database is closed by now. What still runs is cut rather than waited for: a CPU
+    // profile's sampling thread would hold the exit for the rest of its minute.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     telemetry.shutdown();
     served
 }

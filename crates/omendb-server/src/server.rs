@@ -132,8 +132,9 @@ impl Server {
         state.start_draining();
         let _ = stop_tx.send(true);
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let drained_by = tokio::time::Instant::now() + grace;
         let abort = api_task.abort_handle();
-        let served = match tokio::time::timeout(grace, api_task).await {
+        let served = match tokio::time::timeout_at(drained_by, api_task).await {
             Ok(joined) => joined
                 .context("the client API task failed")
                 .and_then(|served| served.context("the client API failed")),
@@ -154,8 +155,20 @@ impl Server {
             db.close().await.context("closing the database")?;
             tracing::info!("the database is closed");
         }
-        admin_task.await.context("the admin task failed")??;
+        // The admin listener drains with the API, by the same deadline: a request still
+        // running there (a profile of up to a minute) does not hold the exit.
+        let admin_abort = admin_task.abort_handle();
+        let admin_served = match tokio::time::timeout_at(drained_by, admin_task).await {
+            Ok(joined) => joined
+                .context("the admin task failed")
+                .and_then(|served| served.context("the admin listener failed")),
+            Err(_) => {
+                admin_abort.abort();
+                Ok(())
+            }
+        };
         served?;
+        admin_served?;
         result
     }
 }

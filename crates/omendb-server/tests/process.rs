@@ -273,6 +273,39 @@ async fn serve_uses_the_embedded_default_and_sigterm_drains_and_exits_0() {
     );
 }
 
+/// A CPU profile still running on the admin listener at SIGTERM does not hold the exit past the
+/// grace period (it held it for the profile's length, up to a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_profile_does_not_hold_the_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mut server = tokio::task::spawn_blocking(move || {
+        serve(&path, &["--set", "server.shutdown_grace_ms=300"])
+    })
+    .await
+    .unwrap();
+    let profile = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{}/debug/pprof/profile?seconds=30", server.admin))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!profile.is_finished(), "the profile ended early");
+    let started = Instant::now();
+    kill(&mut server.child, "TERM");
+    let status = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the exit waited {:?} for the profile",
+        started.elapsed()
+    );
+    profile.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
