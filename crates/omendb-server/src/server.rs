@@ -133,22 +133,15 @@ impl Server {
         let _ = stop_tx.send(true);
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let drained_by = tokio::time::Instant::now() + grace;
-        let abort = api_task.abort_handle();
-        let served = match tokio::time::timeout_at(drained_by, api_task).await {
-            Ok(joined) => joined
-                .context("the client API task failed")
-                .and_then(|served| served.context("the client API failed")),
-            Err(_) => {
-                // Stops accepting; a request still running keeps its connection's task and
-                // gets `Closed` (503) once the database closes under it.
-                tracing::warn!(
-                    ?grace,
-                    "requests still running after the grace period fail as the database closes"
-                );
-                abort.abort();
-                Ok(())
-            }
-        };
+        let served = drain(api_task, drained_by, "client API").await;
+        if matches!(served, Ok(false)) {
+            // A request still running keeps its connection's task and gets `Closed` (503)
+            // once the database closes under it.
+            tracing::warn!(
+                ?grace,
+                "requests still running after the grace period fail as the database closes"
+            );
+        }
         // Closed however the API ended: closing syncs the WAL, which holds acknowledged
         // `Buffered` writes.
         if let Some(db) = state.open_db() {
@@ -157,19 +150,32 @@ impl Server {
         }
         // The admin listener drains with the API, by the same deadline: a request still
         // running there (a profile of up to a minute) does not hold the exit.
-        let admin_abort = admin_task.abort_handle();
-        let admin_served = match tokio::time::timeout_at(drained_by, admin_task).await {
-            Ok(joined) => joined
-                .context("the admin task failed")
-                .and_then(|served| served.context("the admin listener failed")),
-            Err(_) => {
-                admin_abort.abort();
-                Ok(())
-            }
-        };
+        let admin_served = drain(admin_task, drained_by, "admin listener").await;
         served?;
         admin_served?;
         result
+    }
+}
+
+/// Waits until `by` for a listener's task to drain; one still serving then is aborted (it
+/// stops accepting; its running requests keep their connections' tasks). `Ok(false)` if cut.
+async fn drain(
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    by: tokio::time::Instant,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout_at(by, task).await {
+        Ok(joined) => {
+            joined
+                .with_context(|| format!("the {name} task failed"))?
+                .with_context(|| format!("the {name} failed"))?;
+            Ok(true)
+        }
+        Err(_) => {
+            abort.abort();
+            Ok(false)
+        }
     }
 }
 
