@@ -135,6 +135,7 @@ fn record_state(state: &Shared) {
     });
     metrics::gauge!("omendb_http_queries_in_flight").set(state.queries_in_flight() as f64);
     metrics::gauge!("omendb_http_write_bytes_in_flight").set(state.write_bytes_in_flight() as f64);
+    metrics::gauge!("omendb_http_connections").set(state.connections_open() as f64);
     let Some(db) = state.open_db() else {
         return;
     };

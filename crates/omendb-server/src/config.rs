@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// How often readiness checks that the storage answers, in ms.
     pub storage_check_ms: u64,
+    /// Most client API connections open at once; more wait in the kernel's backlog until one
+    /// closes (the admin listener has no cap).
+    pub max_connections: usize,
+    /// A client API connection on which nothing is read or written for this long is closed,
+    /// in ms (longer than `limits.request_timeout_ms`, so that it never cuts a request).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +84,8 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             shutdown_grace_ms: 10_000,
             storage_check_ms: 5_000,
+            max_connections: 1024,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -287,6 +295,7 @@ impl Config {
             ),
             ("limits.request_timeout_ms", self.limits.request_timeout_ms),
             ("server.storage_check_ms", self.server.storage_check_ms),
+            ("server.max_connections", self.server.max_connections as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -302,6 +311,13 @@ impl Config {
             return Err(ConfigError(
                 "limits.max_inflight_write_bytes must be at least limits.max_body_bytes".to_owned(),
             ));
+        }
+        if self.server.idle_timeout_ms <= self.limits.request_timeout_ms {
+            return Err(ConfigError(format!(
+                "server.idle_timeout_ms {} must exceed limits.request_timeout_ms {}: a \
+                 request's connection may be quiet while it runs",
+                self.server.idle_timeout_ms, self.limits.request_timeout_ms
+            )));
         }
         if !(0.0..=1.0).contains(&self.log.slow_query_sample) {
             return Err(ConfigError(format!(

@@ -7,7 +7,8 @@
 //! authentication.
 //!
 //! - [`config`]: defaults, `omendb.toml`, `OMENDB_*` variables and flags, in that order.
-//! - [`server`]: the listeners' life and the shutdown sequence.
+//! - [`server`]: the listeners' life and the shutdown sequence; [`connection`]: the client
+//!   API's connection cap and idle timeout.
 //! - [`api`]: the client API; [`admin`]: health and metrics.
 //! - [`state`]: what requests share (the database, the limits' permits, readiness).
 //! - [`error`]: the one error shape and the status of each engine error.
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod server;
 pub mod slow_log;

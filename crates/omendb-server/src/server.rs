@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, DurabilityConfig};
+use crate::connection::Connections;
 use crate::slow_log::SlowLog;
 use crate::state::State;
 use crate::{admin, api, telemetry};
@@ -95,6 +96,11 @@ impl Server {
         });
         let api_task = tokio::spawn({
             let router = api::router(Arc::clone(&state));
+            let api = Connections::new(
+                api,
+                state.connection_slots(),
+                Duration::from_millis(config.server.idle_timeout_ms),
+            );
             let state = Arc::clone(&state);
             let mut stop = stop_rx.clone();
             async move {

@@ -24,6 +24,7 @@ pub struct State {
     draining: AtomicBool,
     queries: Arc<Semaphore>,
     write_bytes: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
     /// The slow query log.
     pub slow_log: SlowLog,
     /// Whether a CPU profile is being taken (one at a time).
@@ -47,12 +48,14 @@ impl State {
     pub fn new(config: Config, slow_log: SlowLog) -> Self {
         let queries = Arc::new(Semaphore::new(config.limits.max_concurrent_queries));
         let write_bytes = Arc::new(Semaphore::new(config.limits.max_inflight_write_bytes));
+        let connections = Arc::new(Semaphore::new(config.server.max_connections));
         Self {
             config,
             db: OnceLock::new(),
             draining: AtomicBool::new(false),
             queries,
             write_bytes,
+            connections,
             slow_log,
             profiling: AtomicBool::new(false),
             storage_error: std::sync::Mutex::new(None),
@@ -162,6 +165,16 @@ impl State {
     /// Write bytes in flight now.
     pub fn write_bytes_in_flight(&self) -> usize {
         self.config.limits.max_inflight_write_bytes - self.write_bytes.available_permits()
+    }
+
+    /// The client API's connection slots (`server.max_connections`).
+    pub fn connection_slots(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.connections)
+    }
+
+    /// Client API connections open now.
+    pub fn connections_open(&self) -> usize {
+        self.config.server.max_connections - self.connections.available_permits()
     }
 
     /// The write options of a request.

@@ -63,6 +63,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Request bytes of writes running now (bounded by limits.max_inflight_write_bytes).",
     ),
     (
+        "omendb_http_connections",
+        Kind::Gauge,
+        "Client API connections open now (bounded by server.max_connections).",
+    ),
+    (
         "omendb_ready",
         Kind::Gauge,
         "1 when /health/ready answers 200, else 0.",

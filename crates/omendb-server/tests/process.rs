@@ -117,6 +117,17 @@ fn a_bad_configuration_is_an_error_at_start_that_names_the_key() {
             "engine.compaction_trigger",
         ),
         (
+            omendb(
+                dir.path(),
+                &["serve", "--set", "server.idle_timeout_ms=30000"],
+            ),
+            "server.idle_timeout_ms",
+        ),
+        (
+            omendb(dir.path(), &["serve", "--set", "server.max_connections=0"]),
+            "server.max_connections",
+        ),
+        (
             omendb(dir.path(), &["serve", "--listen", "not-an-address"]),
             "server.listen",
         ),
