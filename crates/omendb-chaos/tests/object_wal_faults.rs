@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use omendb_chaos::store::{Fault, FaultyObjectStore, StoreFaults};
 use omendb_storage::backend::{Layered, Op, Retry, RetryPolicy};
-use omendb_wal::{AppendOptions, ObjectWal, Wal, WalOptions};
+use omendb_wal::{AppendOptions, Error, ObjectWal, RecoveryMode, Wal, WalOptions};
 
 /// Every put lands, then answers with a transient error, behind a retry layer that sends it
 /// again: the second attempt of a create-if-absent put reports `AlreadyExists`.
@@ -126,18 +126,24 @@ async fn a_recovery_rewrite_whose_answer_was_lost_counts_as_written() {
     }
     wal.close().unwrap();
 
-    // A torn record after the newest object's intact one: recovery deletes the object and
-    // writes its intact prefix back under the same name, through a store that loses the answer.
+    // A damaged record after the newest object's intact one. An object is put whole, so the
+    // default mode refuses it, changing nothing; `SkipCorrupt` overwrites the object with its
+    // intact prefix, through a store that loses the answer.
     let newest = Path::from("wal/00000000000000000002.wal");
     let mut bytes = object(&objects, &newest).await;
     let intact = bytes.len();
     bytes.extend_from_slice(&[9, 0, 0, 0, 1]);
-    objects.put(&newest, bytes.into()).await.unwrap();
+    objects.put(&newest, bytes.clone().into()).await.unwrap();
+    let err = ObjectWal::open(plain.clone(), "wal", WalOptions::default())
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert!(matches!(err, Error::Corruption(_)), "{err}");
+    assert_eq!(object(&objects, &newest).await, bytes);
 
     let (faulty, store) = losing_answers(&objects);
-    let recovered = ObjectWal::open(store, "wal", WalOptions::default())
-        .await
-        .unwrap();
+    let options = WalOptions::default().recovery_mode(RecoveryMode::SkipCorrupt);
+    let recovered = ObjectWal::open(store, "wal", options).await.unwrap();
     assert!(
         faulty.injected_of(Fault::LostAnswer) >= 1,
         "the rewrite lost its answer"

@@ -82,22 +82,28 @@ enum Frame<'a> {
     Damaged(DamageKind),
 }
 
-/// Decodes the frame at the start of `buf`.
+/// Decodes the frame at the start of `buf`. A frame longer than `max_payload` is damage only
+/// if it is not intact: the limit may have been lowered since the record was written, and an
+/// intact record above it is still an acknowledged one (cutting it as a torn tail lost it).
 fn decode_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
     if buf.len() < FRAME_HEADER_LEN {
         return Frame::Damaged(DamageKind::Incomplete);
     }
     let len = u32_at(buf, 0);
     let payload_len = len as usize;
-    if payload_len > max_payload {
-        return Frame::Damaged(DamageKind::BadLength);
-    }
+    let damaged = |kind| {
+        Frame::Damaged(if payload_len > max_payload {
+            DamageKind::BadLength
+        } else {
+            kind
+        })
+    };
     let Some(payload) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + payload_len) else {
-        return Frame::Damaged(DamageKind::Incomplete);
+        return damaged(DamageKind::Incomplete);
     };
     let lsn = u64_at(buf, 8);
     if u32_at(buf, 4) != frame_crc(payload_crc(payload), len, lsn) {
-        return Frame::Damaged(DamageKind::Checksum);
+        return damaged(DamageKind::Checksum);
     }
     Frame::Valid { lsn, payload }
 }
@@ -199,15 +205,17 @@ impl<'a> Scanner<'a> {
         }
         let kind = match decode_frame(rest, self.max_payload) {
             Frame::Valid { lsn, payload } => {
-                if lsn == self.next_lsn || (self.allow_gap && lsn > self.next_lsn) {
+                let expected = lsn == self.next_lsn || (self.allow_gap && lsn > self.next_lsn);
+                // `u64::MAX` is no LSN (none follows it): a crafted or damaged record.
+                if let (true, Some(next)) = (expected, lsn.checked_add(1)) {
                     self.pos += frame_len(payload.len());
-                    self.next_lsn = lsn + 1;
+                    self.next_lsn = next;
                     self.allow_gap = false;
                     return Step::Record { lsn, payload };
                 }
                 // A later LSN is an intact record after a gap: skipping resumes right here, so
                 // the record itself is kept. An earlier LSN is a duplicate and is skipped.
-                let resume = if lsn > self.next_lsn {
+                let resume = if lsn > self.next_lsn && lsn < Lsn::MAX {
                     Some(self.pos)
                 } else {
                     self.find_next_frame(self.pos + 1)
@@ -380,8 +388,14 @@ mod tests {
     }
 
     #[test]
-    fn record_above_the_limit_is_bad_length() {
-        let buf = log(&[&[0u8; 50]], 1);
+    fn an_intact_record_above_the_limit_is_read_and_a_damaged_one_is_bad_length() {
+        let mut buf = log(&[&[7u8; 50]], 1);
+        let mut scan = Scanner::new(&buf, 1, 49);
+        assert!(matches!(scan.step(), Step::Record { lsn: 1, payload } if payload == [7u8; 50]));
+        assert_eq!(scan.step(), Step::End);
+
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
         let mut scan = Scanner::new(&buf, 1, 49);
         let step = scan.step();
         assert!(step.is_torn_tail());
@@ -392,6 +406,32 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_record_at_the_largest_lsn_is_damage_not_an_overflow() {
+        let buf = log(&[b"x"], Lsn::MAX);
+        for allow_gap in [false, true] {
+            let mut scan = Scanner::new(&buf, 1, 100);
+            if allow_gap {
+                scan.skip_to(HEADER_LEN);
+            }
+            let step = scan.step();
+            assert!(
+                matches!(
+                    step,
+                    Step::Damage {
+                        kind: DamageKind::LsnMismatch {
+                            found: Lsn::MAX,
+                            ..
+                        },
+                        resume: None,
+                        ..
+                    }
+                ),
+                "{step:?}"
+            );
+        }
     }
 
     #[test]

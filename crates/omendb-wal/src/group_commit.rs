@@ -447,6 +447,11 @@ impl Queue {
         self.publish(st);
     }
 
+    /// A guard the writer thread holds for its whole run: see [`WriterExit`].
+    pub(crate) fn writer_exit(&self) -> WriterExit<'_> {
+        WriterExit(self)
+    }
+
     /// Wakes waiters after a change of `written`, `durable`, poison or finish.
     fn publish(&self, st: sync::MutexGuard<'_, State>) {
         self.durable.store(st.durable, Ordering::Release);
@@ -988,5 +993,23 @@ mod tests {
             poll(wait.as_mut()),
             Poll::Ready(Err(Error::Poisoned { .. }))
         ));
+    }
+}
+
+/// Finishes the queue however the writer's run ends, and poisons it first if the run panicked
+/// (in a store implementation, a file I/O implementation, or the runtime the object log
+/// blocks on): without it a panic left every durable waiter waiting for good.
+pub(crate) struct WriterExit<'a>(&'a Queue);
+
+impl Drop for WriterExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison(Error::io(
+                "write",
+                "",
+                std::io::Error::other("the WAL's writer thread panicked"),
+            ));
+        }
+        self.0.finish();
     }
 }

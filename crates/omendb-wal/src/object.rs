@@ -180,19 +180,26 @@ async fn recover(
         ..RecoveryReport::default()
     };
     let mut expected = None;
-    let mut drop_from = None;
     for (i, (base, path)) in objects.iter().enumerate() {
         let buf = get(store, path).await?;
-        let verdict = examine(
+        // An object is put whole: damage in the newest one is not a torn write but damage to
+        // acknowledged records, which the default mode refuses instead of cutting (the
+        // explicit `SkipCorrupt` still cuts it, and reports it).
+        let tail_may_tear =
+            i + 1 == objects.len() && options.recovery_mode != RecoveryMode::TolerateTornTail;
+        let examined = examine(
             &buf,
             *base,
             path.as_ref(),
-            i + 1 == objects.len(),
+            tail_may_tear,
             options.max_record_bytes,
             &mut expected,
             &mut report,
-        )?;
-        if verdict.rests_on_damage() {
+        );
+        // Damage is confirmed by a second read before it is acted on, or reported as
+        // corruption: a bit flipped on the way from the store is a failed read, not a damaged
+        // log.
+        if examined.as_ref().map_or(true, Verdict::rests_on_damage) {
             let again = get(store, path).await?;
             confirm(&buf, &again, path.as_ref()).map_err(|e| {
                 store_error("get", path)(object_store::Error::Generic {
@@ -201,24 +208,30 @@ async fn recover(
                 })
             })?;
         }
+        let verdict = examined?;
         match verdict {
             Verdict::Keep { cut, stop, .. } => {
+                if stop {
+                    // Point in time: the later objects go before this one is cut, so that a
+                    // crash in between leaves a prefix of the log.
+                    drop_objects(store, &objects[i + 1..], &mut report).await?;
+                }
                 if let Some(cut) = cut {
-                    // Objects are immutable, so the intact prefix replaces the object: deleted
-                    // first because `Create` needs the name free. A crash in between loses the
-                    // prefix too; the next recovery then sees the log end one object earlier.
-                    delete(store, path).await?;
+                    // The intact prefix replaces the object in one put (an overwrite is
+                    // atomic): deleting it first and creating the prefix lost the prefix's
+                    // acknowledged records to a crash or a failed put in between.
                     if cut > HEADER_LEN {
-                        upload(store, path, *base, buf.slice(..cut).into()).await?;
+                        replace(store, path, buf.slice(..cut)).await?;
+                    } else {
+                        delete(store, path).await?;
                     }
                 }
                 if stop {
-                    drop_from = Some(i + 1);
                     break;
                 }
             }
             Verdict::Drop { stop: true } => {
-                drop_from = Some(i);
+                drop_objects(store, &objects[i..], &mut report).await?;
                 break;
             }
             Verdict::Drop { stop: false } => {
@@ -231,14 +244,39 @@ async fn recover(
             }
         }
     }
-    if let Some(first) = drop_from {
-        for (_, path) in objects[first..].iter().rev() {
-            let meta = store.head(path).await.map_err(store_error("head", path))?;
-            delete(store, path).await?;
-            report.bytes_truncated += meta.size;
-        }
-    }
     Ok((report, expected.map_or(0, |next| next - 1)))
+}
+
+/// Deletes `objects` (the end of the log that point-in-time recovery drops), newest first, so
+/// that a crash in the middle still leaves a prefix of the log.
+async fn drop_objects(
+    store: &dyn ObjectStore,
+    objects: &[(Lsn, Path)],
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for (_, path) in objects.iter().rev() {
+        let meta = store.head(path).await.map_err(store_error("head", path))?;
+        delete(store, path).await?;
+        report.bytes_truncated += meta.size;
+    }
+    Ok(())
+}
+
+/// Replaces the object at `path` with `payload` in one put. A put that fails but whose bytes
+/// are found there afterwards landed (its answer was lost).
+async fn replace(store: &dyn ObjectStore, path: &Path, payload: Bytes) -> Result<()> {
+    let put = store
+        .put_opts(
+            path,
+            payload.clone().into(),
+            PutOptions::from(PutMode::Overwrite),
+        )
+        .await;
+    match put {
+        Ok(_) => Ok(()),
+        Err(_) if get(store, path).await.is_ok_and(|found| found == payload) => Ok(()),
+        Err(source) => Err(store_error("put", path)(source)),
+    }
 }
 
 impl ObjectWal {
@@ -330,6 +368,7 @@ impl ObjectWal {
 
 /// The writer thread: uploads each batch as one object whose header carries `token`.
 fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, token: u64, runner: &Runner) {
+    let _exit = queue.writer_exit();
     // How long the last upload took: the most the next batch waits to gather appenders.
     let mut upload_cost = Duration::ZERO;
     loop {
@@ -372,7 +411,6 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, token: u64,
             Next::Closed => break,
         }
     }
-    queue.finish();
 }
 
 impl ObjectWal {

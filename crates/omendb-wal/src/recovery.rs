@@ -148,11 +148,14 @@ pub(crate) fn confirm(first: &[u8], again: &[u8], location: &str) -> std::io::Re
 /// Verifies one whole segment or object `buf` whose name says `base`, records what it finds in
 /// `report`, advances `expected` (the LSN the next record must carry) and decides, by the
 /// recovery mode, what happens to it. Damage the mode does not allow is an error.
+/// `tail_may_tear` says whether damage with nothing intact after it may be a write a crash cut
+/// short (the last segment of a file log), which the default mode cuts; an object is put
+/// whole, so damage in it is never that.
 pub(crate) fn examine(
     buf: &[u8],
     base: Lsn,
     location: &str,
-    is_last: bool,
+    tail_may_tear: bool,
     max_record_bytes: usize,
     expected: &mut Option<Lsn>,
     report: &mut RecoveryReport,
@@ -169,8 +172,9 @@ pub(crate) fn examine(
         kind,
     };
     // A segment or object appears under its name only complete (renamed after its header is
-    // durable, or put atomically), so a bad header is never a torn write.
-    if format::decode_header(buf) != Some(base) {
+    // durable, or put atomically), so a bad header is never a torn write. LSNs start at 1: a
+    // base of 0 is a damaged or foreign name (the last LSN before it would be -1).
+    if base == 0 || format::decode_header(buf) != Some(base) {
         let damage = damage(0, buf.len(), DamageKind::BadHeader);
         return match mode {
             RecoveryMode::TolerateTornTail | RecoveryMode::AbsoluteConsistency => {
@@ -223,7 +227,7 @@ pub(crate) fn examine(
     };
     loop {
         let step = scan.step();
-        let torn_tail = is_last && step.is_torn_tail();
+        let torn_tail = tail_may_tear && step.is_torn_tail();
         match step {
             Step::Record { lsn, .. } => {
                 report.records += 1;
@@ -346,6 +350,18 @@ mod tests {
         let skipped = verdict(&middle, RecoveryMode::SkipCorrupt);
         assert!(matches!(skipped, Verdict::Keep { cut: None, .. }));
         assert!(skipped.rests_on_damage());
+    }
+
+    #[test]
+    fn a_unit_based_at_lsn_zero_is_a_bad_header() {
+        let mut buf = encode_header(0, 0).to_vec();
+        encode_frame(&mut buf, 0, b"zero", payload_crc(b"zero"));
+        let mut report = RecoveryReport::default();
+        let err = examine(&buf, 0, "seg", true, 1 << 20, &mut None, &mut report).unwrap_err();
+        assert!(
+            matches!(err, crate::Error::Corruption(ref d) if d.kind == DamageKind::BadHeader),
+            "{err}"
+        );
     }
 
     #[test]

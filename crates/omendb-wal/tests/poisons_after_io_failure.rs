@@ -171,3 +171,47 @@ fn a_failed_write_under_async_appenders_fails_them_all() {
         assert_poisoned(later, "after a failed write");
     });
 }
+
+/// A writer thread that panics (a bug in an I/O implementation) fails the appenders waiting on
+/// it, blocking and async, instead of leaving them waiting for good.
+#[test]
+fn a_writer_thread_that_panics_fails_its_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::new();
+    let wal = Arc::new(
+        FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default()).unwrap(),
+    );
+    assert_eq!(wal.append(&payload(1), AppendOptions::DURABLE).unwrap(), 1);
+    io.faults.panic_sync.store(true, Ordering::SeqCst);
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let wal = Arc::clone(&wal);
+        move || {
+            let _ = done.send(wal.append(&payload(2), AppendOptions::DURABLE));
+        }
+    });
+    let outcome = outcome
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the durable append still waits 10 s after its writer panicked");
+    assert_poisoned(outcome, "a blocking appender");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let later = runtime.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            Wal::append(wal.as_ref(), &payload(3), AppendOptions::DURABLE),
+        )
+        .await
+        .expect("an async append waits for a writer that is gone")
+    });
+    assert_poisoned(later, "an async appender");
+    assert!(wal.close().is_err());
+    drop(wal);
+    // The acknowledged record is there; the unacknowledged one was written before the panicking
+    // sync, so it may be too.
+    let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
+    let last = Wal::last_durable_lsn(&wal);
+    assert!(matches!(last, Some(1 | 2)), "{last:?}");
+}

@@ -212,7 +212,8 @@ impl FileWal {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if let Some(handle) = handle {
-            // A panic in the writer would already have left waiters to time out; surface it.
+            // A panic in the writer has poisoned the queue and failed its waiters on the way out
+            // (`WriterExit`); surface it here too.
             handle.join().map_err(|_| Error::Poisoned {
                 cause: Arc::new(Error::io(
                     "writer thread",

@@ -36,8 +36,6 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
     };
     let mut kept: Vec<Segment> = Vec::new();
     let mut expected: Option<Lsn> = None;
-    // Index of the first segment point-in-time recovery drops.
-    let mut drop_from = None;
     for (i, seg) in found.iter().enumerate() {
         let mut file = io
             .open(&seg.path)
@@ -45,7 +43,7 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
         let len = file.len().map_err(|e| Error::io("stat", &seg.path, e))?;
         let buf = io::read_all(file.as_ref(), len).map_err(|e| Error::io("read", &seg.path, e))?;
         let location = seg.path.display().to_string();
-        let verdict = examine(
+        let examined = examine(
             &buf,
             seg.base,
             &location,
@@ -53,14 +51,24 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
             options.max_record_bytes,
             &mut expected,
             &mut report,
-        )?;
-        if verdict.rests_on_damage() {
+        );
+        // Damage is confirmed by a second read before it is acted on, or reported as
+        // corruption: a bit flipped between the disk and memory is a failed read (retryable),
+        // not a damaged log.
+        if examined.as_ref().map_or(true, Verdict::rests_on_damage) {
             let again =
                 io::read_all(file.as_ref(), len).map_err(|e| Error::io("read", &seg.path, e))?;
             confirm(&buf, &again, &location).map_err(|e| Error::io("read", &seg.path, e))?;
         }
+        let verdict = examined?;
         match verdict {
             Verdict::Keep { cut, stop, .. } => {
+                if stop {
+                    // Point in time: the later segments go before this one is cut, so that a
+                    // crash in between leaves a prefix of the log (a cut segment followed by
+                    // later ones was a gap the next open refused, or skipped over).
+                    drop_segments(io, dir, &found[i + 1..], &mut report)?;
+                }
                 if let Some(cut) = cut {
                     file.truncate(cut as u64)
                         .map_err(|e| Error::io("truncate", &seg.path, e))?;
@@ -69,12 +77,11 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
                 }
                 kept.push(seg.clone());
                 if stop {
-                    drop_from = Some(i + 1);
                     break;
                 }
             }
             Verdict::Drop { stop: true } => {
-                drop_from = Some(i);
+                drop_segments(io, dir, &found[i..], &mut report)?;
                 break;
             }
             Verdict::Drop { stop: false } => {
@@ -87,20 +94,6 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
                     .map_err(|e| Error::io("sync_dir", dir, e))?;
             }
         }
-    }
-    if let Some(first) = drop_from {
-        // Newest first, so a crash in the middle still leaves a prefix of the log.
-        for seg in found[first..].iter().rev() {
-            let len = io
-                .open(&seg.path)
-                .and_then(|f| f.len())
-                .map_err(|e| Error::io("open", &seg.path, e))?;
-            io.delete(&seg.path)
-                .map_err(|e| Error::io("delete", &seg.path, e))?;
-            report.bytes_truncated += len;
-        }
-        io.sync_dir(dir)
-            .map_err(|e| Error::io("sync_dir", dir, e))?;
     }
     let last_lsn = expected.map_or(0, |next| next - 1);
     let (active, active_len) = match kept.last() {
@@ -128,6 +121,29 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
         active_len,
         last_lsn,
     })
+}
+
+/// Deletes `segments` (the end of the log that point-in-time recovery drops), newest first, so
+/// that a crash in the middle still leaves a prefix of the log.
+fn drop_segments(
+    io: &dyn FileIo,
+    dir: &Path,
+    segments: &[Segment],
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    if segments.is_empty() {
+        return Ok(());
+    }
+    for seg in segments.iter().rev() {
+        let len = io
+            .open(&seg.path)
+            .and_then(|f| f.len())
+            .map_err(|e| Error::io("open", &seg.path, e))?;
+        io.delete(&seg.path)
+            .map_err(|e| Error::io("delete", &seg.path, e))?;
+        report.bytes_truncated += len;
+    }
+    io.sync_dir(dir).map_err(|e| Error::io("sync_dir", dir, e))
 }
 
 /// How much to preallocate for a new segment.

@@ -65,6 +65,8 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 impl Writer {
     /// Runs until the queue closes (after a final sync) or a failure poisons it.
     pub(crate) fn run(mut self) {
+        let queue = Arc::clone(&self.queue);
+        let _exit = queue.writer_exit();
         loop {
             let timeout = match self.options.sync_policy {
                 SyncPolicy::Interval(every) if self.written > self.durable => {
@@ -98,7 +100,6 @@ impl Writer {
                 break;
             }
         }
-        self.queue.finish();
     }
 
     fn write(&mut self, batch: Batch) -> Result<()> {

@@ -255,6 +255,8 @@ pub struct Faults {
     pub short_append: AtomicBool,
     /// The next sync fails.
     pub fail_sync: AtomicBool,
+    /// The next sync panics (a bug in an I/O implementation).
+    pub panic_sync: AtomicBool,
     /// Syncs attempted so far.
     pub syncs: AtomicU64,
     /// Appends attempted so far.
@@ -305,6 +307,9 @@ impl IoFile for FaultyFile {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
         if self.faults.fail_sync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("injected sync failure"));
+        }
+        if self.faults.panic_sync.swap(false, Ordering::SeqCst) {
+            panic!("injected panic in sync");
         }
         self.inner.sync_data()
     }
