@@ -72,12 +72,13 @@ pub enum Error {
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
-    /// A change stream position the log no longer holds.
-    #[error("changes from LSN {requested} are gone; the oldest retained is {oldest}")]
+    /// A change stream position the log no longer holds (truncated after a flush, or skipped as
+    /// damaged by a `SkipCorrupt` open).
+    #[error("changes from LSN {requested} are gone; the next the log holds is {oldest}")]
     ChangesGone {
         /// The position asked for.
         requested: u64,
-        /// The oldest position still held.
+        /// The next position the log holds after it.
         oldest: u64,
     },
     /// Stored data is damaged or inconsistent.

@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use omendb_core::{Db, Error, ErrorKind, KeyType, WriteOptions};
-use omendb_wal::{AppendOptions, FileWal, Lsn, Record, RecoveryReport, Wal, WalOptions, WalStats};
+use omendb_wal::{
+    AppendOptions, FileWal, Lsn, Record, RecoveryMode, RecoveryReport, Wal, WalOptions, WalStats,
+};
 
 /// A `FileWal` whose appends fail, or whose durability waits stall, while a switch is on.
 #[derive(Debug)]
@@ -25,6 +28,8 @@ struct SwitchedWal {
     fail_truncations: AtomicBool,
     /// The LSN of the last truncation that was passed on to the log.
     truncated_before: AtomicU64,
+    /// Milliseconds an async append waits before it reaches the log (and gets its LSN).
+    delay_appends_ms: AtomicU64,
 }
 
 impl SwitchedWal {
@@ -35,6 +40,7 @@ impl SwitchedWal {
             stall_durability: AtomicBool::new(false),
             fail_truncations: AtomicBool::new(false),
             truncated_before: AtomicU64::new(0),
+            delay_appends_ms: AtomicU64::new(0),
         })
     }
 
@@ -56,7 +62,11 @@ impl Wal for SwitchedWal {
         if self.fail_appends.load(Ordering::SeqCst) {
             return Box::pin(async { Err(Self::injected()) });
         }
-        Wal::append(&self.inner, payload, options)
+        let delay = Duration::from_millis(self.delay_appends_ms.load(Ordering::SeqCst));
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Wal::append(&self.inner, payload, options).await
+        })
     }
 
     fn append_blocking(&self, payload: &[u8], options: AppendOptions) -> omendb_wal::Result<Lsn> {
@@ -453,4 +463,129 @@ async fn a_previous_writer_adds_nothing_after_the_next_open() {
         kv.get_value(3u64).await.unwrap().as_deref(),
         Some(&b"three"[..])
     );
+}
+
+/// A transaction's commit whose caller stops waiting (a request's timeout) still runs to its
+/// end holding the commit lock: the next transaction's conflict check sees its write. The
+/// commit lock used to be dropped with the caller's future while the write's append was still
+/// to come, so the next transaction's check missed it and both committed writes to the same key
+/// (found by a helper agent's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_caller_stopped_waiting_still_conflicts_with_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, db, t) = open_switched(dir.path()).await;
+    let mut first = db.begin();
+    let mut second = db.begin();
+    first.put_value(&t, 7u64, "first").unwrap();
+    second.put_value(&t, 7u64, "second").unwrap();
+    // The first commit's append is slow to reach the log; its caller gives up before.
+    wal.delay_appends_ms.store(300, Ordering::SeqCst);
+    let cut = tokio::time::timeout(
+        Duration::from_millis(50),
+        first.commit(WriteOptions::DURABLE),
+    )
+    .await;
+    assert!(cut.is_err(), "the commit was to be cut off: {cut:?}");
+    let err = second
+        .commit(WriteOptions::DURABLE)
+        .await
+        .expect_err("both transactions committed a write to key 7");
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    wal.delay_appends_ms.store(0, Ordering::SeqCst);
+    assert_eq!(
+        t.get_value(7u64).await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    db.close().await.unwrap();
+}
+
+/// The change stream hands out nothing the log has not made durable: a `Buffered` write lost in
+/// a crash gives its LSN to the next write, and a consumer that had seen the lost one would skip
+/// the new one (found by a helper agent's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_stream_waits_for_a_buffered_write_to_be_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, db, t) = open_switched(dir.path()).await;
+    wal.stall_durability.store(true, Ordering::SeqCst);
+    let lsn = t
+        .put_value(1u64, "buffered", WriteOptions::BUFFERED)
+        .await
+        .unwrap();
+    let mut changes = db.changes(lsn);
+    let early = tokio::time::timeout(Duration::from_millis(300), changes.next()).await;
+    assert!(
+        early.is_err(),
+        "a change handed out before it was durable: {early:?}"
+    );
+    wal.stall_durability.store(false, Ordering::SeqCst);
+    let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.lsn, lsn);
+    assert!(wal.last_durable_lsn().unwrap() >= lsn);
+    drop(changes);
+    db.close().await.unwrap();
+}
+
+/// A log opened with `SkipCorrupt` lacks the records it skipped: the change stream reports the
+/// gap instead of passing over it (only a gap at the start of one of its reads was reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_stream_reports_records_skipped_as_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut lsns = Vec::new();
+    for key in 0..5u64 {
+        lsns.push(t.put_value(key, "v", WriteOptions::DURABLE).await.unwrap());
+    }
+    db.close().await.unwrap();
+    drop(db);
+
+    // Damages the middle write's record in the WAL's only segment.
+    let damaged = lsns[2];
+    let segment = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut at = 32;
+    loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let lsn = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+        if lsn == damaged {
+            bytes[at + 16] ^= 0xff;
+            break;
+        }
+        at += 16 + len;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let db = Db::builder()
+        .path(dir.path())
+        .wal_options(WalOptions::default().recovery_mode(RecoveryMode::SkipCorrupt))
+        .build()
+        .await
+        .unwrap();
+    let mut changes = db.changes(lsns[0]);
+    let mut seen = Vec::new();
+    let err = loop {
+        match changes.next().await {
+            Some(Ok(change)) => seen.push(change.lsn),
+            Some(Err(err)) => break err,
+            None => panic!("the stream ended after {seen:?} without reporting the gap"),
+        }
+    };
+    assert_eq!(seen, lsns[..2], "{err}");
+    assert!(
+        matches!(err, Error::ChangesGone { requested, oldest } if requested == damaged && oldest == damaged + 1),
+        "{err}"
+    );
+    // A consumer resumes after the gap.
+    let rest: Vec<_> = db.changes(damaged + 1).try_collect().await.unwrap();
+    assert_eq!(rest.iter().map(|c| c.lsn).collect::<Vec<_>>(), lsns[3..]);
+    drop(changes);
+    db.close().await.unwrap();
 }

@@ -3,7 +3,9 @@
 //! Each [`Change`] carries its LSN, the resume position (`changes(lsn + 1)` continues after it).
 //! The WAL drops records once they are flushed to segments, so a position older than the oldest
 //! record it still holds gives [`Error::ChangesGone`]; a consumer must then copy the segments.
-//! The stream ends at the LSN that was visible when it started.
+//! The stream ends at the LSN that was visible when it started, and hands out nothing before
+//! the log has made it durable: a `Buffered` write lost in a crash gives its LSN to the next
+//! write, and a consumer that had seen the lost one would skip the new one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -65,6 +67,10 @@ struct State {
     next: Lsn,
     end: Lsn,
     buffered: VecDeque<Change>,
+    /// Whether the log is known durable up to `end`.
+    durable: bool,
+    /// The error that ended the last read, reported once the changes before it are out.
+    failed: Option<Error>,
 }
 
 pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<Change>> {
@@ -74,16 +80,27 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
         next: from.max(1),
         end,
         buffered: VecDeque::new(),
+        durable: false,
+        failed: None,
     };
     stream::try_unfold(state, |mut state| async move {
         loop {
             if let Some(change) = state.buffered.pop_front() {
                 return Ok(Some((change, state)));
             }
+            if let Some(err) = state.failed.take() {
+                return Err(err);
+            }
             if state.next > state.end {
                 return Ok(None);
             }
             state.inner.check_open()?;
+            if !state.durable {
+                // Syncs the log if nobody has asked yet (a `Buffered` write's record may be
+                // visible before it is durable).
+                state.inner.wal.wait_durable(state.end).await?;
+                state.durable = true;
+            }
             let records: Vec<_> = state
                 .inner
                 .wal
@@ -91,61 +108,80 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
                 .take(READ_AHEAD)
                 .try_collect()
                 .await?;
-            // The WAL may drop records while the stream runs (a flush truncates it): the next
-            // record must be the one asked for, on every read, or the gap is reported.
-            let first = records.first().map(|r| r.lsn);
-            if first != Some(state.next) {
+            if records.is_empty() {
                 return Err(Error::ChangesGone {
                     requested: state.next,
-                    oldest: first.unwrap_or(state.end + 1),
+                    oldest: state.end + 1,
                 });
-            }
-            if records.is_empty() {
-                return Ok(None);
             }
             let version = state.inner.version.load_full();
             for record in records {
-                if record.lsn > state.end {
-                    state.next = state.end + 1;
+                if state.next > state.end {
                     break;
                 }
-                state.next = record.lsn + 1;
-                // An object-store log's claim (`Wal::claim`) changed nothing.
-                if record.payload.is_empty() {
-                    continue;
+                match change(&version, state.next, record) {
+                    Ok(change) => {
+                        state.next += 1;
+                        state.buffered.extend(change);
+                    }
+                    // Reported after the changes before it, which are handed out first.
+                    Err(err) => {
+                        state.failed = Some(err);
+                        break;
+                    }
                 }
-                let batch = WriteBatch::decode(record.payload)
-                    .map_err(|err| Error::Corrupt(format!("WAL record {}: {err}", record.lsn)))?;
-                let mut writes = Vec::with_capacity(batch.len());
-                for write in batch.writes() {
-                    let Some(table) = version.by_id.get(&write.table()) else {
-                        continue;
-                    };
-                    let def = &table.def;
-                    let key = |k: u64| def.key_type.decode(k);
-                    writes.push(match write {
-                        Write::Put { key: k, row, .. } => ChangedRow::Put {
-                            table: def.name.clone(),
-                            key: key(*k),
-                            values: def.codec.decode_values(row)?,
-                        },
-                        Write::Delete { key: k, .. } => ChangedRow::Delete {
-                            table: def.name.clone(),
-                            key: key(*k),
-                        },
-                        Write::DeleteRange { first, last, .. } => ChangedRow::DeleteRange {
-                            table: def.name.clone(),
-                            first: key(*first),
-                            last: key(*last),
-                        },
-                    });
-                }
-                state.buffered.push_back(Change {
-                    lsn: record.lsn,
-                    writes,
-                });
             }
         }
     })
     .boxed()
+}
+
+/// The change a WAL `record` holds (`None` for an object-store log's claim, which changed
+/// nothing). The record must carry the `expected` LSN: the WAL may drop records while a stream
+/// runs (a flush truncates it), and a log opened with `SkipCorrupt` lacks the records it
+/// skipped. Either gap is reported, never passed over.
+fn change(
+    version: &super::version::Version,
+    expected: Lsn,
+    record: omendb_wal::Record,
+) -> Result<Option<Change>> {
+    if record.lsn != expected {
+        return Err(Error::ChangesGone {
+            requested: expected,
+            oldest: record.lsn,
+        });
+    }
+    if record.payload.is_empty() {
+        return Ok(None);
+    }
+    let batch = WriteBatch::decode(record.payload)
+        .map_err(|err| Error::Corrupt(format!("WAL record {}: {err}", record.lsn)))?;
+    let mut writes = Vec::with_capacity(batch.len());
+    for write in batch.writes() {
+        let Some(table) = version.by_id.get(&write.table()) else {
+            continue;
+        };
+        let def = &table.def;
+        let key = |k: u64| def.key_type.decode(k);
+        writes.push(match write {
+            Write::Put { key: k, row, .. } => ChangedRow::Put {
+                table: def.name.clone(),
+                key: key(*k),
+                values: def.codec.decode_values(row)?,
+            },
+            Write::Delete { key: k, .. } => ChangedRow::Delete {
+                table: def.name.clone(),
+                key: key(*k),
+            },
+            Write::DeleteRange { first, last, .. } => ChangedRow::DeleteRange {
+                table: def.name.clone(),
+                first: key(*first),
+                last: key(*last),
+            },
+        });
+    }
+    Ok(Some(Change {
+        lsn: record.lsn,
+        writes,
+    }))
 }

@@ -221,7 +221,17 @@ impl Transaction {
 
     /// Commits: `Conflict` if another transaction committed a write this one must not
     /// overlook; otherwise the writes become visible at once, atomically, at the returned LSN.
+    /// A caller that stops waiting does not stop the commit: like any write, it may or may not
+    /// have happened.
     pub async fn commit(self, options: WriteOptions) -> Result<Lsn> {
+        let inner = Arc::clone(&self.inner);
+        // To its end in a task of its own, which holds the commit lock until the write is
+        // applied: dropped with a caller that stopped waiting, the lock let the next
+        // transaction check before this write's append had an LSN, and both committed.
+        inner.to_end(self.check_and_commit(options)).await
+    }
+
+    async fn check_and_commit(self, options: WriteOptions) -> Result<Lsn> {
         let inner = Arc::clone(&self.inner);
         inner.check_writable()?;
         let _commit = inner.commit_lock.lock().await;
