@@ -633,6 +633,21 @@ async fn a_table_of_another_database_is_refused_by_writes_and_reads() {
     }
     assert_eq!(b.snapshot().lsn(), before, "a refused write took an LSN");
     assert_eq!(b_only.get_value(1u64).await.unwrap().unwrap(), "b's");
+    // A serializable transaction's scan of a foreign table is refused before its range is
+    // noted as read: a later write to `b`'s table of the same id is no conflict for it.
+    let mut txn = b.begin_with(Isolation::Serializable);
+    let scanned = txn
+        .scan_values(&a_first, 0u64.., ScanOptions::default(), |_, _| {
+            ControlFlow::Continue(())
+        })
+        .await;
+    foreign("serializable scan_values", scanned.map(drop));
+    b_only
+        .put_value(1u64, "b's", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    txn.put_value(&b_only, 2u64, "txn").unwrap();
+    txn.commit(WriteOptions::DURABLE).await.unwrap();
     b.close().await.unwrap();
     // Nothing of `a` reached `b`'s log: it replays.
     let b = Db::open(dir_b.path()).await.unwrap();

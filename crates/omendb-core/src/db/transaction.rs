@@ -211,6 +211,9 @@ impl Transaction {
     ) -> Result<usize> {
         let bounds = key_bounds(&range);
         let stored = table.def().key_type.stored_range(bounds)?;
+        // A table of another database is refused before anything is noted: its id means
+        // nothing here, and checking it at commit could report a false conflict.
+        self.inner.own(table)?;
         // Noted before any row is lent: `visit` may act on rows of a scan that then fails, or
         // whose future is dropped, and the commit must still check the range.
         self.note_read(table, stored);
