@@ -288,6 +288,27 @@ async fn run(seed: u64, ops: usize, place: Place) -> u64 {
                         seen.get(&key).cloned(),
                         "{ctx}: snapshot get"
                     );
+                    let keys: Vec<u64> = (0..8).map(|_| rng.random_range(0..KEYS)).collect();
+                    let expected: Vec<Option<Bytes>> =
+                        keys.iter().map(|k| seen.get(k).cloned()).collect();
+                    assert_eq!(
+                        snapshot.multi_get_values(&kv, &keys).await.unwrap(),
+                        expected,
+                        "{ctx}: snapshot multi_get_values {keys:?}"
+                    );
+                    let rows: Vec<Option<Bytes>> = snapshot
+                        .multi_get(&kv, &keys)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|row| {
+                            row.map(|values| match values.as_slice() {
+                                [omendb_core::Value::Bytes(value)] => value.clone(),
+                                other => panic!("{ctx}: a key-value row {other:?}"),
+                            })
+                        })
+                        .collect();
+                    assert_eq!(rows, expected, "{ctx}: snapshot multi_get {keys:?}");
                 }
             }
             84..=88 => {

@@ -173,6 +173,9 @@ pub struct LimitsConfig {
     pub page_rows: usize,
     /// Most keys in one multi-get.
     pub max_keys: usize,
+    /// Most bytes of rows in one response: a scan page ends early (with a continuation token),
+    /// a multi-get above it is refused (413).
+    pub max_response_bytes: usize,
     /// Reads running at once (429 above it).
     pub max_concurrent_queries: usize,
     /// Request body bytes of writes in flight at once (429 above it).
@@ -187,6 +190,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 16 << 20,
             page_rows: 10_000,
             max_keys: 10_000,
+            max_response_bytes: 64 << 20,
             max_concurrent_queries: 512,
             max_inflight_write_bytes: 256 << 20,
             request_timeout_ms: 30_000,
@@ -285,6 +289,10 @@ impl Config {
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.page_rows", self.limits.page_rows as u64),
             ("limits.max_keys", self.limits.max_keys as u64),
+            (
+                "limits.max_response_bytes",
+                self.limits.max_response_bytes as u64,
+            ),
             (
                 "limits.max_concurrent_queries",
                 self.limits.max_concurrent_queries as u64,

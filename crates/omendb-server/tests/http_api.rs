@@ -727,3 +727,122 @@ async fn writes_beyond_the_in_flight_byte_limit_get_429_and_the_rest_are_kept() 
     assert_eq!(body, json!({"rows": [{"count": accepted.len() * 3_000}]}));
     server.stop().await.unwrap();
 }
+
+/// `limits.max_response_bytes` ends a scan page early (after the engine's batch that spends it),
+/// JSON or Arrow, with a token that carries on; every row comes exactly once.
+#[tokio::test]
+async fn a_scan_page_ends_at_the_response_byte_budget() {
+    let server = TestServer::start(|config| config.limits.max_response_bytes = 1).await;
+    server.create_metrics_table("cpu").await;
+    load(&server, 20_000).await;
+
+    let mut keys = Vec::new();
+    let mut token = Value::Null;
+    let mut pages = 0;
+    loop {
+        let (status, body) = server
+            .post("/v1/tables/cpu/scan", json!({"page_token": token}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        let rows = body["rows"].as_array().unwrap();
+        assert!(
+            !rows.is_empty() && rows.len() < 10_000,
+            "{} rows",
+            rows.len()
+        );
+        keys.extend(rows.iter().map(|row| row["key"].as_u64().unwrap()));
+        token = body["next_page_token"].clone();
+        if token.is_null() {
+            break;
+        }
+    }
+    assert_eq!(keys, (0..20_000).collect::<Vec<u64>>());
+    assert!(pages >= 3, "{pages} pages");
+
+    let mut rows = 0;
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let response = server
+            .client
+            .post(server.url("/v1/tables/cpu/scan"))
+            .header("accept", ARROW)
+            .json(&json!({"page_token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        pages += 1;
+        token = response
+            .headers()
+            .get("omendb-next-page-token")
+            .map(|t| t.to_str().unwrap().to_owned());
+        let bytes = response.bytes().await.unwrap();
+        let reader =
+            arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let page: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert!(page > 0 && page < 10_000, "{page} rows");
+        rows += page;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(rows, 20_000);
+    assert!(pages >= 3, "{pages} pages");
+    server.stop().await.unwrap();
+}
+
+/// A multi-get reads its keys a chunk at a time at one snapshot: the rows come back in the
+/// order of the keys across chunks, and rows past `limits.max_response_bytes` are refused.
+#[tokio::test]
+async fn a_multi_get_answers_across_chunks_and_refuses_rows_past_the_byte_budget() {
+    let server = TestServer::start(|config| config.limits.max_response_bytes = 4096).await;
+    server.create_metrics_table("cpu").await;
+    load(&server, 1_000).await;
+    // 300 keys, every third one absent: more than one chunk of the engine's reads.
+    let keys: Vec<u64> = (0..300)
+        .map(|i| if i % 3 == 2 { 5_000 + i } else { i })
+        .collect();
+    let (status, body) = server
+        .post("/v1/tables/cpu/multi-get", json!({"keys": keys[..40]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (key, row) in keys[..40].iter().zip(body["rows"].as_array().unwrap()) {
+        if *key >= 5_000 {
+            assert!(row.is_null(), "{key}: {row}");
+        } else {
+            assert_eq!(row["key"], json!(key));
+            assert_eq!(row["usage"], json!(*key as f64 / 2.0));
+        }
+    }
+    let (status, body) = server
+        .post("/v1/tables/cpu/multi-get", json!({"keys": keys}))
+        .await;
+    assert_error(status, &body, 413, "too_large");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limits.max_response_bytes")),
+        "{body}"
+    );
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(|_| {}).await;
+    server.create_metrics_table("cpu").await;
+    load(&server, 1_000).await;
+    let (status, body) = server
+        .post("/v1/tables/cpu/multi-get", json!({"keys": keys}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), keys.len());
+    for (key, row) in keys.iter().zip(rows) {
+        if *key >= 5_000 {
+            assert!(row.is_null(), "{key}: {row}");
+        } else {
+            assert_eq!(row["key"], json!(key), "{row}");
+        }
+    }
+    server.stop().await.unwrap();
+}

@@ -52,6 +52,26 @@ impl Snapshot {
         self.view(table)?.get_value(table.def(), key.into()).await
     }
 
+    /// The rows at `keys` in `table`, in order.
+    pub async fn multi_get<K: Into<Key> + Copy>(
+        &self,
+        table: &Table,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<Value>>>> {
+        let keys: Vec<Key> = keys.iter().map(|&k| k.into()).collect();
+        self.view(table)?.multi_get(table.def(), &keys).await
+    }
+
+    /// The values at `keys` in a key-value `table`, in order.
+    pub async fn multi_get_values<K: Into<Key> + Copy>(
+        &self,
+        table: &Table,
+        keys: &[K],
+    ) -> Result<Vec<Option<Bytes>>> {
+        let keys: Vec<Key> = keys.iter().map(|&k| k.into()).collect();
+        self.view(table)?.multi_get_values(table.def(), &keys).await
+    }
+
     /// The rows in `range` of `table`.
     pub fn scan<K: Into<Key> + Copy>(
         &self,

@@ -5,7 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -303,6 +303,8 @@ pub async fn scan(
         rows,
         page,
         sent: 0,
+        bytes: 0,
+        max_bytes: state.config.limits.max_response_bytes,
         last: None,
         deadline: tokio::time::Instant::now() + state.request_timeout(),
         state: Arc::clone(&state),
@@ -407,6 +409,9 @@ struct PageRead {
     rows: BoxStream<'static, omendb_core::Result<RecordBatch>>,
     page: usize,
     sent: usize,
+    /// Bytes of the rows sent (their Arrow arrays'), against `limits.max_response_bytes`.
+    bytes: usize,
+    max_bytes: usize,
     last: Option<Key>,
     deadline: tokio::time::Instant,
     state: Arc<Shared>,
@@ -437,6 +442,13 @@ impl PageRead {
         };
         self.sent += batch.num_rows();
         self.last = key_at(&batch, batch.num_rows() - 1).or(self.last);
+        self.bytes = self.bytes.saturating_add(rows_bytes(&batch));
+        if self.bytes >= self.max_bytes {
+            // The page's bytes are spent: it ends here, with a token if rows follow. An Arrow
+            // page is held whole until it is sent, and large rows would otherwise make it
+            // `page_rows` of them.
+            self.page = self.sent;
+        }
         if self.sent == self.page && !*more {
             // The page is full: one more row (asked for) says whether another follows.
             *more = self.next_rows().await?.is_some();
@@ -491,6 +503,20 @@ impl PageRead {
         }
         Ok(response)
     }
+}
+
+/// The bytes `batch`'s rows hold (of its arrays' buffers, counting only the slice a sliced array
+/// covers).
+fn rows_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| {
+            let data = column.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| column.get_array_memory_size())
+        })
+        .sum()
 }
 
 /// A JSON page being streamed: the head with the first batch (read before the answer began, so

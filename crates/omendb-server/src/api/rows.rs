@@ -8,7 +8,8 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use omendb_core::{Batch, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
@@ -21,6 +22,10 @@ use super::row::{
 use super::{ARROW_STREAM, Json, Path, Query};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{State as Shared, WriteParams};
+
+/// Keys a multi-get reads from the engine at a time (one batched lookup each): bounds the rows
+/// held before their JSON is counted against `limits.max_response_bytes`.
+const MULTI_GET_CHUNK: usize = 128;
 
 /// The outcome of a write.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -190,7 +195,7 @@ pub async fn get_row(
         (status = 200, description = "The rows, in the order of the keys", body = MultiGetResult),
         (status = 400, description = "Bad keys", body = ErrorBody),
         (status = 404, description = "No such table", body = ErrorBody),
-        (status = 413, description = "Too many keys or body too large", body = ErrorBody),
+        (status = 413, description = "Too many keys, body too large, or rows past limits.max_response_bytes", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Too many queries", body = ErrorBody),
         (status = 503, description = "Not ready or unavailable", body = ErrorBody),
@@ -199,7 +204,7 @@ pub async fn multi_get(
     State(state): State<Arc<Shared>>,
     Path(table): Path<String>,
     Json(request): Json<MultiGet>,
-) -> ApiResult<Json<MultiGetResult>> {
+) -> ApiResult<Response> {
     let _permit = state.query_permit()?;
     let started = Instant::now();
     let max_keys = state.config.limits.max_keys;
@@ -216,21 +221,48 @@ pub async fn multi_get(
         .iter()
         .map(|k| key_from_json(key_type, k))
         .collect::<ApiResult<Vec<_>>>()?;
-    let rows = table.multi_get(&keys).await?;
+    // Read a chunk at a time at one snapshot, each chunk's rows written out as JSON before the
+    // next is read: the response, not the rows of every key at once, is what memory holds, and
+    // it is refused once past `limits.max_response_bytes`.
+    let snapshot = state.db()?.snapshot();
+    let max_bytes = state.config.limits.max_response_bytes;
+    let mut out = b"{\"rows\":[".to_vec();
+    let mut found = 0;
+    for (i, chunk) in keys.chunks(MULTI_GET_CHUNK).enumerate() {
+        let rows = snapshot.multi_get(&table, chunk).await?;
+        for (j, (&key, row)) in chunk.iter().zip(rows).enumerate() {
+            if i + j > 0 {
+                out.push(b',');
+            }
+            found += usize::from(row.is_some());
+            let row = row.map(|values| row_to_json(table.def(), key, &values));
+            // Writing JSON values into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &row);
+        }
+        if out.len() > max_bytes {
+            return Err(ApiError::too_large(format!(
+                "the rows of these keys are more than {max_bytes} bytes \
+                 (limits.max_response_bytes); ask for fewer keys at a time"
+            )));
+        }
+    }
+    out.extend_from_slice(b"]}");
     observe_slow(
         &state,
         "/v1/tables/{table}/multi-get",
         &table,
         None,
-        rows.iter().filter(|r| r.is_some()).count() as u64,
+        found as u64,
         started,
     );
-    let rows = keys
-        .iter()
-        .zip(rows)
-        .map(|(&key, row)| row.map(|values| row_to_json(table.def(), key, &values)))
-        .collect();
-    Ok(Json(MultiGetResult { rows }))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        out,
+    )
+        .into_response())
 }
 
 /// Deletes the row at a key (a key without a row is not an error).
