@@ -89,13 +89,11 @@ impl Segment {
         entry: SegmentEntry,
         cache: Arc<PageCache>,
     ) -> Result<Self> {
-        let reader = SegmentReader::open(
-            store,
-            Path::from(entry.path.as_str()),
-            Some(&entry.seal),
-            cache,
-        )
-        .await?;
+        // The manifest holds the path as written (`Path`'s encoded form): parsed, not encoded a
+        // second time (a prefix with `~` or `%` then named another object).
+        let path = Path::parse(&entry.path)
+            .map_err(|err| Error::Corrupt(format!("segment path {:?}: {err}", entry.path)))?;
+        let reader = SegmentReader::open(store, path, Some(&entry.seal), cache).await?;
         let index = AnyIndex::decode(reader.index_bytes())?;
         index.check_keys(reader.keys())?;
         let names: Vec<&str> = reader

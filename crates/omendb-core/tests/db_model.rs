@@ -58,7 +58,9 @@ async fn open(place: &Place) -> Db {
         });
     let builder = match place {
         Place::Files(dir) => builder.path(dir.path()),
-        Place::Memory(store) => builder.store(Arc::clone(store)),
+        // A prefix with characters object paths encode (`~`, a space, brackets): segments
+        // named in the manifest in their encoded form must be opened by it, not encoded again.
+        Place::Memory(store) => builder.store(Arc::clone(store)).prefix("tenant~1/db [x]"),
         Place::S3(moto, bucket) => builder
             .url(format!("s3://{bucket}/db"))
             .backend_options(moto.options()),

@@ -235,7 +235,10 @@ async fn recover(
                 break;
             }
             Verdict::Drop { stop: false } => {
-                let aside = Path::from(format!("{path}{CORRUPT_EXT}"));
+                // Parsed: `path` is already in its encoded form, which `Path::from` would encode
+                // again.
+                let aside = Path::parse(format!("{path}{CORRUPT_EXT}"))
+                    .map_err(|err| store_error("copy", path)(err.into()))?;
                 store
                     .copy(path, &aside)
                     .await
