@@ -369,7 +369,21 @@ impl ManifestWriter {
                         self.pending = None;
                         Err(self.fenced(found.epoch))
                     }
-                    Ok(None) | Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {
+                    // No other writer's version is there: S3 answers 409 to a conditional write
+                    // while another to the key is in progress (perhaps this publish's own first
+                    // attempt, given up by a timeout). Unsettled, as a lost answer, and settled
+                    // by the next call once the slot says what landed.
+                    Ok(None) => Err(Error::from_store(
+                        "put",
+                        &path,
+                        object_store::Error::Generic {
+                            store: "manifest",
+                            source: "the version's slot answered that it is taken but reads \
+                                     empty; the publish is settled by the next call"
+                                .into(),
+                        },
+                    )),
+                    Err(Error::Corrupt { .. } | Error::UnsupportedVersion { .. }) => {
                         self.pending = None;
                         Err(self.fenced(self.epoch))
                     }

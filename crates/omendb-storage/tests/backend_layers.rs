@@ -17,7 +17,9 @@ use futures::TryStreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use omendb_storage::backend::{Layered, Metered, Retry, RetryPolicy, TimedOut, Timeout};
 
 fn quick_retries(max_retries: u32) -> RetryPolicy {
@@ -103,6 +105,34 @@ async fn retry_does_not_resend_a_rename() {
         .await
         .unwrap_err();
     assert_eq!(attempts(&faulty) - before, 1, "a rename is sent once");
+}
+
+/// A conditional update whose answer was lost is not resent: the resend would find the object
+/// changed (by itself) and answer `Precondition`, telling the caller it lost a compare-and-swap
+/// it won. The error it gets is the transient one, an outcome it knows to be unknown.
+#[tokio::test]
+async fn retry_does_not_resend_a_conditional_update() {
+    let faulty = Faults::default().over_memory();
+    let path = Path::from("cas");
+    let first = faulty
+        .put(&path, PutPayload::from_static(b"v1"))
+        .await
+        .unwrap();
+    faulty.layer().land_then_fail.store(1, Ordering::SeqCst);
+    let before = attempts(&faulty);
+    let store = Layered::new(Retry::new(quick_retries(5)), Arc::clone(&faulty));
+    let update = PutOptions::from(PutMode::Update(UpdateVersion::from(first)));
+    let err = store
+        .put_opts(&path, PutPayload::from_static(b"v2"), update)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, object_store::Error::Generic { .. }), "{err}");
+    assert_eq!(attempts(&faulty) - before, 1, "an update is sent once");
+    assert_eq!(
+        store.get(&path).await.unwrap().bytes().await.unwrap(),
+        Bytes::from_static(b"v2"),
+        "it landed"
+    );
 }
 
 #[tokio::test]

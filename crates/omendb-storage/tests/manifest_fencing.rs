@@ -445,6 +445,27 @@ async fn a_publish_whose_caller_stopped_waiting_is_recognised() {
     assert_eq!(check_chain(&store).await, 3);
 }
 
+/// A publish answered "already exists" whose slot then reads empty: no other writer is there
+/// (S3 answers 409 to a conditional write while another to the key is in progress, perhaps this
+/// writer's own earlier attempt). The publish stays unsettled and fails retryably; it used to
+/// report `Fenced` (fatal) with no other writer.
+#[tokio::test]
+async fn a_taken_slot_that_reads_empty_is_not_a_fence() {
+    let faulty = Faults::default().over_memory();
+    let store: Arc<dyn ObjectStore> = Arc::clone(&faulty) as _;
+    let manifests = manifests_in(&store);
+    let mut writer = manifests.open_writer(data(1, &[])).await.unwrap();
+
+    faulty.layer().conflict_put.store(1, Ordering::SeqCst);
+    let err = writer.commit(data(2, &[])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Retry, "{err}");
+    assert!(writer.is_unsettled());
+    let published = writer.commit(data(3, &[])).await.unwrap();
+    assert_eq!((published.sequence, published.data.flushed_lsn), (2, 3));
+    assert!(!writer.is_unsettled());
+    assert_eq!(check_chain(&store).await, 2);
+}
+
 /// After a commit of `data(2)` whose outcome the writer does not know although it landed: the
 /// writer holds it unsettled, and the next commit takes it for its own (no fence, no gap).
 async fn the_next_commit_settles_the_landed_version(

@@ -14,7 +14,8 @@ use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyMode, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
+    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    UploadPart,
 };
 
 /// The kind of a request, used as the `op` label of metrics and in errors.
@@ -153,8 +154,16 @@ impl<L: Layer, S: ObjectStore + ?Sized> ObjectStore for Layered<L, S> {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        // A create-mode put whose answer was lost comes back as `AlreadyExists`, which its
+        // callers settle by reading the object (their token in it). A conditional update's
+        // would come back as `Precondition`, telling its caller it lost a compare-and-swap it
+        // won: it is sent once.
+        let idempotence = match opts.mode {
+            PutMode::Update(_) => Idempotence::Once,
+            _ => Idempotence::Idempotent,
+        };
         self.layer
-            .request(Op::Put, Idempotence::Idempotent, || {
+            .request(Op::Put, idempotence, || {
                 self.inner.put_opts(location, payload.clone(), opts.clone())
             })
             .await

@@ -134,7 +134,9 @@ impl Kind {
 ///   the request reached the server);
 /// - `stall`: attempts that hang for an hour before they are sent;
 /// - `hang_after_put`: puts that land and then hang for an hour (the caller gives up);
-/// - `list_cut`: the first listing fails after that many objects.
+/// - `list_cut`: the first listing fails after that many objects;
+/// - `conflict_put`: puts answered `AlreadyExists` without being sent (S3's 409 for a
+///   conditional write while another to the same key is in progress).
 #[derive(Debug, Default)]
 pub struct Faults {
     pub fail: AtomicU32,
@@ -142,6 +144,7 @@ pub struct Faults {
     pub land_then_fail: AtomicU32,
     pub stall: AtomicU32,
     pub hang_after_put: AtomicU32,
+    pub conflict_put: AtomicU32,
     pub list_cut: Option<usize>,
     pub cut_done: std::sync::atomic::AtomicBool,
     /// Every attempt seen.
@@ -201,8 +204,15 @@ impl Layer for Faults {
         let lose_answer = op == Op::Put && take(&self.land_then_fail);
         let stall = take(&self.stall);
         let hang = op == Op::Put && take(&self.hang_after_put);
+        let conflict = op == Op::Put && take(&self.conflict_put);
         let request = attempt();
         async move {
+            if conflict {
+                return Err(object_store::Error::AlreadyExists {
+                    path: "x".into(),
+                    source: "a conflicting conditional write is in progress".into(),
+                });
+            }
             if stall {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
