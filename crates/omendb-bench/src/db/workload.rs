@@ -93,6 +93,19 @@ pub(crate) async fn run<E: Engine>(
     Ok(())
 }
 
+/// Starts one client of a mixed row: a task for an asynchronous engine, a thread of its own
+/// (from the runtime's blocking pool) for a synchronous one, whose calls hold their thread.
+fn spawn_client<E: Engine, T: Send + 'static>(
+    client: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    if E::ASYNC {
+        tokio::spawn(client)
+    } else {
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(client))
+    }
+}
+
 /// Bulk load: every key in random order, `batch_rows` per batch, timed until the last batch is
 /// acknowledged; then the engine's background work settles (not timed).
 async fn load<E: Engine>(engine: &E, data: &Data, args: &Args, report: &mut Report) -> Result<()> {
@@ -388,10 +401,13 @@ async fn mixed<E: Engine>(
             let engine = Arc::clone(engine);
             let data = data.clone();
             let seed = mix(data.seed ^ (u64::from(version) << 32) ^ client as u64);
-            tokio::spawn(async move {
+            spawn_client::<E, _>(async move {
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut latencies = Vec::with_capacity(per_client);
                 let mut updated = Vec::new();
+                // Keys this client updated: a read of one must see its update (another
+                // client's update of it writes the same version).
+                let mut mine = std::collections::HashSet::new();
                 for _ in 0..per_client {
                     let at = rng.random_range(0..n);
                     let key = data.keys[at];
@@ -402,17 +418,18 @@ async fn mixed<E: Engine>(
                         latencies.push(us(one));
                         let got = got.as_ref().map(AsRef::as_ref);
                         if got != Some(&new[..]) {
-                            check(
-                                workload,
-                                key,
-                                got,
-                                Some(&data.value(key, data.versions[at])),
-                            )?;
+                            let want = if mine.contains(&at) {
+                                new
+                            } else {
+                                data.value(key, data.versions[at])
+                            };
+                            check(workload, key, got, Some(&want))?;
                         }
                     } else {
                         engine.put(key, &new).await?;
                         latencies.push(us(one));
                         updated.push(at);
+                        mine.insert(at);
                     }
                 }
                 Ok::<_, anyhow::Error>((latencies, updated))

@@ -135,6 +135,7 @@ impl OmenDb {
 impl Engine for OmenDb {
     type Found = Bytes;
     const NAME: &'static str = "omendb";
+    const ASYNC: bool = true;
 
     async fn open(dir: &Path, settings: Settings) -> Result<Self> {
         let db = Config {
