@@ -72,8 +72,9 @@ pub(crate) struct Args {
     /// Timed aggregates over the time-series table; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Client tasks of the mixed rows (YCSB-A 50/50 and YCSB-B 95/5 read/update),
-    /// comma-separated; one row each.
+    /// Concurrent clients of the mixed rows (YCSB-A 50/50 and YCSB-B 95/5 read/update),
+    /// comma-separated; one row each. A client is a task for OmenDB and a thread of its own for
+    /// a synchronous peer.
     #[arg(long, default_value = "1,8", value_delimiter = ',')]
     clients: Vec<usize>,
     /// Operations of each mixed row, shared among its clients.
@@ -94,9 +95,10 @@ pub(crate) struct Args {
 }
 
 /// One row of the output contract in `shared/design/PERFORMANCE.md`, plus `clients` (the
-/// concurrent client tasks; 1 for every single-task workload). Latencies are per call: one batch
+/// concurrent clients; 1 for every single-task workload). Latencies are per call: one batch
 /// for `load` and `ts_append`, one call of `multi_get_keys` keys for `multi_get`, one aggregate
-/// for `ts_aggregate`, one open for `reopen`.
+/// for `ts_aggregate`, one clean close and open for `reopen` (one sample; a close waits for the
+/// engine's background work).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Row {
     engine: String,
