@@ -81,3 +81,84 @@ async fn ddl_and_checkpoints_whose_callers_stop_waiting_run_to_their_end() {
     assert_eq!(kv.get_value(2u64).await.unwrap().unwrap(), "two");
     db.close().await.unwrap();
 }
+
+/// `close` waits for a checkpoint running in a task of its own (its caller gave up): nothing is
+/// published and no WAL segment deleted after `close` returns, and a second, concurrent `close`
+/// returns only once the first is done. Before, `close` returned while the flush step went on
+/// to publish and truncate the WAL of a closed database (whose directory lock was released),
+/// and a second `close` returned `Ok` at once, before the WAL was even synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_waits_for_work_running_in_its_own_task() {
+    let objects = Arc::new(InMemory::new());
+    let faulty = Arc::new(FaultyObjectStore::new(
+        Arc::clone(&objects),
+        StoreFaults::none(),
+        11,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let open = |store: Arc<dyn ObjectStore>| {
+        let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
+        Db::builder().store(store).wal(Arc::new(wal)).build()
+    };
+    let db = open(faulty.clone()).await.unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    for key in 0..100u64 {
+        kv.put_value(key, "v", WriteOptions::DURABLE).await.unwrap();
+    }
+    // Every put waits 300 ms before it is sent: the checkpoint's segment upload and manifest
+    // publish take more than half a second.
+    faulty.set_faults(StoreFaults::slow(Duration::from_millis(300)));
+    let _ = tokio::time::timeout(Duration::from_millis(1), db.checkpoint()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let listing = |objects: &InMemory| {
+        let objects = objects.list(None);
+        async move {
+            let mut names: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(objects)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|meta| meta.location.to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let wal_files = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let (first, (second, reopened)) = tokio::join!(db.close(), async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = db.close().await;
+        // Done only once the first close is: the WAL's directory lock is free.
+        (
+            second,
+            FileWal::open(dir.path(), WalOptions::default()).map(drop),
+        )
+    });
+    first.unwrap();
+    second.unwrap();
+    reopened.expect("the second close returned before the WAL was closed");
+    let (published, wal) = (listing(&objects).await, wal_files());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        listing(&objects).await,
+        published,
+        "published after close returned"
+    );
+    assert_eq!(wal_files(), wal, "the WAL changed after close returned");
+    drop((kv, db));
+
+    faulty.set_faults(StoreFaults::none());
+    let db = open(faulty).await.unwrap();
+    let kv = db.table("kv").unwrap();
+    for key in 0..100u64 {
+        assert_eq!(kv.get_value(key).await.unwrap().unwrap(), "v", "{key}");
+    }
+    db.close().await.unwrap();
+}

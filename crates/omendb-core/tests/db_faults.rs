@@ -355,6 +355,54 @@ async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() 
     db.close().await.unwrap();
 }
 
+/// A writer held by backpressure when the database closes gets `Closed` at once, not
+/// `Overloaded` ("retry") at the end of its stall timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_held_by_backpressure_gets_closed_when_the_database_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = SwitchedWal::open(&dir.path().join("wal"));
+    let db = Db::builder()
+        .path(dir.path())
+        .wal(wal.clone())
+        .memtable_bytes(4 * 1024)
+        .backpressure(64 * 1024, 2, Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    wal.stall_durability.store(true, Ordering::SeqCst);
+    // Writes until one is held (flushes cannot finish while durability stalls).
+    let mut key = 0u64;
+    let held = loop {
+        let table = t.clone();
+        let mut write = Box::pin(async move {
+            table
+                .put_value(key, vec![7u8; 64], WriteOptions::BUFFERED)
+                .await
+        });
+        match tokio::time::timeout(Duration::from_millis(200), &mut write).await {
+            Ok(done) => {
+                done.unwrap();
+                key += 1;
+                assert!(key < 100_000, "no write was ever held");
+            }
+            Err(_) => break tokio::spawn(write),
+        }
+    };
+    let closing = tokio::spawn({
+        let db = db.clone();
+        async move { db.close().await }
+    });
+    let refused = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held writer waited out its stall timeout")
+        .unwrap();
+    assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
+    // The close itself waits for the stalled flush step.
+    wal.stall_durability.store(false, Ordering::SeqCst);
+    closing.await.unwrap().unwrap();
+}
+
 /// A `build` whose future is dropped after its first poll: the local WAL is already open and the
 /// manifest is being read from an S3 endpoint where nothing listens, so the build is pending.
 /// Once the future is gone nothing of the open may still run: the WAL's directory is unlocked

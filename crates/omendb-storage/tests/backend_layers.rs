@@ -17,9 +17,7 @@ use futures::TryStreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use omendb_storage::backend::{Layered, Metered, Retry, RetryPolicy, TimedOut, Timeout};
 
 fn quick_retries(max_retries: u32) -> RetryPolicy {

@@ -191,7 +191,7 @@ impl Queue {
                 break;
             }
             st.blocked += 1;
-            st = sync::wait(&self.space, st);
+            st = off_the_runtime(|| sync::wait(&self.space, st));
             st.blocked -= 1;
         }
         let lsn = st.next_lsn;
@@ -994,6 +994,28 @@ mod tests {
             Poll::Ready(Err(Error::Poisoned { .. }))
         ));
     }
+}
+
+/// Runs `wait`, which blocks its thread until the writer frees buffer space. A worker of a
+/// multi-thread tokio runtime hands its other tasks to another thread first: the object log's
+/// uploads, which free the space, run on that runtime, and a wait that held every worker left
+/// them to whatever still drives it (a helper agent's review suspected a frozen database; the
+/// chaos test `appends_waiting_for_buffer_space_do_not_starve_the_upload_that_frees_it` does not
+/// reproduce one, so this is defence, not a measured fix). Elsewhere (a thread of its own, a
+/// current-thread runtime) it just waits.
+#[cfg(not(loom))]
+fn off_the_runtime<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
+#[cfg(loom)]
+fn off_the_runtime<T>(wait: impl FnOnce() -> T) -> T {
+    wait()
 }
 
 /// Finishes the queue however the writer's run ends, and poisons it first if the run panicked

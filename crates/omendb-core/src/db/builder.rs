@@ -346,6 +346,7 @@ impl Builder {
             commit_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
             compact_lock: tokio::sync::Mutex::new(()),
+            closing: tokio::sync::Mutex::new(None),
             background: Mutex::new(None),
             compaction: Mutex::new(None),
             last_gc: Mutex::new(None),

@@ -97,7 +97,9 @@ impl Inner {
     /// data as it was (inputs stay live, garbage stays), so they are reported in `stats()` and
     /// retried, and poison writes only when this writer can no longer publish (fenced).
     fn background_failed(&self, err: Error) {
-        if err.kind() == crate::ErrorKind::Fatal {
+        if matches!(err, Error::Closed) {
+            // The database closed under the work: nothing failed.
+        } else if err.kind() == crate::ErrorKind::Fatal {
             self.fail(err);
         } else {
             self.report_background(&err);
@@ -123,7 +125,7 @@ impl Inner {
         *self.last_gc.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let segments = self.prefix.clone().join("segments");
         crash_point!("gc.before");
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.publishing().await?;
         if writer.is_unsettled() {
             // A publish of unknown outcome (a merge's, whose answer was lost): settling it here
             // would make a landed version current that this process's view does not hold (its
@@ -152,9 +154,8 @@ impl Inner {
         // A merge changes its table's segments (and flushes add more), so each choice is made
         // on the version after the last merge.
         while let Some(window) = self.next_window(whole, &mut rewritten) {
-            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-                break;
-            }
+            // A `compact()` cut short by `close` says so.
+            self.check_open()?;
             let started = std::time::Instant::now();
             self.compact_window(window).await?;
             metrics::histogram!("omendb_compaction_duration_seconds")
@@ -279,7 +280,7 @@ impl Inner {
         let removed: Vec<String> = window.iter().map(|s| s.entry.path.clone()).collect();
 
         crash_point!("compaction.before_manifest");
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.publishing().await?;
         let mut data = current_data(&writer);
         let Some(entry) = data.tables.values_mut().find(|t| t.id == table.def.id) else {
             return Ok(());

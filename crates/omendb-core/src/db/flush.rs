@@ -155,6 +155,7 @@ impl Inner {
     #[tracing::instrument(level = "debug", name = "db.flush", skip_all)]
     pub(crate) async fn flush_oldest(self: &Arc<Self>) -> Result<bool> {
         let _flushing = self.flush_lock.lock().await;
+        self.check_open()?;
         let version = self.version.load_full();
         if version.memtables.len() < 2 {
             return Ok(false);
@@ -189,7 +190,7 @@ impl Inner {
         }
 
         crash_point!("flush.before_manifest");
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.publishing().await?;
         let mut data = current_data(&writer);
         let mut added: Vec<(u32, Arc<Segment>)> = Vec::new();
         for segment in written {

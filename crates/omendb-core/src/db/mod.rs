@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     flush_lock: tokio::sync::Mutex<()>,
     /// One compaction at a time.
     compact_lock: tokio::sync::Mutex<()>,
+    /// The outcome of `close`, once it ran.
+    closing: tokio::sync::Mutex<Option<Result<()>>>,
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The running compaction task, if any.
     compaction: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -312,7 +314,7 @@ impl Inner {
         schema: Option<Schema>,
     ) -> Result<Table> {
         self.check_writable()?;
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.publishing().await?;
         let mut data = current_data(&writer);
         if data.tables.contains_key(name) {
             return Err(Error::TableExists(name.to_owned()));
@@ -347,7 +349,7 @@ impl Inner {
     /// [`Db::drop_table`]'s work (run by [`Inner::to_end`]).
     async fn drop_table(self: &Arc<Self>, name: &str) -> Result<()> {
         self.check_writable()?;
-        let mut writer = self.writer.lock().await;
+        let mut writer = self.publishing().await?;
         let mut data = current_data(&writer);
         if data.tables.remove(name).is_none() {
             return Err(Error::UnknownTable(name.to_owned()));
@@ -372,6 +374,16 @@ impl Inner {
         Ok(())
     }
 
+    /// The manifest writer, to publish: `Closed` once the database is closed. `close` takes it
+    /// (after the flush and compaction locks) before it closes the WAL, so a publish either
+    /// ends before the close goes on or does not happen; without this a checkpoint, merge or
+    /// DDL running in its own task published, and truncated the WAL, after `close` returned.
+    async fn publishing(&self) -> Result<tokio::sync::MutexGuard<'_, ManifestWriter>> {
+        let writer = self.writer.lock().await;
+        self.check_open()?;
+        Ok(writer)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -382,7 +394,10 @@ impl Inner {
     /// Records the first failure that makes writes unsafe; returns the error to give the
     /// caller.
     fn fail(&self, cause: Error) -> Error {
-        let _ = self.failure.set(cause.clone());
+        // Work the close cut short failed nothing.
+        if !matches!(cause, Error::Closed) {
+            let _ = self.failure.set(cause.clone());
+        }
         self.flushed.notify_waiters();
         cause
     }
@@ -578,6 +593,7 @@ impl Inner {
             self.flush_wanted.notify_one();
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                self.check_writable()?;
                 return Err(Error::Overloaded(format!(
                     "{frozen} memtables of {} bytes wait for flush (limits {} and {} bytes); \
                      waited {:?}",
@@ -632,9 +648,21 @@ impl Inner {
     }
 
     async fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+        // One close runs at a time; a later call gets the outcome of the one that ran (it used
+        // to return `Ok` at once, before the WAL was synced, and whatever the first one met).
+        let mut closing = self.closing.lock().await;
+        if let Some(outcome) = &*closing {
+            return outcome.clone();
         }
+        let outcome = self.close_once().await;
+        *closing = Some(outcome.clone());
+        outcome
+    }
+
+    async fn close_once(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        // Writers held by backpressure learn of the close now, not at their stall timeout.
+        self.flushed.notify_waiters();
         self.flush_wanted.notify_one();
         let handle = self
             .background
@@ -652,6 +680,11 @@ impl Inner {
         if let Some(handle) = compaction {
             let _ = handle.await;
         }
+        // A checkpoint, merge or DDL running in a task of its own (`to_end`) ends its step
+        // before the WAL closes; its next step, or its publish, finds the database closed.
+        let _compacting = self.compact_lock.lock().await;
+        let _flushing = self.flush_lock.lock().await;
+        let _publishing = self.writer.lock().await;
         let wal = Arc::clone(&self.wal);
         tokio::task::spawn_blocking(move || wal.close())
             .await
