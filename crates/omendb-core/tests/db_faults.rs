@@ -308,19 +308,29 @@ async fn a_wal_that_starts_after_the_flushed_lsn_is_refused_at_open() {
     db.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let wal = SwitchedWal::open(&dir.path().join("wal"));
+/// [`open_switched`] with a 4 KiB memtable and backpressure at two frozen memtables or 64 KiB,
+/// writers waiting up to `stall`.
+async fn open_backpressured(
+    dir: &std::path::Path,
+    stall: Duration,
+) -> (Arc<SwitchedWal>, Db, omendb_core::Table) {
+    let wal = SwitchedWal::open(&dir.join("wal"));
     let db = Db::builder()
-        .path(dir.path())
+        .path(dir)
         .wal(wal.clone())
         .memtable_bytes(4 * 1024)
-        .backpressure(64 * 1024, 2, Duration::from_millis(200))
+        .backpressure(64 * 1024, 2, stall)
         .build()
         .await
         .unwrap();
     let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    (wal, db, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, db, t) = open_backpressured(dir.path(), Duration::from_millis(200)).await;
     // A flush waits for the WAL to be durable up to its cut: stall that, and frozen memtables
     // pile up until writers are refused.
     wal.stall_durability.store(true, Ordering::SeqCst);
@@ -360,16 +370,7 @@ async fn writers_get_overloaded_when_flushes_cannot_keep_up_and_recover_after() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_held_by_backpressure_gets_closed_when_the_database_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = SwitchedWal::open(&dir.path().join("wal"));
-    let db = Db::builder()
-        .path(dir.path())
-        .wal(wal.clone())
-        .memtable_bytes(4 * 1024)
-        .backpressure(64 * 1024, 2, Duration::from_secs(30))
-        .build()
-        .await
-        .unwrap();
-    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let (wal, db, t) = open_backpressured(dir.path(), Duration::from_secs(30)).await;
     wal.stall_durability.store(true, Ordering::SeqCst);
     // Writes until one is held (flushes cannot finish while durability stalls).
     let mut key = 0u64;
