@@ -310,6 +310,26 @@ impl Config {
                 return Err(ConfigError(format!("{key} must be positive")));
             }
         }
+        // Each is a semaphore's permits, which tokio bounds.
+        let permits = [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "limits.max_concurrent_queries",
+                self.limits.max_concurrent_queries,
+            ),
+            (
+                "limits.max_inflight_write_bytes",
+                self.limits.max_inflight_write_bytes,
+            ),
+        ];
+        for (key, value) in permits {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(ConfigError(format!(
+                    "{key} {value} is above {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                )));
+            }
+        }
         if self.engine.compaction_trigger < 2 {
             return Err(ConfigError(
                 "engine.compaction_trigger must be at least 2".to_owned(),

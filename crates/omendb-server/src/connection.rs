@@ -74,6 +74,7 @@ impl axum::serve::Listener for Connections {
             stream,
             idle_timeout: self.idle_timeout,
             last_io: Instant::now(),
+            unanswered_since: None,
             timer: Box::pin(tokio::time::sleep(self.idle_timeout)),
             _slot: slot,
         };
@@ -86,11 +87,17 @@ impl axum::serve::Listener for Connections {
 }
 
 /// An accepted connection: fails its pending read or write once nothing has moved either way
-/// for the idle timeout, which makes the server close it.
+/// for the idle timeout, or once bytes it read have waited that long for any answer, which
+/// makes the server close it.
 pub struct Connection {
     stream: TcpStream,
     idle_timeout: Duration,
     last_io: Instant,
+    /// The first read since the last write: a client that trickles its request a byte at a
+    /// time keeps `last_io` fresh but gets no answer (axum gives hyper no timer, so hyper's own
+    /// header timeout does not apply). A request read whole is answered within
+    /// `limits.request_timeout_ms`, shorter than the idle timeout.
+    unanswered_since: Option<Instant>,
     // Armed for `last_io + idle_timeout` at most: moved on when it fires early rather than on
     // every read and write, which would touch the timer wheel per call.
     timer: Pin<Box<Sleep>>,
@@ -103,11 +110,11 @@ impl Connection {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            let deadline = self.last_io + self.idle_timeout;
+            let deadline = self.unanswered_since.unwrap_or(self.last_io) + self.idle_timeout;
             if deadline <= Instant::now() {
                 return Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "nothing read or written for server.idle_timeout_ms",
+                    "nothing read or written, or nothing answered, for server.idle_timeout_ms",
                 ));
             }
             self.timer.as_mut().reset(deadline);
@@ -115,17 +122,21 @@ impl Connection {
     }
 
     /// `poll`'s result, or the idle error in place of `Pending` once the connection is idle;
-    /// progress restarts the idle clock.
+    /// progress restarts the idle clock, and a write the answer clock.
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         poll: Poll<io::Result<T>>,
-        moved: impl FnOnce(&T) -> bool,
+        moved: impl FnOnce(&T) -> Option<Direction>,
     ) -> Poll<io::Result<T>> {
         match poll {
             Poll::Ready(Ok(done)) => {
-                if moved(&done) {
+                if let Some(direction) = moved(&done) {
                     self.last_io = Instant::now();
+                    self.unanswered_since = match direction {
+                        Direction::Read => self.unanswered_since.or(Some(self.last_io)),
+                        Direction::Write => None,
+                    };
                 }
                 Poll::Ready(Ok(done))
             }
@@ -145,7 +156,7 @@ impl AsyncRead for Connection {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
         let read = buf.filled().len() > before;
-        this.watch(cx, poll, |()| read)
+        this.watch(cx, poll, |()| read.then_some(Direction::Read))
     }
 }
 
@@ -157,7 +168,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.watch(cx, poll, |&n| n > 0)
+        this.watch(cx, poll, |&n| (n > 0).then_some(Direction::Write))
     }
 
     fn poll_write_vectored(
@@ -167,7 +178,7 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.watch(cx, poll, |&n| n > 0)
+        this.watch(cx, poll, |&n| (n > 0).then_some(Direction::Write))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -177,12 +188,19 @@ impl AsyncWrite for Connection {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_flush(cx);
-        this.watch(cx, poll, |()| false)
+        this.watch(cx, poll, |()| None)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.stream).poll_shutdown(cx);
-        this.watch(cx, poll, |()| false)
+        this.watch(cx, poll, |()| None)
     }
+}
+
+/// Which way bytes moved.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
 }

@@ -99,7 +99,7 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
 }
 
 #[tokio::test]
-async fn a_connection_idle_for_the_timeout_is_closed_and_one_in_use_is_not() {
+async fn a_connection_idle_or_unanswered_for_the_timeout_is_closed() {
     let idle = Duration::from_millis(600);
     let server = TestServer::start(|config| {
         config.server.idle_timeout_ms = idle.as_millis() as u64;
@@ -134,22 +134,38 @@ async fn a_connection_idle_for_the_timeout_is_closed_and_one_in_use_is_not() {
         );
     }
 
-    // A client that sends its request's head a few bytes at a time, each within the timeout,
-    // is not cut although the whole takes several timeouts: the clock restarts on every byte.
-    let mut slow = connect(&server).await;
+    // A client that trickles its request's head a few bytes at a time, each within the
+    // timeout, keeps the connection busy but gets no answer: closed once its first bytes have
+    // waited the timeout (a slowloris would otherwise hold a connection for good).
+    let mut trickle = connect(&server).await;
     let started = Instant::now();
-    for chunk in REQUEST.chunks(4) {
-        slow.write_all(chunk).await.unwrap();
+    let mut cut = false;
+    for chunk in REQUEST.chunks(2) {
+        if trickle.write_all(chunk).await.is_err() {
+            cut = true;
+            break;
+        }
         tokio::time::sleep(idle / 4).await;
     }
-    assert!(started.elapsed() > idle * 2);
-    let head = response(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        cut || closed_within(&mut trickle, Duration::from_secs(10)).await,
+        "a trickling client was never closed"
+    );
+    assert!(started.elapsed() >= idle, "closed before the timeout");
+
+    // One whose head arrives in pieces well within the timeout is answered.
+    let mut pieces = connect(&server).await;
+    for chunk in REQUEST.chunks(REQUEST.len() / 3) {
+        pieces.write_all(chunk).await.unwrap();
+        tokio::time::sleep(idle / 10).await;
+    }
+    let head = response(&mut pieces, Duration::from_secs(10)).await;
     assert!(
         head.as_deref()
             .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
         "{head:?}"
     );
-    drop(slow);
+    drop(pieces);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while open_connections(&server).await != 0.0 {

@@ -128,6 +128,17 @@ fn a_bad_configuration_is_an_error_at_start_that_names_the_key() {
             "server.max_connections",
         ),
         (
+            omendb(
+                dir.path(),
+                &[
+                    "serve",
+                    "--set",
+                    "server.max_connections=18446744073709551615",
+                ],
+            ),
+            "server.max_connections",
+        ),
+        (
             omendb(dir.path(), &["serve", "--listen", "not-an-address"]),
             "server.listen",
         ),

@@ -296,7 +296,10 @@ pub async fn scan(
         // One row more than the page tells whether another page follows.
         limit: Some(page.saturating_add(1)),
         reverse: request.reverse,
-        batch_rows: None,
+        // Batches small enough that one of rows at the engine's size limit stays near the
+        // page's byte budget: the budget is checked after each batch, and a page of the
+        // engine's default 8,192-row batches held thousands of large rows before it could.
+        batch_rows: Some(scan_batch_rows(state.config.limits.max_response_bytes)),
     };
     let rows = table.scan((start, end), options)?;
     let mut read = PageRead {
@@ -503,6 +506,14 @@ impl PageRead {
         }
         Ok(response)
     }
+}
+
+/// Rows per engine batch of a scan with a byte budget of `max_bytes`: as many rows of the
+/// engine's largest (`max_row_bytes`) as fit in it, at least 64 (small batches cost every scan
+/// of small rows) and at most the engine's default of 8,192.
+fn scan_batch_rows(max_bytes: usize) -> usize {
+    let largest_row = omendb_core::db::Settings::default().max_row_bytes.max(1);
+    (max_bytes / largest_row).clamp(64, 8192)
 }
 
 /// The bytes `batch`'s rows hold (of its arrays' buffers, counting only the slice a sliced array
