@@ -450,15 +450,39 @@ fn apt_install(package: &str) {
     }
 }
 
-/// schemathesis fuzzes the HTTP API against `/openapi.json`; it comes from PyPI.
+/// The schemathesis the OpenAPI test is written against (its options and its summary's text);
+/// another version, even a 4.x, may differ in both.
+const SCHEMATHESIS: &str = "4.32.5";
+
+/// The moto whose S3 server the storage tests were written against.
+const MOTO: &str = "5.2.1";
+
+/// schemathesis fuzzes the HTTP API against `/openapi.json`; it comes from PyPI, at the version
+/// the test was written against.
 fn ensure_schemathesis() -> Result<()> {
-    let present = || answers("schemathesis");
+    let present = || {
+        Command::new("schemathesis")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| {
+                out.status.success()
+                    && String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .any(|word| word == SCHEMATHESIS)
+            })
+    };
     if present() {
         return Ok(());
     }
-    eprintln!("xtask: installing schemathesis (the OpenAPI fuzz test runs it)");
+    eprintln!("xtask: installing schemathesis {SCHEMATHESIS} (the OpenAPI fuzz test runs it)");
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "schemathesis>=4.32,<5"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("schemathesis=={SCHEMATHESIS}"),
+        ])
         .status()
         .context("could not start python3 -m pip")?;
     if !status.success() || !present() {
@@ -475,7 +499,13 @@ fn ensure_schemathesis() -> Result<()> {
 fn ensure_moto() -> Result<()> {
     let present = || {
         Command::new("python3")
-            .args(["-c", "import moto.server, flask, werkzeug"])
+            .args([
+                "-c",
+                &format!(
+                    "import moto, moto.server, flask, werkzeug; \
+                     assert moto.__version__ == '{MOTO}', moto.__version__"
+                ),
+            ])
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|status| status.success())
@@ -483,9 +513,17 @@ fn ensure_moto() -> Result<()> {
     if present() {
         return Ok(());
     }
-    eprintln!("xtask: installing moto[server] (the S3 server the storage tests run against)");
+    eprintln!(
+        "xtask: installing moto[server] {MOTO} (the S3 server the storage tests run against)"
+    );
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "moto[server]>=5,<6"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("moto[server]=={MOTO}"),
+        ])
         .status()
         .context("could not start python3 -m pip")?;
     if !status.success() || !present() {

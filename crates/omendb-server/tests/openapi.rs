@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -71,38 +70,37 @@ async fn schemathesis_finds_nothing() {
     let work = tempfile::tempdir().unwrap();
     let url = format!("{}/openapi.json", server.api);
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemathesis.toml");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("schemathesis")
-            .current_dir(work.path())
-            .args(["--config-file"])
-            .arg(&config)
-            .args([
-                "run",
-                &url,
-                "--checks",
-                "all",
-                "--max-examples",
-                "40",
-                "--seed",
-                "20261126",
-                "--request-timeout",
-                "20",
-                "--max-response-time",
-                "20",
-                "--no-color",
-            ])
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "schemathesis could not be started ({e}); `cargo xtask test` installs it \
-                     (pip install schemathesis)"
-                )
-            })
-    });
-    let output = tokio::time::timeout(Duration::from_secs(600), output)
+    // Killed if it outlives the deadline (a blocking child would hold the runtime's shutdown).
+    let run = tokio::process::Command::new("schemathesis")
+        .current_dir(work.path())
+        .args(["--config-file"])
+        .arg(&config)
+        .args([
+            "run",
+            &url,
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--seed",
+            "20261126",
+            "--request-timeout",
+            "20",
+            "--max-response-time",
+            "20",
+            "--no-color",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(600), run)
         .await
         .expect("schemathesis ran longer than 10 minutes")
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "schemathesis could not be started ({e}); `cargo xtask test` installs it \
+                 (pip install schemathesis)"
+            )
+        });
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -152,7 +152,7 @@ fn a_bad_configuration_is_an_error_at_start_that_names_the_key() {
         ),
     ];
     for (mut command, names) in cases {
-        let output = command.output().unwrap();
+        let output = exited_within(&mut command, Duration::from_secs(60));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
         assert!(
@@ -164,11 +164,42 @@ fn a_bad_configuration_is_an_error_at_start_that_names_the_key() {
     assert!(!dir.path().join("omendb-data").exists());
 }
 
+/// Runs `command` to its exit, killing it and failing after `limit`: a start that should fail
+/// but serves instead (on the default ports) would otherwise hang the suite.
+fn exited_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A server process and the addresses it logged.
 struct Process {
     child: Child,
     api: String,
     admin: String,
+}
+
+impl Drop for Process {
+    /// A test that fails midway leaves no server running (it is gone already if the test
+    /// waited for its exit).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Starts `omendb serve` in `dir` on ports the OS picks and waits until it is ready.
