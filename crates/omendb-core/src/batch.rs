@@ -11,6 +11,8 @@ use bytes::{Buf, BufMut, Bytes};
 pub const BATCH_VERSION: u8 = 1;
 
 const PUT: u8 = 1;
+/// Bytes a put adds to the record besides its row: kind, table id, key, row length.
+pub(crate) const PUT_OVERHEAD: usize = 1 + 4 + 8 + 4;
 const DELETE: u8 = 2;
 const DELETE_RANGE: u8 = 3;
 
@@ -164,7 +166,7 @@ impl WriteBatch {
             .writes
             .iter()
             .map(|write| match write {
-                Write::Put { row, .. } => 1 + 4 + 8 + 4 + row.len(),
+                Write::Put { row, .. } => PUT_OVERHEAD + row.len(),
                 Write::Delete { .. } => 1 + 4 + 8,
                 Write::DeleteRange { .. } => 1 + 4 + 8 + 8,
             })

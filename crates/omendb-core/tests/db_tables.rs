@@ -571,6 +571,8 @@ async fn writes_to_a_dropped_table_are_refused_and_append_nothing() {
     refused(old.put_value(4u64, "d", WriteOptions::DURABLE).await);
     refused(old.delete(1u64, WriteOptions::BUFFERED).await);
     refused(old.delete_range(0u64..10, WriteOptions::DURABLE).await);
+    // Also a write of nothing: an empty range.
+    refused(old.delete_range(5u64..5, WriteOptions::DURABLE).await);
     refused(db.write(batch, WriteOptions::DURABLE).await);
     refused(txn.commit(WriteOptions::DURABLE).await);
     assert_eq!(db.snapshot().lsn(), before, "a refused write took an LSN");
@@ -631,6 +633,14 @@ async fn a_table_of_another_database_is_refused_by_writes_and_reads() {
                 .map(drop),
         );
     }
+    // A batch `a` made, of `a`'s table, written through `b`: refused whole (its rows, checked
+    // against `a`'s tables, landed in `b`'s table of the same id).
+    let mut a_batch = a.batch();
+    a_batch.put_value(&a_first, 1u64, "a's").unwrap();
+    foreign(
+        "another database's batch",
+        b.write(a_batch, WriteOptions::DURABLE).await.map(drop),
+    );
     assert_eq!(b.snapshot().lsn(), before, "a refused write took an LSN");
     assert_eq!(b_only.get_value(1u64).await.unwrap().unwrap(), "b's");
     // A serializable transaction's scan of a foreign table is refused before its range is

@@ -34,6 +34,11 @@ impl Batch {
         }
     }
 
+    /// Whether this batch was made by the database `db`.
+    pub(crate) fn belongs_to(&self, db: &Arc<Inner>) -> bool {
+        Arc::ptr_eq(&self.db, db)
+    }
+
     /// The writes, and the tables they write (id and name).
     pub(crate) fn into_parts(self) -> (WriteBatch, Vec<(u32, String)>) {
         (self.writes, self.tables)
@@ -105,20 +110,28 @@ impl Batch {
         // All rows in one buffer, each a slice of it: one allocation per batch, not per row.
         let mut buffer = Vec::new();
         let mut ends = Vec::with_capacity(rows.num_rows());
+        // Refused as soon as the batch would pass its limit, not after a copy of all of it.
+        let limit = self.db.settings.max_batch_bytes;
+        let before = self.writes.encoded_len();
         for i in 0..keys.len() {
             let start = buffer.len();
             def.codec.encode_row(&storage, i, &mut buffer);
             self.check_row(buffer.len() - start)?;
             ends.push(buffer.len());
+            let bytes = before + buffer.len() + crate::batch::PUT_OVERHEAD * (i + 1);
+            if bytes > limit {
+                return Err(Error::TooLarge {
+                    what: "write batch",
+                    bytes,
+                    limit,
+                });
+            }
         }
         let buffer = Bytes::from(buffer);
         let mut start = 0;
         for (&key, &end) in keys.iter().zip(&ends) {
             self.writes.put(def.id, key, buffer.slice(start..end));
             start = end;
-        }
-        if keys.is_empty() {
-            return Ok(self);
         }
         Ok(self.wrote(def))
     }
@@ -140,9 +153,9 @@ impl Batch {
         let def = self.of(table)?;
         if let Some(range) = def.key_type.stored_range(key_bounds(&range))? {
             self.writes.delete_range(def.id, range);
-            self.wrote(def);
         }
-        Ok(self)
+        // Noted even when the range is empty: a write to a dropped table is refused.
+        Ok(self.wrote(def))
     }
 
     fn check_row(&self, bytes: usize) -> Result<()> {

@@ -454,13 +454,19 @@ impl Inner {
     #[tracing::instrument(level = "debug", name = "db.commit", skip_all)]
     async fn commit(self: &Arc<Self>, batch: Batch, options: WriteOptions) -> Result<Lsn> {
         self.check_writable()?;
-        let (batch, tables) = batch.into_parts();
-        if batch.is_empty() {
-            return Ok(self.visibility.visible());
+        // A batch of another database (or an earlier opening of this one) was checked against
+        // that one's tables: appended here, its rows would land in whatever table has their
+        // table's id, encoded for another table, or stop every flush.
+        if !batch.belongs_to(self) {
+            return Err(Error::BadInput(
+                "the batch belongs to another database (or to an earlier opening of this one)"
+                    .to_owned(),
+            ));
         }
+        let (batch, tables) = batch.into_parts();
         // A table dropped since its writes were added: refused here, before the log takes
-        // them. (A drop that lands between this check and the apply drops the write with the
-        // table, as if the write had come just before the drop.)
+        // them, even when they write nothing. (A drop that lands between this check and the
+        // apply drops the write with the table, as if the write had come just before the drop.)
         let version = self.version.load();
         if let Some((_, name)) = tables
             .iter()
@@ -469,6 +475,9 @@ impl Inner {
             return Err(Error::UnknownTable(name.clone()));
         }
         drop(version);
+        if batch.is_empty() {
+            return Ok(self.visibility.visible());
+        }
         let limit = self.settings.max_batch_bytes;
         if batch.encoded_len() > limit {
             return Err(Error::TooLarge {

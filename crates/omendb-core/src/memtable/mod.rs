@@ -241,7 +241,19 @@ impl Memtable {
             Err(TryLockError::WouldBlock) => return,
         };
         // Only the holder of `sealing` replaces the layers, so they stay as loaded here.
-        let layers = self.layers.load_full();
+        let mut layers = self.layers.load_full();
+        if let Some(left) = &layers.sealed {
+            // A seal that panicked before it published its runs left its list here: made a
+            // run first, or the store below, which fills `sealed` again, would drop it.
+            let mut runs = vec![Arc::new(Run::from_whole_list(left))];
+            runs.extend(layers.runs.iter().cloned());
+            layers = Arc::new(Layers {
+                live: Arc::clone(&layers.live),
+                sealed: None,
+                runs,
+            });
+            self.layers.store(Arc::clone(&layers));
+        }
         let sealed = {
             let _writing = self
                 .writing

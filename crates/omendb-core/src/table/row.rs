@@ -425,7 +425,11 @@ fn put_value(field: &Field, kind: Kind, value: &Value, out: &mut Vec<u8>) -> Res
         Kind::U32 => int!(u32),
         Kind::U64 => int!(u64),
         Kind::F32 => match *value {
-            // Narrowing to f32 is what a Float32 column means.
+            // Narrowing to f32 is what a Float32 column means; a finite value beyond its range
+            // would become an infinity, which is a value out of the column's range.
+            Value::Float(v) if v.is_finite() && !(v as f32).is_finite() => {
+                return Err(mismatch());
+            }
             Value::Float(v) => out.extend_from_slice(&(v as f32).to_le_bytes()),
             _ => return Err(mismatch()),
         },
@@ -804,7 +808,19 @@ mod tests {
         row[1] = Value::Str("x".into());
         assert!(codec.encode_values(&row, &mut out).is_err());
         assert!(codec.encode_values(&row[..3], &mut out).is_err());
+        // A finite f64 beyond f32's range is out of a Float32 column's range (it became an
+        // infinity); the infinities and NaN themselves are values of the column.
+        row[1] = Value::Null;
+        row[4] = Value::Float(1e300);
+        assert!(matches!(
+            codec.encode_values(&row, &mut out),
+            Err(Error::SchemaMismatch(_))
+        ));
         assert_eq!(out, [9]);
+        for kept in [f64::INFINITY, f64::NEG_INFINITY, f64::from(f32::MAX), 1.5] {
+            row[4] = Value::Float(kept);
+            assert!(codec.encode_values(&row, &mut out).is_ok(), "{kept}");
+        }
     }
 
     #[test]
