@@ -122,27 +122,47 @@ impl Visibility {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use loom::sync::Arc;
+    use loom::sync::atomic::AtomicBool;
 
     use super::*;
 
-    /// Appliers finishing out of order never expose an LSN before the ones below it, and a
-    /// snapshot taken during the race is never below the horizon a concurrent reader computes.
+    /// Appliers finishing out of order never expose an LSN before the ones below it are
+    /// applied, and a snapshot pinned on one thread while another computes the horizon is never
+    /// below it.
     #[test]
     fn visibility_rises_in_order_and_pins_hold_the_horizon() {
         loom::model(|| {
             let visibility = Arc::new(Visibility::new(0));
+            // `done[l]` is set before LSN `l` is reported applied.
+            let done = Arc::new([
+                AtomicBool::new(true),
+                AtomicBool::new(false),
+                AtomicBool::new(false),
+            ]);
             let appliers: Vec<_> = [2, 1]
                 .into_iter()
                 .map(|lsn| {
-                    let visibility = Arc::clone(&visibility);
-                    loom::thread::spawn(move || visibility.applied(lsn))
+                    let (visibility, done) = (Arc::clone(&visibility), Arc::clone(&done));
+                    loom::thread::spawn(move || {
+                        done[lsn as usize].store(true, Ordering::Release);
+                        visibility.applied(lsn);
+                    })
                 })
                 .collect();
-            let pinned = visibility.pin();
+            let pinner = {
+                let visibility = Arc::clone(&visibility);
+                loom::thread::spawn(move || visibility.pin())
+            };
             let horizon = visibility.horizon();
-            assert!(horizon <= pinned, "the horizon passed a live snapshot");
             let seen = visibility.visible();
-            assert!(seen == 0 || seen == 1 || seen == 2);
+            for lsn in 1..=seen {
+                assert!(
+                    done[lsn as usize].load(Ordering::Acquire),
+                    "LSN {seen} visible before {lsn} was applied"
+                );
+            }
+            let pinned = pinner.join().unwrap();
+            assert!(horizon <= pinned, "the horizon passed a live snapshot");
             for applier in appliers {
                 applier.join().unwrap();
             }
