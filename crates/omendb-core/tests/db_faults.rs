@@ -30,6 +30,8 @@ struct SwitchedWal {
     truncated_before: AtomicU64,
     /// Milliseconds an async append waits before it reaches the log (and gets its LSN).
     delay_appends_ms: AtomicU64,
+    /// Milliseconds an async append waits after the log answered (its LSN durable).
+    delay_answers_ms: AtomicU64,
 }
 
 impl SwitchedWal {
@@ -41,6 +43,7 @@ impl SwitchedWal {
             fail_truncations: AtomicBool::new(false),
             truncated_before: AtomicU64::new(0),
             delay_appends_ms: AtomicU64::new(0),
+            delay_answers_ms: AtomicU64::new(0),
         })
     }
 
@@ -63,9 +66,12 @@ impl Wal for SwitchedWal {
             return Box::pin(async { Err(Self::injected()) });
         }
         let delay = Duration::from_millis(self.delay_appends_ms.load(Ordering::SeqCst));
+        let answer = Duration::from_millis(self.delay_answers_ms.load(Ordering::SeqCst));
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            Wal::append(&self.inner, payload, options).await
+            let appended = Wal::append(&self.inner, payload, options).await;
+            tokio::time::sleep(answer).await;
+            appended
         })
     }
 
@@ -637,4 +643,52 @@ async fn the_change_stream_reports_records_skipped_as_damaged() {
     assert_eq!(rest.iter().map(|c| c.lsn).collect::<Vec<_>>(), lsns[3..]);
     drop(changes);
     db.close().await.unwrap();
+}
+
+/// A durable write whose task is dropped after the log took its LSN and before it was applied
+/// (the runtime it ran on shut down) refuses later writes (`Poisoned`) instead of leaving them
+/// waiting for good on an LSN nobody applies (found by a helper agent's review).
+#[test]
+fn a_write_cut_off_by_its_runtime_poisons_writes_instead_of_stalling_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (wal, db, t) = main.block_on(open_switched(dir.path()));
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    wal.delay_answers_ms.store(10_000, Ordering::SeqCst);
+    let cut = {
+        let t = t.clone();
+        doomed.spawn(async move { t.put_value(1u64, "cut", WriteOptions::DURABLE).await })
+    };
+    // The log takes the write's LSN, then its answer waits: the runtime goes down meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wal.last_lsn().unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never reached the log"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    doomed.shutdown_timeout(Duration::from_secs(5));
+    drop(cut);
+    wal.delay_answers_ms.store(0, Ordering::SeqCst);
+    let later = main.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            t.put_value(2u64, "later", WriteOptions::DURABLE),
+        )
+        .await
+    });
+    let later = later.expect("a later write waited for good on the lost LSN");
+    assert!(matches!(later, Err(Error::Poisoned(_))), "{later:?}");
+    main.block_on(async {
+        let _ = db.close().await;
+    });
 }

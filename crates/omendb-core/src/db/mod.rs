@@ -287,6 +287,24 @@ impl Db {
     }
 }
 
+/// Held by a write's task from before its append to after its apply: dropped on the way (the
+/// task's runtime shut down under it), it refuses writes until reopen. The append may have
+/// taken an LSN that is then never applied, and every later write and flush would wait on it
+/// for good.
+struct Unapplied(Option<Arc<Inner>>);
+
+impl Drop for Unapplied {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            inner.fail(Error::Corrupt(
+                "a write's task was dropped between its append and its apply (its runtime \
+                 shut down): its LSN may be appended but never applied"
+                    .to_owned(),
+            ));
+        }
+    }
+}
+
 fn current_data(writer: &ManifestWriter) -> ManifestData {
     writer.current().map(|m| m.data.clone()).unwrap_or_default()
 }
@@ -527,13 +545,17 @@ impl Inner {
                 // In a spawned task, so that a caller who stops waiting cannot leave an LSN
                 // appended but never applied.
                 tokio::spawn(async move {
+                    let mut unapplied = Unapplied(Some(Arc::clone(&inner)));
                     let appended = inner
                         .wal
                         .append(&payload, AppendOptions { durability })
                         .await;
-                    let lsn = inner.appended(appended)?;
+                    let lsn = inner
+                        .appended(appended)
+                        .inspect_err(|_| unapplied.0 = None)?;
                     crash_point!("commit.after_wal");
                     inner.apply(lsn, &batch);
+                    unapplied.0 = None;
                     Ok::<_, Error>(lsn)
                 })
                 .await
