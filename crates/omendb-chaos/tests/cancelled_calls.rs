@@ -28,19 +28,28 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ddl_and_checkpoints_whose_callers_stop_waiting_run_to_their_end() {
+/// An in-memory store behind a fault injector (no faults yet) seeded with `seed`.
+fn faulty_memory(seed: u64) -> (Arc<InMemory>, Arc<FaultyObjectStore<InMemory>>) {
     let objects = Arc::new(InMemory::new());
     let faulty = Arc::new(FaultyObjectStore::new(
         Arc::clone(&objects),
         StoreFaults::none(),
-        7,
+        seed,
     ));
+    (objects, faulty)
+}
+
+/// Opens the database whose segments and manifest are in `store` and whose WAL is in `dir`.
+async fn open_on(dir: &std::path::Path, store: Arc<dyn ObjectStore>) -> omendb_core::Result<Db> {
+    let wal = FileWal::open(dir, WalOptions::default()).unwrap();
+    Db::builder().store(store).wal(Arc::new(wal)).build().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_and_checkpoints_whose_callers_stop_waiting_run_to_their_end() {
+    let (_, faulty) = faulty_memory(7);
     let dir = tempfile::tempdir().unwrap();
-    let open = |store: Arc<dyn ObjectStore>| {
-        let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
-        Db::builder().store(store).wal(Arc::new(wal)).build()
-    };
+    let open = |store: Arc<dyn ObjectStore>| open_on(dir.path(), store);
     let db = open(faulty.clone()).await.unwrap();
     // Every put and listing (a manifest publish is both) waits up to 400 ms before it is sent:
     // a caller that gives up after a millisecond stops waiting in the middle of a publish.
@@ -89,17 +98,9 @@ async fn ddl_and_checkpoints_whose_callers_stop_waiting_run_to_their_end() {
 /// and a second `close` returned `Ok` at once, before the WAL was even synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_waits_for_work_running_in_its_own_task() {
-    let objects = Arc::new(InMemory::new());
-    let faulty = Arc::new(FaultyObjectStore::new(
-        Arc::clone(&objects),
-        StoreFaults::none(),
-        11,
-    ));
+    let (objects, faulty) = faulty_memory(11);
     let dir = tempfile::tempdir().unwrap();
-    let open = |store: Arc<dyn ObjectStore>| {
-        let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
-        Db::builder().store(store).wal(Arc::new(wal)).build()
-    };
+    let open = |store: Arc<dyn ObjectStore>| open_on(dir.path(), store);
     let db = open(faulty.clone()).await.unwrap();
     let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
     for key in 0..100u64 {

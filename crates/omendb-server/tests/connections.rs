@@ -37,6 +37,16 @@ async fn response(stream: &mut TcpStream, within: Duration) -> Option<String> {
     tokio::time::timeout(within, read).await.ok().flatten()
 }
 
+/// Asserts that the next answer on `stream` (within ten seconds) is a 200.
+async fn answered_200(stream: &mut TcpStream) {
+    let head = response(stream, Duration::from_secs(10)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "{head:?}"
+    );
+}
+
 /// Whether the server closes `stream` (end of stream or a reset) within `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0_u8; 4096];
@@ -70,8 +80,7 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     for _ in 0..2 {
         let mut stream = connect(&server).await;
         stream.write_all(REQUEST).await.unwrap();
-        let head = response(&mut stream, Duration::from_secs(10)).await;
-        assert!(head.is_some_and(|h| h.starts_with("HTTP/1.1 200")));
+        answered_200(&mut stream).await;
         held.push(stream);
     }
     assert_eq!(open_connections(&server).await, 2.0);
@@ -87,12 +96,7 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     assert_eq!(open_connections(&server).await, 2.0);
 
     drop(held.pop());
-    let head = response(&mut waiting, Duration::from_secs(10)).await;
-    assert!(
-        head.as_deref()
-            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
-        "{head:?}"
-    );
+    answered_200(&mut waiting).await;
     drop(held);
     drop(waiting);
     server.stop().await.unwrap();
@@ -159,12 +163,7 @@ async fn a_connection_idle_or_unanswered_for_the_timeout_is_closed() {
         pieces.write_all(chunk).await.unwrap();
         tokio::time::sleep(idle / 10).await;
     }
-    let head = response(&mut pieces, Duration::from_secs(10)).await;
-    assert!(
-        head.as_deref()
-            .is_some_and(|h| h.starts_with("HTTP/1.1 200")),
-        "{head:?}"
-    );
+    answered_200(&mut pieces).await;
     drop(pieces);
 
     let deadline = Instant::now() + Duration::from_secs(10);
