@@ -90,7 +90,9 @@ pub enum Error {
     /// A segment, manifest or backend failed.
     #[error(transparent)]
     Storage(Arc<omendb_storage::Error>),
-    /// An Arrow operation failed.
+    /// An Arrow operation on stored or engine-built columns failed: stored columns that
+    /// disagree with their table, or an engine bug. Never the caller's input (rows are checked
+    /// against their table before any Arrow operation), so not `BadInput`.
     #[error(transparent)]
     Arrow(Arc<arrow_schema::ArrowError>),
 }
@@ -146,7 +148,7 @@ impl Error {
                 omendb_storage::ErrorKind::Retry => ErrorKind::Retry,
                 _ => ErrorKind::Fatal,
             },
-            Error::Arrow(_) => ErrorKind::BadInput,
+            Error::Arrow(_) => ErrorKind::Corrupt,
         }
     }
 }

@@ -135,6 +135,36 @@ impl Segment {
         })
     }
 
+    /// Checks that the segment stores `stored`'s value columns (names, types, nullability, in
+    /// order). A manifest names a segment of its table's columns; one that disagrees (a hand-made
+    /// manifest, or a segment left by another table of the same id) would otherwise fail every
+    /// read with an Arrow error at its first mismatching batch, or decode another type's bytes.
+    pub fn check_columns(&self, stored: &arrow_schema::Schema) -> Result<()> {
+        let fields = self.reader.schema().fields();
+        let values = fields.iter().skip(3);
+        let matches = fields.len() == stored.fields().len() + 3
+            && values.zip(stored.fields().iter()).all(|(found, expected)| {
+                found.name() == expected.name()
+                    && found.data_type() == expected.data_type()
+                    && found.is_nullable() == expected.is_nullable()
+            });
+        if matches {
+            return Ok(());
+        }
+        let describe = |fields: &mut dyn Iterator<Item = &arrow_schema::FieldRef>| {
+            fields
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(Error::Corrupt(format!(
+            "segment {} stores columns ({}) where its table has ({})",
+            self.entry.path,
+            describe(&mut fields.iter().skip(3)),
+            describe(&mut stored.fields().iter()),
+        )))
+    }
+
     /// What a point read of a row fetches: the value columns alone where the segment holds no
     /// tombstone (a page lookup and a cache line fewer per read), else `_tombstone` first.
     pub fn point_read(&self) -> &Projection {

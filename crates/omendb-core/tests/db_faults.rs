@@ -692,3 +692,48 @@ fn a_write_cut_off_by_its_runtime_poisons_writes_instead_of_stalling_them() {
         let _ = db.close().await;
     });
 }
+
+/// A manifest whose table declares other value columns than its segments store (a hand-edited
+/// manifest, or one put together from two databases) is refused at open as `Corrupt`, naming
+/// the segment, instead of opening and then failing reads with an Arrow error reported as the
+/// caller's bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_whose_columns_disagree_with_its_table_is_corrupt_at_open() {
+    use omendb_storage::manifest::{ManifestOptions, Manifests};
+
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let open = || Db::builder().store(Arc::clone(&store)).build();
+    let db = open().await.unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    kv.put_value(1u64, "one", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    db.checkpoint().await.unwrap();
+    db.close().await.unwrap();
+    drop((kv, db));
+
+    let manifests = Manifests::new(
+        Arc::clone(&store),
+        &object_store::path::Path::from("db"),
+        ManifestOptions::default(),
+    );
+    let mut writer = manifests.open_writer(Default::default()).await.unwrap();
+    let mut data = writer.current().unwrap().data.clone();
+    let table = data.tables.get_mut("kv").unwrap();
+    assert_eq!(table.segments.len(), 1, "the checkpoint wrote one segment");
+    table.schema = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "value",
+        arrow_schema::DataType::Int64,
+        true,
+    )]);
+    writer.commit(data).await.unwrap();
+    drop(writer);
+
+    let err = open().await.expect_err("the database opened");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("segments/") && message.contains("value: Int64"),
+        "{message}"
+    );
+}

@@ -294,9 +294,10 @@ impl Builder {
             let def = TableDef::new(entry.id, name, key_type, Some(entry.schema.clone()))?;
             let mut segments = Vec::with_capacity(entry.segments.len());
             for segment in &entry.segments {
-                segments.push(Arc::new(
-                    Segment::open(Arc::clone(&store), segment.clone(), Arc::clone(&cache)).await?,
-                ));
+                let segment =
+                    Segment::open(Arc::clone(&store), segment.clone(), Arc::clone(&cache)).await?;
+                segment.check_columns(&def.stored)?;
+                segments.push(Arc::new(segment));
             }
             segments.sort_by_key(|s| std::cmp::Reverse(s.entry.lsn_max));
             let charge = ReadCharge::new(settings.read_compaction, Arc::clone(&flush_wanted));
