@@ -9,8 +9,19 @@ use proptest::prelude::*;
 
 fn models() -> Vec<(Vec<u64>, Vec<u8>)> {
     let mut out = Vec::new();
-    for dist in [Dist::Lognormal, Dist::Steps, Dist::Seq] {
-        let keys = dist.generate(3000, 11);
+    // Runs of duplicates (a segment's versions of hot keys) beside the distributions' distinct
+    // keys.
+    let runs: Vec<u64> = Dist::Lognormal
+        .generate(300, 12)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, k)| std::iter::repeat_n(k, 1 + (i * 7) % 40))
+        .collect();
+    let sets = [Dist::Lognormal, Dist::Steps, Dist::Seq]
+        .map(|dist| dist.generate(3000, 11))
+        .into_iter()
+        .chain([runs]);
+    for keys in sets {
         for kind in [KindChoice::Rmi, KindChoice::Pla, KindChoice::BinarySearch] {
             let policy = IndexPolicy {
                 kind,
@@ -90,6 +101,15 @@ fn trailing_bytes_unknown_kinds_and_future_versions_are_rejected() {
         })
     );
 
+    // A flag in the reserved byte, checksum and all, is a newer writer's: not ignored.
+    let mut reserved = bytes.clone();
+    reserved[7] = 1;
+    reseal(&mut reserved);
+    assert!(matches!(
+        AnyIndex::decode(&reserved),
+        Err(IndexError::Corrupt { .. })
+    ));
+
     let mut magic = bytes;
     magic[0] = b'X';
     reseal(&mut magic);
@@ -116,7 +136,7 @@ proptest! {
     /// or give a model whose answers are still exactly `partition_point`'s.
     #[test]
     fn resealed_mutations_never_panic_or_answer_wrongly(
-        which in 0usize..9,
+        which in 0usize..12,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         probes in prop::collection::vec(any::<u64>(), 32),
     ) {
@@ -127,10 +147,16 @@ proptest! {
         }
         reseal(&mut bytes);
         if let Ok(index) = AnyIndex::decode(&bytes) {
-            let queries = keys.iter().copied().step_by(17).chain(probes);
-            for q in queries {
+            let queries: Vec<u64> = keys.iter().copied().step_by(17).chain(probes).collect();
+            let mut batch = Vec::new();
+            index.lower_bound_batch(&keys, &queries, &mut batch);
+            let _ = index.stats();
+            for (i, &q) in queries.iter().enumerate() {
                 index.prefetch(q);
-                prop_assert_eq!(index.lower_bound(&keys, q), keys.partition_point(|&k| k < q));
+                let _ = index.window(q);
+                let expected = keys.partition_point(|&k| k < q);
+                prop_assert_eq!(index.lower_bound(&keys, q), expected);
+                prop_assert_eq!(batch[i], expected);
             }
         }
     }

@@ -79,6 +79,9 @@ impl AnyIndex {
     pub fn build(keys: &[u64], policy: &IndexPolicy) -> Result<Self, IndexError> {
         let budget = policy.budget_bytes(keys.len());
         match policy.kind {
+            // A forced kind above what a learned model can address gets what `Auto` gets: a
+            // segment of that many rows is still stored, searched by bisection.
+            _ if keys.len() > MAX_KEYS => Ok(AnyIndex::BinarySearch(BinarySearch::build(keys))),
             KindChoice::BinarySearch => Ok(AnyIndex::BinarySearch(BinarySearch::build(keys))),
             KindChoice::Rmi => Ok(AnyIndex::Rmi(Rmi::build(keys, budget)?)),
             KindChoice::Pla => Ok(AnyIndex::Pla(Pla::build(keys, budget)?)),
@@ -105,18 +108,26 @@ impl AnyIndex {
             // The two trainings are passes over the keys that share nothing: the PLA's runs on a
             // second thread, so the choice takes about as long as the slower member alone.
             let stop = AtomicBool::new(false);
+            let train_pla = || Pla::build_unless(keys, budget, &|| stop.load(Ordering::Relaxed));
             std::thread::scope(|scope| {
-                let pla = scope
-                    .spawn(|| Pla::build_unless(keys, budget, &|| stop.load(Ordering::Relaxed)));
+                // A thread the OS refuses (a thread or memory limit) is not an error: the PLA
+                // then trains on this thread after the RMI.
+                let pla = std::thread::Builder::new()
+                    .name("omendb-index-pla".into())
+                    .spawn_scoped(scope, train_pla)
+                    .ok();
                 let rmi = Rmi::build(keys, budget);
                 if rmi.as_ref().is_ok_and(at_floor) {
                     stop.store(true, Ordering::Relaxed);
                 }
-                // A panic in the PLA's training is re-raised here, as if it had run on this
-                // thread.
-                let pla = pla
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                let pla = match pla {
+                    // A panic in the PLA's training is re-raised here, as if it had run on this
+                    // thread.
+                    Some(pla) => pla
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    None => train_pla(),
+                };
                 Ok::<_, IndexError>((rmi?, pla?))
             })?
         } else {

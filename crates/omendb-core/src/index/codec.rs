@@ -44,9 +44,17 @@ pub(crate) fn encode(kind: IndexKind, keys: KeySet, payload: impl FnOnce(&mut Ve
     out.extend_from_slice(&keys.last.to_le_bytes());
     out.extend_from_slice(&[0; 4]); // payload length, patched below
     payload(&mut out);
-    let payload_len = out.len() - HEADER_LEN;
-    // A payload over 4 GiB would need a model of over 100M leaves; the builders never make one.
-    let len = u32::try_from(payload_len).unwrap_or(u32::MAX);
+    let len = match u32::try_from(out.len() - HEADER_LEN) {
+        Ok(len) => len,
+        // A payload past the frame's 4 GiB (a model of over 134M leaves or 178M segments, made
+        // only with a budget or ε forced by hand) is stored as binary search over the same keys:
+        // a slower model, never an undecodable one.
+        Err(_) => {
+            out.truncate(HEADER_LEN);
+            out[6] = kind_byte(IndexKind::BinarySearch);
+            0
+        }
+    };
     out[32..36].copy_from_slice(&len.to_le_bytes());
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -72,6 +80,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Frame<'_>, IndexError> {
     if header.bytes(4)? != MAGIC {
         return Err(IndexError::corrupt("bad magic number"));
     }
+    // The version comes before the checksum: a newer format may frame its bytes differently.
     let version = header.u16()?;
     if version != VERSION {
         return Err(IndexError::UnsupportedVersion {
@@ -80,7 +89,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Frame<'_>, IndexError> {
         });
     }
     let kind = header.u8()?;
-    let _reserved = header.u8()?;
+    let reserved = header.u8()?;
     let keys = KeySet {
         len: header.u64()?,
         first: header.u64()?,
@@ -110,6 +119,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Frame<'_>, IndexError> {
     if stored != computed {
         return Err(IndexError::corrupt(format!(
             "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        )));
+    }
+    // Checked after the checksum: a non-zero byte there is a writer's deliberate flag this build
+    // does not know, which it must not ignore; a flipped bit fails the checksum first.
+    if reserved != 0 {
+        return Err(IndexError::corrupt(format!(
+            "reserved header byte is {reserved}, not 0 (written by a newer build?)"
         )));
     }
     let kind = match kind {

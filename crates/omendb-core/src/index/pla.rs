@@ -2,11 +2,14 @@
 //!
 //! One streaming pass over the sorted keys cuts them into segments with the shrinking-cone
 //! method: a segment is anchored at its first key's first position and grows while some slope
-//! keeps every key's positions within ε of the line; when no slope can, a new segment starts. A
-//! run of equal keys always stays in one segment, so segments start at distinct keys. The bound
-//! stored is the largest error measured over every key with the very prediction the lookup
-//! computes (clamped to the segment's positions), so rounding can widen it by a position or two
-//! but never make it wrong.
+//! keeps every answer a lookup can give within ε of the line (each distinct key's first position,
+//! and past a run of equal keys where the key after it is absent); when no slope can, a new
+//! segment starts. A run of equal keys always stays in one segment, so segments start at distinct
+//! keys. The bound stored is the largest error measured over every query a segment can be asked
+//! (each distinct key, and the absent key after each run, which bounds the absent keys up to the
+//! next present one) with the very prediction the lookup computes (clamped to the segment's
+//! positions), so rounding can widen it by a position or two but never make it wrong; long runs
+//! of duplicates do not widen it.
 //!
 //! A lookup finds its segment through a radix table over `key - first key` in a floating-point
 //! layout (the position of the highest set bit, then the next `radix_bits` bits): every scale of
@@ -20,7 +23,7 @@
 use super::codec::{Reader, Writer};
 use super::search::{self, SCAN_CACHED, SCAN_MAX, lower_bound_in};
 use super::{
-    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MODEL_READ, Window, measure, position,
+    IndexError, IndexKind, IndexStats, KeySet, LearnedIndex, MODEL_READ, Window, position,
     search_cost, validate_keys,
 };
 use crate::prefetch;
@@ -77,6 +80,39 @@ fn run_end(keys: &[u64], at: usize) -> usize {
         end += 1;
     }
     end
+}
+
+/// The smallest key after the run that ends at `run_end` if it is absent (then a query of it,
+/// and of every key up to the next present one, answers `run_end`); `None` if the next key is
+/// present (or the run's key is `u64::MAX`).
+fn absent_after(keys: &[u64], run_end: usize) -> Option<u64> {
+    let after = keys.get(run_end.checked_sub(1)?)?.checked_add(1)?;
+    match keys.get(run_end) {
+        Some(&next) if next == after => None,
+        _ => Some(after),
+    }
+}
+
+/// The largest errors of `segment`'s lookups, over every query routed to it (keys from its first
+/// up to the next segment's): how far a prediction may exceed the answer (`lo`), and how far the
+/// answer may exceed the prediction (`hi`). Predictions grow with the key, so each distinct key's
+/// first position and, where the key after it is absent, that key's prediction, bound every
+/// query.
+fn errors(keys: &[u64], start: usize, end: usize, segment: &Segment) -> (usize, usize) {
+    let (mut lo, mut hi) = (0usize, 0usize);
+    let mut at = start;
+    while at < end {
+        let key = keys[at];
+        let run = run_end(keys, at);
+        let pred = predict(segment, key);
+        lo = lo.max(pred.saturating_sub(at));
+        hi = hi.max(at.saturating_sub(pred));
+        if let Some(next) = absent_after(keys, run) {
+            hi = hi.max(run.saturating_sub(predict(segment, next)));
+        }
+        at = run;
+    }
+    (lo, hi)
 }
 
 /// Index in `segments` of the last one whose first key is `<= key` (0 if none is): bisection down
@@ -326,6 +362,14 @@ impl Pla {
     }
 
     /// Cuts `keys` into ε-bounded segments.
+    ///
+    /// A lookup's answer is the first position of a present key, and for an absent key the first
+    /// position of the next larger one: only those positions constrain the line, not every
+    /// position of a run of equal keys (a thousand versions of one key made every window of the
+    /// model a thousand wide when they did). The line must hold, within ε, each distinct key's
+    /// first position, and, where the key after it is absent, be past the run at that key: the
+    /// absent keys' answers. A run too long for the line of its neighbours starts a segment of its
+    /// own, whose slope steps over it.
     fn fit(&mut self, keys: &[u64], epsilon: usize) {
         let n = keys.len();
         if n == 0 {
@@ -338,14 +382,22 @@ impl Pla {
         while start < n {
             let base = keys[start];
             let mut end = run_end(keys, start);
-            let (mut smin, mut smax) = (0.0f64, f64::INFINITY);
+            // The base run: its first position is the line's anchor; the keys after it must be
+            // predicted past it.
+            let mut smin = match absent_after(keys, end) {
+                Some(next) => ((end - start) as f64 - eps).max(0.0) / (next - base) as f64,
+                None => 0.0,
+            };
+            let mut smax = f64::INFINITY;
             while end < n {
                 let key = keys[end];
                 let run = run_end(keys, end);
                 let dx = (key - base) as f64;
-                // Every position of the run must lie within ε of the line at `key`.
-                let lo = ((run - 1 - start) as f64 - eps) / dx;
-                let hi = ((end - start) as f64 + eps) / dx;
+                let first = (end - start) as f64;
+                let (mut lo, hi) = ((first - eps) / dx, (first + eps) / dx);
+                if let Some(next) = absent_after(keys, run) {
+                    lo = lo.max(((run - start) as f64 - eps) / (next - base) as f64);
+                }
                 let (new_min, new_max) = (smin.max(lo), smax.min(hi));
                 if new_min > new_max {
                     break;
@@ -353,10 +405,11 @@ impl Pla {
                 (smin, smax) = (new_min, new_max);
                 end = run;
             }
+            // A segment of one run has only a lower bound: its slope steps over the run.
             let slope = if smax.is_finite() {
                 (smin + smax) * 0.5
             } else {
-                0.0
+                smin
             };
             let segment = Segment {
                 first: base,
@@ -364,7 +417,7 @@ impl Pla {
                 start: position(start),
                 end: position(end),
             };
-            let (lo, hi) = measure(&keys[start..end], start, |k| predict(&segment, k));
+            let (lo, hi) = errors(keys, start, end, &segment);
             max_lo = max_lo.max(lo);
             max_hi = max_hi.max(hi);
             self.segments.push(segment);
@@ -848,6 +901,41 @@ mod tests {
                 "eps {eps}: hi {}",
                 pla.err_hi
             );
+        }
+    }
+
+    /// Long runs of one key (a hot key's versions in a segment) do not widen the bound: only a
+    /// run's first position and the answer for the absent keys after it are lookups' answers.
+    /// Every position of a run used to count, so a 1000-long run made every window 1000 wide.
+    #[test]
+    fn bounds_stay_within_epsilon_over_long_runs_of_duplicates() {
+        let dense: Vec<u64> = std::iter::repeat_n(5, 1000).chain(6..100_006).collect();
+        let sparse: Vec<u64> = (0..50_000u64)
+            .flat_map(|i| {
+                let copies = if i % 5000 == 17 {
+                    3000
+                } else {
+                    1 + (i % 3) as usize
+                };
+                std::iter::repeat_n(i * 1000, copies)
+            })
+            .chain([u64::MAX; 500])
+            .collect();
+        for keys in [dense, sparse] {
+            for eps in [4, 16, 64] {
+                let pla = Pla::build_with_epsilon(&keys, eps, 1 << 20).unwrap();
+                assert!(
+                    pla.err_lo as usize <= eps + 1,
+                    "eps {eps}: lo {}",
+                    pla.err_lo
+                );
+                assert!(
+                    pla.err_hi as usize <= eps + 2,
+                    "eps {eps}: hi {}",
+                    pla.err_hi
+                );
+                check(&keys, &pla);
+            }
         }
     }
 

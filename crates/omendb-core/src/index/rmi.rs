@@ -80,6 +80,9 @@ pub struct Rmi {
     leaves: Vec<Leaf>,
 }
 
+/// Most leaves [`Rmi::build_with_leaves`] trains: a 1 GiB leaf array.
+const MAX_LEAVES: usize = (1 << 30) / LEAF_BYTES;
+
 impl Rmi {
     /// Trains an RMI with the leaf count (among a few within `max_bytes`) that gives the smallest
     /// expected search cost.
@@ -109,10 +112,12 @@ impl Rmi {
         Ok(best.map_or_else(|| Self::train(keys, &root, 1), |(_, rmi)| rmi))
     }
 
-    /// Trains an RMI with exactly `leaves` leaves (at least one).
+    /// Trains an RMI with exactly `leaves` leaves (at least one, at most a 1 GiB leaf array).
     pub fn build_with_leaves(keys: &[u64], leaves: usize) -> Result<Self, IndexError> {
         validate_keys(keys)?;
-        Ok(Self::train(keys, &RootFit::of(keys), leaves.max(1)))
+        // `usize::MAX` leaves would be an allocation that aborts the process.
+        let leaves = leaves.clamp(1, MAX_LEAVES);
+        Ok(Self::train(keys, &RootFit::of(keys), leaves))
     }
 
     fn train(keys: &[u64], root: &RootFit, leaf_count: usize) -> Self {
