@@ -191,6 +191,25 @@ struct Process {
     admin: String,
 }
 
+impl Process {
+    /// Waits for the server to exit, at most a minute: a drain or shutdown that hangs (what
+    /// the signal tests look for) fails its test instead of hanging the suite. The server is
+    /// killed by `Drop` then.
+    fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server still ran a minute after it was told to stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Process {
     /// A test that fails midway leaves no server running (it is gone already if the test
     /// waited for its exit).
@@ -219,21 +238,44 @@ fn serve(dir: &Path, extra: &[&str]) -> Process {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (api, admin) = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("the server exited before listening: {:?}", child.wait()))
-            .unwrap();
+    // The log is read on a thread of its own, which keeps draining it so the server never
+    // blocks on a full pipe, and so that a server that hangs before it listens fails the test
+    // instead of hanging the suite.
+    let stderr = child.stderr.take().unwrap();
+    let (lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut process = Process {
+        child,
+        api: String::new(),
+        admin: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match logged.recv_timeout(left) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the server logged no addresses within a minute")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "the server exited before listening: {:?}",
+                    process.child.try_wait()
+                )
+            }
+        };
         let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         let fields = &entry["fields"];
         if let (Some(api), Some(admin)) = (fields["api"].as_str(), fields["admin"].as_str()) {
-            break (format!("http://{api}"), format!("http://{admin}"));
+            process.api = format!("http://{api}");
+            process.admin = format!("http://{admin}");
+            break;
         }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let process = Process { child, api, admin };
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while status_of(&process.admin, "/health/ready") != Some(200) {
         assert!(Instant::now() < deadline, "the server never became ready");
@@ -291,9 +333,8 @@ async fn serve_uses_the_embedded_default_and_sigterm_drains_and_exits_0() {
     assert_eq!(put.status(), 200);
 
     kill(&mut server.child, "TERM");
-    let status = tokio::task::spawn_blocking(move || server.child.wait())
+    let status = tokio::task::spawn_blocking(move || server.exit_status())
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(
         status.code(),
@@ -315,9 +356,8 @@ async fn serve_uses_the_embedded_default_and_sigterm_drains_and_exits_0() {
         .unwrap();
     assert_eq!(body, json!({"key": 2, "v": 20}));
     kill(&mut server.child, "INT");
-    let status = tokio::task::spawn_blocking(move || server.child.wait())
+    let status = tokio::task::spawn_blocking(move || server.exit_status())
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(
         status.code(),
@@ -346,9 +386,8 @@ async fn a_running_profile_does_not_hold_the_exit() {
     assert!(!profile.is_finished(), "the profile ended early");
     let started = Instant::now();
     kill(&mut server.child, "TERM");
-    let status = tokio::task::spawn_blocking(move || server.child.wait())
+    let status = tokio::task::spawn_blocking(move || server.exit_status())
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(
@@ -425,7 +464,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         kill(&mut server.child, "KILL");
         killed.store(true, Ordering::SeqCst);
-        let _ = tokio::task::spawn_blocking(move || server.child.wait())
+        let _ = tokio::task::spawn_blocking(move || server.exit_status())
             .await
             .unwrap();
         for writer in writers {
@@ -443,7 +482,7 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         .unwrap();
     verify(&client, &server.api, &acknowledged).await;
     kill(&mut server.child, "TERM");
-    let _ = tokio::task::spawn_blocking(move || server.child.wait())
+    let _ = tokio::task::spawn_blocking(move || server.exit_status())
         .await
         .unwrap();
 }

@@ -3,11 +3,11 @@
 #![allow(dead_code, unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
@@ -31,17 +31,15 @@ impl Moto {
             .unwrap_or_else(|_| "python3 -m moto.server".to_owned());
         let mut words = command.split_whitespace();
         let exe = words.next().expect("OMENDB_MOTO_SERVER names a command");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(exe)
+        // Port 0: the server binds a port the OS picks and logs it. A port picked here and
+        // released for the server to bind could be taken in between by another test's server
+        // (moto takes a second to import), and the probe below would then talk to that one.
+        let mut child = Command::new(exe)
             .args(words)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| {
                 panic!(
@@ -49,17 +47,50 @@ impl Moto {
                      (pip install 'moto[server]')"
                 )
             });
+        // The log is read to its end on a thread of its own, so the server never blocks on a
+        // full pipe; the lines before the port are kept for a failure's message.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (lines, logged) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut log = Vec::new();
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match logged.recv_timeout(left) {
+                Ok(line) => {
+                    let port = line
+                        .split_once("Running on http://127.0.0.1:")
+                        .and_then(|(_, port)| port.trim().parse::<u16>().ok());
+                    if let Some(port) = port {
+                        break port;
+                    }
+                    log.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!("{command:?} logged no address within 30 s: {log:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait();
+                    panic!(
+                        "{command:?} exited ({status:?}) before listening: is moto[server] \
+                         installed? (`cargo xtask test` installs it) {log:?}"
+                    )
+                }
+            }
+        };
         let mut moto = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             buckets: AtomicU32::new(0),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
         while moto.request("GET", "/").is_err() {
             if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!(
-                    "{command:?} exited with {status}: is moto[server] installed? (`cargo xtask test` installs it)"
-                );
+                panic!("{command:?} exited with {status} after listening on port {port}");
             }
             assert!(
                 Instant::now() < deadline,
