@@ -26,15 +26,49 @@ use crate::memtable::Lent;
 use crate::table::{RowCodec, TableDef, key_data_type};
 
 /// One bucket's running aggregate.
+///
+/// An integer column's sum is kept exactly (`exact`), and rounded to `f64` once, at the end:
+/// a sum in `f64` rounded at every step once past 2^53, so its answer depended on the order the
+/// rows came in, and that order on whether they sat in a memtable or a segment (a checkpoint
+/// could change an aggregate). A float column's sum is `sum`; each of the two is 0 for the other
+/// kind of column.
 #[derive(Clone, Copy, Debug, Default)]
 struct Acc {
     count: u64,
     sum: f64,
+    exact: i128,
     min: Option<f64>,
     max: Option<f64>,
 }
 
 impl Acc {
+    /// Folds in one non-null integer value, keeping only what `function` needs.
+    #[inline]
+    fn add_int(&mut self, function: Aggregate, v: i128) {
+        match function {
+            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
+                self.count += 1;
+                // Values fit 64 bits and no table holds 2^63 rows, so the sum stays within
+                // i128; saturating keeps even that impossible case from wrapping.
+                self.exact = self.exact.saturating_add(v);
+            }
+            // Rounding to f64 keeps order, so the extremes of the rounded values are the
+            // rounded extremes.
+            Aggregate::Min | Aggregate::Max => self.add(function, v as f64),
+        }
+    }
+
+    /// Folds in integer `values` (non-null ones), choosing the function once, not per value.
+    fn add_all_int(&mut self, function: Aggregate, values: impl Iterator<Item = i128>) {
+        match function {
+            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => {
+                values.for_each(|v| self.add_int(Aggregate::Sum, v));
+            }
+            Aggregate::Min => values.for_each(|v| self.add_int(Aggregate::Min, v)),
+            Aggregate::Max => values.for_each(|v| self.add_int(Aggregate::Max, v)),
+        }
+    }
+
     /// Folds in one non-null value, keeping only what `function` needs.
     #[inline]
     fn add(&mut self, function: Aggregate, v: f64) {
@@ -73,33 +107,33 @@ impl Acc {
             return Ok(());
         }
         macro_rules! fold_as {
-            ($t:ty) => {{
+            ($t:ty, $add_all:ident, $to:ty) => {{
                 let array = values.as_primitive::<$t>();
                 let slice = &array.values()[rows.clone()];
                 match array.nulls().filter(|n| n.null_count() > 0) {
-                    None => self.add_all(function, slice.iter().map(|&v| v as f64)),
-                    Some(nulls) => self.add_all(
+                    None => self.$add_all(function, slice.iter().map(|&v| <$to>::from(v))),
+                    Some(nulls) => self.$add_all(
                         function,
                         slice
                             .iter()
                             .zip(rows.clone())
                             .filter(|&(_, i)| nulls.is_valid(i))
-                            .map(|(&v, _)| v as f64),
+                            .map(|(&v, _)| <$to>::from(v)),
                     ),
                 }
             }};
         }
         match values.data_type() {
-            DataType::Int8 => fold_as!(Int8Type),
-            DataType::Int16 => fold_as!(Int16Type),
-            DataType::Int32 => fold_as!(Int32Type),
-            DataType::Int64 => fold_as!(Int64Type),
-            DataType::UInt8 => fold_as!(UInt8Type),
-            DataType::UInt16 => fold_as!(UInt16Type),
-            DataType::UInt32 => fold_as!(UInt32Type),
-            DataType::UInt64 => fold_as!(UInt64Type),
-            DataType::Float32 => fold_as!(Float32Type),
-            DataType::Float64 => fold_as!(Float64Type),
+            DataType::Int8 => fold_as!(Int8Type, add_all_int, i128),
+            DataType::Int16 => fold_as!(Int16Type, add_all_int, i128),
+            DataType::Int32 => fold_as!(Int32Type, add_all_int, i128),
+            DataType::Int64 => fold_as!(Int64Type, add_all_int, i128),
+            DataType::UInt8 => fold_as!(UInt8Type, add_all_int, i128),
+            DataType::UInt16 => fold_as!(UInt16Type, add_all_int, i128),
+            DataType::UInt32 => fold_as!(UInt32Type, add_all_int, i128),
+            DataType::UInt64 => fold_as!(UInt64Type, add_all_int, i128),
+            DataType::Float32 => fold_as!(Float32Type, add_all, f64),
+            DataType::Float64 => fold_as!(Float64Type, add_all, f64),
             other => return Err(not_aggregable(other)),
         }
         Ok(())
@@ -109,6 +143,7 @@ impl Acc {
     fn merge(&mut self, other: &Acc) {
         self.count += other.count;
         self.sum += other.sum;
+        self.exact = self.exact.saturating_add(other.exact);
         for (mine, theirs, pick) in [
             (&mut self.min, other.min, f64::min as fn(f64, f64) -> f64),
             (&mut self.max, other.max, f64::max),
@@ -119,13 +154,18 @@ impl Acc {
         }
     }
 
+    /// The sum: one of `sum` and `exact` is 0.
+    fn total(&self) -> f64 {
+        self.sum + self.exact as f64
+    }
+
     fn result(&self, function: Aggregate) -> Option<f64> {
         match function {
             Aggregate::Count => Some(self.count as f64),
-            Aggregate::Sum => Some(self.sum),
+            Aggregate::Sum => Some(self.total()),
             Aggregate::Min => self.min,
             Aggregate::Max => self.max,
-            Aggregate::Avg => (self.count > 0).then(|| self.sum / self.count as f64),
+            Aggregate::Avg => (self.count > 0).then(|| self.total() / self.count as f64),
         }
     }
 }
@@ -162,6 +202,8 @@ pub(crate) struct Fold {
     /// The column, by its position in the table's value schema.
     column: usize,
     codec: RowCodec,
+    /// Whether the column holds integers (summed exactly, see [`Acc`]).
+    integer: bool,
     key_type: KeyType,
     /// The bucket width in key units; `None` for one row over the whole range.
     width: Option<i128>,
@@ -206,6 +248,7 @@ impl Fold {
             function,
             column: at,
             codec: def.codec.clone(),
+            integer: field.data_type().is_integer(),
             key_type: def.key_type,
             width: bucket.map(i128::from),
             buckets: BTreeMap::new(),
@@ -242,13 +285,34 @@ impl Fold {
     /// row's step is inlined into the loop: a call per row and a bucket found by decoding each
     /// key were most of the fold's instructions.
     pub(crate) fn add_lent(&mut self, lent: Lent<'_>) -> Result<usize> {
-        let rows = match self.function {
-            Aggregate::Count => self.add_lent_with(lent, |acc, _| acc.count += 1),
-            Aggregate::Sum | Aggregate::Avg => {
-                self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Sum, v))
+        let float = |codec: &RowCodec, column, cell: &[u8]| codec.number(column, cell);
+        let int = |codec: &RowCodec, column, cell: &[u8]| codec.integer(column, cell);
+        let rows = match (self.function, self.integer) {
+            (Aggregate::Count, _) => self.add_lent_with(
+                lent,
+                |_: &RowCodec, _, _: &[u8]| Some(()),
+                |acc, ()| {
+                    acc.count += 1;
+                },
+            ),
+            (Aggregate::Sum | Aggregate::Avg, false) => {
+                self.add_lent_with(lent, float, |acc, v| acc.add(Aggregate::Sum, v))
             }
-            Aggregate::Min => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Min, v)),
-            Aggregate::Max => self.add_lent_with(lent, |acc, v| acc.add(Aggregate::Max, v)),
+            (Aggregate::Min, false) => {
+                self.add_lent_with(lent, float, |acc, v| acc.add(Aggregate::Min, v))
+            }
+            (Aggregate::Max, false) => {
+                self.add_lent_with(lent, float, |acc, v| acc.add(Aggregate::Max, v))
+            }
+            (Aggregate::Sum | Aggregate::Avg, true) => {
+                self.add_lent_with(lent, int, |acc, v| acc.add_int(Aggregate::Sum, v))
+            }
+            (Aggregate::Min, true) => {
+                self.add_lent_with(lent, int, |acc, v| acc.add_int(Aggregate::Min, v))
+            }
+            (Aggregate::Max, true) => {
+                self.add_lent_with(lent, int, |acc, v| acc.add_int(Aggregate::Max, v))
+            }
         }?;
         self.check_buckets()?;
         Ok(rows)
@@ -257,7 +321,12 @@ impl Fold {
     /// Refuses an aggregate past [`MAX_BUCKETS`] (checked after each batch or lent stretch, so
     /// the map holds at most one batch's or memtable's rows more).
     fn check_buckets(&self) -> Result<()> {
-        if self.buckets.len() > MAX_BUCKETS {
+        // The open bucket counts too unless the map holds it already.
+        let open = self
+            .open
+            .as_ref()
+            .is_some_and(|open| !self.buckets.contains_key(&open.start));
+        if self.buckets.len() + usize::from(open) > MAX_BUCKETS {
             return Err(Error::BadInput(format!(
                 "the aggregate has more than {MAX_BUCKETS} buckets: use a wider bucket or a \
                  narrower range"
@@ -266,18 +335,24 @@ impl Fold {
         Ok(())
     }
 
-    fn add_lent_with(&mut self, lent: Lent<'_>, add: impl Fn(&mut Acc, f64)) -> Result<usize> {
+    /// Folds in the lent rows, each cell read by `read` and folded by `add`.
+    fn add_lent_with<T>(
+        &mut self,
+        lent: Lent<'_>,
+        read: impl Fn(&RowCodec, usize, &[u8]) -> Option<T>,
+        add: impl Fn(&mut Acc, T),
+    ) -> Result<usize> {
         let mut rows = 0;
         match lent {
             Lent::One(key, Some(row)) => {
-                self.add_row(key, row, &add)?;
+                self.add_row(key, row, &read, &add)?;
                 rows += 1;
             }
             Lent::One(_, None) => {}
             Lent::Rows(lent) => {
                 for (key, row) in lent {
                     if let Some(row) = row {
-                        self.add_row(key, row, &add)?;
+                        self.add_row(key, row, &read, &add)?;
                         rows += 1;
                     }
                 }
@@ -286,18 +361,21 @@ impl Fold {
         Ok(rows)
     }
 
-    /// Folds in one memtable row at stored key `key` with `add`.
+    /// Folds in one memtable row at stored key `key`: its cell read by `read`, folded by `add`.
     #[inline(always)]
-    fn add_row(&mut self, key: u64, row: &[u8], add: &impl Fn(&mut Acc, f64)) -> Result<()> {
+    fn add_row<T>(
+        &mut self,
+        key: u64,
+        row: &[u8],
+        read: &impl Fn(&RowCodec, usize, &[u8]) -> Option<T>,
+        add: &impl Fn(&mut Acc, T),
+    ) -> Result<()> {
         let Some(cell) = self.codec.cell(row, self.column)? else {
             return Ok(());
         };
-        let value = match self.function {
-            Aggregate::Count => 0.0,
-            _ => self.codec.number(self.column, cell).ok_or_else(|| {
-                Error::Corrupt("an aggregated column's value is not a number".to_owned())
-            })?,
-        };
+        let value = read(&self.codec, self.column, cell).ok_or_else(|| {
+            Error::Corrupt("an aggregated column's value is not a number".to_owned())
+        })?;
         match &mut self.open {
             Some(open) if open.stored.contains(&key) => add(&mut open.acc, value),
             _ => add(self.open_bucket(key), value),
@@ -369,6 +447,7 @@ impl Fold {
 
     /// The result: one row, or one per bucket that holds a value (`bucket` = its first key).
     pub(crate) fn finish(mut self) -> Result<RecordBatch> {
+        self.check_buckets()?;
         if let Some(open) = self.open.take() {
             self.buckets.entry(open.start).or_default().merge(&open.acc);
         }

@@ -908,6 +908,9 @@ impl Scan {
         };
         while let Some(batch) = scan.next_batch(Some(&mut fold)).await? {
             fold.add_batch(&batch)?;
+            // Cached pages never make a read wait: without a yield per batch, an aggregate
+            // over them ran to its end in one poll, past its caller's timeout and cancellation.
+            tokio::task::yield_now().await;
         }
         Ok(fold)
     }
@@ -932,6 +935,10 @@ impl Scan {
             if batch.num_rows() > 0 {
                 return Ok(Some(batch));
             }
+            // A stretch of rows that gave no batch (folded memtable rows, deleted keys) is a
+            // step that waited on nothing: yield, so that a caller's timeout or cancellation
+            // can act before the next (an aggregate over a memtable ran whole in one poll).
+            tokio::task::yield_now().await;
         }
         Ok(None)
     }

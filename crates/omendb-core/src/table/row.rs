@@ -280,6 +280,28 @@ impl RowCodec {
         })
     }
 
+    /// The value of an integer column's cell, exactly; `None` for a column of another type (or a
+    /// cell of the wrong width).
+    pub fn integer(&self, column: usize, cell: &[u8]) -> Option<i128> {
+        macro_rules! le {
+            ($t:ty) => {{
+                let raw: [u8; std::mem::size_of::<$t>()] = cell.try_into().ok()?;
+                i128::from(<$t>::from_le_bytes(raw))
+            }};
+        }
+        Some(match self.kinds.get(column)? {
+            Kind::I8 => le!(i8),
+            Kind::I16 => le!(i16),
+            Kind::I32 => le!(i32),
+            Kind::I64 => le!(i64),
+            Kind::U8 => le!(u8),
+            Kind::U16 => le!(u16),
+            Kind::U32 => le!(u32),
+            Kind::U64 => le!(u64),
+            _ => return None,
+        })
+    }
+
     /// The single binary value of a key-value table's row, without copying it.
     pub fn kv_value(row: &Bytes) -> Result<Bytes> {
         let len = Self::kv_value_of(row)?.len();
