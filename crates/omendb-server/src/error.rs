@@ -19,8 +19,10 @@ pub struct ErrorBody {
 /// What went wrong: a stable code for programs and a sentence for people.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable, machine-readable code (`bad_input`, `unknown_table`, `not_found`, `conflict`,
-    /// `too_large`, `overloaded`, `timeout`, `not_ready`, `unavailable`, `corrupt`, `internal`).
+    /// A stable, machine-readable code (`bad_input`, `unknown_table`, `not_found`,
+    /// `method_not_allowed`, `table_exists`, `too_large`, `unsupported_media_type`, `overloaded`,
+    /// `corrupt`, `internal`, `not_ready`, `timeout`, `unavailable`; on the admin listener,
+    /// `profiling` while a profile is being taken).
     pub code: String,
     /// A description for people; never a stack trace.
     pub message: String,
