@@ -6,12 +6,15 @@
 //!   at random, a prefix of the unsynced bytes torn at a sector boundary (a disk writes sectors
 //!   in order but may stop anywhere).
 //! - Seeded faults ([`DiskFaults`]): a failing write (part of it may land), a short write, a
-//!   failing `fdatasync` (what it should have synced stays unsynced), a full disk, a bit flip on
-//!   read (the stored bytes stay intact).
+//!   failing `fdatasync`, a full disk, a bit flip on read (the stored bytes stay intact). A
+//!   failed `fdatasync` does what Linux does: it marks the dirty pages clean without writing
+//!   them, so a retried sync "succeeds" without persisting them and a crash loses them unless
+//!   they were written again.
 //! - A crash ends the "process": every handle opened before it fails from then on, as the files
 //!   of a dead process would, and the next [`SimDisk::mount`] sees the state after the crash.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +34,7 @@ pub struct DiskFaults {
     pub write_error: f64,
     /// A write stores only a prefix and reports the shorter length.
     pub short_write: f64,
-    /// An `fdatasync` fails; nothing it should have synced becomes durable.
+    /// An `fdatasync` fails; nothing it should have synced becomes durable, then or later.
     pub sync_error: f64,
     /// A write fails with "no space left on device" and stores nothing.
     pub disk_full: f64,
@@ -50,12 +53,62 @@ impl DiskFaults {
     };
 }
 
+/// The kind of an injected disk fault, for counting them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DiskFault {
+    /// [`DiskFaults::write_error`].
+    WriteError,
+    /// [`DiskFaults::short_write`].
+    ShortWrite,
+    /// [`DiskFaults::sync_error`].
+    SyncError,
+    /// [`DiskFaults::disk_full`].
+    DiskFull,
+    /// [`DiskFaults::read_bit_flip`].
+    ReadBitFlip,
+}
+
+impl DiskFault {
+    /// Every kind.
+    pub const ALL: [DiskFault; 5] = [
+        DiskFault::WriteError,
+        DiskFault::ShortWrite,
+        DiskFault::SyncError,
+        DiskFault::DiskFull,
+        DiskFault::ReadBitFlip,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            DiskFault::WriteError => 0,
+            DiskFault::ShortWrite => 1,
+            DiskFault::SyncError => 2,
+            DiskFault::DiskFull => 3,
+            DiskFault::ReadBitFlip => 4,
+        }
+    }
+}
+
+impl fmt::Display for DiskFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DiskFault::WriteError => "write error",
+            DiskFault::ShortWrite => "short write",
+            DiskFault::SyncError => "fdatasync error",
+            DiskFault::DiskFull => "disk full",
+            DiskFault::ReadBitFlip => "bit flip on read",
+        })
+    }
+}
+
 /// One file's bytes as the process sees them and as they would survive a crash.
 #[derive(Debug, Default)]
 struct FileData {
     data: Vec<u8>,
     durable: Vec<u8>,
-    /// The lowest offset changed since the last sync.
+    /// The lowest offset written since the last sync, successful or not: bytes below it that
+    /// differ from `durable` were dropped by a failed sync and can no longer be persisted.
     dirty_from: usize,
 }
 
@@ -69,6 +122,22 @@ impl FileData {
         self.data[offset..end].copy_from_slice(bytes);
         self.dirty_from = self.dirty_from.min(offset);
     }
+
+    /// `durable` with the process's bytes from `dirty_from` up to `upto` written over it; a
+    /// gap a failed sync left below `dirty_from` reads as zeros (the blocks were never
+    /// written).
+    fn persisted(&self, upto: usize) -> Vec<u8> {
+        let from = self.dirty_from.min(self.data.len());
+        let upto = upto.clamp(from, self.data.len());
+        let mut out = self.durable.clone();
+        if upto > from {
+            if out.len() < upto {
+                out.resize(upto, 0);
+            }
+            out[from..upto].copy_from_slice(&self.data[from..upto]);
+        }
+        out
+    }
 }
 
 #[derive(Debug)]
@@ -76,7 +145,8 @@ struct DiskState {
     rng: StdRng,
     faults: DiskFaults,
     /// Files by inode number.
-    files: HashMap<u64, FileData>,
+    /// Ordered, so that a crash draws from the RNG in the same order on every run.
+    files: BTreeMap<u64, FileData>,
     next_inode: u64,
     /// The names the process sees, and the names a crash keeps.
     names: BTreeMap<PathBuf, u64>,
@@ -94,7 +164,8 @@ struct DiskState {
 #[derive(Clone, Debug)]
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
-    injected: Arc<AtomicU64>,
+    /// Injected faults by [`DiskFault::index`].
+    injected: Arc<[AtomicU64; 5]>,
 }
 
 impl SimDisk {
@@ -104,7 +175,7 @@ impl SimDisk {
             state: Arc::new(Mutex::new(DiskState {
                 rng: StdRng::seed_from_u64(seed),
                 faults: DiskFaults::NONE,
-                files: HashMap::new(),
+                files: BTreeMap::new(),
                 next_inode: 1,
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),
@@ -112,7 +183,7 @@ impl SimDisk {
                 life: 0,
                 locked: HashMap::new(),
             })),
-            injected: Arc::new(AtomicU64::new(0)),
+            injected: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
 
@@ -127,9 +198,17 @@ impl SimDisk {
         self.lock().faults = faults;
     }
 
-    /// How many faults have been injected so far.
+    /// How many faults have been injected so far, of every kind.
     pub fn injected(&self) -> u64 {
-        self.injected.load(Ordering::Relaxed)
+        self.injected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How many faults of one kind have been injected so far.
+    pub fn injected_of(&self, fault: DiskFault) -> u64 {
+        self.injected[fault.index()].load(Ordering::Relaxed)
     }
 
     /// A `FileIo` for one process life. After [`SimDisk::crash`], it and its files fail.
@@ -154,29 +233,20 @@ impl SimDisk {
         state.files.retain(|inode, _| live.contains(inode));
         for file in state.files.values_mut() {
             if file.data == file.durable {
+                file.dirty_from = file.data.len();
                 continue;
             }
-            // Where the process's bytes and the durable ones part (compared, not trusted from
-            // `dirty_from`, so a sync that failed to persist anything is caught too).
-            let same = file
-                .data
-                .iter()
-                .zip(&file.durable)
-                .take_while(|(a, b)| a == b)
-                .count()
-                .min(file.dirty_from);
-            // Sectors reach the disk in order: those below `cut` hold the new bytes, the rest
-            // the old ones.
+            // Only bytes written since the last sync can still reach the disk (a failed sync
+            // dropped the ones before `dirty_from`), and sectors reach it in order: those from
+            // `dirty_from` below `cut` hold the new bytes, the rest the old ones.
+            let from = file.dirty_from.min(file.data.len());
             let cut = if state.rng.random_bool(0.5) {
-                same
+                from
             } else {
-                let upto = state.rng.random_range(same..=file.data.len());
-                (upto / SECTOR * SECTOR).max(same)
+                let upto = state.rng.random_range(from..=file.data.len());
+                (upto / SECTOR * SECTOR).max(from)
             };
-            let mut after = file.data[..cut].to_vec();
-            if file.durable.len() > cut {
-                after.extend_from_slice(&file.durable[cut..]);
-            }
+            let after = file.persisted(cut);
             file.durable = after.clone();
             file.data = after;
             file.dirty_from = file.data.len();
@@ -193,10 +263,10 @@ impl SimDisk {
 
 impl DiskState {
     /// Whether a fault of probability `p` happens now.
-    fn roll(&mut self, p: f64, injected: &AtomicU64) -> bool {
+    fn roll(&mut self, p: f64, injected: &[AtomicU64; 5], fault: DiskFault) -> bool {
         let hit = p > 0.0 && self.rng.random_bool(p.min(1.0));
         if hit {
-            injected.fetch_add(1, Ordering::Relaxed);
+            injected[fault.index()].fetch_add(1, Ordering::Relaxed);
         }
         hit
     }
@@ -380,18 +450,20 @@ impl IoFile for SimFile {
             usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         self.with(|state, inode| {
             let faults = state.faults;
-            if state.roll(faults.disk_full, &counter) {
+            if state.roll(faults.disk_full, &counter, DiskFault::DiskFull) {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     "injected fault: no space left on device",
                 ));
             }
-            if state.roll(faults.write_error, &counter) {
+            if state.roll(faults.write_error, &counter, DiskFault::WriteError) {
                 let landed = state.rng.random_range(0..=buf.len());
                 file(state, inode)?.store(offset, &buf[..landed]);
                 return Err(injected("write failed"));
             }
-            let stored = if buf.len() > 1 && state.roll(faults.short_write, &counter) {
+            let stored = if buf.len() > 1
+                && state.roll(faults.short_write, &counter, DiskFault::ShortWrite)
+            {
                 state.rng.random_range(0..buf.len())
             } else {
                 buf.len()
@@ -405,14 +477,18 @@ impl IoFile for SimFile {
         let counter = Arc::clone(&self.disk.injected);
         self.with(|state, inode| {
             let faults = state.faults;
-            if state.roll(faults.sync_error, &counter) {
+            let failed = state.roll(faults.sync_error, &counter, DiskFault::SyncError);
+            let file = file(state, inode)?;
+            if failed {
+                // Linux marks the pages clean after a failed writeback: a retried sync finds
+                // nothing to write, and the bytes are lost at a crash unless written again.
+                file.dirty_from = file.data.len();
                 return Err(injected("fdatasync failed"));
             }
-            let file = file(state, inode)?;
-            let from = file.dirty_from.min(file.data.len());
-            file.durable.truncate(from);
-            file.durable.extend_from_slice(&file.data[from..]);
-            file.dirty_from = file.data.len();
+            let len = file.data.len();
+            file.durable = file.persisted(len);
+            file.durable.truncate(len);
+            file.dirty_from = len;
             Ok(())
         })
     }
@@ -421,7 +497,7 @@ impl IoFile for SimFile {
         let counter = Arc::clone(&self.disk.injected);
         self.with(|state, inode| {
             let faults = state.faults;
-            let flip = state.roll(faults.read_bit_flip, &counter);
+            let flip = state.roll(faults.read_bit_flip, &counter, DiskFault::ReadBitFlip);
             let data = &file(state, inode)?.data;
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)

@@ -9,10 +9,17 @@
 //! - a write that failed may or may not be there, but nothing else differs;
 //! - reads between crashes answer from the current state, or fail only when a fault was
 //!   injected or the process had crashed;
-//! - the engine keeps working after a fault, or says it is poisoned; it never hangs.
+//! - the engine keeps working after a fault, or says it is poisoned; it never hangs. A `Fatal`
+//!   error is excused only after a fault or a crash in the same life. Once a write failed
+//!   `Fatal` (or the engine reports a failure), every later write of the life is refused with
+//!   `Poisoned` while reads go on; after a failed disk write or sync no `Durable` write is
+//!   acknowledged until reopen (the WAL poisons itself at the first one).
 //!
-//! A failed run returns a [`Failure`] that names its seed and the command that replays it.
+//! A failed run returns a [`Failure`] that names its seed and the command that replays it. The
+//! seed fixes the workload and the dice, not the order in which the engine's background threads
+//! and tasks roll them, so a replay may take another path.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,7 +41,7 @@ use omendb_wal::{FileWal, WalOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::disk::{DiskFaults, SimDisk};
+use crate::disk::{DiskFault, DiskFaults, SimDisk};
 use crate::store::{Fault, FaultyObjectStore, StoreFaults};
 use crate::workload::{KEYS, PAUSE, State, Step, Write};
 
@@ -65,12 +72,64 @@ pub struct Report {
     pub crashes: u64,
     /// Crashes at one of the engine's named crash points.
     pub crash_points: u64,
-    /// Faults injected into the store and the disk.
+    /// Those crashes by crash point.
+    pub crash_points_by_name: BTreeMap<&'static str, u64>,
+    /// Faults injected that can fail a request: the disk's and the store's errors and
+    /// throttling (latency and the refusals of a killed store not counted).
     pub faults: u64,
+    /// Disk writes that failed, stored a prefix, or found the disk full.
+    pub disk_write_faults: u64,
+    /// Failed `fdatasync`s.
+    pub disk_sync_faults: u64,
+    /// Disk reads with a bit flipped.
+    pub disk_read_faults: u64,
+    /// Store requests that failed, lost their answer, died midway, or read damaged bytes.
+    pub store_errors: u64,
+    /// Store requests throttled (retried by the store layer).
+    pub store_throttles: u64,
+    /// Store requests slowed down.
+    pub store_latency: u64,
+    /// Crashes the harness chose (not at a crash point) after which acknowledged writes were
+    /// gone: buffered writes that the crash kept from the disk or the store.
+    pub lost_at_crash: u64,
     /// Writes acknowledged.
     pub acknowledged: u64,
     /// Writes that failed (under a fault or after a crash).
     pub failed: u64,
+    /// Writes refused with `Poisoned` after an earlier failure of the same life.
+    pub refused_as_poisoned: u64,
+}
+
+impl Report {
+    /// Adds `other`'s counts to these, to total several runs.
+    pub fn add(&mut self, other: &Report) {
+        self.lives += other.lives;
+        self.crashes += other.crashes;
+        self.crash_points += other.crash_points;
+        for (name, n) in &other.crash_points_by_name {
+            *self.crash_points_by_name.entry(name).or_default() += n;
+        }
+        self.faults += other.faults;
+        self.disk_write_faults += other.disk_write_faults;
+        self.disk_sync_faults += other.disk_sync_faults;
+        self.disk_read_faults += other.disk_read_faults;
+        self.store_errors += other.store_errors;
+        self.store_throttles += other.store_throttles;
+        self.store_latency += other.store_latency;
+        self.lost_at_crash += other.lost_at_crash;
+        self.acknowledged += other.acknowledged;
+        self.failed += other.failed;
+        self.refused_as_poisoned += other.refused_as_poisoned;
+    }
+
+    /// Crashes at the crash points whose names start with `prefix` (`"flush."`).
+    pub fn crashes_at(&self, prefix: &str) -> u64 {
+        self.crash_points_by_name
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// A run that broke an invariant.
@@ -90,7 +149,11 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "simulation seed {} ({:?}) failed at step {}: {}\nreplay: cargo xtask chaos --seed {}",
+            "simulation seed {} ({:?}) failed at step {}: {}\nreplay: cargo xtask chaos --seed {} \
+             (OMENDB_CHAOS_TRACE=1 prints every step). The seed fixes the workload and the \
+             faults and crashes drawn, but not the timing of the engine's background threads, \
+             which draw from the same dice: a replay may take another path, so run it several \
+             times before calling it fixed.",
             self.seed, self.place, self.step, self.message, self.seed
         )
     }
@@ -115,7 +178,9 @@ pub async fn run(seed: u64, config: Config) -> Result<Report, Failure> {
     if let Some(life) = sim.life.take() {
         let _ = life.db.close().await;
         life.store.kill();
+        sim.count_store(&life.store);
     }
+    sim.count_disk();
     let step = sim.step;
     result
         .map(|()| sim.report.clone())
@@ -170,6 +235,12 @@ struct Life {
     crasher: Option<(&'static str, Arc<Crasher>)>,
     /// Writes that failed in this life.
     failed: usize,
+    /// [`Sim::faults`] when the life began: a `Fatal` error needs a fault after it.
+    faults_at_start: u64,
+    /// [`Sim::disk_write_faults`] when the life began: each one after it poisoned the WAL.
+    disk_writes_at_start: u64,
+    /// Why the engine refuses writes, once a write failed `Fatal` or it reported a failure.
+    poisoned: Option<String>,
 }
 
 impl Life {
@@ -188,6 +259,9 @@ struct Sim {
     /// The states a crash may leave: every prefix since the last durable acknowledgement.
     after_crash: Vec<State>,
     life: Option<Life>,
+    /// Whether the next open follows a crash the harness chose (not a crash point), for
+    /// [`Report::lost_at_crash`].
+    after_kill: bool,
     step: usize,
     report: Report,
     /// Print every step (`OMENDB_CHAOS_TRACE=1`), for replaying a failure.
@@ -210,6 +284,7 @@ impl Sim {
             now: vec![State::new()],
             after_crash: vec![State::new()],
             life: None,
+            after_kill: false,
             step: 0,
             report: Report::default(),
             trace: std::env::var_os("OMENDB_CHAOS_TRACE").is_some(),
@@ -219,6 +294,49 @@ impl Sim {
     /// Faults injected so far that can fail a request (latency only slows one down).
     fn faults(&self) -> u64 {
         self.disk.injected() + self.life.as_ref().map_or(0, |l| failing(&l.store))
+    }
+
+    /// Disk writes and syncs that failed so far (or stored a prefix, or found the disk full).
+    fn disk_write_faults(&self) -> u64 {
+        [
+            DiskFault::WriteError,
+            DiskFault::ShortWrite,
+            DiskFault::DiskFull,
+            DiskFault::SyncError,
+        ]
+        .into_iter()
+        .map(|f| self.disk.injected_of(f))
+        .sum()
+    }
+
+    /// Adds what `store` injected to the report; once per store, when its life ends.
+    fn count_store(&mut self, store: &FaultyObjectStore<InMemory>) {
+        let errors = [
+            Fault::Error,
+            Fault::LostAnswer,
+            Fault::DeadMultipart,
+            Fault::TruncatedGet,
+            Fault::FlippedGet,
+        ]
+        .into_iter()
+        .map(|f| store.injected_of(f))
+        .sum::<u64>();
+        let throttles = store.injected_of(Fault::Throttle);
+        self.report.store_errors += errors;
+        self.report.store_throttles += throttles;
+        self.report.store_latency += store.injected_of(Fault::Latency);
+        self.report.faults += errors + throttles;
+    }
+
+    /// Adds what the disk injected to the report, at the end of the run.
+    fn count_disk(&mut self) {
+        let d = &self.disk;
+        self.report.disk_write_faults = d.injected_of(DiskFault::WriteError)
+            + d.injected_of(DiskFault::ShortWrite)
+            + d.injected_of(DiskFault::DiskFull);
+        self.report.disk_sync_faults = d.injected_of(DiskFault::SyncError);
+        self.report.disk_read_faults = d.injected_of(DiskFault::ReadBitFlip);
+        self.report.faults += d.injected();
     }
 
     fn disarm(&mut self) {
@@ -294,10 +412,12 @@ impl Sim {
         let disk_faults = if quiet || self.rng.random_bool(0.5) {
             DiskFaults::NONE
         } else {
+            // A life is short and syncs are few: at 1% at most, 16 seeds often drew no
+            // failed write or sync at all (these draw about 10 and 7 on average).
             DiskFaults {
-                write_error: self.rng.random_range(0.0..0.01),
+                write_error: self.rng.random_range(0.0..0.03),
                 short_write: self.rng.random_range(0.0..0.01),
-                sync_error: self.rng.random_range(0.0..0.01),
+                sync_error: self.rng.random_range(0.0..0.05),
                 disk_full: self.rng.random_range(0.0..0.005),
                 read_bit_flip: self.rng.random_range(0.0..0.01),
             }
@@ -317,8 +437,8 @@ impl Sim {
                     return Err(format!("open failed with no fault injected: {err}"));
                 }
                 // A fault while opening may refuse the open; the same data must open without.
-                self.report.faults += store.injected() + self.disk.injected() - before;
                 store.kill();
+                self.count_store(&store);
                 let store = Arc::new(FaultyObjectStore::new(
                     Arc::clone(&self.objects),
                     StoreFaults::none(),
@@ -403,7 +523,11 @@ impl Sim {
                     db,
                     crasher: None,
                     failed: 0,
+                    faults_at_start: 0,
+                    disk_writes_at_start: 0,
+                    poisoned: None,
                 });
+                self.mark_life_start();
                 return Ok(());
             }
             Err(err) => return Err(format!("the table is gone after reopen: {err}")),
@@ -416,6 +540,9 @@ impl Sim {
             .await
             .map_err(|e| format!("full scan after reopen: {e}"))?;
         let found: State = scanned.into_iter().collect();
+        if std::mem::take(&mut self.after_kill) && !self.now.contains(&found) {
+            self.report.lost_at_crash += 1;
+        }
         if !self.after_crash.contains(&found) {
             return Err(format!(
                 "after reopen the table holds {} keys, which is no state the acknowledged \
@@ -473,27 +600,49 @@ impl Sim {
             table,
             crasher,
             failed: 0,
+            faults_at_start: 0,
+            disk_writes_at_start: 0,
+            poisoned: None,
         });
+        self.mark_life_start();
         Ok(())
+    }
+
+    /// Takes the faults injected so far as before this life, which has just been checked.
+    fn mark_life_start(&mut self) {
+        let faults = self.faults();
+        let disk_writes = self.disk_write_faults();
+        if let Some(life) = self.life.as_mut() {
+            life.faults_at_start = faults;
+            life.disk_writes_at_start = disk_writes;
+        }
     }
 
     /// A simulated power loss now; then the next life.
     async fn crash(&mut self) -> Result<(), String> {
-        if let Some(life) = self.life.take() {
-            if life
-                .crasher
-                .as_ref()
-                .is_some_and(|(_, c)| c.fired.load(Ordering::SeqCst))
-            {
-                self.report.crash_points += 1;
-            }
-            self.report.faults += life.store.injected();
+        let life = self.life.take();
+        if let Some(life) = &life {
             life.store.kill();
             if let Some((name, crasher)) = &life.crasher {
                 crasher.disarm(name);
             }
         }
+        // The power goes before the process is dropped: dropping the last handle on the
+        // database closes its WAL, and that close's final sync would otherwise persist on the
+        // live disk exactly the unsynced writes a crash loses. After the crash every write and
+        // sync through the old life's files fails, so the close ends at once and keeps nothing.
         self.disk.crash();
+        if let Some(life) = life {
+            match &life.crasher {
+                Some((name, crasher)) if crasher.fired.load(Ordering::SeqCst) => {
+                    self.report.crash_points += 1;
+                    *self.report.crash_points_by_name.entry(name).or_default() += 1;
+                }
+                _ => self.after_kill = true,
+            }
+            self.count_store(&life.store);
+            drop(life);
+        }
         self.report.crashes += 1;
         self.open(false).await
     }
@@ -504,43 +653,69 @@ impl Sim {
         if life.crashed() {
             return self.crash().await;
         }
-        let before = failing(&life.store);
         match life.db.close().await {
             Ok(()) => {
                 self.after_crash = self.now.clone();
-                self.report.faults += self.life()?.store.injected();
                 // The closed life's crash point goes with it: armed, a later life's hit would
                 // crash the shared disk at a moment no step chose (even during an open).
                 self.disarm();
                 if let Some(life) = self.life.take() {
                     life.store.kill();
+                    self.count_store(&life.store);
                 }
                 self.open(true).await
             }
             Err(err) => {
-                let life = self.life()?;
-                if failing(&life.store) == before
-                    && !life.crashed()
-                    && err.kind() != ErrorKind::Fatal
-                {
-                    return Err(format!("close failed with no fault: {err}"));
+                // A close that fails may leave buffered writes out of the log, as a crash does;
+                // but only a fault or a crash in this life may make it fail.
+                if !self.faulted_in_life() {
+                    return Err(format!("close failed with no fault in this life: {err}"));
                 }
                 self.crash().await
             }
         }
     }
 
+    /// Whether a fault was injected or the process crashed since this life began.
+    fn faulted_in_life(&self) -> bool {
+        self.life
+            .as_ref()
+            .is_some_and(|l| l.crashed() || self.faults() > l.faults_at_start)
+    }
+
     /// Whether an error of an operation that started when `faults` faults had been injected is
-    /// explained by a fault since then or a crash. Writes may also fail as `Fatal`: an earlier
-    /// failure poisoned the database (reads go on after poisoning, so they may not).
+    /// explained by a fault since then or a crash. Writes may also fail as `Fatal` after a
+    /// fault earlier in the life: it poisoned the database (reads go on after poisoning, so
+    /// they may not).
     fn excused(&self, faults: u64, kind: Option<ErrorKind>) -> bool {
         self.faults() > faults
             || self.life.as_ref().is_some_and(Life::crashed)
-            || kind == Some(ErrorKind::Fatal)
+            || (kind == Some(ErrorKind::Fatal) && self.faulted_in_life())
+    }
+
+    /// Why the engine must refuse writes now, if it must: a write failed `Fatal` earlier in the
+    /// life, or the engine reports a failure (a flush's). A failure with no fault or crash in
+    /// the life is itself a finding.
+    fn poisoned(&mut self) -> Result<Option<String>, String> {
+        let faulted = self.faulted_in_life();
+        let life = self.life()?;
+        if life.poisoned.is_none()
+            && let Some(failure) = life.db.stats().failure
+        {
+            if !faulted {
+                return Err(format!(
+                    "the engine refuses writes with no fault or crash in this life: {failure}"
+                ));
+            }
+            life.poisoned = Some(failure);
+        }
+        Ok(life.poisoned.clone())
     }
 
     async fn perform(&mut self, step: Step) -> Result<(), String> {
         let faults = self.faults();
+        let poisoned = self.poisoned()?;
+        let disk_failed = self.disk_write_faults() > self.life()?.disk_writes_at_start;
         let life = self.life()?;
         let db = life.db.clone();
         let table = life.table.clone();
@@ -554,6 +729,17 @@ impl Sim {
                 let result = apply(&db, &table, &write, options, &self.now).await;
                 match result {
                     Ok(()) => {
+                        if let Some(why) = poisoned {
+                            return Err(format!(
+                                "{write:?} was acknowledged after the engine refused writes: {why}"
+                            ));
+                        }
+                        if durable && disk_failed {
+                            return Err(format!(
+                                "{write:?} was acknowledged as durable after a disk write or \
+                                 sync failed in this life (the WAL must be poisoned)"
+                            ));
+                        }
                         self.report.acknowledged += 1;
                         for state in &mut self.now {
                             write.apply(state);
@@ -566,12 +752,23 @@ impl Sim {
                             }
                         }
                     }
-                    Err((err, kind)) => {
+                    Err(Failed { err, kind, in_read }) => {
                         if self.trace {
                             eprintln!("step {}: write failed: {err}", self.step);
                         }
-                        if kind == ErrorKind::BadInput || !self.excused(faults, Some(kind)) {
+                        if in_read {
+                            self.read_failed(faults, "a transaction's get", &err)?;
+                        } else if kind == ErrorKind::BadInput || !self.excused(faults, Some(kind)) {
                             return Err(format!("{write:?} failed with no fault: {err}"));
+                        }
+                        if poisoned.is_some() && !in_read {
+                            if !matches!(err, omendb_core::Error::Poisoned(_)) {
+                                return Err(format!(
+                                    "{write:?} after the engine refused writes failed with {err}, \
+                                     not Poisoned"
+                                ));
+                            }
+                            self.report.refused_as_poisoned += 1;
                         }
                         self.report.failed += 1;
                         for state in self.now.clone() {
@@ -583,6 +780,9 @@ impl Sim {
                             push_unique(&mut self.after_crash, state);
                         }
                         let life = self.life()?;
+                        if kind == ErrorKind::Fatal && !in_read && life.poisoned.is_none() {
+                            life.poisoned = Some(err.to_string());
+                        }
                         life.failed += 1;
                         // Each failed write doubles what may be true; a few are enough.
                         if life.failed >= 3 {
@@ -649,14 +849,12 @@ impl Sim {
                 }
             }
             Step::Checkpoint => {
-                if let Err(err) = db.checkpoint().await {
-                    self.maintenance_failed(faults, "checkpoint", &err)?;
-                }
+                let result = db.checkpoint().await.map(|_| ());
+                self.maintenance_done(faults, poisoned, "checkpoint", result)?;
             }
             Step::Compact => {
-                if let Err(err) = db.compact().await {
-                    self.maintenance_failed(faults, "compact", &err)?;
-                }
+                let result = db.compact().await;
+                self.maintenance_done(faults, poisoned, "compact", result)?;
             }
             Step::Reopen => self.reopen_clean().await?,
             Step::Pause => tokio::time::sleep(PAUSE).await,
@@ -685,12 +883,25 @@ impl Sim {
         Ok(())
     }
 
-    fn maintenance_failed(
+    /// Checks the outcome of a checkpoint or compaction, which a poisoned engine refuses too.
+    fn maintenance_done(
         &self,
         faults: u64,
+        poisoned: Option<String>,
         what: &str,
-        err: &omendb_core::Error,
+        result: omendb_core::Result<()>,
     ) -> Result<(), String> {
+        let err = match result {
+            Ok(()) => {
+                return match poisoned {
+                    Some(why) => Err(format!(
+                        "{what} succeeded after the engine refused writes: {why}"
+                    )),
+                    None => Ok(()),
+                };
+            }
+            Err(err) => err,
+        };
         if self.trace {
             eprintln!("step {}: {what} failed: {err}", self.step);
         }
@@ -706,17 +917,27 @@ fn failing(store: &FaultyObjectStore<InMemory>) -> u64 {
     store.injected() - store.injected_of(Fault::Latency)
 }
 
-/// Performs `write`; the error and its kind if it failed.
+/// Why a write failed.
+struct Failed {
+    err: omendb_core::Error,
+    kind: ErrorKind,
+    /// Whether it was a transaction's read that failed (which a poisoned engine still serves,
+    /// so it fails as reads do, not as `Poisoned`).
+    in_read: bool,
+}
+
+/// Performs `write`.
 async fn apply(
     db: &Db,
     table: &Table,
     write: &Write,
     options: WriteOptions,
     now: &[State],
-) -> Result<(), (omendb_core::Error, ErrorKind)> {
-    let fail = |e: omendb_core::Error| {
-        let kind = e.kind();
-        (e, kind)
+) -> Result<(), Failed> {
+    let fail = |err: omendb_core::Error| Failed {
+        kind: err.kind(),
+        err,
+        in_read: false,
     };
     match write {
         Write::Put(puts) if puts.len() == 1 => {
@@ -746,14 +967,18 @@ async fn apply(
             delete_next,
         } => {
             let mut txn = db.begin();
-            let seen = txn.get_value(table, *key).await.map_err(fail)?;
+            let seen = txn.get_value(table, *key).await.map_err(|err| Failed {
+                in_read: true,
+                ..fail(err)
+            })?;
             if !now.iter().any(|s| s.get(key) == seen.as_ref()) {
-                return Err((
-                    omendb_core::Error::BadInput(format!(
+                return Err(Failed {
+                    err: omendb_core::Error::BadInput(format!(
                         "transaction read {key} as {seen:?}, which no current state holds"
                     )),
-                    ErrorKind::BadInput,
-                ));
+                    kind: ErrorKind::BadInput,
+                    in_read: false,
+                });
             }
             txn.put_value(table, *key, value.clone()).map_err(fail)?;
             if *delete_next {
@@ -854,6 +1079,65 @@ mod tests {
         next_life
             .create_dir_all(std::path::Path::new("/wal"))
             .expect("the next life's disk did not crash");
+    }
+
+    /// A second life of `seed` on the disk, with no crash point armed and no fault drawn.
+    async fn quiet_sim(seed: u64) -> Sim {
+        let config = Config {
+            steps: 0,
+            place: Place::Disk,
+        };
+        let mut sim = Sim::new(seed, config);
+        sim.open(true).await.unwrap();
+        sim.reopen_clean().await.unwrap();
+        sim.disarm();
+        sim
+    }
+
+    fn put(key: u64, durable: bool) -> Step {
+        Step::Write {
+            write: Write::Put(vec![(key, Bytes::from_static(b"v"))]),
+            durable,
+        }
+    }
+
+    /// Every `Fatal` error used to be excused, with or without a fault: a write refused as
+    /// `Closed` (or by an untyped I/O error) with nothing injected passed the oracle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_error_with_no_fault_in_the_life_fails_the_run() {
+        let _one_at_a_time = RUNNING.lock().await;
+        let mut sim = quiet_sim(3).await;
+        sim.perform(put(1, true)).await.unwrap();
+        // Closed behind the workload's back: nothing injected explains the refusal.
+        sim.life.as_ref().unwrap().db.close().await.unwrap();
+        let err = sim.perform(put(2, true)).await.unwrap_err();
+        assert!(err.contains("failed with no fault"), "{err}");
+    }
+
+    /// After a failed sync the oracle wants every later write of the life refused as
+    /// `Poisoned`, while reads go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_sync_writes_are_refused_as_poisoned_and_reads_go_on() {
+        let _one_at_a_time = RUNNING.lock().await;
+        let mut sim = quiet_sim(4).await;
+        sim.perform(put(1, true)).await.unwrap();
+        sim.disk.set_faults(DiskFaults {
+            sync_error: 1.0,
+            ..DiskFaults::NONE
+        });
+        sim.perform(put(2, true)).await.unwrap();
+        assert_eq!(sim.report.failed, 1);
+        sim.disk.set_faults(DiskFaults::NONE);
+        assert!(sim.life.as_ref().unwrap().poisoned.is_some());
+        sim.perform(put(3, false)).await.unwrap();
+        sim.perform(Step::Get(1)).await.unwrap();
+        assert_eq!(sim.report.refused_as_poisoned, 1);
+        // The life ends in a crash, which may keep the write whose sync failed or not.
+        sim.crash().await.unwrap();
+        sim.disarm();
+        let life = sim.life.take().unwrap();
+        // The next life may have drawn faults that fail its close.
+        let _ = life.db.close().await;
     }
 
     /// Seeds 116, 163 and 310 (Disk), in runs of 1,000 seeds: a cleanly closed life left its

@@ -7,8 +7,14 @@
 
 use std::path::Path;
 
-use omendb_chaos::disk::{DiskFaults, SECTOR, SimDisk};
-use omendb_wal::{AppendOptions, FileWal, Wal, WalOptions};
+use futures::TryStreamExt;
+use omendb_chaos::disk::{DiskFault, DiskFaults, SECTOR, SimDisk};
+use omendb_wal::{AppendOptions, FileWal, Record, SyncPolicy, Wal, WalOptions};
+
+/// Every record of `wal` from LSN 1 on.
+fn records(wal: &FileWal) -> Vec<Record> {
+    futures::executor::block_on(wal.read_from(1).try_collect()).unwrap()
+}
 
 fn dir() -> &'static Path {
     Path::new("/d")
@@ -43,11 +49,118 @@ fn synced_bytes_survive_a_crash_and_unsynced_ones_are_lost_or_torn_at_a_sector()
             after.len()
         );
         assert!(after[synced.len()..].iter().all(|b| *b == 2));
-        // The dead process's handles are gone.
+        // The dead process's handles are gone, and nothing through them reaches the disk: a
+        // late close of the dead process cannot sync what the crash lost.
         assert!(file.write_at(0, b"x").is_err());
+        assert!(file.sync_data().is_err());
+        assert!(io.sync_dir(dir()).is_err());
+        assert!(io.create(&dir().join("late")).is_err());
         assert!(file.len().is_err());
         assert!(io.list(dir()).is_err());
+        assert_eq!(disk.read(&path).unwrap(), after, "seed {seed}");
+        disk.crash();
+        assert_eq!(disk.read(&path).unwrap(), after, "seed {seed}");
     }
+}
+
+/// Linux after a failed `fsync`: the pages are marked clean, not written, so a retried sync
+/// "succeeds" without them and a crash loses them; only bytes written again are persisted.
+#[test]
+fn a_failed_sync_loses_its_bytes_even_after_a_later_sync_succeeds() {
+    for seed in 0..20 {
+        let disk = SimDisk::new(seed);
+        let io = disk.mount();
+        io.create_dir_all(dir()).unwrap();
+        let path = dir().join("f");
+        let mut file = io.create(&path).unwrap();
+        io.sync_dir(dir()).unwrap();
+        let synced = vec![1u8; 700];
+        file.write_at(0, &synced).unwrap();
+        file.sync_data().unwrap();
+        let dropped = vec![2u8; 2 * SECTOR];
+        file.write_at(700, &dropped).unwrap();
+        disk.set_faults(DiskFaults {
+            sync_error: 1.0,
+            ..DiskFaults::NONE
+        });
+        assert!(file.sync_data().is_err());
+        assert_eq!(disk.injected_of(DiskFault::SyncError), 1);
+        disk.set_faults(DiskFaults::NONE);
+        // The process still reads what it wrote (the page cache keeps it).
+        let mut read = vec![0u8; 700 + dropped.len()];
+        assert_eq!(file.read_at(0, &mut read).unwrap(), read.len());
+        assert_eq!(&read[700..], &dropped[..]);
+
+        // The retried sync succeeds and persists nothing: a crash keeps only the first sync.
+        file.sync_data().unwrap();
+        let mut unsynced = io.create(&dir().join("g")).unwrap();
+        unsynced.write_at(0, b"unsynced").unwrap();
+        disk.crash();
+        assert_eq!(disk.read(&path).unwrap(), synced, "seed {seed}");
+
+        // Bytes written after the failed sync are persisted by the next one; the range the
+        // failed sync dropped stays a hole (the blocks were never written).
+        let io = disk.mount();
+        let mut file = io.open(&path).unwrap();
+        file.write_at(700, &dropped).unwrap();
+        disk.set_faults(DiskFaults {
+            sync_error: 1.0,
+            ..DiskFaults::NONE
+        });
+        assert!(file.sync_data().is_err());
+        disk.set_faults(DiskFaults::NONE);
+        let later = vec![3u8; 100];
+        file.write_at(700 + dropped.len() as u64, &later).unwrap();
+        file.sync_data().unwrap();
+        disk.crash();
+        let mut expected = synced.clone();
+        expected.extend(std::iter::repeat_n(0u8, dropped.len()));
+        expected.extend_from_slice(&later);
+        assert_eq!(disk.read(&path).unwrap(), expected, "seed {seed}");
+    }
+}
+
+/// The harness must crash the disk before it drops the dead process's WAL: the drop closes the
+/// log, and on a live disk the close's final sync would persist exactly the records a crash
+/// loses (so no crash of the simulation ever lost a buffered write on the disk).
+#[test]
+fn buffered_records_are_lost_when_the_disk_crashes_before_the_wal_is_dropped() {
+    let options = WalOptions::default()
+        .segment_bytes(64 * 1024)
+        .max_record_bytes(1024)
+        .sync_policy(SyncPolicy::Never);
+    let mut lost_some = false;
+    for seed in 0..10 {
+        for crash_first in [true, false] {
+            let disk = SimDisk::new(seed);
+            let wal = FileWal::open_with_io(disk.mount(), "/wal", options.clone()).unwrap();
+            wal.append_blocking(b"durable", AppendOptions::DURABLE)
+                .unwrap();
+            for i in 0..10u64 {
+                wal.append_blocking(&i.to_le_bytes(), AppendOptions::BUFFERED)
+                    .unwrap();
+            }
+            if crash_first {
+                disk.crash();
+                // Ends although its final sync fails on the dead disk.
+                drop(wal);
+            } else {
+                drop(wal);
+                disk.crash();
+            }
+            let wal = FileWal::open_with_io(disk.mount(), "/wal", options.clone()).unwrap();
+            let kept = records(&wal);
+            assert_eq!(kept[0].payload.as_ref(), b"durable", "seed {seed}");
+            if crash_first {
+                // A torn prefix of them may survive (the crash keeps whole sectors).
+                assert!(kept.len() <= 11, "seed {seed}: {kept:?}");
+                lost_some |= kept.len() < 11;
+            } else {
+                assert_eq!(kept.len(), 11, "seed {seed}: a clean close keeps them all");
+            }
+        }
+    }
+    assert!(lost_some, "no crash lost a buffered record");
 }
 
 #[test]
@@ -128,9 +241,11 @@ fn each_fault_does_what_it_says() {
     assert_eq!(differing, 1, "one bit flipped in the read, none stored");
     assert!(disk.injected() >= 5);
 
-    // The failed sync made nothing durable: a crash keeps at most a torn prefix of it.
+    // The failed sync made nothing durable, and dropped what it should have synced: nothing
+    // was ever synced, so a crash keeps an empty file.
+    assert!(len > 0);
     disk.crash();
-    assert!(disk.read(&dir().join("f")).unwrap().len() as u64 <= len);
+    assert_eq!(disk.read(&dir().join("f")).unwrap(), Vec::<u8>::new());
 }
 
 #[test]
@@ -140,32 +255,44 @@ fn the_wal_keeps_durable_appends_and_stops_after_a_failed_sync() {
         .segment_bytes(64 * 1024)
         .max_record_bytes(1024);
     let wal = FileWal::open_with_io(disk.mount(), "/wal", options.clone()).unwrap();
-    let mut durable = Vec::new();
+    let mut acknowledged = Vec::new();
     for i in 0..50u64 {
-        durable.push(
-            wal.append_blocking(&i.to_le_bytes(), AppendOptions::DURABLE)
-                .unwrap(),
-        );
+        let payload = format!("durable {i}").into_bytes();
+        let lsn = wal
+            .append_blocking(&payload, AppendOptions::DURABLE)
+            .unwrap();
+        acknowledged.push((lsn, payload));
     }
     disk.set_faults(DiskFaults {
         sync_error: 1.0,
         ..DiskFaults::NONE
     });
+    let failed = wal
+        .append_blocking(b"lost", AppendOptions::DURABLE)
+        .unwrap_err();
     assert!(
-        wal.append_blocking(b"lost", AppendOptions::DURABLE)
-            .is_err()
+        matches!(failed, omendb_wal::Error::Poisoned { .. }),
+        "{failed:?}"
     );
     disk.set_faults(DiskFaults::NONE);
-    assert!(
-        wal.append_blocking(b"refused", AppendOptions::DURABLE)
-            .is_err(),
-        "a log whose sync failed must refuse appends until reopened"
-    );
+    for options in [AppendOptions::DURABLE, AppendOptions::BUFFERED] {
+        let refused = wal.append_blocking(b"refused", options).unwrap_err();
+        assert!(
+            matches!(refused, omendb_wal::Error::Poisoned { .. }),
+            "a log whose sync failed must refuse appends until reopened: {refused:?}"
+        );
+    }
     disk.crash();
     drop(wal);
 
     let wal = FileWal::open_with_io(disk.mount(), "/wal", options).unwrap();
-    let last = wal.last_lsn().unwrap();
-    assert!(last >= *durable.last().unwrap());
-    assert!(last <= durable.last().unwrap() + 1, "nothing invented");
+    let kept = records(&wal);
+    let kept: Vec<(u64, Vec<u8>)> = kept
+        .into_iter()
+        .map(|r| (r.lsn, r.payload.to_vec()))
+        .collect();
+    // Exactly the acknowledged records: the failed sync's record is gone, since the disk
+    // dropped its pages and the poisoned log never wrote them again.
+    assert_eq!(kept, acknowledged);
+    assert_eq!(wal.last_lsn(), acknowledged.last().map(|(lsn, _)| *lsn));
 }
