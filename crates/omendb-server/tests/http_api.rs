@@ -658,12 +658,36 @@ async fn slow_reads_are_logged_as_json_lines_with_their_plan() {
         .post("/v1/tables/cpu/scan", json!({"start": 5}))
         .await;
     assert_eq!(status, 200);
+    // A later page is logged with the range it read, from its token on (it was logged with the
+    // whole requested range).
+    let (status, first) = server
+        .post("/v1/tables/cpu/scan", json!({"start": 5, "limit": 50_000}))
+        .await;
+    assert_eq!(status, 200);
+    let token = first["next_page_token"].as_str().unwrap().to_owned();
+    let last = first["rows"][49_999]["key"].clone();
+    let (status, _) = server
+        .post(
+            "/v1/tables/cpu/scan",
+            json!({"start": 5, "page_token": token}),
+        )
+        .await;
+    assert_eq!(status, 200);
     server.stop().await.unwrap();
     let text = std::fs::read_to_string(log.path()).unwrap();
-    let entry: Value = text
+    let entries: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|e| e["route"] == "/v1/tables/{table}/scan")
+        .filter(|e| e["route"] == "/v1/tables/{table}/scan")
+        .collect();
+    let later = format!("{last} (excl), open");
+    assert!(
+        entries.iter().any(|e| e["range"] == later.as_str()),
+        "no entry for the range {later}: {text}"
+    );
+    let entry = entries
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no scan in the slow log: {text}"));
     assert_eq!(entry["table"], "cpu");
     assert_eq!(entry["rows"], 99_995);
