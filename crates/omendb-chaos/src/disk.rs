@@ -6,14 +6,18 @@
 //!   at random, a prefix of the unsynced bytes torn at a sector boundary (a disk writes sectors
 //!   in order but may stop anywhere).
 //! - Seeded faults ([`DiskFaults`]): a failing write (part of it may land), a short write, a
-//!   failing `fdatasync`, a full disk, a bit flip on read (the stored bytes stay intact). A
-//!   failed `fdatasync` does what Linux does: it marks the dirty pages clean without writing
-//!   them, so a retried sync "succeeds" without persisting them and a crash loses them unless
-//!   they were written again.
+//!   failing `fdatasync`, a full disk, a bit flip on read (the stored bytes stay intact), a
+//!   failing `create`, `rename`, `delete`, `truncate` or directory sync, a failing `open` or
+//!   `list`. A failed `fdatasync` does what Linux does: it marks the dirty pages clean without
+//!   writing them, so a retried sync "succeeds" without persisting them and a crash loses them
+//!   unless they were written again. A failed directory sync does the same to the names it
+//!   should have persisted: they stay as they were on disk until changed again.
 //! - A crash ends the "process": every handle opened before it fails from then on, as the files
 //!   of a dead process would, and the next [`SimDisk::mount`] sees the state after the crash.
+//!   [`SimDisk::crash_after`] crashes it at a chosen operation, to crash in the middle of an
+//!   open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,12 @@ pub struct DiskFaults {
     pub disk_full: f64,
     /// A read returns its bytes with one bit flipped (the stored bytes stay intact).
     pub read_bit_flip: f64,
+    /// A `create`, `rename`, `delete`, `truncate` or `sync_dir` fails and changes nothing; the
+    /// name changes a failed `sync_dir` should have persisted stay non-durable, then or later,
+    /// until the name is changed again.
+    pub meta_error: f64,
+    /// An `open` or a `list` fails (rarer than the others on a real disk: it writes nothing).
+    pub open_error: f64,
 }
 
 impl DiskFaults {
@@ -50,6 +60,8 @@ impl DiskFaults {
         sync_error: 0.0,
         disk_full: 0.0,
         read_bit_flip: 0.0,
+        meta_error: 0.0,
+        open_error: 0.0,
     };
 }
 
@@ -67,16 +79,46 @@ pub enum DiskFault {
     DiskFull,
     /// [`DiskFaults::read_bit_flip`].
     ReadBitFlip,
+    /// [`DiskFaults::meta_error`] in a `create`.
+    CreateError,
+    /// [`DiskFaults::meta_error`] in a `rename`.
+    RenameError,
+    /// [`DiskFaults::meta_error`] in a `delete`.
+    DeleteError,
+    /// [`DiskFaults::meta_error`] in a `truncate`.
+    TruncateError,
+    /// [`DiskFaults::meta_error`] in a `sync_dir`.
+    SyncDirError,
+    /// [`DiskFaults::open_error`] in an `open`.
+    OpenError,
+    /// [`DiskFaults::open_error`] in a `list`.
+    ListError,
 }
 
 impl DiskFault {
     /// Every kind.
-    pub const ALL: [DiskFault; 5] = [
+    pub const ALL: [DiskFault; KINDS] = [
         DiskFault::WriteError,
         DiskFault::ShortWrite,
         DiskFault::SyncError,
         DiskFault::DiskFull,
         DiskFault::ReadBitFlip,
+        DiskFault::CreateError,
+        DiskFault::RenameError,
+        DiskFault::DeleteError,
+        DiskFault::TruncateError,
+        DiskFault::SyncDirError,
+        DiskFault::OpenError,
+        DiskFault::ListError,
+    ];
+
+    /// The faults of [`DiskFaults::meta_error`].
+    pub const META: [DiskFault; 5] = [
+        DiskFault::CreateError,
+        DiskFault::RenameError,
+        DiskFault::DeleteError,
+        DiskFault::TruncateError,
+        DiskFault::SyncDirError,
     ];
 
     fn index(self) -> usize {
@@ -86,6 +128,13 @@ impl DiskFault {
             DiskFault::SyncError => 2,
             DiskFault::DiskFull => 3,
             DiskFault::ReadBitFlip => 4,
+            DiskFault::CreateError => 5,
+            DiskFault::RenameError => 6,
+            DiskFault::DeleteError => 7,
+            DiskFault::TruncateError => 8,
+            DiskFault::SyncDirError => 9,
+            DiskFault::OpenError => 10,
+            DiskFault::ListError => 11,
         }
     }
 }
@@ -98,9 +147,22 @@ impl fmt::Display for DiskFault {
             DiskFault::SyncError => "fdatasync error",
             DiskFault::DiskFull => "disk full",
             DiskFault::ReadBitFlip => "bit flip on read",
+            DiskFault::CreateError => "create error",
+            DiskFault::RenameError => "rename error",
+            DiskFault::DeleteError => "delete error",
+            DiskFault::TruncateError => "truncate error",
+            DiskFault::SyncDirError => "directory sync error",
+            DiskFault::OpenError => "open error",
+            DiskFault::ListError => "list error",
         })
     }
 }
+
+/// How many kinds of [`DiskFault`] there are.
+const KINDS: usize = 12;
+
+/// Injected faults by [`DiskFault::index`].
+type Counters = [AtomicU64; KINDS];
 
 /// One file's bytes as the process sees them and as they would survive a crash.
 #[derive(Debug, Default)]
@@ -158,6 +220,24 @@ struct DiskState {
     life: u64,
     /// Who holds the directory lock, by life.
     locked: HashMap<PathBuf, u64>,
+    /// Names whose change (creation, rename or deletion) a failed `sync_dir` dropped: no later
+    /// `sync_dir` persists it until the name changes again.
+    dropped_names: BTreeSet<PathBuf>,
+    /// Operations of live handles so far, and the one at which [`SimDisk::crash_after`] crashes
+    /// the disk, with what to do then.
+    operations: u64,
+    crash_at: Option<(u64, OnCrash)>,
+    /// Whether that crash happened since it was armed.
+    crash_fired: bool,
+}
+
+/// What to do when a [`SimDisk::crash_after`] crash happens (kill the rest of the "process").
+struct OnCrash(Box<dyn FnOnce() + Send>);
+
+impl fmt::Debug for OnCrash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnCrash")
+    }
 }
 
 /// The shared simulated disk. Cloning gives another handle to the same disk.
@@ -165,7 +245,7 @@ struct DiskState {
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
     /// Injected faults by [`DiskFault::index`].
-    injected: Arc<[AtomicU64; 5]>,
+    injected: Arc<Counters>,
 }
 
 impl SimDisk {
@@ -182,6 +262,10 @@ impl SimDisk {
                 dirs: Vec::new(),
                 life: 0,
                 locked: HashMap::new(),
+                dropped_names: BTreeSet::new(),
+                operations: 0,
+                crash_at: None,
+                crash_fired: false,
             })),
             injected: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
         }
@@ -224,33 +308,30 @@ impl SimDisk {
     /// file's unsynced bytes may survive up to a random sector boundary. Every handle of the
     /// current life fails from now on.
     pub fn crash(&self) {
+        self.lock().crash();
+    }
+
+    /// Crashes the disk at the `ops`-th operation of a live handle from now (1: the next one),
+    /// which fails as the crashed process's, and then runs `then` (to kill the rest of the
+    /// "process" at the same moment). Replaces a crash armed before.
+    pub fn crash_after(&self, ops: u64, then: impl FnOnce() + Send + 'static) {
         let mut state = self.lock();
-        let state = &mut *state;
-        state.life += 1;
-        state.locked.clear();
-        state.names = state.durable_names.clone();
-        let live: Vec<u64> = state.names.values().copied().collect();
-        state.files.retain(|inode, _| live.contains(inode));
-        for file in state.files.values_mut() {
-            if file.data == file.durable {
-                file.dirty_from = file.data.len();
-                continue;
-            }
-            // Only bytes written since the last sync can still reach the disk (a failed sync
-            // dropped the ones before `dirty_from`), and sectors reach it in order: those from
-            // `dirty_from` below `cut` hold the new bytes, the rest the old ones.
-            let from = file.dirty_from.min(file.data.len());
-            let cut = if state.rng.random_bool(0.5) {
-                from
-            } else {
-                let upto = state.rng.random_range(from..=file.data.len());
-                (upto / SECTOR * SECTOR).max(from)
-            };
-            let after = file.persisted(cut);
-            file.durable = after.clone();
-            file.data = after;
-            file.dirty_from = file.data.len();
-        }
+        let at = state.operations + ops.max(1);
+        state.crash_at = Some((at, OnCrash(Box::new(then))));
+    }
+
+    /// Disarms the crash [`crash_after`](Self::crash_after) armed; returns whether it had
+    /// already happened.
+    pub fn disarm_crash(&self) -> bool {
+        let mut state = self.lock();
+        state.crash_at = None;
+        std::mem::take(&mut state.crash_fired)
+    }
+
+    /// Operations of live handles so far (those of a crashed life not counted), to choose
+    /// where [`crash_after`](Self::crash_after) lands.
+    pub fn operations(&self) -> u64 {
+        self.lock().operations
     }
 
     /// Bytes of the file at `path` as the process sees them.
@@ -263,12 +344,65 @@ impl SimDisk {
 
 impl DiskState {
     /// Whether a fault of probability `p` happens now.
-    fn roll(&mut self, p: f64, injected: &[AtomicU64; 5], fault: DiskFault) -> bool {
+    fn roll(&mut self, p: f64, injected: &Counters, fault: DiskFault) -> bool {
         let hit = p > 0.0 && self.rng.random_bool(p.min(1.0));
         if hit {
             injected[fault.index()].fetch_add(1, Ordering::Relaxed);
         }
         hit
+    }
+
+    /// See [`SimDisk::crash`].
+    fn crash(&mut self) {
+        self.life += 1;
+        self.locked.clear();
+        self.names = self.durable_names.clone();
+        self.dropped_names.clear();
+        let live: Vec<u64> = self.names.values().copied().collect();
+        self.files.retain(|inode, _| live.contains(inode));
+        for file in self.files.values_mut() {
+            if file.data == file.durable {
+                file.dirty_from = file.data.len();
+                continue;
+            }
+            // Only bytes written since the last sync can still reach the disk (a failed sync
+            // dropped the ones before `dirty_from`), and sectors reach it in order: those from
+            // `dirty_from` below `cut` hold the new bytes, the rest the old ones.
+            let from = file.dirty_from.min(file.data.len());
+            let cut = if self.rng.random_bool(0.5) {
+                from
+            } else {
+                let upto = self.rng.random_range(from..=file.data.len());
+                (upto / SECTOR * SECTOR).max(from)
+            };
+            let after = file.persisted(cut);
+            file.durable = after.clone();
+            file.data = after;
+            file.dirty_from = file.data.len();
+        }
+    }
+
+    /// Counts one operation of a live handle, and crashes the disk instead if it is the one
+    /// [`SimDisk::crash_after`] chose.
+    fn operate(&mut self) -> io::Result<()> {
+        self.operations += 1;
+        if self
+            .crash_at
+            .as_ref()
+            .is_some_and(|(at, _)| *at <= self.operations)
+            && let Some((_, then)) = self.crash_at.take()
+        {
+            self.crash();
+            self.crash_fired = true;
+            (then.0)();
+            return Err(crashed());
+        }
+        Ok(())
+    }
+
+    /// A name changed: the next `sync_dir` may persist it again.
+    fn touched(&mut self, path: &Path) {
+        self.dropped_names.remove(path);
     }
 }
 
@@ -288,11 +422,26 @@ struct Mount {
 }
 
 impl Mount {
-    /// The disk's state, or an error if this life has crashed.
+    /// The disk's state for one operation, or an error if this life has crashed.
     fn state(&self) -> io::Result<MutexGuard<'_, DiskState>> {
-        let state = self.disk.lock();
+        let mut state = self.disk.lock();
         if state.life != self.life {
             return Err(crashed());
+        }
+        state.operate()?;
+        Ok(state)
+    }
+
+    /// The disk's state for one operation that fails with probability `p` as `fault`.
+    fn state_or_fault(
+        &self,
+        p: impl Fn(&DiskFaults) -> f64,
+        fault: DiskFault,
+    ) -> io::Result<MutexGuard<'_, DiskState>> {
+        let mut state = self.state()?;
+        let p = p(&state.faults);
+        if state.roll(p, &self.disk.injected, fault) {
+            return Err(injected(&fault.to_string()));
         }
         Ok(state)
     }
@@ -308,7 +457,7 @@ impl FileIo for Mount {
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        let mut state = self.state()?;
+        let mut state = self.state_or_fault(|f| f.meta_error, DiskFault::CreateError)?;
         if state.names.contains_key(path) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
@@ -316,6 +465,7 @@ impl FileIo for Mount {
         state.next_inode += 1;
         state.files.insert(inode, FileData::default());
         state.names.insert(path.to_owned(), inode);
+        state.touched(path);
         Ok(Box::new(SimFile {
             disk: self.disk.clone(),
             life: self.life,
@@ -324,7 +474,7 @@ impl FileIo for Mount {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn IoFile>> {
-        let state = self.state()?;
+        let state = self.state_or_fault(|f| f.open_error, DiskFault::OpenError)?;
         let inode = *state
             .names
             .get(path)
@@ -337,7 +487,7 @@ impl FileIo for Mount {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let state = self.state()?;
+        let state = self.state_or_fault(|f| f.open_error, DiskFault::ListError)?;
         if !state.dirs.iter().any(|d| d == dir) {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
@@ -350,32 +500,57 @@ impl FileIo for Mount {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut state = self.state()?;
+        let mut state = self.state_or_fault(|f| f.meta_error, DiskFault::RenameError)?;
         let inode = state
             .names
             .remove(from)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         state.names.insert(to.to_owned(), inode);
+        state.touched(from);
+        state.touched(to);
         Ok(())
     }
 
     fn delete(&self, path: &Path) -> io::Result<()> {
-        let mut state = self.state()?;
+        let mut state = self.state_or_fault(|f| f.meta_error, DiskFault::DeleteError)?;
         state
             .names
             .remove(path)
-            .map(|_| ())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.touched(path);
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state()?;
         let state = &mut *state;
-        state.durable_names.retain(|p, _| p.parent() != Some(dir));
-        for (path, inode) in &state.names {
-            if path.parent() == Some(dir) {
-                state.durable_names.insert(path.clone(), *inode);
-            }
+        let faults = state.faults;
+        let failed = state.roll(
+            faults.meta_error,
+            &self.disk.injected,
+            DiskFault::SyncDirError,
+        );
+        // The names of `dir` whose change is not durable yet, and may be made so now.
+        let changed: BTreeSet<PathBuf> = state
+            .names
+            .keys()
+            .chain(state.durable_names.keys())
+            .filter(|p| p.parent() == Some(dir))
+            .filter(|p| state.names.get(*p) != state.durable_names.get(*p))
+            .filter(|p| !state.dropped_names.contains(*p))
+            .cloned()
+            .collect();
+        if failed {
+            // As a failed `fdatasync` drops its pages: a later sync of the directory finds
+            // these changes already "written" and persists none of them.
+            state.dropped_names.extend(changed);
+            return Err(injected(&DiskFault::SyncDirError.to_string()));
+        }
+        for path in changed {
+            match state.names.get(&path) {
+                Some(inode) => state.durable_names.insert(path, *inode),
+                None => state.durable_names.remove(&path),
+            };
         }
         Ok(())
     }
@@ -426,6 +601,7 @@ impl SimFile {
         if state.life != self.life {
             return Err(crashed());
         }
+        state.operate()?;
         if !state.files.contains_key(&self.inode) {
             // Deleted and then lost at a crash of this life cannot happen (a crash ends the
             // life), so this is a file whose name was removed: it still exists while open.
@@ -517,7 +693,12 @@ impl IoFile for SimFile {
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
+        let counter = Arc::clone(&self.disk.injected);
         self.with(|state, inode| {
+            let faults = state.faults;
+            if state.roll(faults.meta_error, &counter, DiskFault::TruncateError) {
+                return Err(injected(&DiskFault::TruncateError.to_string()));
+            }
             let file = file(state, inode)?;
             let len = usize::try_from(len).unwrap_or(usize::MAX);
             if len < file.data.len() {

@@ -10,10 +10,10 @@
 //! its last acknowledged value or the value in flight, and a key never written is absent.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -53,7 +53,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// Seeds the time each writer runs before its kill.
     pub seed: u64,
-    /// How long a writer runs before its kill (drawn in this range).
+    /// How long a writer runs after its first acknowledgement before its kill (drawn in this
+    /// range): every round kills a writer that has acknowledged something.
     pub kill_after: Range<Duration>,
     /// Writer tasks.
     pub tasks: u64,
@@ -63,13 +64,14 @@ pub struct Config {
 
 impl Config {
     /// The writer at `writer` on the database in `dir`, with seed 0, [`TASKS`], [`KEYS`], and
-    /// kills between 150 and 600 ms after the start (the writer acknowledges within tens of ms).
+    /// kills up to 450 ms after the first acknowledgement (which comes tens of ms after the
+    /// start), so that some land among the first writes and some among flushes and merges.
     pub fn new(writer: impl Into<PathBuf>, dir: impl Into<PathBuf>) -> Self {
         Config {
             writer: writer.into(),
             dir: dir.into(),
             seed: 0,
-            kill_after: Duration::from_millis(150)..Duration::from_millis(600),
+            kill_after: Duration::ZERO..Duration::from_millis(450),
             tasks: TASKS,
             keys: KEYS,
         }
@@ -83,6 +85,8 @@ pub struct Report {
     pub rounds: u64,
     /// Writes the writers acknowledged.
     pub acknowledged: u64,
+    /// Writes acknowledged in each round, by round: none would be a round that tested nothing.
+    pub acknowledged_by_round: Vec<u64>,
     /// Keys read and checked after the reopens, summed over rounds.
     pub keys_checked: u64,
 }
@@ -103,6 +107,20 @@ pub enum Failure {
     /// The writer stopped before its kill (its error is on the harness's stderr).
     #[error("round {round}: the writer exited on its own: {status}")]
     WriterExited {
+        /// The round.
+        round: u64,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// The writer acknowledged no write in time: the round would have tested nothing.
+    #[error("round {round}: the writer acknowledged no write within {FIRST_ACK_TIMEOUT:?}")]
+    NoAcknowledgement {
+        /// The round.
+        round: u64,
+    },
+    /// The writer did not die of the `SIGKILL` sent to it.
+    #[error("round {round}: the killed writer exited with {status}, not by SIGKILL")]
+    NotKilled {
         /// The round.
         round: u64,
         /// How it exited.
@@ -143,6 +161,73 @@ pub enum Failure {
         /// The write issued but not acknowledged when the writer died.
         in_flight: Option<Option<String>>,
     },
+}
+
+/// The longest a writer may take to acknowledge its first write (it opens the database and
+/// recovers what the previous one left first).
+const FIRST_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The writer process, killed and reaped when dropped unless [`disarm`](Self::disarm)ed: a
+/// `std::process::Child` dropped runs on, and a writer left running would write into the next
+/// round's (or test's) directory.
+struct Writer {
+    child: Child,
+    armed: bool,
+}
+
+impl Writer {
+    /// The child, no longer killed on drop (the caller kills it and checks how it died).
+    fn disarm(&mut self) -> &mut Child {
+        self.armed = false;
+        &mut self.child
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads the writer's stdout to the end, signalling `acked` at the first complete `@A` line.
+fn drain(
+    stdout: std::process::ChildStdout,
+    acked: tokio::sync::oneshot::Sender<()>,
+) -> std::io::Result<Vec<u8>> {
+    let mut stdout = BufReader::new(stdout);
+    let mut out = Vec::new();
+    let mut acked = Some(acked);
+    loop {
+        let start = out.len();
+        if stdout.read_until(b'\n', &mut out)? == 0 {
+            return Ok(out);
+        }
+        if out[start..].starts_with(b"@A ")
+            && out.ends_with(b"\n")
+            && let Some(acked) = acked.take()
+        {
+            // The receiver gone means the round was abandoned; the output still drains.
+            let _ = acked.send(());
+        }
+    }
+}
+
+/// Whether the writer died of `SIGKILL`, not of its own error or another signal.
+#[cfg(unix)]
+fn killed_by_sigkill(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    /// `SIGKILL` on every Unix.
+    const SIGKILL: i32 = 9;
+    status.signal() == Some(SIGKILL)
+}
+
+/// Elsewhere `kill` terminates the process with no signal to tell apart.
+#[cfg(not(unix))]
+fn killed_by_sigkill(status: ExitStatus) -> bool {
+    !status.success()
 }
 
 /// What a key may hold after the kill.
@@ -203,30 +288,43 @@ impl KillHarness {
         self.check(&side_channel).await
     }
 
-    /// Starts the writer for the current round, lets it write for a random time, kills it with
-    /// `SIGKILL` and returns its side channel.
+    /// Starts the writer for the current round, waits for its first acknowledgement, lets it
+    /// write for a random time more, kills it with `SIGKILL` and returns its side channel. The
+    /// writer dies with this future: dropped early (a test's timeout), it kills the writer.
     pub async fn kill_writer(&mut self) -> Result<String, Failure> {
         let round = self.report.rounds;
         let io = |source| Failure::Process { round, source };
-        let mut child = Command::new(&self.config.writer)
-            .arg("--dir")
-            .arg(&self.config.dir)
-            .args(["--round", &round.to_string()])
-            .args(["--tasks", &self.config.tasks.to_string()])
-            .args(["--keys", &self.config.keys.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(io)?;
-        let mut stdout = child
+        let mut writer = Writer {
+            child: Command::new(&self.config.writer)
+                .arg("--dir")
+                .arg(&self.config.dir)
+                .args(["--round", &round.to_string()])
+                .args(["--tasks", &self.config.tasks.to_string()])
+                .args(["--keys", &self.config.keys.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(io)?,
+            armed: true,
+        };
+        let stdout = writer
+            .child
             .stdout
             .take()
             .ok_or_else(|| io(std::io::Error::other("the writer has no stdout pipe")))?;
-        // Drained while the writer runs, so that it never blocks on a full pipe.
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            stdout.read_to_end(&mut out).map(|_| out)
-        });
+        // Drained while the writer runs, so that it never blocks on a full pipe; it says when
+        // the first acknowledgement arrives.
+        let (acked, first_ack) = tokio::sync::oneshot::channel();
+        let reader = std::thread::spawn(move || drain(stdout, acked));
+        match tokio::time::timeout(FIRST_ACK_TIMEOUT, first_ack).await {
+            Ok(Ok(())) => {}
+            // The pipe closed first: the writer died.
+            Ok(Err(_)) => {
+                let status = writer.child.wait().map_err(io)?;
+                return Err(Failure::WriterExited { round, status });
+            }
+            Err(_) => return Err(Failure::NoAcknowledgement { round }),
+        }
         let range = self.config.kill_after.clone();
         let after = if range.is_empty() {
             range.start
@@ -234,11 +332,15 @@ impl KillHarness {
             self.rng.random_range(range)
         };
         tokio::time::sleep(after).await;
+        let child = writer.disarm();
         if let Some(status) = child.try_wait().map_err(io)? {
             return Err(Failure::WriterExited { round, status });
         }
         child.kill().map_err(io)?;
-        child.wait().map_err(io)?;
+        let status = child.wait().map_err(io)?;
+        if !killed_by_sigkill(status) {
+            return Err(Failure::NotKilled { round, status });
+        }
         let out = reader
             .join()
             .map_err(|_| io(std::io::Error::other("the side-channel reader panicked")))?
@@ -296,6 +398,7 @@ impl KillHarness {
 
         self.report.rounds += 1;
         self.report.acknowledged += acknowledged;
+        self.report.acknowledged_by_round.push(acknowledged);
         self.report.keys_checked += found.len() as u64;
         self.state = found
             .into_iter()

@@ -1,7 +1,7 @@
 //! The simulation: one seed drives a random [`workload`](crate::workload), random faults in the
 //! object store ([`store`](crate::store)) and on the WAL's disk ([`disk`](crate::disk)), crashes
-//! at random moments and at the engine's named crash points, and reopens. After every reopen it
-//! checks the oracle:
+//! at random moments and at the engine's named crash points, and reopens (some reopens crash
+//! again midway, recovery included). After every reopen it checks the oracle:
 //!
 //! - every write acknowledged as durable is present, and the database holds exactly the state
 //!   after some prefix of the acknowledged writes that includes them (buffered writes after the
@@ -72,6 +72,8 @@ pub struct Report {
     pub crashes: u64,
     /// Crashes at one of the engine's named crash points.
     pub crash_points: u64,
+    /// Crashes in the middle of an open after a crash (recovery included).
+    pub crashes_in_open: u64,
     /// Those crashes by crash point.
     pub crash_points_by_name: BTreeMap<&'static str, u64>,
     /// Faults injected that can fail a request: the disk's and the store's errors and
@@ -83,6 +85,10 @@ pub struct Report {
     pub disk_sync_faults: u64,
     /// Disk reads with a bit flipped.
     pub disk_read_faults: u64,
+    /// Failed `create`s, `rename`s, `delete`s, `truncate`s and directory syncs.
+    pub disk_meta_faults: u64,
+    /// Failed `open`s and `list`s.
+    pub disk_open_faults: u64,
     /// Store requests that failed, lost their answer, died midway, or read damaged bytes.
     pub store_errors: u64,
     /// Store requests throttled (retried by the store layer).
@@ -106,6 +112,7 @@ impl Report {
         self.lives += other.lives;
         self.crashes += other.crashes;
         self.crash_points += other.crash_points;
+        self.crashes_in_open += other.crashes_in_open;
         for (name, n) in &other.crash_points_by_name {
             *self.crash_points_by_name.entry(name).or_default() += n;
         }
@@ -113,6 +120,8 @@ impl Report {
         self.disk_write_faults += other.disk_write_faults;
         self.disk_sync_faults += other.disk_sync_faults;
         self.disk_read_faults += other.disk_read_faults;
+        self.disk_meta_faults += other.disk_meta_faults;
+        self.disk_open_faults += other.disk_open_faults;
         self.store_errors += other.store_errors;
         self.store_throttles += other.store_throttles;
         self.store_latency += other.store_latency;
@@ -163,6 +172,9 @@ impl std::error::Error for Failure {}
 
 /// The `fail` registry is global to the process: one simulation at a time.
 static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The odds that an open after a crash crashes too, midway.
+const OPEN_CRASH: f64 = 0.15;
 
 /// The longest one operation may take before the run counts as hung.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -235,9 +247,10 @@ struct Life {
     crasher: Option<(&'static str, Arc<Crasher>)>,
     /// Writes that failed in this life.
     failed: usize,
-    /// [`Sim::faults`] when the life began: a `Fatal` error needs a fault after it.
+    /// [`Sim::faults`] when the life's open began: a `Fatal` error needs a fault after it.
     faults_at_start: u64,
-    /// [`Sim::disk_write_faults`] when the life began: each one after it poisoned the WAL.
+    /// [`Sim::disk_write_faults`] when the life's open began: each one after it poisoned the
+    /// WAL.
     disk_writes_at_start: u64,
     /// Why the engine refuses writes, once a write failed `Fatal` or it reported a failure.
     poisoned: Option<String>,
@@ -247,6 +260,23 @@ impl Life {
     fn crashed(&self) -> bool {
         self.store.is_killed()
     }
+}
+
+/// The faults injected before a life's open began ([`Sim::life_start`]).
+#[derive(Clone, Copy, Debug)]
+struct LifeStart {
+    /// [`Sim::faults`], all on the disk: the life's store is new.
+    faults: u64,
+    /// [`Sim::disk_write_faults`].
+    disk_writes: u64,
+}
+
+/// The disk operations and store requests of one open (its database's background work
+/// included, until the open returned).
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenCost {
+    disk_ops: u64,
+    store_requests: u64,
 }
 
 struct Sim {
@@ -262,6 +292,8 @@ struct Sim {
     /// Whether the next open follows a crash the harness chose (not a crash point), for
     /// [`Report::lost_at_crash`].
     after_kill: bool,
+    /// What the last open that did not crash took, to place a crash inside the next one.
+    open_cost: OpenCost,
     step: usize,
     report: Report,
     /// Print every step (`OMENDB_CHAOS_TRACE=1`), for replaying a failure.
@@ -285,6 +317,7 @@ impl Sim {
             after_crash: vec![State::new()],
             life: None,
             after_kill: false,
+            open_cost: OpenCost::default(),
             step: 0,
             report: Report::default(),
             trace: std::env::var_os("OMENDB_CHAOS_TRACE").is_some(),
@@ -297,6 +330,8 @@ impl Sim {
     }
 
     /// Disk writes and syncs that failed so far (or stored a prefix, or found the disk full).
+    /// Failed directory operations are not among them: the WAL poisons itself when one fails
+    /// in its writer (rotation), but a failed truncation of old segments only fails the call.
     fn disk_write_faults(&self) -> u64 {
         [
             DiskFault::WriteError,
@@ -336,6 +371,9 @@ impl Sim {
             + d.injected_of(DiskFault::DiskFull);
         self.report.disk_sync_faults = d.injected_of(DiskFault::SyncError);
         self.report.disk_read_faults = d.injected_of(DiskFault::ReadBitFlip);
+        self.report.disk_meta_faults = DiskFault::META.iter().map(|f| d.injected_of(*f)).sum();
+        self.report.disk_open_faults =
+            d.injected_of(DiskFault::OpenError) + d.injected_of(DiskFault::ListError);
         self.report.faults += d.injected();
     }
 
@@ -391,9 +429,86 @@ impl Sim {
     }
 
     /// Opens the next life, with faults drawn for it unless `quiet`, and checks what it holds.
+    /// An open after a crash (not `quiet`) may itself crash midway ([`OPEN_CRASH`]); the next
+    /// one must then find a state the first crash allowed: recovery interrupted and run again
+    /// loses nothing the first recovery would have kept.
     async fn open(&mut self, quiet: bool) -> Result<(), String> {
         self.disarm();
         self.life = None;
+        loop {
+            let (store_faults, disk_faults) = self.draw_faults(quiet);
+            let before = self.disk.injected();
+            let store = Arc::new(FaultyObjectStore::new(
+                Arc::clone(&self.objects),
+                store_faults,
+                self.rng.random(),
+            ));
+            let crash_armed = !quiet && self.rng.random_bool(OPEN_CRASH);
+            if crash_armed {
+                self.arm_open_crash(&store);
+            }
+            self.disk.set_faults(disk_faults);
+            let disk_ops = self.disk.operations();
+            let start = self.life_start();
+            let opened = self.build(&store).await;
+            // Disarmed before anything else touches the disk or the store: the crash belongs
+            // to the open (a background task of the opened database may have fired it too).
+            store.disarm_kill();
+            let crashed = self.disk.disarm_crash() || (crash_armed && store.is_killed());
+            if crashed {
+                if self.trace {
+                    eprintln!(
+                        "step {}: crash during the open ({})",
+                        self.step,
+                        opened
+                            .as_ref()
+                            .err()
+                            .map_or("opened".to_owned(), |e| e.to_string())
+                    );
+                }
+                // The process is dead: its database (if it opened) goes with it, and the
+                // states allowed stay those of the crash before.
+                drop(opened);
+                self.count_store(&store);
+                self.report.crashes += 1;
+                self.report.crashes_in_open += 1;
+                continue;
+            }
+            self.open_cost = OpenCost {
+                disk_ops: self.disk.operations() - disk_ops,
+                store_requests: store.requests(),
+            };
+            let opened = match opened {
+                Ok(db) => db,
+                Err(err) => {
+                    if failing(&store) + self.disk.injected() == before {
+                        return Err(format!("open failed with no fault injected: {err}"));
+                    }
+                    // A fault while opening may refuse the open; the same data must open
+                    // without.
+                    store.kill();
+                    self.count_store(&store);
+                    let store = Arc::new(FaultyObjectStore::new(
+                        Arc::clone(&self.objects),
+                        StoreFaults::none(),
+                        0,
+                    ));
+                    self.disk.set_faults(DiskFaults::NONE);
+                    let start = self.life_start();
+                    let db = self
+                        .build(&store)
+                        .await
+                        .map_err(|e| format!("open failed without faults after {err}: {e}"))?;
+                    return self.adopt(store, db, DiskFaults::NONE, start).await;
+                }
+            };
+            return self.adopt(store, opened, disk_faults, start).await;
+        }
+    }
+
+    /// The faults of the next life: none if `quiet`, else each of the store's and the disk's
+    /// with probability one half.
+    fn draw_faults(&mut self, quiet: bool) -> (StoreFaults, DiskFaults) {
         let store_faults = if quiet || self.rng.random_bool(0.5) {
             StoreFaults::none()
         } else {
@@ -413,46 +528,39 @@ impl Sim {
             DiskFaults::NONE
         } else {
             // A life is short and syncs are few: at 1% at most, 16 seeds often drew no
-            // failed write or sync at all (these draw about 10 and 7 on average).
+            // failed write or sync at all (these draw about 10 and 7 on average). Directory
+            // operations are fewer still (a few rotations and truncations a life, and
+            // recovery), hence the higher odds: 100 seeds draw about 45 of them.
             DiskFaults {
                 write_error: self.rng.random_range(0.0..0.03),
                 short_write: self.rng.random_range(0.0..0.01),
                 sync_error: self.rng.random_range(0.0..0.05),
                 disk_full: self.rng.random_range(0.0..0.005),
                 read_bit_flip: self.rng.random_range(0.0..0.01),
+                meta_error: self.rng.random_range(0.0..0.15),
+                open_error: self.rng.random_range(0.0..0.02),
             }
         };
-        let before = self.disk.injected();
-        let store = Arc::new(FaultyObjectStore::new(
-            Arc::clone(&self.objects),
-            store_faults,
-            self.rng.random(),
-        ));
-        self.disk.set_faults(disk_faults);
-        let opened = self.build(&store).await;
-        let opened = match opened {
-            Ok(db) => db,
-            Err(err) => {
-                if failing(&store) + self.disk.injected() == before {
-                    return Err(format!("open failed with no fault injected: {err}"));
-                }
-                // A fault while opening may refuse the open; the same data must open without.
-                store.kill();
-                self.count_store(&store);
-                let store = Arc::new(FaultyObjectStore::new(
-                    Arc::clone(&self.objects),
-                    StoreFaults::none(),
-                    0,
-                ));
-                self.disk.set_faults(DiskFaults::NONE);
-                let db = self
-                    .build(&store)
-                    .await
-                    .map_err(|e| format!("open failed without faults after {err}: {e}"))?;
-                return self.adopt(store, db, DiskFaults::NONE).await;
-            }
-        };
-        self.adopt(store, opened, disk_faults).await
+        (store_faults, disk_faults)
+    }
+
+    /// Arms a crash of the whole "process" at a random disk operation or store request of the
+    /// open about to start, drawn within what the last open took, so most land inside it.
+    fn arm_open_crash(&mut self, store: &Arc<FaultyObjectStore<InMemory>>) {
+        let OpenCost {
+            disk_ops,
+            store_requests,
+        } = self.open_cost;
+        let on_disk = self.config.place == Place::Disk && self.rng.random_bool(0.5);
+        if on_disk {
+            let at = self.rng.random_range(1..=disk_ops.max(1));
+            let store = Arc::clone(store);
+            self.disk.crash_after(at, move || store.kill());
+        } else {
+            let at = self.rng.random_range(1..=store_requests.max(1));
+            let disk = self.disk.clone();
+            store.kill_at_request(at, move || disk.crash());
+        }
     }
 
     async fn build(&self, store: &Arc<FaultyObjectStore<InMemory>>) -> omendb_core::Result<Db> {
@@ -481,16 +589,18 @@ impl Sim {
             .idle_compaction(Some(Duration::from_millis(1)))
             .gc_grace(Duration::ZERO)
             .backpressure(64 * 1024, 4, Duration::from_secs(2))
-            .limits(4 * 1024, 16 * 1024)
+            .limits(1024, 2 * 1024)
             .segment_options(SegmentWriterOptions {
                 rows_per_page: 8,
                 pages_per_row_group: 4,
                 ..SegmentWriterOptions::default()
             });
-        // Small WAL segments, so that rotation and truncation happen within a run.
+        // Small WAL segments, so that rotation and truncation happen within a run (a run
+        // logs a few KiB per life: at 64 KiB no segment ever rotated, so a failed create,
+        // rename or directory sync of rotation was never met).
         let wal_options = WalOptions::default()
-            .segment_bytes(64 * 1024)
-            .max_record_bytes(16 * 1024);
+            .segment_bytes(4 * 1024)
+            .max_record_bytes(2 * 1024);
         let builder = match self.config.place {
             Place::Memory => builder.wal_in_store().wal_options(wal_options),
             Place::Disk => {
@@ -508,6 +618,7 @@ impl Sim {
         store: Arc<FaultyObjectStore<InMemory>>,
         db: Db,
         disk_faults: DiskFaults,
+        start: LifeStart,
     ) -> Result<(), String> {
         self.report.lives += 1;
         let table = match db.table("kv") {
@@ -527,7 +638,7 @@ impl Sim {
                     disk_writes_at_start: 0,
                     poisoned: None,
                 });
-                self.mark_life_start();
+                self.mark_life_start(start);
                 return Ok(());
             }
             Err(err) => return Err(format!("the table is gone after reopen: {err}")),
@@ -604,17 +715,27 @@ impl Sim {
             disk_writes_at_start: 0,
             poisoned: None,
         });
-        self.mark_life_start();
+        self.mark_life_start(start);
         Ok(())
     }
 
-    /// Takes the faults injected so far as before this life, which has just been checked.
-    fn mark_life_start(&mut self) {
-        let faults = self.faults();
-        let disk_writes = self.disk_write_faults();
+    /// The faults injected so far, before the open of a life whose store is new (its faults
+    /// all count as the life's).
+    fn life_start(&self) -> LifeStart {
+        LifeStart {
+            faults: self.disk.injected(),
+            disk_writes: self.disk_write_faults(),
+        }
+    }
+
+    /// Takes the faults injected before the life's open (`start`) as before the life: one
+    /// during the open belongs to it. Counted after the open instead (seed 80, Memory), a fault
+    /// that failed a flush the open had started, or one a background task met between the
+    /// check after the open and this count, left the failure it caused unexplained.
+    fn mark_life_start(&mut self, start: LifeStart) {
         if let Some(life) = self.life.as_mut() {
-            life.faults_at_start = faults;
-            life.disk_writes_at_start = disk_writes;
+            life.faults_at_start = start.faults;
+            life.disk_writes_at_start = start.disk_writes;
         }
     }
 
@@ -697,19 +818,24 @@ impl Sim {
     /// life, or the engine reports a failure (a flush's). A failure with no fault or crash in
     /// the life is itself a finding.
     fn poisoned(&mut self) -> Result<Option<String>, String> {
-        let faulted = self.faulted_in_life();
         let life = self.life()?;
-        if life.poisoned.is_none()
-            && let Some(failure) = life.db.stats().failure
-        {
-            if !faulted {
-                return Err(format!(
-                    "the engine refuses writes with no fault or crash in this life: {failure}"
-                ));
-            }
-            life.poisoned = Some(failure);
+        let failure = match &life.poisoned {
+            Some(why) => return Ok(Some(why.clone())),
+            None => life.db.stats().failure,
+        };
+        let Some(failure) = failure else {
+            return Ok(None);
+        };
+        // Whether the life faulted is asked after the failure was seen, not before: a crash
+        // point firing in between (seed 22, Disk) kills the store under a background task,
+        // whose failure would otherwise look unexplained.
+        if !self.faulted_in_life() {
+            return Err(format!(
+                "the engine refuses writes with no fault or crash in this life: {failure}"
+            ));
         }
-        Ok(life.poisoned.clone())
+        self.life()?.poisoned = Some(failure.clone());
+        Ok(Some(failure))
     }
 
     async fn perform(&mut self, step: Step) -> Result<(), String> {

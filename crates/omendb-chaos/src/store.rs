@@ -196,10 +196,45 @@ struct Shared {
     dice: Mutex<Dice>,
     killed: AtomicBool,
     counts: [AtomicU64; Fault::COUNT],
+    /// Requests sent so far (refused ones of a killed wrapper not counted).
+    requests: AtomicU64,
+    /// The request at which [`FaultyObjectStore::kill_at_request`] kills the wrapper, and what
+    /// to do then.
+    kill_at: Mutex<Option<(u64, OnKill)>>,
+}
+
+/// What to do when a [`FaultyObjectStore::kill_at_request`] kill happens.
+struct OnKill(Box<dyn FnOnce() + Send>);
+
+impl fmt::Debug for OnKill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnKill")
+    }
 }
 
 impl Shared {
+    /// Counts one request, and kills the wrapper if it is the one `kill_at` chose (the
+    /// request then fails as the dead process's: callers check `alive` after this).
+    fn count_request(&self) {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let due = {
+            let mut kill_at = self.kill_at.lock().unwrap_or_else(PoisonError::into_inner);
+            match kill_at.take() {
+                Some((at, then)) if at <= n => Some(then),
+                other => {
+                    *kill_at = other;
+                    None
+                }
+            }
+        };
+        if let Some(then) = due {
+            self.killed.store(true, Ordering::SeqCst);
+            (then.0)();
+        }
+    }
+
     fn roll(&self, op: Op) -> Plan {
+        self.count_request();
         // A panic elsewhere while holding the lock leaves the dice usable: they hold no invariant.
         let mut dice = self.dice.lock().unwrap_or_else(PoisonError::into_inner);
         let Dice {
@@ -287,6 +322,8 @@ impl Shared {
     async fn begin(&self, op: Op, path: &str) -> object_store::Result<Plan> {
         self.alive(op, path)?;
         let plan = self.roll(op);
+        // Again: this request may be the one chosen to kill the wrapper.
+        self.alive(op, path)?;
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
             self.alive(op, path)?;
@@ -339,6 +376,8 @@ impl<S: ObjectStore + ?Sized> FaultyObjectStore<S> {
                 }),
                 killed: AtomicBool::new(false),
                 counts: Default::default(),
+                requests: AtomicU64::new(0),
+                kill_at: Mutex::new(None),
             }),
         }
     }
@@ -392,6 +431,33 @@ impl<S: ObjectStore + ?Sized> FaultyObjectStore<S> {
     /// undoing it; a restarted process wraps [`inner`](Self::inner) in a new wrapper.
     pub fn kill(&self) {
         self.shared.killed.store(true, Ordering::SeqCst);
+    }
+
+    /// Kills the wrapper at its `n`-th request from now (1: the next one), which fails as the
+    /// dead process's, and then runs `then` (to crash the rest of the "process" at the same
+    /// moment). Replaces a kill armed before; [`disarm_kill`](Self::disarm_kill) cancels it.
+    pub fn kill_at_request(&self, n: u64, then: impl FnOnce() + Send + 'static) {
+        let at = self.requests() + n.max(1);
+        *self
+            .shared
+            .kill_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((at, OnKill(Box::new(then))));
+    }
+
+    /// Cancels the kill [`kill_at_request`](Self::kill_at_request) armed, if it has not
+    /// happened.
+    pub fn disarm_kill(&self) {
+        self.shared
+            .kill_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Requests sent through the wrapper so far (not those a kill refused).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
     }
 
     /// Whether [`kill`](Self::kill) was called.
@@ -749,6 +815,9 @@ impl MultipartUpload for FaultyUpload {
             return futures::future::ready(Err(err)).boxed();
         }
         let plan = self.shared.roll(op);
+        if let Err(err) = self.shared.alive(op, &self.path) {
+            return futures::future::ready(Err(err)).boxed();
+        }
         let shared = Arc::clone(&self.shared);
         let path = self.path.clone();
         let pause = async move {

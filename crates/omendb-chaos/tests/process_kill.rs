@@ -27,6 +27,35 @@ async fn acknowledged_writes_survive_sigkill() {
     eprintln!("process kill: {report:?} in {:?}", started.elapsed());
     assert!(report.rounds >= 5, "{report:?}");
     assert!(report.acknowledged > 100, "{report:?}");
+    // Totals alone would pass with rounds whose writer was killed before it acknowledged
+    // anything, which test nothing.
+    assert_eq!(report.acknowledged_by_round.len() as u64, report.rounds);
+    assert!(
+        report.acknowledged_by_round.iter().all(|n| *n > 0),
+        "{report:?}"
+    );
+}
+
+/// A round abandoned mid-way (a test's timeout drops it while the writer runs) must not leave
+/// the writer running: it would go on writing into the directory and holding its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_round_kills_its_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        kill_after: Duration::from_secs(60)..Duration::from_secs(60),
+        ..Config::new(WRITER, dir.path())
+    };
+    let mut harness = KillHarness::new(config);
+    let abandoned = tokio::time::timeout(Duration::from_secs(2), harness.kill_writer()).await;
+    assert!(
+        abandoned.is_err(),
+        "the round ended on its own: {abandoned:?}"
+    );
+    // A live writer holds the directory's lock: the open would fail as `Locked`.
+    let db = omendb_chaos::kill::open(dir.path())
+        .await
+        .unwrap_or_else(|err| panic!("the writer outlived its round: {err}"));
+    db.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,3 +296,110 @@ fn the_wal_keeps_durable_appends_and_stops_after_a_failed_sync() {
     assert_eq!(kept, acknowledged);
     assert_eq!(wal.last_lsn(), acknowledged.last().map(|(lsn, _)| *lsn));
 }
+
+#[test]
+fn each_directory_fault_fails_its_operation_and_changes_nothing() {
+    let disk = SimDisk::new(11);
+    let io = disk.mount();
+    io.create_dir_all(dir()).unwrap();
+    let mut file = io.create(&dir().join("f")).unwrap();
+    file.write_at(0, b"abcdef").unwrap();
+    disk.set_faults(DiskFaults {
+        meta_error: 1.0,
+        ..DiskFaults::NONE
+    });
+    assert!(io.create(&dir().join("g")).is_err());
+    assert!(io.rename(&dir().join("f"), &dir().join("h")).is_err());
+    assert!(io.delete(&dir().join("f")).is_err());
+    assert!(file.truncate(2).is_err());
+    assert!(io.sync_dir(dir()).is_err());
+    disk.set_faults(DiskFaults {
+        open_error: 1.0,
+        ..DiskFaults::NONE
+    });
+    assert!(io.open(&dir().join("f")).is_err());
+    assert!(io.list(dir()).is_err());
+    disk.set_faults(DiskFaults::NONE);
+    assert_eq!(io.list(dir()).unwrap(), vec!["f".to_owned()]);
+    assert_eq!(disk.read(&dir().join("f")).unwrap(), b"abcdef");
+    for fault in [
+        DiskFault::CreateError,
+        DiskFault::RenameError,
+        DiskFault::DeleteError,
+        DiskFault::TruncateError,
+        DiskFault::SyncDirError,
+        DiskFault::OpenError,
+        DiskFault::ListError,
+    ] {
+        assert_eq!(disk.injected_of(fault), 1, "{fault}");
+    }
+    assert_eq!(disk.injected(), 7);
+}
+
+/// As a failed `fdatasync` drops its pages, a failed directory sync drops the name changes it
+/// should have persisted: a later sync that succeeds does not persist them, and a crash loses
+/// them; a name changed again after the failure is persisted as usual.
+#[test]
+fn a_failed_directory_sync_loses_its_names_even_after_a_later_sync_succeeds() {
+    let disk = SimDisk::new(12);
+    let io = disk.mount();
+    io.create_dir_all(dir()).unwrap();
+    io.create(&dir().join("old")).unwrap();
+    io.sync_dir(dir()).unwrap();
+    io.create(&dir().join("new")).unwrap();
+    io.delete(&dir().join("old")).unwrap();
+    disk.set_faults(DiskFaults {
+        meta_error: 1.0,
+        ..DiskFaults::NONE
+    });
+    assert!(io.sync_dir(dir()).is_err());
+    disk.set_faults(DiskFaults::NONE);
+    io.create(&dir().join("later")).unwrap();
+    io.sync_dir(dir()).unwrap();
+    disk.crash();
+
+    let mut names = disk.mount().list(dir()).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["later".to_owned(), "old".to_owned()],
+        "the creation and deletion whose sync failed were persisted by the later sync"
+    );
+
+    // After the crash the slate is clean: a change synced now is durable.
+    let io = disk.mount();
+    io.delete(&dir().join("old")).unwrap();
+    io.sync_dir(dir()).unwrap();
+    disk.crash();
+    assert_eq!(disk.mount().list(dir()).unwrap(), vec!["later".to_owned()]);
+}
+
+/// `crash_after` crashes the disk at the chosen operation, which fails as the dead process's,
+/// and runs its hook once; a crash disarmed before its turn never happens.
+#[test]
+fn crash_after_crashes_at_the_chosen_operation() {
+    let disk = SimDisk::new(13);
+    let io = disk.mount();
+    io.create_dir_all(dir()).unwrap();
+    let mut file = io.create(&dir().join("f")).unwrap();
+    io.sync_dir(dir()).unwrap();
+    let hooked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hook = std::sync::Arc::clone(&hooked);
+    disk.crash_after(3, move || {
+        hook.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    file.write_at(0, b"abc").unwrap();
+    file.sync_data().unwrap();
+    assert!(file.write_at(3, b"def").is_err(), "the third operation");
+    assert!(file.len().is_err(), "the life is over");
+    assert_eq!(hooked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(disk.disarm_crash());
+    assert_eq!(disk.read(&dir().join("f")).unwrap(), b"abc");
+
+    let io = disk.mount();
+    disk.crash_after(2, || {});
+    io.list(dir()).unwrap();
+    assert!(!disk.disarm_crash());
+    io.list(dir()).unwrap();
+    io.list(dir()).unwrap();
+}

@@ -51,10 +51,15 @@ async fn seeded_faults_and_crashes_lose_no_acknowledged_write() {
     // poisoned lives.
     if seeds().len() >= 8 {
         assert!(total.crashes > 0 && total.crash_points > 0, "{total:?}");
+        // Crashes during an open after a crash, in both places (recovery interrupted).
+        for place in &by_place {
+            assert!(place.crashes_in_open > 0, "{by_place:?}");
+        }
         assert!(total.crashes_at("flush.") > 0, "{total:?}");
         assert!(total.crashes_at("compaction.") > 0, "{total:?}");
         assert!(total.disk_write_faults > 0, "{total:?}");
         assert!(total.disk_sync_faults > 0, "{total:?}");
+        assert!(total.disk_meta_faults > 0, "{total:?}");
         assert!(total.store_errors > 0, "{total:?}");
         assert!(total.refused_as_poisoned > 0, "{total:?}");
         // Buffered writes a crash keeps from the disk or the store are lost in both places
