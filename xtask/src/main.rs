@@ -135,7 +135,7 @@ fn test() -> Result<()> {
     // All features: the peers of `omendb-bench db` are tested too. Every target but the
     // instruction-count benchmarks, which `cargo test` would run whole under valgrind only for
     // `regression::run` to run them again below; the Criterion benchmarks run once each, as
-    // tests.
+    // tests. One command, so that features unify once and nothing is built twice.
     cargo(&[
         "test",
         "--workspace",
@@ -144,12 +144,6 @@ fn test() -> Result<()> {
         "--bins",
         "--tests",
         "--examples",
-    ])?;
-    cargo(&[
-        "test",
-        "--package",
-        "omendb-bench",
-        "--all-features",
         "--bench",
         "index",
     ])?;

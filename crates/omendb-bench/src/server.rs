@@ -144,19 +144,27 @@ async fn drive(args: &Args, addr: SocketAddr, report: &mut Report) -> Result<()>
         started.elapsed().as_secs_f64()
     ));
     let duration = Duration::from_secs_f64(args.seconds);
-    let mut all_ok = true;
+    let (mut all_ok, mut errors) = (true, 0);
     for &connections in &args.connections {
         let row = run_workload(addr, Workload::Get, connections, args.keys, duration).await?;
         all_ok &= row.checksum_ok;
+        errors += row.errors;
         report.row(&row)?;
     }
     for &connections in &args.connections {
         let row = run_workload(addr, Workload::Put, connections, args.keys, duration).await?;
         all_ok &= row.checksum_ok;
+        errors += row.errors;
         report.row(&row)?;
     }
     if !all_ok {
         bail!("a wrong answer: see the rows with checksum_ok false");
+    }
+    // A request or connection that failed made its row's clients fewer or idle for a while:
+    // the row's figures are not those of the load it names (it printed and exited 0 before the
+    // twenty-eighth session).
+    if errors > 0 {
+        bail!("{errors} requests or connections failed: see the rows' errors column");
     }
     Ok(())
 }
