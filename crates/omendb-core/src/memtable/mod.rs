@@ -325,24 +325,29 @@ impl Memtable {
         ENTRY_OVERHEAD
     }
 
-    /// The newest LSN ≤ `snapshot` of a range tombstone covering `key`, if any: per width class
-    /// held, the tombstones that start close enough below `key` to reach it. It walked every
-    /// tombstone that starts below the key, so a scan under ten thousand small range deletes
-    /// took ten thousand steps per key.
+    /// The newest LSN ≤ `snapshot` of a range tombstone covering `key`, if any.
     fn range_deleted(&self, key: u64, snapshot: Lsn) -> Option<Lsn> {
+        self.newest_range_touching(key, key, snapshot)
+    }
+
+    /// The newest LSN ≤ `snapshot` of a range tombstone that touches `first..=last`: per width
+    /// class held, only the tombstones that start close enough below `first` to reach it. A walk
+    /// over every tombstone starting below `last` made a scan under ten thousand small range
+    /// deletes take ten thousand steps per key.
+    fn newest_range_touching(&self, first: u64, last: u64, snapshot: Lsn) -> Option<Lsn> {
         let mut classes = self.classes.load(Ordering::Acquire);
         let mut newest = None;
         while classes != 0 {
             let class = classes.trailing_zeros() as u8;
             classes &= classes - 1;
-            let lowest = key.saturating_sub(class_reach(class));
+            let lowest = first.saturating_sub(class_reach(class));
             let found = self
                 .ranges
                 .range(
                     (class, Version::new(lowest, Lsn::MAX), 0)
-                        ..=(class, Version::new(key, 0), u64::MAX),
+                        ..=(class, Version::new(last, 0), u64::MAX),
                 )
-                .filter(|entry| key <= entry.key().2 && entry.key().1.lsn() <= snapshot)
+                .filter(|entry| first <= entry.key().2 && entry.key().1.lsn() <= snapshot)
                 .map(|entry| entry.key().1.lsn())
                 .max();
             newest = newest.max(found);
@@ -444,13 +449,7 @@ impl Memtable {
         });
         let in_runs = layers.runs.iter().filter_map(|run| run.newest_lsn(&range));
         let versions = in_lists.chain(in_runs).max();
-        let ranges = self
-            .ranges
-            .iter()
-            .filter(|entry| entry.key().1.key <= last && first <= entry.key().2)
-            .map(|entry| entry.key().1.lsn())
-            .max();
-        versions.max(ranges)
+        versions.max(self.newest_range_touching(first, last, Lsn::MAX))
     }
 
     /// The range tombstones visible at `snapshot`: `(first..=last, lsn)`.
@@ -997,13 +996,30 @@ mod tests {
                 })
                 .chain(probes)
                 .chain([0, u64::MAX]);
-            for key in keys {
+            let keys: Vec<u64> = keys.collect();
+            for &key in &keys {
                 let walked = all
                     .iter()
                     .filter(|(r, lsn)| r.contains(&key) && *lsn <= snapshot)
                     .map(|(_, lsn)| *lsn)
                     .max();
                 prop_assert_eq!(memtable.range_deleted(key, snapshot), walked, "key {}", key);
+            }
+            // And over ranges of keys, as a transaction's conflict check asks.
+            for pair in keys.windows(2) {
+                let (first, last) = (pair[0].min(pair[1]), pair[0].max(pair[1]));
+                let walked = all
+                    .iter()
+                    .filter(|(r, lsn)| *r.start() <= last && first <= *r.end() && *lsn <= snapshot)
+                    .map(|(_, lsn)| *lsn)
+                    .max();
+                prop_assert_eq!(
+                    memtable.newest_range_touching(first, last, snapshot),
+                    walked,
+                    "{}..={}",
+                    first,
+                    last
+                );
             }
         }
     }
