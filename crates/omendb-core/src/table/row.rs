@@ -256,32 +256,19 @@ impl RowCodec {
     }
 
     /// A numeric column's value, from its bytes in a row (see [`RowCodec::cell`]), as an
-    /// aggregate sums it: `None` if the column is not numeric.
+    /// aggregate of a float column sums it: `None` if the column is not numeric.
     #[inline]
     pub fn number(&self, column: usize, cell: &[u8]) -> Option<f64> {
-        macro_rules! le {
-            ($t:ty) => {{
-                let raw: [u8; std::mem::size_of::<$t>()] = cell.try_into().ok()?;
-                <$t>::from_le_bytes(raw) as f64
-            }};
+        match self.kinds.get(column)? {
+            Kind::F32 => Some(f64::from(f32::from_le_bytes(cell.try_into().ok()?))),
+            Kind::F64 => Some(f64::from_le_bytes(cell.try_into().ok()?)),
+            _ => self.integer(column, cell).map(|v| v as f64),
         }
-        Some(match self.kinds.get(column)? {
-            Kind::I8 => le!(i8),
-            Kind::I16 => le!(i16),
-            Kind::I32 => le!(i32),
-            Kind::I64 => le!(i64),
-            Kind::U8 => le!(u8),
-            Kind::U16 => le!(u16),
-            Kind::U32 => le!(u32),
-            Kind::U64 => le!(u64),
-            Kind::F32 => le!(f32),
-            Kind::F64 => le!(f64),
-            Kind::Bool | Kind::Str | Kind::LargeStr | Kind::Bin | Kind::LargeBin => return None,
-        })
     }
 
     /// The value of an integer column's cell, exactly; `None` for a column of another type (or a
     /// cell of the wrong width).
+    #[inline]
     pub fn integer(&self, column: usize, cell: &[u8]) -> Option<i128> {
         macro_rules! le {
             ($t:ty) => {{
