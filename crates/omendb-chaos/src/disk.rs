@@ -112,6 +112,13 @@ impl DiskFault {
         DiskFault::ListError,
     ];
 
+    /// The faults of a write: an error, a prefix stored, the disk full.
+    pub const WRITE: [DiskFault; 3] = [
+        DiskFault::WriteError,
+        DiskFault::ShortWrite,
+        DiskFault::DiskFull,
+    ];
+
     /// The faults of [`DiskFaults::meta_error`].
     pub const META: [DiskFault; 5] = [
         DiskFault::CreateError,
@@ -293,6 +300,11 @@ impl SimDisk {
     /// How many faults of one kind have been injected so far.
     pub fn injected_of(&self, fault: DiskFault) -> u64 {
         self.injected[fault.index()].load(Ordering::Relaxed)
+    }
+
+    /// How many faults of the kinds `faults` have been injected so far.
+    pub fn injected_of_all(&self, faults: &[DiskFault]) -> u64 {
+        faults.iter().map(|&fault| self.injected_of(fault)).sum()
     }
 
     /// A `FileIo` for one process life. After [`SimDisk::crash`], it and its files fail.

@@ -333,15 +333,7 @@ impl Sim {
     /// Failed directory operations are not among them: the WAL poisons itself when one fails
     /// in its writer (rotation), but a failed truncation of old segments only fails the call.
     fn disk_write_faults(&self) -> u64 {
-        [
-            DiskFault::WriteError,
-            DiskFault::ShortWrite,
-            DiskFault::DiskFull,
-            DiskFault::SyncError,
-        ]
-        .into_iter()
-        .map(|f| self.disk.injected_of(f))
-        .sum()
+        self.disk.injected_of_all(&DiskFault::WRITE) + self.disk.injected_of(DiskFault::SyncError)
     }
 
     /// Adds what `store` injected to the report; once per store, when its life ends.
@@ -366,14 +358,12 @@ impl Sim {
     /// Adds what the disk injected to the report, at the end of the run.
     fn count_disk(&mut self) {
         let d = &self.disk;
-        self.report.disk_write_faults = d.injected_of(DiskFault::WriteError)
-            + d.injected_of(DiskFault::ShortWrite)
-            + d.injected_of(DiskFault::DiskFull);
+        self.report.disk_write_faults = d.injected_of_all(&DiskFault::WRITE);
         self.report.disk_sync_faults = d.injected_of(DiskFault::SyncError);
         self.report.disk_read_faults = d.injected_of(DiskFault::ReadBitFlip);
-        self.report.disk_meta_faults = DiskFault::META.iter().map(|f| d.injected_of(*f)).sum();
+        self.report.disk_meta_faults = d.injected_of_all(&DiskFault::META);
         self.report.disk_open_faults =
-            d.injected_of(DiskFault::OpenError) + d.injected_of(DiskFault::ListError);
+            d.injected_of_all(&[DiskFault::OpenError, DiskFault::ListError]);
         self.report.faults += d.injected();
     }
 

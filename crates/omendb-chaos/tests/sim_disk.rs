@@ -5,11 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use omendb_chaos::disk::{DiskFault, DiskFaults, SECTOR, SimDisk};
-use omendb_wal::{AppendOptions, FileWal, Record, SyncPolicy, Wal, WalOptions};
+use omendb_wal::{AppendOptions, FileIo, FileWal, IoFile, Record, SyncPolicy, Wal, WalOptions};
 
 /// Every record of `wal` from LSN 1 on.
 fn records(wal: &FileWal) -> Vec<Record> {
@@ -20,18 +21,25 @@ fn dir() -> &'static Path {
     Path::new("/d")
 }
 
+/// A file `/d/f` on `disk`, its name and 700 bytes of ones synced: the mount, its path, the open
+/// file and the bytes.
+fn synced_file(disk: &SimDisk) -> (Arc<dyn FileIo>, PathBuf, Box<dyn IoFile>, Vec<u8>) {
+    let io = disk.mount();
+    io.create_dir_all(dir()).unwrap();
+    let path = dir().join("f");
+    let mut file = io.create(&path).unwrap();
+    io.sync_dir(dir()).unwrap();
+    let synced = vec![1u8; 700];
+    file.write_at(0, &synced).unwrap();
+    file.sync_data().unwrap();
+    (io, path, file, synced)
+}
+
 #[test]
 fn synced_bytes_survive_a_crash_and_unsynced_ones_are_lost_or_torn_at_a_sector() {
     for seed in 0..40 {
         let disk = SimDisk::new(seed);
-        let io = disk.mount();
-        io.create_dir_all(dir()).unwrap();
-        let path = dir().join("f");
-        let mut file = io.create(&path).unwrap();
-        io.sync_dir(dir()).unwrap();
-        let synced = vec![1u8; 700];
-        file.write_at(file.len().unwrap(), &synced).unwrap();
-        file.sync_data().unwrap();
+        let (io, path, mut file, synced) = synced_file(&disk);
         let unsynced = vec![2u8; 3 * SECTOR];
         file.write_at(file.len().unwrap(), &unsynced).unwrap();
         disk.crash();
@@ -69,14 +77,7 @@ fn synced_bytes_survive_a_crash_and_unsynced_ones_are_lost_or_torn_at_a_sector()
 fn a_failed_sync_loses_its_bytes_even_after_a_later_sync_succeeds() {
     for seed in 0..20 {
         let disk = SimDisk::new(seed);
-        let io = disk.mount();
-        io.create_dir_all(dir()).unwrap();
-        let path = dir().join("f");
-        let mut file = io.create(&path).unwrap();
-        io.sync_dir(dir()).unwrap();
-        let synced = vec![1u8; 700];
-        file.write_at(0, &synced).unwrap();
-        file.sync_data().unwrap();
+        let (io, path, mut file, synced) = synced_file(&disk);
         let dropped = vec![2u8; 2 * SECTOR];
         file.write_at(700, &dropped).unwrap();
         disk.set_faults(DiskFaults {
@@ -322,15 +323,10 @@ fn each_directory_fault_fails_its_operation_and_changes_nothing() {
     disk.set_faults(DiskFaults::NONE);
     assert_eq!(io.list(dir()).unwrap(), vec!["f".to_owned()]);
     assert_eq!(disk.read(&dir().join("f")).unwrap(), b"abcdef");
-    for fault in [
-        DiskFault::CreateError,
-        DiskFault::RenameError,
-        DiskFault::DeleteError,
-        DiskFault::TruncateError,
-        DiskFault::SyncDirError,
-        DiskFault::OpenError,
-        DiskFault::ListError,
-    ] {
+    for fault in DiskFault::META
+        .into_iter()
+        .chain([DiskFault::OpenError, DiskFault::ListError])
+    {
         assert_eq!(disk.injected_of(fault), 1, "{fault}");
     }
     assert_eq!(disk.injected(), 7);

@@ -95,10 +95,8 @@ impl AnyIndex {
     }
 
     /// [`Self::choose`], training the candidates on two threads if `parallel`.
+    /// [`Self::build`] took arrays above [`MAX_KEYS`] to binary search already.
     fn choose_with(keys: &[u64], budget: usize, parallel: bool) -> Result<Self, IndexError> {
-        if keys.len() > MAX_KEYS {
-            return Ok(AnyIndex::BinarySearch(BinarySearch::build(keys)));
-        }
         let mut best = AnyIndex::BinarySearch(BinarySearch::build(keys));
         let mut best_cost = best.stats().expected_cost;
         // An RMI at its floor cost beats any PLA (whose floor is a model read higher): such an RMI
