@@ -38,7 +38,7 @@ pub(crate) struct Args {
     /// Fraction of lookups for keys that are not in the set.
     #[arg(long, default_value_t = 0.1)]
     absent: f64,
-    /// Timed passes per index; the median is reported.
+    /// Timed rounds, each one pass of every index in turn; each index's median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Seed of the key and lookup generators.
@@ -152,6 +152,11 @@ fn read_sosd(path: &Path) -> Result<Vec<u64>> {
 }
 
 /// Measures every index on one key array.
+///
+/// Every contender is built and verified first, then timed in interleaved rounds: each round
+/// times one pass of every contender, starting one further along the list than the last round.
+/// Timing each contender's passes back to back let a slow stretch of the machine (a noisy
+/// neighbour on a VM, a frequency change) land on one contender and skew its ratio.
 fn bench_keys(dist: &str, keys: &[u64], args: &Args, report: &mut Report) -> Result<()> {
     ensure!(!keys.is_empty(), "{dist}: no keys to look up");
     let queries = keygen::lookups(keys, args.lookups, args.absent, args.seed);
@@ -166,10 +171,9 @@ fn bench_keys(dist: &str, keys: &[u64], args: &Args, report: &mut Report) -> Res
         queries: &queries,
         expected: &expected,
         expected_sum,
-        runs: args.runs,
     };
+    let n = keys.len();
 
-    let binary_ns = bench.time("binary_search", |q| keys.partition_point(|&k| k < q))?;
     let btree_start = Instant::now();
     // Built from the sorted pairs in one pass (each equal key's first position, as a lower bound
     // would give): `collect` bulk-loads full nodes. Inserting keys one by one in order left
@@ -182,32 +186,12 @@ fn bench_keys(dist: &str, keys: &[u64], args: &Args, report: &mut Report) -> Res
         .map(|(i, &k)| (k, i))
         .collect();
     let btree_build = ms(btree_start);
-    let n = keys.len();
-    let btree_ns = bench.time("btreemap", |q| map.range(q..).next().map_or(n, |(_, &p)| p))?;
-    drop(map);
-
-    let row = |index: &str, ns: f64, bytes: usize, build_ms: f64| Row {
-        dist: dist.to_owned(),
-        keys: n,
-        index: index.to_owned(),
-        ns_per_lookup: ns,
-        vs_binary_search: binary_ns / ns,
-        vs_btreemap: btree_ns / ns,
-        index_bytes: bytes,
-        build_ms,
-        checksum_ok: true,
-    };
-    report.row(&row("binary_search", binary_ns, 0, 0.0))?;
-    // A BTreeMap's bytes are its nodes, estimated: bulk-loaded, a full leaf holds 11 entries in
-    // 192 bytes and an internal node of 12 children takes 288 more, about 20 bytes an entry.
-    report.row(&row("btreemap", btree_ns, n * 20, btree_build))?;
 
     let budget = IndexPolicy {
         memory_fraction: args.budget,
         ..IndexPolicy::default()
     };
     let bytes = budget.budget_bytes(n);
-
     let start = Instant::now();
     let rmi = Rmi::build(keys, bytes)?;
     let rmi_build = ms(start);
@@ -235,27 +219,116 @@ fn bench_keys(dist: &str, keys: &[u64], args: &Args, report: &mut Report) -> Res
         pla.stats().expected_cost,
         auto.kind()
     ));
+    let floor = DramFloor::new(n, args.lookups, args.seed);
 
+    let binary = |q: u64| keys.partition_point(|&k| k < q);
+    let btree = |q: u64| map.range(q..).next().map_or(n, |(_, &p)| p);
+    let rmi_one = |q: u64| rmi.lower_bound(keys, q);
+    let pla_one = |q: u64| pla.lower_bound(keys, q);
+    let auto_one = |q: u64| auto.lower_bound(keys, q);
+    bench.verify("binary_search", binary)?;
+    bench.verify("btreemap", btree)?;
+    bench.verify("rmi", rmi_one)?;
+    bench.verify("pla", pla_one)?;
+    bench.verify("auto", auto_one)?;
+    for (name, index) in [
+        ("rmi-batch", &rmi as &dyn LearnedIndex),
+        ("pla-batch", &pla),
+        ("auto-batch", &auto),
+    ] {
+        bench.verify_batch(name, index)?;
+    }
+
+    // Each contender's pass is its own closure, so the single-lookup loops stay monomorphic
+    // (the lookup inlined into the timed loop) as they were when timed one after another.
+    let mut contenders: Vec<(&str, Pass<'_>)> = vec![
+        (
+            "binary_search",
+            Box::new(|| bench.pass("binary_search", binary)),
+        ),
+        ("btreemap", Box::new(|| bench.pass("btreemap", btree))),
+        ("rmi", Box::new(|| bench.pass("rmi", rmi_one))),
+        (
+            "rmi-batch",
+            Box::new(|| bench.pass_batch("rmi-batch", &rmi)),
+        ),
+        ("pla", Box::new(|| bench.pass("pla", pla_one))),
+        (
+            "pla-batch",
+            Box::new(|| bench.pass_batch("pla-batch", &pla)),
+        ),
+        ("auto", Box::new(|| bench.pass("auto", auto_one))),
+        (
+            "auto-batch",
+            Box::new(|| bench.pass_batch("auto-batch", &auto)),
+        ),
+        ("dram_floor", Box::new(|| floor.pass())),
+    ];
+    let ns = interleave(&mut contenders, args.runs)?;
+    drop(contenders);
+    let ns_of = |name: &str| {
+        ns.iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+            .with_context(|| format!("{name} was not timed"))
+    };
+    let binary_ns = ns_of("binary_search")?;
+    let btree_ns = ns_of("btreemap")?;
+
+    let row = |index: &str, bytes: usize, build_ms: f64| -> Result<Row> {
+        let ns = ns_of(index)?;
+        Ok(Row {
+            dist: dist.to_owned(),
+            keys: n,
+            index: index.to_owned(),
+            ns_per_lookup: ns,
+            vs_binary_search: binary_ns / ns,
+            vs_btreemap: btree_ns / ns,
+            index_bytes: bytes,
+            build_ms,
+            checksum_ok: true,
+        })
+    };
+    report.row(&row("binary_search", 0, 0.0)?)?;
+    // A BTreeMap's bytes are its nodes, estimated: bulk-loaded, a full leaf holds 11 entries in
+    // 192 bytes and an internal node of 12 children takes 288 more, about 20 bytes an entry.
+    report.row(&row("btreemap", n * 20, btree_build)?)?;
     for (name, index, build) in [
         ("rmi", &rmi as &dyn LearnedIndex, rmi_build),
         ("pla", &pla, pla_build),
         ("auto", &auto, auto_build),
     ] {
         let size = index.stats().size_bytes;
-        let ns = match name {
-            "rmi" => bench.time(name, |q| rmi.lower_bound(keys, q))?,
-            "pla" => bench.time(name, |q| pla.lower_bound(keys, q))?,
-            _ => bench.time(name, |q| auto.lower_bound(keys, q))?,
-        };
-        report.row(&row(name, ns, size, build))?;
-        let batch_name = format!("{name}-batch");
-        let ns = bench.time_batch(&batch_name, index)?;
-        report.row(&row(&batch_name, ns, size, build))?;
+        report.row(&row(name, size, build)?)?;
+        report.row(&row(&format!("{name}-batch"), size, build)?)?;
     }
-
-    let floor = dram_floor(n, args.lookups, args.runs, args.seed)?;
-    report.row(&row("dram_floor", floor, 0, 0.0))?;
+    report.row(&row("dram_floor", 0, 0.0)?)?;
     Ok(())
+}
+
+/// One timed pass of a contender: ns per lookup, after the pass's checksum was checked.
+type Pass<'a> = Box<dyn FnMut() -> Result<f64> + 'a>;
+
+/// Times `runs` rounds of one pass per contender, each round starting one contender further
+/// along, and returns each contender's median ns per lookup in the order given.
+fn interleave<'n>(
+    contenders: &mut [(&'n str, Pass<'_>)],
+    runs: usize,
+) -> Result<Vec<(&'n str, f64)>> {
+    let count = contenders.len();
+    let mut samples = vec![Vec::with_capacity(runs); count];
+    for round in 0..runs {
+        for i in 0..count {
+            let at = (round + i) % count;
+            let pass = &mut contenders[at].1;
+            samples[at].push(pass()?);
+        }
+    }
+    Ok(contenders
+        .iter()
+        .zip(&mut samples)
+        .map(|((name, _), s)| (*name, median(s)))
+        .collect())
 }
 
 /// Keys, queries and expected answers shared by every timed index.
@@ -265,12 +338,14 @@ struct Bench<'a> {
     queries: &'a [u64],
     expected: &'a [usize],
     expected_sum: u64,
-    runs: usize,
 }
 
+/// Lookups per call of a batched pass.
+const BATCH: usize = 1024;
+
 impl Bench<'_> {
-    /// Verifies `lookup` on every query, then returns the median ns per lookup over the passes.
-    fn time(&self, name: &str, lookup: impl Fn(u64) -> usize) -> Result<f64> {
+    /// Compares `lookup`'s answer to every query with `partition_point`'s.
+    fn verify(&self, name: &str, lookup: impl Fn(u64) -> usize) -> Result<()> {
         for (i, (&q, &want)) in self.queries.iter().zip(self.expected).enumerate() {
             let got = lookup(q);
             if got != want {
@@ -280,25 +355,13 @@ impl Bench<'_> {
                 );
             }
         }
-        let mut samples = Vec::with_capacity(self.runs);
-        for _ in 0..self.runs {
-            let start = Instant::now();
-            let mut sum = 0u64;
-            for &q in self.queries {
-                sum = sum.wrapping_add(lookup(q) as u64);
-            }
-            let elapsed = start.elapsed();
-            self.check_sum(name, sum)?;
-            samples.push(elapsed.as_nanos() as f64 / self.queries.len() as f64);
-        }
-        Ok(median(&mut samples))
+        Ok(())
     }
 
-    /// Like [`Bench::time`] for batched lookups of 1024 keys per call.
-    fn time_batch(&self, name: &str, index: &dyn LearnedIndex) -> Result<f64> {
-        const CALL: usize = 1024;
-        let mut out = Vec::with_capacity(CALL);
-        for (chunk, want) in self.queries.chunks(CALL).zip(self.expected.chunks(CALL)) {
+    /// Like [`Bench::verify`] for batched lookups of [`BATCH`] keys per call.
+    fn verify_batch(&self, name: &str, index: &dyn LearnedIndex) -> Result<()> {
+        let mut out = Vec::with_capacity(BATCH);
+        for (chunk, want) in self.queries.chunks(BATCH).zip(self.expected.chunks(BATCH)) {
             index.lower_bound_batch(self.keys, chunk, &mut out);
             if out != want {
                 bail!(
@@ -307,19 +370,33 @@ impl Bench<'_> {
                 );
             }
         }
-        let mut samples = Vec::with_capacity(self.runs);
-        for _ in 0..self.runs {
-            let start = Instant::now();
-            let mut sum = 0u64;
-            for chunk in self.queries.chunks(CALL) {
-                index.lower_bound_batch(self.keys, chunk, &mut out);
-                sum = out.iter().fold(sum, |s, &p| s.wrapping_add(p as u64));
-            }
-            let elapsed = start.elapsed();
-            self.check_sum(name, sum)?;
-            samples.push(elapsed.as_nanos() as f64 / self.queries.len() as f64);
+        Ok(())
+    }
+
+    /// One timed pass over every query: ns per lookup.
+    fn pass(&self, name: &str, lookup: impl Fn(u64) -> usize) -> Result<f64> {
+        let start = Instant::now();
+        let mut sum = 0u64;
+        for &q in self.queries {
+            sum = sum.wrapping_add(lookup(q) as u64);
         }
-        Ok(median(&mut samples))
+        let elapsed = start.elapsed();
+        self.check_sum(name, sum)?;
+        Ok(elapsed.as_nanos() as f64 / self.queries.len() as f64)
+    }
+
+    /// Like [`Bench::pass`] for batched lookups of [`BATCH`] keys per call.
+    fn pass_batch(&self, name: &str, index: &dyn LearnedIndex) -> Result<f64> {
+        let mut out = Vec::with_capacity(BATCH);
+        let start = Instant::now();
+        let mut sum = 0u64;
+        for chunk in self.queries.chunks(BATCH) {
+            index.lower_bound_batch(self.keys, chunk, &mut out);
+            sum = out.iter().fold(sum, |s, &p| s.wrapping_add(p as u64));
+        }
+        let elapsed = start.elapsed();
+        self.check_sum(name, sum)?;
+        Ok(elapsed.as_nanos() as f64 / self.queries.len() as f64)
     }
 
     fn check_sum(&self, name: &str, sum: u64) -> Result<()> {
@@ -334,38 +411,54 @@ impl Bench<'_> {
     }
 }
 
-/// Nanoseconds of one dependent random read in an array of `n` u64s: a pointer chase around a
-/// single random cycle (Sattolo's algorithm), `steps` reads per pass, median of `runs` passes.
-/// The sum of visited slots is checked against an untimed pass.
-fn dram_floor(n: usize, steps: usize, runs: usize, seed: u64) -> Result<f64> {
-    let mut next: Vec<u64> = (0..n as u64).collect();
-    let mut rng = StdRng::seed_from_u64(seed);
-    for i in (1..n).rev() {
-        let j = rng.random_range(0..i);
-        next.swap(i, j);
+/// Dependent random reads in an array of as many u64s as there are keys: a pointer chase around
+/// a single random cycle (Sattolo's algorithm), the cost of one cache miss with nothing else in
+/// flight.
+struct DramFloor {
+    next: Vec<u64>,
+    steps: usize,
+    /// The sum of visited slots of one pass, which every timed pass must repeat.
+    expected: u64,
+}
+
+impl DramFloor {
+    fn new(n: usize, steps: usize, seed: u64) -> Self {
+        let mut next: Vec<u64> = (0..n as u64).collect();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for i in (1..n).rev() {
+            let j = rng.random_range(0..i);
+            next.swap(i, j);
+        }
+        let mut floor = DramFloor {
+            next,
+            steps,
+            expected: 0,
+        };
+        floor.expected = floor.chase();
+        floor
     }
-    let chase = |next: &[u64]| {
+
+    fn chase(&self) -> u64 {
         let mut at = 0usize;
         let mut sum = 0u64;
-        for _ in 0..steps {
-            at = next[at] as usize;
+        for _ in 0..self.steps {
+            at = self.next[at] as usize;
             sum = sum.wrapping_add(at as u64);
         }
         sum
-    };
-    let expected = chase(&next);
-    let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
+    }
+
+    /// One timed pass: ns per read.
+    fn pass(&self) -> Result<f64> {
         let start = Instant::now();
-        let sum = chase(&next);
+        let sum = self.chase();
         let elapsed = start.elapsed();
         ensure!(
-            sum == expected,
+            sum == self.expected,
             "dram_floor: pointer chase checksum changed between passes"
         );
-        samples.push(elapsed.as_nanos() as f64 / steps as f64);
+        Ok(elapsed.as_nanos() as f64 / self.steps as f64)
     }
-    Ok(median(&mut samples))
 }
 
 fn checksum(positions: &[usize]) -> u64 {
@@ -440,17 +533,53 @@ mod tests {
             queries: &queries,
             expected: &expected,
             expected_sum: checksum(&expected),
-            runs: 1,
         };
         assert!(
             bench
-                .time("right", |q| keys.partition_point(|&k| k < q))
+                .verify("right", |q| keys.partition_point(|&k| k < q))
                 .is_ok()
         );
         // An index that misses keys (like the old prototype's capped window) must not be timed.
         let err = bench
-            .time("capped", |q| keys.partition_point(|&k| k < q).min(16))
+            .verify("capped", |q| keys.partition_point(|&k| k < q).min(16))
             .unwrap_err();
         assert!(err.to_string().contains("WRONG ANSWER"), "{err}");
+        // A pass whose sum disagrees reports no figure either.
+        let err = bench
+            .pass("capped", |q| keys.partition_point(|&k| k < q).min(16))
+            .unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn interleaved_rounds_rotate_the_order_and_report_each_median() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let order = &order;
+        let timed = |name: &'static str, samples: [f64; 3]| -> Pass<'_> {
+            let mut at = 0;
+            Box::new(move || {
+                order.borrow_mut().push(name);
+                at += 1;
+                Ok(samples[at - 1])
+            })
+        };
+        let mut contenders = vec![
+            ("a", timed("a", [5.0, 1.0, 3.0])),
+            ("b", timed("b", [9.0, 7.0, 8.0])),
+            ("c", timed("c", [2.0, 2.0, 4.0])),
+        ];
+        let ns = interleave(&mut contenders, 3).unwrap();
+        drop(contenders);
+        assert_eq!(ns, vec![("a", 3.0), ("b", 8.0), ("c", 2.0)]);
+        assert_eq!(
+            *order.borrow(),
+            ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+        );
+
+        let mut failing: Vec<(&str, Pass<'_>)> = vec![(
+            "bad",
+            Box::new(|| anyhow::bail!("checksum 1 != expected 2")),
+        )];
+        assert!(interleave(&mut failing, 2).is_err());
     }
 }
