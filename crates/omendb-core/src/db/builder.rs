@@ -351,7 +351,7 @@ impl Builder {
             background: Mutex::new(None),
             compaction: Mutex::new(None),
             last_gc: Mutex::new(None),
-            background_error: Mutex::new(None),
+            background_errors: Mutex::default(),
             counters: Mutex::new(Counters::default()),
             idle_lsn: AtomicU64::new(NOT_IDLE),
             retired: Mutex::new(Vec::new()),

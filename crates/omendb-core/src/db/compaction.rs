@@ -47,6 +47,25 @@ const MAX_RUNS: usize = 16;
 /// Rows per batch read from each input, and rows merged between two writes.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
 
+/// Background work that changes no data: a failure is reported in `stats()` and retried, and
+/// the chore's next success clears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Chore {
+    Compaction,
+    GarbageCollection,
+    WalTruncation,
+}
+
+impl Chore {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Chore::Compaction => "compaction",
+            Chore::GarbageCollection => "garbage collection",
+            Chore::WalTruncation => "WAL truncation",
+        }
+    }
+}
+
 impl Inner {
     /// Starts a compaction task unless one is running: it compacts what is due, then collects
     /// garbage past its grace period.
@@ -61,14 +80,25 @@ impl Inner {
         *slot = Some(tokio::spawn(async move {
             match db.compact_due().await {
                 // A merge that `close` abandoned: nothing failed.
-                Ok(()) | Err(Error::Closed) => {}
-                Err(err) => db.background_failed(err),
+                Ok(()) | Err((_, Error::Closed)) => {}
+                Err((chore, err)) => db.background_failed(chore, err),
             }
         }));
     }
 
-    async fn compact_due(self: &Arc<Self>) -> Result<()> {
-        let compacted = self.compact(false).await?;
+    /// Compacts what is due and collects garbage; a failure names the chore that failed.
+    async fn compact_due(self: &Arc<Self>) -> std::result::Result<(), (Chore, Error)> {
+        let compact = || async {
+            self.compact(false)
+                .await
+                .map_err(|err| (Chore::Compaction, err))
+        };
+        let collect = || async {
+            self.collect_garbage()
+                .await
+                .map_err(|err| (Chore::GarbageCollection, err))
+        };
+        let compacted = compact().await?;
         // Flushes leave replaced manifest versions, and crashes leave unpublished segments,
         // even where nothing compacts (time series): collect at least once a minute.
         let due = {
@@ -76,12 +106,12 @@ impl Inner {
             last.is_none_or(|at| at.elapsed() >= GC_INTERVAL)
         };
         if compacted > 0 || due {
-            self.collect_garbage().await?;
+            collect().await?;
         }
         // The idle work may have marked the database idle while this task ran, and found it
         // running: the merges idleness allows are this task's to make.
-        if self.is_idle() && self.compact(false).await? > 0 {
-            self.collect_garbage().await?;
+        if self.is_idle() && compact().await? > 0 {
+            collect().await?;
         }
         Ok(())
     }
@@ -96,23 +126,33 @@ impl Inner {
     /// Compaction and garbage collection are not on the write path: their failures leave the
     /// data as it was (inputs stay live, garbage stays), so they are reported in `stats()` and
     /// retried, and poison writes only when this writer can no longer publish (fenced).
-    fn background_failed(&self, err: Error) {
+    fn background_failed(&self, chore: Chore, err: Error) {
         if matches!(err, Error::Closed) {
             // The database closed under the work: nothing failed.
         } else if err.kind() == crate::ErrorKind::Fatal {
             self.fail(err);
         } else {
-            self.report_background(&err);
+            self.report_background(chore, &err);
         }
     }
 
-    /// Records a failure of work that changes no data (it is retried later) in `stats()`.
-    pub(crate) fn report_background(&self, err: &Error) {
-        tracing::warn!(error = %err, "background work failed; it is retried");
-        *self
-            .background_error
+    /// Records a failure of work that changes no data (it is retried later) in `stats()`, until
+    /// the same chore next succeeds.
+    pub(crate) fn report_background(&self, chore: Chore, err: &Error) {
+        tracing::warn!(error = %err, chore = chore.name(), "background work failed; it is retried");
+        self.background_errors
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chore, err.to_string());
+    }
+
+    /// Clears `chore`'s failure: it succeeded since. Left in place, one passing error (a
+    /// store's timeout) kept the server not ready until restart.
+    pub(crate) fn background_succeeded(&self, chore: Chore) {
+        self.background_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&chore);
     }
 
     async fn collect_garbage(&self) -> Result<()> {
@@ -141,6 +181,7 @@ impl Inner {
         writer
             .collect_garbage(&segments, &in_use, chrono::Utc::now())
             .await?;
+        self.background_succeeded(Chore::GarbageCollection);
         crash_point!("gc.after");
         Ok(())
     }
@@ -156,12 +197,10 @@ impl Inner {
         while let Some(window) = self.next_window(whole, &mut rewritten) {
             // A `compact()` cut short by `close` says so.
             self.check_open()?;
-            let started = std::time::Instant::now();
             self.compact_window(window).await?;
-            metrics::histogram!("omendb_compaction_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
             compacted += 1;
         }
+        self.background_succeeded(Chore::Compaction);
         Ok(compacted)
     }
 
@@ -266,6 +305,7 @@ impl Inner {
 
     #[tracing::instrument(level = "debug", name = "db.compaction", skip_all, fields(table = %window.table.def.name, segments = window.segments.len()))]
     async fn compact_window(self: &Arc<Self>, window: Window) -> Result<()> {
+        let started = std::time::Instant::now();
         let horizon = self.visibility.horizon();
         let bytes = window.bytes();
         let Window {
@@ -311,6 +351,10 @@ impl Inner {
             Cause::Reads => counters.read_compactions += 1,
             Cause::Idle => counters.idle_compactions += 1,
         }
+        // Timed only when counted: a merge whose table was dropped meanwhile is neither, so
+        // the histogram's count and `omendb_compactions_total` agree.
+        metrics::histogram!("omendb_compaction_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

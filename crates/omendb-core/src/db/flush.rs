@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::version::{TableState, Version};
-use super::{Inner, current_data};
+use super::{Chore, Inner, current_data};
 use crate::error::{Error, Result};
 use crate::index::{AnyIndex, LearnedIndex};
 use crate::memtable::{Generation, Lsn, Memtable};
@@ -211,8 +211,9 @@ impl Inner {
         // The flush is published: truncating is only cleanup, so its failure (whatever its
         // kind) must not poison writes. It is reported, and the next flush's truncation covers
         // these records too; until then replay at open starts after `flushed_lsn`.
-        if let Err(err) = self.wal.truncate_before(upto + 1).await {
-            self.report_background(&Error::from(err));
+        match self.wal.truncate_before(upto + 1).await {
+            Ok(()) => self.background_succeeded(Chore::WalTruncation),
+            Err(err) => self.report_background(Chore::WalTruncation, &Error::from(err)),
         }
         self.counters
             .lock()

@@ -34,6 +34,7 @@ use omendb_wal::{AppendOptions, Wal};
 use tokio::sync::Notify;
 
 use charge::ReadCharge;
+use compaction::Chore;
 
 pub use aggregate::MAX_BUCKETS as MAX_AGGREGATE_BUCKETS;
 pub use batch::Batch;
@@ -97,7 +98,8 @@ pub struct DbStats {
     pub idle_work_due: bool,
     /// Why writes are refused, if an earlier failure poisoned the database.
     pub failure: Option<String>,
-    /// The last compaction, garbage-collection or WAL-truncation failure (retried; writes go on).
+    /// The compaction, garbage-collection or WAL-truncation failures (retried; writes go on)
+    /// that the same chore has not since got past, each as `chore: error`.
     pub background_error: Option<String>,
     /// Page cache lookups answered from memory since open.
     pub cache_hits: u64,
@@ -148,8 +150,8 @@ pub(crate) struct Inner {
     compaction: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When garbage was last collected.
     last_gc: Mutex<Option<Instant>>,
-    /// The last compaction or garbage-collection failure that did not poison writes.
-    background_error: Mutex<Option<String>>,
+    /// Each background chore's last failure (it did not poison writes), until it next succeeds.
+    background_errors: Mutex<std::collections::BTreeMap<Chore, String>>,
     counters: Mutex<Counters>,
     /// Segments that left the current version (compacted or dropped) by object path, while a
     /// reader may still hold them: garbage collection keeps an object as long as its segment
@@ -667,11 +669,19 @@ impl Inner {
                 .as_ref()
                 .is_some_and(|task| !task.is_finished()),
             failure: self.failure.get().map(ToString::to_string),
-            background_error: self
-                .background_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            background_error: {
+                let errors = self
+                    .background_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                (!errors.is_empty()).then(|| {
+                    errors
+                        .iter()
+                        .map(|(chore, err)| format!("{}: {err}", chore.name()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            },
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             cache_bytes: cache.bytes,
