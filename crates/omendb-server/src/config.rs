@@ -330,6 +330,17 @@ impl Config {
                 )));
             }
         }
+        // Both are shifted into bytes: a value past this would wrap (2^44 MiB became a cache of
+        // 0 bytes).
+        let most_mib = u64::MAX >> 20;
+        for (key, mib) in [
+            ("engine.memtable_mb", self.engine.memtable_mb as u64),
+            ("engine.cache_mb", self.engine.cache_mb),
+        ] {
+            if mib > most_mib {
+                return Err(ConfigError(format!("{key} {mib} is above {most_mib}")));
+            }
+        }
         if self.engine.compaction_trigger < 2 {
             return Err(ConfigError(
                 "engine.compaction_trigger must be at least 2".to_owned(),

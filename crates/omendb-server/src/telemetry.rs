@@ -161,12 +161,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "omendb_cache_hits_total",
         Kind::Counter,
-        "Page cache lookups answered from memory.",
+        "Reads served from cached pages (a row, or a range within one page).",
     ),
     (
         "omendb_cache_misses_total",
         Kind::Counter,
-        "Page cache lookups that read the backend.",
+        "Pages reads fetched from the backend and decoded.",
     ),
     (
         "omendb_cache_bytes",

@@ -139,6 +139,13 @@ fn a_bad_configuration_is_an_error_at_start_that_names_the_key() {
             "server.max_connections",
         ),
         (
+            omendb(
+                dir.path(),
+                &["serve", "--set", "engine.cache_mb=17592186044416"],
+            ),
+            "engine.cache_mb",
+        ),
+        (
             omendb(dir.path(), &["serve", "--listen", "not-an-address"]),
             "server.listen",
         ),

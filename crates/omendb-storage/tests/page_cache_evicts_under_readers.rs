@@ -262,3 +262,21 @@ fn values_borrowed_under_a_pin_stay_right_while_their_page_is_evicted() {
     );
     assert!(cache.stats().bytes <= budget, "{:?}", cache.stats());
 }
+
+#[test]
+fn a_cold_read_of_several_columns_is_one_miss_and_a_warm_one_one_hit() {
+    // Misses counted each column's page, hits each read: one cold and one warm read of three
+    // columns counted three misses and one hit.
+    let cache = Arc::new(PageCache::new(1 << 24));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reader = runtime.block_on(written(Arc::clone(&cache)));
+    let projection = reader.projection(&["_lsn", "_tombstone", "v"]).unwrap();
+    let row = runtime.block_on(reader.fetch(300, &projection)).unwrap();
+    assert_eq!(row.num_rows(), 1);
+    let warm = reader
+        .read_cached(301, &projection, |pages, _| pages.len())
+        .unwrap();
+    assert_eq!(warm, Some(3), "the page fetched is cached");
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1), "{stats:?}");
+}

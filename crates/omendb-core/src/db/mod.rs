@@ -101,9 +101,9 @@ pub struct DbStats {
     /// The compaction, garbage-collection or WAL-truncation failures (retried; writes go on)
     /// that the same chore has not since got past, each as `chore: error`.
     pub background_error: Option<String>,
-    /// Page cache lookups answered from memory since open.
+    /// Reads served from cached pages since open (see [`omendb_storage::segment::CacheStats`]).
     pub cache_hits: u64,
-    /// Page cache lookups that read the backend since open.
+    /// Pages reads fetched from the backend and decoded since open.
     pub cache_misses: u64,
     /// Bytes the page cache holds.
     pub cache_bytes: u64,

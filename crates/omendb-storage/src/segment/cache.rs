@@ -106,9 +106,11 @@ impl Drop for Hits<'_> {
 /// Hit and miss counts and current size of a [`PageCache`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Page lookups of reads that found their page.
+    /// Reads served from cached pages: a row read (each row of a batched read counts), or a
+    /// range of rows within one page.
     pub hits: u64,
-    /// Pages reads had to read and decode.
+    /// Pages reads had to fetch and decode (each once, however many columns and rows of it the
+    /// read wanted). Long ranges streamed past the cache count in neither.
     pub misses: u64,
     /// Bytes of decoded pages held.
     pub bytes: u64,
@@ -116,6 +118,21 @@ pub struct CacheStats {
     pub pages: u64,
     /// The budget in bytes.
     pub budget: u64,
+}
+
+/// The smallest share of the budget one shard of the cache gets, unless the whole budget is
+/// smaller. A shard refuses any page heavier than about its share, and `quick_cache` makes four
+/// shards per core by default: a 256 MiB budget on 64 cores refused every page over 1 MiB (a
+/// column of 256-byte values), so reads of such tables decoded their pages again every time.
+const MIN_SHARD_BYTES: u64 = 64 << 20;
+
+/// Shards for a cache of `budget` bytes on `cores` cores: four per core for little contention,
+/// but no more than leave each [`MIN_SHARD_BYTES`]; a power of two.
+fn shards(budget: u64, cores: usize) -> usize {
+    let by_size = usize::try_from(budget / MIN_SHARD_BYTES).unwrap_or(usize::MAX);
+    let most = cores.saturating_mul(4).min(by_size).max(1);
+    // The largest power of two not above `most` (quick_cache would round up).
+    1 << most.ilog2()
 }
 
 /// A cache of decoded pages within a byte budget, shared by all readers (`Arc<PageCache>`).
@@ -139,18 +156,39 @@ pub struct PageCache {
 impl PageCache {
     /// A cache holding at most `budget_bytes` of decoded pages.
     pub fn new(budget_bytes: u64) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self::with_cores(budget_bytes, cores)
+    }
+
+    /// [`PageCache::new`] as on a machine of `cores` cores.
+    fn with_cores(budget_bytes: u64, cores: usize) -> Self {
         // quick_cache sizes its tables from an item estimate; 32 KiB is a typical page.
         let estimated_pages = usize::try_from(budget_bytes / 32_768)
             .unwrap_or(usize::MAX)
             .max(16);
-        Self {
-            resident: quick_cache::sync::Cache::with(
+        let mut options = quick_cache::OptionsBuilder::new();
+        options
+            .estimated_items_capacity(estimated_pages)
+            .weight_capacity(budget_bytes)
+            .shards(shards(budget_bytes, cores));
+        let resident = match options.build() {
+            Ok(options) => quick_cache::sync::Cache::with_options(
+                options,
+                ResidentWeight,
+                quick_cache::DefaultHashBuilder::default(),
+                EmptySlot,
+            ),
+            // The builder refuses only a missing capacity, and both are set above.
+            Err(_) => quick_cache::sync::Cache::with(
                 estimated_pages,
                 budget_bytes,
                 ResidentWeight,
                 quick_cache::DefaultHashBuilder::default(),
                 EmptySlot,
             ),
+        };
+        Self {
+            resident,
             budget: budget_bytes,
             shared: SharedBuffers::default(),
             next_segment: AtomicU64::new(0),
@@ -237,9 +275,9 @@ impl PageCache {
         }
     }
 
-    /// Counts `pages` pages a read had to decode.
-    pub(crate) fn missed(&self, pages: usize) {
-        self.misses.fetch_add(pages as u64, Ordering::Relaxed);
+    /// Counts a page a read had to fetch and decode (once, however many of its columns).
+    pub(crate) fn missed(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lets go of every page of `table` (its reader is closing): their weight no longer counts,
@@ -291,9 +329,9 @@ mod tests {
             "every page held is accounted for, and no other"
         );
         cache.hit(&table, &[1], 0);
-        cache.missed(2);
+        cache.missed();
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses), (1, 2));
+        assert_eq!((stats.hits, stats.misses), (1, 1));
     }
 
     #[test]
@@ -338,6 +376,26 @@ mod tests {
             assert_eq!(page.width(), Some(16));
             assert_eq!(page.binary(999), Some(&[p ^ 231; 16][..]));
         }
+    }
+
+    #[test]
+    fn a_page_far_below_the_budget_is_kept_however_many_cores() {
+        // 40 MiB of values in one page, a sixth of the default budget: kept on any machine (by
+        // default quick_cache split the budget into four shards per core, and a shard refused a
+        // page heavier than its share).
+        for cores in [1, 2, 16, 64, 256] {
+            let cache = PageCache::with_cores(256 << 20, cores);
+            let table = cache.table(2, 1, None);
+            cache.insert(&table, 1, 0, page(5 << 20));
+            assert_eq!(table.occupied().count(), 1, "{cores} cores");
+            assert_eq!(cache.stats().pages, 1, "{cores} cores");
+        }
+        assert_eq!(shards(256 << 20, 64), 4);
+        assert_eq!(shards(256 << 20, 1), 4);
+        assert_eq!(shards(16 << 30, 64), 256);
+        assert_eq!(shards(16 << 30, 3), 8);
+        assert_eq!(shards(1 << 20, 64), 1);
+        assert_eq!(shards(0, 0), 1);
     }
 
     #[test]

@@ -1146,7 +1146,7 @@ impl SegmentReader {
                     ),
                 });
             }
-            self.cache.missed(missing.len());
+            self.cache.missed();
             for (i, &column) in decode.columns.iter().enumerate() {
                 let array = Arc::clone(batch.column(i));
                 self.cache
