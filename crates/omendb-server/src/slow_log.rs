@@ -26,8 +26,22 @@ pub struct SlowQuery<'a> {
     pub rows: u64,
     /// How long it took, in ms.
     pub duration_ms: f64,
+    /// How it ended.
+    pub outcome: Outcome,
     /// What the read touched (the engine's explain), when the table could be planned.
     pub explain: Option<serde_json::Value>,
+}
+
+/// How a logged read ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It returned its rows.
+    Ok,
+    /// It failed (its error went to the client, or ended a streamed body early).
+    Error,
+    /// It was dropped unfinished: the client went away, or the request's deadline cut it.
+    Abandoned,
 }
 
 /// Where slow reads are written.

@@ -45,7 +45,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "omendb_http_requests_total",
         Kind::Counter,
-        "Client API requests by route, method and status.",
+        "Client API requests by route, method and status (499: dropped before it answered).",
     ),
     (
         "omendb_http_request_duration_seconds",
@@ -75,7 +75,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "omendb_failed",
         Kind::Gauge,
-        "1 after a write or flush failure that makes the database refuse writes until restart.",
+        "1 once the database refuses writes until restart (a failed write, flush or DDL, or a fenced compaction).",
     ),
     (
         "omendb_visible_lsn",
@@ -100,12 +100,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "omendb_wal_group_commit_records",
         Kind::Histogram,
-        "Records per group commit (one write and one sync).",
+        "Records per group commit written (one write; one sync where the sync policy syncs it).",
     ),
     (
         "omendb_wal_sync_duration_seconds",
         Kind::Histogram,
-        "One WAL fdatasync (file) or one batch upload (object).",
+        "One WAL fdatasync (file) or one batch upload (object) that succeeded.",
     ),
     (
         "omendb_memtables",
@@ -121,7 +121,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "omendb_flush_duration_seconds",
         Kind::Histogram,
-        "One flush: segment upload and manifest commit.",
+        "One flush: waiting for its writes, segment upload, manifest commit, WAL truncation.",
     ),
     (
         "omendb_segments",
@@ -131,7 +131,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "omendb_compacting",
         Kind::Gauge,
-        "1 while a compaction runs.",
+        "1 while the background compaction task (merges, then garbage collection) runs.",
     ),
     (
         "omendb_compactions_total",

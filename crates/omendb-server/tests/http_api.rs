@@ -233,6 +233,41 @@ async fn bad_writes_get_typed_errors_and_change_nothing() {
         }
     };
     refused_as("/v1/tables/cpu/rows", "text/csv", "1,2").await;
+    // A member named twice is ambiguous: refused, not the last one taken (which wrote key 2,
+    // and deleted a range from key 0).
+    for (path, body) in [
+        (
+            "/v1/tables/cpu/rows",
+            r#"[{"key": 1, "usage": 1.0, "key": 2}]"#,
+        ),
+        (
+            "/v1/tables/cpu/delete-range",
+            r#"{"start": 100, "start": 0}"#,
+        ),
+        (
+            "/v1/batch",
+            r#"{"writes": [{"put": {"table": "cpu", "rows": [{"key": 3, "usage": 1.0, "usage": 2.0}]}}]}"#,
+        ),
+    ] {
+        let response = server
+            .client
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap();
+        assert_error(status, &answer, 400, "bad_input");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("appears twice"),
+            "{path}: {answer}"
+        );
+    }
     // A batch is JSON too: another content type is refused before the body is read.
     refused_as(
         "/v1/batch",
@@ -560,10 +595,65 @@ async fn the_query_limit_answers_429_and_a_client_that_leaves_cancels_its_query(
 }
 
 #[tokio::test]
+async fn a_page_token_narrows_the_range_asked_for_and_never_widens_it() {
+    let server = TestServer::start(|_| {}).await;
+    server.create_metrics_table("cpu").await;
+    load(&server, 10).await;
+    let keys = |body: &Value| -> Vec<u64> {
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_u64().unwrap())
+            .collect()
+    };
+    // A token after key 1, used on a range that starts at 8: the range's start holds.
+    let (status, first) = server
+        .post("/v1/tables/cpu/scan", json!({"limit": 2}))
+        .await;
+    assert_eq!((status, keys(&first)), (200, vec![0, 1]));
+    let token = first["next_page_token"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            "/v1/tables/cpu/scan",
+            json!({"start": 8, "page_token": token}),
+        )
+        .await;
+    assert_eq!((status, keys(&body)), (200, vec![8, 9]), "{body}");
+    // Within the range it continues after its key.
+    let (status, body) = server
+        .post(
+            "/v1/tables/cpu/scan",
+            json!({"start": 0, "end": 4, "page_token": token}),
+        )
+        .await;
+    assert_eq!((status, keys(&body)), (200, vec![2, 3]), "{body}");
+
+    // Backwards: a token before key 8, used on a range that ends at 3.
+    let (status, first) = server
+        .post("/v1/tables/cpu/scan", json!({"limit": 2, "reverse": true}))
+        .await;
+    assert_eq!((status, keys(&first)), (200, vec![9, 8]));
+    let token = first["next_page_token"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            "/v1/tables/cpu/scan",
+            json!({"end": 3, "reverse": true, "page_token": token}),
+        )
+        .await;
+    assert_eq!((status, keys(&body)), (200, vec![2, 1, 0]), "{body}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_scan_stops_at_the_request_timeout() {
-    let server = TestServer::start(|config| {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let path = log.path().to_path_buf();
+    let server = TestServer::start(move |config| {
         config.limits.request_timeout_ms = 300;
         config.limits.page_rows = 1_000_000;
+        config.log.slow_query_ms = 1;
+        config.log.slow_query_file = path;
     })
     .await;
     server.create_metrics_table("cpu").await;
@@ -604,6 +694,22 @@ async fn a_scan_stops_at_the_request_timeout() {
     assert!(failed, "the body of {} bytes ended normally", body.len());
     assert!(serde_json::from_slice::<Value>(&body).is_err());
     server.stop().await.unwrap();
+    // The slowest reads are in the slow query log too: this one, cut at the deadline, was not
+    // (only reads that finished were logged).
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let cut: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["route"] == "/v1/tables/{table}/scan")
+        .collect();
+    assert_eq!(cut.len(), 1, "{text}");
+    assert!(
+        cut[0]["outcome"] == "abandoned" || cut[0]["outcome"] == "error",
+        "{text}"
+    );
+    let rows = cut[0]["rows"].as_u64().unwrap();
+    assert!(rows > 0 && rows < 1_000_000, "{text}");
+    assert!(cut[0]["duration_ms"].as_f64().unwrap() >= 300.0, "{text}");
 }
 
 #[tokio::test]
@@ -690,6 +796,7 @@ async fn slow_reads_are_logged_as_json_lines_with_their_plan() {
         .next()
         .unwrap_or_else(|| panic!("no scan in the slow log: {text}"));
     assert_eq!(entry["table"], "cpu");
+    assert_eq!(entry["outcome"], "ok");
     assert_eq!(entry["rows"], 99_995);
     assert_eq!(entry["range"], "5 (incl), open");
     assert!(entry["duration_ms"].as_f64().unwrap() >= 1.0);

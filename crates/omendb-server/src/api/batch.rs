@@ -81,7 +81,7 @@ pub async fn write_batch(
     expect_json(&headers)?;
     let body = body?;
     let _permit = state.write_permit(body.len())?;
-    let request: WriteBatch = serde_json::from_slice::<serde_json::Value>(&body)
+    let request: WriteBatch = super::json_value::parse(&body)
         .map_err(|e| ApiError::bad_input(format!("a batch is {{\"writes\": [...]}}: {e}")))
         .and_then(super::object)?;
     let db = state.db()?;

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod column;
+pub mod json_value;
 pub mod query;
 pub mod row;
 pub mod rows;
@@ -43,8 +44,8 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) =
-            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        let axum::Json(json_value::UniqueValue(value)) =
+            axum::Json::<json_value::UniqueValue>::from_request(request, state).await?;
         object(value).map(Json)
     }
 }
@@ -114,7 +115,7 @@ pub fn router(state: Arc<State>) -> Router {
     let (routes, doc) = routes();
     let doc = Arc::new(doc);
     let max_body = state.config.limits.max_body_bytes;
-    routes
+    let router = routes
         .route(
             "/openapi.json",
             get(move || {
@@ -130,16 +131,24 @@ pub fn router(state: Arc<State>) -> Router {
                 "this route does not take this method",
             )
         })
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout))
-        .layer(middleware::from_fn(measure))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
+    observed(router)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// `router` with every request measured and a panic answered 500. The panic is caught inside
+/// `measure`, so a request that panicked is counted as its 500 (caught outside, the unwinding
+/// skipped `measure`, and the 500 was never counted).
+fn observed<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 ApiError::internal("the server failed on this request (a bug; it is logged)")
                     .into_response()
             },
         ))
-        .with_state(state)
+        .layer(middleware::from_fn(measure))
 }
 
 /// Answers 503 `timeout` when a request runs longer than `limits.request_timeout_ms`. A read's
@@ -150,11 +159,22 @@ async fn timeout(
     request: Request,
     next: Next,
 ) -> Response {
+    let reads = request.method() == axum::http::Method::GET
+        || request.extensions().get::<MatchedPath>().is_some_and(|p| {
+            ["/scan", "/multi-get", "/aggregate", "/explain"]
+                .iter()
+                .any(|read| p.as_str().ends_with(read))
+        });
     match tokio::time::timeout(state.request_timeout(), next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::timeout(format!(
-            "the request ran longer than {} ms (limits.request_timeout_ms)",
-            state.config.limits.request_timeout_ms
+            "the request ran longer than {} ms (limits.request_timeout_ms){}",
+            state.config.limits.request_timeout_ms,
+            if reads {
+                ""
+            } else {
+                "; the change may or may not have been applied: read it back before retrying"
+            }
         ))
         .into_response(),
     }
@@ -168,6 +188,35 @@ fn method_label(method: &axum::http::Method) -> &str {
         name @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "CONNECT"
         | "TRACE") => name,
         _ => "_OTHER",
+    }
+}
+
+/// A request's count and latency, recorded when it is dropped: with the response's status, or
+/// with [`ABANDONED`] when the request was dropped before it answered (its client went away).
+/// Recorded only after the answer, abandoned requests went uncounted, and the latency histogram
+/// lost the slowest requests, those clients give up on.
+struct Measured {
+    route: String,
+    method: String,
+    started: Instant,
+    span: tracing::Span,
+    status: Option<u16>,
+}
+
+/// The status label of a request dropped before it answered (nginx's "client closed request").
+const ABANDONED: u16 = 499;
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(ABANDONED);
+        self.span.record("http.response.status_code", status);
+        metrics::counter!(
+            "omendb_http_requests_total",
+            "route" => self.route.clone(), "method" => self.method.clone(), "status" => status.to_string()
+        )
+        .increment(1);
+        metrics::histogram!("omendb_http_request_duration_seconds", "route" => self.route.clone())
+            .record(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -191,16 +240,99 @@ async fn measure(request: Request, next: Next) -> Response {
         http.response.status_code = tracing::field::Empty,
     );
     let _ = span.set_parent(parent);
-    let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(
-        "omendb_http_requests_total",
-        "route" => route.clone(), "method" => method, "status" => status
-    )
-    .increment(1);
-    metrics::histogram!("omendb_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let mut measured = Measured {
+        route,
+        method,
+        started: Instant::now(),
+        span: span.clone(),
+        status: None,
+    };
+    let response = next.run(request).instrument(span).await;
+    measured.status = Some(response.status().as_u16());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use futures::FutureExt as _;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn panics() -> &'static str {
+        panic!("a handler bug")
+    }
+
+    #[test]
+    fn panicked_and_abandoned_requests_are_counted() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let router = observed(
+                    Router::new()
+                        .route("/ok", get(|| async { "ok" }))
+                        .route("/panics", get(panics))
+                        .route("/never", get(std::future::pending::<()>)),
+                );
+                let request = |path: &str| {
+                    axum::http::Request::get(path)
+                        .body(axum::body::Body::empty())
+                        .unwrap()
+                };
+                let ok = router.clone().oneshot(request("/ok")).await.unwrap();
+                assert_eq!(ok.status(), 200);
+                let panicked = router.clone().oneshot(request("/panics")).await.unwrap();
+                assert_eq!(panicked.status(), 500);
+                // The client goes away: the request's future is dropped before it answers.
+                let pending = router.oneshot(request("/never"));
+                assert!(pending.now_or_never().is_none());
+            });
+        });
+        let mut counts = std::collections::BTreeMap::new();
+        let mut timed = std::collections::BTreeMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+            match value {
+                DebugValue::Counter(n) => {
+                    counts.insert(name, n);
+                }
+                DebugValue::Histogram(samples) => {
+                    timed.insert(name, samples.len());
+                }
+                DebugValue::Gauge(_) => {}
+            }
+        }
+        let requests = |route: &str, status: u16| {
+            counts
+                .get(&format!(
+                    "omendb_http_requests_total{{route={route},method=GET,status={status}}}"
+                ))
+                .copied()
+        };
+        assert_eq!(requests("/ok", 200), Some(1), "{counts:?}");
+        assert_eq!(requests("/panics", 500), Some(1), "{counts:?}");
+        assert_eq!(requests("/never", ABANDONED), Some(1), "{counts:?}");
+        for route in ["/ok", "/panics", "/never"] {
+            assert_eq!(
+                timed.get(&format!(
+                    "omendb_http_request_duration_seconds{{route={route}}}"
+                )),
+                Some(&1),
+                "{timed:?}"
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use super::row::{JsonKey, JsonRow, batch_to_json, key_at, key_from_json, key_to_json};
 use super::{ARROW_STREAM, Json, Path};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::slow_log::{SlowQuery, now};
+use crate::slow_log::{Outcome, SlowQuery, now};
 use crate::state::State as Shared;
 
 /// The response header that carries an Arrow page's continuation token.
@@ -279,9 +279,9 @@ pub async fn scan(
     if let Some(token) = &request.page_token {
         let after = token_key(key_type, token)?;
         if request.reverse {
-            end = Bound::Excluded(after);
+            end = past_token(end, after, true, key_type)?;
         } else {
-            start = Bound::Excluded(after);
+            start = past_token(start, after, false, key_type)?;
         }
     }
     let page_rows = state.config.limits.page_rows;
@@ -312,10 +312,14 @@ pub async fn scan(
         max_bytes: state.config.limits.max_response_bytes,
         last: None,
         deadline: tokio::time::Instant::now() + state.request_timeout(),
-        state: Arc::clone(&state),
+        slow: SlowRead::new(
+            &state,
+            "/v1/tables/{table}/scan",
+            &table,
+            Some(bounds),
+            started,
+        ),
         table,
-        bounds,
-        started,
         _permit: permit,
     };
     if wants_arrow(&headers) {
@@ -332,6 +336,36 @@ pub async fn scan(
         Body::from_stream(stream_page(JsonPage::Head(read, first, more))),
     )
         .into_response())
+}
+
+/// `bound`, the scan's start (its end when `reverse`), narrowed to the keys past a page token's
+/// key `after`: a token narrows the range the request names and never widens it. It replaced
+/// the bound, so a token from another range (or a forged one) read rows outside the range asked
+/// for.
+fn past_token(
+    bound: Bound<Key>,
+    after: Key,
+    reverse: bool,
+    key_type: KeyType,
+) -> ApiResult<Bound<Key>> {
+    let order = |key: Key| {
+        key_type
+            .encode(key)
+            .map_err(|e| ApiError::bad_input(e.to_string()))
+    };
+    let token = order(after)?;
+    let tighter = match bound {
+        Bound::Unbounded => false,
+        Bound::Included(key) if reverse => order(key)? < token,
+        Bound::Included(key) => order(key)? > token,
+        Bound::Excluded(key) if reverse => order(key)? <= token,
+        Bound::Excluded(key) => order(key)? >= token,
+    };
+    Ok(if tighter {
+        bound
+    } else {
+        Bound::Excluded(after)
+    })
 }
 
 /// The chunks of a JSON page, made by a task of their own. A response body runs only while the
@@ -419,10 +453,9 @@ struct PageRead {
     max_bytes: usize,
     last: Option<Key>,
     deadline: tokio::time::Instant,
-    state: Arc<Shared>,
     table: Table,
-    bounds: KeyBounds,
-    started: Instant,
+    /// Written when the page is dropped: sent whole, cut by an error, or abandoned.
+    slow: SlowRead,
     // Held until the response is sent or the client goes away: a query counts against
     // `limits.max_concurrent_queries` while its rows are read.
     _permit: OwnedSemaphorePermit,
@@ -446,6 +479,7 @@ impl PageRead {
             batch
         };
         self.sent += batch.num_rows();
+        self.slow.rows = self.sent as u64;
         self.last = key_at(&batch, batch.num_rows() - 1).or(self.last);
         self.bytes = self.bytes.saturating_add(rows_bytes(&batch));
         if self.bytes >= self.max_bytes {
@@ -468,8 +502,11 @@ impl PageRead {
                 .await
                 .map_err(|_| {
                     ApiError::timeout("the scan ran longer than limits.request_timeout_ms")
-                })?;
-            match next.transpose()? {
+                });
+            let next = self
+                .slow
+                .check(next.and_then(|n| n.transpose().map_err(ApiError::from)))?;
+            match next {
                 Some(batch) if batch.num_rows() == 0 => continue,
                 batch => return Ok(batch),
             }
@@ -480,15 +517,8 @@ impl PageRead {
         more.then_some(self.last).flatten().map(page_token)
     }
 
-    fn finish(&self) {
-        observe_slow(
-            &self.state,
-            "/v1/tables/{table}/scan",
-            &self.table,
-            Some(self.bounds),
-            self.sent as u64,
-            self.started,
-        );
+    fn finish(&mut self) {
+        self.slow.finished(self.sent as u64);
     }
 
     /// The whole page as one Arrow IPC stream (bounded by `limits.page_rows`).
@@ -498,8 +528,8 @@ impl PageRead {
         while let Some(batch) = self.next_batch(&mut more).await? {
             batches.push(batch);
         }
+        let mut response = self.slow.check(arrow_response(&schema, &batches))?;
         self.finish();
-        let mut response = arrow_response(&schema, &batches)?;
         if let Some(value) = self
             .token(more)
             .and_then(|token| HeaderValue::from_str(&token).ok())
@@ -563,7 +593,7 @@ impl JsonPage {
     }
 
     /// The tail: the continuation token, and the slow-log entry of the finished page.
-    fn tail(read: &PageRead, more: bool, out: &mut Vec<u8>) {
+    fn tail(read: &mut PageRead, more: bool, out: &mut Vec<u8>) {
         read.finish();
         let token = serde_json::to_string(&read.token(more)).unwrap_or_else(|_| "null".to_owned());
         out.extend_from_slice(format!("],\"next_page_token\":{token}}}").as_bytes());
@@ -571,7 +601,7 @@ impl JsonPage {
 
     async fn next(self) -> Option<(Result<Bytes, std::io::Error>, JsonPage)> {
         match self {
-            JsonPage::Head(read, first, more) => {
+            JsonPage::Head(mut read, first, more) => {
                 let mut out = b"{\"rows\":[".to_vec();
                 match first {
                     Some(batch) => {
@@ -579,7 +609,7 @@ impl JsonPage {
                         Some((Ok(Bytes::from(out)), JsonPage::Rows(read, more)))
                     }
                     None => {
-                        Self::tail(&read, more, &mut out);
+                        Self::tail(&mut read, more, &mut out);
                         Some((Ok(Bytes::from(out)), JsonPage::Done))
                     }
                 }
@@ -592,7 +622,7 @@ impl JsonPage {
                 }
                 Ok(None) => {
                     let mut out = Vec::new();
-                    Self::tail(&read, more, &mut out);
+                    Self::tail(&mut read, more, &mut out);
                     Some((Ok(Bytes::from(out)), JsonPage::Done))
                 }
                 Err(err) => {
@@ -640,6 +670,13 @@ pub async fn aggregate(
         end: request.end.clone(),
     }
     .bounds(table.def().key_type)?;
+    let mut slow = SlowRead::new(
+        &state,
+        "/v1/tables/{table}/aggregate",
+        &table,
+        Some(bounds),
+        started,
+    );
     let result = tokio::time::timeout(
         state.request_timeout(),
         table.aggregate(
@@ -650,15 +687,10 @@ pub async fn aggregate(
         ),
     )
     .await
-    .map_err(|_| ApiError::timeout("the aggregate ran longer than limits.request_timeout_ms"))??;
-    observe_slow(
-        &state,
-        "/v1/tables/{table}/aggregate",
-        &table,
-        Some(bounds),
-        result.num_rows() as u64,
-        started,
-    );
+    .map_err(|_| ApiError::timeout("the aggregate ran longer than limits.request_timeout_ms"))
+    .and_then(|r| r.map_err(ApiError::from));
+    let result = slow.check(result)?;
+    slow.finished(result.num_rows() as u64);
     if wants_arrow(&headers) {
         return arrow_response(&result.schema(), std::slice::from_ref(&result));
     }
@@ -691,35 +723,80 @@ pub async fn explain(
     Ok(Json(table.explain(bounds)?.into()))
 }
 
-/// Writes the slow query log entry of a read that finished, if it was slow (and sampled).
-pub fn observe_slow(
-    state: &Shared,
-    route: &str,
-    table: &Table,
+/// A read's entry in the slow query log, written when the read ends however it ends: finished,
+/// failed, or dropped unfinished (its client went away, or the request's deadline cut it). Only
+/// reads that finished were logged, so the slowest, those the deadline cut, never were.
+pub struct SlowRead {
+    state: Arc<Shared>,
+    route: &'static str,
+    table: Table,
     bounds: Option<KeyBounds>,
     rows: u64,
     started: Instant,
-) {
-    let elapsed = started.elapsed();
-    if !state.slow_log.wants(elapsed) {
-        return;
+    outcome: Outcome,
+}
+
+impl SlowRead {
+    /// The entry of a read of `bounds` (`None`: of listed keys) that began at `started`; until
+    /// told otherwise it is `abandoned`.
+    pub fn new(
+        state: &Arc<Shared>,
+        route: &'static str,
+        table: &Table,
+        bounds: Option<KeyBounds>,
+        started: Instant,
+    ) -> Self {
+        SlowRead {
+            state: Arc::clone(state),
+            route,
+            table: table.clone(),
+            bounds,
+            rows: 0,
+            started,
+            outcome: Outcome::Abandoned,
+        }
     }
-    let explain = bounds
-        .and_then(|b| table.explain(b).ok())
-        .and_then(|e| serde_json::to_value(ExplainInfo::from(e)).ok());
-    let range = match bounds {
-        None => "keys".to_owned(),
-        Some((start, end)) => format!("{}, {}", describe(start), describe(end)),
-    };
-    state.slow_log.write(&SlowQuery {
-        time: now(),
-        route,
-        table: table.name(),
-        range,
-        rows,
-        duration_ms: elapsed.as_secs_f64() * 1e3,
-        explain,
-    });
+
+    /// The read finished, returning `rows` rows.
+    pub fn finished(&mut self, rows: u64) {
+        self.rows = rows;
+        self.outcome = Outcome::Ok;
+    }
+
+    /// Passes `result` on, marking the read failed if it is an error.
+    pub fn check<T>(&mut self, result: ApiResult<T>) -> ApiResult<T> {
+        if result.is_err() {
+            self.outcome = Outcome::Error;
+        }
+        result
+    }
+}
+
+impl Drop for SlowRead {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        if !self.state.slow_log.wants(elapsed) {
+            return;
+        }
+        let explain = self
+            .bounds
+            .and_then(|b| self.table.explain(b).ok())
+            .and_then(|e| serde_json::to_value(ExplainInfo::from(e)).ok());
+        let range = match self.bounds {
+            None => "keys".to_owned(),
+            Some((start, end)) => format!("{}, {}", describe(start), describe(end)),
+        };
+        self.state.slow_log.write(&SlowQuery {
+            time: now(),
+            route: self.route,
+            table: self.table.name(),
+            range,
+            rows: self.rows,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            outcome: self.outcome,
+            explain,
+        });
+    }
 }
 
 fn describe(bound: Bound<Key>) -> String {

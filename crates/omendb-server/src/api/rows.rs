@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 use utoipa::ToSchema;
 
-use super::query::{KeyRange, observe_slow};
+use super::query::{KeyRange, SlowRead};
 use super::row::{
     JsonKey, JsonRow, key_from_json, key_from_text, key_to_json, row_from_json, row_to_json,
 };
@@ -101,8 +101,17 @@ pub fn add_put_body(
             "a put body is application/json or {ARROW_STREAM}, not {content_type}"
         )));
     }
-    let rows: Vec<JsonValue> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_input(format!("a put body is a JSON array of rows: {e}")))?;
+    let rows = match super::json_value::parse(body) {
+        Ok(JsonValue::Array(rows)) => rows,
+        Ok(_) => {
+            return Err(ApiError::bad_input("a put body is a JSON array of rows"));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_input(format!(
+                "a put body is a JSON array of rows: {e}"
+            )));
+        }
+    };
     add_json_rows(batch, table, &rows)
 }
 
@@ -173,15 +182,15 @@ pub async fn get_row(
     let started = Instant::now();
     let table = state.table(&table)?;
     let key = key_from_text(table.def().key_type, &key)?;
-    let row = table.get(key).await?;
-    observe_slow(
+    let mut slow = SlowRead::new(
         &state,
         "/v1/tables/{table}/rows/{key}",
         &table,
         Some((Bound::Included(key), Bound::Included(key))),
-        u64::from(row.is_some()),
         started,
     );
+    let row = slow.check(table.get(key).await.map_err(ApiError::from))?;
+    slow.finished(u64::from(row.is_some()));
     let values =
         row.ok_or_else(|| ApiError::not_found(format!("no row at key {}", key_to_json(key))))?;
     Ok(Json(row_to_json(table.def(), key, &values)))
@@ -224,12 +233,24 @@ pub async fn multi_get(
     // Read a chunk at a time at one snapshot, each chunk's rows written out as JSON before the
     // next is read: the response, not the rows of every key at once, is what memory holds, and
     // it is refused once past `limits.max_response_bytes`.
+    let mut slow = SlowRead::new(
+        &state,
+        "/v1/tables/{table}/multi-get",
+        &table,
+        None,
+        started,
+    );
     let snapshot = state.db()?.snapshot();
     let max_bytes = state.config.limits.max_response_bytes;
     let mut out = b"{\"rows\":[".to_vec();
     let mut found = 0;
     for (i, chunk) in keys.chunks(MULTI_GET_CHUNK).enumerate() {
-        let rows = snapshot.multi_get(&table, chunk).await?;
+        let rows = slow.check(
+            snapshot
+                .multi_get(&table, chunk)
+                .await
+                .map_err(ApiError::from),
+        )?;
         for (j, (&key, row)) in chunk.iter().zip(rows).enumerate() {
             if i + j > 0 {
                 out.push(b',');
@@ -240,21 +261,14 @@ pub async fn multi_get(
             let _ = serde_json::to_writer(&mut out, &row);
         }
         if out.len() > max_bytes {
-            return Err(ApiError::too_large(format!(
+            return slow.check(Err(ApiError::too_large(format!(
                 "the rows of these keys are more than {max_bytes} bytes \
                  (limits.max_response_bytes); ask for fewer keys at a time"
-            )));
+            ))));
         }
     }
     out.extend_from_slice(b"]}");
-    observe_slow(
-        &state,
-        "/v1/tables/{table}/multi-get",
-        &table,
-        None,
-        found as u64,
-        started,
-    );
+    slow.finished(found as u64);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -276,6 +290,7 @@ pub async fn multi_get(
         (status = 200, description = "Committed", body = WriteResult),
         (status = 400, description = "Bad key", body = ErrorBody),
         (status = 404, description = "No such table", body = ErrorBody),
+        (status = 429, description = "Overloaded: writes are held back", body = ErrorBody),
         (status = 503, description = "Not ready or unavailable", body = ErrorBody),
     ))]
 pub async fn delete_row(
@@ -299,6 +314,7 @@ pub async fn delete_row(
         (status = 404, description = "No such table", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Overloaded: writes are held back", body = ErrorBody),
         (status = 503, description = "Not ready or unavailable", body = ErrorBody),
     ))]
 pub async fn delete_range(
