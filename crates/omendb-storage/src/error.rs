@@ -107,7 +107,10 @@ impl Error {
             Error::BadUrl { .. } | Error::BadOption { .. } | Error::BadInput(_) => {
                 ErrorKind::BadInput
             }
-            Error::Arrow(_) => ErrorKind::BadInput,
+            // The batches this crate handles are built by its callers' engines or decoded from
+            // stored objects, never a user's request: an Arrow failure is damage, not bad input
+            // (as BadInput, a segment whose columns disagreed answered a user's read with 400).
+            Error::Arrow(_) => ErrorKind::Corrupt,
             Error::Store { source, .. } => store_error_kind(source),
             Error::Corrupt { .. } | Error::UnsupportedVersion { .. } | Error::Parquet { .. } => {
                 ErrorKind::Corrupt
@@ -146,7 +149,17 @@ fn store_error_kind(err: &object_store::Error) -> ErrorKind {
             // is stored data out of step with its references (deleted by hand, or collected
             // under a reader older than the grace period), not the caller's bad input.
             object_store::Error::NotFound { .. } => ErrorKind::Corrupt,
-            _ => ErrorKind::BadInput,
+            // A configuration or a prefix the operator gave.
+            object_store::Error::UnknownConfigurationKey { .. }
+            | object_store::Error::InvalidPath { .. } => ErrorKind::BadInput,
+            // The backend cannot do what the engine needs (a conditional put, say): retrying
+            // or another request will not change that.
+            object_store::Error::NotImplemented { .. }
+            | object_store::Error::NotSupported { .. } => ErrorKind::Fatal,
+            // An answer that contradicts what this process knows of the store (an object that
+            // exists, or changed, where its references say otherwise); these reached users as
+            // 400 `bad_input` for a valid request.
+            _ => ErrorKind::Corrupt,
         }
     }
 }
@@ -175,5 +188,40 @@ mod tests {
             },
         );
         assert_eq!(transient.kind(), ErrorKind::Retry);
+    }
+
+    #[test]
+    fn only_configuration_errors_of_the_store_are_bad_input() {
+        let kind = |source: object_store::Error| Error::from_store("get", "x", source).kind();
+        assert_eq!(
+            kind(object_store::Error::Precondition {
+                path: "x".to_owned(),
+                source: "changed".into(),
+            }),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            kind(object_store::Error::AlreadyExists {
+                path: "x".to_owned(),
+                source: "there".into(),
+            }),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            kind(object_store::Error::NotImplemented {
+                operation: "put_opts".to_owned(),
+                implementer: "test".to_owned(),
+            }),
+            ErrorKind::Fatal
+        );
+        assert_eq!(
+            kind(object_store::Error::UnknownConfigurationKey {
+                store: "s3",
+                key: "colour".to_owned(),
+            }),
+            ErrorKind::BadInput
+        );
+        let arrow = Error::Arrow(arrow_schema::ArrowError::SchemaError("columns".to_owned()));
+        assert_eq!(arrow.kind(), ErrorKind::Corrupt);
     }
 }

@@ -272,3 +272,154 @@ fn metrics_count_every_request_with_its_outcome() {
         Some(&2)
     );
 }
+
+/// An in-memory store whose get bodies break off: the answer's head comes at once, its body
+/// waits, then fails (a connection that dropped mid-transfer).
+#[derive(Debug)]
+struct BrokenBodies {
+    inner: InMemory,
+    wait: Duration,
+}
+
+impl std::fmt::Display for BrokenBodies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "broken-bodies")
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for BrokenBodies {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let result = self.inner.get_opts(location, options).await?;
+        let wait = self.wait;
+        let body = futures::stream::once(async move {
+            tokio::time::sleep(wait).await;
+            Err(object_store::Error::Generic {
+                store: "broken-bodies",
+                source: "the connection dropped mid-body".into(),
+            })
+        });
+        Ok(object_store::GetResult {
+            payload: object_store::GetResultPayload::Stream(Box::pin(body)),
+            meta: result.meta.clone(),
+            range: result.range.clone(),
+            attributes: result.attributes.clone(),
+            extensions: result.extensions.clone(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[test]
+fn a_get_whose_body_breaks_off_is_timed_whole_counted_failed_and_retried() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let broken = Arc::new(BrokenBodies {
+        inner: InMemory::new(),
+        wait: Duration::from_millis(200),
+    });
+    let counted = Arc::new(Layered::new(Metered::new("memory"), Arc::clone(&broken)));
+    let store = Layered::new(Retry::new(quick_retries(2)), counted);
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            broken
+                .put(&Path::from("a"), PutPayload::from_static(b"value"))
+                .await
+                .unwrap();
+            let err = store.get_range(&Path::from("a"), 0..3).await.unwrap_err();
+            assert!(err.to_string().contains("mid-body"), "{err}");
+        });
+    });
+    let mut outcomes = std::collections::BTreeMap::new();
+    let mut seconds = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+        match value {
+            DebugValue::Counter(n) => {
+                outcomes.insert(name, n);
+            }
+            DebugValue::Histogram(samples) => {
+                seconds.insert(name, samples.iter().map(|s| s.into_inner()).sum::<f64>());
+            }
+            DebugValue::Gauge(_) => {}
+        }
+    }
+    // Three attempts (two retries), each failing once its body broke off after 200 ms.
+    assert_eq!(
+        outcomes.get("omendb_store_requests_total{backend=memory,op=get,outcome=error}"),
+        Some(&3),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get("omendb_store_requests_total{backend=memory,op=get,outcome=ok}"),
+        None,
+        "{outcomes:?}"
+    );
+    let timed = seconds
+        .get("omendb_store_request_duration_seconds{backend=memory,op=get}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        timed >= 0.6,
+        "the bodies' time is the gets' time: {seconds:?}"
+    );
+}

@@ -13,9 +13,9 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{
-    CopyMode, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-    UploadPart,
+    CopyMode, CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions, UploadPart,
 };
 
 /// The kind of a request, used as the `op` label of metrics and in errors.
@@ -191,10 +191,34 @@ impl<L: Layer, S: ObjectStore + ?Sized> ObjectStore for Layered<L, S> {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        let op = if options.head { Op::Head } else { Op::Get };
+        if options.head {
+            return self
+                .layer
+                .request(Op::Head, Idempotence::Idempotent, || {
+                    self.inner.get_opts(location, options.clone())
+                })
+                .await;
+        }
+        // The body is read inside the request: it is most of a get's time, and it can fail after
+        // the head arrived. Read by the caller, after the layers, a body that broke off midway
+        // was counted `ok` and never retried or timed out, and a get's latency (of a local
+        // file, only its opening) left the transfer out. Every reader here reads whole bodies.
         self.layer
-            .request(op, Idempotence::Idempotent, || {
-                self.inner.get_opts(location, options.clone())
+            .request(Op::Get, Idempotence::Idempotent, || async {
+                let result = self.inner.get_opts(location, options.clone()).await?;
+                let (meta, range) = (result.meta.clone(), result.range.clone());
+                let (attributes, extensions) =
+                    (result.attributes.clone(), result.extensions.clone());
+                let body = result.bytes().await?;
+                Ok(GetResult {
+                    payload: GetResultPayload::Stream(
+                        futures::stream::once(async move { Ok(body) }).boxed(),
+                    ),
+                    meta,
+                    range,
+                    attributes,
+                    extensions,
+                })
             })
             .await
     }
