@@ -557,6 +557,22 @@ impl Queue {
         self.outcome(lsn, |st| st.durable >= lsn)
     }
 
+    /// Waits without blocking the thread until records up to `lsn` are written, or until a
+    /// failure or a close stops the log short of it; returns how far the log is written then.
+    /// Records written before a failure are in storage whatever came after, so a reader reads
+    /// them: a read that failed outright left a change stream unable to drain the changes made
+    /// before a disk fault.
+    pub(crate) async fn written_upto_async(&self, lsn: Lsn) -> Result<Lsn> {
+        match self.wait_written_async(lsn).await {
+            Ok(()) => Ok(lsn),
+            Err(Error::Poisoned { .. } | Error::Closed) => {
+                let st = sync::lock(&self.state);
+                Ok(st.written.min(lsn))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Waits without blocking the thread until records up to `lsn` are written.
     pub(crate) async fn wait_written_async(&self, lsn: Lsn) -> Result<()> {
         {

@@ -383,8 +383,7 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, token: u64,
                     continue;
                 }
                 let path = object_path(prefix, batch.first);
-                crate::telemetry::group_written(
-                    "object",
+                let (records, bytes) = (
                     batch.last.saturating_sub(batch.first) + 1,
                     batch.bytes.len(),
                 );
@@ -397,10 +396,15 @@ fn run_writer(queue: &Queue, store: &dyn ObjectStore, prefix: &Path, token: u64,
                 let start = Instant::now();
                 let put = runner.block_on(upload(store, &path, batch.first, payload));
                 upload_cost = start.elapsed();
-                crate::telemetry::synced("object", upload_cost);
                 match put {
-                    // The buffer now belongs to the payload; the queue allocates a new one.
-                    Ok(()) => queue.complete(batch.last, Some(batch.last), Vec::new()),
+                    // Counted and timed once it landed, as the file log counts a group written
+                    // and times a sync that succeeded.
+                    Ok(()) => {
+                        crate::telemetry::group_written("object", records, bytes);
+                        crate::telemetry::synced("object", upload_cost);
+                        // The buffer now belongs to the payload; the queue allocates a new one.
+                        queue.complete(batch.last, Some(batch.last), Vec::new());
+                    }
                     Err(e) => {
                         // Fenced by another writer's object, or an upload that may or may not
                         // have landed: either way nothing in it is known durable, so nothing
@@ -514,8 +518,8 @@ impl Wal for ObjectWal {
 
     fn read_from(&self, from: Lsn) -> BoxStream<'_, Result<Record>> {
         let upto = self.queue.last_assigned();
-        stream::once(async move { self.queue.wait_written_async(upto).await })
-            .map_ok(move |()| self.records(from, upto))
+        stream::once(async move { self.queue.written_upto_async(upto).await })
+            .map_ok(move |written| self.records(from, written))
             .try_flatten()
             .boxed()
     }

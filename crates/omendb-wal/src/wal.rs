@@ -54,8 +54,9 @@ pub trait Wal: Send + Sync + fmt::Debug {
     /// [`Wal::wait_durable`] for a plain thread.
     fn wait_durable_blocking(&self, lsn: Lsn) -> Result<()>;
 
-    /// The records with LSN `from` and above that were appended before the call, in LSN order.
-    /// Records already removed by [`Wal::truncate_before`] are not returned.
+    /// The records with LSN `from` and above that were appended before the call, in LSN order;
+    /// on a log a failure poisoned (or one closed), those written before it. Records already
+    /// removed by [`Wal::truncate_before`] are not returned.
     fn read_from(&self, from: Lsn) -> BoxStream<'_, Result<Record>>;
 
     /// Drops everything before `lsn` that can be dropped as a whole (whole segments or objects);

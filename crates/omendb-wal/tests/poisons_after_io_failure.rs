@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use common::{FaultyIo, payload};
+use futures::TryStreamExt;
 use omendb_wal::{
     AppendOptions, Error, ErrorKind, FileWal, RecoveryMode, SyncPolicy, Wal, WalOptions,
 };
@@ -169,6 +170,11 @@ fn a_failed_write_under_async_appenders_fails_them_all() {
         assert_eq!(Wal::last_durable_lsn(wal.as_ref()), Some(1));
         let later = Wal::append(wal.as_ref(), b"later", AppendOptions::BUFFERED).await;
         assert_poisoned(later, "after a failed write");
+        // What was written before the failure is still read (a change stream drains it); the
+        // read failed outright while LSNs the failed write took were never written.
+        let read: Vec<_> = Wal::read_from(wal.as_ref(), 1).try_collect().await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].lsn, &read[0].payload[..]), (1, &b"ok"[..]));
     });
 }
 

@@ -270,8 +270,8 @@ impl Wal for FileWal {
     fn read_from(&self, from: Lsn) -> BoxStream<'_, Result<Record>> {
         let upto = self.queue.last_assigned();
         stream::once(async move {
-            match self.queue.wait_written_async(upto).await {
-                Ok(()) => stream::iter(self.reader_upto(from, upto)).left_stream(),
+            match self.queue.written_upto_async(upto).await {
+                Ok(written) => stream::iter(self.reader_upto(from, written)).left_stream(),
                 Err(e) => stream::iter([Err(e)]).right_stream(),
             }
         })

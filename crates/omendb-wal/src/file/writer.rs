@@ -109,9 +109,6 @@ impl Writer {
             last,
             sync,
         } = batch;
-        if !bytes.is_empty() {
-            crate::telemetry::group_written("file", last.saturating_sub(first) + 1, bytes.len());
-        }
         let mut off = 0;
         let mut lsn = first;
         while off < bytes.len() {
@@ -137,6 +134,10 @@ impl Writer {
             lsn += records;
         }
         self.written = self.written.max(last);
+        // Counted once written: a group whose write failed poisons the log and is not counted.
+        if !bytes.is_empty() {
+            crate::telemetry::group_written("file", last.saturating_sub(first) + 1, bytes.len());
+        }
         let sync = sync
             || match self.options.sync_policy {
                 SyncPolicy::EveryCommit => true,
