@@ -32,6 +32,8 @@ struct SwitchedWal {
     delay_appends_ms: AtomicU64,
     /// Milliseconds an async append waits after the log answered (its LSN durable).
     delay_answers_ms: AtomicU64,
+    /// The last LSN the log can make durable, as if it failed past it (`u64::MAX`: no cap).
+    durable_cap: AtomicU64,
 }
 
 impl SwitchedWal {
@@ -44,6 +46,7 @@ impl SwitchedWal {
             truncated_before: AtomicU64::new(0),
             delay_appends_ms: AtomicU64::new(0),
             delay_answers_ms: AtomicU64::new(0),
+            durable_cap: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -94,6 +97,9 @@ impl Wal for SwitchedWal {
             while self.stall_durability.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            if lsn > self.durable_cap.load(Ordering::SeqCst) {
+                return Err(Self::injected());
+            }
             Wal::wait_durable(&self.inner, lsn).await
         })
     }
@@ -121,7 +127,8 @@ impl Wal for SwitchedWal {
     }
 
     fn last_durable_lsn(&self) -> Option<Lsn> {
-        self.inner.last_durable_lsn()
+        let cap = self.durable_cap.load(Ordering::SeqCst);
+        self.inner.last_durable_lsn().map(|lsn| lsn.min(cap))
     }
 
     fn last_lsn(&self) -> Option<Lsn> {
@@ -585,6 +592,37 @@ async fn the_change_stream_waits_for_a_buffered_write_to_be_durable() {
     assert_eq!(change.lsn, lsn);
     assert!(wal.last_durable_lsn().unwrap() >= lsn);
     drop(changes);
+    db.close().await.unwrap();
+}
+
+/// A log that failed before a visible `Buffered` write was durable: the change stream hands out
+/// the changes durable before the failure, then reports it (it failed at once, handing out
+/// nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_stream_drains_what_was_durable_before_the_log_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, db, t) = open_switched(dir.path()).await;
+    let mut durable = Vec::new();
+    for key in 0..3u64 {
+        durable.push(t.put_value(key, "d", WriteOptions::DURABLE).await.unwrap());
+    }
+    wal.durable_cap.store(durable[2], Ordering::SeqCst);
+    t.put_value(9u64, "buffered", WriteOptions::BUFFERED)
+        .await
+        .unwrap();
+    let mut changes = db.changes(durable[0]);
+    let mut seen = Vec::new();
+    let end = loop {
+        match changes.next().await {
+            Some(Ok(change)) => seen.push(change.lsn),
+            Some(Err(err)) => break err,
+            None => panic!("the stream ended without the failure: {seen:?}"),
+        }
+    };
+    assert_eq!(seen, durable);
+    assert!(end.to_string().contains("injected"), "{end}");
+    drop(changes);
+    wal.durable_cap.store(u64::MAX, Ordering::SeqCst);
     db.close().await.unwrap();
 }
 

@@ -785,6 +785,50 @@ async fn serializable_transactions_also_conflict_on_what_they_read() {
 }
 
 #[tokio::test]
+async fn a_transactions_scan_sees_its_writes_made_before_the_scan_not_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    t.put_value(5u64, "stored", WriteOptions::DURABLE)
+        .await
+        .unwrap();
+    let mut txn = db.begin();
+    txn.put_value(&t, 1u64, "a").unwrap();
+    let one_row = ScanOptions {
+        batch_rows: Some(1),
+        ..ScanOptions::default()
+    };
+    let mut scan = txn.scan(&t, 0u64.., one_row.clone()).unwrap();
+    let keys = |batch: &RecordBatch| -> Vec<u64> {
+        batch
+            .column(0)
+            .as_primitive::<UInt64Type>()
+            .values()
+            .to_vec()
+    };
+    let first = scan.try_next().await.unwrap().unwrap();
+    assert_eq!(keys(&first), [1]);
+    // Writes after the scan opened: the next key, and a delete of a key it has yet to reach.
+    // A scan that put each key's successor never ended.
+    txn.put_value(&t, 2u64, "b").unwrap();
+    txn.delete(&t, 5u64).unwrap();
+    let rest: Vec<RecordBatch> = scan.try_collect().await.unwrap();
+    let rest: Vec<u64> = rest.iter().flat_map(&keys).collect();
+    assert_eq!(rest, [5]);
+    // A scan opened now sees them.
+    let now: Vec<RecordBatch> = txn
+        .scan(&t, 0u64.., one_row)
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let now: Vec<u64> = now.iter().flat_map(keys).collect();
+    assert_eq!(now, [1, 2]);
+    txn.commit(WriteOptions::DURABLE).await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_second_open_of_a_directory_in_use_fails_and_leaves_the_first_working() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).await.unwrap();

@@ -71,6 +71,9 @@ struct State {
     durable: bool,
     /// The error that ended the last read, reported once the changes before it are out.
     failed: Option<Error>,
+    /// Why the stream ends at `end` rather than at the LSN visible when it began (the log
+    /// failed before the rest was durable), reported once the changes up to `end` are out.
+    cut: Option<Error>,
 }
 
 pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<Change>> {
@@ -82,6 +85,7 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
         buffered: VecDeque::new(),
         durable: false,
         failed: None,
+        cut: None,
     };
     stream::try_unfold(state, |mut state| async move {
         loop {
@@ -92,13 +96,25 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
                 return Err(err);
             }
             if state.next > state.end {
-                return Ok(None);
+                return match state.cut.take() {
+                    Some(err) => Err(err),
+                    None => Ok(None),
+                };
             }
             state.inner.check_open()?;
             if !state.durable {
                 // Syncs the log if nobody has asked yet (a `Buffered` write's record may be
                 // visible before it is durable).
-                state.inner.wal.wait_durable(state.end).await?;
+                if let Err(err) = state.inner.wal.wait_durable(state.end).await {
+                    // A log a failure stopped: what was durable before it is handed out, then
+                    // the error (it failed the whole stream).
+                    let durable = state.inner.wal.last_durable_lsn().unwrap_or(0);
+                    if durable < state.next {
+                        return Err(err.into());
+                    }
+                    state.end = durable;
+                    state.cut = Some(err.into());
+                }
                 state.durable = true;
             }
             let records: Vec<_> = state

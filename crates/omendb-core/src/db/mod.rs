@@ -116,6 +116,9 @@ struct Counters {
     compactions: u64,
     read_compactions: u64,
     idle_compactions: u64,
+    /// What reads were charged on tables dropped since open: `read_charged` is a total since
+    /// open, which a drop must not take back (the server exports it as a running total).
+    read_charged_dropped: std::time::Duration,
 }
 
 /// [`Inner::idle_lsn`] while the database is not idle.
@@ -375,6 +378,14 @@ impl Inner {
             return Err(Error::UnknownTable(name.to_owned()));
         }
         writer.commit(data).await.map_err(|e| self.fail(e.into()))?;
+        // Added before the table leaves the version: a `stats()` in between counts it twice
+        // for a moment, which a running total may do, rather than not at all, which it may not.
+        if let Some(table) = self.version.load_full().tables.get(name) {
+            self.counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .read_charged_dropped += table.charge.charged();
+        }
         self.swap_tables(|tables| {
             for table in tables.iter().filter(|t| t.def.name == name) {
                 self.retire(&table.segments);
@@ -661,7 +672,12 @@ impl Inner {
             read_compactions: counters.read_compactions,
             idle_compactions: counters.idle_compactions,
             idle_work_due: self.idle_work_due(),
-            read_charged: version.tables.values().map(|t| t.charge.charged()).sum(),
+            read_charged: counters.read_charged_dropped
+                + version
+                    .tables
+                    .values()
+                    .map(|t| t.charge.charged())
+                    .sum::<std::time::Duration>(),
             compacting: self
                 .compaction
                 .lock()

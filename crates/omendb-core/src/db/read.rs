@@ -46,15 +46,26 @@ pub(crate) enum Found {
     Segment(Arc<Segment>, usize),
 }
 
+/// A transaction's own writes to one table as a read sees them: those up to `upto`, the
+/// transaction's last write when the read began. A scan's stream outlives the call that opened
+/// it, and writes the transaction makes while the stream runs are not the scan's: read at every
+/// private LSN, they turned up in later batches (a scan that put each key's successor never
+/// ended).
+#[derive(Clone, Debug)]
+pub(crate) struct Overlay {
+    pub(crate) writes: Arc<Memtable>,
+    pub(crate) upto: Lsn,
+}
+
 /// The memtable layers of `table` in `version` at `snapshot`, newest first, after `overlay`.
 pub(crate) fn mem_layers(
     version: &Version,
     table: u32,
     snapshot: Lsn,
-    overlay: Option<&Arc<Memtable>>,
+    overlay: Option<&Overlay>,
 ) -> Vec<MemLayer> {
     overlay
-        .map(|m| (Arc::clone(m), Lsn::MAX))
+        .map(|o| (Arc::clone(&o.writes), o.upto))
         .into_iter()
         .chain(
             version
@@ -114,7 +125,7 @@ pub(crate) enum Step<T> {
 pub(crate) fn point_step<A: Answer>(
     version: &Version,
     table: &TableState,
-    overlay: Option<&Memtable>,
+    overlay: Option<&Overlay>,
     key: u64,
     snapshot: Lsn,
     answer: &A,
@@ -191,7 +202,7 @@ pub(crate) type Misses = Vec<(Arc<Segment>, Vec<(usize, usize)>)>;
 pub(crate) fn multi_step<A: Answer>(
     version: &Version,
     table: &TableState,
-    overlay: Option<&Arc<Memtable>>,
+    overlay: Option<&Overlay>,
     keys: &[u64],
     snapshot: Lsn,
     answer: &A,
@@ -285,16 +296,15 @@ pub(crate) fn multi_step<A: Answer>(
     Ok(Some(misses))
 }
 
-/// What the memtables say about `key`: the transaction's own writes (`overlay`, read at every
-/// LSN) first, then the generations' `memtables`, newest first; the first that knows the key
-/// decides.
+/// What the memtables say about `key`: the transaction's own writes (`overlay`) first, then the
+/// generations' `memtables`, newest first; the first that knows the key decides.
 fn in_memtables(
-    overlay: Option<&Memtable>,
+    overlay: Option<&Overlay>,
     memtables: impl Iterator<Item = impl std::ops::Deref<Target = Memtable>>,
     key: u64,
     snapshot: Lsn,
 ) -> Lookup {
-    let overlay = overlay.map(|m| m.get(key, Lsn::MAX));
+    let overlay = overlay.map(|o| o.writes.get(key, o.upto));
     overlay
         .into_iter()
         .chain(memtables.map(|m| m.get(key, snapshot)))
@@ -802,7 +812,7 @@ impl Scan {
         table: Arc<TableState>,
         range: Option<RangeInclusive<u64>>,
         snapshot: Lsn,
-        overlay: Option<&Arc<Memtable>>,
+        overlay: Option<&Overlay>,
         options: &ScanOptions,
     ) -> Result<Self> {
         let def = &table.def;

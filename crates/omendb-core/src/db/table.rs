@@ -17,7 +17,7 @@ use super::version::{TableState, Version};
 use super::{Batch, Inner};
 use crate::error::{Error, Result};
 use crate::key::{Key, key_bounds};
-use crate::memtable::{Lsn, Memtable};
+use crate::memtable::Lsn;
 use crate::table::{TableDef, Value};
 use crate::version_cell::Loaded;
 
@@ -37,7 +37,7 @@ pub(crate) struct View<'a> {
     pub(crate) inner: &'a Arc<Inner>,
     /// A pinned snapshot, or `None` to read at the latest visible LSN.
     pub(crate) snapshot: Option<Lsn>,
-    pub(crate) overlay: Option<Arc<Memtable>>,
+    pub(crate) overlay: Option<read::Overlay>,
 }
 
 impl View<'_> {
@@ -132,7 +132,7 @@ impl View<'_> {
         read::point_step(
             &version,
             table,
-            self.overlay.as_deref(),
+            self.overlay.as_ref(),
             stored,
             snapshot,
             answer,

@@ -19,6 +19,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use super::options::{ScanOptions, WriteOptions};
+use super::read::Overlay;
 use super::table::View;
 use super::version::Version;
 use super::{Batch, Inner, Snapshot, Table};
@@ -153,7 +154,10 @@ impl Transaction {
         Ok(View {
             inner: self.inner.own(table)?,
             snapshot: Some(self.snapshot.lsn()),
-            overlay: self.overlays.get(&table.def().id).cloned(),
+            overlay: self.overlays.get(&table.def().id).map(|writes| Overlay {
+                writes: Arc::clone(writes),
+                upto: self.private_lsn,
+            }),
         })
     }
 
