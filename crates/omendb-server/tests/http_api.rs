@@ -268,7 +268,7 @@ async fn bad_writes_get_typed_errors_and_change_nothing() {
             "{path}: {answer}"
         );
     }
-    // A batch is JSON too: another content type is refused before the body is read.
+    // A batch is JSON too: another content type is refused.
     refused_as(
         "/v1/batch",
         "application/vnd.apache.arrow.stream",

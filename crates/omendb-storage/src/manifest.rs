@@ -336,6 +336,26 @@ impl ManifestWriter {
     }
 
     async fn publish(&mut self, sequence: u64, data: ManifestData) -> Result<()> {
+        match self.publish_at(sequence, data).await? {
+            None => Ok(()),
+            // This writer's own earlier publish of the version, settled as "did not land" from
+            // a slot that read empty, landed after it: it is the current version, and `data`
+            // goes above it. Only one publish is ever unsettled, so this happens once. Taken
+            // for another writer's, it fenced this writer with no other writer there.
+            Some(data) => match self.publish_at(sequence + 1, data).await? {
+                None => Ok(()),
+                Some(_) => Err(self.fenced(self.epoch)),
+            },
+        }
+    }
+
+    /// [`Self::publish`] at `sequence`, or `data` back if the slot holds an earlier publish of
+    /// this writer (now current).
+    async fn publish_at(
+        &mut self,
+        sequence: u64,
+        data: ManifestData,
+    ) -> Result<Option<ManifestData>> {
         let manifest = Manifest {
             format_version: MANIFEST_VERSION,
             sequence,
@@ -359,12 +379,25 @@ impl ManifestWriter {
             .put_opts(&path, bytes.into(), create)
             .await
         {
-            Ok(_) => self.confirm(manifest).await,
+            Ok(_) => self.confirm(manifest).await.map(|()| None),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // Taken: by this very publish if an earlier attempt's answer was lost (a retry
-                // layer resends it), else by another writer.
+                // layer resends it), by an earlier publish of this writer that landed late,
+                // else by another writer.
                 match self.manifests.read(sequence).await {
-                    Ok(Some(found)) if found.token == manifest.token => self.confirm(found).await,
+                    Ok(Some(found)) if found.token == manifest.token => {
+                        self.confirm(found).await.map(|()| None)
+                    }
+                    Ok(Some(found))
+                        if found.epoch == self.epoch
+                            && found
+                                .token
+                                .strip_prefix(self.id.as_str())
+                                .is_some_and(|rest| rest.starts_with('-')) =>
+                    {
+                        self.confirm(found).await?;
+                        Ok(Some(manifest.data))
+                    }
                     Ok(Some(found)) => {
                         self.pending = None;
                         Err(self.fenced(found.epoch))

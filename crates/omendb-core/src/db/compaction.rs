@@ -47,6 +47,11 @@ const MAX_RUNS: usize = 16;
 /// Rows per batch read from each input, and rows merged between two writes.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
 
+/// Batches per input a merge holds at most before it writes what it picked and lets go of the
+/// rest. Held until `MERGE_BATCH_ROWS` rows were picked, every batch stayed in memory while a
+/// merge dropped most rows (a table deleted whole held all of it).
+const SOURCES_PER_INPUT: usize = 4;
+
 /// Background work that changes no data: a failure is reported in `stats()` and retried, and
 /// the chore's next success clears it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -729,9 +734,13 @@ impl<'a> Merge<'a> {
                 }
             }
             // Written only between keys, so no key's versions span two segments.
-            if self.picks.len() >= MERGE_BATCH_ROWS {
+            if self.picks.len() >= MERGE_BATCH_ROWS
+                || self.sources.len() > self.inputs.len() * SOURCES_PER_INPUT
+            {
                 self.write_picks().await?;
             }
+            // A key loads at most one batch per input.
+            debug_assert!(self.sources.len() <= self.inputs.len() * (SOURCES_PER_INPUT + 1));
         }
         self.write_picks().await?;
         if let Some(sink) = self.sink.take() {

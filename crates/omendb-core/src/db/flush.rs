@@ -8,6 +8,7 @@
 //! every record.
 
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -367,22 +368,7 @@ fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
         .collect();
     let ranges = memtable.range_tombstones(Lsn::MAX);
     if !ranges.is_empty() {
-        let mut covered = Vec::new();
-        for (range, lsn) in &ranges {
-            for segment in &table.segments {
-                let keys = segment.keys();
-                covered.extend(
-                    segment
-                        .positions(range)
-                        .map(|position| (keys[position], *lsn, true, None)),
-                );
-            }
-            covered.extend(
-                rows.iter()
-                    .filter(|(key, version, _, _)| range.contains(key) && version < lsn)
-                    .map(|(key, _, _, _)| (*key, *lsn, true, None)),
-            );
-        }
+        let covered = range_deletions(table, &rows, ranges);
         rows.extend(covered);
         // Real rows sort before a range's tombstone at the same (key, LSN) and win the dedup.
         rows.sort_unstable_by_key(|(key, lsn, synthetic, _)| (*key, Reverse(*lsn), *synthetic));
@@ -399,6 +385,116 @@ fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
         tombstones: rows.iter().map(|r| r.3.is_none()).collect(),
         values,
     })
+}
+
+/// A flushed row: key, LSN, whether a range deletion made it, and its encoded values (`None`
+/// for a deletion).
+type FlushRow = (u64, Lsn, bool, Option<Bytes>);
+
+/// The point tombstones that the range deletions `ranges` of a memtable whose versions are
+/// `rows` (key ascending) leave in its segment, for the keys they cover: stored in a segment,
+/// or written to the memtable before the deletion. Between two real versions of a key, only the
+/// oldest and the newest covering deletion are kept: a snapshot in that stretch sees a deletion
+/// either way (the oldest is the first it can see), and a conflict check asks for the newest.
+/// Every covering deletion of every key was written until the twenty-ninth session: many
+/// overlapping range deletions made a flush of ranges × keys rows, which ran out of memory, and a
+/// failed flush poisons the database (found by a helper agent's review).
+fn range_deletions(
+    table: &TableState,
+    rows: &[FlushRow],
+    mut ranges: Vec<(std::ops::RangeInclusive<u64>, Lsn)>,
+) -> Vec<FlushRow> {
+    ranges.sort_unstable_by_key(|(range, _)| *range.start());
+    // The stored keys the ranges cover, each found once: through the ranges' union.
+    let mut union: Vec<(u64, u64)> = Vec::new();
+    for (range, _) in &ranges {
+        let (first, last) = (*range.start(), *range.end());
+        match union.last_mut() {
+            Some((_, end)) if first <= end.saturating_add(1) => *end = (*end).max(last),
+            _ => union.push((first, last)),
+        }
+    }
+    let mut stored: Vec<u64> = Vec::new();
+    for &(first, last) in &union {
+        for segment in &table.segments {
+            let keys = segment.keys();
+            stored.extend(
+                segment
+                    .positions(&(first..=last))
+                    .map(|position| keys[position]),
+            );
+        }
+    }
+    stored.sort_unstable();
+    stored.dedup();
+
+    // A sweep over the keys in order, holding the ranges that cover the current key: their
+    // LSNs (counted, as two ranges may share one) and where each ends.
+    let mut active: BTreeMap<Lsn, usize> = BTreeMap::new();
+    let mut ends: BinaryHeap<Reverse<(u64, Lsn)>> = BinaryHeap::new();
+    let mut next_range = 0;
+    let mut out = Vec::new();
+    let mut stored_at = 0;
+    let mut row_at = 0;
+    let mut versions: Vec<Lsn> = Vec::new();
+    loop {
+        let key = match (stored.get(stored_at), rows.get(row_at)) {
+            (Some(&s), Some(r)) => s.min(r.0),
+            (Some(&s), None) => s,
+            (None, Some(r)) => r.0,
+            (None, None) => break,
+        };
+        let in_store = stored.get(stored_at) == Some(&key);
+        if in_store {
+            stored_at += 1;
+        }
+        versions.clear();
+        while let Some(row) = rows.get(row_at).filter(|r| r.0 == key) {
+            versions.push(row.1);
+            row_at += 1;
+        }
+        versions.sort_unstable();
+        while let Some((range, lsn)) = ranges.get(next_range).filter(|(r, _)| *r.start() <= key) {
+            *active.entry(*lsn).or_default() += 1;
+            ends.push(Reverse((*range.end(), *lsn)));
+            next_range += 1;
+        }
+        while ends.peek().is_some_and(|Reverse((end, _))| *end < key) {
+            let Some(Reverse((_, lsn))) = ends.pop() else {
+                break;
+            };
+            if let std::collections::btree_map::Entry::Occupied(mut count) = active.entry(lsn) {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
+        }
+        if active.is_empty() {
+            continue;
+        }
+        // The stretches between the key's real versions: from its stored version (older than
+        // every memtable LSN) if it has one, else from its oldest memtable version; open above.
+        let mut lower = in_store.then_some(0);
+        for &upper in versions.iter().chain(std::iter::once(&Lsn::MAX)) {
+            if let Some(lower) = lower {
+                let mut inside = active.range((
+                    std::ops::Bound::Excluded(lower),
+                    std::ops::Bound::Excluded(upper),
+                ));
+                let oldest = inside.next().map(|(&lsn, _)| lsn);
+                let newest = inside.next_back().map(|(&lsn, _)| lsn);
+                out.extend(
+                    oldest
+                        .into_iter()
+                        .chain(newest)
+                        .map(|lsn| (key, lsn, true, None)),
+                );
+            }
+            lower = Some(upper);
+        }
+    }
+    out
 }
 
 /// The background task: flushes frozen generations as they appear and starts compactions;

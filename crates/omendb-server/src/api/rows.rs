@@ -51,17 +51,56 @@ pub struct MultiGetResult {
     pub rows: Vec<Option<JsonRow>>,
 }
 
+/// What a request's `Content-Type` says its body is.
+#[derive(Debug, PartialEq, Eq)]
+enum Media {
+    /// No `Content-Type`: taken as JSON.
+    Unsaid,
+    /// `application/json` or `application/*+json`, parameters aside, in any case (as the
+    /// routes that take `Json` read it).
+    Json,
+    /// An Arrow IPC stream.
+    Arrow,
+    /// Anything else, as given.
+    Other(String),
+}
+
+/// The media type of a request's body. Compared by prefix and case-sensitively, `Application/JSON`
+/// was refused on puts and batches while every other route took it, and `application/jsonl`
+/// passed as JSON.
+fn media(headers: &HeaderMap) -> Media {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Media::Unsaid;
+    };
+    let Ok(text) = value.to_str() else {
+        return Media::Other(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", subtype)) if subtype == "json" || subtype.ends_with("+json") => {
+            Media::Json
+        }
+        _ if essence == ARROW_STREAM => Media::Arrow,
+        _ => Media::Other(text.to_owned()),
+    }
+}
+
 /// Refuses a body whose `Content-Type` is given and is not JSON (415); a body without one is
 /// taken as JSON, as a put's is (the routes that take `Json` need the header).
 pub fn expect_json(headers: &HeaderMap) -> ApiResult<()> {
-    match headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or(""))
-    {
-        Some(content_type) if !content_type.starts_with("application/json") => Err(unsupported(
-            format!("the body is application/json, not {content_type:?}"),
-        )),
-        _ => Ok(()),
+    match media(headers) {
+        Media::Unsaid | Media::Json => Ok(()),
+        Media::Arrow => Err(unsupported(format!(
+            "the body is application/json, not {ARROW_STREAM:?}"
+        ))),
+        Media::Other(content_type) => Err(unsupported(format!(
+            "the body is application/json, not {content_type:?}"
+        ))),
     }
 }
 
@@ -81,11 +120,8 @@ pub fn add_put_body(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<usize> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    if content_type.starts_with(ARROW_STREAM) {
+    let kind = media(headers);
+    if kind == Media::Arrow {
         let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(body), None)
             .map_err(|e| ApiError::bad_input(format!("not an Arrow IPC stream: {e}")))?;
         let mut rows = 0;
@@ -96,7 +132,7 @@ pub fn add_put_body(
         }
         return Ok(rows);
     }
-    if !content_type.starts_with("application/json") {
+    if let Media::Other(content_type) = kind {
         return Err(unsupported(format!(
             "a put body is application/json or {ARROW_STREAM}, not {content_type}"
         )));
@@ -329,4 +365,44 @@ pub async fn delete_range(
         .delete_range(bounds, state.write_options(params))
         .await?;
     Ok(Json(WriteResult { lsn }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn of(content_type: &[u8]) -> Media {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_bytes(content_type).unwrap(),
+        );
+        media(&headers)
+    }
+
+    #[test]
+    fn media_types_are_read_as_every_route_reads_them() {
+        assert_eq!(media(&HeaderMap::new()), Media::Unsaid);
+        for json in [
+            &b"application/json"[..],
+            b"Application/JSON",
+            b"application/json; charset=utf-8",
+            b"application/problem+json",
+        ] {
+            assert_eq!(of(json), Media::Json, "{json:?}");
+        }
+        assert_eq!(of(b"application/vnd.apache.arrow.stream"), Media::Arrow);
+        assert_eq!(of(b"Application/Vnd.Apache.Arrow.Stream;x=1"), Media::Arrow);
+        for other in [
+            &b"application/jsonl"[..],
+            b"text/json",
+            b"text/csv",
+            b"\xffjson",
+        ] {
+            assert!(matches!(of(other), Media::Other(_)), "{other:?}");
+        }
+        assert!(expect_json(&HeaderMap::new()).is_ok());
+    }
 }
