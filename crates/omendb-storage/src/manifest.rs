@@ -306,6 +306,20 @@ impl ManifestWriter {
             .ok_or_else(|| Error::BadInput("no manifest published".to_owned()))
     }
 
+    /// Fails with [`Error::Fenced`] if a version newer than this writer's current one exists
+    /// (another writer opened since). A check at one moment: a writer opening later is found by
+    /// this writer's next publish.
+    pub async fn ensure_newest(&self) -> Result<()> {
+        let versions = self.manifests.list().await?;
+        let own = self.current.as_ref().map(|m| m.sequence);
+        if let Some((&newest, _)) = versions.iter().next_back()
+            && Some(newest) > own
+        {
+            return Err(self.fenced_by(newest).await);
+        }
+        Ok(())
+    }
+
     /// Settles a publish whose answer was lost: if it landed, it becomes the current version.
     async fn resolve_pending(&mut self) -> Result<()> {
         // Cleared only once settled: a caller that stops waiting leaves it pending.

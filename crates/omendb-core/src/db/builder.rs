@@ -279,6 +279,15 @@ impl Builder {
             ),
         };
         let writer = manifests.open_writer(Default::default()).await?;
+        // Two processes opening at once race for the WAL (its claim) and the manifest (its
+        // epoch) apart, and each could win one: the manifest's winner went on serving DDL
+        // while the other acknowledged writes to the WAL it won, and a table the first dropped
+        // lost the second's writes at the next open. Each claims the WAL again once its epoch
+        // is published, then checks that its version is still the newest: a process that lost
+        // either race fails here (found by a helper agent's review). One that opens after this
+        // check is found by this process's next publish, which poisons it.
+        wal.claim().await?;
+        writer.ensure_newest().await?;
         let data = writer.current().map(|m| m.data.clone()).unwrap_or_default();
         let cache = Arc::new(PageCache::new(settings.cache_bytes));
 
