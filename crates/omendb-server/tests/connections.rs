@@ -177,3 +177,83 @@ async fn a_connection_idle_or_unanswered_for_the_timeout_is_closed() {
     }
     server.stop().await.unwrap();
 }
+
+/// A write's body holds its room among the writes in flight from before it is read: a client
+/// still sending a 200 KB body keeps a second write out (429 at once) until it goes away. Bodies
+/// were read whole before they asked for room, so slow or many senders held memory past
+/// `limits.max_inflight_write_bytes`.
+#[tokio::test]
+async fn a_write_reserves_its_body_before_reading_it() {
+    let server = TestServer::start(|config| {
+        config.limits.max_body_bytes = 256 << 10;
+        config.limits.max_inflight_write_bytes = 256 << 10;
+    })
+    .await;
+    server.create_metrics_table("cpu").await;
+    let mut slow = connect(&server).await;
+    slow.write_all(
+        b"POST /v1/tables/cpu/rows HTTP/1.1\r\nHost: omendb\r\n\
+          Content-Type: application/json\r\nContent-Length: 200000\r\n\r\n[{\"key\": 1",
+    )
+    .await
+    .unwrap();
+    let rows: Vec<_> = (0..2_500u64)
+        .map(|k| serde_json::json!({"key": k, "host": "h", "usage": 1.0}))
+        .collect();
+    let body = serde_json::to_vec(&rows).unwrap();
+    assert!(body.len() > 70_000, "{}", body.len());
+    let put = |body: Vec<u8>| {
+        server
+            .client
+            .post(server.url("/v1/tables/cpu/rows"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let started = Instant::now();
+    let refused = loop {
+        let status = put(body.clone()).await.unwrap().status().as_u16();
+        if status == 429 {
+            break true;
+        }
+        // The slow request may not have reached its handler yet.
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused,
+        "a second write fit beside a 200 KB body being sent"
+    );
+    // A body declared over the limit is refused before any of it is read.
+    let mut large = connect(&server).await;
+    large
+        .write_all(
+            b"POST /v1/tables/cpu/rows HTTP/1.1\r\nHost: omendb\r\n\
+              Content-Type: application/json\r\nContent-Length: 300000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = response(&mut large, Duration::from_secs(10)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 413")),
+        "{head:?}"
+    );
+    // The slow client goes away: its room is given back.
+    drop(slow);
+    let started = Instant::now();
+    loop {
+        let status = put(body.clone()).await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the abandoned body's room was never given back: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await.unwrap();
+}

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
@@ -13,7 +11,7 @@ use utoipa::ToSchema;
 use super::query::KeyRange;
 use super::row::{JsonKey, key_from_json};
 use super::rows::{WriteResult, add_json_rows, expect_json};
-use super::{Json, Query};
+use super::{Json, Query, WriteBody};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{State as Shared, WriteParams};
 
@@ -76,11 +74,12 @@ pub async fn write_batch(
     State(state): State<Arc<Shared>>,
     Query(params): Query<WriteParams>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    WriteBody {
+        bytes: body,
+        permit: _permit,
+    }: WriteBody,
 ) -> ApiResult<Json<WriteResult>> {
     expect_json(&headers)?;
-    let body = body?;
-    let _permit = state.write_permit(body.len())?;
     let request: WriteBatch = super::json_value::parse(&body)
         .map_err(|e| ApiError::bad_input(format!("a batch is {{\"writes\": [...]}}: {e}")))
         .and_then(super::object)?;

@@ -67,6 +67,60 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// A write's body, read only once its bytes have room among the writes in flight
+/// (`limits.max_inflight_write_bytes`): the request reserves its `Content-Length` (the body
+/// limit when it gives none) first, gets 429 when that does not fit (its body read and dropped
+/// as it comes), and keeps only the body's size once read. Bodies were read whole before they asked, so many clients sending (or
+/// slowly sending) bodies held memory past the bound.
+pub struct WriteBody {
+    /// The body.
+    pub bytes: axum::body::Bytes,
+    /// Its room among the writes in flight, held until the write is answered.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl FromRequest<Arc<State>> for WriteBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<State>) -> Result<Self, ApiError> {
+        let max_body = state.config.limits.max_body_bytes;
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(declared) = declared.filter(|&n| n > max_body as u64) {
+            return Err(ApiError::too_large(format!(
+                "a body of {declared} bytes is over {max_body} (limits.max_body_bytes)"
+            )));
+        }
+        let reserve = declared.map_or(max_body, |n| usize::try_from(n).unwrap_or(max_body));
+        let mut permit = match state.write_permit(reserve) {
+            Ok(permit) => permit,
+            Err(overloaded) => {
+                // Read and dropped as it comes (nothing held), up to the body limit: answered
+                // before its body was read, a client still sending it got a broken pipe instead
+                // of the 429.
+                let mut body = request.into_body().into_data_stream();
+                let mut read = 0;
+                while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+                    read += chunk.len();
+                    if read > max_body {
+                        break;
+                    }
+                }
+                return Err(overloaded);
+            }
+        };
+        let bytes = axum::body::Bytes::from_request(request, state).await?;
+        let keep = bytes.len().max(1);
+        if let Some(extra) = permit.num_permits().checked_sub(keep).filter(|&n| n > 0) {
+            drop(permit.split(extra));
+        }
+        Ok(WriteBody { bytes, permit })
+    }
+}
+
 /// Path parameters; a malformed one is a 400 in the API's error shape.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]

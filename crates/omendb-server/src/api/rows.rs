@@ -5,9 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use omendb_core::{Batch, Table};
@@ -19,7 +17,7 @@ use super::query::{KeyRange, SlowRead};
 use super::row::{
     JsonKey, JsonRow, key_from_json, key_from_text, key_to_json, row_from_json, row_to_json,
 };
-use super::{ARROW_STREAM, Json, Path, Query};
+use super::{ARROW_STREAM, Json, Path, Query, WriteBody};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{State as Shared, WriteParams};
 
@@ -182,10 +180,11 @@ pub async fn put_rows(
     Path(table): Path<String>,
     Query(params): Query<WriteParams>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    WriteBody {
+        bytes: body,
+        permit: _permit,
+    }: WriteBody,
 ) -> ApiResult<Json<WriteResult>> {
-    let body = body?;
-    let _permit = state.write_permit(body.len())?;
     let db = state.db()?;
     let table = db.table(&table)?;
     let mut batch = db.batch();
