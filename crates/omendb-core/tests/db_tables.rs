@@ -723,6 +723,19 @@ async fn the_change_stream_lists_commits_in_order_and_resumes() {
     assert_eq!(resumed[0].lsn, c);
     let past_end: Vec<_> = db.changes(c + 1).try_collect().await.unwrap();
     assert!(past_end.is_empty());
+    // Large records are read a few at a time (a read stops past 8 MiB of them), and the stream
+    // carries on across the reads, in order.
+    let big = vec![7u8; 900 << 10];
+    let mut lsns = Vec::new();
+    for key in 100..130u64 {
+        lsns.push(
+            t.put_value(key, big.clone(), WriteOptions::BUFFERED)
+                .await
+                .unwrap(),
+        );
+    }
+    let changes: Vec<_> = db.changes(lsns[0]).try_collect().await.unwrap();
+    assert_eq!(changes.iter().map(|c| c.lsn).collect::<Vec<_>>(), lsns);
     db.close().await.unwrap();
 }
 

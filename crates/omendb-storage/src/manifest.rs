@@ -157,11 +157,13 @@ impl Manifests {
         Ok(objects
             .into_iter()
             .filter_map(|meta| {
-                // Exactly the names `path_of` writes: 20 digits and `.json`.
+                // Exactly the paths `path_of` writes: 20 digits and `.json`, directly in the
+                // directory (a stray `manifest/x/<digits>.json`, matched by its name alone, was
+                // taken for a newer version: every collection then reported `Fenced`).
                 let digits = meta.location.filename()?.strip_suffix(".json")?;
                 let valid = digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit());
                 let sequence = digits.parse().ok().filter(|_| valid)?;
-                Some((sequence, meta))
+                (meta.location == self.path_of(sequence)).then_some((sequence, meta))
             })
             .collect())
     }

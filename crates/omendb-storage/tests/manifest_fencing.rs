@@ -241,7 +241,17 @@ async fn a_damaged_newest_version_is_skipped_by_readers_and_refused_by_writers(
         )
         .await
         .unwrap();
+    // So is a version's name in a directory below (it was taken for version 9, newer than the
+    // writer's, and fenced it).
+    store
+        .put(
+            &Path::from("db/manifest/old/00000000000000000009.json"),
+            Bytes::from_static(b"x").into(),
+        )
+        .await
+        .unwrap();
     assert_eq!(manifests.latest().await.unwrap().unwrap().sequence, 4);
+    assert_eq!(next.commit(data(9, &[])).await.unwrap().sequence, 5);
 }
 
 async fn a_writer_that_stalled_past_the_grace_period_is_fenced(store: Arc<dyn ObjectStore>) {

@@ -425,11 +425,23 @@ async fn replay(
     };
     let mut records = wal.read_from(flushed + 1);
     let mut first = true;
+    let mut expected = flushed + 1;
     while let Some(record) = records.next().await {
         let record = record?;
         if std::mem::take(&mut first) && record.lsn > flushed + 1 && !gaps_allowed {
             return Err(gap(record.lsn));
         }
+        // Every record follows the one before: a log whose reading skipped records (a store
+        // listing that left an object out) lost acknowledged writes, which the next flush
+        // would have made for good by raising the flushed LSN past them.
+        if record.lsn != expected && !gaps_allowed {
+            return Err(Error::Corrupt(format!(
+                "the WAL's record {} follows record {}: the records in between are missing",
+                record.lsn,
+                expected - 1
+            )));
+        }
+        expected = record.lsn + 1;
         // An object-store log's claim: no writes.
         if record.payload.is_empty() {
             continue;

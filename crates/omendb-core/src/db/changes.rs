@@ -19,8 +19,12 @@ use crate::key::Key;
 use crate::memtable::Lsn;
 use crate::table::Value;
 
-/// Records read from the WAL at a time.
+/// Records read from the WAL at a time, at most.
 const READ_AHEAD: usize = 256;
+
+/// Payload bytes read from the WAL at a time, at most (past the record that crosses it): 256
+/// records of up to 16 MiB each held 4 GiB per stream before its first change was handed out.
+const READ_AHEAD_BYTES: usize = 8 << 20;
 
 /// One committed write batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,6 +125,13 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
                 .inner
                 .wal
                 .read_from(state.next)
+                .scan(0usize, |bytes, record| {
+                    let within = *bytes < READ_AHEAD_BYTES;
+                    if let Ok(record) = &record {
+                        *bytes += record.payload.len();
+                    }
+                    std::future::ready(within.then_some(record))
+                })
                 .take(READ_AHEAD)
                 .try_collect()
                 .await?;
