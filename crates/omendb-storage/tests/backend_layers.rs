@@ -212,6 +212,36 @@ async fn a_timed_out_attempt_is_retried() {
     );
 }
 
+/// What a local recorder holds, each series named `name{label=value,...}`: counters' values and
+/// histograms' samples.
+fn recorded(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, Vec<f64>>,
+) {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut histograms = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
+        match value {
+            DebugValue::Counter(n) => {
+                counts.insert(name, n);
+            }
+            DebugValue::Histogram(samples) => {
+                histograms.insert(name, samples.iter().map(|s| s.into_inner()).collect());
+            }
+            DebugValue::Gauge(_) => {}
+        }
+    }
+    (counts, histograms)
+}
+
 #[test]
 fn metrics_count_every_request_with_its_outcome() {
     let recorder = DebuggingRecorder::new();
@@ -237,25 +267,11 @@ fn metrics_count_every_request_with_its_outcome() {
             assert_eq!(listed.len(), 2);
         });
     });
-    let mut counts = std::collections::BTreeMap::new();
-    let mut histograms = std::collections::BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
-        match value {
-            DebugValue::Counter(n) => {
-                counts.insert(name, n);
-            }
-            DebugValue::Histogram(samples) => {
-                histograms.insert(name, samples.len());
-            }
-            DebugValue::Gauge(_) => {}
-        }
-    }
+    let (counts, samples) = recorded(&snapshotter);
+    let histograms: std::collections::BTreeMap<String, usize> = samples
+        .into_iter()
+        .map(|(name, s)| (name, s.len()))
+        .collect();
     let requests = |op: &str, outcome: &str| {
         counts
             .get(&format!(
@@ -273,100 +289,13 @@ fn metrics_count_every_request_with_its_outcome() {
     );
 }
 
-/// An in-memory store whose get bodies break off: the answer's head comes at once, its body
-/// waits, then fails (a connection that dropped mid-transfer).
-#[derive(Debug)]
-struct BrokenBodies {
-    inner: InMemory,
-    wait: Duration,
-}
-
-impl std::fmt::Display for BrokenBodies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "broken-bodies")
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for BrokenBodies {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        let result = self.inner.get_opts(location, options).await?;
-        let wait = self.wait;
-        let body = futures::stream::once(async move {
-            tokio::time::sleep(wait).await;
-            Err(object_store::Error::Generic {
-                store: "broken-bodies",
-                source: "the connection dropped mid-body".into(),
-            })
-        });
-        Ok(object_store::GetResult {
-            payload: object_store::GetResultPayload::Stream(Box::pin(body)),
-            meta: result.meta.clone(),
-            range: result.range.clone(),
-            attributes: result.attributes.clone(),
-            extensions: result.extensions.clone(),
-        })
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 #[test]
 fn a_get_whose_body_breaks_off_is_timed_whole_counted_failed_and_retried() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let broken = Arc::new(BrokenBodies {
-        inner: InMemory::new(),
-        wait: Duration::from_millis(200),
+    let broken = Arc::new(common::Scripted {
+        bodies_break_after: Some(Duration::from_millis(200)),
+        ..common::Scripted::default()
     });
     let counted = Arc::new(Layered::new(Metered::new("memory"), Arc::clone(&broken)));
     let store = Layered::new(Retry::new(quick_retries(2)), counted);
@@ -384,25 +313,11 @@ fn a_get_whose_body_breaks_off_is_timed_whole_counted_failed_and_retried() {
             assert!(err.to_string().contains("mid-body"), "{err}");
         });
     });
-    let mut outcomes = std::collections::BTreeMap::new();
-    let mut seconds = std::collections::BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let labels: Vec<String> = key
-            .key()
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.key().name(), labels.join(","));
-        match value {
-            DebugValue::Counter(n) => {
-                outcomes.insert(name, n);
-            }
-            DebugValue::Histogram(samples) => {
-                seconds.insert(name, samples.iter().map(|s| s.into_inner()).sum::<f64>());
-            }
-            DebugValue::Gauge(_) => {}
-        }
-    }
+    let (outcomes, samples) = recorded(&snapshotter);
+    let seconds: std::collections::BTreeMap<String, f64> = samples
+        .into_iter()
+        .map(|(name, s)| (name, s.iter().sum()))
+        .collect();
     // Three attempts (two retries), each failing once its body broke off after 200 ms.
     assert_eq!(
         outcomes.get("omendb_store_requests_total{backend=memory,op=get,outcome=error}"),

@@ -476,104 +476,17 @@ async fn a_taken_slot_that_reads_empty_is_not_a_fence() {
     assert_eq!(check_chain(&store).await, 2);
 }
 
-/// An in-memory store whose next create (once armed) answers "already exists" without landing,
-/// and lands just before the create after it: S3's 409 to a conditional write while another to
-/// the key is in flight, that other being the writer's own first attempt, which lands late.
-#[derive(Debug, Default)]
-struct LateLanding {
-    inner: InMemory,
-    hold_next: std::sync::atomic::AtomicBool,
-    held: std::sync::Mutex<Option<(Path, object_store::PutPayload)>>,
-}
-
-impl std::fmt::Display for LateLanding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "late-landing")
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for LateLanding {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: object_store::PutPayload,
-        opts: object_store::PutOptions,
-    ) -> object_store::Result<object_store::PutResult> {
-        if matches!(opts.mode, object_store::PutMode::Create) {
-            if self.hold_next.swap(false, Ordering::SeqCst) {
-                *self.held.lock().unwrap() = Some((location.clone(), payload));
-                return Err(object_store::Error::AlreadyExists {
-                    path: location.to_string(),
-                    source: "a conflicting conditional write is in progress".into(),
-                });
-            }
-            let held = self.held.lock().unwrap().take();
-            if let Some((path, late)) = held {
-                self.inner.put_opts(&path, late, opts.clone()).await?;
-            }
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: object_store::PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: object_store::GetOptions,
-    ) -> object_store::Result<object_store::GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&Path>,
-    ) -> object_store::Result<object_store::ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: object_store::CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 /// A publish answered 409 whose slot read empty, settled by the next commit as "did not land",
 /// then landing just before that commit's publish of the same slot: the slot holds this
 /// writer's own version, which becomes current, and the commit goes above it. It was taken for
 /// another writer's, and the writer fenced itself (fatal) with no other writer there.
 #[tokio::test]
 async fn an_own_publish_that_landed_late_is_not_a_fence() {
-    let late = Arc::new(LateLanding::default());
+    let late = Arc::new(common::Scripted::default());
     let store: Arc<dyn ObjectStore> = Arc::clone(&late) as _;
     let manifests = manifests_in(&store);
     let mut writer = manifests.open_writer(data(1, &[])).await.unwrap();
-    late.hold_next.store(true, Ordering::SeqCst);
+    late.hold_next_create.store(true, Ordering::SeqCst);
     let err = writer.commit(data(2, &[])).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Retry, "{err}");
     let published = writer.commit(data(3, &[])).await.unwrap();

@@ -245,3 +245,112 @@ impl Layer for Faults {
         }
     }
 }
+
+/// An in-memory store with scripted misbehaviour no [`Layer`] can express, as it touches bodies
+/// and the order requests land in.
+#[derive(Debug, Default)]
+pub struct Scripted {
+    pub inner: object_store::memory::InMemory,
+    /// Every get's body waits this long, then fails (a connection that dropped mid-transfer).
+    pub bodies_break_after: Option<Duration>,
+    /// The next create answers "already exists" without landing (it waits in `held`), and
+    /// lands just before the create after it (S3's 409 while the writer's own first attempt is
+    /// in flight).
+    pub hold_next_create: std::sync::atomic::AtomicBool,
+    pub held: std::sync::Mutex<Option<(object_store::path::Path, object_store::PutPayload)>>,
+}
+
+impl std::fmt::Display for Scripted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "scripted")
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Scripted {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        if matches!(opts.mode, object_store::PutMode::Create) {
+            if self.hold_next_create.swap(false, Ordering::SeqCst) {
+                *self.held.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((location.clone(), payload));
+                return Err(object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: "a conflicting conditional write is in progress".into(),
+                });
+            }
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some((path, late)) = held {
+                self.inner.put_opts(&path, late, opts.clone()).await?;
+            }
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let result = self.inner.get_opts(location, options).await?;
+        let Some(wait) = self.bodies_break_after else {
+            return Ok(result);
+        };
+        let body = futures::stream::once(async move {
+            tokio::time::sleep(wait).await;
+            Err(object_store::Error::Generic {
+                store: "scripted",
+                source: "the connection dropped mid-body".into(),
+            })
+        });
+        Ok(object_store::GetResult {
+            payload: object_store::GetResultPayload::Stream(body.boxed()),
+            meta: result.meta.clone(),
+            range: result.range.clone(),
+            attributes: result.attributes.clone(),
+            extensions: result.extensions.clone(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
