@@ -338,3 +338,57 @@ fn a_get_whose_body_breaks_off_is_timed_whole_counted_failed_and_retried() {
         "the bodies' time is the gets' time: {seconds:?}"
     );
 }
+
+#[test]
+fn a_request_its_caller_gives_up_on_is_counted_cancelled() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let stalled = Faults {
+                stall: 1.into(),
+                ..Faults::default()
+            }
+            .over_memory();
+            let store = Layered::new(Metered::new("memory"), stalled);
+            // A caller that stops waiting (a readiness check's deadline), for a put and a
+            // listing.
+            let path = Path::from("a");
+            let put = store.put(&path, PutPayload::from_static(b"v"));
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), put)
+                    .await
+                    .is_err()
+            );
+            store
+                .put(&Path::from("b"), PutPayload::from_static(b"v"))
+                .await
+                .unwrap();
+            store
+                .put(&Path::from("c"), PutPayload::from_static(b"v"))
+                .await
+                .unwrap();
+            // A listing read in part, then dropped.
+            let mut listing = store.list(None);
+            assert!(futures::StreamExt::next(&mut listing).await.is_some());
+            drop(listing);
+        });
+    });
+    let (counts, samples) = recorded(&snapshotter);
+    assert_eq!(
+        counts.get("omendb_store_requests_total{backend=memory,op=put,outcome=cancelled}"),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("omendb_store_requests_total{backend=memory,op=list,outcome=cancelled}"),
+        Some(&1),
+        "{counts:?}"
+    );
+    let put_seconds = &samples["omendb_store_request_duration_seconds{backend=memory,op=put}"];
+    assert!(put_seconds[0] >= 0.02, "{put_seconds:?}");
+}

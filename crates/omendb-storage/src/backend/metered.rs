@@ -2,8 +2,10 @@
 //! server installs a Prometheus recorder; an embedding program may install any other, and with
 //! none installed recording costs next to nothing.
 //!
-//! Metrics (labels `backend`, `op`, and `outcome` = `ok` | `error` on the counter):
-//! - `omendb_store_requests_total` — requests finished;
+//! Metrics (labels `backend`, `op`, and `outcome` = `ok` | `error` | `cancelled` on the
+//! counter):
+//! - `omendb_store_requests_total` — requests finished, or dropped unfinished (`cancelled`: its
+//!   caller stopped waiting, as a readiness check that gives up on a store that hangs);
 //! - `omendb_store_request_duration_seconds` — histogram of their latency;
 //! - `omendb_store_retries_total` (from the retry layer, label `op`) — attempts sent again.
 
@@ -28,8 +30,7 @@ impl Metered {
         Self { backend }
     }
 
-    fn record(&self, op: Op, ok: bool, started: Instant) {
-        let outcome = if ok { "ok" } else { "error" };
+    fn record(&self, op: Op, outcome: &'static str, started: Instant) {
         metrics::counter!(
             "omendb_store_requests_total",
             "backend" => self.backend, "op" => op.name(), "outcome" => outcome
@@ -59,12 +60,14 @@ impl Layer for Metered {
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = object_store::Result<T>> + Send,
     {
-        let started = Instant::now();
+        let pending = Pending::new(self.clone(), op);
         let request = attempt();
-        let this = self.clone();
         async move {
+            // The whole guard moves into the future (a field alone would be captured), so it
+            // is dropped with it.
+            let mut pending = pending;
             let outcome = request.await;
-            this.record(op, outcome.is_ok(), started);
+            pending.outcome = Some(if outcome.is_ok() { "ok" } else { "error" });
             outcome
         }
     }
@@ -74,26 +77,50 @@ impl Layer for Metered {
         op: Op,
         start: ListStart,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        // A listing counts as one request, recorded when it ends or fails.
-        let this = self.clone();
-        let started = Instant::now();
-        futures::stream::unfold(Some(start()), move |stream| {
-            let this = this.clone();
-            async move {
-                let mut stream = stream?;
-                match stream.next().await {
-                    Some(Ok(meta)) => Some((Ok(meta), Some(stream))),
-                    Some(Err(err)) => {
-                        this.record(op, false, started);
-                        Some((Err(err), None))
-                    }
-                    None => {
-                        this.record(op, true, started);
-                        None
-                    }
+        // A listing counts as one request, recorded when it ends, fails or is dropped.
+        let pending = Pending::new(self.clone(), op);
+        futures::stream::unfold(Some((start(), pending)), move |state| async move {
+            let (mut stream, mut pending) = state?;
+            match stream.next().await {
+                Some(Ok(meta)) => Some((Ok(meta), Some((stream, pending)))),
+                Some(Err(err)) => {
+                    pending.outcome = Some("error");
+                    Some((Err(err), None))
+                }
+                None => {
+                    pending.outcome = Some("ok");
+                    None
                 }
             }
         })
         .boxed()
+    }
+}
+
+/// A request being measured, recorded when it is dropped: with its outcome, or as `cancelled`
+/// if it never finished. Recorded only on finishing, a request its caller gave up on (a
+/// readiness check cutting off a store that hangs) was never counted or timed.
+struct Pending {
+    metered: Metered,
+    op: Op,
+    started: Instant,
+    outcome: Option<&'static str>,
+}
+
+impl Pending {
+    fn new(metered: Metered, op: Op) -> Self {
+        Self {
+            metered,
+            op,
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metered
+            .record(self.op, self.outcome.unwrap_or("cancelled"), self.started);
     }
 }
