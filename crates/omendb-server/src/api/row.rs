@@ -56,8 +56,8 @@ impl<'de> serde::Deserialize<'de> for JsonRow {
 /// The key `json` gives for a table keyed by `key_type`.
 pub fn key_from_json(key_type: KeyType, json: &Json) -> Result<Key, ApiError> {
     let key = match key_type {
-        KeyType::U64 => json.as_u64().map(Key::U64),
-        _ => json.as_i64().map(Key::I64),
+        KeyType::U64 => integer(json, json.as_u64()).map(Key::U64),
+        _ => integer(json, json.as_i64()).map(Key::I64),
     };
     key.ok_or_else(|| {
         ApiError::bad_input(format!(
@@ -121,6 +121,16 @@ pub fn row_from_json(def: &TableDef, row: &Json) -> Result<(Key, Vec<Value>), Ap
     Ok((key, values))
 }
 
+/// `exact`, the integer `json` holds, or 0 for JSON's `-0`, which the parser reads as the float
+/// -0.0 (an integer key or column refused it as a float).
+fn integer<T: Default>(json: &Json, exact: Option<T>) -> Option<T> {
+    exact.or_else(|| {
+        json.as_f64()
+            .is_some_and(|f| f == 0.0 && f.is_sign_negative())
+            .then(T::default)
+    })
+}
+
 /// The engine value of `json` for a column of `data_type`; ranges are checked by the engine.
 fn value_from_json(
     column: &str,
@@ -132,12 +142,12 @@ fn value_from_json(
         (_, Json::Null) => Some(Value::Null),
         (T::Boolean, Json::Bool(b)) => Some(Value::Bool(*b)),
         (T::UInt8 | T::UInt16 | T::UInt32 | T::UInt64, Json::Number(n)) => {
-            n.as_u64().map(Value::UInt)
+            integer(json, n.as_u64()).map(Value::UInt)
         }
         (
             T::Int8 | T::Int16 | T::Int32 | T::Int64 | T::Date32 | T::Date64 | T::Timestamp(_, _),
             Json::Number(n),
-        ) => n.as_i64().map(Value::Int),
+        ) => integer(json, n.as_i64()).map(Value::Int),
         (T::Float32 | T::Float64, Json::Number(n)) => n.as_f64().map(Value::Float),
         (T::Utf8 | T::LargeUtf8, Json::String(s)) => Some(Value::Str(s.clone())),
         (T::Binary | T::LargeBinary, Json::String(s)) => {
