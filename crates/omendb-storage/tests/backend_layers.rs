@@ -212,14 +212,23 @@ async fn a_timed_out_attempt_is_retried() {
     );
 }
 
-/// What a local recorder holds, each series named `name{label=value,...}`: counters' values and
-/// histograms' samples.
+/// Runs `work` with a local metrics recorder and returns what it recorded, each series named
+/// `name{label=value,...}`: counters' values and histograms' samples.
 fn recorded(
-    snapshotter: &metrics_util::debugging::Snapshotter,
+    work: impl std::future::Future<Output = ()>,
 ) -> (
     std::collections::BTreeMap<String, u64>,
     std::collections::BTreeMap<String, Vec<f64>>,
 ) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(work);
+    });
     let mut counts = std::collections::BTreeMap::new();
     let mut histograms = std::collections::BTreeMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
@@ -244,30 +253,21 @@ fn recorded(
 
 #[test]
 fn metrics_count_every_request_with_its_outcome() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let (counts, samples) = recorded(async {
+        let store = Layered::new(Metered::new("memory"), Arc::new(InMemory::new()));
+        store
+            .put(&Path::from("a"), PutPayload::from_static(b"v"))
+            .await
             .unwrap();
-        runtime.block_on(async {
-            let store = Layered::new(Metered::new("memory"), Arc::new(InMemory::new()));
-            store
-                .put(&Path::from("a"), PutPayload::from_static(b"v"))
-                .await
-                .unwrap();
-            store
-                .put(&Path::from("b"), PutPayload::from_static(b"v"))
-                .await
-                .unwrap();
-            store.get(&Path::from("a")).await.unwrap();
-            store.get(&Path::from("missing")).await.unwrap_err();
-            let listed: Vec<_> = store.list(None).try_collect().await.unwrap();
-            assert_eq!(listed.len(), 2);
-        });
+        store
+            .put(&Path::from("b"), PutPayload::from_static(b"v"))
+            .await
+            .unwrap();
+        store.get(&Path::from("a")).await.unwrap();
+        store.get(&Path::from("missing")).await.unwrap_err();
+        let listed: Vec<_> = store.list(None).try_collect().await.unwrap();
+        assert_eq!(listed.len(), 2);
     });
-    let (counts, samples) = recorded(&snapshotter);
     let histograms: std::collections::BTreeMap<String, usize> = samples
         .into_iter()
         .map(|(name, s)| (name, s.len()))
@@ -291,29 +291,20 @@ fn metrics_count_every_request_with_its_outcome() {
 
 #[test]
 fn a_get_whose_body_breaks_off_is_timed_whole_counted_failed_and_retried() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
     let broken = Arc::new(common::Scripted {
         bodies_break_after: Some(Duration::from_millis(200)),
         ..common::Scripted::default()
     });
     let counted = Arc::new(Layered::new(Metered::new("memory"), Arc::clone(&broken)));
     let store = Layered::new(Retry::new(quick_retries(2)), counted);
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let (outcomes, samples) = recorded(async {
+        broken
+            .put(&Path::from("a"), PutPayload::from_static(b"value"))
+            .await
             .unwrap();
-        runtime.block_on(async {
-            broken
-                .put(&Path::from("a"), PutPayload::from_static(b"value"))
-                .await
-                .unwrap();
-            let err = store.get_range(&Path::from("a"), 0..3).await.unwrap_err();
-            assert!(err.to_string().contains("mid-body"), "{err}");
-        });
+        let err = store.get_range(&Path::from("a"), 0..3).await.unwrap_err();
+        assert!(err.to_string().contains("mid-body"), "{err}");
     });
-    let (outcomes, samples) = recorded(&snapshotter);
     let seconds: std::collections::BTreeMap<String, f64> = samples
         .into_iter()
         .map(|(name, s)| (name, s.iter().sum()))
@@ -341,44 +332,35 @@ fn a_get_whose_body_breaks_off_is_timed_whole_counted_failed_and_retried() {
 
 #[test]
 fn a_request_its_caller_gives_up_on_is_counted_cancelled() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let (counts, samples) = recorded(async {
+        let stalled = Faults {
+            stall: 1.into(),
+            ..Faults::default()
+        }
+        .over_memory();
+        let store = Layered::new(Metered::new("memory"), stalled);
+        // A caller that stops waiting (a readiness check's deadline), for a put and a
+        // listing.
+        let path = Path::from("a");
+        let put = store.put(&path, PutPayload::from_static(b"v"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), put)
+                .await
+                .is_err()
+        );
+        store
+            .put(&Path::from("b"), PutPayload::from_static(b"v"))
+            .await
             .unwrap();
-        runtime.block_on(async {
-            let stalled = Faults {
-                stall: 1.into(),
-                ..Faults::default()
-            }
-            .over_memory();
-            let store = Layered::new(Metered::new("memory"), stalled);
-            // A caller that stops waiting (a readiness check's deadline), for a put and a
-            // listing.
-            let path = Path::from("a");
-            let put = store.put(&path, PutPayload::from_static(b"v"));
-            assert!(
-                tokio::time::timeout(Duration::from_millis(20), put)
-                    .await
-                    .is_err()
-            );
-            store
-                .put(&Path::from("b"), PutPayload::from_static(b"v"))
-                .await
-                .unwrap();
-            store
-                .put(&Path::from("c"), PutPayload::from_static(b"v"))
-                .await
-                .unwrap();
-            // A listing read in part, then dropped.
-            let mut listing = store.list(None);
-            assert!(futures::StreamExt::next(&mut listing).await.is_some());
-            drop(listing);
-        });
+        store
+            .put(&Path::from("c"), PutPayload::from_static(b"v"))
+            .await
+            .unwrap();
+        // A listing read in part, then dropped.
+        let mut listing = store.list(None);
+        assert!(futures::StreamExt::next(&mut listing).await.is_some());
+        drop(listing);
     });
-    let (counts, samples) = recorded(&snapshotter);
     assert_eq!(
         counts.get("omendb_store_requests_total{backend=memory,op=put,outcome=cancelled}"),
         Some(&1),
