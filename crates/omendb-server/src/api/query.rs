@@ -315,15 +315,14 @@ pub async fn scan(
         slow: SlowRead::new(
             &state,
             "/v1/tables/{table}/scan",
-            &table,
+            table,
             Some(bounds),
             started,
         ),
-        table,
         _permit: permit,
     };
     if wants_arrow(&headers) {
-        let schema = projected_schema(&read.table, request.projection.as_deref())?;
+        let schema = projected_schema(read.slow.table(), request.projection.as_deref())?;
         return read.into_arrow(schema).await;
     }
     let mut more = false;
@@ -453,8 +452,7 @@ struct PageRead {
     max_bytes: usize,
     last: Option<Key>,
     deadline: tokio::time::Instant,
-    table: Table,
-    /// Written when the page is dropped: sent whole, cut by an error, or abandoned.
+    /// The table, and the entry written when the page is dropped: sent whole, cut by an error, or abandoned.
     slow: SlowRead,
     // Held until the response is sent or the client goes away: a query counts against
     // `limits.max_concurrent_queries` while its rows are read.
@@ -673,13 +671,13 @@ pub async fn aggregate(
     let mut slow = SlowRead::new(
         &state,
         "/v1/tables/{table}/aggregate",
-        &table,
+        table,
         Some(bounds),
         started,
     );
     let result = tokio::time::timeout(
         state.request_timeout(),
-        table.aggregate(
+        slow.table().aggregate(
             bounds,
             &request.column,
             request.function.into(),
@@ -737,24 +735,30 @@ pub struct SlowRead {
 }
 
 impl SlowRead {
-    /// The entry of a read of `bounds` (`None`: of listed keys) that began at `started`; until
-    /// told otherwise it is `abandoned`.
+    /// The entry of a read of `table` in `bounds` (`None`: of listed keys) that began at
+    /// `started`; until told otherwise it is `abandoned`. It takes the table (the read uses it
+    /// through [`SlowRead::table`]): a copy per read cost every request its allocations.
     pub fn new(
         state: &Arc<Shared>,
         route: &'static str,
-        table: &Table,
+        table: Table,
         bounds: Option<KeyBounds>,
         started: Instant,
     ) -> Self {
         SlowRead {
             state: Arc::clone(state),
             route,
-            table: table.clone(),
+            table,
             bounds,
             rows: 0,
             started,
             outcome: Outcome::Abandoned,
         }
+    }
+
+    /// The table read.
+    pub fn table(&self) -> &Table {
+        &self.table
     }
 
     /// The read finished, returning `rows` rows.

@@ -220,15 +220,16 @@ pub async fn get_row(
     let mut slow = SlowRead::new(
         &state,
         "/v1/tables/{table}/rows/{key}",
-        &table,
+        table,
         Some((Bound::Included(key), Bound::Included(key))),
         started,
     );
-    let row = slow.check(table.get(key).await.map_err(ApiError::from))?;
+    let row = slow.table().get(key).await.map_err(ApiError::from);
+    let row = slow.check(row)?;
     slow.finished(u64::from(row.is_some()));
     let values =
         row.ok_or_else(|| ApiError::not_found(format!("no row at key {}", key_to_json(key))))?;
-    Ok(Json(row_to_json(table.def(), key, &values)))
+    Ok(Json(row_to_json(slow.table().def(), key, &values)))
 }
 
 /// Reads the rows at many keys, at one snapshot.
@@ -268,30 +269,20 @@ pub async fn multi_get(
     // Read a chunk at a time at one snapshot, each chunk's rows written out as JSON before the
     // next is read: the response, not the rows of every key at once, is what memory holds, and
     // it is refused once past `limits.max_response_bytes`.
-    let mut slow = SlowRead::new(
-        &state,
-        "/v1/tables/{table}/multi-get",
-        &table,
-        None,
-        started,
-    );
+    let mut slow = SlowRead::new(&state, "/v1/tables/{table}/multi-get", table, None, started);
     let snapshot = state.db()?.snapshot();
     let max_bytes = state.config.limits.max_response_bytes;
     let mut out = b"{\"rows\":[".to_vec();
     let mut found = 0;
     for (i, chunk) in keys.chunks(MULTI_GET_CHUNK).enumerate() {
-        let rows = slow.check(
-            snapshot
-                .multi_get(&table, chunk)
-                .await
-                .map_err(ApiError::from),
-        )?;
+        let rows = snapshot.multi_get(slow.table(), chunk).await;
+        let rows = slow.check(rows.map_err(ApiError::from))?;
         for (j, (&key, row)) in chunk.iter().zip(rows).enumerate() {
             if i + j > 0 {
                 out.push(b',');
             }
             found += usize::from(row.is_some());
-            let row = row.map(|values| row_to_json(table.def(), key, &values));
+            let row = row.map(|values| row_to_json(slow.table().def(), key, &values));
             // Writing JSON values into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut out, &row);
         }
