@@ -14,7 +14,11 @@ const PUT: u8 = 1;
 /// Bytes a put adds to the record besides its row: kind, table id, key, row length.
 pub(crate) const PUT_OVERHEAD: usize = 1 + 4 + 8 + 4;
 const DELETE: u8 = 2;
+/// Bytes a delete takes: kind, table id, key.
+pub(crate) const DELETE_LEN: usize = 1 + 4 + 8;
 const DELETE_RANGE: u8 = 3;
+/// Bytes a range delete takes: kind, table id, first and last key.
+pub(crate) const DELETE_RANGE_LEN: usize = 1 + 4 + 8 + 8;
 
 /// One write of a batch. Keys are stored keys (see [`crate::key`]); rows are the engine's
 /// encoded rows, opaque here.
@@ -54,6 +58,15 @@ impl Write {
             Write::Put { table, .. }
             | Write::Delete { table, .. }
             | Write::DeleteRange { table, .. } => *table,
+        }
+    }
+
+    /// Bytes this write takes in the encoded batch.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Write::Put { row, .. } => PUT_OVERHEAD + row.len(),
+            Write::Delete { .. } => DELETE_LEN,
+            Write::DeleteRange { .. } => DELETE_RANGE_LEN,
         }
     }
 }
@@ -106,6 +119,9 @@ pub enum BatchError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     writes: Vec<Write>,
+    /// The writes' encoded bytes, kept as they are added: the engine checks its batch limit at
+    /// every write, which a sum over the writes would make quadratic.
+    bytes: usize,
 }
 
 impl WriteBatch {
@@ -116,13 +132,17 @@ impl WriteBatch {
 
     /// Adds a put.
     pub fn put(&mut self, table: u32, key: u64, row: Bytes) -> &mut Self {
-        self.writes.push(Write::Put { table, key, row });
-        self
+        self.push(Write::Put { table, key, row })
     }
 
     /// Adds a delete.
     pub fn delete(&mut self, table: u32, key: u64) -> &mut Self {
-        self.writes.push(Write::Delete { table, key });
+        self.push(Write::Delete { table, key })
+    }
+
+    fn push(&mut self, write: Write) -> &mut Self {
+        self.bytes += write.encoded_len();
+        self.writes.push(write);
         self
     }
 
@@ -135,14 +155,20 @@ impl WriteBatch {
         if first > last {
             return self;
         }
-        self.writes.retain(|write| match *write {
-            Write::Put { table: t, key, .. } | Write::Delete { table: t, key } => {
-                t != table || !(first..=last).contains(&key)
+        let bytes = &mut self.bytes;
+        self.writes.retain(|write| {
+            let keep = match *write {
+                Write::Put { table: t, key, .. } | Write::Delete { table: t, key } => {
+                    t != table || !(first..=last).contains(&key)
+                }
+                Write::DeleteRange { .. } => true,
+            };
+            if !keep {
+                *bytes -= write.encoded_len();
             }
-            Write::DeleteRange { .. } => true,
+            keep
         });
-        self.writes.push(Write::DeleteRange { table, first, last });
-        self
+        self.push(Write::DeleteRange { table, first, last })
     }
 
     /// The writes, in order.
@@ -162,15 +188,7 @@ impl WriteBatch {
 
     /// Bytes [`encode`](Self::encode) will produce.
     pub fn encoded_len(&self) -> usize {
-        5 + self
-            .writes
-            .iter()
-            .map(|write| match write {
-                Write::Put { row, .. } => PUT_OVERHEAD + row.len(),
-                Write::Delete { .. } => 1 + 4 + 8,
-                Write::DeleteRange { .. } => 1 + 4 + 8 + 8,
-            })
-            .sum::<usize>()
+        5 + self.bytes
     }
 
     /// The WAL record: version, write count, then each write (little-endian).
@@ -284,7 +302,11 @@ impl WriteBatch {
                 extra: input.remaining(),
             });
         }
-        Ok(Self { writes })
+        Ok(Self {
+            writes,
+            // Every byte after the header is a write's (trailing bytes were refused).
+            bytes: total - 5,
+        })
     }
 }
 
@@ -293,6 +315,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn batch_of(writes: Vec<Write>) -> WriteBatch {
+        WriteBatch {
+            bytes: writes.iter().map(Write::encoded_len).sum(),
+            writes,
+        }
+    }
 
     fn write() -> impl Strategy<Value = Write> {
         prop_oneof![
@@ -320,15 +349,31 @@ mod tests {
     proptest! {
         #[test]
         fn batches_round_trip(writes in proptest::collection::vec(write(), 0..30)) {
-            let batch = WriteBatch { writes };
+            let batch = batch_of(writes);
             let bytes = batch.encode().unwrap();
             prop_assert_eq!(bytes.len(), batch.encoded_len());
             prop_assert_eq!(WriteBatch::decode(Bytes::from(bytes)).unwrap(), batch);
         }
 
         #[test]
+        fn the_kept_length_is_the_encoded_length(writes in proptest::collection::vec(write(), 0..30)) {
+            // Added one by one, so range deletes drop the writes they cover.
+            let mut batch = WriteBatch::new();
+            for write in writes {
+                match write {
+                    Write::Put { table, key, row } => batch.put(table % 3, key % 50, row),
+                    Write::Delete { table, key } => batch.delete(table % 3, key % 50),
+                    Write::DeleteRange { table, first, last } => {
+                        batch.delete_range(table % 3, first % 50..=last % 50)
+                    }
+                };
+            }
+            prop_assert_eq!(batch.encode().unwrap().len(), batch.encoded_len());
+        }
+
+        #[test]
         fn every_truncation_is_refused(writes in proptest::collection::vec(write(), 1..10)) {
-            let bytes = WriteBatch { writes }.encode().unwrap();
+            let bytes = batch_of(writes).encode().unwrap();
             for len in 0..bytes.len() {
                 prop_assert!(WriteBatch::decode(Bytes::copy_from_slice(&bytes[..len])).is_err());
             }
@@ -373,13 +418,11 @@ mod tests {
                 supported: 1
             })
         );
-        let inverted = WriteBatch {
-            writes: vec![Write::DeleteRange {
-                table: 1,
-                first: 9,
-                last: 3,
-            }],
-        };
+        let inverted = batch_of(vec![Write::DeleteRange {
+            table: 1,
+            first: 9,
+            last: 3,
+        }]);
         assert_eq!(
             WriteBatch::decode(Bytes::from(inverted.encode().unwrap())),
             Err(BatchError::InvertedRange {

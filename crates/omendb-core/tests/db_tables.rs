@@ -868,8 +868,11 @@ async fn a_second_open_of_a_directory_in_use_fails_and_leaves_the_first_working(
     db.close().await.unwrap();
 }
 
+/// A write that would take a batch (or a transaction) past its limit is refused when it is
+/// added, and changes nothing; it used to be refused only at the commit, after the writes
+/// before it had grown the batch in memory without bound.
 #[tokio::test]
-async fn an_oversize_batch_is_refused_whole() {
+async fn a_write_past_the_batch_limit_is_refused_when_added() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::builder()
         .path(dir.path())
@@ -879,26 +882,101 @@ async fn an_oversize_batch_is_refused_whole() {
         .unwrap();
     let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
     let mut batch = db.batch();
-    for key in 0..100u64 {
-        batch.put_value(&t, key, vec![1u8; 512]).unwrap();
-    }
     assert!(matches!(
         batch.put_value(&t, 100u64, vec![1u8; 2048]),
         Err(Error::TooLarge { what: "row", .. })
     ));
-    let refused = db.write(batch, WriteOptions::DURABLE).await;
+    let mut added = 0u64;
+    let refused = loop {
+        match batch.put_value(&t, added, vec![1u8; 512]) {
+            Ok(_) => added += 1,
+            Err(err) => break err,
+        }
+        assert!(added < 100, "a 16 KiB batch took 100 rows of 512 bytes");
+    };
     assert!(matches!(
         refused,
+        Error::TooLarge {
+            what: "write batch",
+            ..
+        }
+    ));
+    // A 5-byte header, then 17 bytes and the row per put.
+    assert_eq!(added, (16 * 1024 - 5) / (17 + 512));
+    assert_eq!(batch.len() as u64, added);
+    // Deletes take room too, until none fits; then a range delete does not either.
+    let mut deletes = 0u64;
+    let refused = loop {
+        match batch.delete(&t, 10_000 + deletes) {
+            Ok(_) => deletes += 1,
+            Err(err) => break err,
+        }
+        assert!(deletes < 100, "deletes were never refused");
+    };
+    assert!(matches!(
+        refused,
+        Error::TooLarge {
+            what: "write batch",
+            ..
+        }
+    ));
+    assert!(matches!(
+        batch.delete_range(&t, 0u64..5),
         Err(Error::TooLarge {
             what: "write batch",
             ..
         })
     ));
-    assert_eq!(t.get_value(0u64).await.unwrap(), None);
+    let rows = arrow_array::RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::UInt64, false),
+            Field::new("value", DataType::Binary, false),
+        ])),
+        vec![
+            Arc::new(arrow_array::UInt64Array::from(vec![500u64])),
+            Arc::new(arrow_array::BinaryArray::from(vec![&[7u8; 512][..]])),
+        ],
+    )
+    .unwrap();
+    let len = batch.len();
+    assert!(matches!(
+        batch.put_batch(&t, &rows),
+        Err(Error::TooLarge {
+            what: "write batch",
+            ..
+        })
+    ));
+    assert_eq!(batch.len(), len);
+    // What was added commits.
+    db.write(batch, WriteOptions::DURABLE).await.unwrap();
+    assert_eq!(t.get_value(0u64).await.unwrap().unwrap().len(), 512);
+    assert_eq!(t.get_value(added).await.unwrap(), None);
+
+    let mut tx = db.begin();
+    let mut written = 0u64;
+    let refused = loop {
+        match tx.put_value(&t, 1000 + written, vec![2u8; 512]) {
+            Ok(()) => written += 1,
+            Err(err) => break err,
+        }
+        assert!(
+            written < 100,
+            "a 16 KiB transaction took 100 rows of 512 bytes"
+        );
+    };
+    assert!(matches!(
+        refused,
+        Error::TooLarge {
+            what: "write batch",
+            ..
+        }
+    ));
+    // The refused write is not in the transaction's own view either.
+    assert_eq!(tx.get_value(&t, 1000 + written).await.unwrap(), None);
+    tx.commit(WriteOptions::DURABLE).await.unwrap();
+    assert_eq!(t.get_value(1000u64).await.unwrap().unwrap().len(), 512);
+    assert_eq!(t.get_value(1000 + written).await.unwrap(), None);
     assert_eq!(db.stats().failure, None);
-    t.put_value(0u64, vec![2u8; 512], WriteOptions::DURABLE)
-        .await
-        .unwrap();
     db.close().await.unwrap();
 }
 

@@ -87,6 +87,7 @@ impl Batch {
         let mut row = Vec::new();
         def.codec.encode_values(values, &mut row)?;
         self.check_row(row.len())?;
+        self.check_batch(crate::batch::PUT_OVERHEAD + row.len())?;
         self.writes.put(def.id, stored, Bytes::from(row));
         Ok(self.wrote(def))
     }
@@ -111,21 +112,12 @@ impl Batch {
         let mut buffer = Vec::new();
         let mut ends = Vec::with_capacity(rows.num_rows());
         // Refused as soon as the batch would pass its limit, not after a copy of all of it.
-        let limit = self.db.settings.max_batch_bytes;
-        let before = self.writes.encoded_len();
         for i in 0..keys.len() {
             let start = buffer.len();
             def.codec.encode_row(&storage, i, &mut buffer);
             self.check_row(buffer.len() - start)?;
             ends.push(buffer.len());
-            let bytes = before + buffer.len() + crate::batch::PUT_OVERHEAD * (i + 1);
-            if bytes > limit {
-                return Err(Error::TooLarge {
-                    what: "write batch",
-                    bytes,
-                    limit,
-                });
-            }
+            self.check_batch(buffer.len() + crate::batch::PUT_OVERHEAD * (i + 1))?;
         }
         let buffer = Bytes::from(buffer);
         let mut start = 0;
@@ -140,6 +132,7 @@ impl Batch {
     pub fn delete(&mut self, table: &Table, key: impl Into<Key>) -> Result<&mut Self> {
         let def = self.of(table)?;
         let stored = def.key_type.encode(key.into())?;
+        self.check_batch(crate::batch::DELETE_LEN)?;
         self.writes.delete(def.id, stored);
         Ok(self.wrote(def))
     }
@@ -152,10 +145,28 @@ impl Batch {
     ) -> Result<&mut Self> {
         let def = self.of(table)?;
         if let Some(range) = def.key_type.stored_range(key_bounds(&range))? {
+            // Checked before the writes it covers are dropped: the limit holds at every step.
+            self.check_batch(crate::batch::DELETE_RANGE_LEN)?;
             self.writes.delete_range(def.id, range);
         }
         // Noted even when the range is empty: a write to a dropped table is refused.
         Ok(self.wrote(def))
+    }
+
+    /// Refuses a write that would take the batch past its limit as soon as it is added (the
+    /// commit would refuse the batch anyway): a batch, or a transaction's writes, cannot grow
+    /// in memory without bound before the commit.
+    fn check_batch(&self, adding: usize) -> Result<()> {
+        let limit = self.db.settings.max_batch_bytes;
+        let bytes = self.writes.encoded_len().saturating_add(adding);
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: "write batch",
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     fn check_row(&self, bytes: usize) -> Result<()> {
