@@ -104,13 +104,24 @@ pub enum Error {
     /// The log was closed; no further appends are accepted.
     #[error("WAL is closed")]
     Closed,
+    /// The buffer stayed full for [`crate::WalOptions::max_buffer_wait`]: the storage is not
+    /// keeping up. The record was not written and took no LSN; the log goes on.
+    #[error(
+        "the WAL's buffer of {bytes} bytes stayed full for {waited:?}; the record was not written"
+    )]
+    BufferFull {
+        /// The buffer's limit ([`crate::WalOptions::max_buffered_bytes`]).
+        bytes: usize,
+        /// How long the append waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
     /// Whether to retry, fix the input, or reopen the log.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => ErrorKind::Retry,
+            Error::Io { .. } | Error::BufferFull { .. } => ErrorKind::Retry,
             #[cfg(not(loom))]
             Error::ObjectStore { .. } => ErrorKind::Retry,
             Error::RecordTooLarge { .. }

@@ -113,6 +113,7 @@ pub(crate) struct Queue {
     done: Condvar,
     max_record_bytes: usize,
     max_buffered_bytes: usize,
+    max_buffer_wait: std::time::Duration,
     /// Async waiters, woken by `publish`. A list under a short lock rather than a
     /// `tokio::sync::watch`: with dozens of appenders a group, each wait there cloned and
     /// dropped a receiver and took two locks, every one a cache line the two cores passed back
@@ -129,7 +130,12 @@ pub(crate) struct Queue {
 
 impl Queue {
     /// A queue whose records `..= last_lsn` are already durable (recovered).
-    pub(crate) fn new(last_lsn: Lsn, max_record_bytes: usize, max_buffered_bytes: usize) -> Self {
+    pub(crate) fn new(
+        last_lsn: Lsn,
+        max_record_bytes: usize,
+        max_buffered_bytes: usize,
+        max_buffer_wait: std::time::Duration,
+    ) -> Self {
         Queue {
             state: Mutex::new(State {
                 next_lsn: last_lsn + 1,
@@ -157,6 +163,7 @@ impl Queue {
             done: Condvar::new(),
             max_record_bytes,
             max_buffered_bytes,
+            max_buffer_wait,
             #[cfg(not(loom))]
             async_waiters: std::sync::Mutex::new(Vec::new()),
             #[cfg(not(loom))]
@@ -178,6 +185,7 @@ impl Queue {
         // The checksum is the costly part of framing; compute it outside the lock.
         let crc = format::payload_crc(payload);
         let mut st = sync::lock(&self.state);
+        let mut waited_since = None;
         loop {
             if let Some(cause) = &st.poison {
                 return Err(Error::Poisoned {
@@ -190,8 +198,17 @@ impl Queue {
             if st.buf.len() < self.max_buffered_bytes {
                 break;
             }
+            let since = *waited_since.get_or_insert_with(std::time::Instant::now);
+            let left = self.max_buffer_wait.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                // Nothing was framed and no LSN taken: the log is as it was.
+                return Err(Error::BufferFull {
+                    bytes: self.max_buffered_bytes,
+                    waited: since.elapsed(),
+                });
+            }
             st.blocked += 1;
-            st = off_the_runtime(|| sync::wait(&self.space, st));
+            st = off_the_runtime(|| sync::wait_timeout(&self.space, st, left));
             st.blocked -= 1;
         }
         let lsn = st.next_lsn;
@@ -723,7 +740,7 @@ mod loom_tests {
     #[test]
     fn concurrent_durable_appends_are_written_once_in_order_and_acknowledged_durable() {
         model(|| {
-            let queue = Arc::new(Queue::new(0, 16, 1 << 20));
+            let queue = Arc::new(Queue::new(0, 16, 1 << 20, Duration::from_secs(60)));
             let w = {
                 let queue = queue.clone();
                 thread::spawn(move || writer(queue, false))
@@ -757,7 +774,7 @@ mod loom_tests {
     #[test]
     fn buffered_appends_are_drained_and_synced_at_close() {
         model(|| {
-            let queue = Arc::new(Queue::new(5, 16, 1 << 20));
+            let queue = Arc::new(Queue::new(5, 16, 1 << 20, Duration::from_secs(60)));
             let w = {
                 let queue = queue.clone();
                 thread::spawn(move || writer(queue, false))
@@ -787,7 +804,7 @@ mod loom_tests {
     #[test]
     fn a_failed_write_is_never_acknowledged_and_later_appends_are_refused() {
         model(|| {
-            let queue = Arc::new(Queue::new(0, 16, 1 << 20));
+            let queue = Arc::new(Queue::new(0, 16, 1 << 20, Duration::from_secs(60)));
             let w = {
                 let queue = queue.clone();
                 thread::spawn(move || writer(queue, true))
@@ -835,7 +852,7 @@ mod tests {
     /// its LSN as durable, and leaves nothing registered behind; a wait for a later LSN stays.
     #[test]
     fn an_async_wait_resolves_at_its_lsn_and_unregisters() {
-        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let queue = Queue::new(0, 1 << 20, 1 << 20, Duration::from_secs(60));
         let first = queue.enqueue(b"a", true).unwrap();
         let second = queue.enqueue(b"b", true).unwrap();
         let mut a = pin!(queue.await_durable_async(first));
@@ -869,6 +886,32 @@ mod tests {
         queue.complete(second, Some(second), Vec::new());
         assert!(matches!(poll(b.as_mut()), Poll::Ready(Ok(()))));
         assert_eq!(waiting(&queue), 0);
+    }
+
+    /// An append to a buffer that stays full gets `BufferFull` after the wait, takes no LSN
+    /// and writes nothing; once the writer takes the buffer, appends go on in order.
+    #[test]
+    fn an_append_to_a_full_buffer_gives_up_after_its_wait() {
+        let wait = Duration::from_millis(50);
+        let queue = Queue::new(0, 1 << 20, 8, wait);
+        assert_eq!(queue.enqueue(b"a", false).unwrap(), 1);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            queue.enqueue(b"b", false),
+            Err(Error::BufferFull { bytes: 8, waited }) if waited >= wait
+        ));
+        assert!(started.elapsed() >= wait);
+        assert_eq!(queue.last_assigned(), 1);
+        let Next::Batch(batch) = queue.next_batch(None, Duration::ZERO) else {
+            panic!("the first record is a batch");
+        };
+        assert_eq!(
+            (batch.first, batch.last),
+            (1, 1),
+            "the refused record is not in it"
+        );
+        queue.complete(batch.last, Some(batch.last), batch.bytes);
+        assert_eq!(queue.enqueue(b"c", false).unwrap(), 2);
     }
 
     /// Counts its wake-ups.
@@ -917,7 +960,7 @@ mod tests {
     /// Publishing a group wakes one of its waiters; that one, once polled, wakes the others.
     #[test]
     fn a_group_is_woken_through_one_waiter_that_wakes_the_rest() {
-        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let queue = Queue::new(0, 1 << 20, 1 << 20, Duration::from_secs(60));
         let (lsn, mut waits, counts) = waiting_group(&queue).unwrap();
         queue.complete(lsn, Some(lsn), Vec::new());
         let woken: Vec<usize> = counts.iter().map(|c| c.woken()).collect();
@@ -942,7 +985,7 @@ mod tests {
     /// The woken waiter dropped before it runs (a cancelled task) still wakes the others.
     #[test]
     fn a_woken_waiter_dropped_unpolled_wakes_the_rest() {
-        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let queue = Queue::new(0, 1 << 20, 1 << 20, Duration::from_secs(60));
         let (lsn, mut waits, counts) = waiting_group(&queue).unwrap();
         queue.complete(lsn, Some(lsn), Vec::new());
         let first = counts.iter().position(|c| c.woken() == 1).unwrap();
@@ -955,7 +998,7 @@ mod tests {
     /// the grace: the idle writer wakes them itself.
     #[test]
     fn the_writer_wakes_a_group_whose_woken_waiter_never_runs() {
-        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let queue = Queue::new(0, 1 << 20, 1 << 20, Duration::from_secs(60));
         // Kept until the end: a dropped wait would pass the wake-ups on itself.
         let (_, _waits, counts) = waiting_group(&queue).unwrap();
         let Next::Batch(batch) = queue.next_batch(None, Duration::ZERO) else {
@@ -978,7 +1021,7 @@ mod tests {
     /// A poisoned log wakes every waiter itself: no writer is left to bound a relay.
     #[test]
     fn a_poisoned_log_wakes_every_waiter_itself() {
-        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let queue = Queue::new(0, 1 << 20, 1 << 20, Duration::from_secs(60));
         let (_, mut waits, counts) = waiting_group(&queue).unwrap();
         queue.poison(Error::Closed);
         assert!(counts.iter().all(|c| c.woken() == 1));
@@ -994,7 +1037,7 @@ mod tests {
     /// abandoned (dropped while pending), whose entry goes too.
     #[test]
     fn poison_releases_async_waiters_with_the_error() {
-        let queue = Queue::new(0, 1 << 20, 1 << 20);
+        let queue = Queue::new(0, 1 << 20, 1 << 20, Duration::from_secs(60));
         let lsn = queue.enqueue(b"a", true).unwrap();
         {
             let mut abandoned = pin!(queue.await_durable_async(lsn));

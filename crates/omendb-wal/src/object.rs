@@ -296,6 +296,7 @@ impl ObjectWal {
             last_lsn,
             options.max_record_bytes,
             options.max_buffered_bytes,
+            options.max_buffer_wait,
         ));
         let runner = match tokio::runtime::Handle::try_current() {
             Ok(handle) => Runner::Tokio(handle),

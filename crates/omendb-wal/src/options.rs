@@ -65,6 +65,11 @@ pub struct WalOptions {
     /// Appenders wait while this many bytes are queued for the writer (default 64 MiB), so a
     /// slow disk turns into backpressure rather than unbounded memory.
     pub max_buffered_bytes: usize,
+    /// The longest an append waits for room in a full buffer (default 10 s); then it gets
+    /// [`crate::Error::BufferFull`] (a `Retry` error: the record is not written, the log goes
+    /// on), so a storage that stops keeping up turns into an error rather than a writer that
+    /// waits without end.
+    pub max_buffer_wait: Duration,
     /// Reserve each new segment's blocks up front where the OS can (Linux `fallocate`), and
     /// write zeros ahead of the records, so that syncs overwrite the file instead of growing it
     /// (default on; see `docs/wal.md`).
@@ -79,6 +84,7 @@ impl Default for WalOptions {
             sync_policy: SyncPolicy::EveryCommit,
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_buffered_bytes: 64 << 20,
+            max_buffer_wait: Duration::from_secs(10),
             preallocate: true,
         }
     }
@@ -112,6 +118,12 @@ impl WalOptions {
     /// Sets [`WalOptions::max_buffered_bytes`].
     pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
         self.max_buffered_bytes = bytes;
+        self
+    }
+
+    /// Sets [`WalOptions::max_buffer_wait`].
+    pub fn max_buffer_wait(mut self, wait: Duration) -> Self {
+        self.max_buffer_wait = wait;
         self
     }
 

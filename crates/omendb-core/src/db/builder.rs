@@ -260,6 +260,9 @@ impl Builder {
         );
         // The WAL first: a local one locks its directory, so a second process fails here
         // before it could fence the running writer by opening the manifest.
+        // A writer waits for room in the log's buffer no longer than for a flush.
+        let mut wal_options = self.wal_options.clone();
+        wal_options.max_buffer_wait = wal_options.max_buffer_wait.min(settings.stall_timeout);
         let wal: Arc<dyn Wal> = match (self.wal, &self.path) {
             (WalChoice::Given(wal), _) => {
                 wal.claim().await?;
@@ -267,16 +270,16 @@ impl Builder {
             }
             (WalChoice::Default, Some(path)) => {
                 let dir = path.join("wal");
-                let options = self.wal_options.clone();
+                let options = wal_options;
                 // Opening reads and checks the whole log, which blocks. It runs in place, not on
                 // a detached blocking thread: a caller who stops waiting for `build` (a server
                 // shut down while the database opens) must not leave an open running that
                 // creates and locks files after the future is gone.
                 Arc::new(in_place(move || FileWal::open(dir, options))?)
             }
-            (WalChoice::Default | WalChoice::InStore, _) => Arc::new(
-                open_object_wal(&store, prefix.clone().join("wal"), &self.wal_options).await?,
-            ),
+            (WalChoice::Default | WalChoice::InStore, _) => {
+                Arc::new(open_object_wal(&store, prefix.clone().join("wal"), &wal_options).await?)
+            }
         };
         let writer = manifests.open_writer(Default::default()).await?;
         // Two processes opening at once race for the WAL (its claim) and the manifest (its

@@ -594,9 +594,16 @@ impl Inner {
     }
 
     /// The log's answer to an append, as the engine's: a failure poisons writes, except a
-    /// record the log refuses as bad input (it was not written).
+    /// record the log refused as bad input or because its buffer stayed full (it was not
+    /// written; the second is backpressure, `Overloaded`).
     fn appended(&self, appended: omendb_wal::Result<Lsn>) -> Result<Lsn> {
         appended.map_err(|err| {
+            if let omendb_wal::Error::BufferFull { bytes, waited } = err {
+                return Error::Overloaded(format!(
+                    "the WAL's buffer of {bytes} bytes stayed full for {waited:?} (its storage \
+                     is not keeping up); the write was not made"
+                ));
+            }
             let err = Error::from(err);
             if err.kind() == crate::ErrorKind::BadInput {
                 err

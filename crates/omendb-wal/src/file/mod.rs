@@ -69,6 +69,7 @@ impl FileWal {
             recovered.last_lsn,
             options.max_record_bytes,
             options.max_buffered_bytes,
+            options.max_buffer_wait,
         ));
         let path = recovered
             .segments
