@@ -245,8 +245,11 @@ impl<'a> Scanner<'a> {
     }
 
     /// The offset of the first intact frame at or after `from` whose LSN could follow the records
-    /// already seen. Every frame is at least 16 bytes, so an LSN more than `buf.len()` past the
-    /// expected one cannot belong here; that cheap filter keeps the byte-by-byte search fast.
+    /// already seen and whose length is within the record limit. Every frame is at least 16
+    /// bytes, so an LSN more than `buf.len()` past the expected one cannot belong here; that
+    /// cheap filter, and the limit on the bytes checksummed at each candidate, keep the
+    /// byte-by-byte search fast (without the limit, crafted bytes with a plausible LSN every 16
+    /// bytes made it checksum the rest of the segment at each of them).
     fn find_next_frame(&self, from: usize) -> Option<usize> {
         let last = self.buf.len().checked_sub(FRAME_HEADER_LEN)?;
         let low = self.next_lsn;
@@ -255,6 +258,7 @@ impl<'a> Scanner<'a> {
             let lsn = u64_at(self.buf, off + 8);
             lsn >= low
                 && lsn <= high
+                && u32_at(self.buf, off) as usize <= self.max_payload
                 && matches!(
                     decode_frame(&self.buf[off..], self.max_payload),
                     Frame::Valid { .. }
@@ -406,6 +410,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// The search after damage passes over intact frames longer than the limit (the bound on
+    /// what it checksums); one within it is found.
+    #[test]
+    fn the_search_after_damage_takes_frames_within_the_limit() {
+        for (limit, found) in [(49, false), (50, true)] {
+            let mut buf = log(&[b"first", &[7u8; 50]], 1);
+            buf[HEADER_LEN + FRAME_HEADER_LEN] ^= 1;
+            let mut scan = Scanner::new(&buf, 1, limit);
+            let step = scan.step();
+            let second = HEADER_LEN + frame_len(5);
+            match step {
+                Step::Damage { resume, .. } => {
+                    assert_eq!(resume, found.then_some(second), "limit {limit}")
+                }
+                step => panic!("{step:?}"),
+            }
+        }
     }
 
     #[test]

@@ -176,6 +176,12 @@ pub(crate) fn examine(
     // base of 0 is a damaged or foreign name (the last LSN before it would be -1).
     if base == 0 || format::decode_header(buf) != Some(base) {
         let damage = damage(0, buf.len(), DamageKind::BadHeader);
+        // A log that keeps nothing before this unit goes on where its name says it began:
+        // restarting at LSN 1 handed out again LSNs a truncated log had long used (and an
+        // engine whose manifest had flushed past them could no longer open).
+        if base > 0 {
+            expected.get_or_insert(base);
+        }
         return match mode {
             RecoveryMode::TolerateTornTail | RecoveryMode::AbsoluteConsistency => {
                 Err(crate::Error::Corruption(damage))
@@ -362,6 +368,24 @@ mod tests {
             matches!(err, crate::Error::Corruption(ref d) if d.kind == DamageKind::BadHeader),
             "{err}"
         );
+    }
+
+    /// A unit with a bad header that the mode drops, with nothing kept before it: the log goes
+    /// on at the LSN its name gives, not at 1.
+    #[test]
+    fn a_dropped_first_unit_sets_where_the_log_goes_on() {
+        let mut buf = segment(0);
+        buf[3] ^= 1;
+        for mode in [RecoveryMode::PointInTime, RecoveryMode::SkipCorrupt] {
+            let mut report = RecoveryReport {
+                mode,
+                ..RecoveryReport::default()
+            };
+            let mut expected = None;
+            let verdict = examine(&buf, 1000, "seg", true, 1 << 20, &mut expected, &mut report);
+            assert!(matches!(verdict, Ok(Verdict::Drop { .. })), "{verdict:?}");
+            assert_eq!(expected, Some(1000), "{mode:?}");
+        }
     }
 
     #[test]

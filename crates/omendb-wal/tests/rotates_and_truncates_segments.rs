@@ -274,6 +274,42 @@ fn a_damaged_segment_header_is_never_a_torn_tail() {
     }
 }
 
+/// A truncated log whose only segment has a damaged header: the modes that drop it go on
+/// at that segment's LSN, not at LSN 1 (which reused LSNs the log had handed out long ago).
+#[test]
+fn a_log_that_keeps_no_segment_goes_on_where_its_segments_began() {
+    for mode in [RecoveryMode::PointInTime, RecoveryMode::SkipCorrupt] {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path());
+        let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+        wal.truncate_before(RECORDS).unwrap();
+        wal.close().unwrap();
+        drop(wal);
+        let segments = segment_paths(dir.path());
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let base = base_of(&segments[0]);
+        assert!(base > 1);
+        let mut bytes = std::fs::read(&segments[0]).unwrap();
+        bytes[HEADER_LEN / 2] ^= 0x40;
+        std::fs::write(&segments[0], &bytes).unwrap();
+        let wal = FileWal::open(dir.path(), small_segments().recovery_mode(mode)).unwrap();
+        assert_eq!(wal.recovery_report().records, 0, "{mode:?}");
+        assert_eq!(wal.last_lsn(), Some(base - 1), "{mode:?}");
+        assert_eq!(
+            wal.append(b"x", AppendOptions::DURABLE).unwrap(),
+            base,
+            "{mode:?}"
+        );
+        wal.close().unwrap();
+        drop(wal);
+        // And it reads back in the default mode.
+        let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+        let records: Vec<_> = wal.reader(1).unwrap().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 1, "{mode:?}");
+        assert_eq!((records[0].lsn, &records[0].payload[..]), (base, &b"x"[..]));
+    }
+}
+
 #[test]
 fn a_half_created_segment_is_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();
