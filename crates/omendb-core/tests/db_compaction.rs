@@ -1138,3 +1138,49 @@ async fn a_cached_get_counts_one_hit_and_an_absent_key_none() {
         db.close().await.unwrap();
     }
 }
+
+/// A merge's output, cut into segments whose LSN ranges do not meet (keys written in order),
+/// is one run: counted as one run per segment, inside the key range of an older, larger segment
+/// it never merged with, it made a window of four "runs" again, whose merge wrote the same
+/// segments, and so on without end (compaction and garbage collection never finished; found by
+/// a helper agent's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merges_own_output_is_one_run_and_is_not_merged_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 16 << 10).await;
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut oracle = BTreeMap::new();
+    // An old, large segment whose key range spans everything written after it.
+    let spanning = (0..4_000u64).chain([1_000_000_000]);
+    for key in spanning.clone() {
+        oracle.insert(key, value(key, 0));
+    }
+    flushed_run(&db, &kv, spanning, 0).await;
+    // Four flushes of keys in order inside that range: they merge, and the merge's output is
+    // cut into segments of about 16 KiB.
+    for round in 1..=4u64 {
+        let keys = 10_000 + (round - 1) * 600..10_000 + round * 600;
+        for key in keys.clone() {
+            oracle.insert(key, value(key, round));
+        }
+        flushed_run(&db, &kv, keys, round).await;
+    }
+    let started = Instant::now();
+    loop {
+        let stats = db.stats();
+        assert!(stats.background_error.is_none(), "{stats:?}");
+        if stats.compactions >= 1 && !stats.compacting {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20) && stats.compactions < 50,
+            "compaction does not settle: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let settled = db.stats().compactions;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.stats().compactions, settled);
+    check(&kv, &oracle, 12_400).await;
+    db.close().await.unwrap();
+}

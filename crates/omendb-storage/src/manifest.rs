@@ -54,6 +54,17 @@ pub struct SegmentEntry {
     pub lsn_max: Option<u64>,
     /// Size and footer checksum, to open the segment checked end to end.
     pub seal: SegmentSeal,
+    /// The sorted run the segment belongs to when one merge wrote several ([`new_run`]); absent
+    /// for a segment written alone. A merge's output cut into segments whose LSN ranges do not
+    /// meet (keys written in order) is still one run: taken for several, it was merged again,
+    /// into the same segments, without end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u64>,
+}
+
+/// A run id for the segments of one merge: random, so that no two merges share one.
+pub fn new_run() -> u64 {
+    rand::rng().random()
 }
 
 /// A table: its name, key type, value schema and live segments.

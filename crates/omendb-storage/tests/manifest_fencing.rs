@@ -40,6 +40,8 @@ fn data(lsn: u64, segments: &[&str]) -> ManifestData {
                 data_end: 0,
                 footer_crc32c: 0,
             },
+            // Kept through a publish and a read, as every field is.
+            run: Some(lsn),
         })
         .collect();
     let table = TableEntry {

@@ -319,9 +319,16 @@ impl Inner {
             older,
             cause,
         } = window;
-        let written = Merge::new(self, &table, &window, older, horizon)
+        let mut written = Merge::new(self, &table, &window, older, horizon)
             .run()
             .await?;
+        // The segments the merge cut its output into are one sorted run.
+        if written.len() > 1 {
+            let run = omendb_storage::manifest::new_run();
+            for (_, segment) in &mut written {
+                segment.entry.run = Some(run);
+            }
+        }
         let removed: Vec<String> = window.iter().map(|s| s.entry.path.clone()).collect();
 
         crash_point!("compaction.before_manifest");
@@ -474,12 +481,14 @@ fn components(segments: &[Arc<Segment>]) -> Vec<Vec<Arc<Segment>>> {
     groups
 }
 
-/// What the policy knows of a segment: its key range, LSN range and size.
+/// What the policy knows of a segment: its key range, LSN range, size and run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     keys: (u64, u64),
     lsns: (Lsn, Lsn),
     bytes: u64,
+    /// The run id the segments of one merge share.
+    run: Option<u64>,
 }
 
 impl Span {
@@ -489,6 +498,7 @@ impl Span {
             keys: (entry.key_min.unwrap_or(0), entry.key_max.unwrap_or(0)),
             lsns: (entry.lsn_min.unwrap_or(0), entry.lsn_max.unwrap_or(0)),
             bytes: entry.seal.size,
+            run: entry.run,
         }
     }
 
@@ -498,20 +508,38 @@ impl Span {
 }
 
 /// The component's sorted runs (positions of segments), newest first. A flush writes one LSN
-/// range; the segments a merge cuts its output into each have their own, but within the
-/// window's, and LSN ranges that meet make one run.
+/// range; the segments a merge cuts its output into share a run id, and each has an LSN range
+/// of its own within the window's. Segments of one run id, and LSN ranges that meet, make one
+/// run: by LSN ranges alone, a merge's output of keys written in order was several runs, which
+/// the policy merged again into the same segments, without end.
 fn runs(spans: &[Span]) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..spans.len()).collect();
-    order.sort_by_key(|&i| spans[i].lsns);
+    // Each run id's segments first, as one LSN range.
+    let mut groups: Vec<((Lsn, Lsn), Vec<usize>)> = Vec::new();
+    for (i, span) in spans.iter().enumerate() {
+        let same = span.run.and_then(|run| {
+            groups
+                .iter()
+                .position(|(_, g)| spans[g[0]].run == Some(run))
+        });
+        match same {
+            Some(g) => {
+                let ((lo, hi), members) = &mut groups[g];
+                *lo = (*lo).min(span.lsns.0);
+                *hi = (*hi).max(span.lsns.1);
+                members.push(i);
+            }
+            None => groups.push((span.lsns, vec![i])),
+        }
+    }
+    groups.sort_by_key(|(lsns, _)| *lsns);
     let mut runs: Vec<(Lsn, Vec<usize>)> = Vec::new();
-    for i in order {
-        let (lo, hi) = spans[i].lsns;
+    for ((lo, hi), members) in groups {
         match runs.last_mut() {
             Some((end, run)) if lo <= *end => {
                 *end = (*end).max(hi);
-                run.push(i);
+                run.extend(members);
             }
-            _ => runs.push((hi, vec![i])),
+            _ => runs.push((hi, members)),
         }
     }
     runs.into_iter().rev().map(|(_, run)| run).collect()
@@ -816,7 +844,12 @@ mod tests {
     use super::*;
 
     fn span(keys: (u64, u64), lsns: (Lsn, Lsn), bytes: u64) -> Span {
-        Span { keys, lsns, bytes }
+        Span {
+            keys,
+            lsns,
+            bytes,
+            run: None,
+        }
     }
 
     /// `n` flushes of full-range random keys, oldest first, each of `bytes`.
@@ -889,6 +922,26 @@ mod tests {
         let mut oldest = runs[4].clone();
         oldest.sort_unstable();
         assert_eq!(oldest, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn the_segments_of_one_merge_are_one_run_whatever_their_lsns() {
+        // A merge's output of keys written in order: four segments whose LSN ranges do not
+        // meet, inside the key range of an older, larger segment.
+        let mut spans = vec![span((0, 1_000_000), (1, 10), 10_000)];
+        spans
+            .extend((0..4).map(|i| span((i * 100, i * 100 + 99), (11 + i * 10, 20 + i * 10), 100)));
+        assert_eq!(runs(&spans).len(), 5);
+        assert!(pick(&spans, 4, false).is_some());
+        for s in &mut spans[1..] {
+            s.run = Some(7);
+        }
+        let runs = runs(&spans);
+        assert_eq!(runs.len(), 2);
+        let mut newest = runs[0].clone();
+        newest.sort_unstable();
+        assert_eq!(newest, vec![1, 2, 3, 4]);
+        assert_eq!(pick(&spans, 4, false), None);
     }
 
     #[test]

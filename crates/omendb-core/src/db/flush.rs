@@ -96,6 +96,7 @@ impl SegmentSink {
             lsn_min: written.meta.lsn_min,
             lsn_max: written.meta.lsn_max,
             seal: written.seal,
+            run: None,
         };
         let segment = Segment::open(Arc::clone(&db.store), entry, Arc::clone(&db.cache)).await?;
         Ok(Some((self.table, segment)))
