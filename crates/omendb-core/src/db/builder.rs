@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -368,11 +369,24 @@ impl Builder {
             idle_lsn: AtomicU64::new(NOT_IDLE),
             retired: Mutex::new(Vec::new()),
         });
-        let handle = tokio::spawn(run_background(
+        let work = run_background(
             Arc::downgrade(&inner),
             flush_wanted,
             inner.settings.idle_compaction,
-        ));
+        );
+        let weak = Arc::downgrade(&inner);
+        let handle = tokio::spawn(async move {
+            // A panic (a bug) ends the flushes for good: writes are refused from then on, with
+            // its message, rather than left to wait for flushes that never come.
+            if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await
+                && let Some(db) = weak.upgrade()
+            {
+                db.fail(Error::Corrupt(format!(
+                    "the background flush task panicked: {}",
+                    super::panic_message(panic.as_ref())
+                )));
+            }
+        });
         *inner.background.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         inner.maybe_rotate(false);
         Ok(Db { inner })

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, TryStreamExt};
 
 use super::flush::SegmentSink;
 use super::version::TableState;
@@ -83,7 +83,20 @@ impl Inner {
         }
         let db = Arc::clone(self);
         *slot = Some(tokio::spawn(async move {
-            match db.compact_due().await {
+            let done = std::panic::AssertUnwindSafe(db.compact_due())
+                .catch_unwind()
+                .await
+                // A panic (a bug) leaves the data as it was, like any failed merge: reported.
+                .unwrap_or_else(|panic| {
+                    Err((
+                        Chore::Compaction,
+                        Error::Corrupt(format!(
+                            "compaction panicked: {}",
+                            super::panic_message(panic.as_ref())
+                        )),
+                    ))
+                });
+            match done {
                 // A merge that `close` abandoned: nothing failed.
                 Ok(()) | Err((_, Error::Closed)) => {}
                 Err((chore, err)) => db.background_failed(chore, err),

@@ -539,12 +539,10 @@ impl Inner {
                     self.apply(lsn, &batch);
                 }))
                 .map_err(|panic| {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    self.fail(Error::Corrupt(format!("applying a write panicked: {why}")))
+                    self.fail(Error::Corrupt(format!(
+                        "applying a write panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
                 })?;
                 Ok::<_, Error>(lsn)
             })
@@ -755,4 +753,13 @@ impl Inner {
             .map_err(|err| Error::Corrupt(format!("closing the WAL failed: {err}")))??;
         Ok(())
     }
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
