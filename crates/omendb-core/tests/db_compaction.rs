@@ -1184,3 +1184,42 @@ async fn a_merges_own_output_is_one_run_and_is_not_merged_again() {
     check(&kv, &oracle, 12_400).await;
     db.close().await.unwrap();
 }
+
+/// A flush decodes a table's rows a chunk at a time, cut at 16 MiB of rows as well as at 64Ki
+/// rows (decoded at once, a memtable holding more than 2 GiB of one table's values panicked in
+/// Arrow's array builder): rows on both sides of a cut, and deletions among them, read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_larger_than_a_chunk_reads_back_row_for_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .memtable_bytes(1 << 30)
+        .build()
+        .await
+        .unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let row = |key: u64| vec![(key % 251) as u8; (1 << 20) - 128 + key as usize % 64];
+    for key in 0..40u64 {
+        kv.put_value(key, row(key), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+    }
+    for key in [0u64, 15, 16, 17, 31, 32, 39] {
+        kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
+    }
+    db.checkpoint().await.unwrap();
+    db.close().await.unwrap();
+    drop(db);
+    let db = Db::open(dir.path()).await.unwrap();
+    let kv = db.table("kv").unwrap();
+    assert_eq!(db.stats().memtable_bytes, 0);
+    for key in 0..40u64 {
+        let expected = (![0u64, 15, 16, 17, 31, 32, 39].contains(&key)).then(|| row(key));
+        assert_eq!(
+            kv.get_value(key).await.unwrap().map(|v| v.to_vec()),
+            expected,
+            "key {key}"
+        );
+    }
+    db.close().await.unwrap();
+}

@@ -52,6 +52,11 @@ const MERGE_BATCH_ROWS: usize = 8 * 1024;
 /// merge dropped most rows (a table deleted whole held all of it).
 const SOURCES_PER_INPUT: usize = 4;
 
+/// Bytes of input batches a merge reads at most (besides the one per input it holds) before it
+/// writes what it picked: rows counted alone let a window of large values pick more than Arrow's
+/// 2 GiB into one write (8,192 rows of 256 KiB), which failed every time the window came up.
+const MERGE_SOURCE_BYTES: usize = 64 << 20;
+
 /// Background work that changes no data: a failure is reported in `stats()` and retried, and
 /// the chore's next success clears it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -116,16 +121,22 @@ impl Inner {
                 .await
                 .map_err(|err| (Chore::GarbageCollection, err))
         };
-        let compacted = compact().await?;
+        let compacted = compact().await;
         // Flushes leave replaced manifest versions, and crashes leave unpublished segments,
-        // even where nothing compacts (time series): collect at least once a minute.
+        // even where nothing compacts (time series): collect at least once a minute, and after
+        // a failed merge too (its output is garbage; a merge that failed at every try stopped
+        // every collection of the database).
         let due = {
             let last = self.last_gc.lock().unwrap_or_else(|p| p.into_inner());
             last.is_none_or(|at| at.elapsed() >= GC_INTERVAL)
         };
-        if compacted > 0 || due {
-            collect().await?;
+        if compacted.as_ref().map_or(true, |&merges| merges > 0) || due {
+            match (&compacted, collect().await) {
+                (Err(_), Err((chore, err))) => self.background_failed(chore, err),
+                (_, collected) => collected?,
+            }
         }
+        compacted?;
         // The idle work may have marked the database idle while this task ran, and found it
         // running: the merges idleness allows are this task's to make.
         if self.is_idle() && compact().await? > 0 {
@@ -134,11 +145,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Merges every component of two or more segments into one run, then collects garbage.
+    /// Merges every component of two or more segments into one run, then collects garbage
+    /// (also when a merge failed: its output is garbage); the first failure is returned.
     pub(crate) async fn compact_all(self: &Arc<Self>) -> Result<()> {
         self.check_writable()?;
-        self.compact(true).await?;
-        self.collect_garbage().await
+        let compacted = self.compact(true).await;
+        let collected = self.collect_garbage().await;
+        compacted?;
+        collected
     }
 
     /// Compaction and garbage collection are not on the write path: their failures leave the
@@ -692,8 +706,10 @@ struct Merge<'a> {
     horizon: Lsn,
     older: Vec<Arc<Segment>>,
     inputs: Vec<Input>,
-    /// The batches the pending picks point into.
+    /// The batches the pending picks point into...
     sources: Vec<RecordBatch>,
+    /// Bytes of the batches loaded since the last write (besides the one per input it kept).
+    loaded_bytes: usize,
     /// (source, row) of each output row not yet written.
     picks: Vec<(usize, usize)>,
     sink: Option<SegmentSink>,
@@ -715,6 +731,7 @@ impl<'a> Merge<'a> {
             older,
             inputs: chains(window).into_iter().map(Input::new).collect(),
             sources: Vec::new(),
+            loaded_bytes: 0,
             picks: Vec::with_capacity(MERGE_BATCH_ROWS * 2),
             sink: None,
             written: Vec::new(),
@@ -760,9 +777,13 @@ impl<'a> Merge<'a> {
                     let tombstone = input.tombstones.value(input.row);
                     versions.push((lsn, tombstone, input.source, input.row));
                 }
+                let loaded = self.sources.len();
                 if input.advance(&mut self.sources, columns).await? {
                     let (key, lsn) = input.head();
                     heap.push(Reverse((key, Reverse(lsn), i)));
+                }
+                if let Some(batch) = self.sources.get(loaded) {
+                    self.loaded_bytes += batch.get_array_memory_size();
                 }
             }
             let newer = versions.iter().take_while(|v| v.0 > self.horizon).count();
@@ -777,6 +798,7 @@ impl<'a> Merge<'a> {
             // Written only between keys, so no key's versions span two segments.
             if self.picks.len() >= MERGE_BATCH_ROWS
                 || self.sources.len() > self.inputs.len() * SOURCES_PER_INPUT
+                || self.loaded_bytes > MERGE_SOURCE_BYTES
             {
                 self.write_picks().await?;
             }
@@ -827,6 +849,7 @@ impl<'a> Merge<'a> {
                 self.sources.push(batch.clone());
             }
         }
+        self.loaded_bytes = 0;
         Ok(())
     }
 }

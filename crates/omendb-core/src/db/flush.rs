@@ -30,20 +30,15 @@ use crate::memtable::{Generation, Lsn, Memtable};
 use crate::segment::Segment;
 use crate::table::TableDef;
 
-/// Rows handed to the segment writer at a time.
+/// Rows decoded and handed to the segment writer at a time...
 const WRITE_CHUNK_ROWS: usize = 64 * 1024;
+/// ...and the most encoded row bytes one chunk decodes: Arrow's byte arrays hold at most 2 GiB,
+/// and a table's rows in one memtable may hold more (a large `memtable_bytes`, or a replayed
+/// backlog), which decoded at once panicked in the array builder.
+const WRITE_CHUNK_BYTES: usize = 16 << 20;
 
 /// Numbers segment objects within one writer epoch.
 static SEGMENT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
-
-/// The rows of a segment being written, in (key ascending, LSN descending) order.
-pub(crate) struct SegmentRows {
-    pub(crate) keys: Vec<u64>,
-    pub(crate) lsns: Vec<u64>,
-    pub(crate) tombstones: Vec<bool>,
-    /// The value columns (the table's declared types; null in tombstone rows).
-    pub(crate) values: Vec<ArrayRef>,
-}
 
 /// A segment being written batch by batch. Its index is trained on every key at `finish`, so
 /// only the key column is held in memory, whatever the segment's size.
@@ -185,8 +180,8 @@ impl Inner {
             if memtable.is_empty() {
                 continue;
             }
-            let rows = flush_rows(table, &memtable)?;
-            if let Some(segment) = self.write_segment(&table.def, rows).await? {
+            let rows = flush_rows(table, &memtable);
+            if let Some(segment) = self.write_segment(&table.def, &rows).await? {
                 written.push(segment);
             }
         }
@@ -283,32 +278,37 @@ impl Inner {
         });
     }
 
-    /// Writes `rows` as a segment of `def`'s table with its trained index and opens it.
-    /// `None` if there are no rows.
+    /// Writes `rows` (key ascending, LSN descending) as a segment of `def`'s table with its
+    /// trained index and opens it, decoding them a chunk at a time. `None` if there are no rows.
     pub(crate) async fn write_segment(
         &self,
         def: &TableDef,
-        rows: SegmentRows,
+        rows: &[FlushRow],
     ) -> Result<Option<(u32, Segment)>> {
-        if rows.keys.is_empty() {
+        if rows.is_empty() {
             return Ok(None);
         }
         let mut sink = self.create_segment(def).await?;
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from(rows.keys)),
-            Arc::new(UInt64Array::from(rows.lsns)),
-            Arc::new(BooleanArray::from(rows.tombstones)),
-        ];
-        columns.extend(rows.values);
-        let batch = RecordBatch::try_new(Arc::clone(sink.writer.schema()), columns)?;
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - offset);
-            if let Err(err) = sink.write(&batch.slice(offset, len)).await {
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len()
+                && end - start < WRITE_CHUNK_ROWS
+                && (end == start || bytes < WRITE_CHUNK_BYTES)
+            {
+                bytes += rows[end].3.as_ref().map_or(0, Bytes::len);
+                end += 1;
+            }
+            let written = match chunk_batch(def, sink.schema(), &rows[start..end]) {
+                Ok(batch) => sink.write(&batch).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = written {
                 sink.abort().await;
                 return Err(err);
             }
-            offset += len;
+            start = end;
         }
         sink.finish(self).await
     }
@@ -358,10 +358,11 @@ impl Inner {
     }
 }
 
-/// The rows a frozen memtable of `table` becomes. Range deletions become point tombstones for
-/// every key they cover in the table's segments and in older versions of the memtable itself
-/// (segments hold no range tombstones); a put at a range deletion's own LSN survives it.
-fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
+/// The rows a frozen memtable of `table` becomes, key ascending and LSN descending. Range
+/// deletions become point tombstones for every key they cover in the table's segments and in
+/// older versions of the memtable itself (segments hold no range tombstones); a put at a range
+/// deletion's own LSN survives it.
+fn flush_rows(table: &TableState, memtable: &Memtable) -> Vec<FlushRow> {
     // (key, lsn, from a range deletion, row)
     let mut rows: Vec<(u64, Lsn, bool, Option<Bytes>)> = memtable
         .versions()
@@ -375,17 +376,30 @@ fn flush_rows(table: &TableState, memtable: &Memtable) -> Result<SegmentRows> {
         rows.sort_unstable_by_key(|(key, lsn, synthetic, _)| (*key, Reverse(*lsn), *synthetic));
         rows.dedup_by_key(|(key, lsn, _, _)| (*key, *lsn));
     }
-    let nulls = vec![0u8; table.def.schema().fields().len()];
-    let values = table.def.codec.decode(
+    rows
+}
+
+/// `rows` as a batch of the segment's `schema`: keys, LSNs, tombstone flags, then the decoded
+/// value columns (the table's declared types; null in tombstone rows).
+fn chunk_batch(
+    def: &TableDef,
+    schema: &arrow_schema::SchemaRef,
+    rows: &[FlushRow],
+) -> Result<RecordBatch> {
+    let nulls = vec![0u8; def.schema().fields().len()];
+    let values = def.codec.decode(
         rows.iter()
             .map(|(_, _, _, row)| row.as_deref().unwrap_or(&nulls)),
     )?;
-    Ok(SegmentRows {
-        keys: rows.iter().map(|r| r.0).collect(),
-        lsns: rows.iter().map(|r| r.1).collect(),
-        tombstones: rows.iter().map(|r| r.3.is_none()).collect(),
-        values,
-    })
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(rows.iter().map(|r| r.0).collect::<UInt64Array>()),
+        Arc::new(rows.iter().map(|r| r.1).collect::<UInt64Array>()),
+        Arc::new(BooleanArray::from(
+            rows.iter().map(|r| r.3.is_none()).collect::<Vec<bool>>(),
+        )),
+    ];
+    columns.extend(values);
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// A flushed row: key, LSN, whether a range deletion made it, and its encoded values (`None`
