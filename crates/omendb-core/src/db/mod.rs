@@ -405,13 +405,17 @@ impl Inner {
         Ok(())
     }
 
-    /// The manifest writer, to publish: `Closed` once the database is closed. `close` takes it
-    /// (after the flush and compaction locks) before it closes the WAL, so a publish either
-    /// ends before the close goes on or does not happen; without this a checkpoint, merge or
-    /// DDL running in its own task published, and truncated the WAL, after `close` returned.
+    /// The manifest writer, to publish: `Closed` once the database is closed, `Poisoned` once a
+    /// failure made writes unsafe. `close` takes it (after the flush and compaction locks)
+    /// before it closes the WAL, so a publish either ends before the close goes on or does not
+    /// happen; without this a checkpoint, merge or DDL running in its own task published, and
+    /// truncated the WAL, after `close` returned. After a failure the manifest may hold a
+    /// publish of unknown outcome that this process's view does not (a DDL whose answer was
+    /// lost): a flush or merge waiting for the lock would settle it and publish the old view
+    /// over it, undoing a DDL its caller was told had failed, or the reverse.
     async fn publishing(&self) -> Result<tokio::sync::MutexGuard<'_, ManifestWriter>> {
         let writer = self.writer.lock().await;
-        self.check_open()?;
+        self.check_writable()?;
         Ok(writer)
     }
 
