@@ -63,7 +63,7 @@ pub use recovery::{Damage, DamageKind, RecoveryMode, RecoveryReport};
 #[cfg(not(loom))]
 pub use file::{FileReader, FileWal};
 #[cfg(not(loom))]
-pub use io::{FileIo, IoFile, StdIo};
+pub use io::{FileIo, IoFile, StdIo, create_dir_durable};
 #[cfg(not(loom))]
 pub use object::ObjectWal;
 #[cfg(not(loom))]

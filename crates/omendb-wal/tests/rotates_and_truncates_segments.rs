@@ -310,6 +310,32 @@ fn a_log_that_keeps_no_segment_goes_on_where_its_segments_began() {
     }
 }
 
+/// Opening a log in directories that do not exist yet makes each one's entry in its parent
+/// durable: only the log's own directory was synced, so a crash soon after could lose the
+/// directories, and with them every segment synced in them (found by a helper agent's review).
+#[test]
+fn the_directories_an_open_creates_are_synced_into_their_parents() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("b").join("wal");
+    let io = FaultyIo::new();
+    let wal = FileWal::open_with_io(Arc::new(io.clone()), &dir, small_segments()).unwrap();
+    wal.append(b"x", AppendOptions::DURABLE).unwrap();
+    wal.close().unwrap();
+    let synced = io.faults.synced_dirs.lock().unwrap().clone();
+    for parent in [
+        root.path().to_owned(),
+        root.path().join("a"),
+        root.path().join("a").join("b"),
+    ] {
+        assert!(synced.contains(&parent), "{parent:?} not in {synced:?}");
+    }
+    // A directory that exists already is not synced again for it.
+    let io = FaultyIo::new();
+    drop(FileWal::open_with_io(Arc::new(io.clone()), &dir, small_segments()).unwrap());
+    let synced = io.faults.synced_dirs.lock().unwrap().clone();
+    assert!(!synced.contains(&root.path().join("a")), "{synced:?}");
+}
+
 #[test]
 fn a_half_created_segment_is_removed_on_open() {
     let dir = tempfile::tempdir().unwrap();

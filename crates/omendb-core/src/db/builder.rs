@@ -415,8 +415,10 @@ async fn open_object_wal(
     }
 }
 
+/// `path`, created if missing (each new directory's entry synced into its parent, as the WAL
+/// does its own), as an absolute path.
 fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
-    std::fs::create_dir_all(path)
+    omendb_wal::create_dir_durable(&omendb_wal::StdIo, path)
         .and_then(|()| std::path::absolute(path))
         .map_err(|err| Error::BadInput(format!("directory {}: {err}", path.display())))
 }

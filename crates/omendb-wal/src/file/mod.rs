@@ -58,7 +58,7 @@ impl FileWal {
     ) -> Result<Self> {
         options.validate()?;
         let dir = dir.as_ref().to_owned();
-        io.create_dir_all(&dir)
+        crate::io::create_dir_durable(io.as_ref(), &dir)
             .map_err(|e| Error::io("create_dir", &dir, e))?;
         let lock = io.lock_dir(&dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::Locked { dir: dir.clone() },

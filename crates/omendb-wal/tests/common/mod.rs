@@ -268,6 +268,8 @@ pub struct Faults {
     pub deletes: AtomicU64,
     /// The delete with this number (counting from 1 in `deletes`) fails without deleting.
     pub fail_delete: Mutex<Option<u64>>,
+    /// Every directory synced, in order.
+    pub synced_dirs: Mutex<Vec<PathBuf>>,
 }
 
 /// A [`FileIo`] that wraps [`StdIo`] and fails on purpose.
@@ -375,6 +377,7 @@ impl FileIo for FaultyIo {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.synced_dirs.lock().unwrap().push(dir.to_owned());
         StdIo.sync_dir(dir)
     }
 }
