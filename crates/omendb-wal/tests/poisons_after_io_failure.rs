@@ -221,3 +221,38 @@ fn a_writer_thread_that_panics_fails_its_waiters() {
     let last = Wal::last_durable_lsn(&wal);
     assert!(matches!(last, Some(1 | 2)), "{last:?}");
 }
+
+/// After a failed `fdatasync`, Linux marks the pages that missed the disk clean with the new
+/// bytes still in them: a reopen reads those records, and a sync on its new handle finds nothing
+/// to write. Recovery therefore writes the last segment's records again before it syncs them, so
+/// the sync covers them (the effect itself needs a real failing disk; this checks the write).
+#[test]
+fn recovery_writes_the_last_segments_records_again_before_syncing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
+    for i in 1..=10 {
+        wal.append(&payload(i), AppendOptions::DURABLE).unwrap();
+    }
+    wal.close().unwrap();
+    drop(wal);
+    let io = FaultyIo::new();
+    let wal =
+        FileWal::open_with_io(Arc::new(io.clone()), dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(
+        io.faults.appends.load(Ordering::SeqCst),
+        1,
+        "one write of the records"
+    );
+    assert!(io.faults.syncs.load(Ordering::SeqCst) >= 1);
+    let records: Vec<_> = futures::executor::block_on(wal.read_from(1).try_collect()).unwrap();
+    assert_eq!(records.len(), 10);
+    for r in &records {
+        assert_eq!(&r.payload[..], &payload(r.lsn)[..]);
+    }
+    wal.append(&payload(11), AppendOptions::DURABLE).unwrap();
+    wal.close().unwrap();
+    drop(wal);
+    let wal = FileWal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(wal.recovery_report().records, 11);
+    assert!(wal.recovery_report().torn_tail.is_none());
+}

@@ -35,6 +35,8 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
         ..RecoveryReport::default()
     };
     let mut kept: Vec<Segment> = Vec::new();
+    // The last kept segment's bytes as read, up to where it was cut.
+    let mut last_kept: Vec<u8> = Vec::new();
     let mut expected: Option<Lsn> = None;
     for (i, seg) in found.iter().enumerate() {
         let mut file = io
@@ -76,6 +78,8 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
                         .map_err(|e| Error::io("sync", &seg.path, e))?;
                 }
                 kept.push(seg.clone());
+                last_kept = buf;
+                last_kept.truncate(cut.unwrap_or(usize::MAX));
                 if stop {
                     break;
                 }
@@ -102,7 +106,25 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
                 .open(&seg.path)
                 .map_err(|e| Error::io("open", &seg.path, e))?;
             // Records recovered from the page cache of a crashed process are made durable before
-            // anything is built on them.
+            // anything is built on them, written again first: after a failed `fdatasync` Linux
+            // marks the pages that missed the disk clean, with the new bytes still in them, so
+            // a sync on a new handle found nothing to write, succeeded, and records read from
+            // memory were built on as durable (found by a helper agent's review). Only the last
+            // segment can hold such records: a rotation syncs a segment before the next one.
+            if let Some(records) = last_kept.get(format::HEADER_LEN..)
+                && !records.is_empty()
+            {
+                let written = file
+                    .write_at(format::HEADER_LEN as u64, records)
+                    .map_err(|e| Error::io("write", &seg.path, e))?;
+                if written != records.len() {
+                    return Err(Error::ShortWrite {
+                        path: seg.path.clone(),
+                        written,
+                        expected: records.len(),
+                    });
+                }
+            }
             file.sync_data()
                 .map_err(|e| Error::io("sync", &seg.path, e))?;
             let len = file.len().map_err(|e| Error::io("stat", &seg.path, e))?;
