@@ -116,6 +116,7 @@ async fn background_work_that_panics_is_not_lost_silently() {
     a_flush_task_that_panics_poisons_writes().await;
     a_compaction_that_panics_is_reported_and_writes_go_on().await;
     nothing_is_published_after_a_failure().await;
+    a_compaction_that_panics_after_its_publish_poisons_writes().await;
 }
 
 /// The newest manifest version in `dir`.
@@ -190,5 +191,58 @@ async fn nothing_is_published_after_a_failure() {
             1u64.to_le_bytes().to_vec()
         );
     }
+    db.close().await.unwrap();
+}
+
+/// A compaction that panics after publishing its segments, before this process reads them,
+/// leaves the manifest and the process's view apart: writes are refused until reopen, which
+/// reads the manifest (found by a review: the panic was reported like a failed merge, and every
+/// later merge of the window failed).
+async fn a_compaction_that_panics_after_its_publish_poisons_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .memtable_bytes(1 << 30)
+        .compaction_trigger(64)
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    for round in 0..2u64 {
+        for key in 0..100u64 {
+            t.put_value(key, round.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+    }
+    fail::cfg(
+        "compaction.after_manifest",
+        "1*panic(injected after publish)",
+    )
+    .unwrap();
+    let compacted = db.compact().await;
+    fail::remove("compaction.after_manifest");
+    assert!(compacted.is_err(), "{compacted:?}");
+    let failure = db.stats().failure.expect("writes are refused");
+    assert!(failure.contains("between publishing"), "{failure}");
+    let refused = t.put_value(1u64, "x", WriteOptions::BUFFERED).await;
+    assert!(matches!(refused, Err(Error::Poisoned(_))), "{refused:?}");
+    assert_eq!(
+        t.get_value(5u64).await.unwrap().unwrap(),
+        1u64.to_le_bytes().to_vec()
+    );
+    let _ = db.close().await;
+    drop(db);
+    let db = Db::open(dir.path()).await.unwrap();
+    assert_eq!(db.stats().segments, 1, "the merge's output, as published");
+    let t = db.table("kv").unwrap();
+    for key in 0..100u64 {
+        assert_eq!(
+            t.get_value(key).await.unwrap().unwrap(),
+            1u64.to_le_bytes().to_vec()
+        );
+    }
+    db.compact().await.unwrap();
     db.close().await.unwrap();
 }

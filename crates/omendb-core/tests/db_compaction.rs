@@ -1187,34 +1187,52 @@ async fn a_merges_own_output_is_one_run_and_is_not_merged_again() {
 
 /// A flush decodes a table's rows a chunk at a time, cut at 16 MiB of rows as well as at 64Ki
 /// rows (decoded at once, a memtable holding more than 2 GiB of one table's values panicked in
-/// Arrow's array builder): rows on both sides of a cut, and deletions among them, read back.
+/// Arrow's array builder), and a merge reads and writes large rows a few at a time: rows on both
+/// sides of a cut, and deletions among them, read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_larger_than_a_chunk_reads_back_row_for_row() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::builder()
         .path(dir.path())
         .memtable_bytes(1 << 30)
+        .compaction_trigger(64)
         .build()
         .await
         .unwrap();
     let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
-    let row = |key: u64| vec![(key % 251) as u8; (1 << 20) - 128 + key as usize % 64];
+    let row = |key: u64, round: u64| {
+        vec![(key % 251) as u8 ^ round as u8; (1 << 20) - 128 + key as usize % 64]
+    };
+    let deleted = [0u64, 15, 16, 17, 31, 32, 39];
     for key in 0..40u64 {
-        kv.put_value(key, row(key), WriteOptions::BUFFERED)
+        kv.put_value(key, row(key, 0), WriteOptions::BUFFERED)
             .await
             .unwrap();
     }
-    for key in [0u64, 15, 16, 17, 31, 32, 39] {
+    for key in deleted {
         kv.delete(key, WriteOptions::BUFFERED).await.unwrap();
     }
     db.checkpoint().await.unwrap();
+    // A second run over every other key, then a merge of the two: its inputs are read in
+    // batches of about 16 MiB (16 rows here) and it writes after 64 MiB read.
+    for key in (0..40u64).step_by(2) {
+        kv.put_value(key, row(key, 1), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+    }
+    db.checkpoint().await.unwrap();
+    db.compact().await.unwrap();
     db.close().await.unwrap();
     drop(db);
     let db = Db::open(dir.path()).await.unwrap();
     let kv = db.table("kv").unwrap();
     assert_eq!(db.stats().memtable_bytes, 0);
     for key in 0..40u64 {
-        let expected = (![0u64, 15, 16, 17, 31, 32, 39].contains(&key)).then(|| row(key));
+        let expected = if key % 2 == 0 {
+            Some(row(key, 1))
+        } else {
+            (!deleted.contains(&key)).then(|| row(key, 0))
+        };
         assert_eq!(
             kv.get_value(key).await.unwrap().map(|v| v.to_vec()),
             expected,

@@ -44,8 +44,14 @@ const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most runs one merge reads at once: a batch of each input is in memory.
 const MAX_RUNS: usize = 16;
 
-/// Rows per batch read from each input, and rows merged between two writes.
+/// Rows per batch read from each input (fewer where rows are large: see
+/// [`MERGE_BATCH_BYTES`]), and rows merged between two writes.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
+
+/// Decoded bytes a batch read from an input holds at most, by its segment's bytes per row, and
+/// bytes of picked rows merged between two writes: counted in rows alone, 8,192 rows of 256 KiB
+/// passed Arrow's 2 GiB in one read or one write, which failed every time the window came up.
+const MERGE_BATCH_BYTES: usize = 16 << 20;
 
 /// Batches per input a merge holds at most before it writes what it picked and lets go of the
 /// rest. Held until `MERGE_BATCH_ROWS` rows were picked, every batch stayed in memory while a
@@ -123,14 +129,14 @@ impl Inner {
         };
         let compacted = compact().await;
         // Flushes leave replaced manifest versions, and crashes leave unpublished segments,
-        // even where nothing compacts (time series): collect at least once a minute, and after
-        // a failed merge too (its output is garbage; a merge that failed at every try stopped
-        // every collection of the database).
+        // even where nothing compacts (time series): collect at least once a minute, whether
+        // the merges failed or not (a merge that failed at every try stopped every collection
+        // of the database).
         let due = {
             let last = self.last_gc.lock().unwrap_or_else(|p| p.into_inner());
             last.is_none_or(|at| at.elapsed() >= GC_INTERVAL)
         };
-        if compacted.as_ref().map_or(true, |&merges| merges > 0) || due {
+        if matches!(compacted, Ok(merges) if merges > 0) || due {
             match (&compacted, collect().await) {
                 (Err(_), Err((chore, err))) => self.background_failed(chore, err),
                 (_, collected) => collected?,
@@ -379,9 +385,11 @@ impl Inner {
             added.push((id, Arc::new(segment)));
         }
         writer.commit(data).await?;
+        let mut unswapped = Unswapped(Some(self));
         crash_point!("compaction.after_manifest");
         self.retire(&window);
         self.swap_segments(&added, &removed, None, horizon);
+        unswapped.0 = None;
         table.charge.spend(bytes);
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         counters.compactions += 1;
@@ -395,6 +403,21 @@ impl Inner {
         metrics::histogram!("omendb_compaction_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+}
+
+/// Armed between a merge's publish and its swap: a compaction that stops there (a panic) left
+/// the manifest holding its outputs while this process reads its inputs, and every later merge
+/// of the window failed ("input segments left the manifest"); writes are refused until reopen.
+struct Unswapped<'a>(Option<&'a Inner>);
+
+impl Drop for Unswapped<'_> {
+    fn drop(&mut self) {
+        if let Some(db) = self.0 {
+            db.fail(Error::Corrupt(
+                "a compaction stopped between publishing its segments and reading them".to_owned(),
+            ));
+        }
     }
 }
 
@@ -664,7 +687,11 @@ impl Input {
                 };
                 let all = segment.reader.projection_all();
                 let rows = 0..segment.reader.rows();
-                self.stream = Some(segment.reader.scan(rows, &all, MERGE_BATCH_ROWS)?);
+                let row_bytes = segment.reader.decoded_bytes() / rows.end.max(1);
+                let batch_rows = usize::try_from(MERGE_BATCH_BYTES as u64 / row_bytes.max(1))
+                    .unwrap_or(MERGE_BATCH_ROWS)
+                    .clamp(1, MERGE_BATCH_ROWS);
+                self.stream = Some(segment.reader.scan(rows, &all, batch_rows)?);
                 continue;
             };
             if batch.num_rows() == 0 {

@@ -540,6 +540,17 @@ impl SegmentReader {
         self.meta.rows
     }
 
+    /// The bytes its rows take decoded, by the Parquet metadata (before compression): what
+    /// sizes a batch of rows read in memory.
+    pub fn decoded_bytes(&self) -> u64 {
+        self.metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|group| u64::try_from(group.total_byte_size()).unwrap_or(0))
+            .sum()
+    }
+
     /// A projection of the named columns (system or value columns).
     pub fn projection(&self, names: &[&str]) -> Result<Projection> {
         let schema = self.schema();
