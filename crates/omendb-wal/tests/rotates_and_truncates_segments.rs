@@ -292,7 +292,22 @@ fn a_log_that_keeps_no_segment_goes_on_where_its_segments_began() {
         let mut bytes = std::fs::read(&segments[0]).unwrap();
         bytes[HEADER_LEN / 2] ^= 0x40;
         std::fs::write(&segments[0], &bytes).unwrap();
-        let wal = FileWal::open(dir.path(), small_segments().recovery_mode(mode)).unwrap();
+        let io = FaultyIo::new();
+        let wal = FileWal::open_with_io(
+            Arc::new(io.clone()),
+            dir.path(),
+            small_segments().recovery_mode(mode),
+        )
+        .unwrap();
+        if mode == RecoveryMode::PointInTime {
+            // Replaced by a fresh segment renamed over it, never deleted first: a crash in
+            // between left no segment, and the next open started again at LSN 1.
+            assert_eq!(
+                io.faults.deletes.load(std::sync::atomic::Ordering::SeqCst),
+                0
+            );
+            assert_eq!(segment_paths(dir.path()), segments);
+        }
         assert_eq!(wal.recovery_report().records, 0, "{mode:?}");
         assert_eq!(wal.last_lsn(), Some(base - 1), "{mode:?}");
         assert_eq!(

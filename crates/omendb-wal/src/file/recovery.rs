@@ -85,7 +85,15 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
                 }
             }
             Verdict::Drop { stop: true } => {
-                drop_segments(io, dir, &found[i..], &mut report)?;
+                if kept.is_empty() && seg.base > 0 {
+                    // Nothing before it is kept: the log goes on at its LSN, in a fresh segment
+                    // renamed over it below. Deleted first, a crash before the fresh one existed
+                    // left no segment, and the next open started again at LSN 1.
+                    drop_segments(io, dir, &found[i + 1..], &mut report)?;
+                    report.bytes_truncated += len;
+                } else {
+                    drop_segments(io, dir, &found[i..], &mut report)?;
+                }
                 break;
             }
             Verdict::Drop { stop: false } => {
