@@ -317,6 +317,17 @@ fn a_log_that_keeps_no_segment_goes_on_where_its_segments_began() {
         );
         wal.close().unwrap();
         drop(wal);
+        if mode == RecoveryMode::SkipCorrupt {
+            // As if the open had crashed right after setting the segment aside, before the
+            // fresh one existed: the next open still goes on at its LSN, not at 1.
+            for path in segment_paths(dir.path()) {
+                std::fs::remove_file(path).unwrap();
+            }
+            let wal = FileWal::open(dir.path(), small_segments().recovery_mode(mode)).unwrap();
+            assert_eq!(wal.last_lsn(), Some(base - 1));
+            wal.close().unwrap();
+            continue;
+        }
         // And it reads back in the default mode.
         let wal = FileWal::open(dir.path(), small_segments()).unwrap();
         let records: Vec<_> = wal.reader(1).unwrap().map(Result::unwrap).collect();

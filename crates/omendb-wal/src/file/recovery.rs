@@ -29,7 +29,7 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     io.create_dir_all(dir)
         .map_err(|e| Error::io("create_dir", dir, e))?;
-    let found = segment::list(io, dir)?;
+    let (found, set_aside) = segment::list(io, dir)?;
     let mut report = RecoveryReport {
         mode: options.recovery_mode,
         ..RecoveryReport::default()
@@ -107,7 +107,10 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
             }
         }
     }
-    let last_lsn = expected.map_or(0, |next| next - 1);
+    // A log that keeps nothing goes on where the segments it set aside began: a crash after
+    // `SkipCorrupt` set its only segment aside, before the fresh one existed, started it again
+    // at LSN 1.
+    let last_lsn = expected.map_or(set_aside.saturating_sub(1), |next| next - 1);
     let (active, active_len) = match kept.last() {
         Some(seg) if last_kept.len() > format::HEADER_LEN => {
             let mut file = io

@@ -37,12 +37,18 @@ fn parse_name(name: &str) -> Option<Lsn> {
     digits.parse().ok()
 }
 
-/// The segments in `dir`, in LSN order, after deleting half-created ones.
-pub(crate) fn list(io: &dyn FileIo, dir: &Path) -> Result<Vec<Segment>> {
+/// The segments in `dir`, in LSN order, after deleting half-created ones; and the highest LSN
+/// a segment set aside as corrupt starts at (0 if none), below which the log never starts again.
+pub(crate) fn list(io: &dyn FileIo, dir: &Path) -> Result<(Vec<Segment>, Lsn)> {
     let names = io.list(dir).map_err(|e| Error::io("list", dir, e))?;
     let mut segments = Vec::new();
+    let mut set_aside = 0;
     let mut removed = false;
     for name in names {
+        if let Some(base) = name.strip_suffix(CORRUPT_EXT).and_then(parse_name) {
+            set_aside = set_aside.max(base);
+            continue;
+        }
         if name.ends_with(TMP_EXT) {
             // A crash during rotation: the segment never got its final name, so it holds nothing.
             let path = dir.join(&name);
@@ -60,7 +66,7 @@ pub(crate) fn list(io: &dyn FileIo, dir: &Path) -> Result<Vec<Segment>> {
             .map_err(|e| Error::io("sync_dir", dir, e))?;
     }
     segments.sort_by_key(|s| s.base);
-    Ok(segments)
+    Ok((segments, set_aside))
 }
 
 /// Creates the segment whose first LSN is `base`: written under a temporary name with its header,
