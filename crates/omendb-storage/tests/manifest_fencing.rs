@@ -188,7 +188,12 @@ async fn racing_writers_leave_one_chain_and_one_winner(store: Arc<dyn ObjectStor
         manifests.latest().await.unwrap().unwrap().data.flushed_lsn,
         winners[0].1
     );
-    assert_eq!(check_chain(&store).await, WRITERS as u64 + 1);
+    // One version per open and the winner's commit, and one more for each open that found its
+    // version superseded at once and opened again with a higher epoch (seen once in ~70 runs on
+    // local files: the versions 1..6 were epochs 1, 2, 3, 4, 5, 5, the first and third by one
+    // writer). Every version is checked by `check_chain`; the newest is the winner's.
+    let chain = check_chain(&store).await;
+    assert!(chain > WRITERS as u64, "{chain} versions");
 }
 
 async fn a_damaged_newest_version_is_skipped_by_readers_and_refused_by_writers(
