@@ -119,6 +119,28 @@ async fn background_work_that_panics_is_not_lost_silently() {
     a_compaction_that_panics_after_its_publish_poisons_writes().await;
 }
 
+/// A database in `dir` whose table "kv" holds two flushed runs of keys 0..100 (the second's
+/// values are `1u64`), and merges only when asked.
+async fn two_runs(dir: &std::path::Path) -> (Db, omendb_core::Table) {
+    let db = Db::builder()
+        .path(dir)
+        .memtable_bytes(1 << 30)
+        .compaction_trigger(64)
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    for round in 0..2u64 {
+        for key in 0..100u64 {
+            t.put_value(key, round.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
+                .await
+                .unwrap();
+        }
+        db.checkpoint().await.unwrap();
+    }
+    (db, t)
+}
+
 /// The newest manifest version in `dir`.
 fn newest_manifest(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir.join("data/db/manifest"))
@@ -137,22 +159,7 @@ fn newest_manifest(dir: &std::path::Path) -> u64 {
 /// review: a DDL its caller was told had failed came back, or the reverse).
 async fn nothing_is_published_after_a_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder()
-        .path(dir.path())
-        .memtable_bytes(1 << 30)
-        .compaction_trigger(64)
-        .build()
-        .await
-        .unwrap();
-    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
-    for round in 0..2u64 {
-        for key in 0..100u64 {
-            t.put_value(key, round.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
-                .await
-                .unwrap();
-        }
-        db.checkpoint().await.unwrap();
-    }
+    let (db, t) = two_runs(dir.path()).await;
     let before = newest_manifest(dir.path());
     let (held, holding) = std::sync::mpsc::channel();
     fail::cfg_callback("compaction.before_manifest", move || {
@@ -200,22 +207,7 @@ async fn nothing_is_published_after_a_failure() {
 /// later merge of the window failed).
 async fn a_compaction_that_panics_after_its_publish_poisons_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder()
-        .path(dir.path())
-        .memtable_bytes(1 << 30)
-        .compaction_trigger(64)
-        .build()
-        .await
-        .unwrap();
-    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
-    for round in 0..2u64 {
-        for key in 0..100u64 {
-            t.put_value(key, round.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
-                .await
-                .unwrap();
-        }
-        db.checkpoint().await.unwrap();
-    }
+    let (db, t) = two_runs(dir.path()).await;
     fail::cfg(
         "compaction.after_manifest",
         "1*panic(injected after publish)",
