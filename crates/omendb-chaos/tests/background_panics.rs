@@ -141,6 +141,17 @@ async fn two_runs(dir: &std::path::Path) -> (Db, omendb_core::Table) {
     (db, t)
 }
 
+/// Whether every key of [`two_runs`]' table reads the second run's value.
+async fn holds_the_second_run(t: &omendb_core::Table) {
+    for key in 0..100u64 {
+        assert_eq!(
+            t.get_value(key).await.unwrap().unwrap(),
+            1u64.to_le_bytes().to_vec(),
+            "key {key}"
+        );
+    }
+}
+
 /// The newest manifest version in `dir`.
 fn newest_manifest(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir.join("data/db/manifest"))
@@ -192,12 +203,7 @@ async fn nothing_is_published_after_a_failure() {
     drop(db);
     let db = Db::open(dir.path()).await.unwrap();
     let t = db.table("kv").unwrap();
-    for key in 0..100u64 {
-        assert_eq!(
-            t.get_value(key).await.unwrap().unwrap(),
-            1u64.to_le_bytes().to_vec()
-        );
-    }
+    holds_the_second_run(&t).await;
     db.close().await.unwrap();
 }
 
@@ -229,12 +235,7 @@ async fn a_compaction_that_panics_after_its_publish_poisons_writes() {
     let db = Db::open(dir.path()).await.unwrap();
     assert_eq!(db.stats().segments, 1, "the merge's output, as published");
     let t = db.table("kv").unwrap();
-    for key in 0..100u64 {
-        assert_eq!(
-            t.get_value(key).await.unwrap().unwrap(),
-            1u64.to_le_bytes().to_vec()
-        );
-    }
+    holds_the_second_run(&t).await;
     db.compact().await.unwrap();
     db.close().await.unwrap();
 }
