@@ -78,6 +78,9 @@ pub struct Segment {
     /// Whether every key has one row (no older version beside it): a scan then takes runs of
     /// rows without looking for a key's second row.
     pub unique: bool,
+    /// Its rows' average decoded size in bytes (by the Parquet metadata, at least 1): what sizes
+    /// a batch of its rows read into memory.
+    pub row_bytes: u64,
     /// The keys, so a point read of a key the segment does not hold skips the index.
     filter: FixedFilter,
 }
@@ -123,9 +126,11 @@ impl Segment {
         let lsn = reader.projection(&[LSN_COLUMN])?;
         let filter = FixedFilter::of(reader.keys());
         let unique = reader.keys().windows(2).all(|pair| pair[0] != pair[1]);
+        let row_bytes = (reader.decoded_bytes() / reader.rows().max(1)).max(1);
         Ok(Self {
             filter,
             unique,
+            row_bytes,
             entry,
             reader,
             index,
@@ -163,6 +168,14 @@ impl Segment {
             describe(&mut fields.iter().skip(3)),
             describe(&mut stored.fields().iter()),
         )))
+    }
+
+    /// Rows of this segment that decode to about `bytes` (its average row's size), between 1
+    /// and `most`.
+    pub fn rows_in(&self, bytes: usize, most: usize) -> usize {
+        usize::try_from(bytes as u64 / self.row_bytes)
+            .unwrap_or(most)
+            .clamp(1, most.max(1))
     }
 
     /// What a point read of a row fetches: the value columns alone where the segment holds no

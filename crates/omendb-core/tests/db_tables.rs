@@ -1394,3 +1394,92 @@ async fn an_aggregate_over_a_memtable_yields_between_stretches_of_rows() {
     );
     db.close().await.unwrap();
 }
+
+/// A scan's default batch is cut by its rows' bytes, not only their count: 8,192 rows of large
+/// values made one batch of gigabytes. Rows of 128 KiB in segments come back in batches of
+/// about 16 MiB, every row once and in order, in either direction, and a limit still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_scan_batch_of_large_rows_holds_about_sixteen_mebibytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let value = |key: u64| vec![key as u8; 128 << 10];
+    for key in 0..300u64 {
+        kv.put_value(key, value(key), WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+    }
+    db.checkpoint().await.unwrap();
+    for reverse in [false, true] {
+        let batches: Vec<RecordBatch> = kv
+            .scan(
+                0u64..,
+                ScanOptions {
+                    reverse,
+                    ..ScanOptions::default()
+                },
+            )
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(batches.len() >= 2, "300 rows of 128 KiB in one batch");
+        for batch in &batches {
+            assert!(batch.num_rows() <= 128, "{} rows", batch.num_rows());
+            // The rows' own bytes (a batch may share a cached page's larger buffer).
+            let offsets = batch.column(1).as_binary::<i32>().value_offsets();
+            let bytes = offsets[offsets.len() - 1] - offsets[0];
+            assert!(bytes <= 16 << 20, "{bytes} bytes of rows in one batch");
+        }
+        let mut keys: Vec<u64> = Vec::new();
+        for batch in &batches {
+            let values = batch.column(1).as_binary::<i32>();
+            for (i, key) in batch
+                .column(0)
+                .as_primitive::<UInt64Type>()
+                .iter()
+                .enumerate()
+            {
+                let key = key.unwrap();
+                assert_eq!(values.value(i), &value(key)[..]);
+                keys.push(key);
+            }
+        }
+        let mut expected: Vec<u64> = (0..300).collect();
+        if reverse {
+            expected.reverse();
+        }
+        assert_eq!(keys, expected);
+    }
+    let limited: Vec<RecordBatch> = kv
+        .scan(
+            0u64..,
+            ScanOptions {
+                limit: Some(150),
+                ..ScanOptions::default()
+            },
+        )
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        limited.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        150
+    );
+    // A caller's own batch size is taken as given.
+    let one: Vec<RecordBatch> = kv
+        .scan(
+            0u64..,
+            ScanOptions {
+                batch_rows: Some(300),
+                ..ScanOptions::default()
+            },
+        )
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    db.close().await.unwrap();
+}

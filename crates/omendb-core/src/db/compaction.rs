@@ -687,10 +687,7 @@ impl Input {
                 };
                 let all = segment.reader.projection_all();
                 let rows = 0..segment.reader.rows();
-                let row_bytes = segment.reader.decoded_bytes() / rows.end.max(1);
-                let batch_rows = usize::try_from(MERGE_BATCH_BYTES as u64 / row_bytes.max(1))
-                    .unwrap_or(MERGE_BATCH_ROWS)
-                    .clamp(1, MERGE_BATCH_ROWS);
+                let batch_rows = segment.rows_in(MERGE_BATCH_BYTES, MERGE_BATCH_ROWS);
                 self.stream = Some(segment.reader.scan(rows, &all, batch_rows)?);
                 continue;
             };

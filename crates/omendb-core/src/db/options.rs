@@ -35,7 +35,8 @@ pub struct ScanOptions {
     pub limit: Option<usize>,
     /// Newest key first.
     pub reverse: bool,
-    /// Rows per returned batch (default 8192).
+    /// Rows per returned batch (default 8192, fewer where the table's segments hold large rows:
+    /// about 16 MiB decoded by their average row).
     pub batch_rows: Option<usize>,
 }
 

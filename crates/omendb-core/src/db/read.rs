@@ -31,8 +31,12 @@ use crate::memtable::{Lent, Lookup, Lsn, Memtable, Newest};
 use crate::segment::{Searched, Segment};
 use crate::table::{RowCodec, RowDecoder, TableDef, Value, key_data_type, value_at};
 
-/// Default rows per scan batch.
+/// Default rows per scan batch, where rows are small.
 const SCAN_BATCH_ROWS: usize = 8192;
+
+/// Decoded bytes a scan batch holds at most by default, by its segments' average row: counted in
+/// rows alone, 8,192 rows of the 1 MiB a row may hold made a batch of 8 GiB.
+const SCAN_BATCH_BYTES: usize = 16 << 20;
 
 /// A memtable to read and the snapshot to read it at.
 pub(crate) type MemLayer = (Arc<Memtable>, Lsn);
@@ -784,6 +788,16 @@ enum Lending {
     Uncached(Vec<usize>),
 }
 
+/// Rows of a scan batch by default: [`SCAN_BATCH_ROWS`], fewer where a segment's rows are large.
+/// (A memtable's rows are bounded by the memtable's size.)
+fn default_batch_rows(segments: &[Arc<Segment>]) -> usize {
+    segments
+        .iter()
+        .map(|s| s.rows_in(SCAN_BATCH_BYTES, SCAN_BATCH_ROWS))
+        .min()
+        .unwrap_or(SCAN_BATCH_ROWS)
+}
+
 /// A scan in progress.
 pub(crate) struct Scan {
     table: Arc<TableState>,
@@ -873,6 +887,10 @@ impl Scan {
                 Some(reads)
             }
         };
+        let batch_rows = options
+            .batch_rows
+            .unwrap_or_else(|| default_batch_rows(&table.segments))
+            .max(1);
         Ok(Self {
             layers: mem_layers(version, def.id, snapshot, overlay),
             table,
@@ -880,7 +898,7 @@ impl Scan {
             left: range,
             reverse: options.reverse,
             remaining: options.limit,
-            batch_rows: options.batch_rows.unwrap_or(SCAN_BATCH_ROWS).max(1),
+            batch_rows,
             columns,
             output,
             reads,

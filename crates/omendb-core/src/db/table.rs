@@ -295,11 +295,16 @@ impl View<'_> {
         function: Aggregate,
         bucket: Option<u64>,
     ) -> Result<RecordBatch> {
-        // Large batches: an aggregate keeps no batch, and a segment's run is decoded in one
-        // pass per batch.
+        // Large batches of a fixed-width column: an aggregate keeps no batch, and a segment's
+        // run is decoded in one pass per batch. A variable-width column (a count of strings)
+        // gets a scan's batches, sized by its rows' bytes.
+        let fixed_width = def
+            .schema()
+            .field_with_name(column)
+            .is_ok_and(|field| field.data_type().is_primitive());
         let options = ScanOptions {
             projection: Some(vec![column.to_owned()]),
-            batch_rows: Some(AGGREGATE_BATCH_ROWS),
+            batch_rows: fixed_width.then_some(AGGREGATE_BATCH_ROWS),
             ..ScanOptions::default()
         };
         let scan = self.scan_of(def, range, &options)?;
