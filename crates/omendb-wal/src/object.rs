@@ -15,7 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use rand::RngExt;
 
 use crate::error::{Error, Result};
-use crate::format::{self, HEADER_LEN};
+use crate::format::{self, FRAME_HEADER_LEN, HEADER_LEN};
 use crate::group_commit::{Next, Queue};
 use crate::recovery::{Verdict, confirm, examine};
 use crate::replay::{Window, replay};
@@ -31,6 +31,9 @@ const MAX_GATHER: Duration = Duration::from_millis(10);
 const EXT: &str = ".wal";
 /// Suffix given to an object set aside by [`RecoveryMode::SkipCorrupt`].
 const CORRUPT_EXT: &str = ".corrupt";
+
+/// Bytes of a claim's object ([`Wal::claim`]): a header and one frame with an empty payload.
+const CLAIM_BYTES: u64 = (HEADER_LEN + FRAME_HEADER_LEN) as u64;
 
 /// A write-ahead log in an [`ObjectStore`] under a prefix.
 ///
@@ -85,14 +88,31 @@ fn store_error(op: &'static str, path: &Path) -> impl FnOnce(object_store::Error
     move |source| Error::ObjectStore { op, path, source }
 }
 
-/// The log objects directly under `prefix`, in LSN order.
-async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<(Lsn, Path)>> {
+/// An object of the log: the first LSN of its batch, its path and its size.
+#[derive(Clone, Debug)]
+struct LogObject {
+    base: Lsn,
+    path: Path,
+    size: u64,
+}
+
+/// The log's objects directly under `prefix`.
+struct Listing {
+    /// The objects that hold records, in LSN order: every one after the retired fences.
+    objects: Vec<LogObject>,
+    /// The LSN of the newest retired fence (see [`ObjectWal::truncate_before`]), if any.
+    fence: Option<Lsn>,
+}
+
+/// The log's objects directly under `prefix`. Empty objects ahead of every other are retired
+/// fences, left out; an empty object after one that holds records is damage, and listed.
+async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Listing> {
     let metas: Vec<_> = store
         .list(Some(prefix))
         .try_collect()
         .await
         .map_err(store_error("list", prefix))?;
-    let mut objects: Vec<(Lsn, Path)> = metas
+    let mut objects: Vec<LogObject> = metas
         .into_iter()
         .filter_map(|meta| {
             let name = meta.location.filename()?;
@@ -101,11 +121,18 @@ async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<(Lsn, Path)>
                 return None;
             }
             let base = digits.parse().ok()?;
-            (meta.location == object_path(prefix, base)).then_some((base, meta.location))
+            (meta.location == object_path(prefix, base)).then_some(LogObject {
+                base,
+                path: meta.location,
+                size: meta.size,
+            })
         })
         .collect();
-    objects.sort_by_key(|(base, _)| *base);
-    Ok(objects)
+    objects.sort_by_key(|object| object.base);
+    let fences = objects.iter().take_while(|o| o.size == 0).count();
+    let fence = fences.checked_sub(1).map(|newest| objects[newest].base);
+    objects.drain(..fences);
+    Ok(Listing { objects, fence })
 }
 
 /// The whole object at `path`. A body shorter than the object (a connection that closed
@@ -174,13 +201,13 @@ async fn recover(
     prefix: &Path,
     options: &WalOptions,
 ) -> Result<(RecoveryReport, Lsn)> {
-    let objects = list(store, prefix).await?;
+    let Listing { objects, fence } = list(store, prefix).await?;
     let mut report = RecoveryReport {
         mode: options.recovery_mode,
         ..RecoveryReport::default()
     };
     let mut expected = None;
-    for (i, (base, path)) in objects.iter().enumerate() {
+    for (i, LogObject { base, path, .. }) in objects.iter().enumerate() {
         let buf = get(store, path).await?;
         // An object is put whole: damage in the newest one is not a torn write but damage to
         // acknowledged records, which the default mode refuses instead of cutting (the
@@ -247,20 +274,22 @@ async fn recover(
             }
         }
     }
-    Ok((report, expected.map_or(0, |next| next - 1)))
+    // A retired fence's LSN was taken by a claim: a log that keeps nothing after it goes on
+    // above it.
+    let last = expected.map_or(0, |next| next - 1).max(fence.unwrap_or(0));
+    Ok((report, last))
 }
 
 /// Deletes `objects` (the end of the log that point-in-time recovery drops), newest first, so
 /// that a crash in the middle still leaves a prefix of the log.
 async fn drop_objects(
     store: &dyn ObjectStore,
-    objects: &[(Lsn, Path)],
+    objects: &[LogObject],
     report: &mut RecoveryReport,
 ) -> Result<()> {
-    for (_, path) in objects.iter().rev() {
-        let meta = store.head(path).await.map_err(store_error("head", path))?;
-        delete(store, path).await?;
-        report.bytes_truncated += meta.size;
+    for object in objects.iter().rev() {
+        delete(store, &object.path).await?;
+        report.bytes_truncated += object.size;
     }
     Ok(())
 }
@@ -335,12 +364,12 @@ impl ObjectWal {
             let objects = if window.from > window.upto {
                 Vec::new()
             } else {
-                list(self.store.as_ref(), &self.prefix).await?
+                list(self.store.as_ref(), &self.prefix).await?.objects
             };
             // Objects entirely below `from` are not read.
             let first = objects
                 .windows(2)
-                .take_while(|pair| pair[1].0 <= window.from)
+                .take_while(|pair| pair[1].base <= window.from)
                 .count();
             Ok::<_, Error>(objects.into_iter().skip(first).collect::<VecDeque<_>>())
         };
@@ -356,7 +385,7 @@ impl ObjectWal {
                             if done {
                                 return Ok(None);
                             }
-                            let Some((base, path)) = objects.pop_front() else {
+                            let Some(LogObject { base, path, .. }) = objects.pop_front() else {
                                 return Ok(None);
                             };
                             let buf = get(self.store.as_ref(), &path).await?;
@@ -441,17 +470,40 @@ impl ObjectWal {
         }
     }
 
-    /// Deletes every object whose records are all below `lsn` (never the newest).
+    /// Deletes every object whose records are all below `lsn` (never the newest), except
+    /// claims, which it retires: each is overwritten with an empty object, kept for good.
+    ///
+    /// A claim is the fence of the writer it shut out ([`Wal::claim`]): that writer's next
+    /// batch can only be named by the claim's LSN, so as long as the name is taken, the batch
+    /// is refused. Deleted with the rest, the name was free again, and a writer that had slept
+    /// through the takeover uploaded its next batch there and acknowledged it, below the log
+    /// the new writer reads (found by a helper agent's review; SlateDB keeps its fences for the
+    /// same reason). A retired fence holds no record and costs a name in every listing: two a
+    /// database open.
     pub async fn truncate_before(&self, lsn: Lsn) -> Result<()> {
-        let objects = list(self.store.as_ref(), &self.prefix).await?;
+        let objects = list(self.store.as_ref(), &self.prefix).await?.objects;
         let dead = objects
             .windows(2)
-            .take_while(|pair| pair[1].0 <= lsn)
+            .take_while(|pair| pair[1].base <= lsn)
             .count();
-        // Oldest first, so a failure in the middle leaves a contiguous suffix of the log; an
-        // object already gone (a truncation repeated after a lost answer) counts as deleted.
-        for (_, path) in &objects[..dead] {
-            match delete(self.store.as_ref(), path).await {
+        // Oldest first, so a failure in the middle leaves a contiguous suffix of the log (and
+        // the retired fences ahead of it); an object already gone (a truncation repeated after
+        // a lost answer) counts as deleted.
+        for object in &objects[..dead] {
+            let done = if object.size == CLAIM_BYTES {
+                self.store
+                    .put_opts(
+                        &object.path,
+                        PutPayload::new(),
+                        PutOptions::from(PutMode::Overwrite),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(store_error("put", &object.path))
+            } else {
+                delete(self.store.as_ref(), &object.path).await
+            };
+            match done {
                 Err(Error::ObjectStore {
                     source: object_store::Error::NotFound { .. },
                     ..

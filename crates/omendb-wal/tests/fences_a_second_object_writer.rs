@@ -144,6 +144,55 @@ async fn a_claimed_log_takes_no_late_batch_from_an_earlier_writer() {
     }
 }
 
+/// A writer that slept through a takeover stays fenced after the new writer truncated the log
+/// past the claim that fenced it: truncation retires a claim (an empty object under its name)
+/// instead of deleting it, so the old writer's next batch, which can only take that name, is
+/// refused rather than acknowledged below the log the new writer reads. The retired fences are
+/// no records: a reopen reads the log after them, and a log that keeps nothing after them goes
+/// on above the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_outlives_the_truncation_of_its_claim() {
+    for backend in [Backend::memory(), Backend::local()] {
+        let name = backend.name();
+        let old = backend.open(WalOptions::default()).await.unwrap();
+        assert_eq!(durable(old.as_ref(), b"one (old)").await, 1, "{name}");
+        let new = backend.open(WalOptions::default()).await.unwrap();
+        new.claim().await.unwrap();
+        for (lsn, payload) in [(3, &b"three"[..]), (4, b"four"), (5, b"five")] {
+            assert_eq!(durable(new.as_ref(), payload).await, lsn, "{name}");
+        }
+        new.truncate_before(5).await.unwrap();
+        let units = backend.units().await;
+        assert_eq!(units.len(), 2, "{name}: {units:?}");
+        assert!(backend.read_unit(&units[0]).await.is_empty(), "{name}");
+        // The old writer's next batch is LSN 2's, the claim's name.
+        assert_fenced(old.as_ref(), b"two (old)", name).await;
+        assert_eq!(payloads(new.as_ref(), 1).await, vec![b"five".to_vec()]);
+        new.close().unwrap();
+        drop((old, new));
+
+        let reopened = backend.open(WalOptions::default()).await.unwrap();
+        assert_eq!(reopened.last_lsn(), Some(5), "{name}");
+        assert_eq!(payloads(reopened.as_ref(), 1).await, vec![b"five".to_vec()]);
+        // A second takeover's claim, truncated too: two fences, each still refusing.
+        reopened.claim().await.unwrap();
+        assert_eq!(durable(reopened.as_ref(), b"seven").await, 7, "{name}");
+        reopened.truncate_before(7).await.unwrap();
+        reopened.close().unwrap();
+        drop(reopened);
+        let units = backend.units().await;
+        assert_eq!(units.len(), 3, "{name}: {units:?}");
+        assert!(backend.read_unit(&units[1]).await.is_empty(), "{name}");
+
+        // Every object after the fences gone (an operator's delete): the log starts above the
+        // newest fence, not at LSN 1.
+        backend.delete_unit(&units[2]).await;
+        let bare = backend.open(WalOptions::default()).await.unwrap();
+        assert_eq!(bare.last_lsn(), Some(6), "{name}");
+        assert_eq!(durable(bare.as_ref(), b"after").await, 7, "{name}");
+    }
+}
+
 /// A local log shuts out other writers by its lock, so claiming it writes nothing.
 #[tokio::test]
 async fn claiming_a_local_log_writes_nothing() {
