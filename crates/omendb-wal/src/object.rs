@@ -17,7 +17,7 @@ use rand::RngExt;
 use crate::error::{Error, Result};
 use crate::format::{self, FRAME_HEADER_LEN, HEADER_LEN};
 use crate::group_commit::{Next, Queue};
-use crate::recovery::{Verdict, confirm, examine};
+use crate::recovery::{Unit, Verdict, confirm, examine};
 use crate::replay::{Window, replay};
 use crate::wal::some_lsn;
 use crate::{
@@ -209,16 +209,13 @@ async fn recover(
     let mut expected = None;
     for (i, LogObject { base, path, .. }) in objects.iter().enumerate() {
         let buf = get(store, path).await?;
-        // An object is put whole: damage in the newest one is not a torn write but damage to
-        // acknowledged records, which the default mode refuses instead of cutting (the
-        // explicit `SkipCorrupt` still cuts it, and reports it).
-        let tail_may_tear =
-            i + 1 == objects.len() && options.recovery_mode != RecoveryMode::TolerateTornTail;
         let examined = examine(
             &buf,
             *base,
             path.as_ref(),
-            tail_may_tear,
+            Unit::Object {
+                newest: i + 1 == objects.len(),
+            },
             options.max_record_bytes,
             &mut expected,
             &mut report,

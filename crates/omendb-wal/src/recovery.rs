@@ -145,23 +145,44 @@ pub(crate) fn confirm(first: &[u8], again: &[u8], location: &str) -> std::io::Re
     }
 }
 
+/// What [`examine`] reads, which decides what the end of its records may look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// A segment of the file log, `last` or not: zeros written ahead of its records end them,
+    /// and in the last one, damage with nothing intact after it may be a write a crash cut
+    /// short, which the default mode cuts.
+    Segment {
+        /// Whether it is the log's last segment.
+        last: bool,
+    },
+    /// An object of the object-store log, `newest` or not. It is put whole: nothing follows its
+    /// last record (not even zeros), and damage in it is never a torn write, so the default mode
+    /// refuses it; in the newest one `SkipCorrupt` and `PointInTime` cut damage with nothing
+    /// intact after it.
+    Object {
+        /// Whether it is the log's newest object.
+        newest: bool,
+    },
+}
+
 /// Verifies one whole segment or object `buf` whose name says `base`, records what it finds in
 /// `report`, advances `expected` (the LSN the next record must carry) and decides, by the
 /// recovery mode, what happens to it. Damage the mode does not allow is an error.
-/// `tail_may_tear` says whether damage with nothing intact after it may be a write a crash cut
-/// short (the last segment of a file log), which the default mode cuts; an object is put
-/// whole, so damage in it is never that.
 pub(crate) fn examine(
     buf: &[u8],
     base: Lsn,
     location: &str,
-    tail_may_tear: bool,
+    unit: Unit,
     max_record_bytes: usize,
     expected: &mut Option<Lsn>,
     report: &mut RecoveryReport,
 ) -> crate::Result<Verdict> {
     use crate::format::{self, Scanner, Step};
     let mode = report.mode;
+    let tail_may_tear = match unit {
+        Unit::Segment { last } => last,
+        Unit::Object { newest } => newest && mode != RecoveryMode::TolerateTornTail,
+    };
     let skipped_before = report.skipped.len();
     report.segments += 1;
     report.bytes_read += buf.len() as u64;
@@ -232,7 +253,18 @@ pub(crate) fn examine(
         damaged: false,
     };
     loop {
-        let step = scan.step();
+        let step = match scan.step() {
+            // Bytes after an object's last record, zeros or not, are damage: no writer put them
+            // there (treated as a segment's zeros ahead, they were cut without a report).
+            Step::End if matches!(unit, Unit::Object { .. }) && scan.offset() < buf.len() => {
+                Step::Damage {
+                    offset: scan.offset(),
+                    kind: DamageKind::Incomplete,
+                    resume: None,
+                }
+            }
+            step => step,
+        };
         let torn_tail = tail_may_tear && step.is_torn_tail();
         match step {
             Step::Record { lsn, .. } => {
@@ -311,6 +343,9 @@ mod tests {
     use super::*;
     use crate::format::{encode_frame, encode_header, payload_crc};
 
+    /// The last segment of a file log.
+    const LAST: Unit = Unit::Segment { last: true };
+
     /// A segment of three records from LSN 1, with `zeros` zero bytes after them.
     fn segment(zeros: usize) -> Vec<u8> {
         let mut buf = encode_header(1, 0).to_vec();
@@ -326,7 +361,7 @@ mod tests {
             mode,
             ..RecoveryReport::default()
         };
-        examine(buf, 1, "seg", true, 1 << 20, &mut None, &mut report).unwrap()
+        examine(buf, 1, "seg", LAST, 1 << 20, &mut None, &mut report).unwrap()
     }
 
     #[test]
@@ -358,12 +393,74 @@ mod tests {
         assert!(skipped.rests_on_damage());
     }
 
+    /// Zeros after an object's last record are damage, not the end of its records: a segment's
+    /// zeros ahead are cut without a report, and an object cut like them lost acknowledged
+    /// records silently (found by a helper agent's review).
+    #[test]
+    fn zeros_after_an_objects_records_are_damage() {
+        let zeros = segment(64);
+        let records = segment(0).len();
+        for newest in [false, true] {
+            for mode in [
+                RecoveryMode::TolerateTornTail,
+                RecoveryMode::AbsoluteConsistency,
+            ] {
+                let mut report = RecoveryReport {
+                    mode,
+                    ..RecoveryReport::default()
+                };
+                let unit = Unit::Object { newest };
+                let err =
+                    examine(&zeros, 1, "obj", unit, 1 << 20, &mut None, &mut report).unwrap_err();
+                assert!(
+                    matches!(err, crate::Error::Corruption(ref d)
+                        if d.kind == DamageKind::Incomplete && d.offset == records as u64),
+                    "{mode:?}: {err}"
+                );
+            }
+        }
+        // The explicit modes cut the newest object after its records, and say so.
+        for mode in [RecoveryMode::PointInTime, RecoveryMode::SkipCorrupt] {
+            let mut report = RecoveryReport {
+                mode,
+                ..RecoveryReport::default()
+            };
+            let unit = Unit::Object { newest: true };
+            let verdict = examine(&zeros, 1, "obj", unit, 1 << 20, &mut None, &mut report);
+            assert!(
+                matches!(verdict, Ok(Verdict::Keep { cut: Some(cut), damaged: true, .. }) if cut == records),
+                "{mode:?}: {verdict:?}"
+            );
+            assert_eq!(report.records, 3);
+            assert_eq!(report.bytes_truncated, 64, "{mode:?}");
+        }
+        // An object that ends at its last record is whole.
+        let mut report = RecoveryReport::default();
+        let whole = examine(
+            &segment(0),
+            1,
+            "obj",
+            Unit::Object { newest: true },
+            1 << 20,
+            &mut None,
+            &mut report,
+        );
+        assert!(matches!(
+            whole,
+            Ok(Verdict::Keep {
+                cut: None,
+                damaged: false,
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn a_unit_based_at_lsn_zero_is_a_bad_header() {
         let mut buf = encode_header(0, 0).to_vec();
         encode_frame(&mut buf, 0, b"zero", payload_crc(b"zero"));
         let mut report = RecoveryReport::default();
-        let err = examine(&buf, 0, "seg", true, 1 << 20, &mut None, &mut report).unwrap_err();
+        let err = examine(&buf, 0, "seg", LAST, 1 << 20, &mut None, &mut report).unwrap_err();
         assert!(
             matches!(err, crate::Error::Corruption(ref d) if d.kind == DamageKind::BadHeader),
             "{err}"
@@ -382,7 +479,7 @@ mod tests {
                 ..RecoveryReport::default()
             };
             let mut expected = None;
-            let verdict = examine(&buf, 1000, "seg", true, 1 << 20, &mut expected, &mut report);
+            let verdict = examine(&buf, 1000, "seg", LAST, 1 << 20, &mut expected, &mut report);
             assert!(matches!(verdict, Ok(Verdict::Drop { .. })), "{verdict:?}");
             assert_eq!(expected, Some(1000), "{mode:?}");
         }

@@ -8,7 +8,7 @@ use super::segment::{self, CORRUPT_EXT, Segment};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::io::{self, FileIo, IoFile};
-use crate::recovery::{Verdict, confirm, examine};
+use crate::recovery::{Unit, Verdict, confirm, examine};
 use crate::{Lsn, RecoveryReport, WalOptions};
 
 /// A recovered log, ready for the writer.
@@ -49,7 +49,9 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
             &buf,
             seg.base,
             &location,
-            i + 1 == found.len(),
+            Unit::Segment {
+                last: i + 1 == found.len(),
+            },
             options.max_record_bytes,
             &mut expected,
             &mut report,
