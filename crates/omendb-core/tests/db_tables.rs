@@ -1483,3 +1483,57 @@ async fn a_default_scan_batch_of_large_rows_holds_about_sixteen_mebibytes() {
     assert_eq!(one.len(), 1);
     db.close().await.unwrap();
 }
+
+/// A transaction counts every write it took against the batch limit, even one a later range
+/// deletion drops from its batch: its overlay keeps the write for its own reads, so counted by
+/// the batch alone, a put and a range deletion over it, repeated, grew the overlay without
+/// bound. A plain batch, which keeps nothing else, still gets the bytes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_counts_the_writes_a_range_deletion_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .limits(1024, 16 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let mut txn = db.begin();
+    let mut rounds = 0u64;
+    let refused = loop {
+        let put = txn.put_value(&t, 1u64, vec![7u8; 512]);
+        if let Err(err) = put.and_then(|()| txn.delete_range(&t, 1u64..=1)) {
+            break err;
+        }
+        rounds += 1;
+        assert!(
+            rounds <= 30,
+            "a 16 KiB transaction took {rounds} puts of 512 bytes"
+        );
+    };
+    assert!(
+        matches!(
+            refused,
+            Error::TooLarge {
+                what: "write batch",
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    // Each round: a put (17 bytes and the row) and a range deletion (21 bytes).
+    assert!(rounds >= 25, "{rounds}");
+    // What it took is still its own to read and commit.
+    assert_eq!(txn.get_value(&t, 1u64).await.unwrap(), None);
+    txn.commit(WriteOptions::DURABLE).await.unwrap();
+    assert_eq!(t.get_value(1u64).await.unwrap(), None);
+
+    // 500 rounds: 256 KiB of puts dropped, 10.5 KiB of range deletions kept.
+    let mut batch = db.batch();
+    for _ in 0..500 {
+        batch.put_value(&t, 1u64, vec![7u8; 512]).unwrap();
+        batch.delete_range(&t, 1u64..=1).unwrap();
+    }
+    db.write(batch, WriteOptions::DURABLE).await.unwrap();
+    db.close().await.unwrap();
+}

@@ -23,6 +23,11 @@ pub struct Batch {
     writes: WriteBatch,
     /// Each table written, once: the commit refuses the batch if one was dropped since.
     tables: Vec<(u32, String)>,
+    /// A transaction's batch: the encoded bytes of every write added, counted against the
+    /// limit instead of the batch's own. A range deletion drops the writes it covers from the
+    /// batch, but the transaction's overlay keeps them for its reads: counted by the batch
+    /// alone, a put and a range deletion over it, repeated, grew the overlay without bound.
+    kept: Option<usize>,
 }
 
 impl Batch {
@@ -30,6 +35,18 @@ impl Batch {
         Self {
             db,
             writes: WriteBatch::new(),
+            tables: Vec::new(),
+            kept: None,
+        }
+    }
+
+    /// A transaction's batch (see [`Batch::kept`]).
+    pub(crate) fn keeping_every_write(db: Arc<Inner>) -> Self {
+        let writes = WriteBatch::new();
+        Self {
+            kept: Some(writes.encoded_len()),
+            db,
+            writes,
             tables: Vec::new(),
         }
     }
@@ -87,8 +104,10 @@ impl Batch {
         let mut row = Vec::new();
         def.codec.encode_values(values, &mut row)?;
         self.check_row(row.len())?;
-        self.check_batch(crate::batch::PUT_OVERHEAD + row.len())?;
+        let bytes = crate::batch::PUT_OVERHEAD + row.len();
+        self.check_batch(bytes)?;
         self.writes.put(def.id, stored, Bytes::from(row));
+        self.keep(bytes);
         Ok(self.wrote(def))
     }
 
@@ -119,6 +138,7 @@ impl Batch {
             ends.push(buffer.len());
             self.check_batch(buffer.len() + crate::batch::PUT_OVERHEAD * (i + 1))?;
         }
+        self.keep(buffer.len() + crate::batch::PUT_OVERHEAD * keys.len());
         let buffer = Bytes::from(buffer);
         let mut start = 0;
         for (&key, &end) in keys.iter().zip(&ends) {
@@ -134,6 +154,7 @@ impl Batch {
         let stored = def.key_type.encode(key.into())?;
         self.check_batch(crate::batch::DELETE_LEN)?;
         self.writes.delete(def.id, stored);
+        self.keep(crate::batch::DELETE_LEN);
         Ok(self.wrote(def))
     }
 
@@ -148,6 +169,7 @@ impl Batch {
             // Checked before the writes it covers are dropped: the limit holds at every step.
             self.check_batch(crate::batch::DELETE_RANGE_LEN)?;
             self.writes.delete_range(def.id, range);
+            self.keep(crate::batch::DELETE_RANGE_LEN);
         }
         // Noted even when the range is empty: a write to a dropped table is refused.
         Ok(self.wrote(def))
@@ -158,7 +180,8 @@ impl Batch {
     /// in memory without bound before the commit.
     fn check_batch(&self, adding: usize) -> Result<()> {
         let limit = self.db.settings.max_batch_bytes;
-        let bytes = self.writes.encoded_len().saturating_add(adding);
+        let held = self.kept.unwrap_or_else(|| self.writes.encoded_len());
+        let bytes = held.saturating_add(adding);
         if bytes > limit {
             return Err(Error::TooLarge {
                 what: "write batch",
@@ -167,6 +190,13 @@ impl Batch {
             });
         }
         Ok(())
+    }
+
+    /// Counts a write of `bytes` added to a transaction's batch.
+    fn keep(&mut self, bytes: usize) {
+        if let Some(kept) = &mut self.kept {
+            *kept += bytes;
+        }
     }
 
     fn check_row(&self, bytes: usize) -> Result<()> {

@@ -60,7 +60,7 @@ pub struct Transaction {
 impl Transaction {
     pub(crate) fn new(inner: Arc<Inner>, isolation: Isolation) -> Self {
         let snapshot = Snapshot::new(Arc::clone(&inner));
-        let batch = Batch::new(Arc::clone(&inner));
+        let batch = Batch::keeping_every_write(Arc::clone(&inner));
         Self {
             inner,
             snapshot,
