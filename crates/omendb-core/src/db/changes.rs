@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 
 use super::Inner;
 use crate::batch::{Write, WriteBatch};
@@ -121,20 +121,21 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
                 }
                 state.durable = true;
             }
-            let records: Vec<_> = state
-                .inner
-                .wal
-                .read_from(state.next)
-                .scan(0usize, |bytes, record| {
-                    let within = *bytes < READ_AHEAD_BYTES;
-                    if let Ok(record) = &record {
-                        *bytes += record.payload.len();
-                    }
-                    std::future::ready(within.then_some(record))
-                })
-                .take(READ_AHEAD)
-                .try_collect()
-                .await?;
+            let mut read_again = true;
+            let records = loop {
+                match read(&state.inner, state.next).await {
+                    (records, None) => break records,
+                    // The changes read before the error go out first; the next read lists the
+                    // log again.
+                    (records, Some(_)) if !records.is_empty() => break records,
+                    // A segment or object the read listed was gone when it got there: a flush
+                    // truncated the log meanwhile. Read again: the log as it is now says whether
+                    // the changes are gone (until the thirty-first session the stream failed
+                    // with the log's I/O error, and dropped the changes read before it).
+                    (_, Some(_)) if std::mem::take(&mut read_again) => {}
+                    (_, Some(err)) => return Err(err.into()),
+                }
+            };
             if records.is_empty() {
                 return Err(Error::ChangesGone {
                     requested: state.next,
@@ -161,6 +162,30 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Lsn) -> BoxStream<'static, Result<
         }
     })
     .boxed()
+}
+
+/// Up to [`READ_AHEAD`] records (or [`READ_AHEAD_BYTES`] of payload) of the WAL from `from`,
+/// and the error that stopped the read early, if one did.
+async fn read(inner: &Inner, from: Lsn) -> (Vec<omendb_wal::Record>, Option<omendb_wal::Error>) {
+    let mut records = inner
+        .wal
+        .read_from(from)
+        .scan(0usize, |bytes, record| {
+            let within = *bytes < READ_AHEAD_BYTES;
+            if let Ok(record) = &record {
+                *bytes += record.payload.len();
+            }
+            std::future::ready(within.then_some(record))
+        })
+        .take(READ_AHEAD);
+    let mut read = Vec::new();
+    while let Some(record) = records.next().await {
+        match record {
+            Ok(record) => read.push(record),
+            Err(err) => return (read, Some(err)),
+        }
+    }
+    (read, None)
 }
 
 /// The change a WAL `record` holds (`None` for an object-store log's claim, which changed
