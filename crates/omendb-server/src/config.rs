@@ -91,7 +91,7 @@ impl Default for ServerConfig {
 }
 
 /// Where the data lives.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// The local directory: the WAL (`wal/`) and, without `url`, segments and manifests
@@ -104,6 +104,35 @@ pub struct StorageConfig {
     pub options: BTreeMap<String, String>,
     /// Keep the WAL in the backend too (one object per group commit) instead of under `path`.
     pub wal_in_store: bool,
+    /// The longest one request to the backend may take, its body included (a part of a
+    /// segment's upload, a read of a row group), before it fails and is retried, in ms; 0 for
+    /// no limit. On a slow link, raise it above the time a 10 MiB part takes.
+    pub request_timeout_ms: u64,
+    /// Retries of a request to the backend that failed in a way that may pass (after the first
+    /// attempt; 0 for none).
+    pub retries: u32,
+}
+
+/// Shows secrets' values as `"<redacted>"`, as [`Config::to_toml`] does.
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret(key) { REDACTED } else { value };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("StorageConfig")
+            .field("path", &self.path)
+            .field("url", &self.url)
+            .field("options", &options)
+            .field("wal_in_store", &self.wal_in_store)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("retries", &self.retries)
+            .finish()
+    }
 }
 
 impl Default for StorageConfig {
@@ -113,6 +142,8 @@ impl Default for StorageConfig {
             url: String::new(),
             options: BTreeMap::new(),
             wal_in_store: false,
+            request_timeout_ms: 30_000,
+            retries: 5,
         }
     }
 }
@@ -389,10 +420,30 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as TOML (what `omendb config print` shows).
+    /// The configuration as TOML (what `omendb config print` shows), with the values of
+    /// storage options that hold secrets (keys naming a secret, token or password) replaced by
+    /// `"<redacted>"`: the output is for looking at, and ends up in terminals and tickets.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string(self).map_err(|e| ConfigError(e.to_string()))
+        let mut shown = self.clone();
+        for (key, value) in &mut shown.storage.options {
+            if is_secret(key) {
+                *value = REDACTED.to_owned();
+            }
+        }
+        toml::to_string(&shown).map_err(|e| ConfigError(e.to_string()))
     }
+}
+
+/// What [`Config::to_toml`] shows for a secret.
+const REDACTED: &str = "<redacted>";
+
+/// Whether a storage option's value is a secret (`secret_access_key`, `session_token`,
+/// `aws_secret_access_key`, a password...).
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "token", "password", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// The scheme of an `http://` or `https://` URL.

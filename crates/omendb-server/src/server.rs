@@ -235,6 +235,11 @@ async fn open(config: &Config) -> anyhow::Result<Db> {
     } else {
         let mut options = BackendOptions::default();
         options.options = storage.options.clone();
+        options.request_timeout = match storage.request_timeout_ms {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        };
+        options.retry.max_retries = storage.retries;
         builder = builder.url(&storage.url).backend_options(options);
         builder = if storage.wal_in_store {
             builder.wal_in_store()

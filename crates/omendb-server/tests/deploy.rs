@@ -91,3 +91,55 @@ fn the_dockerfile_settings_are_valid_configuration() {
     assert!(dockerfile.contains("http://127.0.0.1:9090/health/ready"));
     assert!(dockerfile.contains("USER omendb"));
 }
+
+/// `config print` shows the storage options' secrets as `<redacted>` (its output ends up in
+/// terminals and tickets), the other options as set; and the backend's request timeout and
+/// retries are settings like any other.
+#[test]
+fn config_print_redacts_secrets_and_takes_the_storage_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("omendb.toml");
+    std::fs::write(
+        &file,
+        "[storage]\nurl = \"s3://bucket/prefix\"\n\n[storage.options]\n\
+         region = \"eu-west-1\"\naccess_key_id = \"AKIDEXAMPLE\"\n\
+         secret_access_key = \"hunter2\"\nsession_token = \"tok-123\"\n",
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_omendb"));
+    command.args(["config", "print", "--config", file.to_str().unwrap()]);
+    command.args([
+        "--set",
+        "storage.request_timeout_ms=600000",
+        "--set",
+        "storage.retries=2",
+    ]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OMENDB_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("tok-123"),
+        "{text}"
+    );
+    let config: omendb_server::Config = toml::from_str(&text).unwrap();
+    let options = &config.storage.options;
+    assert_eq!(options["secret_access_key"], "<redacted>");
+    assert_eq!(options["session_token"], "<redacted>");
+    assert_eq!(options["access_key_id"], "AKIDEXAMPLE");
+    assert_eq!(options["region"], "eu-west-1");
+    assert_eq!(config.storage.request_timeout_ms, 600_000);
+    assert_eq!(config.storage.retries, 2);
+    let debug = format!("{:?}", config.storage);
+    assert!(debug.contains("AKIDEXAMPLE"), "{debug}");
+    let loaded = omendb_server::Config::load(Some(&file), &[]).unwrap();
+    let debug = format!("{loaded:?}");
+    assert!(
+        !debug.contains("hunter2") && debug.contains("<redacted>"),
+        "{debug}"
+    );
+}

@@ -10,8 +10,8 @@ use object_store::ObjectMeta;
 
 use super::layer::{Idempotence, Layer, ListStart, Op};
 
-/// The timeout [`Layer`]. It bounds each request until its answer starts (a get's body is
-/// bounded by the HTTP client's own timeout), and each item of a listing.
+/// The timeout [`Layer`]. It bounds each request whole (a get's body is read inside it, see
+/// [`Layered`](super::Layered)), and each item of a listing.
 #[derive(Clone, Debug)]
 pub struct Timeout {
     after: Duration,
