@@ -1152,3 +1152,46 @@ async fn values_of_one_width_are_read_from_the_page_slots_as_from_the_pages() {
     }
     assert_eq!(cache.stats(), before);
 }
+
+/// A segment small enough to be put whole at `finish` reports a failed put as the store's error,
+/// of the store's kind (`Retry` for one that may pass, `Fatal` for a refusal), and leaves no
+/// object: reported as a Parquet error, an S3 blip at the end of a flush said `Corrupt`
+/// (found by a helper agent's review).
+#[tokio::test]
+async fn a_failed_put_at_finish_is_the_stores_error() {
+    for (definite, kind) in [(false, ErrorKind::Retry), (true, ErrorKind::Fatal)] {
+        let faulty = Faults {
+            definite,
+            ..Faults::default()
+        }
+        .over_memory();
+        let store: Arc<dyn ObjectStore> = Arc::clone(&faulty) as _;
+        let value_schema = Schema::new(vec![Field::new("v", DataType::Float64, false)]);
+        let mut writer = SegmentWriter::create(
+            Arc::clone(&store),
+            Path::from("seg/small"),
+            &value_schema,
+            SegmentWriterOptions::default(),
+        )
+        .unwrap();
+        writer
+            .write(&key_value_batch(&[1, 2, 3], &[1, 1, 1]))
+            .await
+            .unwrap();
+        faulty
+            .layer()
+            .fail
+            .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+        let err = writer.finish(b"").await.unwrap_err();
+        assert!(matches!(err, Error::Store { .. }), "{err}");
+        assert_eq!(err.kind(), kind, "{err}");
+        faulty
+            .layer()
+            .fail
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            store.head(&Path::from("seg/small")).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
+}
