@@ -149,11 +149,18 @@ pub fn wrap(
 
 /// Opens the store `url` names, without wrappers.
 pub fn open_raw(url: &str, options: &BackendOptions) -> Result<(Scheme, Arc<dyn ObjectStore>)> {
+    let shown = shown(url);
     let bad_url = |reason: &str| Error::BadUrl {
-        url: url.to_owned(),
+        url: shown.clone(),
         reason: reason.to_owned(),
     };
     let parsed = Url::parse(url).map_err(|err| bad_url(&err.to_string()))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad_url(
+            "a store URL takes no user or password: give credentials as options or in the \
+             AWS_* environment variables",
+        ));
+    }
     match parsed.scheme() {
         "file" => {
             no_options(options, "file")?;
@@ -181,11 +188,24 @@ pub fn open_raw(url: &str, options: &BackendOptions) -> Result<(Scheme, Arc<dyn 
             })?,
         )),
         scheme => match scheme.strip_prefix("opendal+") {
-            Some(service) => Ok((Scheme::OpenDal, opendal(service, &parsed, options, url)?)),
+            Some(service) => Ok((Scheme::OpenDal, opendal(service, &parsed, options, &shown)?)),
             None => Err(bad_url(&format!(
                 "unknown scheme {scheme:?} (expected file, memory, s3 or opendal+<service>)"
             ))),
         },
+    }
+}
+
+/// `url` as errors show it: a user and password before the host left out (they were taken for
+/// credentials, and errors end up in logs).
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -233,6 +253,13 @@ fn s3(url: &Url, options: &BackendOptions) -> Result<Arc<dyn ObjectStore>> {
             "an s3 URL takes no query or fragment; pass options instead",
         ));
     }
+    if url.port().is_some() {
+        // `s3://minio:9000/bucket` named the bucket `minio`, and the bucket a prefix.
+        return Err(bad_url(
+            "an s3 URL's host is the bucket and takes no port; give a server's address as \
+             the endpoint option (endpoint = \"http://host:9000\")",
+        ));
+    }
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (key, value) in &options.options {
         let config: AmazonS3ConfigKey =
@@ -241,6 +268,13 @@ fn s3(url: &Url, options: &BackendOptions) -> Result<Arc<dyn ObjectStore>> {
                     key: key.clone(),
                     reason: err.to_string(),
                 })?;
+        if config == AmazonS3ConfigKey::Bucket {
+            // It replaced the URL's bucket without a word.
+            return Err(Error::BadOption {
+                key: key.clone(),
+                reason: "the bucket is the s3 URL's host (s3://bucket/prefix)".to_owned(),
+            });
+        }
         builder = builder.with_config(config, value);
     }
     // Our retry layer retries every backend alike; the client's own retries would multiply it.
@@ -342,6 +376,40 @@ mod tests {
             match open_raw(url, &options) {
                 Err(Error::BadOption { key, .. }) => assert_eq!(key, "colour"),
                 other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    /// A URL that would open another store than it reads as: a port (`s3://minio:9000/bucket`
+    /// named the bucket `minio`), credentials in the URL (dropped, and echoed in errors), an
+    /// option naming the bucket (it replaced the URL's).
+    #[test]
+    fn urls_that_mean_another_store_are_refused() {
+        for url in ["s3://minio:9000/bucket", "s3://bucket:443/prefix"] {
+            let err = open_err(url);
+            assert!(
+                matches!(&err, Error::BadUrl { reason, .. } if reason.contains("endpoint")),
+                "{url}: {err}"
+            );
+        }
+        for url in [
+            "s3://AKID:hunter2@bucket/prefix",
+            "s3://AKID@bucket",
+            "file://user:hunter2@/tmp/x",
+        ] {
+            let err = open_err(url);
+            assert!(matches!(err, Error::BadUrl { .. }), "{url}: {err}");
+            let shown = err.to_string();
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("AKID"),
+                "{shown}"
+            );
+        }
+        for key in ["bucket", "bucket_name", "aws_bucket", "aws_bucket_name"] {
+            let options = BackendOptions::default().option(key, "other");
+            match open_raw("s3://bucket", &options) {
+                Err(Error::BadOption { key: named, .. }) => assert_eq!(named, key),
+                other => panic!("{key}: {other:?}"),
             }
         }
     }
