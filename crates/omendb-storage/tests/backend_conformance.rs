@@ -299,3 +299,65 @@ fn all_kinds_are_covered() {
     // A new backend kind must get a conformance test above.
     assert_eq!(Kind::ALL.len(), 4);
 }
+
+/// `opendal+fs` stages its writes inside its root (beside it, the staging directory was on
+/// another file system when the root was a mount point, and every rename failed), and no
+/// listing shows the staged files or their directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opendal_fs_stages_inside_its_root_and_lists_none_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let url = format!("opendal+fs://{}", root.display());
+    let backend = omendb_storage::backend::Backend::open(
+        &url,
+        &omendb_storage::backend::BackendOptions::default(),
+    )
+    .unwrap();
+    let store = backend.store();
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    store
+        .put_opts(
+            &Path::from("a/one"),
+            Bytes::from_static(b"1").into(),
+            create,
+        )
+        .await
+        .unwrap();
+    let mut upload = WriteMultipart::new(store.put_multipart(&Path::from("b/two")).await.unwrap());
+    upload.write(&[2u8; 1000]);
+    upload.finish().await.unwrap();
+    store
+        .put(&Path::from("three"), Bytes::from_static(b"3").into())
+        .await
+        .unwrap();
+    assert!(root.join(".opendal-staging").is_dir());
+    assert!(!dir.path().join("root.opendal-staging").exists());
+    let mut listed: Vec<String> = store
+        .list(None)
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, ["a/one", "b/two", "three"]);
+    let top = store.list_with_delimiter(None).await.unwrap();
+    let prefixes: Vec<String> = top.common_prefixes.iter().map(|p| p.to_string()).collect();
+    assert_eq!(prefixes, ["a", "b"]);
+    assert_eq!(top.objects.len(), 1);
+    store.delete(&Path::from("a/one")).await.unwrap();
+    store
+        .rename(&Path::from("three"), &Path::from("b/three"))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = store
+        .list(None)
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, ["b/three", "b/two"]);
+}

@@ -303,7 +303,7 @@ fn opendal(
         url: raw.to_owned(),
         reason,
     };
-    let operator = match service {
+    match service {
         "fs" => {
             no_options(options, "opendal+fs")?;
             let dir = local_dir(url).map_err(|reason| bad_url(reason.to_owned()))?;
@@ -311,31 +311,24 @@ fn opendal(
                 bad_url(format!("cannot create directory {}: {err}", dir.display()))
             })?;
             // Without a staging directory OpenDAL writes in place, so a reader could see half
-            // an object; it lives beside the root so that listings never see staged files.
-            let staging = dir.with_extension("opendal-staging");
-            let utf8 = |path: &std::path::Path| {
-                path.to_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad_url("the path is not UTF-8".to_owned()))
-            };
-            opendal::Operator::new(
-                opendal::services::Fs::default()
-                    .root(&utf8(&dir)?)
-                    .atomic_write_dir(&utf8(&staging)?),
-            )
+            // an object; it lives inside the root (on the same file system), hidden from
+            // listings.
+            let store = OpenDalStore::on_local_dir(dir).map_err(|err| bad_url(err.to_string()))?;
+            Ok(Arc::new(store))
         }
         "memory" => {
             no_options(options, "opendal+memory")?;
-            opendal::Operator::new(opendal::services::Memory::default())
+            if url.path().len() > 1 || url.host_str().is_some_and(|h| !h.is_empty()) {
+                return Err(bad_url("opendal+memory:// takes no path".to_owned()));
+            }
+            let operator = opendal::Operator::new(opendal::services::Memory::default())
+                .map_err(|err| bad_url(err.to_string()))?;
+            Ok(Arc::new(OpenDalStore::new(operator)))
         }
-        other => {
-            return Err(bad_url(format!(
-                "OpenDAL service {other:?} is not built in (available: fs, memory)"
-            )));
-        }
+        other => Err(bad_url(format!(
+            "OpenDAL service {other:?} is not built in (available: fs, memory)"
+        ))),
     }
-    .map_err(|err| bad_url(err.to_string()))?;
-    Ok(Arc::new(OpenDalStore::new(operator)))
 }
 
 #[cfg(test)]

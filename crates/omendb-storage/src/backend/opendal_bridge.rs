@@ -5,6 +5,12 @@
 //! contract that a listing returns objects only. [`OpenDalStore`] forwards every request to the
 //! bridge except listings, which it runs on the OpenDAL operator and filters to files.
 //!
+//! On the `fs` service ([`OpenDalStore::on_local_dir`]) OpenDAL syncs a written file but not
+//! the directory it renames it into, so [`OpenDalStore`] syncs the directory of every object it
+//! puts, copies, renames or deletes (as `file://` does), and stages writes in a hidden
+//! directory inside the root ([`STAGING`], left out of listings): beside the root, it was on
+//! another file system when the root was a mount point, and every rename failed.
+//!
 //! OpenDAL's create-if-absent is a check followed by a write, so two racing creates can both
 //! succeed (the conformance suite caught this on `fs`). [`OpenDalStore`] serializes creates
 //! across every OpenDAL store of the process (one lock, so two handles on the same root are
@@ -14,6 +20,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,11 +38,17 @@ use opendal::raw::percent_decode_path;
 /// Held across every create-if-absent put of every OpenDAL store in the process.
 static CREATES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The directory inside an `fs` root where writes are staged before they are renamed into
+/// place; never listed.
+pub(super) const STAGING: &str = ".opendal-staging";
+
 /// An OpenDAL operator as an `ObjectStore` whose listings hold files only.
 #[derive(Debug, Clone)]
 pub struct OpenDalStore {
     bridge: OpendalStore,
     operator: Operator,
+    /// The root directory of an `fs` service, whose directories are synced after each change.
+    local_root: Option<PathBuf>,
 }
 
 impl OpenDalStore {
@@ -44,7 +57,47 @@ impl OpenDalStore {
         Self {
             bridge: OpendalStore::new(operator.clone()),
             operator,
+            local_root: None,
         }
+    }
+
+    /// Wraps the operator of an `fs` service rooted at `root`, staging its writes in
+    /// [`STAGING`] inside it (see the module's documentation).
+    pub fn on_local_dir(root: PathBuf) -> opendal::Result<Self> {
+        let utf8 = |path: &std::path::Path| {
+            path.to_str().map(str::to_owned).ok_or_else(|| {
+                opendal::Error::new(opendal::ErrorKind::ConfigInvalid, "the path is not UTF-8")
+            })
+        };
+        let operator = Operator::new(
+            opendal::services::Fs::default()
+                .root(&utf8(&root)?)
+                .atomic_write_dir(&utf8(&root.join(STAGING))?),
+        )?;
+        Ok(Self {
+            local_root: Some(root),
+            ..Self::new(operator)
+        })
+    }
+
+    /// Syncs the directory that holds `location`, on an `fs` service, so that a change of its
+    /// entries (a file renamed into it, or removed) outlives a power loss.
+    async fn sync_dir_of(&self, location: &Path) -> object_store::Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let mut dir = root.clone();
+        let parts: Vec<_> = location.parts().collect();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            dir.push(percent_decode_path(part.as_ref()));
+        }
+        tokio::task::spawn_blocking(move || std::fs::File::open(&dir).and_then(|d| d.sync_all()))
+            .await
+            .map_err(|err| object_store::Error::JoinError { source: err })?
+            .map_err(|err| object_store::Error::Generic {
+                store: "opendal",
+                source: Box::new(err),
+            })
     }
 
     /// Lists the files under `prefix` whose location sorts after `offset`.
@@ -63,7 +116,10 @@ impl OpenDalStore {
                 .map_err(|err| generic(err, &dir))?;
             let files = lister
                 .map_err(move |err| generic(err, "list"))
-                .try_filter(|entry| futures::future::ready(entry.metadata().is_file()))
+                .try_filter(|entry| {
+                    let staged = entry.path().starts_with(STAGING);
+                    futures::future::ready(entry.metadata().is_file() && !staged)
+                })
                 .and_then(move |entry| object_meta(operator.clone(), entry))
                 .try_filter(move |meta| {
                     futures::future::ready(
@@ -138,12 +194,14 @@ impl ObjectStore for OpenDalStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if opts.mode == PutMode::Create {
+        let put = if opts.mode == PutMode::Create {
             let _serialized = CREATES.lock().await;
-            self.bridge.put_opts(location, payload, opts).await
+            self.bridge.put_opts(location, payload, opts).await?
         } else {
-            self.bridge.put_opts(location, payload, opts).await
-        }
+            self.bridge.put_opts(location, payload, opts).await?
+        };
+        self.sync_dir_of(location).await?;
+        Ok(put)
     }
 
     async fn put_multipart_opts(
@@ -151,7 +209,15 @@ impl ObjectStore for OpenDalStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.bridge.put_multipart_opts(location, opts).await
+        let upload = self.bridge.put_multipart_opts(location, opts).await?;
+        Ok(match &self.local_root {
+            Some(_) => Box::new(SyncedUpload {
+                upload,
+                store: self.clone(),
+                location: location.clone(),
+            }),
+            None => upload,
+        })
     }
 
     async fn get_opts(
@@ -209,7 +275,17 @@ impl ObjectStore for OpenDalStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.bridge.delete_stream(locations)
+        let store = self.clone();
+        self.bridge
+            .delete_stream(locations)
+            .and_then(move |deleted| {
+                let store = store.clone();
+                async move {
+                    store.sync_dir_of(&deleted).await?;
+                    Ok(deleted)
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -242,6 +318,9 @@ impl ObjectStore for OpenDalStore {
             if entry.path().trim_end_matches('/') == dir.trim_end_matches('/') {
                 continue;
             }
+            if entry.path().starts_with(STAGING) {
+                continue;
+            }
             if entry.metadata().is_dir() {
                 listed.common_prefixes.push(Path::from(entry.path()));
             } else {
@@ -262,7 +341,8 @@ impl ObjectStore for OpenDalStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.bridge.copy_opts(from, to, options).await
+        self.bridge.copy_opts(from, to, options).await?;
+        self.sync_dir_of(to).await
     }
 
     async fn rename_opts(
@@ -271,6 +351,33 @@ impl ObjectStore for OpenDalStore {
         to: &Path,
         options: RenameOptions,
     ) -> object_store::Result<()> {
-        self.bridge.rename_opts(from, to, options).await
+        self.bridge.rename_opts(from, to, options).await?;
+        self.sync_dir_of(to).await?;
+        self.sync_dir_of(from).await
+    }
+}
+
+/// A multipart upload of an `fs` service whose completion syncs the directory it lands in.
+#[derive(Debug)]
+struct SyncedUpload {
+    upload: Box<dyn MultipartUpload>,
+    store: OpenDalStore,
+    location: Path,
+}
+
+#[async_trait]
+impl MultipartUpload for SyncedUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.upload.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let done = self.upload.complete().await?;
+        self.store.sync_dir_of(&self.location).await?;
+        Ok(done)
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.upload.abort().await
     }
 }
