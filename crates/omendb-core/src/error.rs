@@ -140,6 +140,7 @@ impl Error {
             Error::Wal(err) => match err.kind() {
                 omendb_wal::ErrorKind::BadInput => ErrorKind::BadInput,
                 omendb_wal::ErrorKind::Retry => ErrorKind::Retry,
+                omendb_wal::ErrorKind::Corrupt => ErrorKind::Corrupt,
                 _ => ErrorKind::Fatal,
             },
             Error::Storage(err) => match err.kind() {

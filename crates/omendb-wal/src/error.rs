@@ -18,6 +18,10 @@ pub enum ErrorKind {
     BadInput,
     /// The log cannot continue: reopen it (and run recovery) or restore it.
     Fatal,
+    /// The log is damaged and the recovery mode does not allow going on: reopening fails the
+    /// same way. Restore it, or open it with a mode that accepts the loss
+    /// ([`crate::RecoveryMode::PointInTime`], [`crate::RecoveryMode::SkipCorrupt`]).
+    Corrupt,
 }
 
 /// Everything that can go wrong in the write-ahead log.
@@ -123,12 +127,12 @@ impl Error {
         match self {
             Error::Io { .. } | Error::BufferFull { .. } => ErrorKind::Retry,
             #[cfg(not(loom))]
-            Error::ObjectStore { .. } => ErrorKind::Retry,
+            Error::ObjectStore { source, .. } => object_store_kind(source),
             Error::RecordTooLarge { .. }
             | Error::LsnOutOfRange { .. }
             | Error::InvalidOptions(_) => ErrorKind::BadInput,
+            Error::Corruption(_) => ErrorKind::Corrupt,
             Error::ShortWrite { .. }
-            | Error::Corruption(_)
             | Error::Poisoned { .. }
             | Error::Fenced { .. }
             | Error::Locked { .. }
@@ -153,5 +157,62 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// What to do about a store's error: a refusal that another attempt would meet again (no
+/// permission, no credentials, a request the store cannot serve) is fatal, a bad prefix or
+/// option the caller's; everything else (network, server, timeouts, and objects found gone or
+/// changed mid-read) may pass. (Until the thirty-first session every store error was `Retry`:
+/// an open refused for bad credentials looked worth retrying for ever.)
+#[cfg(not(loom))]
+fn object_store_kind(err: &object_store::Error) -> ErrorKind {
+    match err {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. }
+        | object_store::Error::NotImplemented { .. }
+        | object_store::Error::NotSupported { .. } => ErrorKind::Fatal,
+        object_store::Error::UnknownConfigurationKey { .. }
+        | object_store::Error::InvalidPath { .. } => ErrorKind::BadInput,
+        _ => ErrorKind::Retry,
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn store(source: object_store::Error) -> Error {
+        Error::ObjectStore {
+            op: "put",
+            path: "wal/1.wal".to_owned(),
+            source,
+        }
+    }
+
+    #[test]
+    fn a_store_refusal_is_not_worth_retrying() {
+        let denied = store(object_store::Error::PermissionDenied {
+            path: "x".to_owned(),
+            source: "403".into(),
+        });
+        assert_eq!(denied.kind(), ErrorKind::Fatal);
+        let unsupported = store(object_store::Error::NotImplemented {
+            operation: "put with create-if-absent".to_owned(),
+            implementer: "store".to_owned(),
+        });
+        assert_eq!(unsupported.kind(), ErrorKind::Fatal);
+        let passing = store(object_store::Error::Generic {
+            store: "s3",
+            source: "503 slow down".into(),
+        });
+        assert_eq!(passing.kind(), ErrorKind::Retry);
+        let damaged = Error::Corruption(crate::Damage {
+            location: "wal/1.wal".to_owned(),
+            offset: 0,
+            len: 1,
+            kind: crate::DamageKind::Checksum,
+        });
+        assert_eq!(damaged.kind(), ErrorKind::Corrupt);
     }
 }

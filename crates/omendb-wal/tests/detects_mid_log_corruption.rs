@@ -51,7 +51,7 @@ async fn check_flip(backend: &Backend, mode: RecoveryMode, start: u64, context: 
                 matches!(err, Error::Corruption(ref d) if d.offset == start),
                 "{context}: {err}"
             );
-            assert_eq!(err.kind(), ErrorKind::Fatal);
+            assert_eq!(err.kind(), ErrorKind::Corrupt);
             assert!(
                 backend.snapshot().await == before,
                 "{context}: a failed recovery changed the log"

@@ -81,7 +81,7 @@ async fn check_torn(
             matches!(err, Error::Corruption(ref d) if d.offset == start),
             "{context}: {err}"
         );
-        assert_eq!(err.kind(), ErrorKind::Fatal, "{context}");
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{context}");
         return;
     }
     let wal = opened.expect(context);
