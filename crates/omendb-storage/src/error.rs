@@ -130,15 +130,57 @@ impl Error {
 }
 
 /// Whether an `object_store` error is worth retrying. `Generic` covers network and server errors
-/// (and the I/O errors of local stores); every other variant is a definite answer.
+/// (and the I/O errors of local stores); every other variant is a definite answer, and so is a
+/// `Generic` one caused by a refusal of the local file system or of OpenDAL (see [`refusal`]).
 pub(crate) fn is_transient(err: &object_store::Error) -> bool {
-    matches!(
-        err,
-        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    match err {
+        object_store::Error::Generic { source, .. } => refusal(source.as_ref()).is_none(),
+        object_store::Error::JoinError { .. } => true,
+        _ => false,
+    }
+}
+
+/// The kind of a refusal that another attempt would meet again, found in `err`'s chain of
+/// causes: an I/O error of the local file system (no permission, a read-only file system, a
+/// directory where a file should be) or an OpenDAL error that is neither temporary nor
+/// persistent-but-passing (permission, bad configuration, an unsupported request). Until the
+/// thirty-first session every such error was `Generic`, retried five times and reported as
+/// `Retry` (a server answered 503 and went unready over a read-only volume; found by a helper
+/// agent's review).
+fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as Io;
+            match io.kind() {
+                Io::PermissionDenied | Io::ReadOnlyFilesystem => return Some(ErrorKind::Fatal),
+                Io::IsADirectory | Io::NotADirectory | Io::InvalidFilename => {
+                    return Some(ErrorKind::BadInput);
+                }
+                _ => {}
+            }
+        }
+        if let Some(opendal) = err.downcast_ref::<opendal::Error>() {
+            use opendal::ErrorKind as Dal;
+            match opendal.kind() {
+                Dal::PermissionDenied | Dal::Unsupported => return Some(ErrorKind::Fatal),
+                Dal::ConfigInvalid | Dal::IsADirectory | Dal::NotADirectory => {
+                    return Some(ErrorKind::BadInput);
+                }
+                _ => {}
+            }
+        }
+        cause = err.source();
+    }
+    None
 }
 
 fn store_error_kind(err: &object_store::Error) -> ErrorKind {
+    if let object_store::Error::Generic { source, .. } = err
+        && let Some(kind) = refusal(source.as_ref())
+    {
+        return kind;
+    }
     if is_transient(err) {
         ErrorKind::Retry
     } else {
@@ -167,6 +209,37 @@ fn store_error_kind(err: &object_store::Error) -> ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local file system's refusal inside a `Generic` error is not worth retrying.
+    #[test]
+    fn a_refusal_of_the_file_system_is_not_transient() {
+        let read_only = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem)),
+        };
+        assert!(!is_transient(&read_only));
+        assert_eq!(
+            Error::from_store("put", "x", read_only).kind(),
+            ErrorKind::Fatal
+        );
+        let unsupported = object_store::Error::Generic {
+            store: "opendal",
+            source: Box::new(opendal::Error::new(
+                opendal::ErrorKind::Unsupported,
+                "no such operation",
+            )),
+        };
+        assert!(!is_transient(&unsupported));
+        let network = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        };
+        assert!(is_transient(&network));
+        assert_eq!(
+            Error::from_store("get", "x", network).kind(),
+            ErrorKind::Retry
+        );
+    }
 
     #[test]
     fn a_missing_object_is_corrupt_not_bad_input() {
