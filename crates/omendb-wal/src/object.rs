@@ -200,6 +200,7 @@ async fn recover(
     store: &dyn ObjectStore,
     prefix: &Path,
     options: &WalOptions,
+    token: u64,
 ) -> Result<(RecoveryReport, Lsn)> {
     let Listing { objects, fence } = list(store, prefix).await?;
     let mut report = RecoveryReport {
@@ -246,6 +247,8 @@ async fn recover(
                     // acknowledged records to a crash or a failed put in between.
                     if cut > HEADER_LEN {
                         replace(store, path, buf.slice(..cut)).await?;
+                    } else if i == 0 {
+                        hold_place(store, path, *base, token, &mut expected).await?;
                     } else {
                         delete(store, path).await?;
                     }
@@ -255,7 +258,13 @@ async fn recover(
                 }
             }
             Verdict::Drop { stop: true } => {
-                drop_objects(store, &objects[i..], &mut report).await?;
+                drop_objects(store, &objects[i + 1..], &mut report).await?;
+                if i == 0 && expected == Some(*base) {
+                    report.bytes_truncated += objects[i].size;
+                    hold_place(store, path, *base, token, &mut expected).await?;
+                } else {
+                    drop_objects(store, &objects[i..=i], &mut report).await?;
+                }
                 break;
             }
             Verdict::Drop { stop: false } => {
@@ -267,7 +276,11 @@ async fn recover(
                     .copy(path, &aside)
                     .await
                     .map_err(store_error("copy", path))?;
-                delete(store, path).await?;
+                if i == 0 && expected == Some(*base) {
+                    hold_place(store, path, *base, token, &mut expected).await?;
+                } else {
+                    delete(store, path).await?;
+                }
             }
         }
     }
@@ -288,6 +301,26 @@ async fn drop_objects(
         delete(store, &object.path).await?;
         report.bytes_truncated += object.size;
     }
+    Ok(())
+}
+
+/// Replaces the log's first object, at `path`, of which recovery keeps no record, with one empty
+/// record at its `base`, as a claim's: the log then goes on after it. Deleted instead, it left
+/// no object to say where the log goes on, and a crash before the next one was written
+/// restarted the log at LSN 1 (or above the newest retired fence), below LSNs it had used (the
+/// file log renames a fresh segment over a dropped one for the same reason; found by a helper
+/// agent's review). A later object holds the place by itself.
+async fn hold_place(
+    store: &dyn ObjectStore,
+    path: &Path,
+    base: Lsn,
+    token: u64,
+    expected: &mut Option<Lsn>,
+) -> Result<()> {
+    let mut placeholder = format::encode_header(base, token).to_vec();
+    format::encode_frame(&mut placeholder, base, &[], format::payload_crc(&[]));
+    replace(store, path, Bytes::from(placeholder)).await?;
+    *expected = Some(base + 1);
     Ok(())
 }
 
@@ -317,7 +350,9 @@ impl ObjectWal {
     ) -> Result<Self> {
         options.validate()?;
         let prefix = prefix.into();
-        let (report, last_lsn) = recover(store.as_ref(), &prefix, &options).await?;
+        // Random, so that no two writers' objects are alike (see [`upload`]).
+        let token = rand::rng().random::<u64>();
+        let (report, last_lsn) = recover(store.as_ref(), &prefix, &options, token).await?;
         let queue = Arc::new(Queue::new(
             last_lsn,
             options.max_record_bytes,
@@ -328,8 +363,6 @@ impl ObjectWal {
             Ok(handle) => Runner::Tokio(handle),
             Err(_) => Runner::Local,
         };
-        // Random, so that no two writers' objects are alike (see [`upload`]).
-        let token = rand::rng().random::<u64>();
         let handle = {
             let queue = queue.clone();
             let store = store.clone();

@@ -122,3 +122,67 @@ async fn check_flip(backend: &Backend, mode: RecoveryMode, start: u64, context: 
         _ => unreachable!(),
     }
 }
+
+/// An object log whose only object is damaged from its first record (a header that fails its
+/// check, or a first record that does): the explicit modes keep none of it, and an empty record
+/// at its first LSN holds its place, so a log reopened before anything else was written goes on
+/// there and not at LSN 1 (below LSNs it had used, and a database's manifest had flushed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_keeps_nothing_of_its_first_object_goes_on_where_it_began() {
+    for backend in [Backend::memory(), Backend::local()] {
+        for (mode, at) in [
+            (RecoveryMode::PointInTime, Damage::Header),
+            (RecoveryMode::PointInTime, Damage::FirstRecord),
+            (RecoveryMode::SkipCorrupt, Damage::Header),
+            (RecoveryMode::SkipCorrupt, Damage::FirstRecord),
+        ] {
+            let context = format!("{} {mode:?} {at:?}", backend.name());
+            let units = backend.units().await;
+            for unit in &units {
+                backend.delete_unit(unit).await;
+            }
+            // Five objects, the first four truncated: the log begins at LSN 5.
+            let wal = backend.open(WalOptions::default()).await.unwrap();
+            let first = wal.last_lsn().unwrap_or(0) + 1;
+            for i in 0..5 {
+                wal.append(&payload(i), AppendOptions::DURABLE)
+                    .await
+                    .unwrap();
+            }
+            let last = first + 4;
+            wal.truncate_before(last).await.unwrap();
+            wal.close().unwrap();
+            drop(wal);
+            let (unit, start, _) = backend.locate(1).await;
+            let mut bytes = backend.read_unit(&unit).await;
+            match at {
+                Damage::Header => bytes[3] ^= 1,
+                Damage::FirstRecord => bytes[start + 20] ^= 1,
+            }
+            backend.write_unit(&unit, &bytes).await;
+
+            let wal = backend
+                .open(WalOptions::default().recovery_mode(mode))
+                .await
+                .expect(&context);
+            assert_eq!(wal.last_lsn(), Some(last), "{context}");
+            // Closed before anything else was written: as a crash would leave it.
+            wal.close().unwrap();
+            drop(wal);
+            let wal = backend.open(WalOptions::default()).await.expect(&context);
+            assert_eq!(wal.last_lsn(), Some(last), "{context}");
+            assert_eq!(
+                wal.append(b"next", AppendOptions::DURABLE).await.unwrap(),
+                last + 1,
+                "{context}"
+            );
+            wal.close().unwrap();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    Header,
+    FirstRecord,
+}
