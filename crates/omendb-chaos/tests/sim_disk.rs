@@ -463,3 +463,71 @@ fn a_segment_whose_name_a_failed_directory_sync_left_undurable_is_replaced_at_op
         "no seed gave a rotation whose directory sync alone failed"
     );
 }
+
+/// A truncation whose deletions landed but whose directory sync failed leaves those deletions
+/// undurable, and a later truncation whose sync succeeds persists its own: a crash then brings
+/// the first segments back ahead of a gap. The log must still open, holding every record from
+/// the truncation point on (found by the simulation, seed 27 of 28: "LsnMismatch { expected:
+/// 82, found: 129 }").
+#[test]
+fn segments_a_failed_directory_sync_brought_back_are_ignored_below_the_truncation_point() {
+    let options = WalOptions::default()
+        .segment_bytes(4096)
+        .max_record_bytes(512)
+        .preallocate(false);
+    let record = [7u8; 200];
+    let mut found = false;
+    for seed in 0..400 {
+        let disk = SimDisk::new(seed);
+        let wal = FileWal::open_with_io(disk.mount(), "/wal", options.clone()).unwrap();
+        for _ in 0..150 {
+            wal.append_blocking(&record, AppendOptions::DURABLE)
+                .unwrap();
+        }
+        let segments = || {
+            let mut bases: Vec<u64> = disk
+                .mount()
+                .list(Path::new("/wal"))
+                .unwrap()
+                .iter()
+                .filter_map(|name| name.strip_suffix(".wal")?.parse().ok())
+                .collect();
+            bases.sort_unstable();
+            bases
+        };
+        let bases = segments();
+        assert!(bases.len() >= 6, "{bases:?}");
+        // The first truncation: its deletions land, its directory sync fails.
+        disk.set_faults(DiskFaults {
+            meta_error: 0.5,
+            ..DiskFaults::NONE
+        });
+        let first = wal.truncate_before(bases[2]);
+        disk.set_faults(DiskFaults::NONE);
+        let deleted = segments() == bases[2..];
+        if first.is_ok() || !deleted || disk.injected_of(DiskFault::SyncDirError) == 0 {
+            continue;
+        }
+        found = true;
+        // The second succeeds, then the process dies.
+        wal.truncate_before(bases[4]).unwrap();
+        drop(wal);
+        disk.crash();
+        let wal = FileWal::open_with_io(disk.mount(), "/wal", options.clone())
+            .unwrap_or_else(|err| panic!("seed {seed}: {err}"));
+        let lsns: Vec<u64> = records(&wal).iter().map(|r| r.lsn).collect();
+        assert_eq!(lsns.first(), Some(&bases[4]), "seed {seed}");
+        assert_eq!(lsns.last(), Some(&150), "seed {seed}");
+        assert!(lsns.windows(2).all(|w| w[1] == w[0] + 1), "seed {seed}");
+        assert_eq!(
+            wal.append_blocking(b"more", AppendOptions::DURABLE)
+                .unwrap(),
+            151
+        );
+        break;
+    }
+    assert!(
+        found,
+        "no seed gave a truncation whose directory sync alone failed"
+    );
+}

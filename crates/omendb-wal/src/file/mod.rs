@@ -1,5 +1,6 @@
 //! The local write-ahead log: fixed-size segment files in one directory, written by one thread.
 
+mod floor;
 mod reader;
 mod recovery;
 mod segment;
@@ -155,7 +156,8 @@ impl FileWal {
     }
 
     /// Deletes every segment whose records are all below `lsn` (never the active one), then
-    /// syncs the directory.
+    /// syncs the directory. The first segment kept is recorded first as the log's truncation
+    /// floor (see `floor`), so that segments whose deletion a crash undid are dropped at open.
     pub fn truncate_before(&self, lsn: Lsn) -> Result<()> {
         let mut list = match self.segments.lock() {
             Ok(list) => list,
@@ -168,6 +170,7 @@ impl FileWal {
         if dead == 0 {
             return Ok(());
         }
+        floor::write(self.io.as_ref(), &self.dir, list[dead].base)?;
         // Oldest first, so a crash or a failure in the middle leaves a contiguous suffix of the
         // log. The segments already deleted leave the list even when a later delete fails (a
         // reader would fail on them and the next truncation would stop at them again), and a

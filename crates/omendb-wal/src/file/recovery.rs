@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::floor;
 use super::segment::{self, CORRUPT_EXT, Segment};
 use crate::error::{Error, Result};
 use crate::format;
@@ -29,7 +30,22 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Result<Recovered> {
     io.create_dir_all(dir)
         .map_err(|e| Error::io("create_dir", dir, e))?;
-    let (found, set_aside) = segment::list(io, dir)?;
+    let (mut found, set_aside) = segment::list(io, dir)?;
+    // Segments below the truncation floor are garbage a truncation deleted, brought back by a
+    // crash after a directory sync that failed: deleted again, never read.
+    let floor = floor::read(io, dir)?;
+    let garbage = found
+        .windows(2)
+        .take_while(|pair| pair[1].base <= floor)
+        .count();
+    if garbage > 0 {
+        for seg in found.drain(..garbage) {
+            io.delete(&seg.path)
+                .map_err(|e| Error::io("delete", &seg.path, e))?;
+        }
+        io.sync_dir(dir)
+            .map_err(|e| Error::io("sync_dir", dir, e))?;
+    }
     let mut report = RecoveryReport {
         mode: options.recovery_mode,
         ..RecoveryReport::default()
