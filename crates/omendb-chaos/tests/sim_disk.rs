@@ -531,3 +531,45 @@ fn segments_a_failed_directory_sync_brought_back_are_ignored_below_the_truncatio
         "no seed gave a truncation whose directory sync alone failed"
     );
 }
+
+/// A truncation whose write of its floor fails to sync poisons the log, as a failed sync of a
+/// record does: nothing is deleted, and no append is acknowledged after it.
+#[test]
+fn a_failed_sync_of_the_truncation_floor_poisons_the_log() {
+    let options = WalOptions::default()
+        .segment_bytes(4096)
+        .max_record_bytes(512)
+        .preallocate(false);
+    let disk = SimDisk::new(7);
+    let wal = FileWal::open_with_io(disk.mount(), "/wal", options).unwrap();
+    for _ in 0..60 {
+        wal.append_blocking(&[7u8; 200], AppendOptions::DURABLE)
+            .unwrap();
+    }
+    let before = disk.mount().list(Path::new("/wal")).unwrap();
+    disk.set_faults(DiskFaults {
+        sync_error: 1.0,
+        ..DiskFaults::NONE
+    });
+    let truncated = wal.truncate_before(40);
+    disk.set_faults(DiskFaults::NONE);
+    let err = truncated.unwrap_err();
+    assert!(matches!(err, omendb_wal::Error::Poisoned { .. }), "{err}");
+    let after: Vec<String> = disk
+        .mount()
+        .list(Path::new("/wal"))
+        .unwrap()
+        .into_iter()
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    let segments: Vec<String> = before
+        .into_iter()
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    assert_eq!(after.len(), segments.len(), "a segment was deleted");
+    let refused = wal.append_blocking(b"after", AppendOptions::DURABLE);
+    assert!(
+        matches!(refused, Err(omendb_wal::Error::Poisoned { .. })),
+        "{refused:?}"
+    );
+}

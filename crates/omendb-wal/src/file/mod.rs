@@ -170,7 +170,22 @@ impl FileWal {
         if dead == 0 {
             return Ok(());
         }
-        floor::write(self.io.as_ref(), &self.dir, list[dead].base)?;
+        if let Err(err) = floor::write(self.io.as_ref(), &self.dir, list[dead].base) {
+            // The log's rule for a failed write or sync, whichever file it hit: it goes on no
+            // further until reopened.
+            if matches!(
+                err,
+                Error::ShortWrite { .. }
+                    | Error::Io {
+                        op: "write" | "sync",
+                        ..
+                    }
+            ) {
+                self.queue.poison(err);
+                return self.queue.check_open();
+            }
+            return Err(err);
+        }
         // Oldest first, so a crash or a failure in the middle leaves a contiguous suffix of the
         // log. The segments already deleted leave the list even when a later delete fails (a
         // reader would fail on them and the next truncation would stop at them again), and a
