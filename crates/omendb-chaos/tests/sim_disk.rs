@@ -515,6 +515,7 @@ fn segments_a_failed_directory_sync_brought_back_are_ignored_below_the_truncatio
         disk.crash();
         let wal = FileWal::open_with_io(disk.mount(), "/wal", options.clone())
             .unwrap_or_else(|err| panic!("seed {seed}: {err}"));
+        assert_eq!(wal.recovery_report().below_floor, 2, "seed {seed}");
         let lsns: Vec<u64> = records(&wal).iter().map(|r| r.lsn).collect();
         assert_eq!(lsns.first(), Some(&bases[4]), "seed {seed}");
         assert_eq!(lsns.last(), Some(&150), "seed {seed}");

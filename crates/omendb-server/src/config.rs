@@ -438,12 +438,19 @@ impl Config {
 const REDACTED: &str = "<redacted>";
 
 /// Whether a storage option's value is a secret (`secret_access_key`, `session_token`,
-/// `aws_secret_access_key`, a password...).
+/// `aws_secret_access_key`, `sse_customer_key_base64`, a password...).
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["secret", "token", "password", "credential"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "secret",
+        "token",
+        "password",
+        "credential",
+        "customer_key",
+        "private_key",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 /// The scheme of an `http://` or `https://` URL.

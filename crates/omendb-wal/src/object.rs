@@ -120,7 +120,8 @@ async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Listing> {
             if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            let base = digits.parse().ok()?;
+            // `u64::MAX` is no batch's first LSN (none follows it): a foreign name.
+            let base: Lsn = digits.parse().ok().filter(|&base| base < Lsn::MAX)?;
             (meta.location == object_path(prefix, base)).then_some(LogObject {
                 base,
                 path: meta.location,
@@ -146,6 +147,25 @@ async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
         return Err(store_error("get", path)(object_store::Error::Generic {
             store: "omendb-wal",
             source: format!("short read: {} of {size} bytes", bytes.len()).into(),
+        }));
+    }
+    Ok(bytes)
+}
+
+/// The whole object at `path`, which a listing gave as `size` bytes. An object is never rewritten
+/// to another size but by a truncation retiring a claim (or a recovery cutting it), which another
+/// process may run between the listing and the read: read back at another size, it is a read
+/// of a log that changed (retryable), not damage (an empty object fails the header check).
+async fn get_listed(store: &dyn ObjectStore, path: &Path, size: u64) -> Result<Bytes> {
+    let bytes = get(store, path).await?;
+    if bytes.len() as u64 != size {
+        return Err(store_error("get", path)(object_store::Error::Generic {
+            store: "omendb-wal",
+            source: format!(
+                "listed at {size} bytes, read at {}: the log changed while it was read",
+                bytes.len()
+            )
+            .into(),
         }));
     }
     Ok(bytes)
@@ -208,8 +228,8 @@ async fn recover(
         ..RecoveryReport::default()
     };
     let mut expected = None;
-    for (i, LogObject { base, path, .. }) in objects.iter().enumerate() {
-        let buf = get(store, path).await?;
+    for (i, LogObject { base, path, size }) in objects.iter().enumerate() {
+        let buf = get_listed(store, path, *size).await?;
         let examined = examine(
             &buf,
             *base,
@@ -320,7 +340,8 @@ async fn hold_place(
     let mut placeholder = format::encode_header(base, token).to_vec();
     format::encode_frame(&mut placeholder, base, &[], format::payload_crc(&[]));
     replace(store, path, Bytes::from(placeholder)).await?;
-    *expected = Some(base + 1);
+    // `list` leaves out the name of `u64::MAX`, so `base + 1` is an LSN.
+    *expected = Some(base.saturating_add(1));
     Ok(())
 }
 
@@ -415,10 +436,10 @@ impl ObjectWal {
                             if done {
                                 return Ok(None);
                             }
-                            let Some(LogObject { base, path, .. }) = objects.pop_front() else {
+                            let Some(LogObject { base, path, size }) = objects.pop_front() else {
                                 return Ok(None);
                             };
-                            let buf = get(self.store.as_ref(), &path).await?;
+                            let buf = get_listed(self.store.as_ref(), &path, size).await?;
                             done = replay(&buf, base, path.as_ref(), window, &mut ready)?;
                         }
                     },
@@ -636,5 +657,47 @@ impl Wal for ObjectWal {
     /// a time, in LSN order), so it can no longer land.
     fn claim(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move { self.append(&[], AppendOptions::DURABLE).await.map(|_| ()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the point
+
+    use super::*;
+    use object_store::memory::InMemory;
+
+    /// An object read back at another size than its listing gave (a claim another process
+    /// retired in between) is a log that changed under the read, retryable, not damage.
+    #[tokio::test]
+    async fn an_object_that_changed_size_since_its_listing_is_a_retry() {
+        let store = InMemory::new();
+        let path = object_path(&Path::from("wal"), 7);
+        store
+            .put(&path, PutPayload::from(vec![1u8; 48]))
+            .await
+            .unwrap();
+        let listed = list(&store, &Path::from("wal")).await.unwrap();
+        assert_eq!(listed.objects.len(), 1);
+        assert_eq!(listed.objects[0].size, 48);
+        store.put(&path, PutPayload::new()).await.unwrap();
+        let err = get_listed(&store, &path, 48).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Retry, "{err}");
+        // Retired, the object is a fence: no object of the log, and the floor.
+        let listed = list(&store, &Path::from("wal")).await.unwrap();
+        assert!(listed.objects.is_empty());
+        assert_eq!(listed.fence, Some(7));
+        // The name of `u64::MAX` is no batch's.
+        store
+            .put(
+                &object_path(&Path::from("wal"), Lsn::MAX),
+                PutPayload::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            list(&store, &Path::from("wal")).await.unwrap().fence,
+            Some(7)
+        );
     }
 }

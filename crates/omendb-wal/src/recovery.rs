@@ -94,6 +94,10 @@ pub struct RecoveryReport {
     pub stopped_at: Option<Damage>,
     /// Each damaged range [`RecoveryMode::SkipCorrupt`] skipped.
     pub skipped: Vec<Damage>,
+    /// Segments of the local log found below its truncation floor (a truncation's deletions a
+    /// crash undid after a directory sync failed) and dropped unread: deleted again, except in
+    /// [`RecoveryMode::AbsoluteConsistency`], which changes nothing and leaves them in place.
+    pub below_floor: usize,
 }
 
 /// What recovery must do with one segment (or object) after [`examine`] read it.

@@ -373,3 +373,22 @@ fn a_half_created_segment_is_removed_on_open() {
     assert_eq!(wal.recovery_report().records, RECORDS);
     assert!(wal.recovery_report().torn_tail.is_none());
 }
+
+/// A log whose segments are all gone but its truncation floor (an operator's delete of the
+/// `.wal` files) goes on above the floor, not at LSN 1: the LSNs below it were used.
+#[test]
+fn a_log_that_lost_its_segments_goes_on_above_its_truncation_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    wal.truncate_before(RECORDS).unwrap();
+    let kept = base_of(&segment_paths(dir.path())[0]);
+    wal.close().unwrap();
+    drop(wal);
+    for path in segment_paths(dir.path()) {
+        std::fs::remove_file(path).unwrap();
+    }
+    let wal = FileWal::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(Wal::last_lsn(&wal), Some(kept - 1));
+    assert_eq!(wal.append(b"next", AppendOptions::DURABLE).unwrap(), kept);
+}

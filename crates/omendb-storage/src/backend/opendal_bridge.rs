@@ -91,13 +91,19 @@ impl OpenDalStore {
         for part in parts.iter().take(parts.len().saturating_sub(1)) {
             dir.push(percent_decode_path(part.as_ref()));
         }
-        tokio::task::spawn_blocking(move || std::fs::File::open(&dir).and_then(|d| d.sync_all()))
-            .await
-            .map_err(|err| object_store::Error::JoinError { source: err })?
-            .map_err(|err| object_store::Error::Generic {
+        let synced = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&dir).and_then(|d| d.sync_all())
+        })
+        .await
+        .map_err(|err| object_store::Error::JoinError { source: err })?;
+        match synced {
+            // A delete of an object whose directory never existed: nothing to sync.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other.map_err(|err| object_store::Error::Generic {
                 store: "opendal",
                 source: Box::new(err),
-            })
+            }),
+        }
     }
 
     /// Lists the files under `prefix` whose location sorts after `offset`.

@@ -31,25 +31,28 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
     io.create_dir_all(dir)
         .map_err(|e| Error::io("create_dir", dir, e))?;
     let (mut found, set_aside) = segment::list(io, dir)?;
+    let mut report = RecoveryReport {
+        mode: options.recovery_mode,
+        ..RecoveryReport::default()
+    };
     // Segments below the truncation floor are garbage a truncation deleted, brought back by a
-    // crash after a directory sync that failed: deleted again, never read.
+    // crash after a directory sync that failed: never read, and deleted again unless the mode
+    // changes nothing.
     let floor = floor::read(io, dir)?;
     let garbage = found
         .windows(2)
         .take_while(|pair| pair[1].base <= floor)
         .count();
-    if garbage > 0 {
-        for seg in found.drain(..garbage) {
+    report.below_floor = garbage;
+    let below: Vec<Segment> = found.drain(..garbage).collect();
+    if !below.is_empty() && options.recovery_mode != crate::RecoveryMode::AbsoluteConsistency {
+        for seg in &below {
             io.delete(&seg.path)
                 .map_err(|e| Error::io("delete", &seg.path, e))?;
         }
         io.sync_dir(dir)
             .map_err(|e| Error::io("sync_dir", dir, e))?;
     }
-    let mut report = RecoveryReport {
-        mode: options.recovery_mode,
-        ..RecoveryReport::default()
-    };
     let mut kept: Vec<Segment> = Vec::new();
     // The last kept segment's bytes as read, up to where it was cut.
     let mut last_kept: Vec<u8> = Vec::new();
@@ -128,7 +131,10 @@ pub(crate) fn recover(io: &dyn FileIo, dir: &Path, options: &WalOptions) -> Resu
     // A log that keeps nothing goes on where the segments it set aside began: a crash after
     // `SkipCorrupt` set its only segment aside, before the fresh one existed, started it again
     // at LSN 1.
-    let last_lsn = expected.map_or(set_aside.saturating_sub(1), |next| next - 1);
+    // Nor below the truncation floor: the LSNs under it were used (and flushed).
+    let last_lsn = expected
+        .map_or(set_aside.saturating_sub(1), |next| next - 1)
+        .max(floor.saturating_sub(1));
     let (active, active_len) = match kept.last() {
         Some(seg) if last_kept.len() > format::HEADER_LEN => {
             let mut file = io
