@@ -3,6 +3,7 @@
 //! list the objects and replay them in LSN order. Object naming is in `docs/file-formats.md`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -57,6 +58,9 @@ pub struct ObjectWal {
     queue: Arc<Queue>,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The newest retired fence's LSN (0 if none): listings start after it, so that the fences
+    /// kept for good (two a database open) cost each listing nothing.
+    fence: AtomicU64,
     options: WalOptions,
     report: RecoveryReport,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -104,11 +108,15 @@ struct Listing {
     fence: Option<Lsn>,
 }
 
-/// The log's objects directly under `prefix`. Empty objects ahead of every other are retired
-/// fences, left out; an empty object after one that holds records is damage, and listed.
-async fn list(store: &dyn ObjectStore, prefix: &Path) -> Result<Listing> {
-    let metas: Vec<_> = store
-        .list(Some(prefix))
+/// The log's objects directly under `prefix`, those named after the LSN `after` alone if it is
+/// not 0 (names sort as their LSNs do). Empty objects ahead of every other are retired fences,
+/// left out; an empty object after one that holds records is damage, and listed.
+async fn list(store: &dyn ObjectStore, prefix: &Path, after: Lsn) -> Result<Listing> {
+    let listing = match after {
+        0 => store.list(Some(prefix)),
+        after => store.list_with_offset(Some(prefix), &object_path(prefix, after)),
+    };
+    let metas: Vec<_> = listing
         .try_collect()
         .await
         .map_err(store_error("list", prefix))?;
@@ -221,8 +229,8 @@ async fn recover(
     prefix: &Path,
     options: &WalOptions,
     token: u64,
-) -> Result<(RecoveryReport, Lsn)> {
-    let Listing { objects, fence } = list(store, prefix).await?;
+) -> Result<(RecoveryReport, Lsn, Option<Lsn>)> {
+    let Listing { objects, fence } = list(store, prefix, 0).await?;
     let mut report = RecoveryReport {
         mode: options.recovery_mode,
         ..RecoveryReport::default()
@@ -307,7 +315,7 @@ async fn recover(
     // A retired fence's LSN was taken by a claim: a log that keeps nothing after it goes on
     // above it.
     let last = expected.map_or(0, |next| next - 1).max(fence.unwrap_or(0));
-    Ok((report, last))
+    Ok((report, last, fence))
 }
 
 /// Deletes `objects` (the end of the log that point-in-time recovery drops), newest first, so
@@ -373,7 +381,7 @@ impl ObjectWal {
         let prefix = prefix.into();
         // Random, so that no two writers' objects are alike (see [`upload`]).
         let token = rand::rng().random::<u64>();
-        let (report, last_lsn) = recover(store.as_ref(), &prefix, &options, token).await?;
+        let (report, last_lsn, fence) = recover(store.as_ref(), &prefix, &options, token).await?;
         let queue = Arc::new(Queue::new(
             last_lsn,
             options.max_record_bytes,
@@ -397,6 +405,7 @@ impl ObjectWal {
             queue,
             store,
             prefix,
+            fence: AtomicU64::new(fence.unwrap_or(0)),
             options,
             report,
             writer: Mutex::new(Some(handle)),
@@ -415,7 +424,10 @@ impl ObjectWal {
             let objects = if window.from > window.upto {
                 Vec::new()
             } else {
-                list(self.store.as_ref(), &self.prefix).await?.objects
+                let after = self.fence.load(Ordering::Acquire);
+                list(self.store.as_ref(), &self.prefix, after)
+                    .await?
+                    .objects
             };
             // Objects entirely below `from` are not read.
             let first = objects
@@ -532,7 +544,10 @@ impl ObjectWal {
     /// same reason). A retired fence holds no record and costs a name in every listing: two a
     /// database open.
     pub async fn truncate_before(&self, lsn: Lsn) -> Result<()> {
-        let objects = list(self.store.as_ref(), &self.prefix).await?.objects;
+        let after = self.fence.load(Ordering::Acquire);
+        let objects = list(self.store.as_ref(), &self.prefix, after)
+            .await?
+            .objects;
         let dead = objects
             .windows(2)
             .take_while(|pair| pair[1].base <= lsn)
@@ -541,7 +556,8 @@ impl ObjectWal {
         // the retired fences ahead of it); an object already gone (a truncation repeated after
         // a lost answer) counts as deleted.
         for object in &objects[..dead] {
-            let done = if object.size == CLAIM_BYTES {
+            let retire = object.size == CLAIM_BYTES;
+            let done = if retire {
                 self.store
                     .put_opts(
                         &object.path,
@@ -560,6 +576,10 @@ impl ObjectWal {
                     ..
                 }) => {}
                 other => other?,
+            }
+            if retire {
+                // Everything before it is gone or retired too (oldest first).
+                self.fence.fetch_max(object.base, Ordering::AcqRel);
             }
         }
         Ok(())
@@ -677,14 +697,14 @@ mod tests {
             .put(&path, PutPayload::from(vec![1u8; 48]))
             .await
             .unwrap();
-        let listed = list(&store, &Path::from("wal")).await.unwrap();
+        let listed = list(&store, &Path::from("wal"), 0).await.unwrap();
         assert_eq!(listed.objects.len(), 1);
         assert_eq!(listed.objects[0].size, 48);
         store.put(&path, PutPayload::new()).await.unwrap();
         let err = get_listed(&store, &path, 48).await.unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Retry, "{err}");
         // Retired, the object is a fence: no object of the log, and the floor.
-        let listed = list(&store, &Path::from("wal")).await.unwrap();
+        let listed = list(&store, &Path::from("wal"), 0).await.unwrap();
         assert!(listed.objects.is_empty());
         assert_eq!(listed.fence, Some(7));
         // The name of `u64::MAX` is no batch's.
@@ -696,8 +716,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            list(&store, &Path::from("wal")).await.unwrap().fence,
+            list(&store, &Path::from("wal"), 0).await.unwrap().fence,
             Some(7)
         );
+        // Listed after the fence, the log's objects alone.
+        store
+            .put(
+                &object_path(&Path::from("wal"), 8),
+                PutPayload::from(vec![1u8; 48]),
+            )
+            .await
+            .unwrap();
+        let after = list(&store, &Path::from("wal"), 7).await.unwrap();
+        assert_eq!(after.fence, None);
+        let bases: Vec<Lsn> = after.objects.iter().map(|o| o.base).collect();
+        assert_eq!(bases, [8]);
     }
 }
