@@ -81,6 +81,9 @@ pub struct Segment {
     /// Its rows' average decoded size in bytes (by the Parquet metadata, at least 1): what sizes
     /// a batch of its rows read into memory.
     pub row_bytes: u64,
+    /// The same for each value column alone, in the table's order: what sizes a batch of a
+    /// projection of them.
+    pub column_bytes: Vec<u64>,
     /// The keys, so a point read of a key the segment does not hold skips the index.
     filter: FixedFilter,
 }
@@ -126,11 +129,17 @@ impl Segment {
         let lsn = reader.projection(&[LSN_COLUMN])?;
         let filter = FixedFilter::of(reader.keys());
         let unique = reader.keys().windows(2).all(|pair| pair[0] != pair[1]);
-        let row_bytes = (reader.decoded_bytes() / reader.rows().max(1)).max(1);
+        let rows = reader.rows().max(1);
+        let row_bytes = (reader.decoded_bytes() / rows).max(1);
+        let column_bytes = names[1..]
+            .iter()
+            .map(|name| reader.decoded_bytes_of(name).unwrap_or(0) / rows)
+            .collect();
         Ok(Self {
             filter,
             unique,
             row_bytes,
+            column_bytes,
             entry,
             reader,
             index,
@@ -171,9 +180,18 @@ impl Segment {
     }
 
     /// Rows of this segment that decode to about `bytes` (its average row's size), between 1
-    /// and `most`.
-    pub fn rows_in(&self, bytes: usize, most: usize) -> usize {
-        usize::try_from(bytes as u64 / self.row_bytes)
+    /// and `most`; with `columns` (value columns, by their index in the table), rows of a
+    /// projection of those columns (and the key and LSN).
+    pub fn rows_in(&self, bytes: usize, most: usize, columns: Option<&[usize]>) -> usize {
+        let row_bytes = match columns {
+            None => self.row_bytes,
+            Some(columns) => columns
+                .iter()
+                .map(|&c| self.column_bytes.get(c).copied().unwrap_or(self.row_bytes))
+                .sum::<u64>()
+                .saturating_add(16),
+        };
+        usize::try_from(bytes as u64 / row_bytes.max(1))
             .unwrap_or(most)
             .clamp(1, most.max(1))
     }

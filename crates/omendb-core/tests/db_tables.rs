@@ -1537,3 +1537,66 @@ async fn a_transaction_counts_the_writes_a_range_deletion_dropped() {
     db.write(batch, WriteOptions::DURABLE).await.unwrap();
     db.close().await.unwrap();
 }
+
+/// The default scan batch is sized by the projected columns: a scan of a table's small column
+/// beside a large one reads its rows in full batches, a scan of every column in batches of
+/// about 16 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projected_scan_sizes_its_batches_by_the_columns_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let schema = Schema::new(vec![
+        Field::new("n", DataType::UInt64, false),
+        Field::new("blob", DataType::Binary, false),
+    ]);
+    let t = db
+        .create_table("t", KeyType::U64, Some(schema))
+        .await
+        .unwrap();
+    for key in 0..300u64 {
+        t.put(
+            key,
+            &[
+                Value::UInt(key * 3),
+                Value::Bytes(vec![key as u8; 128 << 10].into()),
+            ],
+            WriteOptions::BUFFERED,
+        )
+        .await
+        .unwrap();
+    }
+    db.checkpoint().await.unwrap();
+    let rows_per_batch = |projection: Option<Vec<String>>| {
+        let t = t.clone();
+        async move {
+            let batches: Vec<RecordBatch> = t
+                .scan(
+                    0u64..,
+                    ScanOptions {
+                        projection,
+                        ..ScanOptions::default()
+                    },
+                )
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(rows_per_batch(Some(vec!["n".to_owned()])).await, [300]);
+    let whole = rows_per_batch(None).await;
+    assert!(
+        whole.len() >= 2 && whole.iter().all(|&n| n <= 128),
+        "{whole:?}"
+    );
+    let blob = rows_per_batch(Some(vec!["blob".to_owned()])).await;
+    assert!(
+        blob.len() >= 2 && blob.iter().all(|&n| n <= 128),
+        "{blob:?}"
+    );
+    db.close().await.unwrap();
+}

@@ -687,7 +687,7 @@ impl Input {
                 };
                 let all = segment.reader.projection_all();
                 let rows = 0..segment.reader.rows();
-                let batch_rows = segment.rows_in(MERGE_BATCH_BYTES, MERGE_BATCH_ROWS);
+                let batch_rows = segment.rows_in(MERGE_BATCH_BYTES, MERGE_BATCH_ROWS, None);
                 self.stream = Some(segment.reader.scan(rows, &all, batch_rows)?);
                 continue;
             };

@@ -788,12 +788,13 @@ enum Lending {
     Uncached(Vec<usize>),
 }
 
-/// Rows of a scan batch by default: [`SCAN_BATCH_ROWS`], fewer where a segment's rows are large.
-/// (A memtable's rows are bounded by the memtable's size.)
-fn default_batch_rows(segments: &[Arc<Segment>]) -> usize {
+/// Rows of a scan batch by default: [`SCAN_BATCH_ROWS`], fewer where a segment's rows of the
+/// projected `columns` (`None`: all) are large. (A memtable's rows are bounded by the memtable's
+/// size.)
+fn default_batch_rows(segments: &[Arc<Segment>], columns: Option<&[usize]>) -> usize {
     segments
         .iter()
-        .map(|s| s.rows_in(SCAN_BATCH_BYTES, SCAN_BATCH_ROWS))
+        .map(|s| s.rows_in(SCAN_BATCH_BYTES, SCAN_BATCH_ROWS, columns))
         .min()
         .unwrap_or(SCAN_BATCH_ROWS)
 }
@@ -889,7 +890,10 @@ impl Scan {
         };
         let batch_rows = options
             .batch_rows
-            .unwrap_or_else(|| default_batch_rows(&table.segments))
+            .unwrap_or_else(|| {
+                let projected = options.projection.as_ref().map(|_| &columns[..]);
+                default_batch_rows(&table.segments, projected)
+            })
             .max(1);
         Ok(Self {
             layers: mem_layers(version, def.id, snapshot, overlay),

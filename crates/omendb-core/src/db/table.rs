@@ -298,10 +298,10 @@ impl View<'_> {
         // Large batches of a fixed-width column: an aggregate keeps no batch, and a segment's
         // run is decoded in one pass per batch. A variable-width column (a count of strings)
         // gets a scan's batches, sized by its rows' bytes.
-        let fixed_width = def
-            .schema()
-            .field_with_name(column)
-            .is_ok_and(|field| field.data_type().is_primitive());
+        let fixed_width = def.schema().field_with_name(column).is_ok_and(|field| {
+            let data_type = field.data_type();
+            data_type.is_primitive() || *data_type == arrow_schema::DataType::Boolean
+        });
         let options = ScanOptions {
             projection: Some(vec![column.to_owned()]),
             batch_rows: fixed_width.then_some(AGGREGATE_BATCH_ROWS),

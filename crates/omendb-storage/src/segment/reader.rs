@@ -551,6 +551,31 @@ impl SegmentReader {
             .sum()
     }
 
+    /// The bytes the named column takes decoded (the uncompressed size of its column chunks,
+    /// every leaf of a nested one), or `None` if the segment has no such column.
+    pub fn decoded_bytes_of(&self, name: &str) -> Option<u64> {
+        let metadata = self.metadata.metadata();
+        let leaves: Vec<usize> = metadata
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(_, column)| column.path().parts().first().map(String::as_str) == Some(name))
+            .map(|(i, _)| i)
+            .collect();
+        if leaves.is_empty() {
+            return None;
+        }
+        let bytes = metadata
+            .row_groups()
+            .iter()
+            .flat_map(|group| leaves.iter().map(move |&i| group.column(i)))
+            .map(|chunk| u64::try_from(chunk.uncompressed_size()).unwrap_or(0))
+            .sum();
+        Some(bytes)
+    }
+
     /// A projection of the named columns (system or value columns).
     pub fn projection(&self, names: &[&str]) -> Result<Projection> {
         let schema = self.schema();
