@@ -17,6 +17,14 @@ fn records(wal: &FileWal) -> Vec<Record> {
     futures::executor::block_on(wal.read_from(1).try_collect()).unwrap()
 }
 
+/// A log of 4 KiB segments, records up to 512 bytes, nothing preallocated: many segments soon.
+fn small_segments() -> WalOptions {
+    WalOptions::default()
+        .segment_bytes(4096)
+        .max_record_bytes(512)
+        .preallocate(false)
+}
+
 fn dir() -> &'static Path {
     Path::new("/d")
 }
@@ -407,10 +415,7 @@ fn crash_after_crashes_at_the_chosen_operation() {
 /// 1,000, Disk). Recovery renames a fresh segment into its place.
 #[test]
 fn a_segment_whose_name_a_failed_directory_sync_left_undurable_is_replaced_at_open() {
-    let options = WalOptions::default()
-        .segment_bytes(4096)
-        .max_record_bytes(512)
-        .preallocate(false);
+    let options = small_segments();
     let record = [7u8; 200];
     let mut found = false;
     for seed in 0..400 {
@@ -471,10 +476,7 @@ fn a_segment_whose_name_a_failed_directory_sync_left_undurable_is_replaced_at_op
 /// 82, found: 129 }").
 #[test]
 fn segments_a_failed_directory_sync_brought_back_are_ignored_below_the_truncation_point() {
-    let options = WalOptions::default()
-        .segment_bytes(4096)
-        .max_record_bytes(512)
-        .preallocate(false);
+    let options = small_segments();
     let record = [7u8; 200];
     let mut found = false;
     for seed in 0..400 {
@@ -537,10 +539,7 @@ fn segments_a_failed_directory_sync_brought_back_are_ignored_below_the_truncatio
 /// record does: nothing is deleted, and no append is acknowledged after it.
 #[test]
 fn a_failed_sync_of_the_truncation_floor_poisons_the_log() {
-    let options = WalOptions::default()
-        .segment_bytes(4096)
-        .max_record_bytes(512)
-        .preallocate(false);
+    let options = small_segments();
     let disk = SimDisk::new(7);
     let wal = FileWal::open_with_io(disk.mount(), "/wal", options).unwrap();
     for _ in 0..60 {

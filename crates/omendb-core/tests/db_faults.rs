@@ -172,6 +172,13 @@ impl Wal for SwitchedWal {
     }
 }
 
+/// A log of 8 KiB segments and records up to 1 KiB: a few hundred writes span many segments.
+fn small_segments() -> WalOptions {
+    WalOptions::default()
+        .segment_bytes(8 << 10)
+        .max_record_bytes(1 << 10)
+}
+
 /// A database in `dir` over a [`SwitchedWal`], with a key-value table `kv`.
 async fn open_switched(dir: &std::path::Path) -> (Arc<SwitchedWal>, Db, omendb_core::Table) {
     let wal = SwitchedWal::open(&dir.join("wal"));
@@ -289,9 +296,7 @@ async fn a_failed_wal_truncation_after_a_flush_is_reported_and_poisons_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wal_that_starts_after_the_flushed_lsn_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let small = WalOptions::default()
-        .segment_bytes(8 << 10)
-        .max_record_bytes(1 << 10);
+    let small = small_segments();
     let open = |options: WalOptions| {
         Db::builder()
             .path(dir.path())
@@ -634,18 +639,9 @@ async fn the_change_stream_drains_what_was_durable_before_the_log_failed() {
     t.put_value(9u64, "buffered", WriteOptions::BUFFERED)
         .await
         .unwrap();
-    let mut changes = db.changes(durable[0]);
-    let mut seen = Vec::new();
-    let end = loop {
-        match changes.next().await {
-            Some(Ok(change)) => seen.push(change.lsn),
-            Some(Err(err)) => break err,
-            None => panic!("the stream ended without the failure: {seen:?}"),
-        }
-    };
+    let (seen, end) = changes_until_an_error(&db, durable[0]).await;
     assert_eq!(seen, durable);
     assert!(end.to_string().contains("injected"), "{end}");
-    drop(changes);
     wal.durable_cap.store(u64::MAX, Ordering::SeqCst);
     db.close().await.unwrap();
 }
@@ -730,15 +726,7 @@ async fn the_change_stream_reports_records_skipped_as_damaged() {
         .build()
         .await
         .unwrap();
-    let mut changes = db.changes(lsns[0]);
-    let mut seen = Vec::new();
-    let err = loop {
-        match changes.next().await {
-            Some(Ok(change)) => seen.push(change.lsn),
-            Some(Err(err)) => break err,
-            None => panic!("the stream ended after {seen:?} without reporting the gap"),
-        }
-    };
+    let (seen, err) = changes_until_an_error(&db, lsns[0]).await;
     assert_eq!(seen, lsns[..2], "{err}");
     assert!(
         matches!(err, Error::ChangesGone { requested, oldest } if requested == damaged && oldest == damaged + 1),
@@ -747,7 +735,6 @@ async fn the_change_stream_reports_records_skipped_as_damaged() {
     // A consumer resumes after the gap.
     let rest: Vec<_> = db.changes(damaged + 1).try_collect().await.unwrap();
     assert_eq!(rest.iter().map(|c| c.lsn).collect::<Vec<_>>(), lsns[3..]);
-    drop(changes);
     db.close().await.unwrap();
 }
 
@@ -851,10 +838,7 @@ async fn a_segment_whose_columns_disagree_with_its_table_is_corrupt_at_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_stream_racing_a_truncation_reports_the_changes_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let options = WalOptions::default()
-        .segment_bytes(8 << 10)
-        .max_record_bytes(1 << 10);
-    let wal = SwitchedWal::open_with(&dir.path().join("wal"), options);
+    let wal = SwitchedWal::open_with(&dir.path().join("wal"), small_segments());
     let db = Db::builder()
         .path(dir.path())
         .wal(wal.clone())
@@ -874,18 +858,7 @@ async fn a_change_stream_racing_a_truncation_reports_the_changes_gone() {
     // segments after the first that the read listed are gone when it reaches them.
     let cut = lsns[200];
     wal.truncate_mid_read.store(cut, Ordering::SeqCst);
-    let mut changes = db.changes(lsns[0]);
-    let mut seen = Vec::new();
-    let err = loop {
-        match changes.next().await {
-            Some(Ok(change)) => seen.push(change.lsn),
-            Some(Err(err)) => break err,
-            None => panic!(
-                "the stream ended after {} changes without a gap",
-                seen.len()
-            ),
-        }
-    };
+    let (seen, err) = changes_until_an_error(&db, lsns[0]).await;
     assert!(
         !seen.is_empty(),
         "the changes read before the truncation were dropped"
@@ -896,6 +869,18 @@ async fn a_change_stream_racing_a_truncation_reports_the_changes_gone() {
         matches!(err, Error::ChangesGone { requested, oldest } if requested == next && oldest > next && oldest <= cut),
         "{err}"
     );
-    drop(changes);
     db.close().await.unwrap();
+}
+
+/// The LSNs of the changes `db` hands out from `from` until its stream fails, and the error.
+async fn changes_until_an_error(db: &Db, from: Lsn) -> (Vec<Lsn>, Error) {
+    let mut changes = db.changes(from);
+    let mut seen = Vec::new();
+    loop {
+        match changes.next().await {
+            Some(Ok(change)) => seen.push(change.lsn),
+            Some(Err(err)) => return (seen, err),
+            None => panic!("the stream ended after {seen:?} without an error"),
+        }
+    }
 }

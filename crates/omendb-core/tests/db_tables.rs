@@ -1411,18 +1411,14 @@ async fn a_default_scan_batch_of_large_rows_holds_about_sixteen_mebibytes() {
     }
     db.checkpoint().await.unwrap();
     for reverse in [false, true] {
-        let batches: Vec<RecordBatch> = kv
-            .scan(
-                0u64..,
-                ScanOptions {
-                    reverse,
-                    ..ScanOptions::default()
-                },
-            )
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let batches = scan_all(
+            &kv,
+            ScanOptions {
+                reverse,
+                ..ScanOptions::default()
+            },
+        )
+        .await;
         assert!(batches.len() >= 2, "300 rows of 128 KiB in one batch");
         for batch in &batches {
             assert!(batch.num_rows() <= 128, "{} rows", batch.num_rows());
@@ -1451,35 +1447,27 @@ async fn a_default_scan_batch_of_large_rows_holds_about_sixteen_mebibytes() {
         }
         assert_eq!(keys, expected);
     }
-    let limited: Vec<RecordBatch> = kv
-        .scan(
-            0u64..,
-            ScanOptions {
-                limit: Some(150),
-                ..ScanOptions::default()
-            },
-        )
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let limited = scan_all(
+        &kv,
+        ScanOptions {
+            limit: Some(150),
+            ..ScanOptions::default()
+        },
+    )
+    .await;
     assert_eq!(
         limited.iter().map(RecordBatch::num_rows).sum::<usize>(),
         150
     );
     // A caller's own batch size is taken as given.
-    let one: Vec<RecordBatch> = kv
-        .scan(
-            0u64..,
-            ScanOptions {
-                batch_rows: Some(300),
-                ..ScanOptions::default()
-            },
-        )
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let one = scan_all(
+        &kv,
+        ScanOptions {
+            batch_rows: Some(300),
+            ..ScanOptions::default()
+        },
+    )
+    .await;
     assert_eq!(one.len(), 1);
     db.close().await.unwrap();
 }
@@ -1569,18 +1557,11 @@ async fn a_projected_scan_sizes_its_batches_by_the_columns_it_reads() {
     let rows_per_batch = |projection: Option<Vec<String>>| {
         let t = t.clone();
         async move {
-            let batches: Vec<RecordBatch> = t
-                .scan(
-                    0u64..,
-                    ScanOptions {
-                        projection,
-                        ..ScanOptions::default()
-                    },
-                )
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
+            let options = ScanOptions {
+                projection,
+                ..ScanOptions::default()
+            };
+            let batches = scan_all(&t, options).await;
             batches
                 .iter()
                 .map(RecordBatch::num_rows)
@@ -1599,4 +1580,14 @@ async fn a_projected_scan_sizes_its_batches_by_the_columns_it_reads() {
         "{blob:?}"
     );
     db.close().await.unwrap();
+}
+
+/// Every batch of a scan of all of `table`'s keys with `options`.
+async fn scan_all(table: &omendb_core::Table, options: ScanOptions) -> Vec<RecordBatch> {
+    table
+        .scan(0u64.., options)
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }
