@@ -1030,7 +1030,7 @@ impl Sim {
 
 /// The faults `store` injected that can fail a request (latency only slows one down).
 fn failing(store: &FaultyObjectStore<InMemory>) -> u64 {
-    store.injected() - store.injected_of(Fault::Latency)
+    store.injected_except(Fault::Latency)
 }
 
 /// Why a write failed.

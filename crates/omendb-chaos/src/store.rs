@@ -474,6 +474,19 @@ impl<S: ObjectStore + ?Sized> FaultyObjectStore<S> {
             .sum()
     }
 
+    /// How many faults other than `fault` were injected so far, each kind's count read once
+    /// (`injected() - injected_of(fault)` read the counts at two moments, and the second could
+    /// pass the first while requests went on: a subtraction that overflowed).
+    pub fn injected_except(&self, fault: Fault) -> u64 {
+        self.shared
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != fault.index())
+            .map(|(_, count)| count.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// How many faults of one kind were injected so far.
     pub fn injected_of(&self, fault: Fault) -> u64 {
         self.shared
