@@ -1,6 +1,9 @@
-//! The synchronisation primitives the engine's concurrency modules are built on: `std`
-//! normally, `loom`'s model-checked twins under `--cfg loom` (`cargo xtask loom`), so the code
-//! loom explores is the code that runs.
+//! The synchronisation primitives the engine's loom-checked modules (`memtable/cut.rs`,
+//! `visibility.rs`, `version_cell.rs`) are built on: `std` normally, `loom`'s model-checked
+//! twins under `--cfg loom` (`cargo xtask loom`), so loom explores their locks as they run. Not
+//! modelled: the version cell's `arc-swap` (a mutex stands in under loom), the visibility
+//! waiters' `watch` notifications, and the memtable's own lock-free seal (std atomics,
+//! `arc-swap`, crossbeam), which the model and concurrency tests exercise instead.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::AtomicU64;

@@ -28,6 +28,12 @@ pub struct Record {
 /// `*_blocking` twins are for callers on plain threads.
 pub trait Wal: Send + Sync + fmt::Debug {
     /// Appends one record and returns its LSN, once it is as durable as `options` asks.
+    ///
+    /// An error of kind [`crate::ErrorKind::BadInput`], or [`crate::Error::BufferFull`], took no
+    /// LSN and wrote nothing; after any other error the record may have taken one, and the log
+    /// is poisoned. An implementation must keep to this: the engine treats the first as a
+    /// refused write and goes on, and an LSN taken but never applied would hold back every
+    /// later write's visibility.
     fn append<'a>(
         &'a self,
         payload: &'a [u8],
