@@ -57,23 +57,9 @@ async fn a_flush_task_that_panics_poisons_writes() {
 
 async fn a_compaction_that_panics_is_reported_and_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::builder()
-        .path(dir.path())
-        .memtable_bytes(1 << 30)
-        .compaction_trigger(2)
-        .build()
-        .await
-        .unwrap();
-    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
     fail::cfg("compaction.before_manifest", "1*panic(injected merge)").unwrap();
-    for round in 0..2u64 {
-        for key in 0..100u64 {
-            t.put_value(key, round.to_le_bytes().to_vec(), WriteOptions::BUFFERED)
-                .await
-                .unwrap();
-        }
-        db.checkpoint().await.unwrap();
-    }
+    // Two runs with a trigger of two: the background merges them after the second flush.
+    let (db, t) = two_runs(dir.path(), 2).await;
     let started = Instant::now();
     let error = loop {
         if let Some(error) = db.stats().background_error {
@@ -120,12 +106,13 @@ async fn background_work_that_panics_is_not_lost_silently() {
 }
 
 /// A database in `dir` whose table "kv" holds two flushed runs of keys 0..100 (the second's
-/// values are `1u64`), and merges only when asked.
-async fn two_runs(dir: &std::path::Path) -> (Db, omendb_core::Table) {
+/// values are `1u64`), and merges in the background once `compaction_trigger` runs overlap
+/// (64: only when asked).
+async fn two_runs(dir: &std::path::Path, compaction_trigger: usize) -> (Db, omendb_core::Table) {
     let db = Db::builder()
         .path(dir)
         .memtable_bytes(1 << 30)
-        .compaction_trigger(64)
+        .compaction_trigger(compaction_trigger)
         .build()
         .await
         .unwrap();
@@ -170,7 +157,7 @@ fn newest_manifest(dir: &std::path::Path) -> u64 {
 /// review: a DDL its caller was told had failed came back, or the reverse).
 async fn nothing_is_published_after_a_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, t) = two_runs(dir.path()).await;
+    let (db, t) = two_runs(dir.path(), 64).await;
     let before = newest_manifest(dir.path());
     let (held, holding) = std::sync::mpsc::channel();
     fail::cfg_callback("compaction.before_manifest", move || {
@@ -213,7 +200,7 @@ async fn nothing_is_published_after_a_failure() {
 /// later merge of the window failed).
 async fn a_compaction_that_panics_after_its_publish_poisons_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, t) = two_runs(dir.path()).await;
+    let (db, t) = two_runs(dir.path(), 64).await;
     fail::cfg(
         "compaction.after_manifest",
         "1*panic(injected after publish)",

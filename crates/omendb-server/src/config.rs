@@ -113,21 +113,26 @@ pub struct StorageConfig {
     pub retries: u32,
 }
 
-/// Shows secrets' values as `"<redacted>"`, as [`Config::to_toml`] does.
-impl std::fmt::Debug for StorageConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let options: BTreeMap<&str, &str> = self
-            .options
+impl StorageConfig {
+    /// The options as shown to people: a secret's value as `"<redacted>"`.
+    fn shown_options(&self) -> BTreeMap<String, String> {
+        self.options
             .iter()
             .map(|(key, value)| {
                 let shown = if is_secret(key) { REDACTED } else { value };
-                (key.as_str(), shown)
+                (key.clone(), shown.to_owned())
             })
-            .collect();
+            .collect()
+    }
+}
+
+/// Shows secrets' values as `"<redacted>"`, as [`Config::to_toml`] does.
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
             .field("path", &self.path)
             .field("url", &self.url)
-            .field("options", &options)
+            .field("options", &self.shown_options())
             .field("wal_in_store", &self.wal_in_store)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("retries", &self.retries)
@@ -425,11 +430,7 @@ impl Config {
     /// `"<redacted>"`: the output is for looking at, and ends up in terminals and tickets.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         let mut shown = self.clone();
-        for (key, value) in &mut shown.storage.options {
-            if is_secret(key) {
-                *value = REDACTED.to_owned();
-            }
-        }
+        shown.storage.options = self.storage.shown_options();
         toml::to_string(&shown).map_err(|e| ConfigError(e.to_string()))
     }
 }

@@ -286,12 +286,11 @@ async fn recover(
                 }
             }
             Verdict::Drop { stop: true } => {
-                drop_objects(store, &objects[i + 1..], &mut report).await?;
-                if i == 0 && expected == Some(*base) {
-                    report.bytes_truncated += objects[i].size;
+                let hold = i == 0 && expected == Some(*base);
+                drop_objects(store, &objects[i + usize::from(hold)..], &mut report).await?;
+                if hold {
+                    report.bytes_truncated += size;
                     hold_place(store, path, *base, token, &mut expected).await?;
-                } else {
-                    drop_objects(store, &objects[i..=i], &mut report).await?;
                 }
                 break;
             }
