@@ -1,14 +1,21 @@
 //! The cut between memtable generations: which LSNs a generation takes.
 //!
-//! A generation takes LSNs from its `first` until rotation closes it at a cut. An applier
-//! enters with its LSN and holds the entry (a read lock) while it applies; rotation closes under
-//! the write lock, so once [`Cut::close`] returns no LSN at or above the cut is being applied or
-//! will be, and every LSN below it that was admitted stays admitted. Model-checked with loom.
+//! A generation takes LSNs from its `first` until rotation closes it at a cut. An applier is
+//! admitted with its LSN under the read lock; rotation closes under the write lock, so once
+//! [`Cut::close`] returns no LSN at or above the cut is being applied or will be, and every LSN
+//! below it that was admitted stays admitted. Model-checked with loom.
+//!
+//! The lock is held for the admission alone, not while the applier writes: a write that seals
+//! its memtable's skip list and merges its runs (tens of milliseconds for the largest merges)
+//! held it, and a rotation waiting for the write lock held up every other applier behind it
+//! (a waiting writer blocks new readers) and the version cell's update, which it runs in. Nothing
+//! needs the applier done when the cut lands: a flush of the closed generation waits until every
+//! LSN below its end is applied (the visible LSN), whichever generation took it.
 
 use std::sync::atomic::Ordering;
 
 use crate::memtable::Lsn;
-use crate::sync::{AtomicU64, RwLock, RwLockReadGuard, read};
+use crate::sync::{AtomicU64, RwLock, read};
 
 /// The LSNs `first..end` a generation takes (`end` is `Lsn::MAX` while it is active).
 #[derive(Debug)]
@@ -36,15 +43,15 @@ impl Cut {
         *read(&self.end)
     }
 
-    /// Admits `lsn` if it is this generation's; the guard keeps a cut from landing until the
-    /// write is applied.
-    pub(crate) fn enter(&self, lsn: Lsn) -> Option<RwLockReadGuard<'_, Lsn>> {
+    /// Admits `lsn` if it is this generation's: a cut closed afterwards lands above it.
+    pub(crate) fn admit(&self, lsn: Lsn) -> bool {
         let end = read(&self.end);
         if lsn < self.first || lsn >= *end {
-            return None;
+            return false;
         }
+        // Under the read lock: a close, under the write lock, sees it.
         self.last.fetch_max(lsn, Ordering::AcqRel);
-        Some(end)
+        true
     }
 
     /// Closes at `end`: no LSN from `end` on is admitted afterwards. `false` (and nothing
@@ -80,7 +87,7 @@ mod loom_tests {
             let applier = {
                 let (cut, applied) = (Arc::clone(&cut), Arc::clone(&applied));
                 loom::thread::spawn(move || {
-                    if let Some(_entry) = cut.enter(2) {
+                    if cut.admit(2) {
                         applied.store(true, Ordering::Release);
                     }
                 })

@@ -19,8 +19,7 @@ use crate::batch::{Write, WriteBatch};
 /// The memtables of one run of LSNs.
 #[derive(Debug)]
 pub struct Generation {
-    /// Which LSNs it takes; appliers hold their entry while they apply, so once rotation has
-    /// closed it no later LSN gets in.
+    /// Which LSNs it takes: once rotation has closed it, no later LSN gets in.
     cut: Cut,
     /// The memtables of the first tables written, each in a slot, filled in order (under
     /// `adding`): a point read finds its table's by looking at the slots up to the first empty
@@ -105,9 +104,9 @@ impl Generation {
     /// Applies `batch` at `lsn` if the LSN is this generation's; `false` otherwise. Writes to
     /// tables `live` rejects (dropped since the batch was validated) are skipped.
     pub fn apply(&self, lsn: Lsn, batch: &WriteBatch, live: impl Fn(u32) -> bool) -> bool {
-        let Some(_entry) = self.cut.enter(lsn) else {
+        if !self.cut.admit(lsn) {
             return false;
-        };
+        }
         let writes = batch.writes();
         // Large batches go in key order: consecutive skip-list searches then share most of
         // their path. The sort is stable, so writes of one key keep their order (the later
@@ -217,6 +216,9 @@ impl Generation {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Barrier, mpsc};
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use super::*;
@@ -239,6 +241,45 @@ mod tests {
         assert!(generation.approximate_bytes() > 0);
         assert!(generation.apply(6, &batch, |t| t != 1));
         assert!(matches!(table.get(7, 6), Lookup::Found { lsn: 5, .. }));
+    }
+
+    /// A rotation's cut lands while an applier below it is still writing (one sealing its skip
+    /// list and merging runs can take tens of milliseconds): the applier holds nothing that a
+    /// close waits for, and its write lands in the closed generation.
+    #[test]
+    fn a_cut_lands_while_an_applier_below_it_writes() {
+        let generation = Generation::new(1, 100);
+        let mut batch = WriteBatch::new();
+        batch.put(1, 7, Bytes::from_static(b"x"));
+        let (writing, released) = (Barrier::new(2), Barrier::new(2));
+        let (closed_tx, closed_rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let applier = scope.spawn(|| {
+                generation.apply(3, &batch, |_| {
+                    writing.wait();
+                    released.wait();
+                    true
+                })
+            });
+            writing.wait();
+            let closer = scope.spawn(|| closed_tx.send(generation.close(4)));
+            // Bounded: the applier is released either way, so the scope ends.
+            let closed = closed_rx.recv_timeout(Duration::from_secs(10));
+            released.wait();
+            assert!(applier.join().unwrap());
+            closer.join().unwrap().unwrap();
+            assert_eq!(
+                closed,
+                Ok(true),
+                "the close waited for the applier below the cut"
+            );
+        });
+        assert_eq!(generation.end(), 4);
+        assert!(matches!(
+            generation.table(1).unwrap().get(7, 10),
+            Lookup::Found { lsn: 3, .. }
+        ));
+        assert!(!generation.apply(4, &batch, |_| true));
     }
 
     /// A large batch over three tables, one of them dropped, with deletions: applied in key
