@@ -239,16 +239,15 @@ impl WriteBatch {
         let total = bytes.len();
         let mut input = bytes;
         let at = |input: &Bytes| total - input.remaining();
-        let need = |input: &Bytes, n: usize| {
+        // `start`: where the item being read began (0 for the header), which the error names.
+        let need = |input: &Bytes, n: usize, start: usize| {
             if input.remaining() < n {
-                Err(BatchError::Truncated {
-                    at: total - input.remaining(),
-                })
+                Err(BatchError::Truncated { at: start })
             } else {
                 Ok(())
             }
         };
-        need(&input, 1)?;
+        need(&input, 1, 0)?;
         let version = input.get_u8();
         if version != BATCH_VERSION {
             return Err(BatchError::UnsupportedVersion {
@@ -256,21 +255,21 @@ impl WriteBatch {
                 supported: BATCH_VERSION,
             });
         }
-        need(&input, 4)?;
+        need(&input, 4, 0)?;
         let count = input.get_u32_le() as usize;
         // Each write takes at least 13 bytes, which bounds what a damaged count can reserve.
         let mut writes = Vec::with_capacity(count.min(input.remaining() / 13));
         for _ in 0..count {
-            need(&input, 13)?;
             let kind_at = at(&input);
+            need(&input, 13, kind_at)?;
             let kind = input.get_u8();
             let table = input.get_u32_le();
             let key = input.get_u64_le();
             writes.push(match kind {
                 PUT => {
-                    need(&input, 4)?;
+                    need(&input, 4, kind_at)?;
                     let len = input.get_u32_le() as usize;
-                    need(&input, len)?;
+                    need(&input, len, kind_at)?;
                     Write::Put {
                         table,
                         key,
@@ -279,7 +278,7 @@ impl WriteBatch {
                 }
                 DELETE => Write::Delete { table, key },
                 DELETE_RANGE => {
-                    need(&input, 8)?;
+                    need(&input, 8, kind_at)?;
                     let last = input.get_u64_le();
                     if key > last {
                         return Err(BatchError::InvertedRange {
@@ -405,6 +404,16 @@ mod tests {
             WriteBatch::decode(Bytes::from(unknown)),
             Err(BatchError::UnknownWrite { kind: 9, at: 5 })
         );
+        // Cut short anywhere in an item, the error names where the item starts: the put at
+        // byte 5 (13 bytes of kind, table and key, a 4-byte length, 3 bytes of row), the
+        // delete at byte 25; the header's item is the batch itself.
+        for (len, at) in [(3, 0), (10, 5), (20, 5), (23, 5), (26, 25), (37, 25)] {
+            assert_eq!(
+                WriteBatch::decode(Bytes::copy_from_slice(&good[..len])),
+                Err(BatchError::Truncated { at }),
+                "cut at {len}"
+            );
+        }
         let mut trailing = good;
         trailing.push(0);
         assert_eq!(

@@ -884,3 +884,36 @@ async fn changes_until_an_error(db: &Db, from: Lsn) -> (Vec<Lsn>, Error) {
         }
     }
 }
+
+/// A WAL record that writes a table the database never created — id 0, which no table gets,
+/// or an id above every one handed out — is a log and a manifest that disagree: the open is
+/// refused as corrupt rather than skipping the write as if its table had been dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_write_to_a_table_never_created_is_corrupt() {
+    for table in [0u32, 99] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Db::builder().path(dir.path()).build();
+        let db = open().await.unwrap();
+        let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        t.put_value(1u64, b"kept".to_vec(), WriteOptions::DURABLE)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        drop(db);
+        let wal = FileWal::open(dir.path().join("wal"), WalOptions::default()).unwrap();
+        let mut batch = omendb_core::batch::WriteBatch::new();
+        batch.put(table, 7, bytes::Bytes::from_static(b"stray"));
+        wal.append_blocking(&batch.encode().unwrap(), AppendOptions::DURABLE)
+            .unwrap();
+        wal.close().unwrap();
+        drop(wal);
+        match open().await {
+            Err(err @ Error::Corrupt(_)) => assert!(
+                err.to_string()
+                    .contains(&format!("writes table id {table}, which was never created")),
+                "{err}"
+            ),
+            other => panic!("table id {table}: opened: {:?}", other.map(|_| ())),
+        }
+    }
+}

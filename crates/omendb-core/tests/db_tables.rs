@@ -520,6 +520,108 @@ async fn aggregates_match_a_fold_of_the_rows_written() {
     }
 }
 
+/// Buckets at the ends of the key types — the bucket holding `i64::MIN` starts below it
+/// whenever the width does not divide 2^63 (labelled `i64::MIN`, its rows grouped right), and
+/// the last bucket of `u64` keys ends past `u64::MAX` — and NaN values: the memtable's fold and
+/// the segments' give what `docs/api.md` says.
+#[tokio::test]
+async fn buckets_at_the_key_types_ends_and_nan_values_aggregate_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).await.unwrap();
+    let x = Schema::new(vec![Field::new("x", DataType::Float64, true)]);
+    let signed = db
+        .create_table("signed", KeyType::I64, Some(x.clone()))
+        .await
+        .unwrap();
+    let unsigned = db
+        .create_table("unsigned", KeyType::U64, Some(x))
+        .await
+        .unwrap();
+    let nan = f64::NAN;
+    let rows = [
+        (i64::MIN, 1.0),
+        (i64::MIN + 7, 2.0),
+        (i64::MIN + 8, nan),
+        (i64::MIN + 9, 4.0),
+        (-1, nan),
+        (0, 5.0),
+        (i64::MAX, 6.0),
+    ];
+    for (key, x) in rows {
+        signed
+            .put(key, &[Value::Float(x)], WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+    }
+    for key in [0, u64::MAX - 1, u64::MAX] {
+        unsigned
+            .put(key, &[Value::Float(1.0)], WriteOptions::BUFFERED)
+            .await
+            .unwrap();
+    }
+    let counts = |batch: &RecordBatch| -> Vec<u64> {
+        batch
+            .column(1)
+            .as_primitive::<UInt64Type>()
+            .values()
+            .to_vec()
+    };
+    let one = |batch: &RecordBatch| batch.column(0).as_primitive::<Float64Type>().value(0);
+    for place in ["memtable", "segments"] {
+        if place == "segments" {
+            db.checkpoint().await.unwrap();
+        }
+        for (width, labels, count) in [
+            (
+                10,
+                vec![i64::MIN, i64::MIN + 8, -10, 0, i64::MAX - 7],
+                vec![2, 2, 1, 1, 1],
+            ),
+            (1 << 63, vec![i64::MIN, 0], vec![5, 2]),
+            (u64::MAX, vec![i64::MIN, 0], vec![5, 2]),
+        ] {
+            let got = signed
+                .aggregate(i64::MIN..=i64::MAX, "x", Aggregate::Count, Some(width))
+                .await
+                .unwrap();
+            let starts = got.column(0).as_primitive::<Int64Type>().values().to_vec();
+            assert_eq!((starts, counts(&got)), (labels, count), "{place}, {width}");
+        }
+        for (width, labels, count) in [
+            (10, vec![0, u64::MAX - 5], vec![1, 2]),
+            (u64::MAX, vec![0, u64::MAX], vec![2, 1]),
+        ] {
+            let got = unsigned
+                .aggregate(0u64..=u64::MAX, "x", Aggregate::Count, Some(width))
+                .await
+                .unwrap();
+            let starts = got.column(0).as_primitive::<UInt64Type>().values().to_vec();
+            assert_eq!((starts, counts(&got)), (labels, count), "{place}, {width}");
+        }
+        // A NaN is a value: counted, poisoning sums and averages, passed over by min and max
+        // unless every value is NaN.
+        let all = i64::MIN..=i64::MAX;
+        let count = signed
+            .aggregate(all.clone(), "x", Aggregate::Count, None)
+            .await
+            .unwrap();
+        assert_eq!(count.column(0).as_primitive::<UInt64Type>().value(0), 7);
+        for function in [Aggregate::Sum, Aggregate::Avg] {
+            let got = signed.aggregate(all.clone(), "x", function, None).await;
+            assert!(one(&got.unwrap()).is_nan(), "{place}, {function:?}");
+        }
+        for (function, expected) in [(Aggregate::Min, 1.0), (Aggregate::Max, 6.0)] {
+            let got = signed.aggregate(all.clone(), "x", function, None).await;
+            assert_eq!(one(&got.unwrap()), expected, "{place}, {function:?}");
+        }
+        for (function, key) in [(Aggregate::Min, i64::MIN + 8), (Aggregate::Max, -1)] {
+            let got = signed.aggregate(key..=key, "x", function, None).await;
+            assert!(one(&got.unwrap()).is_nan(), "{place}, {function:?}");
+        }
+    }
+    db.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_dropped_table_stays_gone_and_a_new_one_of_its_name_starts_empty() {
     let dir = tempfile::tempdir().unwrap();
@@ -1156,6 +1258,26 @@ async fn a_scan_of_values_lends_signed_keys_in_order_and_refuses_what_it_cannot_
         maybe.get_value(2u64).await,
         Err(Error::BadInput(_))
     ));
+    // Nor do the key-value writes take it (the value went in, and `get_value` refused it),
+    // in a batch or a transaction either; nothing is written.
+    assert!(matches!(
+        maybe
+            .put_value(3u64, b"v".to_vec(), WriteOptions::DURABLE)
+            .await,
+        Err(Error::BadInput(m)) if m.contains("not a key-value table")
+    ));
+    let mut batch = db.batch();
+    assert!(matches!(
+        batch.put_value(&maybe, 3u64, b"v".to_vec()),
+        Err(Error::BadInput(_))
+    ));
+    let mut txn = db.begin();
+    assert!(matches!(
+        txn.put_value(&maybe, 3u64, b"v".to_vec()),
+        Err(Error::BadInput(_))
+    ));
+    txn.commit(WriteOptions::DURABLE).await.unwrap();
+    assert_eq!(maybe.get(3u64).await.unwrap(), None);
     let refused = maybe
         .scan_values(0u64.., ScanOptions::default(), counting(&mut visited))
         .await;

@@ -476,8 +476,9 @@ impl Fold {
             .buckets
             .keys()
             .map(|&start| match key_type {
-                // Bucket starts of u64 keys are u64; of signed keys, within i64 (floor
-                // division moves toward i64::MIN, where the stored form is 0).
+                // Bucket starts of u64 keys are u64; of signed keys, within i64 but for the
+                // bucket holding i64::MIN when the width does not divide 2^63 (floor division
+                // moves it below), labelled i64::MIN (stored form 0).
                 KeyType::U64 => u64::try_from(start).unwrap_or(0),
                 key_type => key_type
                     .encode(Key::I64(i64::try_from(start).unwrap_or(i64::MIN)))

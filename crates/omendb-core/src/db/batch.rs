@@ -118,6 +118,15 @@ impl Batch {
         key: impl Into<Key>,
         value: impl Into<Bytes>,
     ) -> Result<&mut Self> {
+        // A typed table of one binary column would take the value, and its `get_value` refuse
+        // to read it back.
+        let def = self.of(table)?;
+        if !def.is_key_value() {
+            return Err(Error::BadInput(format!(
+                "table {:?} is not a key-value table; use put",
+                def.name
+            )));
+        }
         self.put(table, key, &[Value::Bytes(value.into())])
     }
 

@@ -469,7 +469,8 @@ async fn replay(
             .map_err(|err| Error::Corrupt(format!("WAL record {}: {err}", record.lsn)))?;
         for write in batch.writes() {
             let table = write.table();
-            if table >= next_table_id.max(1) {
+            // Ids start at 1: a write to 0 was never made by this database either.
+            if table == 0 || table >= next_table_id.max(1) {
                 return Err(Error::Corrupt(format!(
                     "WAL record {} writes table id {table}, which was never created",
                     record.lsn

@@ -125,7 +125,9 @@ impl Transaction {
         key: impl Into<Key>,
         value: impl Into<Bytes>,
     ) -> Result<()> {
-        self.put(table, key, &[Value::Bytes(value.into())])
+        self.batch.put_value(table, key, value)?;
+        self.record_last(table);
+        Ok(())
     }
 
     /// Deletes a key.
