@@ -1,13 +1,23 @@
 //! The process-kill harness: runs the `omendb-chaos-writer` binary (the engine embedded in a
 //! small process) on local files, `SIGKILL`s it at a random moment, reopens the database
 //! in-process and checks every key against the acknowledgements the writer reported — round after
-//! round on the same directory, so each writer recovers what the previous one left.
+//! round on the same directory. About half the rounds are not checked: the next writer then
+//! recovers the killed one's database itself, and is sometimes killed within its first
+//! milliseconds (in its open, or its first writes).
 //!
-//! The side channel is the writer's stdout, one line per event, flushed per line: `@B key value`
-//! before a write is issued and `@A key value` after it was acknowledged as durable, where
-//! `value` is [`DELETED`] for a deletion. Each writer task owns its keys (`key % tasks`), so per
-//! key at most one write is in flight when the kill lands: after the reopen the key must hold
-//! its last acknowledged value or the value in flight, and a key never written is absent.
+//! The side channel is the writer's stdout, one line per event, flushed per line: `@B keys value`
+//! before a write is issued and `@A keys value lsn mode` after it was acknowledged, where `keys`
+//! is a key or `first-last` (a range deletion), `value` is [`DELETED`] for a deletion, `lsn` is
+//! the write's LSN and `mode` is `D` (acknowledged as durable) or `B` (buffered). Each writer
+//! task owns a block of keys, so per key at most one write is in flight when the kill lands.
+//!
+//! What the reopened database may hold: a process killed by the OS keeps everything its log had
+//! handed to the OS, which is every record up to some point in LSN order — so for some cut, every
+//! acknowledged write below it survived and none at or above it did, and the cut is above every
+//! durable acknowledgement. Each key then holds the last write below the cut (or, before any, what
+//! the last check found), or the write in flight if its acknowledged writes all survived; a key
+//! never written is absent. The check searches the cuts of the unchecked rounds for one that
+//! explains every key, and the rows of a full scan must be those the point reads find.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -81,14 +91,23 @@ impl Config {
 /// What passing rounds did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
-    /// Rounds: writer started, killed, database reopened and checked.
+    /// Rounds: writer started and killed, the database then reopened and checked (at once or
+    /// after later rounds).
     pub rounds: u64,
     /// Writes the writers acknowledged.
     pub acknowledged: u64,
     /// Writes acknowledged in each round, by round: none would be a round that tested nothing.
     pub acknowledged_by_round: Vec<u64>,
-    /// Keys read and checked after the reopens, summed over rounds.
+    /// Keys read and checked after the reopens, summed over checks.
     pub keys_checked: u64,
+    /// Reopens that checked the database (each covers the rounds since the one before).
+    pub checks: u64,
+    /// Rounds whose writer was killed within its first milliseconds, whether or not it had
+    /// acknowledged anything (the round before was not checked, so it was recovering a crash).
+    pub early_kills: u64,
+    /// Acknowledged buffered writes the explanation of a check left out (the one that leaves
+    /// out the fewest): lost with the process, as buffered writes may be.
+    pub buffered_lost: u64,
 }
 
 /// A round that failed, or found the database in a state the acknowledgements do not allow.
@@ -126,7 +145,7 @@ pub enum Failure {
         /// How it exited.
         status: ExitStatus,
     },
-    /// A complete side-channel line that is not `@B key value` or `@A key value`.
+    /// A complete side-channel line that is not `@B keys value` or `@A keys value lsn mode`.
     #[error("round {round}: bad side-channel line {line:?}")]
     SideChannel {
         /// The round.
@@ -143,23 +162,35 @@ pub enum Failure {
         #[source]
         source: omendb_core::Error,
     },
-    /// A key holds a value that neither its last acknowledged write nor its write in flight
-    /// gives (`None`: absent; `in_flight: Some(None)`: a deletion).
+    /// No cut of the unchecked rounds explains what the database holds; `key` is where the
+    /// closest explanation (the cuts that explain the most keys) fails.
     #[error(
-        "round {round} key {key}: found {found:?}, acknowledged {acknowledged:?}, \
-         in flight {in_flight:?}"
+        "round {round} key {key}: found {found:?}, but the closest explanation (cuts {cuts:?}) \
+         allows only {allowed:?}"
     )]
     Mismatch {
-        /// The round.
+        /// The last round checked.
         round: u64,
         /// The key.
         key: u64,
-        /// What the reopened database holds.
+        /// What the reopened database holds (`None`: absent).
         found: Option<String>,
-        /// The value of the last acknowledged write (or of the previous check).
-        acknowledged: Option<String>,
-        /// The write issued but not acknowledged when the writer died.
-        in_flight: Option<Option<String>>,
+        /// What the closest explanation allows the key to hold.
+        allowed: Vec<Option<String>>,
+        /// That explanation's cut in each unchecked round, oldest first.
+        cuts: Vec<u64>,
+    },
+    /// A full scan and the point reads of the same open disagree about a key.
+    #[error("round {round} key {key}: a scan found {scanned:?}, a multi-get {read:?}")]
+    Inconsistent {
+        /// The last round checked.
+        round: u64,
+        /// The key.
+        key: u64,
+        /// What the scan found (`None`: no row).
+        scanned: Option<String>,
+        /// What the multi-get found.
+        read: Option<String>,
     },
 }
 
@@ -230,20 +261,198 @@ fn killed_by_sigkill(status: ExitStatus) -> bool {
     !status.success()
 }
 
-/// What a key may hold after the kill.
-#[derive(Clone, Debug, Default)]
-struct Expected {
-    acknowledged: Option<String>,
-    in_flight: Option<Option<String>>,
+/// A write the side channel names: the keys `first..=last` (one key but for a range deletion)
+/// and the value (`None`: deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reported {
+    first: u64,
+    last: u64,
+    value: Option<String>,
 }
+
+impl Reported {
+    fn touches(&self, key: u64) -> bool {
+        (self.first..=self.last).contains(&key)
+    }
+}
+
+/// An acknowledged write, with its LSN and whether it was acknowledged as durable.
+#[derive(Clone, Debug)]
+struct Ack {
+    write: Reported,
+    lsn: u64,
+    durable: bool,
+}
+
+/// A side-channel line.
+enum Line {
+    Before(Reported),
+    After(Ack),
+}
+
+/// What one killed writer's side channel says.
+#[derive(Clone, Debug, Default)]
+struct Round {
+    acks: Vec<Ack>,
+    /// Per key, the value of the write issued and not acknowledged when the writer died.
+    in_flight: BTreeMap<u64, Option<String>>,
+}
+
+impl Round {
+    /// Reads a side channel: only complete lines count (the kill may cut the last one short).
+    fn parse(round: u64, side_channel: &str) -> Result<Round, Failure> {
+        let mut parsed = Round::default();
+        for line in side_channel
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+        {
+            let bad = || Failure::SideChannel {
+                round,
+                line: line.to_owned(),
+            };
+            match parse(line).ok_or_else(bad)? {
+                Line::Before(write) => {
+                    for key in write.first..=write.last {
+                        parsed.in_flight.insert(key, write.value.clone());
+                    }
+                }
+                Line::After(ack) => {
+                    for key in ack.write.first..=ack.write.last {
+                        parsed.in_flight.remove(&key);
+                    }
+                    parsed.acks.push(ack);
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The cuts that may explain the database after this round's kill, highest first (so the
+    /// explanation found loses the fewest writes): every acknowledged write below a cut
+    /// survived, none at or above it. A durable acknowledgement made the log durable up to it,
+    /// so every cut is above the last one; past it, a cut just above each acknowledged LSN
+    /// (cuts in between explain nothing more).
+    fn cuts(&self) -> Vec<u64> {
+        let floor = self
+            .acks
+            .iter()
+            .filter(|ack| ack.durable)
+            .map(|ack| ack.lsn)
+            .max()
+            .unwrap_or(0);
+        let mut cuts: Vec<u64> = std::iter::once(floor + 1)
+            .chain(
+                self.acks
+                    .iter()
+                    .filter(|ack| ack.lsn > floor)
+                    .map(|ack| ack.lsn + 1),
+            )
+            .collect();
+        cuts.sort_unstable_by(|a, b| b.cmp(a));
+        cuts.dedup();
+        cuts
+    }
+
+    /// What `key` may hold after this round with its log cut at `cut`, given what it may hold
+    /// before: its last acknowledged write below the cut, if any; and its write in flight too
+    /// if none of its acknowledged writes is cut off (the one in flight came after them).
+    fn allowed(&self, key: u64, cut: u64, before: Vec<Option<String>>) -> Vec<Option<String>> {
+        let mut latest: Option<&Ack> = None;
+        let mut cut_off = false;
+        for ack in self.acks.iter().filter(|ack| ack.write.touches(key)) {
+            if ack.lsn >= cut {
+                cut_off = true;
+            } else if latest.is_none_or(|l| ack.lsn > l.lsn) {
+                latest = Some(ack);
+            }
+        }
+        let mut allowed = match latest {
+            Some(ack) => vec![ack.write.value.clone()],
+            None => before,
+        };
+        if !cut_off
+            && let Some(value) = self.in_flight.get(&key)
+            && !allowed.contains(value)
+        {
+            allowed.push(value.clone());
+        }
+        allowed
+    }
+
+    /// Acknowledged buffered writes at or above `cut`: lost with the process.
+    fn lost(&self, cut: u64) -> u64 {
+        self.acks.iter().filter(|ack| ack.lsn >= cut).count() as u64
+    }
+}
+
+/// Where the closest explanation of a database fails: the explanation's mismatched key count,
+/// the first such key, what it allows there, and its cuts.
+type Miss = (usize, u64, Vec<Option<String>>, Vec<u64>);
+
+/// The cuts, one per round of `rounds`, under which every key of `found` holds a value the
+/// rounds allow over `base`; or where the closest explanation fails.
+fn explain(
+    base: &BTreeMap<u64, String>,
+    rounds: &[Round],
+    found: &[(u64, Option<String>)],
+) -> Result<Vec<u64>, Miss> {
+    let choices: Vec<Vec<u64>> = rounds.iter().map(Round::cuts).collect();
+    // An odometer over the rounds' cuts. Each round has one cut per acknowledgement after its
+    // last durable one, which half the writes are: a handful.
+    let mut at = vec![0usize; rounds.len()];
+    let mut closest: Option<Miss> = None;
+    loop {
+        let cuts: Vec<u64> = at.iter().zip(&choices).map(|(&i, c)| c[i]).collect();
+        let mut misses = 0;
+        let mut first = None;
+        for (key, value) in found {
+            let allowed = rounds
+                .iter()
+                .zip(&cuts)
+                .fold(vec![base.get(key).cloned()], |before, (round, &cut)| {
+                    round.allowed(*key, cut, before)
+                });
+            if !allowed.contains(value) {
+                misses += 1;
+                first.get_or_insert((*key, allowed));
+            }
+        }
+        match first {
+            None => return Ok(cuts),
+            Some((key, allowed)) => {
+                if closest.as_ref().is_none_or(|c| misses < c.0) {
+                    closest = Some((misses, key, allowed, cuts));
+                }
+            }
+        }
+        // The next combination, or the end.
+        let mut round = 0;
+        loop {
+            let Some(i) = at.get_mut(round) else {
+                return Err(closest.unwrap_or_default());
+            };
+            *i += 1;
+            if *i < choices[round].len() {
+                break;
+            }
+            *i = 0;
+            round += 1;
+        }
+    }
+}
+
+/// Rounds at most left unchecked in a row.
+const MAX_UNCHECKED: usize = 2;
 
 /// Runs rounds of start, kill, reopen and check on one directory.
 #[derive(Debug)]
 pub struct KillHarness {
     config: Config,
     rng: StdRng,
-    /// What the database held at the last check: the base the next side channel applies to.
+    /// What the database held at the last check: the base the unchecked rounds apply to.
     state: BTreeMap<u64, String>,
+    /// The rounds killed since the last check, oldest first.
+    unchecked: Vec<Round>,
     report: Report,
 }
 
@@ -254,6 +463,7 @@ impl KillHarness {
             rng: StdRng::seed_from_u64(config.seed),
             config,
             state: BTreeMap::new(),
+            unchecked: Vec::new(),
             report: Report::default(),
         }
     }
@@ -263,36 +473,61 @@ impl KillHarness {
         &self.report
     }
 
-    /// Runs `rounds` rounds.
+    /// Runs `rounds` rounds, the last one checked.
     pub async fn run(&mut self, rounds: u64) -> Result<Report, Failure> {
-        for _ in 0..rounds {
-            self.round().await?;
+        for n in 0..rounds {
+            self.round(n + 1 == rounds).await?;
         }
         Ok(self.report.clone())
     }
 
-    /// Runs rounds until `duration` has passed (at least one); the round under way finishes.
+    /// Runs rounds until `duration` has passed (at least one); the round under way finishes,
+    /// and is checked.
     pub async fn run_for(&mut self, duration: Duration) -> Result<Report, Failure> {
         let deadline = Instant::now() + duration;
         loop {
-            self.round().await?;
-            if Instant::now() >= deadline {
+            let last = Instant::now() >= deadline;
+            self.round(last).await?;
+            if last {
                 return Ok(self.report.clone());
             }
         }
     }
 
-    /// One round: [`kill_writer`](Self::kill_writer), then [`check`](Self::check).
-    pub async fn round(&mut self) -> Result<(), Failure> {
-        let side_channel = self.kill_writer().await?;
-        self.check(&side_channel).await
+    /// One round: a writer killed, and a check unless the dice leave it to a later round
+    /// (never if `check`, or once [`MAX_UNCHECKED`] rounds wait).
+    async fn round(&mut self, check: bool) -> Result<(), Failure> {
+        // A writer that recovers a killed one's database is killed early now and then: in its
+        // open, or among its first writes.
+        let early = !self.unchecked.is_empty() && self.rng.random_bool(0.3);
+        let side_channel = self.run_writer(early).await?;
+        if early {
+            self.report.early_kills += 1;
+        }
+        let round = self.next_round();
+        self.unchecked.push(Round::parse(round, &side_channel)?);
+        if check || self.unchecked.len() >= MAX_UNCHECKED || self.rng.random_bool(0.5) {
+            self.check_unchecked().await?;
+        }
+        Ok(())
+    }
+
+    /// The number of the round a writer started now runs.
+    fn next_round(&self) -> u64 {
+        self.report.rounds + self.unchecked.len() as u64
     }
 
     /// Starts the writer for the current round, waits for its first acknowledgement, lets it
     /// write for a random time more, kills it with `SIGKILL` and returns its side channel. The
     /// writer dies with this future: dropped early (a test's timeout), it kills the writer.
     pub async fn kill_writer(&mut self) -> Result<String, Failure> {
-        let round = self.report.rounds;
+        self.run_writer(false).await
+    }
+
+    /// [`Self::kill_writer`], or if `early`, a kill 0–100 ms after the start whether or not
+    /// the writer acknowledged anything.
+    async fn run_writer(&mut self, early: bool) -> Result<String, Failure> {
+        let round = self.next_round();
         let io = |source| Failure::Process { round, source };
         let mut writer = Writer {
             child: Command::new(&self.config.writer)
@@ -316,20 +551,25 @@ impl KillHarness {
         // the first acknowledgement arrives.
         let (acked, first_ack) = tokio::sync::oneshot::channel();
         let reader = std::thread::spawn(move || drain(stdout, acked));
-        match tokio::time::timeout(FIRST_ACK_TIMEOUT, first_ack).await {
-            Ok(Ok(())) => {}
-            // The pipe closed first: the writer died.
-            Ok(Err(_)) => {
-                let status = writer.child.wait().map_err(io)?;
-                return Err(Failure::WriterExited { round, status });
-            }
-            Err(_) => return Err(Failure::NoAcknowledgement { round }),
-        }
-        let range = self.config.kill_after.clone();
-        let after = if range.is_empty() {
-            range.start
+        let after = if early {
+            self.rng
+                .random_range(Duration::ZERO..Duration::from_millis(100))
         } else {
-            self.rng.random_range(range)
+            match tokio::time::timeout(FIRST_ACK_TIMEOUT, first_ack).await {
+                Ok(Ok(())) => {}
+                // The pipe closed first: the writer died.
+                Ok(Err(_)) => {
+                    let status = writer.child.wait().map_err(io)?;
+                    return Err(Failure::WriterExited { round, status });
+                }
+                Err(_) => return Err(Failure::NoAcknowledgement { round }),
+            }
+            let range = self.config.kill_after.clone();
+            if range.is_empty() {
+                range.start
+            } else {
+                self.rng.random_range(range)
+            }
         };
         tokio::time::sleep(after).await;
         let child = writer.disarm();
@@ -348,57 +588,53 @@ impl KillHarness {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Reopens the database and checks every key against the state of the last check and the
-    /// `side_channel` of the writer killed since; on success the round is counted and the next
-    /// one starts from what the database holds.
+    /// Takes `side_channel` as the current round's (its writer killed since the last check)
+    /// and checks it with any unchecked rounds before it: reopens the database and checks every
+    /// key against what the last check found and the rounds' acknowledgements. On success the
+    /// rounds are counted and the next one starts from what the database holds; on failure the
+    /// round is not kept.
     pub async fn check(&mut self, side_channel: &str) -> Result<(), Failure> {
-        let round = self.report.rounds;
-        let mut expected: BTreeMap<u64, Expected> = self
-            .state
-            .iter()
-            .map(|(key, value)| {
-                let acknowledged = Some(value.clone());
-                (
-                    *key,
-                    Expected {
-                        acknowledged,
-                        in_flight: None,
-                    },
-                )
-            })
-            .collect();
-        let mut acknowledged = 0;
-        // Only complete lines count: the kill may cut the last one short.
-        for line in side_channel
-            .split_inclusive('\n')
-            .filter_map(|l| l.strip_suffix('\n'))
-        {
-            let bad = || Failure::SideChannel {
-                round,
-                line: line.to_owned(),
-            };
-            let (acked, key, value) = parse(line).ok_or_else(bad)?;
-            let entry = expected.entry(key).or_default();
-            if acked {
-                acknowledged += 1;
-                entry.acknowledged = value;
-                entry.in_flight = None;
-            } else {
-                entry.in_flight = Some(value);
-            }
+        let round = self.next_round();
+        self.unchecked.push(Round::parse(round, side_channel)?);
+        let checked = self.check_unchecked().await;
+        if checked.is_err() {
+            self.unchecked.pop();
         }
+        checked
+    }
 
+    /// Reopens the database and checks it against the unchecked rounds.
+    async fn check_unchecked(&mut self) -> Result<(), Failure> {
+        let round = self.next_round().saturating_sub(1);
         let db = open(&self.config.dir)
             .await
             .map_err(|source| Failure::Db { round, source })?;
-        let found = self.verify(round, &db, &expected).await;
+        let found = self.read_all(round, &db).await;
         let closed = db.close().await;
         let found = found?;
         closed.map_err(|source| Failure::Db { round, source })?;
+        let cuts =
+            explain(&self.state, &self.unchecked, &found).map_err(|(_, key, allowed, cuts)| {
+                Failure::Mismatch {
+                    round,
+                    key,
+                    found: found
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, v)| v.clone()),
+                    allowed,
+                    cuts,
+                }
+            })?;
 
-        self.report.rounds += 1;
-        self.report.acknowledged += acknowledged;
-        self.report.acknowledged_by_round.push(acknowledged);
+        for (checked, cut) in self.unchecked.drain(..).zip(cuts) {
+            let acknowledged = checked.acks.len() as u64;
+            self.report.rounds += 1;
+            self.report.acknowledged += acknowledged;
+            self.report.acknowledged_by_round.push(acknowledged);
+            self.report.buffered_lost += checked.lost(cut);
+        }
+        self.report.checks += 1;
         self.report.keys_checked += found.len() as u64;
         self.state = found
             .into_iter()
@@ -407,82 +643,112 @@ impl KillHarness {
         Ok(())
     }
 
-    /// Reads every key the writer writes, every key the side channel names and every key found
-    /// above them; returns what each holds, or the first one no write allows.
-    async fn verify(
-        &self,
-        round: u64,
-        db: &Db,
-        expected: &BTreeMap<u64, Expected>,
-    ) -> Result<Vec<(u64, Option<String>)>, Failure> {
+    /// Reads the table whole: a scan of every row, and a multi-get of the writer's keys, the
+    /// keys the side channels name and every key the scan found. The two must agree; returns
+    /// what each key holds.
+    async fn read_all(&self, round: u64, db: &Db) -> Result<Vec<(u64, Option<String>)>, Failure> {
         let failed = |source| Failure::Db { round, source };
+        let mut keys: BTreeSet<u64> = (0..self.config.keys).collect();
+        for checked in &self.unchecked {
+            keys.extend(checked.in_flight.keys());
+            for ack in &checked.acks {
+                keys.extend(ack.write.first..=ack.write.last);
+            }
+        }
         let table = match db.table(TABLE) {
             Ok(table) => table,
-            // Killed before it created the table: nothing may have been acknowledged.
+            // Killed before it created the table: nothing is there.
             Err(omendb_core::Error::UnknownTable(_)) => {
-                return check_all(round, expected.keys().map(|key| (*key, None)), expected);
+                return Ok(keys.into_iter().map(|key| (key, None)).collect());
             }
             Err(err) => return Err(failed(err)),
         };
-        let mut keys: BTreeSet<u64> = (0..self.config.keys).collect();
-        keys.extend(expected.keys());
-        // A get of the writer's keys would miss a phantom outside them.
-        let above: Vec<RecordBatch> = table
-            .scan(self.config.keys.., ScanOptions::default())
+        let batches: Vec<RecordBatch> = table
+            .scan(0u64.., ScanOptions::default())
             .map_err(failed)?
             .try_collect()
             .await
             .map_err(failed)?;
-        for batch in &above {
-            if let Some(column) = batch.column(0).as_primitive_opt::<UInt64Type>() {
-                keys.extend(column.values().iter());
+        let mut scanned = BTreeMap::new();
+        for batch in &batches {
+            let (Some(column), Some(values)) = (
+                batch.column(0).as_primitive_opt::<UInt64Type>(),
+                batch.column(1).as_binary_opt::<i32>(),
+            ) else {
+                return Err(failed(omendb_core::Error::Corrupt(
+                    "a scan returned columns of the wrong types".to_owned(),
+                )));
+            };
+            for (i, key) in column.values().iter().enumerate() {
+                scanned.insert(*key, String::from_utf8_lossy(values.value(i)).into_owned());
             }
         }
+        keys.extend(scanned.keys());
         let keys: Vec<u64> = keys.into_iter().collect();
         let values = table.multi_get_values(&keys).await.map_err(failed)?;
-        let found = keys.into_iter().zip(
-            values
-                .into_iter()
-                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())),
-        );
-        check_all(round, found, expected)
-    }
-}
-
-/// Checks each `(key, found)` against what `expected` allows.
-fn check_all(
-    round: u64,
-    found: impl IntoIterator<Item = (u64, Option<String>)>,
-    expected: &BTreeMap<u64, Expected>,
-) -> Result<Vec<(u64, Option<String>)>, Failure> {
-    let found: Vec<_> = found.into_iter().collect();
-    for (key, value) in &found {
-        let allowed = expected.get(key).cloned().unwrap_or_default();
-        if *value != allowed.acknowledged && allowed.in_flight.as_ref() != Some(value) {
-            return Err(Failure::Mismatch {
-                round,
-                key: *key,
-                found: value.clone(),
-                acknowledged: allowed.acknowledged,
-                in_flight: allowed.in_flight,
-            });
+        let found: Vec<(u64, Option<String>)> = keys
+            .into_iter()
+            .zip(
+                values
+                    .into_iter()
+                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())),
+            )
+            .collect();
+        for (key, read) in &found {
+            let row = scanned.get(key);
+            if row != read.as_ref() {
+                return Err(Failure::Inconsistent {
+                    round,
+                    key: *key,
+                    scanned: row.cloned(),
+                    read: read.clone(),
+                });
+            }
         }
+        Ok(found)
     }
-    Ok(found)
 }
 
-/// `@B key value` or `@A key value` as (acknowledged, key, value; `None` for a deletion).
-fn parse(line: &str) -> Option<(bool, u64, Option<String>)> {
+/// `@B keys value` or `@A keys value lsn mode`.
+fn parse(line: &str) -> Option<Line> {
     let mut parts = line.split(' ');
     let acked = match parts.next()? {
         "@B" => false,
         "@A" => true,
         _ => return None,
     };
-    let key = parts.next()?.parse().ok()?;
-    let value = parts.next().filter(|v| !v.is_empty())?;
-    if parts.next().is_some() {
+    let keys = parts.next()?;
+    let (first, last) = match keys.split_once('-') {
+        Some((first, last)) => (first.parse().ok()?, last.parse().ok()?),
+        None => (keys.parse().ok()?, keys.parse().ok()?),
+    };
+    if first > last {
         return None;
     }
-    Some((acked, key, (value != DELETED).then(|| value.to_owned())))
+    let value = parts.next().filter(|v| !v.is_empty())?;
+    let write = Reported {
+        first,
+        last,
+        value: (value != DELETED).then(|| value.to_owned()),
+    };
+    // A range is only ever deleted.
+    if first != last && write.value.is_some() {
+        return None;
+    }
+    let line = if acked {
+        let lsn = parts.next()?.parse().ok()?;
+        let durable = match parts.next()? {
+            "D" => true,
+            "B" => false,
+            _ => return None,
+        };
+        Line::After(Ack {
+            write,
+            lsn,
+            durable,
+        })
+    } else {
+        Line::Before(write)
+    };
+    parts.next().is_none().then_some(line)
 }

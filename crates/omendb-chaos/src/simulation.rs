@@ -887,13 +887,25 @@ impl Sim {
                             self.report.refused_as_poisoned += 1;
                         }
                         self.report.failed += 1;
-                        for state in self.now.clone() {
-                            let mut with = state.clone();
-                            write.apply(&mut with);
-                            push_unique(&mut self.now, with);
-                        }
-                        for state in self.now.clone() {
-                            push_unique(&mut self.after_crash, state);
+                        // A write refused before the log took it is not a write of unknown
+                        // outcome: a transaction whose read failed never commits, `Poisoned`
+                        // when the engine was known poisoned as the write began (it checks
+                        // first) and `Overloaded` (it waited for room and gave up) write
+                        // nothing. Counted as maybe made, such a write that the engine did log
+                        // anyway would pass when it came back after the reopen.
+                        let refused = in_read
+                            || (poisoned.is_some()
+                                && matches!(err, omendb_core::Error::Poisoned(_)))
+                            || matches!(err, omendb_core::Error::Overloaded(_));
+                        if !refused {
+                            for state in self.now.clone() {
+                                let mut with = state.clone();
+                                write.apply(&mut with);
+                                push_unique(&mut self.now, with);
+                            }
+                            for state in self.now.clone() {
+                                push_unique(&mut self.after_crash, state);
+                            }
                         }
                         let life = self.life()?;
                         if kind == ErrorKind::Fatal && !in_read && life.poisoned.is_none() {

@@ -1,7 +1,9 @@
 //! `omendb-chaos-writer`: the writer process of the process-kill harness
-//! ([`omendb_chaos::kill`]). It opens the database in `--dir` on local files, and its tasks write
-//! their own keys with durable acknowledgements until the process is killed, reporting each write
-//! on stdout before (`@B key value`) and after (`@A key value`) its acknowledgement.
+//! ([`omendb_chaos::kill`]). It opens the database in `--dir` on local files (recovering what a
+//! killed writer left), and its tasks write their own keys — puts, deletes and range deletes,
+//! half of them acknowledged as durable and half as buffered — until the process is killed,
+//! reporting each write on stdout before (`@B keys value`) and after (`@A keys value lsn mode`)
+//! its acknowledgement (see [`omendb_chaos::kill`] for the lines).
 //!
 //! Usage: `omendb-chaos-writer --dir PATH --round N [--tasks T] [--keys K]`.
 
@@ -82,7 +84,8 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Writes task `task`'s keys (`key % tasks == task`), so no other task writes them.
+/// Writes task `task`'s keys (the `task`-th block of `keys / tasks` keys), so no other task
+/// writes them: a range deletion stays inside the block.
 async fn write_forever(
     table: Table,
     round: u64,
@@ -91,31 +94,49 @@ async fn write_forever(
     keys: u64,
 ) -> Result<(), BoxError> {
     let mut rng = StdRng::seed_from_u64(round ^ (task << 32));
+    let block = keys / tasks;
+    let low = task * block;
     for seq in 0u64.. {
-        let key = rng.random_range(0..keys / tasks) * tasks + task;
-        let delete = rng.random_bool(0.2);
-        // Values name their write, so none is ever written twice.
-        let value = if delete {
-            DELETED.to_owned()
+        let first = low + rng.random_range(0..block);
+        let durable = rng.random_bool(0.5);
+        let options = if durable {
+            WriteOptions::DURABLE
         } else {
-            format!("{round}.{task}.{seq}")
+            WriteOptions::BUFFERED
         };
-        report('B', key, &value)?;
-        if delete {
-            table.delete(key, WriteOptions::DURABLE).await?;
+        // Values name their write, so none is ever written twice.
+        let (last, value) = match rng.random_range(0..10) {
+            0..=6 => (first, format!("{round}.{task}.{seq}")),
+            7..=8 => (first, DELETED.to_owned()),
+            _ => (
+                (first + rng.random_range(0..8)).min(low + block - 1),
+                DELETED.to_owned(),
+            ),
+        };
+        let keys = if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        report(&format!("@B {keys} {value}"))?;
+        let lsn = if first != last {
+            table.delete_range(first..=last, options).await?
+        } else if value == DELETED {
+            table.delete(first, options).await?
         } else {
             table
-                .put_value(key, value.clone().into_bytes(), WriteOptions::DURABLE)
-                .await?;
-        }
-        report('A', key, &value)?;
+                .put_value(first, value.clone().into_bytes(), options)
+                .await?
+        };
+        let mode = if durable { 'D' } else { 'B' };
+        report(&format!("@A {keys} {value} {lsn} {mode}"))?;
     }
     Ok(())
 }
 
 /// One side-channel line, flushed at once so that a kill loses at most the line being written.
-fn report(event: char, key: u64, value: &str) -> std::io::Result<()> {
+fn report(line: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "@{event} {key} {value}")?;
+    writeln!(out, "{line}")?;
     out.flush()
 }
