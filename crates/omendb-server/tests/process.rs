@@ -488,6 +488,23 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         .await
         .unwrap();
     verify(&client, &server.api, &acknowledged).await;
+    // Nothing else is there but the batches in flight at the kills: at most one a writer a life.
+    let count: Value = client
+        .post(format!("{}/v1/tables/events/aggregate", server.api))
+        .json(&json!({"column": "v", "function": "count"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let count = count["rows"][0]["count"].as_u64().unwrap();
+    let in_flight = 3 * 8 * 50;
+    assert!(
+        (acknowledged.len() as u64..=acknowledged.len() as u64 + in_flight).contains(&count),
+        "{count} rows for {} acknowledged",
+        acknowledged.len()
+    );
     kill(&mut server.child, "TERM");
     let _ = tokio::task::spawn_blocking(move || server.exit_status())
         .await
@@ -507,6 +524,11 @@ async fn verify(client: &reqwest::Client, api: &str, keys: &[u64]) {
             .await
             .unwrap();
         let rows = body["rows"].as_array().unwrap();
+        assert_eq!(
+            rows.len(),
+            chunk.len(),
+            "a multi-get answered another count"
+        );
         for (key, row) in chunk.iter().zip(rows) {
             assert_eq!(
                 row,
