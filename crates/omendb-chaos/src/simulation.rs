@@ -37,7 +37,7 @@ use omendb_core::{
 };
 use omendb_storage::backend::{Layered, Retry, RetryPolicy};
 use omendb_storage::segment::SegmentWriterOptions;
-use omendb_wal::{FileWal, WalOptions};
+use omendb_wal::{FileWal, SyncPolicy, WalOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -298,6 +298,9 @@ struct Sim {
     report: Report,
     /// Print every step (`OMENDB_CHAOS_TRACE=1`), for replaying a failure.
     trace: bool,
+    /// When the local WAL syncs buffered records: each seed runs one of the three policies
+    /// (the object-store log uploads every batch whatever its policy).
+    sync_policy: SyncPolicy,
 }
 
 fn push_unique(states: &mut Vec<State>, state: State) {
@@ -321,6 +324,12 @@ impl Sim {
             step: 0,
             report: Report::default(),
             trace: std::env::var_os("OMENDB_CHAOS_TRACE").is_some(),
+            // From the seed alone, not its workload's stream.
+            sync_policy: match seed % 3 {
+                0 => SyncPolicy::EveryCommit,
+                1 => SyncPolicy::Interval(Duration::from_millis(1)),
+                _ => SyncPolicy::Never,
+            },
         }
     }
 
@@ -590,7 +599,8 @@ impl Sim {
         // rename or directory sync of rotation was never met).
         let wal_options = WalOptions::default()
             .segment_bytes(4 * 1024)
-            .max_record_bytes(2 * 1024);
+            .max_record_bytes(2 * 1024)
+            .sync_policy(self.sync_policy);
         let builder = match self.config.place {
             Place::Memory => builder.wal_in_store().wal_options(wal_options),
             Place::Disk => {
