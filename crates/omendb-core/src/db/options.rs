@@ -132,7 +132,7 @@ pub struct Settings {
 /// reads (or whose segments never overlap, as time series') is never rewritten for reads.
 ///
 /// The costs are estimates measured on the machine the defaults were set on
-/// (`docs/operations.md`, "Compaction that reads pay for"); they are knobs, not guarantees.
+/// (`docs/architecture.md`, "Compaction that reads pay for"); they are knobs, not guarantees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadCompaction {
     /// What a point read pays for each filter of a run it probes besides the key's last
