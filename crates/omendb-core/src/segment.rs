@@ -100,6 +100,30 @@ impl Segment {
         let path = Path::parse(&entry.path)
             .map_err(|err| Error::Corrupt(format!("segment path {:?}: {err}", entry.path)))?;
         let reader = SegmentReader::open(store, path, Some(&entry.seal), cache).await?;
+        // Reads prune and order segments by the manifest's key and LSN ranges: a range narrower
+        // than the segment's would skip its rows, an LSN range too low would show newer rows to
+        // older snapshots. The footer says what the segment holds.
+        let meta = reader.meta();
+        let listed = (
+            entry.rows,
+            entry.key_min,
+            entry.key_max,
+            entry.lsn_min,
+            entry.lsn_max,
+        );
+        let held = (
+            meta.rows,
+            meta.key_min,
+            meta.key_max,
+            meta.lsn_min,
+            meta.lsn_max,
+        );
+        if listed != held {
+            return Err(Error::Corrupt(format!(
+                "segment {}: the manifest lists (rows, keys, LSNs) {listed:?}, its footer {held:?}",
+                entry.path
+            )));
+        }
         let index = AnyIndex::decode(reader.index_bytes())?;
         index.check_keys(reader.keys())?;
         let names: Vec<&str> = reader

@@ -831,6 +831,57 @@ async fn a_segment_whose_columns_disagree_with_its_table_is_corrupt_at_open() {
     );
 }
 
+/// A manifest entry whose key or LSN range is not its segment's (a writer's bug, or a
+/// hand-edited manifest) is corrupt at open: reads prune segments by the key range and show a
+/// segment's rows to snapshots by its LSN range, so a narrower one would hide rows or show
+/// newer ones to older snapshots without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_entry_that_misdescribes_its_segment_is_corrupt_at_open() {
+    use omendb_storage::manifest::{ManifestOptions, ManifestWriter, Manifests};
+
+    type Edit = fn(&mut omendb_storage::manifest::SegmentEntry);
+    let edits: [(&str, Edit); 3] = [
+        ("key_max", |e| e.key_max = e.key_max.map(|k| k - 1)),
+        ("lsn_max", |e| e.lsn_max = e.lsn_min),
+        ("rows", |e| e.rows += 1),
+    ];
+    for (what, edit) in edits {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let open = || Db::builder().store(Arc::clone(&store)).build();
+        let db = open().await.unwrap();
+        let kv = db.create_table("kv", KeyType::U64, None).await.unwrap();
+        for key in [1u64, 2, 3] {
+            kv.put_value(key, "v", WriteOptions::DURABLE).await.unwrap();
+        }
+        db.checkpoint().await.unwrap();
+        db.close().await.unwrap();
+        drop((kv, db));
+
+        let manifests = Manifests::new(
+            Arc::clone(&store),
+            &object_store::path::Path::from("db"),
+            ManifestOptions::default(),
+        );
+        let mut writer: ManifestWriter = manifests.open_writer(Default::default()).await.unwrap();
+        let mut data = writer.current().unwrap().data.clone();
+        let segments = &mut data.tables.get_mut("kv").unwrap().segments;
+        assert_eq!(segments.len(), 1, "the checkpoint wrote one segment");
+        assert_ne!(segments[0].lsn_min, segments[0].lsn_max, "three writes");
+        edit(&mut segments[0]);
+        writer.commit(data).await.unwrap();
+        drop(writer);
+
+        let Err(err) = open().await else {
+            panic!("{what}: the database opened");
+        };
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{what}: {err}");
+        assert!(
+            err.to_string().contains("the manifest lists"),
+            "{what}: {err}"
+        );
+    }
+}
+
 /// A change stream whose read races a truncation (a flush dropping the WAL's records below what
 /// it flushed, while the stream reads segments it listed before) hands out the changes it read
 /// and then reports `ChangesGone` from the log as it is now, not the I/O error of the segment
