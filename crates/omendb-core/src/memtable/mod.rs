@@ -920,6 +920,58 @@ mod tests {
         );
     }
 
+    /// A key written twice at one LSN (twice in one batch) whose versions land in layers that
+    /// are never merged — the live list over a run, then two runs the binary counter leaves
+    /// apart — reads as the later write by every path: a point read, the versions, and walks
+    /// both ways (the test above has its two runs merged at once, so only `Run::merge` settled
+    /// the tie there; a helper agent's review).
+    #[test]
+    fn a_key_written_twice_at_one_lsn_in_layers_never_merged_keeps_the_later_write() {
+        let second = Bytes::from_static(b"second");
+        let check = |memtable: &Memtable, layout: &str| {
+            assert_eq!(
+                memtable.get(5, 9),
+                Lookup::Found {
+                    row: second.clone(),
+                    lsn: 9
+                },
+                "{layout}"
+            );
+            let fives: Vec<_> = memtable.versions().filter(|v| v.0 == 5).collect();
+            assert_eq!(fives, [(5, 9, Some(second.clone()))], "{layout}");
+            for reverse in [false, true] {
+                let five = memtable
+                    .newest(0..=u64::MAX, 9, reverse)
+                    .find(|(key, _)| *key == 5);
+                assert_eq!(five, Some((5, Some(second.clone()))), "{layout}, {reverse}");
+            }
+        };
+        let fill = |memtable: &Memtable, from: u64, n: u64| {
+            for key in from..from + n {
+                memtable.put(key, 1, Bytes::from_static(b"f"));
+            }
+        };
+
+        let memtable = Memtable::sealing_every(8);
+        memtable.put(5, 9, Bytes::from_static(b"first"));
+        fill(&memtable, 100, 7);
+        memtable.put(5, 9, second.clone());
+        fill(&memtable, 200, 1);
+        let layers = memtable.layers.load();
+        assert_eq!((layers.live.len(), layers.runs.len()), (2, 1));
+        check(&memtable, "the live list over a run");
+
+        let memtable = Memtable::sealing_every(8);
+        memtable.put(5, 9, Bytes::from_static(b"first"));
+        fill(&memtable, 100, 23);
+        memtable.put(5, 9, second.clone());
+        fill(&memtable, 200, 7);
+        let layers = memtable.layers.load();
+        let runs: Vec<usize> = layers.runs.iter().map(|run| run.len()).collect();
+        assert_eq!((layers.live.len(), runs), (0, vec![8, 24]));
+        check(&memtable, "a run over a run");
+    }
+
     #[test]
     fn many_seals_keep_the_runs_few() {
         let memtable = Memtable::sealing_every(16);
