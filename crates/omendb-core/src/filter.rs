@@ -9,7 +9,8 @@
 //! a probe of a stored key cost up to seven cache misses. Blocking costs a slightly higher
 //! false-positive rate for the same bits (uneven blocks); `BITS_PER_KEY` pays for that.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::prefetch;
 
@@ -75,17 +76,18 @@ struct Block([u64; WORDS]);
 #[repr(C, align(64))]
 struct AtomicBlock([AtomicU64; WORDS]);
 
-/// A filter that grows with concurrent inserts (a memtable's).
+/// One of a growing filter's bit arrays, sized for `capacity` keys.
 #[derive(Debug)]
-pub(crate) struct GrowingFilter {
+struct Bits {
+    capacity: usize,
     blocks: Box<[AtomicBlock]>,
 }
 
-impl GrowingFilter {
-    /// Sized for `expected` keys (more keys raise the false-positive rate, never break it).
-    pub(crate) fn new(expected: usize) -> Self {
+impl Bits {
+    fn new(capacity: usize) -> Self {
         Self {
-            blocks: (0..blocks_for(expected))
+            capacity,
+            blocks: (0..blocks_for(capacity))
                 .map(|_| AtomicBlock::default())
                 .collect(),
         }
@@ -96,9 +98,7 @@ impl GrowingFilter {
         (&self.blocks[block_of(hash, self.blocks.len())], masks(hash))
     }
 
-    /// Adds `key`. Relaxed: a reader can only look for a version after the write that carries
-    /// it is published (the memtable's own release/acquire), which orders this insert first.
-    pub(crate) fn insert(&self, key: u64) {
+    fn insert(&self, key: u64) {
         let (block, masks) = self.block(key);
         for (word, mask) in block.0.iter().zip(masks) {
             if word.load(Ordering::Relaxed) & mask != mask {
@@ -107,8 +107,7 @@ impl GrowingFilter {
         }
     }
 
-    /// `false` only if `key` was never added.
-    pub(crate) fn may_hold(&self, key: u64) -> bool {
+    fn may_hold(&self, key: u64) -> bool {
         let (block, masks) = self.block(key);
         let missing = block.0.iter().zip(masks).fold(0, |missing, (word, mask)| {
             missing | (mask & !word.load(Ordering::Relaxed))
@@ -116,9 +115,133 @@ impl GrowingFilter {
         missing == 0
     }
 
+    fn prefetch(&self, key: u64) {
+        prefetch::line(&raw const self.blocks[block_of(hash(key), self.blocks.len())]);
+    }
+}
+
+/// How many times larger a growing filter's next bit array is than the keys that outgrew the
+/// last one.
+const GROWTH: usize = 8;
+
+/// Bit arrays a growing filter can have: from one key, growing eightfold, more than any
+/// `usize` count of keys needs.
+const MOST_ARRAYS: usize = 24;
+
+/// No bit array is being built.
+const NOT_GROWING: usize = usize::MAX;
+
+/// A filter that takes concurrent inserts (a memtable's) and grows with its keys: it starts
+/// small and, once its keys outgrow it, is built again eightfold larger (at most `most` keys),
+/// while inserts go into both arrays. A memtable's filter used to be sized up front for a full
+/// memtable of one table: 1 MiB at the default 64 MiB, for every table written in every
+/// generation, when the generation's budget is shared by all its tables (a thousand tables
+/// written made about a gigabyte of filters per generation; a helper agent's review).
+///
+/// The arrays are kept until the filter is dropped (a reader may still be probing an older
+/// one): with eightfold growth they add at most a seventh to the last one.
+#[derive(Debug)]
+pub(crate) struct GrowingFilter {
+    arrays: [OnceLock<Bits>; MOST_ARRAYS],
+    /// The array readers probe: complete for every key inserted so far.
+    current: AtomicUsize,
+    /// The array being built ([`NOT_GROWING`] if none), which inserts fill too.
+    growing: AtomicUsize,
+    /// Keys the largest array is sized for.
+    most: usize,
+}
+
+impl GrowingFilter {
+    /// Sized for `first` keys, growing up to `most` (more keys than that raise the
+    /// false-positive rate, never break it).
+    pub(crate) fn new(first: usize, most: usize) -> Self {
+        let most = most.max(1);
+        let filter = Self {
+            arrays: Default::default(),
+            current: AtomicUsize::new(0),
+            growing: AtomicUsize::new(NOT_GROWING),
+            most,
+        };
+        // The first array, set before anyone can read the filter.
+        let _ = filter.arrays[0].set(Bits::new(first.clamp(1, most)));
+        filter
+    }
+
+    /// The array readers probe (`None` cannot happen: an array is set before it becomes
+    /// current).
+    fn current(&self) -> Option<&Bits> {
+        self.arrays
+            .get(self.current.load(Ordering::Acquire))
+            .and_then(OnceLock::get)
+    }
+
+    /// Adds `key`. Relaxed bits: a reader can only look for a version after the write that
+    /// carries it is published (the memtable's own release/acquire), which orders this insert
+    /// first. The array being built is read before the current one: an insert that finds
+    /// none being built sees the array a growth made current ([`Self::finish_growth`] makes it
+    /// current before it stops building).
+    pub(crate) fn insert(&self, key: u64) {
+        let growing = self.growing.load(Ordering::Acquire);
+        if let Some(bits) = self.arrays.get(growing).and_then(OnceLock::get) {
+            bits.insert(key);
+        }
+        if let Some(bits) = self.current() {
+            bits.insert(key);
+        }
+    }
+
+    /// `false` only if `key` was never added.
+    pub(crate) fn may_hold(&self, key: u64) -> bool {
+        self.current().is_none_or(|bits| bits.may_hold(key))
+    }
+
     /// Starts loading the line `may_hold(key)` reads.
     pub(crate) fn prefetch(&self, key: u64) {
-        prefetch::line(&raw const self.blocks[block_of(hash(key), self.blocks.len())]);
+        if let Some(bits) = self.current() {
+            bits.prefetch(key);
+        }
+    }
+
+    /// If `keys` outgrew the current array, allocates the next one (sized for eight times
+    /// `keys`, at most `most`) and returns it, to pass to [`Self::start_growth`]; `None` if
+    /// the current array still fits them or is the largest.
+    pub(crate) fn outgrown(&self, keys: usize) -> Option<usize> {
+        let current = self.current.load(Ordering::Acquire);
+        let capacity = self.current()?.capacity;
+        if keys <= capacity || capacity >= self.most {
+            return None;
+        }
+        let next = current + 1;
+        let slot = self.arrays.get(next)?;
+        // An earlier growth that stopped midway (a panic) left its array: filled again.
+        slot.get_or_init(|| Bits::new(keys.saturating_mul(GROWTH).min(self.most)));
+        Some(next)
+    }
+
+    /// Makes inserts fill array `next` too. The caller calls it where no insert is running
+    /// (under the memtable's exclusive lock), then adds every key inserted before it with
+    /// [`Self::fill`], then calls [`Self::finish_growth`].
+    pub(crate) fn start_growth(&self, next: usize) {
+        self.growing.store(next, Ordering::Release);
+    }
+
+    /// Adds `key`, inserted before the growth started, to array `next`.
+    pub(crate) fn fill(&self, next: usize, key: u64) {
+        if let Some(bits) = self.arrays.get(next).and_then(OnceLock::get) {
+            bits.insert(key);
+        }
+    }
+
+    /// Makes array `next`, now complete, the one readers probe.
+    pub(crate) fn finish_growth(&self, next: usize) {
+        self.current.store(next, Ordering::Release);
+        self.growing.store(NOT_GROWING, Ordering::Release);
+    }
+
+    /// Keys the current array is sized for.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.current().map_or(0, |bits| bits.capacity)
     }
 }
 
@@ -197,7 +320,7 @@ mod tests {
         for n in [1u64, 10, 1_000, 100_000, 1_000_000] {
             let keys: Vec<u64> = (0..n).map(|k| k * 3).collect();
             let fixed = FixedFilter::of(&keys);
-            let growing = GrowingFilter::new(keys.len());
+            let growing = GrowingFilter::new(keys.len(), keys.len());
             for &k in &keys {
                 growing.insert(k);
             }
@@ -226,7 +349,7 @@ mod tests {
 
     #[test]
     fn an_overfilled_growing_filter_keeps_every_key() {
-        let filter = GrowingFilter::new(100);
+        let filter = GrowingFilter::new(100, 100);
         let keys: Vec<u64> = (0..20_000u64).map(|k| k * 7 + 1).collect();
         for &k in &keys {
             filter.insert(k);
@@ -236,7 +359,7 @@ mod tests {
 
     #[test]
     fn concurrent_inserts_are_all_held() {
-        let filter = GrowingFilter::new(40_000);
+        let filter = GrowingFilter::new(40_000, 40_000);
         std::thread::scope(|scope| {
             for t in 0..4u64 {
                 let filter = &filter;
@@ -251,11 +374,65 @@ mod tests {
         assert!(false_positive_rate(|k| k < 40_000, |k| filter.may_hold(k)) < 0.015);
     }
 
+    /// A growth racing inserts, driven as a memtable's seal drives it (the inserts that ran
+    /// before it are copied in; those after go into both arrays): every key stays held, before,
+    /// during and after, and the array grows eightfold from the keys that outgrew it, up to
+    /// its most.
+    #[test]
+    fn a_filter_grown_under_concurrent_inserts_keeps_every_key() {
+        let filter = GrowingFilter::new(1_000, 100_000);
+        assert_eq!(filter.capacity(), 1_000);
+        let before: Vec<u64> = (0..5_000u64).map(|k| k * 11).collect();
+        before.iter().for_each(|&k| filter.insert(k));
+        assert_eq!(filter.outgrown(1_000), None, "within its capacity");
+        let next = filter.outgrown(before.len()).unwrap();
+        filter.start_growth(next);
+        std::thread::scope(|scope| {
+            for t in 0..3u64 {
+                let filter = &filter;
+                scope.spawn(move || {
+                    for k in 0..5_000u64 {
+                        filter.insert(1_000_000 + k * 3 + t);
+                        // Held in the current array all along.
+                        assert!(filter.may_hold(1_000_000 + k * 3 + t));
+                    }
+                });
+            }
+            for &k in &before {
+                filter.fill(next, k);
+            }
+        });
+        assert!(before.iter().all(|&k| filter.may_hold(k)));
+        filter.finish_growth(next);
+        assert_eq!(filter.capacity(), 40_000);
+        assert!(before.iter().all(|&k| filter.may_hold(k)));
+        assert!((1_000_000..1_015_000u64).all(|k| filter.may_hold(k)));
+        let member =
+            |k: u64| (k.is_multiple_of(11) && k < 55_000) || (1_000_000..1_015_000).contains(&k);
+        assert!(false_positive_rate(member, |k| filter.may_hold(k)) < 0.015);
+        // Inserts after the growth go into the new array alone, and are held.
+        filter.insert(7);
+        assert!(filter.may_hold(7));
+        // Grown again, to its most, and no further.
+        let next = filter.outgrown(60_000).unwrap();
+        filter.start_growth(next);
+        let all = before
+            .iter()
+            .copied()
+            .chain(1_000_000..1_015_000)
+            .chain([7]);
+        all.clone().for_each(|k| filter.fill(next, k));
+        filter.finish_growth(next);
+        assert_eq!(filter.capacity(), 100_000);
+        assert!(all.clone().all(|k| filter.may_hold(k)));
+        assert_eq!(filter.outgrown(10_000_000), None);
+    }
+
     #[test]
     fn a_prefetch_changes_no_answer() {
         let keys: Vec<u64> = (0..1_000u64).map(|k| k * 5).collect();
         let fixed = FixedFilter::of(&keys);
-        let growing = GrowingFilter::new(keys.len());
+        let growing = GrowingFilter::new(keys.len(), keys.len());
         keys.iter().for_each(|&k| growing.insert(k));
         let answers = |f: &dyn Fn(u64) -> bool| (0..5_000u64).map(f).collect::<Vec<_>>();
         let before = answers(&|k| fixed.may_hold(k));

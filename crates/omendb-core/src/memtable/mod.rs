@@ -203,10 +203,14 @@ impl Memtable {
         Self::default()
     }
 
-    /// An empty memtable with a membership filter sized for `expected_keys`.
+    /// An empty memtable with a membership filter that grows with its keys up to
+    /// `expected_keys` (starting at a skip list's worth: a table written little costs little).
     pub fn with_filter(expected_keys: usize) -> Self {
         Self {
-            filter: Some(GrowingFilter::new(expected_keys)),
+            filter: Some(GrowingFilter::new(
+                SEAL_ENTRIES.min(expected_keys),
+                expected_keys,
+            )),
             ..Self::default()
         }
     }
@@ -239,12 +243,14 @@ impl Memtable {
     }
 
     fn insert(&self, key: u64, lsn: Lsn, row: Option<Bytes>) {
-        // The filter learns the key first: a reader that finds the version may rely on it.
-        if let Some(filter) = &self.filter {
-            filter.insert(key);
-        }
         let full = {
             let _writing = read(&self.writing);
+            // The filter learns the key first: a reader that finds the version may rely on it.
+            // Under the lock a seal takes exclusively: a growth of the filter (in `seal`) then
+            // either finds the key in the layers it copies or sees it go into the new array.
+            if let Some(filter) = &self.filter {
+                filter.insert(key);
+            }
             let layers = self.layers.load();
             layers.live.insert(Version::new(key, lsn), row);
             layers.live.len() >= self.seal_at
@@ -276,6 +282,12 @@ impl Memtable {
             });
             self.layers.store(Arc::clone(&layers));
         }
+        // A filter the versions outgrew gets its larger array now, before writers are held.
+        let versions = layers.live.len() + layers.runs.iter().map(|run| run.len()).sum::<usize>();
+        let grown = self
+            .filter
+            .as_ref()
+            .and_then(|filter| Some((filter, filter.outgrown(versions)?)));
         let sealed = {
             let _writing = self
                 .writing
@@ -289,6 +301,11 @@ impl Memtable {
                 sealed: Some(Arc::clone(&layers.live)),
                 runs: layers.runs.clone(),
             }));
+            // No insert runs now: every key inserted so far is in the sealed list or the runs,
+            // and every later one goes into the new array too.
+            if let Some((filter, next)) = grown {
+                filter.start_growth(next);
+            }
             Arc::clone(&layers.live)
         };
         let mut runs = vec![Arc::new(Run::from_whole_list(&sealed))];
@@ -298,6 +315,14 @@ impl Memtable {
         while runs.len() >= 2 && runs[1].len() <= 2 * runs[0].len() {
             let merged = Run::merge(&runs[0], &runs[1]);
             runs.splice(0..2, [Arc::new(merged)]);
+        }
+        if let Some((filter, next)) = grown {
+            for run in &runs {
+                for &key in run.keys_at(0..run.len()) {
+                    filter.fill(next, key);
+                }
+            }
+            filter.finish_growth(next);
         }
         let current = self.layers.load_full();
         self.layers.store(Arc::new(Layers {
@@ -970,6 +995,54 @@ mod tests {
         let runs: Vec<usize> = layers.runs.iter().map(|run| run.len()).collect();
         assert_eq!((layers.live.len(), runs), (0, vec![8, 24]));
         check(&memtable, "a run over a run");
+    }
+
+    /// A memtable's filter starts at a skip list's worth of keys and grows with them: a reader
+    /// finds every key a writer finished writing, through the growths, and a memtable written
+    /// little keeps a small filter.
+    #[test]
+    fn the_filter_grows_with_the_keys_and_loses_none() {
+        let small = Memtable::with_filter(1_000_000);
+        small.put(1, 1, Bytes::from_static(b"v"));
+        let capacity = |m: &Memtable| m.filter.as_ref().map_or(0, GrowingFilter::capacity);
+        assert_eq!(capacity(&small), SEAL_ENTRIES);
+
+        let memtable = Memtable::with_filter(1_000_000);
+        let written = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        let key =
+            |writer: usize, i: usize| ((i * 2 + writer) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        const EACH: usize = 50_000;
+        std::thread::scope(|scope| {
+            for (writer, done) in written.iter().enumerate() {
+                let memtable = &memtable;
+                scope.spawn(move || {
+                    for i in 0..EACH {
+                        memtable.put(key(writer, i), i as Lsn + 1, Bytes::from_static(b"v"));
+                        done.store(i + 1, Ordering::Release);
+                    }
+                });
+            }
+            // Every key a writer finished is found, whatever growth runs meanwhile.
+            let mut checked = [0, 0];
+            while checked != [EACH, EACH] {
+                for (writer, done) in written.iter().enumerate() {
+                    let upto = done.load(Ordering::Acquire);
+                    for i in checked[writer]..upto {
+                        let found = memtable.get(key(writer, i), Lsn::MAX);
+                        assert!(
+                            matches!(found, Lookup::Found { .. }),
+                            "{writer} {i}: {found:?}"
+                        );
+                    }
+                    checked[writer] = upto;
+                }
+            }
+        });
+        assert!(
+            capacity(&memtable) > SEAL_ENTRIES,
+            "{}",
+            capacity(&memtable)
+        );
     }
 
     #[test]
