@@ -1043,6 +1043,16 @@ mod tests {
             "{}",
             capacity(&memtable)
         );
+        // And after every growth finished, every key still (the keys copied into a new array).
+        for writer in 0..2 {
+            for i in 0..EACH {
+                let found = memtable.get(key(writer, i), Lsn::MAX);
+                assert!(
+                    matches!(found, Lookup::Found { .. }),
+                    "{writer} {i}: {found:?}"
+                );
+            }
+        }
     }
 
     #[test]
