@@ -792,8 +792,6 @@ fn a_write_cut_off_by_its_runtime_poisons_writes_instead_of_stalling_them() {
 /// caller's bad input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_whose_columns_disagree_with_its_table_is_corrupt_at_open() {
-    use omendb_storage::manifest::{ManifestOptions, Manifests};
-
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let open = || Db::builder().store(Arc::clone(&store)).build();
     let db = open().await.unwrap();
@@ -805,22 +803,15 @@ async fn a_segment_whose_columns_disagree_with_its_table_is_corrupt_at_open() {
     db.close().await.unwrap();
     drop((kv, db));
 
-    let manifests = Manifests::new(
-        Arc::clone(&store),
-        &object_store::path::Path::from("db"),
-        ManifestOptions::default(),
-    );
-    let mut writer = manifests.open_writer(Default::default()).await.unwrap();
-    let mut data = writer.current().unwrap().data.clone();
-    let table = data.tables.get_mut("kv").unwrap();
-    assert_eq!(table.segments.len(), 1, "the checkpoint wrote one segment");
-    table.schema = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-        "value",
-        arrow_schema::DataType::Int64,
-        true,
-    )]);
-    writer.commit(data).await.unwrap();
-    drop(writer);
+    edit_kv_manifest(&store, |table| {
+        assert_eq!(table.segments.len(), 1, "the checkpoint wrote one segment");
+        table.schema = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "value",
+            arrow_schema::DataType::Int64,
+            true,
+        )]);
+    })
+    .await;
 
     let err = open().await.expect_err("the database opened");
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
@@ -837,8 +828,6 @@ async fn a_segment_whose_columns_disagree_with_its_table_is_corrupt_at_open() {
 /// newer ones to older snapshots without a word.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_entry_that_misdescribes_its_segment_is_corrupt_at_open() {
-    use omendb_storage::manifest::{ManifestOptions, ManifestWriter, Manifests};
-
     type Edit = fn(&mut omendb_storage::manifest::SegmentEntry);
     let edits: [(&str, Edit); 3] = [
         ("key_max", |e| e.key_max = e.key_max.map(|k| k - 1)),
@@ -857,19 +846,13 @@ async fn a_manifest_entry_that_misdescribes_its_segment_is_corrupt_at_open() {
         db.close().await.unwrap();
         drop((kv, db));
 
-        let manifests = Manifests::new(
-            Arc::clone(&store),
-            &object_store::path::Path::from("db"),
-            ManifestOptions::default(),
-        );
-        let mut writer: ManifestWriter = manifests.open_writer(Default::default()).await.unwrap();
-        let mut data = writer.current().unwrap().data.clone();
-        let segments = &mut data.tables.get_mut("kv").unwrap().segments;
-        assert_eq!(segments.len(), 1, "the checkpoint wrote one segment");
-        assert_ne!(segments[0].lsn_min, segments[0].lsn_max, "three writes");
-        edit(&mut segments[0]);
-        writer.commit(data).await.unwrap();
-        drop(writer);
+        edit_kv_manifest(&store, |table| {
+            let segments = &mut table.segments;
+            assert_eq!(segments.len(), 1, "the checkpoint wrote one segment");
+            assert_ne!(segments[0].lsn_min, segments[0].lsn_max, "three writes");
+            edit(&mut segments[0]);
+        })
+        .await;
 
         let Err(err) = open().await else {
             panic!("{what}: the database opened");
@@ -967,4 +950,23 @@ async fn a_replayed_write_to_a_table_never_created_is_corrupt() {
             other => panic!("table id {table}: opened: {:?}", other.map(|_| ())),
         }
     }
+}
+
+/// Publishes, over the database's newest manifest in `store` (prefix `db`), a version whose
+/// table `kv` is changed by `edit`: a hand-edited manifest.
+async fn edit_kv_manifest(
+    store: &Arc<dyn ObjectStore>,
+    edit: impl FnOnce(&mut omendb_storage::manifest::TableEntry),
+) {
+    use omendb_storage::manifest::{ManifestOptions, Manifests};
+
+    let manifests = Manifests::new(
+        Arc::clone(store),
+        &object_store::path::Path::from("db"),
+        ManifestOptions::default(),
+    );
+    let mut writer = manifests.open_writer(Default::default()).await.unwrap();
+    let mut data = writer.current().unwrap().data.clone();
+    edit(data.tables.get_mut("kv").unwrap());
+    writer.commit(data).await.unwrap();
 }

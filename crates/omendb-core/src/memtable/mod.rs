@@ -282,6 +282,10 @@ impl Memtable {
             });
             self.layers.store(Arc::clone(&layers));
         }
+        // Another writer sealed this list already: nothing to do (checked again under the lock).
+        if layers.live.len() < self.seal_at {
+            return;
+        }
         // A filter the versions outgrew gets its larger array now, before writers are held.
         let versions = layers.live.len() + layers.runs.iter().map(|run| run.len()).sum::<usize>();
         let grown = self
