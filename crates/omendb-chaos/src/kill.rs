@@ -5,19 +5,21 @@
 //! recovers the killed one's database itself, and is sometimes killed within its first
 //! milliseconds (in its open, or its first writes).
 //!
-//! The side channel is the writer's stdout, one line per event, flushed per line: `@B keys value`
-//! before a write is issued and `@A keys value lsn mode` after it was acknowledged, where `keys`
-//! is a key or `first-last` (a range deletion), `value` is [`DELETED`] for a deletion, `lsn` is
-//! the write's LSN and `mode` is `D` (acknowledged as durable) or `B` (buffered). Each writer
-//! task owns a block of keys, so per key at most one write is in flight when the kill lands.
+//! The side channel is the writer's stdout, one line per event, flushed per line: `@B items`
+//! before a write is issued and `@A items lsn mode` after it was acknowledged, where `lsn` is the
+//! write's LSN and `mode` is `D` (acknowledged as durable) or `B` (buffered). A write is one
+//! item or an atomic batch or transaction of several, each item `table/keys=value` ([`Item`]).
+//! Each writer task owns a block of keys in every table, so per key at most one write is in
+//! flight when the kill lands, and a write touches one task's keys.
 //!
 //! What the reopened database may hold: a process killed by the OS keeps everything its log had
 //! handed to the OS, which is every record up to some point in LSN order — so for some cut, every
 //! acknowledged write below it survived and none at or above it did, and the cut is above every
 //! durable acknowledgement. Each key then holds the last write below the cut (or, before any, what
 //! the last check found), or the write in flight if its acknowledged writes all survived; a key
-//! never written is absent. The check searches the cuts of the unchecked rounds for one that
-//! explains every key, and the rows of a full scan must be those the point reads find.
+//! never written is absent; a write lands on all of its items' keys, in every table, or on none.
+//! The check searches the cuts of the unchecked rounds for one that explains every key, and the
+//! rows of a full scan of each table must be those the point reads find.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -30,12 +32,12 @@ use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use futures::TryStreamExt;
-use omendb_core::{Db, ScanOptions};
+use omendb_core::{Db, ScanOptions, Table};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-/// The writer's table: `u64` keys, byte values.
-pub const TABLE: &str = "kv";
+/// The writer's tables: `u64` keys, byte values. A batch or transaction may span both.
+pub const TABLES: [&str; 2] = ["kv", "audit"];
 /// The value a side-channel line gives for a deletion.
 pub const DELETED: &str = "-";
 /// Writer tasks, by default.
@@ -163,29 +165,40 @@ pub enum Failure {
         #[source]
         source: omendb_core::Error,
     },
-    /// No cut of the unchecked rounds explains what the database holds; `key` is where the
-    /// closest explanation (the cuts that explain the most keys) fails.
+    /// No cut of the unchecked rounds explains what the database holds; `table`'s `key` is
+    /// where the closest explanation (the cuts that explain the most keys) fails.
     #[error(
-        "round {round} key {key}: found {found:?}, but the closest explanation (cuts {cuts:?}) \
-         allows only {allowed:?}"
+        "round {round} table {table} key {key}: found {found:?}, but the closest explanation \
+         (cuts {cuts:?}) allows only {allowed:?}{}",
+        if *torn { ", and not with what the other keys of its task hold (a write landed on \
+         only part of its keys)" } else { "" }
     )]
     Mismatch {
         /// The last round checked.
         round: u64,
+        /// The table.
+        table: &'static str,
         /// The key.
         key: u64,
         /// What the reopened database holds (`None`: absent).
         found: Option<String>,
         /// What the closest explanation allows the key to hold.
         allowed: Vec<Option<String>>,
+        /// Whether the key holds an allowed value, but no landing of the writes in flight
+        /// allows it together with the other keys of its writer task.
+        torn: bool,
         /// That explanation's cut in each unchecked round, oldest first.
         cuts: Vec<u64>,
     },
     /// A full scan and the point reads of the same open disagree about a key.
-    #[error("round {round} key {key}: a scan found {scanned:?}, a multi-get {read:?}")]
+    #[error(
+        "round {round} table {table} key {key}: a scan found {scanned:?}, a multi-get {read:?}"
+    )]
     Inconsistent {
         /// The last round checked.
         round: u64,
+        /// The table.
+        table: &'static str,
         /// The key.
         key: u64,
         /// What the scan found (`None`: no row).
@@ -262,18 +275,110 @@ fn killed_by_sigkill(status: ExitStatus) -> bool {
     !status.success()
 }
 
-/// A write the side channel names: the keys `first..=last` (one key but for a range deletion)
-/// and the value (`None`: deleted).
+/// A key of one of the writer's tables: the table's index in [`TABLES`], and the key.
+type Cell = (usize, u64);
+
+/// One item of a write: the keys `first..=last` of table `TABLES[table]` (one key but for a
+/// range deletion) and the value (`None`: deleted). On the side channel, `table/keys=value`:
+/// `keys` is a key or `first-last`, `value` is [`DELETED`] for a deletion.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Reported {
-    first: u64,
-    last: u64,
-    value: Option<String>,
+pub struct Item {
+    /// The table's index in [`TABLES`].
+    pub table: usize,
+    /// The first key.
+    pub first: u64,
+    /// The last key.
+    pub last: u64,
+    /// The value put, or `None` for a deletion.
+    pub value: Option<String>,
+}
+
+impl Item {
+    fn touches(&self, (table, key): Cell) -> bool {
+        self.table == table && (self.first..=self.last).contains(&key)
+    }
+
+    /// `table/keys=value`; `None` if it is not one, names no table of [`TABLES`], or puts a
+    /// value in a range.
+    fn parse(text: &str) -> Option<Item> {
+        let (table, rest) = text.split_once('/')?;
+        let table = TABLES.iter().position(|t| *t == table)?;
+        let (keys, value) = rest.split_once('=')?;
+        let (first, last) = match keys.split_once('-') {
+            Some((first, last)) => (first.parse().ok()?, last.parse().ok()?),
+            None => (keys.parse().ok()?, keys.parse().ok()?),
+        };
+        // A value holds no separator of the line, and a range is only ever deleted.
+        if first > last || value.is_empty() || value.contains([' ', ',', '=']) {
+            return None;
+        }
+        let value = (value != DELETED).then(|| value.to_owned());
+        if first != last && value.is_some() {
+            return None;
+        }
+        Some(Item {
+            table,
+            first,
+            last,
+            value,
+        })
+    }
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = TABLES.get(self.table).copied().unwrap_or("?");
+        write!(f, "{table}/{}", self.first)?;
+        if self.last != self.first {
+            write!(f, "-{}", self.last)?;
+        }
+        write!(f, "={}", self.value.as_deref().unwrap_or(DELETED))
+    }
+}
+
+/// A write the side channel names: its items, which land together or not at all. The items
+/// touch distinct keys, all in one writer task's block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reported {
+    /// The items, at least one.
+    pub items: Vec<Item>,
 }
 
 impl Reported {
-    fn touches(&self, key: u64) -> bool {
-        (self.first..=self.last).contains(&key)
+    /// The side-channel line of this write issued: `@B items`.
+    pub fn issued(&self) -> String {
+        format!("@B {}", self.joined())
+    }
+
+    /// The side-channel line of this write acknowledged at `lsn`: `@A items lsn mode`.
+    pub fn acknowledged(&self, lsn: u64, durable: bool) -> String {
+        let mode = if durable { 'D' } else { 'B' };
+        format!("@A {} {lsn} {mode}", self.joined())
+    }
+
+    fn joined(&self) -> String {
+        let items: Vec<String> = self.items.iter().map(Item::to_string).collect();
+        items.join(",")
+    }
+
+    /// What this write leaves at `cell`, if it touches it.
+    fn value_at(&self, cell: Cell) -> Option<Option<String>> {
+        self.items
+            .iter()
+            .find(|item| item.touches(cell))
+            .map(|item| item.value.clone())
+    }
+
+    /// Every cell the write touches.
+    fn cells(&self) -> impl Iterator<Item = Cell> + '_ {
+        self.items
+            .iter()
+            .flat_map(|item| (item.first..=item.last).map(|key| (item.table, key)))
+    }
+
+    /// The block of `size` keys the write is in (its first item's).
+    fn block(&self, size: u64) -> u64 {
+        self.items.first().map_or(0, |item| item.first / size)
     }
 }
 
@@ -295,8 +400,8 @@ enum Line {
 #[derive(Clone, Debug, Default)]
 struct Round {
     acks: Vec<Ack>,
-    /// Per key, the value of the write issued and not acknowledged when the writer died.
-    in_flight: BTreeMap<u64, Option<String>>,
+    /// Per cell, the value of the write issued and not acknowledged when the writer died.
+    in_flight: BTreeMap<Cell, Option<String>>,
 }
 
 impl Round {
@@ -313,13 +418,15 @@ impl Round {
             };
             match parse(line).ok_or_else(bad)? {
                 Line::Before(write) => {
-                    for key in write.first..=write.last {
-                        parsed.in_flight.insert(key, write.value.clone());
+                    for cell in write.cells() {
+                        parsed
+                            .in_flight
+                            .insert(cell, write.value_at(cell).flatten());
                     }
                 }
                 Line::After(ack) => {
-                    for key in ack.write.first..=ack.write.last {
-                        parsed.in_flight.remove(&key);
+                    for cell in ack.write.cells() {
+                        parsed.in_flight.remove(&cell);
                     }
                     parsed.acks.push(ack);
                 }
@@ -359,7 +466,7 @@ impl Round {
     fn last_ack_of(&self, block: u64, size: u64) -> u64 {
         self.acks
             .iter()
-            .filter(|ack| ack.write.first / size == block)
+            .filter(|ack| ack.write.block(size) == block)
             .map(|ack| ack.lsn)
             .max()
             .unwrap_or(0)
@@ -369,21 +476,23 @@ impl Round {
     /// under `cut`: only if every write the task acknowledged before it is below the cut (it
     /// came after them, so its LSN is above theirs, and a kill loses a suffix of the log).
     fn may_land(&self, block: u64, size: u64, cut: u64) -> bool {
-        self.in_flight.keys().any(|key| key / size == block) && self.last_ack_of(block, size) < cut
+        self.in_flight.keys().any(|(_, key)| key / size == block)
+            && self.last_ack_of(block, size) < cut
     }
 
-    /// What `key` holds after this round, its log cut at `cut` and its task's write in flight
-    /// `landed` or not, given what it held before: that write if it landed and touched the key,
-    /// else the key's last acknowledged write below the cut, else what it held before.
-    fn after(&self, key: u64, cut: u64, landed: bool, before: Option<String>) -> Option<String> {
-        if landed && let Some(value) = self.in_flight.get(&key) {
+    /// What `cell` holds after this round, its log cut at `cut` and its task's write in flight
+    /// `landed` or not, given what it held before: that write if it landed and touched the
+    /// cell, else the cell's last acknowledged write below the cut, else what it held before.
+    fn after(&self, cell: Cell, cut: u64, landed: bool, before: Option<String>) -> Option<String> {
+        if landed && let Some(value) = self.in_flight.get(&cell) {
             return value.clone();
         }
         self.acks
             .iter()
-            .filter(|ack| ack.write.touches(key) && ack.lsn < cut)
-            .max_by_key(|ack| ack.lsn)
-            .map_or(before, |ack| ack.write.value.clone())
+            .filter(|ack| ack.lsn < cut)
+            .filter_map(|ack| Some((ack.lsn, ack.write.value_at(cell)?)))
+            .max_by_key(|(lsn, _)| *lsn)
+            .map_or(before, |(_, value)| value)
     }
 
     /// Acknowledged buffered writes at or above `cut`: lost with the process.
@@ -392,21 +501,35 @@ impl Round {
     }
 }
 
-/// Where the closest explanation of a database fails: the explanation's mismatched key count,
-/// the first such key, what it allows there, and its cuts.
-type Miss = (usize, u64, Vec<Option<String>>, Vec<u64>);
+/// Where the closest explanation of a database fails.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Miss {
+    /// The cells it does not explain.
+    misses: usize,
+    /// The first of them.
+    cell: Cell,
+    /// What it allows that cell to hold.
+    allowed: Vec<Option<String>>,
+    /// Whether the cell holds an allowed value, but not together with its block's other cells.
+    torn: bool,
+    /// The explanation's cuts.
+    cuts: Vec<u64>,
+}
 
-/// The cuts, one per round of `rounds`, under which every key of `found` (in key order) holds
-/// what the rounds leave over `base`; or where the closest explanation fails. Each writer task
-/// owns a block of `block` keys and has at most one write in flight per round, which landed or
-/// not as a whole (a range deletion on every key of it or none); the blocks are explained apart.
+/// The cuts, one per round of `rounds`, under which every cell of `found` holds what the rounds
+/// leave over `base`; or where the closest explanation fails. Each writer task owns a block of
+/// `block` keys in every table and has at most one write in flight per round, which landed or
+/// not as a whole (on every cell of it or none); the blocks are explained apart.
 fn explain(
-    base: &BTreeMap<u64, String>,
+    base: &BTreeMap<Cell, String>,
     rounds: &[Round],
-    found: &[(u64, Option<String>)],
+    found: &[(Cell, Option<String>)],
     block: u64,
 ) -> Result<Vec<u64>, Miss> {
     let block = block.max(1);
+    // A block's cells of every table side by side.
+    let mut found = found.to_vec();
+    found.sort_by_key(|((table, key), _)| (key / block, *table, *key));
     let choices: Vec<Vec<u64>> = rounds.iter().map(Round::cuts).collect();
     // An odometer over the rounds' cuts. Each round has one cut per acknowledgement after its
     // last durable one, which half the writes are: a handful.
@@ -415,9 +538,9 @@ fn explain(
     loop {
         let cuts: Vec<u64> = at.iter().zip(&choices).map(|(&i, c)| c[i]).collect();
         let mut misses = 0;
-        let mut first: Option<(u64, Vec<Option<String>>)> = None;
-        for keys in found.chunk_by(|a, b| a.0 / block == b.0 / block) {
-            let owner = keys[0].0 / block;
+        let mut first: Option<(Cell, Vec<Option<String>>, bool)> = None;
+        for cells in found.chunk_by(|a, b| a.0.1 / block == b.0.1 / block) {
+            let owner = cells[0].0.1 / block;
             // Which of the rounds' writes in flight landed, one bit a round: every choice
             // the cuts allow.
             let landings: Vec<u32> = (0..1u32 << rounds.len())
@@ -431,25 +554,26 @@ fn explain(
                         })
                 })
                 .collect();
-            let holds = |key: u64, landed: u32| {
+            let holds = |cell: Cell, landed: u32| {
                 rounds.iter().zip(&cuts).enumerate().fold(
-                    base.get(&key).cloned(),
+                    base.get(&cell).cloned(),
                     |before, (i, (round, &cut))| {
-                        round.after(key, cut, landed >> i & 1 == 1, before)
+                        round.after(cell, cut, landed >> i & 1 == 1, before)
                     },
                 )
             };
             let explained = landings.iter().any(|&landed| {
-                keys.iter()
-                    .all(|(key, value)| holds(*key, landed) == *value)
+                cells
+                    .iter()
+                    .all(|(cell, value)| holds(*cell, landed) == *value)
             });
             if explained {
                 continue;
             }
-            let allowed = |key: u64| {
+            let allowed = |cell: Cell| {
                 let mut allowed: Vec<Option<String>> = Vec::new();
                 for &landed in &landings {
-                    let held = holds(key, landed);
+                    let held = holds(cell, landed);
                     if !allowed.contains(&held) {
                         allowed.push(held);
                     }
@@ -457,26 +581,32 @@ fn explain(
                 allowed
             };
             let mut unexplained = 0;
-            for (key, value) in keys {
-                let allowed = allowed(*key);
+            for (cell, value) in cells {
+                let allowed = allowed(*cell);
                 if !allowed.contains(value) {
                     unexplained += 1;
-                    first.get_or_insert((*key, allowed));
+                    first.get_or_insert((*cell, allowed, false));
                 }
             }
-            // Each key may be explained alone while no landing explains them all (a range
-            // deletion that landed on some of its keys): the block's first key stands for it.
+            // Each cell may be explained alone while no landing explains them all (a write that
+            // landed on some of its cells): the block's first cell stands for it.
             if unexplained == 0 {
                 unexplained = 1;
-                first.get_or_insert((keys[0].0, allowed(keys[0].0)));
+                first.get_or_insert((cells[0].0, allowed(cells[0].0), true));
             }
             misses += unexplained;
         }
         match first {
             None => return Ok(cuts),
-            Some((key, allowed)) => {
-                if closest.as_ref().is_none_or(|c| misses < c.0) {
-                    closest = Some((misses, key, allowed, cuts));
+            Some((cell, allowed, torn)) => {
+                if closest.as_ref().is_none_or(|c| misses < c.misses) {
+                    closest = Some(Miss {
+                        misses,
+                        cell,
+                        allowed,
+                        torn,
+                        cuts,
+                    });
                 }
             }
         }
@@ -505,7 +635,7 @@ pub struct KillHarness {
     config: Config,
     rng: StdRng,
     /// What the database held at the last check: the base the unchecked rounds apply to.
-    state: BTreeMap<u64, String>,
+    state: BTreeMap<Cell, String>,
     /// The rounds killed since the last check, oldest first.
     unchecked: Vec<Round>,
     report: Report,
@@ -670,12 +800,20 @@ impl KillHarness {
         closed.map_err(|source| Failure::Db { round, source })?;
         let block = self.config.keys / self.config.tasks.max(1);
         let cuts = explain(&self.state, &self.unchecked, &found, block).map_err(
-            |(_, key, allowed, cuts)| Failure::Mismatch {
+            |Miss {
+                 cell: (table, key),
+                 allowed,
+                 torn,
+                 cuts,
+                 ..
+             }| Failure::Mismatch {
                 round,
+                torn,
+                table: TABLES.get(table).copied().unwrap_or("?"),
                 key,
                 found: found
                     .iter()
-                    .find(|(k, _)| *k == key)
+                    .find(|(cell, _)| *cell == (table, key))
                     .and_then(|(_, v)| v.clone()),
                 allowed,
                 cuts,
@@ -698,73 +836,98 @@ impl KillHarness {
         Ok(())
     }
 
-    /// Reads the table whole: a scan of every row, and a multi-get of the writer's keys, the
+    /// Reads every table whole: a scan of every row, and a multi-get of the writer's keys, the
     /// keys the side channels name and every key the scan found. The two must agree; returns
-    /// what each key holds.
-    async fn read_all(&self, round: u64, db: &Db) -> Result<Vec<(u64, Option<String>)>, Failure> {
-        let failed = |source| Failure::Db { round, source };
-        let mut keys: BTreeSet<u64> = (0..self.config.keys).collect();
-        for checked in &self.unchecked {
-            keys.extend(checked.in_flight.keys());
-            for ack in &checked.acks {
-                keys.extend(ack.write.first..=ack.write.last);
+    /// what each cell holds, in order.
+    async fn read_all(&self, round: u64, db: &Db) -> Result<Vec<(Cell, Option<String>)>, Failure> {
+        let mut found = Vec::new();
+        for (index, name) in TABLES.into_iter().enumerate() {
+            let mut keys: BTreeSet<u64> = (0..self.config.keys).collect();
+            for checked in &self.unchecked {
+                let acked = checked.acks.iter().flat_map(|ack| ack.write.cells());
+                keys.extend(
+                    checked
+                        .in_flight
+                        .keys()
+                        .copied()
+                        .chain(acked)
+                        .filter(|(table, _)| *table == index)
+                        .map(|(_, key)| key),
+                );
             }
-        }
-        let table = match db.table(TABLE) {
-            Ok(table) => table,
-            // Killed before it created the table: nothing is there.
-            Err(omendb_core::Error::UnknownTable(_)) => {
-                return Ok(keys.into_iter().map(|key| (key, None)).collect());
-            }
-            Err(err) => return Err(failed(err)),
-        };
-        let batches: Vec<RecordBatch> = table
-            .scan(0u64.., ScanOptions::default())
-            .map_err(failed)?
-            .try_collect()
-            .await
-            .map_err(failed)?;
-        let mut scanned = BTreeMap::new();
-        for batch in &batches {
-            let (Some(column), Some(values)) = (
-                batch.column(0).as_primitive_opt::<UInt64Type>(),
-                batch.column(1).as_binary_opt::<i32>(),
-            ) else {
-                return Err(failed(omendb_core::Error::Corrupt(
-                    "a scan returned columns of the wrong types".to_owned(),
-                )));
+            let table = match db.table(name) {
+                Ok(table) => table,
+                // Killed before it created the table: nothing is there.
+                Err(omendb_core::Error::UnknownTable(_)) => {
+                    found.extend(keys.into_iter().map(|key| ((index, key), None)));
+                    continue;
+                }
+                Err(source) => return Err(Failure::Db { round, source }),
             };
-            for (i, key) in column.values().iter().enumerate() {
-                scanned.insert(*key, String::from_utf8_lossy(values.value(i)).into_owned());
-            }
-        }
-        keys.extend(scanned.keys());
-        let keys: Vec<u64> = keys.into_iter().collect();
-        let values = table.multi_get_values(&keys).await.map_err(failed)?;
-        let found: Vec<(u64, Option<String>)> = keys
-            .into_iter()
-            .zip(
-                values
-                    .into_iter()
-                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())),
-            )
-            .collect();
-        for (key, read) in &found {
-            let row = scanned.get(key);
-            if row != read.as_ref() {
-                return Err(Failure::Inconsistent {
-                    round,
-                    key: *key,
-                    scanned: row.cloned(),
-                    read: read.clone(),
-                });
+            for (key, value) in read_table(round, name, &table, keys).await? {
+                found.push(((index, key), value));
             }
         }
         Ok(found)
     }
 }
 
-/// `@B keys value` or `@A keys value lsn mode`.
+/// Reads `table` whole: a scan of every row, and a multi-get of `keys` and every key the scan
+/// found. The two must agree; returns what each key holds.
+async fn read_table(
+    round: u64,
+    name: &'static str,
+    table: &Table,
+    mut keys: BTreeSet<u64>,
+) -> Result<Vec<(u64, Option<String>)>, Failure> {
+    let failed = |source| Failure::Db { round, source };
+    let batches: Vec<RecordBatch> = table
+        .scan(0u64.., ScanOptions::default())
+        .map_err(failed)?
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    let mut scanned = BTreeMap::new();
+    for batch in &batches {
+        let (Some(column), Some(values)) = (
+            batch.column(0).as_primitive_opt::<UInt64Type>(),
+            batch.column(1).as_binary_opt::<i32>(),
+        ) else {
+            return Err(failed(omendb_core::Error::Corrupt(
+                "a scan returned columns of the wrong types".to_owned(),
+            )));
+        };
+        for (i, key) in column.values().iter().enumerate() {
+            scanned.insert(*key, String::from_utf8_lossy(values.value(i)).into_owned());
+        }
+    }
+    keys.extend(scanned.keys());
+    let keys: Vec<u64> = keys.into_iter().collect();
+    let values = table.multi_get_values(&keys).await.map_err(failed)?;
+    let found: Vec<(u64, Option<String>)> = keys
+        .into_iter()
+        .zip(
+            values
+                .into_iter()
+                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        )
+        .collect();
+    for (key, read) in &found {
+        let row = scanned.get(key);
+        if row != read.as_ref() {
+            return Err(Failure::Inconsistent {
+                round,
+                table: name,
+                key: *key,
+                scanned: row.cloned(),
+                read: read.clone(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// `@B items` or `@A items lsn mode`, the items joined by `,`.
 fn parse(line: &str) -> Option<Line> {
     let mut parts = line.split(' ');
     let acked = match parts.next()? {
@@ -772,24 +935,12 @@ fn parse(line: &str) -> Option<Line> {
         "@A" => true,
         _ => return None,
     };
-    let keys = parts.next()?;
-    let (first, last) = match keys.split_once('-') {
-        Some((first, last)) => (first.parse().ok()?, last.parse().ok()?),
-        None => (keys.parse().ok()?, keys.parse().ok()?),
-    };
-    if first > last {
-        return None;
-    }
-    let value = parts.next().filter(|v| !v.is_empty())?;
-    let write = Reported {
-        first,
-        last,
-        value: (value != DELETED).then(|| value.to_owned()),
-    };
-    // A range is only ever deleted.
-    if first != last && write.value.is_some() {
-        return None;
-    }
+    let items = parts
+        .next()?
+        .split(',')
+        .map(Item::parse)
+        .collect::<Option<Vec<Item>>>()?;
+    let write = Reported { items };
     let line = if acked {
         let lsn = parts.next()?.parse().ok()?;
         let durable = match parts.next()? {
@@ -818,10 +969,11 @@ mod tests {
         Round::parse(0, side_channel).unwrap()
     }
 
-    fn holding(pairs: &[(u64, Option<&str>)]) -> Vec<(u64, Option<String>)> {
+    /// Keys of the first table and what they hold.
+    fn holding(pairs: &[(u64, Option<&str>)]) -> Vec<(Cell, Option<String>)> {
         pairs
             .iter()
-            .map(|(key, value)| (*key, value.map(str::to_owned)))
+            .map(|(key, value)| ((0, *key), value.map(str::to_owned)))
             .collect()
     }
 
@@ -829,7 +981,9 @@ mod tests {
     /// in flight. A kill keeps a prefix of the log: `c` can have landed only if `b` did.
     #[test]
     fn a_write_in_flight_past_a_lost_acknowledgement_is_a_hole() {
-        let r = [round("@B 0 a\n@A 0 a 10 B\n@B 1 b\n@A 1 b 15 B\n@B 0 c\n")];
+        let r = [round(
+            "@B kv/0=a\n@A kv/0=a 10 B\n@B kv/1=b\n@A kv/1=b 15 B\n@B kv/0=c\n",
+        )];
         let base = BTreeMap::new();
         for fine in [
             [(0, Some("c")), (1, Some("b"))],
@@ -847,7 +1001,7 @@ mod tests {
     #[test]
     fn a_range_deletion_in_flight_lands_whole() {
         let r = [round(
-            "@B 0 a\n@A 0 a 10 D\n@B 1 b\n@A 1 b 11 D\n@B 0-1 -\n",
+            "@B kv/0=a\n@A kv/0=a 10 D\n@B kv/1=b\n@A kv/1=b 11 D\n@B kv/0-1=-\n",
         )];
         let base = BTreeMap::new();
         assert!(explain(&base, &r, &holding(&[(0, None), (1, None)]), 4).is_ok());
@@ -860,7 +1014,7 @@ mod tests {
     #[test]
     fn nothing_below_a_durable_acknowledgement_is_lost() {
         let r = [round(
-            "@B 0 a\n@A 0 a 10 B\n@B 4 d\n@A 4 d 11 D\n@B 1 b\n@A 1 b 12 B\n",
+            "@B kv/0=a\n@A kv/0=a 10 B\n@B kv/4=d\n@A kv/4=d 11 D\n@B kv/1=b\n@A kv/1=b 12 B\n",
         )];
         let base = BTreeMap::new();
         let all = holding(&[(0, Some("a")), (1, Some("b")), (4, Some("d"))]);
@@ -876,13 +1030,89 @@ mod tests {
     #[test]
     fn a_later_round_reuses_the_lsns_an_earlier_one_lost() {
         let rounds = [
-            round("@B 0 a\n@A 0 a 10 D\n@B 1 b\n@A 1 b 11 B\n"),
-            round("@B 4 x\n@A 4 x 11 D\n"),
+            round("@B kv/0=a\n@A kv/0=a 10 D\n@B kv/1=b\n@A kv/1=b 11 B\n"),
+            round("@B kv/4=x\n@A kv/4=x 11 D\n"),
         ];
-        let base = BTreeMap::from([(5, "old".to_owned())]);
+        let base = BTreeMap::from([((0, 5), "old".to_owned())]);
         let found = holding(&[(0, Some("a")), (1, None), (4, Some("x")), (5, Some("old"))]);
         assert_eq!(explain(&base, &rounds, &found, 4), Ok(vec![11, 12]));
         let resurrected = holding(&[(0, Some("a")), (1, None), (4, Some("x")), (5, None)]);
         assert!(explain(&base, &rounds, &resurrected, 4).is_err());
+    }
+
+    /// A batch across both tables lands on every cell or on none: `kv/0` put and `audit/0`
+    /// deleted together (what they held before comes from the base), and a batch acknowledged
+    /// below a durable acknowledgement is kept whole.
+    #[test]
+    fn a_batch_across_tables_lands_whole() {
+        let base = BTreeMap::from([((0, 0), "old".to_owned()), ((1, 0), "old".to_owned())]);
+        let both = |kv: Option<&str>, audit: Option<&str>| {
+            vec![
+                ((0, 0), kv.map(str::to_owned)),
+                ((1, 0), audit.map(str::to_owned)),
+            ]
+        };
+        let in_flight = [round("@B kv/0=new,audit/0-2=-\n")];
+        assert!(explain(&base, &in_flight, &both(Some("new"), None), 4).is_ok());
+        assert!(explain(&base, &in_flight, &both(Some("old"), Some("old")), 4).is_ok());
+        for torn in [both(Some("new"), Some("old")), both(Some("old"), None)] {
+            let found = explain(&base, &in_flight, &torn, 4);
+            assert!(found.is_err(), "{torn:?}: {found:?}");
+        }
+        let durable = [round(
+            "@B kv/0=new,audit/0-2=-\n@A kv/0=new,audit/0-2=- 7 B\n@B kv/1=x\n@A kv/1=x 8 D\n",
+        )];
+        let mut kept = both(Some("new"), None);
+        kept.push(((0, 1), Some("x".to_owned())));
+        assert!(explain(&base, &durable, &kept, 4).is_ok());
+        let mut lost = both(Some("old"), Some("old"));
+        lost.push(((0, 1), Some("x".to_owned())));
+        assert!(explain(&base, &durable, &lost, 4).is_err());
+    }
+
+    /// Lines are written by [`Reported`] and read back the same; anything else is refused.
+    #[test]
+    fn side_channel_lines_round_trip_and_bad_ones_are_refused() {
+        let write = Reported {
+            items: vec![
+                Item {
+                    table: 1,
+                    first: 3,
+                    last: 9,
+                    value: None,
+                },
+                Item {
+                    table: 0,
+                    first: 4,
+                    last: 4,
+                    value: Some("1.2.3".to_owned()),
+                },
+            ],
+        };
+        assert_eq!(write.issued(), "@B audit/3-9=-,kv/4=1.2.3");
+        assert!(matches!(parse(&write.issued()), Some(Line::Before(w)) if w == write));
+        let acked = write.acknowledged(42, true);
+        assert_eq!(acked, "@A audit/3-9=-,kv/4=1.2.3 42 D");
+        assert!(matches!(
+            parse(&acked),
+            Some(Line::After(Ack { write: w, lsn: 42, durable: true })) if w == write
+        ));
+        for bad in [
+            "",
+            "@B",
+            "@B kv/1",
+            "@B nope/1=a",
+            "@B kv/1-3=a",
+            "@B kv/3-1=-",
+            "@B kv/1=",
+            "@B kv/1=a,",
+            "@B kv/1=a extra",
+            "@A kv/1=a 5",
+            "@A kv/1=a 5 X",
+            "@A kv/1=a five D",
+            "@X kv/1=a",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
     }
 }

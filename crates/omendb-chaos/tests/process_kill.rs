@@ -81,7 +81,7 @@ async fn check_rejects_a_side_channel_the_database_contradicts() {
     // `0.task.seq`, and no LSN is this high. Everything below it must be there, the fabricated
     // write included.
     let fabricated = format!(
-        "{side_channel}@B 1000 9.9.9\n@A 1000 9.9.9 {} D\n",
+        "{side_channel}@B kv/1000=9.9.9\n@A kv/1000=9.9.9 {} D\n",
         1u64 << 60
     );
     // (The closest explanation names key 1000, unless the real writer's last buffered
@@ -89,12 +89,13 @@ async fn check_rejects_a_side_channel_the_database_contradicts() {
     match harness.check(&fabricated).await {
         Err(Failure::Mismatch {
             round: 0,
+            table,
             key,
             found,
             allowed,
             ..
         }) => {
-            if key == 1000 {
+            if (table, key) == ("kv", 1000) {
                 assert_eq!(allowed, [Some("9.9.9".to_owned())]);
                 assert_eq!(found, None);
             }
@@ -105,7 +106,7 @@ async fn check_rejects_a_side_channel_the_database_contradicts() {
     // A buffered acknowledgement that never happened, below a durable one that never happened
     // either: the durable one makes the buffered one required too.
     let below_durable = format!(
-        "{side_channel}@B 1001 7.7.7\n@A 1001 7.7.7 {} B\n@B 1002 8.8.8\n@A 1002 8.8.8 {} D\n",
+        "{side_channel}@B kv/1001=7.7.7\n@A kv/1001=7.7.7 {} B\n@B audit/1002=8.8.8\n@A audit/1002=8.8.8 {} D\n",
         (1u64 << 60) - 1,
         1u64 << 60
     );
@@ -131,7 +132,7 @@ async fn check_rejects_a_side_channel_the_database_contradicts() {
     // A side channel that cut the fabricated write off as buffered and lost passes: a buffered
     // write above every durable one may be lost with the process.
     let lost = format!(
-        "{side_channel}@B 1000 9.9.9\n@A 1000 9.9.9 {} B\n",
+        "{side_channel}@B kv/1000=9.9.9\n@A kv/1000=9.9.9 {} B\n",
         1u64 << 60
     );
     harness.check(&lost).await.unwrap();
