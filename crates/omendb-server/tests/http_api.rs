@@ -550,6 +550,56 @@ async fn arrow_ipc_in_and_out() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+
+    // A dictionary-encoded column is refused from the stream's schema, before any dictionary
+    // message is decoded (a stream of delta dictionaries cost minutes of CPU), and writes nothing.
+    let dictionary_schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::UInt64, false),
+        Field::new(
+            "host",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            true,
+        ),
+        Field::new("usage", DataType::Float64, false),
+    ]));
+    let hosts: arrow_array::DictionaryArray<arrow_array::types::Int32Type> =
+        vec!["a", "b"].into_iter().collect();
+    let dictionary_batch = RecordBatch::try_new(
+        Arc::clone(&dictionary_schema),
+        vec![
+            Arc::new(UInt64Array::from(vec![5000u64, 5001])),
+            Arc::new(hosts),
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+        ],
+    )
+    .unwrap();
+    let mut body = Vec::new();
+    {
+        let mut writer =
+            arrow_ipc::writer::StreamWriter::try_new(&mut body, &dictionary_schema).unwrap();
+        writer.write(&dictionary_batch).unwrap();
+        writer.finish().unwrap();
+    }
+    let response = server
+        .client
+        .post(server.url("/v1/tables/cpu/rows"))
+        .header("content-type", ARROW)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "bad_input", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("dictionary-encoded"), "{message}");
+    let response = server
+        .client
+        .get(server.url("/v1/tables/cpu/rows/5000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
     server.stop().await.unwrap();
 }
 

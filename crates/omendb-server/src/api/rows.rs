@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow_schema::DataType;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -122,6 +123,18 @@ pub fn add_put_body(
     if kind == Media::Arrow {
         let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(body), None)
             .map_err(|e| ApiError::bad_input(format!("not an Arrow IPC stream: {e}")))?;
+        if let Some(field) = reader
+            .schema()
+            .fields()
+            .iter()
+            .find(|field| has_dictionary(field.data_type()))
+        {
+            return Err(ApiError::bad_input(format!(
+                "column {:?} is dictionary-encoded ({}); no table column is, send its values",
+                field.name(),
+                field.data_type()
+            )));
+        }
         let mut rows = 0;
         for rb in reader {
             let rb = rb.map_err(|e| ApiError::bad_input(format!("Arrow IPC stream: {e}")))?;
@@ -147,6 +160,29 @@ pub fn add_put_body(
         }
     };
     add_json_rows(batch, table, &rows)
+}
+
+/// Whether `data_type` holds a dictionary anywhere. No table column does, and a stream's
+/// reader decodes every dictionary message before the batch after it, on the request's thread:
+/// thousands of small delta messages each copied the whole dictionary again (minutes of CPU
+/// from a body under the size limit, which no timeout could stop; found by a helper agent's
+/// review). Without a dictionary in the schema, the reader refuses any dictionary message.
+fn has_dictionary(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(..) => true,
+        DataType::List(field)
+        | DataType::LargeList(field)
+        | DataType::ListView(field)
+        | DataType::LargeListView(field)
+        | DataType::FixedSizeList(field, _)
+        | DataType::Map(field, _) => has_dictionary(field.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(ends, values) => {
+            has_dictionary(ends.data_type()) || has_dictionary(values.data_type())
+        }
+        _ => false,
+    }
 }
 
 /// Adds JSON rows to `batch`.
