@@ -73,7 +73,8 @@ pub enum Error {
     #[error("the database is closed")]
     Closed,
     /// A change stream position the log no longer holds (truncated after a flush, or skipped as
-    /// damaged by a `SkipCorrupt` open).
+    /// damaged by a `SkipCorrupt` open). Resuming at `oldest` would skip the changes between:
+    /// copy a snapshot and stream from the LSN after it instead.
     #[error("changes from LSN {requested} are gone; the next the log holds is {oldest}")]
     ChangesGone {
         /// The position asked for.

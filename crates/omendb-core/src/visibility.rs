@@ -24,6 +24,8 @@ struct State {
     applied: BTreeSet<Lsn>,
     /// Live snapshots: LSN → how many.
     pins: BTreeMap<Lsn, usize>,
+    /// Positions of live change streams: the first LSN each still needs from the log → how many.
+    log_holds: BTreeMap<Lsn, usize>,
 }
 
 /// The visible LSN and the live snapshots.
@@ -107,6 +109,41 @@ impl Visibility {
             .pins
             .first_key_value()
             .map_or(visible, |(&lsn, _)| lsn.min(visible))
+    }
+
+    /// Keeps the log's records from `lsn` on (a change stream's position) until
+    /// [`Visibility::release_log`].
+    pub(crate) fn hold_log(&self, lsn: Lsn) {
+        *self.state().log_holds.entry(lsn).or_default() += 1;
+    }
+
+    /// Releases a hold taken by [`Visibility::hold_log`].
+    pub(crate) fn release_log(&self, lsn: Lsn) {
+        let mut state = self.state();
+        if let Some(count) = state.log_holds.get_mut(&lsn) {
+            *count -= 1;
+            if *count == 0 {
+                state.log_holds.remove(&lsn);
+            }
+        }
+    }
+
+    /// The first LSN the log must keep for readers: the one after the oldest snapshot (or
+    /// after the visible LSN), unless a change stream's position is older. Under the lock
+    /// [`Visibility::pin`] takes: a snapshot taken after this answer pins a visible LSN at or
+    /// above it, so the records after it are kept.
+    pub(crate) fn log_floor(&self) -> Lsn {
+        let state = self.state();
+        let visible = self.visible.load(Ordering::Acquire);
+        let snapshots = state
+            .pins
+            .first_key_value()
+            .map_or(visible, |(&lsn, _)| lsn.min(visible))
+            .saturating_add(1);
+        state
+            .log_holds
+            .first_key_value()
+            .map_or(snapshots, |(&lsn, _)| lsn.min(snapshots))
     }
 
     /// Waits until the visible LSN reaches `lsn`; `false` if `within` runs out first.

@@ -841,6 +841,106 @@ async fn the_change_stream_lists_commits_in_order_and_resumes() {
     db.close().await.unwrap();
 }
 
+/// A flush truncates the WAL, but not the records after a live snapshot's LSN (a replica copies
+/// the snapshot, then streams the changes after it) nor those a live change stream has yet to
+/// read; with neither, the records go and the stream says so. A position beyond the log is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_change_streams_hold_the_log_through_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::builder()
+        .path(dir.path())
+        .wal_options(
+            omendb_wal::WalOptions::default()
+                .segment_bytes(1 << 20)
+                .max_record_bytes(960 << 10),
+        )
+        .memtable_bytes(64 << 10)
+        .limits(940 << 10, 950 << 10)
+        .build()
+        .await
+        .unwrap();
+    let t = db.create_table("kv", KeyType::U64, None).await.unwrap();
+    let put = |key: u64, bytes: usize| {
+        let t = t.clone();
+        async move {
+            t.put_value(key, vec![key as u8; bytes], WriteOptions::DURABLE)
+                .await
+                .unwrap()
+        }
+    };
+    for key in 0..50 {
+        put(key, 1 << 10).await;
+    }
+    let snapshot = db.snapshot();
+    let held = snapshot.lsn() + 1;
+    let mut lsns = Vec::new();
+    for key in 50..2500 {
+        lsns.push(put(key, 1 << 10).await);
+    }
+    db.checkpoint().await.unwrap();
+    let streamed: Vec<u64> = db
+        .changes(held)
+        .map_ok(|change| change.lsn)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        streamed, lsns,
+        "the records after the snapshot went with the flush"
+    );
+
+    // A stream partway through more than one read (8 MiB a read) keeps the rest through a flush.
+    let mut big = Vec::new();
+    for key in 2500..2530 {
+        big.push(put(key, 900 << 10).await);
+    }
+    drop(snapshot);
+    let mut stream = db.changes(big[0]);
+    let first = stream.try_next().await.unwrap().unwrap();
+    assert_eq!(first.lsn, big[0]);
+    for key in 2530..2560 {
+        put(key, 1 << 10).await;
+    }
+    db.checkpoint().await.unwrap();
+    let rest: Vec<u64> = stream
+        .map_ok(|change| change.lsn)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        rest,
+        big[1..],
+        "the records after the stream's position went with the flush"
+    );
+
+    // Held by nothing, the records before the flush go, and the stream says so.
+    db.checkpoint().await.unwrap();
+    put(3000, 1 << 10).await;
+    db.checkpoint().await.unwrap();
+    let gone = db.changes(held).try_collect::<Vec<_>>().await.unwrap_err();
+    assert!(
+        matches!(gone, Error::ChangesGone { requested, .. } if requested == held),
+        "{gone}"
+    );
+
+    let last = put(3001, 1).await;
+    let beyond = db
+        .changes(last + 2)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(matches!(beyond, Error::BadInput(_)), "{beyond}");
+    assert!(
+        db.changes(last + 1)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    db.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn serializable_transactions_also_conflict_on_what_they_read() {
     let dir = tempfile::tempdir().unwrap();

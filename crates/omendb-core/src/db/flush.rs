@@ -207,8 +207,11 @@ impl Inner {
         crash_point!("flush.before_wal_truncate");
         // The flush is published: truncating is only cleanup, so its failure (whatever its
         // kind) must not poison writes. It is reported, and the next flush's truncation covers
-        // these records too; until then replay at open starts after `flushed_lsn`.
-        match self.wal.truncate_before(upto + 1).await {
+        // these records too; until then replay at open starts after `flushed_lsn`. Records a
+        // live snapshot or change stream may still stream are kept (`docs/api.md`, "Change
+        // stream"): a replica copies a snapshot, then streams the changes after it.
+        let keep = self.visibility.log_floor();
+        match self.wal.truncate_before((upto + 1).min(keep)).await {
             Ok(()) => self.background_succeeded(Chore::WalTruncation),
             Err(err) => self.report_background(Chore::WalTruncation, &Error::from(err)),
         }

@@ -258,7 +258,8 @@ impl Db {
             .await
     }
 
-    /// The committed changes from `from` on, in LSN order, while the WAL still holds them.
+    /// The committed changes from `from` on, in LSN order, while the WAL still holds them. The
+    /// stream, and every live [`Snapshot`], keep the records after them through flushes.
     pub fn changes(&self, from: Lsn) -> futures::stream::BoxStream<'static, Result<Change>> {
         changes::stream(Arc::clone(&self.inner), from)
     }
