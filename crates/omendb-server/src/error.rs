@@ -21,7 +21,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable, machine-readable code (`bad_input`, `unknown_table`, `not_found`,
     /// `method_not_allowed`, `table_exists`, `too_large`, `unsupported_media_type`, `overloaded`,
-    /// `corrupt`, `internal`, `not_ready`, `timeout`, `unavailable`; on the admin listener,
+    /// `conflict`, `corrupt`, `internal`, `not_ready`, `timeout`, `unavailable`; on the admin listener,
     /// `profiling` while a profile is being taken).
     pub code: String,
     /// A description for people; never a stack trace.

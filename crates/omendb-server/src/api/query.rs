@@ -215,12 +215,31 @@ impl From<Explain> for ExplainInfo {
     }
 }
 
-/// Whether the client asked for Arrow IPC.
+/// Whether the client asked for Arrow IPC: `Accept` lists it with a weight above 0 and no
+/// weight above it for JSON (`application/json`, `application/*` or `*/*`). A search for the
+/// type's name in the header sent Arrow to `...arrow.stream;q=0, application/json`.
 fn wants_arrow(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains(ARROW_STREAM))
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (mut arrow, mut json) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let weight = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if media.eq_ignore_ascii_case(ARROW_STREAM) {
+            arrow = arrow.max(weight);
+        } else if ["application/json", "application/*", "*/*"]
+            .iter()
+            .any(|json_range| media.eq_ignore_ascii_case(json_range))
+        {
+            json = json.max(weight);
+        }
+    }
+    arrow > 0.0 && arrow >= json
 }
 
 const TOKEN_VERSION: &str = "v1:";
@@ -808,5 +827,37 @@ fn describe(bound: Bound<Key>) -> String {
         Bound::Included(k) => format!("{} (incl)", key_to_json(k)),
         Bound::Excluded(k) => format!("{} (excl)", key_to_json(k)),
         Bound::Unbounded => "open".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn arrow_is_sent_only_when_accept_weighs_it_at_least_as_json() {
+        let wants = |accept: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, accept.parse().unwrap());
+            wants_arrow(&headers)
+        };
+        assert!(!wants_arrow(&HeaderMap::new()));
+        assert!(wants(ARROW_STREAM));
+        assert!(wants("Application/Vnd.Apache.Arrow.Stream"));
+        assert!(wants(
+            "application/json;q=0.5, application/vnd.apache.arrow.stream"
+        ));
+        assert!(wants("*/*, application/vnd.apache.arrow.stream"));
+        assert!(!wants(
+            "application/vnd.apache.arrow.stream;q=0, application/json"
+        ));
+        assert!(!wants("application/vnd.apache.arrow.stream;q=0"));
+        assert!(!wants(
+            "application/vnd.apache.arrow.stream;q=0.2, */*;q=0.8"
+        ));
+        assert!(!wants("application/json"));
+        assert!(!wants("application/vnd.apache.arrow.streaming"));
     }
 }

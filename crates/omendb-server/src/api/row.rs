@@ -67,9 +67,16 @@ pub fn key_from_json(key_type: KeyType, json: &Json) -> Result<Key, ApiError> {
     })
 }
 
-/// The key a path segment gives for a table keyed by `key_type`.
+/// The key a path segment gives for a table keyed by `key_type`: a JSON integer's digits
+/// (`-0` is 0, as in a body; no `+`, no leading zeros). Rust's own parsing took `+5` and `007`
+/// and refused `-0` for `u64` keys, which a body's key takes.
 pub fn key_from_text(key_type: KeyType, text: &str) -> Result<Key, ApiError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let json_integer = digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || (!digits.is_empty() && !digits.starts_with('0')));
     let key = match key_type {
+        _ if !json_integer => None,
+        KeyType::U64 if text == "-0" => Some(Key::U64(0)),
         KeyType::U64 => text.parse().ok().map(Key::U64),
         _ => text.parse().ok().map(Key::I64),
     };
@@ -225,5 +232,40 @@ fn kind_of(json: &Json) -> &'static str {
         Json::String(_) => "a string",
         Json::Array(_) => "an array",
         Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn path_keys_are_written_as_json_integers() {
+        assert_eq!(key_from_text(KeyType::U64, "0").unwrap(), Key::U64(0));
+        assert_eq!(key_from_text(KeyType::U64, "-0").unwrap(), Key::U64(0));
+        assert_eq!(
+            key_from_text(KeyType::U64, "18446744073709551615").unwrap(),
+            Key::U64(u64::MAX)
+        );
+        assert_eq!(key_from_text(KeyType::I64, "-12").unwrap(), Key::I64(-12));
+        assert_eq!(key_from_text(KeyType::I64, "-0").unwrap(), Key::I64(0));
+        for bad in [
+            "",
+            "-",
+            "+5",
+            "007",
+            "-01",
+            "1.0",
+            "1e3",
+            " 1",
+            "18446744073709551616",
+            "-1",
+            "x",
+        ] {
+            assert!(key_from_text(KeyType::U64, bad).is_err(), "{bad:?}");
+        }
+        assert!(key_from_text(KeyType::I64, "9223372036854775808").is_err());
     }
 }
