@@ -25,6 +25,7 @@ struct State {
     /// Live snapshots: LSN → how many.
     pins: BTreeMap<Lsn, usize>,
     /// Positions of live change streams: the first LSN each still needs from the log → how many.
+    #[cfg(not(loom))]
     log_holds: BTreeMap<Lsn, usize>,
 }
 
@@ -113,11 +114,13 @@ impl Visibility {
 
     /// Keeps the log's records from `lsn` on (a change stream's position) until
     /// [`Visibility::release_log`].
+    #[cfg(not(loom))]
     pub(crate) fn hold_log(&self, lsn: Lsn) {
         *self.state().log_holds.entry(lsn).or_default() += 1;
     }
 
     /// Releases a hold taken by [`Visibility::hold_log`].
+    #[cfg(not(loom))]
     pub(crate) fn release_log(&self, lsn: Lsn) {
         let mut state = self.state();
         if let Some(count) = state.log_holds.get_mut(&lsn) {
@@ -132,6 +135,7 @@ impl Visibility {
     /// after the visible LSN), unless a change stream's position is older. Under the lock
     /// [`Visibility::pin`] takes: a snapshot taken after this answer pins a visible LSN at or
     /// above it, so the records after it are kept.
+    #[cfg(not(loom))]
     pub(crate) fn log_floor(&self) -> Lsn {
         let state = self.state();
         let visible = self.visible.load(Ordering::Acquire);
