@@ -143,6 +143,36 @@ async fn typed_rows_round_trip_and_bad_input_changes_nothing() {
         db.create_table("bad name", KeyType::U64, None).await,
         Err(Error::InvalidTable(_))
     ));
+    // At most 1,024 value columns of names up to 255 bytes.
+    let columns = |count: usize, name_bytes: usize| {
+        Schema::new(
+            (0..count)
+                .map(|i| Field::new(format!("{i:0>name_bytes$}"), DataType::Int64, true))
+                .collect::<Vec<_>>(),
+        )
+    };
+    for (count, name_bytes, fits) in [
+        (1024, 8, true),
+        (1025, 8, false),
+        (1, 255, true),
+        (1, 256, false),
+    ] {
+        let created = db
+            .create_table(
+                &format!("wide{count}x{name_bytes}"),
+                KeyType::U64,
+                Some(columns(count, name_bytes)),
+            )
+            .await;
+        assert_eq!(
+            created.is_ok(),
+            fits,
+            "{count} columns of {name_bytes} bytes"
+        );
+        if !fits {
+            assert!(matches!(created, Err(Error::InvalidTable(_))));
+        }
+    }
     assert_eq!(db.stats().visible_lsn, lsn_before);
     assert_eq!(
         t.get(2).await.unwrap(),

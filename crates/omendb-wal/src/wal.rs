@@ -19,7 +19,9 @@ pub struct Record {
 
 /// A write-ahead log: ordered, numbered, durable batches of opaque bytes.
 ///
-/// Every append gets the next LSN (1, 2, 3, ... without gaps); LSNs are never reused. Appends are
+/// Every append gets the next LSN (1, 2, 3, ... without gaps). An LSN is never reused once its
+/// record is durable; one whose record a crash lost (a `Buffered` append not yet synced) goes to
+/// the next append after the reopen. Appends are
 /// group-committed: concurrent appenders share one write and one sync. After a write or sync
 /// fails the log is poisoned and refuses appends until it is reopened, so an append that returned
 /// `Ok` under [`crate::Durability::Durable`] is on stable storage.

@@ -311,6 +311,36 @@ impl Drop for Unapplied {
     }
 }
 
+/// The most value columns a new table may have.
+const MAX_COLUMNS: usize = 1024;
+/// The longest column name of a new table, in bytes (as for a table's name).
+const MAX_COLUMN_NAME_BYTES: usize = 255;
+
+/// Refuses a new table's schema past [`MAX_COLUMNS`] or [`MAX_COLUMN_NAME_BYTES`]. Checked when a
+/// table is created, not when one is opened, so that a table made before the limits still
+/// opens. Without them a definition of half a million columns, or a column named with a
+/// megabyte, was taken, and every manifest version and every JSON row of the table carried it
+/// (found by a helper agent's review of the server).
+fn check_new_columns(schema: &Schema) -> Result<()> {
+    let columns = schema.fields().len();
+    if columns > MAX_COLUMNS {
+        return Err(Error::InvalidTable(format!(
+            "{columns} value columns; a table has at most {MAX_COLUMNS}"
+        )));
+    }
+    if let Some(field) = schema
+        .fields()
+        .iter()
+        .find(|field| field.name().len() > MAX_COLUMN_NAME_BYTES)
+    {
+        return Err(Error::InvalidTable(format!(
+            "a column name of {} bytes; at most {MAX_COLUMN_NAME_BYTES}",
+            field.name().len()
+        )));
+    }
+    Ok(())
+}
+
 fn current_data(writer: &ManifestWriter) -> ManifestData {
     writer.current().map(|m| m.data.clone()).unwrap_or_default()
 }
@@ -342,6 +372,9 @@ impl Inner {
         let mut data = current_data(&writer);
         if data.tables.contains_key(name) {
             return Err(Error::TableExists(name.to_owned()));
+        }
+        if let Some(schema) = &schema {
+            check_new_columns(schema)?;
         }
         let id = data.next_table_id.max(1);
         let def = TableDef::new(id, name, key_type, schema)?;
