@@ -489,20 +489,7 @@ async fn arrow_ipc_in_and_out() {
         ],
     )
     .unwrap();
-    let mut body = Vec::new();
-    {
-        let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut body, &schema).unwrap();
-        writer.write(&batch).unwrap();
-        writer.finish().unwrap();
-    }
-    let response = server
-        .client
-        .post(server.url("/v1/tables/cpu/rows"))
-        .header("content-type", ARROW)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = server.put_arrow("cpu", &batch).await;
     assert_eq!(response.status(), 200);
 
     let response = server
@@ -573,21 +560,7 @@ async fn arrow_ipc_in_and_out() {
         ],
     )
     .unwrap();
-    let mut body = Vec::new();
-    {
-        let mut writer =
-            arrow_ipc::writer::StreamWriter::try_new(&mut body, &dictionary_schema).unwrap();
-        writer.write(&dictionary_batch).unwrap();
-        writer.finish().unwrap();
-    }
-    let response = server
-        .client
-        .post(server.url("/v1/tables/cpu/rows"))
-        .header("content-type", ARROW)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = server.put_arrow("cpu", &dictionary_batch).await;
     assert_eq!(response.status(), 400);
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["error"]["code"], "bad_input", "{error}");

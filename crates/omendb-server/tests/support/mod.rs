@@ -140,6 +140,28 @@ impl TestServer {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// Puts `batch` into `table` as an Arrow IPC stream of that one batch.
+    pub async fn put_arrow(
+        &self,
+        table: &str,
+        batch: &arrow_array::RecordBatch,
+    ) -> reqwest::Response {
+        let mut body = Vec::new();
+        {
+            let mut writer =
+                arrow_ipc::writer::StreamWriter::try_new(&mut body, &batch.schema()).unwrap();
+            writer.write(batch).unwrap();
+            writer.finish().unwrap();
+        }
+        self.client
+            .post(self.url(&format!("/v1/tables/{table}/rows")))
+            .header("content-type", "application/vnd.apache.arrow.stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.client
