@@ -29,6 +29,15 @@ struct State {
     log_holds: BTreeMap<Lsn, usize>,
 }
 
+impl State {
+    /// The oldest pinned snapshot, or `visible` if none is pinned (see [`Visibility::horizon`]).
+    fn horizon(&self, visible: Lsn) -> Lsn {
+        self.pins
+            .first_key_value()
+            .map_or(visible, |(&lsn, _)| lsn.min(visible))
+    }
+}
+
 /// The visible LSN and the live snapshots.
 #[derive(Debug)]
 pub(crate) struct Visibility {
@@ -105,11 +114,7 @@ impl Visibility {
     /// LSN if none is pinned. Versions hidden at this LSN by a newer one are garbage.
     pub(crate) fn horizon(&self) -> Lsn {
         let state = self.state();
-        let visible = self.visible.load(Ordering::Acquire);
-        state
-            .pins
-            .first_key_value()
-            .map_or(visible, |(&lsn, _)| lsn.min(visible))
+        state.horizon(self.visible.load(Ordering::Acquire))
     }
 
     /// Keeps the log's records from `lsn` on (a change stream's position) until
@@ -138,11 +143,8 @@ impl Visibility {
     #[cfg(not(loom))]
     pub(crate) fn log_floor(&self) -> Lsn {
         let state = self.state();
-        let visible = self.visible.load(Ordering::Acquire);
         let snapshots = state
-            .pins
-            .first_key_value()
-            .map_or(visible, |(&lsn, _)| lsn.min(visible))
+            .horizon(self.visible.load(Ordering::Acquire))
             .saturating_add(1);
         state
             .log_holds
