@@ -141,6 +141,7 @@ impl TaskWriter {
                         let table = &self.tables[item.table];
                         match &item.value {
                             Some(value) => batch.put_value(table, item.first, value.clone())?,
+                            None if item.first == item.last => batch.delete(table, item.first)?,
                             None => batch.delete_range(table, item.first..=item.last)?,
                         };
                     }
@@ -233,6 +234,7 @@ impl TaskWriter {
             let table = &self.tables[item.table];
             match &item.value {
                 Some(value) => txn.put_value(table, item.first, value.clone())?,
+                None if item.first == item.last => txn.delete(table, item.first)?,
                 None => txn.delete_range(table, item.first..=item.last)?,
             }
         }

@@ -22,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 
 use super::row::{JsonKey, JsonRow, batch_to_json, key_at, key_from_json, key_to_json};
+use super::rows::{Media, media_of};
 use super::{ARROW_STREAM, Json, Path};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::slow_log::{Outcome, SlowQuery, now};
@@ -216,8 +217,9 @@ impl From<Explain> for ExplainInfo {
 }
 
 /// Whether the client asked for Arrow IPC: `Accept` lists it with a weight above 0 and no
-/// weight above it for JSON (`application/json`, `application/*` or `*/*`). A search for the
-/// type's name in the header sent Arrow to `...arrow.stream;q=0, application/json`.
+/// weight above it for JSON (a JSON type as a body's `Content-Type` is read, `application/*` or
+/// `*/*`). A search for the type's name in the header sent Arrow to
+/// `...arrow.stream;q=0, application/json`.
 fn wants_arrow(headers: &HeaderMap) -> bool {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -225,18 +227,18 @@ fn wants_arrow(headers: &HeaderMap) -> bool {
     let (mut arrow, mut json) = (0.0f32, 0.0f32);
     for range in accept.split(',') {
         let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim();
+        let essence = parts.next().unwrap_or_default().trim();
         let weight = parts
             .filter_map(|p| p.trim().strip_prefix("q="))
             .find_map(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
-        if media.eq_ignore_ascii_case(ARROW_STREAM) {
-            arrow = arrow.max(weight);
-        } else if ["application/json", "application/*", "*/*"]
-            .iter()
-            .any(|json_range| media.eq_ignore_ascii_case(json_range))
-        {
-            json = json.max(weight);
+        match media_of(essence) {
+            Media::Arrow => arrow = arrow.max(weight),
+            Media::Json => json = json.max(weight),
+            _ if essence == "*/*" || essence.eq_ignore_ascii_case("application/*") => {
+                json = json.max(weight);
+            }
+            _ => {}
         }
     }
     arrow > 0.0 && arrow >= json
@@ -858,6 +860,9 @@ mod tests {
             "application/vnd.apache.arrow.stream;q=0.2, */*;q=0.8"
         ));
         assert!(!wants("application/json"));
+        assert!(!wants(
+            "application/vnd.apache.arrow.stream;q=0.5, application/problem+json"
+        ));
         assert!(!wants("application/vnd.apache.arrow.streaming"));
     }
 }

@@ -52,7 +52,7 @@ pub struct MultiGetResult {
 
 /// What a request's `Content-Type` says its body is.
 #[derive(Debug, PartialEq, Eq)]
-enum Media {
+pub(super) enum Media {
     /// No `Content-Type`: taken as JSON.
     Unsaid,
     /// `application/json` or `application/*+json`, parameters aside, in any case (as the
@@ -74,6 +74,12 @@ fn media(headers: &HeaderMap) -> Media {
     let Ok(text) = value.to_str() else {
         return Media::Other(String::from_utf8_lossy(value.as_bytes()).into_owned());
     };
+    media_of(text)
+}
+
+/// What the media type `text` (parameters aside, in any case) is: also read for each range of
+/// an `Accept` header.
+pub(super) fn media_of(text: &str) -> Media {
     let essence = text
         .split(';')
         .next()
